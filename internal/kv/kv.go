@@ -1,0 +1,177 @@
+// Package kv opens the one Pebble database every Herald component shares and
+// owns the commit seam.
+//
+// Pebble treats a failed WAL write or fsync as fatal (Logger.Fatalf). Herald
+// installs a logger whose Fatalf panics with a sentinel; Commit recovers it and
+// returns ErrStorage, and the handle is poisoned: every later Commit fails fast
+// until the database is reopened. So a storage fault surfaces as an error to the
+// caller (HTTP 503 at the API) and never as an acknowledged write.
+//
+// Key space: each owner uses its own first byte, listed here so prefixes never
+// collide: 'q' queue, 's' signal store, 'e' engine (outbox, statuses, campaigns),
+// 't' tenants, 'r' ratelimit, 'w' webhooks.
+package kv
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// ErrStorage wraps every failure of the storage engine itself.
+var ErrStorage = errors.New("kv: storage failed")
+
+// Options configure Open.
+type Options struct {
+	// Dir is the data directory. Required.
+	Dir string
+	// FS is the filesystem; default vfs.Default. Tests pass an errorfs wrapper.
+	FS vfs.FS
+	// CacheBytes is the block cache size; default 64 MiB.
+	CacheBytes int64
+	// Logger receives Pebble's informational logs; default slog.Default().
+	Logger *slog.Logger
+}
+
+// DB is the shared Pebble handle.
+type DB struct {
+	*pebble.DB
+	failed atomic.Pointer[error]
+}
+
+type fatalPanic struct{ msg string }
+
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	panic(fatalPanic{fmt.Sprintf(format, args...)})
+}
+
+// Open opens (creating if needed) the database in opts.Dir.
+func Open(opts Options) (db *DB, err error) {
+	if opts.Dir == "" {
+		return nil, errors.New("kv: Options.Dir is required")
+	}
+	if opts.FS == nil {
+		opts.FS = vfs.Default
+	}
+	if opts.CacheBytes == 0 {
+		opts.CacheBytes = 64 << 20
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	cache := pebble.NewCache(opts.CacheBytes)
+	defer cache.Unref()
+	popts := &pebble.Options{
+		FS:                          opts.FS,
+		Cache:                       cache,
+		Logger:                      pebbleLogger{opts.Logger},
+		MemTableSize:                64 << 20,
+		MemTableStopWritesThreshold: 4,
+		L0CompactionThreshold:       4,
+		L0StopWritesThreshold:       1000,
+		CompactionConcurrencyRange:  func() (int, int) { return 1, 2 },
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			fp, ok := r.(fatalPanic)
+			if !ok {
+				panic(r)
+			}
+			db, err = nil, fmt.Errorf("%w: open: %s", ErrStorage, fp.msg)
+		}
+	}()
+	pdb, err := pebble.Open(opts.Dir, popts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open %s: %v", ErrStorage, opts.Dir, err)
+	}
+	return &DB{DB: pdb}, nil
+}
+
+// Commit applies b (sync: wait for fsync, shared by concurrent committers) and
+// closes it. A storage fault returns ErrStorage and poisons the handle.
+func (d *DB) Commit(b *pebble.Batch, sync bool) (err error) {
+	defer b.Close()
+	if e := d.failed.Load(); e != nil {
+		return *e
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			fp, ok := r.(fatalPanic)
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("%w: %s", ErrStorage, fp.msg)
+			d.failed.Store(&err)
+		}
+	}()
+	wo := pebble.NoSync
+	if sync {
+		wo = pebble.Sync
+	}
+	if err := b.Commit(wo); err != nil {
+		return fmt.Errorf("%w: %v", ErrStorage, err)
+	}
+	return nil
+}
+
+// Failed reports the storage fault that poisoned the handle, if any.
+func (d *DB) Failed() error {
+	if e := d.failed.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// Get returns a copy of the value at key, or nil, false when absent.
+func (d *DB) GetCopy(key []byte) ([]byte, bool, error) {
+	v, closer, err := d.DB.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("%w: %v", ErrStorage, err)
+	}
+	out := append([]byte(nil), v...)
+	closer.Close()
+	return out, true, nil
+}
+
+// Close closes the database; safe to call twice. A poisoned handle may refuse to
+// close cleanly; the error is returned, never a panic.
+func (d *DB) Close() (err error) {
+	if d == nil || d.DB == nil {
+		return nil
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: close: %v", ErrStorage, r)
+		}
+	}()
+	pdb := d.DB
+	d.DB = nil
+	return pdb.Close()
+}
+
+// PrefixEnd returns the smallest key greater than every key with the prefix.
+func PrefixEnd(prefix []byte) []byte {
+	end := append([]byte(nil), prefix...)
+	for i := len(end) - 1; i >= 0; i-- {
+		end[i]++
+		if end[i] != 0 {
+			return end[:i+1]
+		}
+	}
+	return nil
+}

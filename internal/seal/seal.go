@@ -1,0 +1,230 @@
+// Package seal protects values at rest: every record that holds a message body, a
+// phone number or a private key is compressed (S2) and then sealed with AES-256-GCM
+// before it reaches Pebble (design invariant 6).
+//
+// A sealed record is: version byte (1), key id (4, big endian), nonce (12),
+// GCM ciphertext of the S2-compressed plaintext. The key id lets keys rotate:
+// Seal always uses the newest key, Open uses whichever key the record names.
+//
+// Lookup keys that would contain a phone number use Sealer.Lookup, a keyed
+// HMAC-SHA256 truncated to 16 bytes, so the data directory never holds a number
+// in the clear even inside an index key.
+package seal
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/klauspost/compress/s2"
+)
+
+// Errors returned by Open. ErrCorrupt means the record cannot be trusted (tampered,
+// truncated, or sealed with a key we no longer hold): callers dead-letter it.
+var (
+	ErrCorrupt    = errors.New("seal: corrupt or tampered record")
+	ErrUnknownKey = errors.New("seal: record sealed with an unknown key id")
+)
+
+const (
+	version   = 1
+	headerLen = 1 + 4 + 12
+	// LookupLen is the length of a lookup HMAC.
+	LookupLen = 16
+)
+
+// Key is one AES-256 master key with its id.
+type Key struct {
+	ID  uint32
+	Raw [32]byte
+}
+
+// Sealer seals and opens records. It is safe for concurrent use.
+type Sealer struct {
+	current uint32
+	aeads   map[uint32]cipher.AEAD
+	macKey  []byte
+	macPool sync.Pool
+}
+
+// New builds a Sealer from keys; the key with the highest id seals new records.
+// The lookup HMAC key is derived from the lowest key id so lookups stay stable
+// across rotations.
+func New(keys ...Key) (*Sealer, error) {
+	if len(keys) == 0 {
+		return nil, errors.New("seal: no key")
+	}
+	s := &Sealer{aeads: make(map[uint32]cipher.AEAD, len(keys))}
+	first := keys[0]
+	for _, k := range keys {
+		block, err := aes.NewCipher(k.Raw[:])
+		if err != nil {
+			return nil, fmt.Errorf("seal: key %d: %w", k.ID, err)
+		}
+		aead, err := cipher.NewGCM(block)
+		if err != nil {
+			return nil, fmt.Errorf("seal: key %d: %w", k.ID, err)
+		}
+		s.aeads[k.ID] = aead
+		if k.ID >= s.current {
+			s.current = k.ID
+		}
+		if k.ID < first.ID {
+			first = k
+		}
+	}
+	m := hmac.New(sha256.New, first.Raw[:])
+	m.Write([]byte("herald lookup v1"))
+	s.macKey = m.Sum(nil)
+	s.macPool.New = func() any { return hmac.New(sha256.New, s.macKey) }
+	return s, nil
+}
+
+// Overhead is how many bytes sealing adds beyond the compressed plaintext.
+func (s *Sealer) Overhead() int { return headerLen + 16 }
+
+// Seal compresses and encrypts plaintext, appending the record to dst.
+func (s *Sealer) Seal(dst, plaintext []byte) []byte {
+	aead := s.aeads[s.current]
+	var hdr [headerLen]byte
+	hdr[0] = version
+	binary.BigEndian.PutUint32(hdr[1:5], s.current)
+	if _, err := rand.Read(hdr[5:]); err != nil {
+		panic("seal: no randomness: " + err.Error())
+	}
+	dst = append(dst, hdr[:]...)
+	// Compress into a scratch buffer, then encrypt in place after the header.
+	comp := s2.Encode(nil, plaintext)
+	return aead.Seal(dst, hdr[5:], comp, hdr[:5])
+}
+
+// Open authenticates, decrypts and decompresses a sealed record.
+func (s *Sealer) Open(record []byte) ([]byte, error) {
+	if len(record) < headerLen+16 || record[0] != version {
+		return nil, ErrCorrupt
+	}
+	id := binary.BigEndian.Uint32(record[1:5])
+	aead, ok := s.aeads[id]
+	if !ok {
+		return nil, fmt.Errorf("%w %d", ErrUnknownKey, id)
+	}
+	comp, err := aead.Open(nil, record[5:headerLen], record[headerLen:], record[:5])
+	if err != nil {
+		return nil, ErrCorrupt
+	}
+	out, err := s2.Decode(nil, comp)
+	if err != nil {
+		return nil, ErrCorrupt
+	}
+	return out, nil
+}
+
+// Lookup returns the keyed HMAC used in place of a phone number inside index keys.
+func (s *Sealer) Lookup(value string) [LookupLen]byte {
+	m := s.macPool.Get().(hashWriter)
+	m.Reset()
+	m.Write([]byte(value))
+	var sum [32]byte
+	m.Sum(sum[:0])
+	s.macPool.Put(m)
+	var out [LookupLen]byte
+	copy(out[:], sum[:LookupLen])
+	return out
+}
+
+// MAC returns a full keyed HMAC-SHA256 of value (for hashed tokens and the like).
+func (s *Sealer) MAC(value []byte) [32]byte {
+	m := s.macPool.Get().(hashWriter)
+	m.Reset()
+	m.Write(value)
+	var sum [32]byte
+	m.Sum(sum[:0])
+	s.macPool.Put(m)
+	return sum
+}
+
+type hashWriter interface {
+	Write([]byte) (int, error)
+	Sum([]byte) []byte
+	Reset()
+}
+
+// LoadKeys reads master keys from the environment variable envName (when set) or
+// else from path, creating path with one fresh key (mode 0600) when it does not
+// exist. The format, in both places, is one key per line: "<id>:<64 hex chars>".
+// created reports whether a new key file was written.
+func LoadKeys(path, envValue string) (keys []Key, created bool, err error) {
+	text := envValue
+	if text == "" {
+		b, err := os.ReadFile(path)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			var k Key
+			k.ID = 1
+			if _, err := rand.Read(k.Raw[:]); err != nil {
+				return nil, false, err
+			}
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				return nil, false, fmt.Errorf("seal: key file %s: %w", path, err)
+			}
+			line := fmt.Sprintf("%d:%s\n", k.ID, hex.EncodeToString(k.Raw[:]))
+			if err := os.WriteFile(path, []byte(line), 0o600); err != nil {
+				return nil, false, fmt.Errorf("seal: key file %s: %w", path, err)
+			}
+			return []Key{k}, true, nil
+		case err != nil:
+			return nil, false, fmt.Errorf("seal: key file %s: %w", path, err)
+		}
+		text = string(b)
+	}
+	keys, err = ParseKeys(text)
+	return keys, false, err
+}
+
+// ParseKeys parses "<id>:<64 hex>" lines (blank lines and # comments ignored).
+func ParseKeys(text string) ([]Key, error) {
+	var keys []Key
+	for n, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		idText, hexText, ok := strings.Cut(line, ":")
+		var k Key
+		var id uint64
+		if _, err := fmt.Sscanf(idText, "%d", &id); !ok || err != nil || id == 0 || id > 1<<32-1 {
+			return nil, fmt.Errorf("seal: key line %d: want <id>:<64 hex chars> with id > 0", n+1)
+		}
+		raw, err := hex.DecodeString(hexText)
+		if err != nil || len(raw) != 32 {
+			return nil, fmt.Errorf("seal: key line %d: key must be 64 hex characters (32 bytes)", n+1)
+		}
+		k.ID = uint32(id)
+		copy(k.Raw[:], raw)
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("seal: no key found")
+	}
+	return keys, nil
+}
+
+// TestKey returns a fixed key for tests and benchmarks.
+func TestKey(id uint32) Key {
+	var k Key
+	k.ID = id
+	for i := range k.Raw {
+		k.Raw[i] = byte(i) + byte(id)
+	}
+	return k
+}

@@ -1,0 +1,97 @@
+package seal
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSealOpenRoundTrip(t *testing.T) {
+	s, err := New(TestKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte(strings.Repeat("hello +15550001111 ", 20))
+	rec := s.Seal(nil, msg)
+	if bytes.Contains(rec, []byte("15550001111")) {
+		t.Fatal("sealed record contains plaintext")
+	}
+	got, err := s.Open(rec)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("open: %v %q", err, got)
+	}
+}
+
+func TestRotationOpensOldRecords(t *testing.T) {
+	old, _ := New(TestKey(1))
+	rec := old.Seal(nil, []byte("body"))
+	rotated, _ := New(TestKey(1), TestKey(2))
+	if got, err := rotated.Open(rec); err != nil || string(got) != "body" {
+		t.Fatalf("rotated open: %v", err)
+	}
+	newRec := rotated.Seal(nil, []byte("x"))
+	if newRec[4] != 2 {
+		t.Fatalf("new records must use the newest key, got id byte %d", newRec[4])
+	}
+	if _, err := old.Open(newRec); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("want ErrUnknownKey, got %v", err)
+	}
+	if old.Lookup("1555") != rotated.Lookup("1555") {
+		t.Fatal("lookup HMAC must survive rotation")
+	}
+}
+
+func TestOpenRejectsTampering(t *testing.T) {
+	s, _ := New(TestKey(1))
+	rec := s.Seal(nil, []byte("body"))
+	for i := range rec {
+		bad := append([]byte(nil), rec...)
+		bad[i] ^= 1
+		if _, err := s.Open(bad); err == nil {
+			t.Fatalf("flipping byte %d went unnoticed", i)
+		}
+	}
+	if _, err := s.Open(rec[:10]); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("short record: %v", err)
+	}
+}
+
+func TestLoadKeysCreatesFile0600(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "master.key")
+	keys, created, err := LoadKeys(path, "")
+	if err != nil || !created || len(keys) != 1 {
+		t.Fatalf("LoadKeys: %v %v %d", err, created, len(keys))
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode: %v %v", err, st.Mode())
+	}
+	again, created, err := LoadKeys(path, "")
+	if err != nil || created || again[0] != keys[0] {
+		t.Fatalf("reload: %v %v", err, created)
+	}
+}
+
+func TestParseKeysErrors(t *testing.T) {
+	for _, text := range []string{"", "nothex", "0:" + strings.Repeat("ab", 32), "1:abcd", "x:" + strings.Repeat("ab", 32)} {
+		if _, err := ParseKeys(text); err == nil {
+			t.Errorf("ParseKeys(%q) accepted bad input", text)
+		}
+	}
+	keys, err := ParseKeys("# comment\n2:" + strings.Repeat("ab", 32) + "\n")
+	if err != nil || len(keys) != 1 || keys[0].ID != 2 {
+		t.Fatalf("good input: %v", err)
+	}
+}
+
+func FuzzOpen(f *testing.F) {
+	s, _ := New(TestKey(1))
+	f.Add(s.Seal(nil, []byte("seed")))
+	f.Add([]byte{1, 0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, rec []byte) {
+		_, _ = s.Open(rec) // must never panic
+	})
+}

@@ -1,0 +1,211 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	"pgregory.net/rapid"
+)
+
+// modelMsg is the model's view of one queued message.
+type modelMsg struct {
+	id      string
+	due     time.Time
+	exp     time.Time
+	attempt int
+}
+
+// TestQueueMatchesModel runs random enqueue/lease/complete/expire/reopen/clock
+// sequences and checks, after every step, that the queue hands out exactly what
+// a plain in-memory FIFO-per-recipient model says is due — no more (a leased or
+// not-yet-due head hides its recipient), no less (no recipient is ever lost by
+// the hint index), in order.
+func TestQueueMatchesModel(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		dir := t.TempDir()
+		clock := newClock()
+		e := openEnv(t, dir, nil, clock, func(o *Options) { o.LeaseTimeout = time.Hour })
+		defer func() { e.close() }()
+		ctx := context.Background()
+		model := map[string][]modelMsg{}
+		leases := map[string]*Lease{} // recipient → outstanding lease
+		nextID := 0
+		rcpts := []string{"15550000001", "15550000002", "15550000003", "15550000004", "15550000005"}
+
+		eligible := func() map[string]int {
+			now := clock.Now()
+			out := map[string]int{}
+			for r, list := range model {
+				if _, leased := leases[r]; leased || len(list) == 0 || list[0].due.After(now) {
+					continue
+				}
+				n := 0
+				for n < len(list) && !list[n].due.After(now) {
+					n++
+				}
+				out[r] = n
+			}
+			return out
+		}
+
+		rt.Repeat(map[string]func(*rapid.T){
+			"enqueue": func(rt *rapid.T) {
+				n := rapid.IntRange(1, 4).Draw(rt, "n")
+				var batch []Message
+				for i := 0; i < n; i++ {
+					r := rapid.SampledFrom(rcpts).Draw(rt, "rcpt")
+					delay := time.Duration(rapid.IntRange(0, 3).Draw(rt, "delay")) * time.Second
+					ttl := time.Duration(rapid.IntRange(5, 60).Draw(rt, "ttl")) * time.Second
+					nextID++
+					m := Message{ID: fmt.Sprintf("m%05d", nextID), Recipient: r, Payload: []byte("p"),
+						Due: clock.Now().Add(delay), ExpiresAt: clock.Now().Add(ttl)}
+					batch = append(batch, m)
+				}
+				if err := e.q.Enqueue(ctx, batch); err != nil {
+					rt.Fatal(err)
+				}
+				for _, m := range batch {
+					model[m.Recipient] = append(model[m.Recipient], modelMsg{id: m.ID, due: m.Due, exp: m.ExpiresAt})
+				}
+			},
+			"lease": func(rt *rapid.T) {
+				per := rapid.IntRange(1, 3).Draw(rt, "per")
+				want := eligible()
+				got := map[string]*Lease{}
+				for _, l := range leaseAll(t, e.q, per) {
+					r := recipientName(e.q, rcpts, l.Recipient)
+					got[r] = l
+				}
+				if len(got) != len(want) {
+					rt.Fatalf("leased %d recipients, model says %d are due", len(got), len(want))
+				}
+				for r, l := range got {
+					n, ok := want[r]
+					if !ok {
+						rt.Fatalf("recipient %s leased but not due in the model", r)
+					}
+					if n > per {
+						n = per
+					}
+					if len(l.Messages) != n {
+						rt.Fatalf("recipient %s: %d messages leased, model %d", r, len(l.Messages), n)
+					}
+					for i, m := range l.Messages {
+						mm := model[r][i]
+						if m.ID != mm.id || m.Attempt != mm.attempt {
+							rt.Fatalf("recipient %s position %d: got %s/%d want %s/%d", r, i, m.ID, m.Attempt, mm.id, mm.attempt)
+						}
+					}
+					leases[r] = l
+				}
+			},
+			"complete": func(rt *rapid.T) {
+				if len(leases) == 0 {
+					rt.Skip("no lease")
+				}
+				keys := sortedKeys(leases)
+				r := rapid.SampledFrom(keys).Draw(rt, "which")
+				l := leases[r]
+				var outs []Outcome
+				list := model[r]
+				keep := list[:0:0]
+				for i, m := range l.Messages {
+					switch rapid.IntRange(0, 2).Draw(rt, "fate") {
+					case 0:
+						outs = append(outs, Outcome{Seq: m.Seq, Ack: true})
+					case 1:
+						at := clock.Now().Add(time.Duration(rapid.IntRange(0, 4).Draw(rt, "backoff")) * time.Second)
+						outs = append(outs, Outcome{Seq: m.Seq, RetryAt: at, CountAttempt: true})
+						list[i].due, list[i].attempt = at, list[i].attempt+1
+						keep = append(keep, list[i])
+					default:
+						keep = append(keep, list[i])
+					}
+				}
+				keep = append(keep, list[len(l.Messages):]...)
+				if err := e.q.Complete(ctx, l, outs, nil, false); err != nil {
+					rt.Fatal(err)
+				}
+				model[r] = keep
+				delete(leases, r)
+			},
+			"release": func(rt *rapid.T) {
+				if len(leases) == 0 {
+					rt.Skip("no lease")
+				}
+				r := rapid.SampledFrom(sortedKeys(leases)).Draw(rt, "which")
+				e.q.Release(leases[r])
+				delete(leases, r)
+			},
+			"tick": func(rt *rapid.T) {
+				clock.Advance(time.Duration(rapid.IntRange(1, 5).Draw(rt, "secs")) * time.Second)
+			},
+			"expire": func(rt *rapid.T) {
+				now := clock.Now()
+				got, err := e.q.Expire(ctx, now, 1000)
+				if err != nil {
+					rt.Fatal(err)
+				}
+				var want []string
+				for r, list := range model {
+					if _, leased := leases[r]; leased {
+						continue
+					}
+					keep := list[:0:0]
+					for _, m := range list {
+						if !m.exp.After(now) {
+							want = append(want, m.id)
+						} else {
+							keep = append(keep, m)
+						}
+					}
+					model[r] = keep
+				}
+				var ids []string
+				for _, m := range got {
+					ids = append(ids, m.ID)
+				}
+				sort.Strings(ids)
+				sort.Strings(want)
+				if fmt.Sprint(ids) != fmt.Sprint(want) {
+					rt.Fatalf("expired %v, model %v", ids, want)
+				}
+			},
+			"reopen": func(rt *rapid.T) {
+				e.close()
+				e = openEnv(t, dir, nil, clock, func(o *Options) { o.LeaseTimeout = time.Hour })
+				leases = map[string]*Lease{}
+			},
+			"": func(rt *rapid.T) {
+				var total int64
+				for _, list := range model {
+					total += int64(len(list))
+				}
+				if n, _ := e.q.Depth(); n != total {
+					rt.Fatalf("depth %d, model %d", n, total)
+				}
+			},
+		})
+	})
+}
+
+func recipientName(q *Queue, names []string, r Recipient) string {
+	for _, n := range names {
+		if sameRecipient(q.RecipientKey(n), r) {
+			return n
+		}
+	}
+	return "?"
+}
+
+func sortedKeys(m map[string]*Lease) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

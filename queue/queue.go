@@ -1,0 +1,708 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/seal"
+)
+
+// Errors. ErrFull is backpressure (the API answers 429); ErrStorage (from kv)
+// is a storage fault (503).
+var (
+	ErrClosed       = errors.New("queue: closed")
+	ErrFull         = errors.New("queue: full (queued bytes above the high-water mark)")
+	ErrUnknownLease = errors.New("queue: unknown or expired lease")
+	ErrInvalid      = errors.New("queue: invalid message")
+)
+
+// Recipient is the keyed HMAC of a recipient's phone number.
+type Recipient = [seal.LookupLen]byte
+
+// Message is one queued message.
+type Message struct {
+	// ID is the message id (opaque to the queue, stored in the clear: not identifying).
+	ID string
+	// Recipient is the raw recipient; the queue keeps only its HMAC. Needed on Enqueue.
+	Recipient string
+	// Payload is sealed at rest.
+	Payload []byte
+	// Due is when the message may first be handed out; zero means now.
+	Due time.Time
+	// ExpiresAt is when the message must be gone. Required.
+	ExpiresAt time.Time
+
+	// Set by the queue.
+	Seq     uint64
+	Attempt int
+	size    int
+}
+
+// Options configure a Queue. Zero values take the documented defaults.
+type Options struct {
+	// DB is the shared database. Required.
+	DB *kv.DB
+	// Sealer seals payloads. Required.
+	Sealer *seal.Sealer
+	// Shards is the number of shards, a power of two; default 16. It must not
+	// change for an existing data directory (the queue records it).
+	Shards int
+	// MaxQueuedBytes is the backpressure high-water mark on stored record
+	// bytes; default 8 GiB.
+	MaxQueuedBytes int64
+	// LeaseTimeout is how long a lease hides its messages; default 60s.
+	LeaseTimeout time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// OnDeadLetter is called for each record moved to the dead-letter range.
+	OnDeadLetter func(shard int, seq uint64, err error)
+}
+
+// Queue is safe for concurrent use.
+type Queue struct {
+	opts   Options
+	db     *kv.DB
+	sealer *seal.Sealer
+	seq    atomic.Uint64
+	closed atomic.Bool
+	shards []*shard
+
+	depthMsgs  atomic.Int64
+	depthBytes atomic.Int64
+	deadCount  atomic.Int64
+	leaseToken atomic.Uint64
+}
+
+type shard struct {
+	id int
+	mu struct {
+		sync.Mutex
+		leased map[Recipient]leaseEntry
+	}
+	// queued messages and bytes in this shard (approximate under concurrency, exact at rest).
+	msgs atomic.Int64
+}
+
+type leaseEntry struct {
+	token   uint64
+	expires time.Time
+}
+
+// Lease is a recipient's run of due messages, hidden from other consumers
+// until Complete or Release, or until the lease times out.
+type Lease struct {
+	Shard     int
+	Recipient Recipient
+	// Messages are in FIFO order, payloads opened.
+	Messages []Message
+
+	token uint64
+	hint  []byte // the D key this lease was found through
+	// exhausted: at lease time the recipient had no messages beyond Messages.
+	exhausted bool
+}
+
+const (
+	pfx        = 'q'
+	kRecord    = 'R'
+	kDue       = 'D'
+	kExpiry    = 'X'
+	kDead      = 'Z'
+	kSeq       = 'S'
+	kShards    = 'N'
+	recVersion = 1
+)
+
+// Open opens the queue on opts.DB, recovering the sequence and depth counters.
+func Open(opts Options) (*Queue, error) {
+	if opts.DB == nil || opts.Sealer == nil {
+		return nil, errors.New("queue: Options.DB and Options.Sealer are required")
+	}
+	if opts.Shards == 0 {
+		opts.Shards = 16
+	}
+	if opts.Shards < 1 || opts.Shards > 4096 || opts.Shards&(opts.Shards-1) != 0 {
+		return nil, fmt.Errorf("queue: Shards must be a power of two between 1 and 4096, got %d", opts.Shards)
+	}
+	if opts.MaxQueuedBytes == 0 {
+		opts.MaxQueuedBytes = 8 << 30
+	}
+	if opts.LeaseTimeout == 0 {
+		opts.LeaseTimeout = 60 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	q := &Queue{opts: opts, db: opts.DB, sealer: opts.Sealer}
+	for i := 0; i < opts.Shards; i++ {
+		s := &shard{id: i}
+		s.mu.leased = make(map[Recipient]leaseEntry)
+		q.shards = append(q.shards, s)
+	}
+	// The shard count is part of the on-disk layout.
+	nkey := []byte{pfx, kShards}
+	if v, ok, err := q.db.GetCopy(nkey); err != nil {
+		return nil, err
+	} else if ok {
+		if got := int(binary.BigEndian.Uint32(v)); got != opts.Shards {
+			return nil, fmt.Errorf("queue: data directory was created with %d shards, Options.Shards is %d", got, opts.Shards)
+		}
+	} else {
+		b := q.db.NewBatch()
+		b.Set(nkey, binary.BigEndian.AppendUint32(nil, uint32(opts.Shards)), nil)
+		if err := q.db.Commit(b, true); err != nil {
+			return nil, err
+		}
+	}
+	if v, ok, err := q.db.GetCopy([]byte{pfx, kSeq}); err != nil {
+		return nil, err
+	} else if ok && len(v) == 8 {
+		q.seq.Store(binary.BigEndian.Uint64(v))
+	}
+	if err := q.recount(); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// recount scans the record range once at open: O(depth) keys, O(1) memory.
+func (q *Queue) recount() error {
+	lo := []byte{pfx, kRecord}
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
+	if err != nil {
+		return fmt.Errorf("%w: %v", kv.ErrStorage, err)
+	}
+	defer it.Close()
+	var n, bytesTotal int64
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		n++
+		bytesTotal += int64(len(k) + len(it.Value()))
+		if len(k) == 28 {
+			q.shards[binary.BigEndian.Uint16(k[2:4])%uint16(len(q.shards))].msgs.Add(1)
+		}
+	}
+	q.depthMsgs.Store(n)
+	q.depthBytes.Store(bytesTotal)
+	return it.Error()
+}
+
+// RecipientKey returns the HMAC the queue files recipient under.
+func (q *Queue) RecipientKey(recipient string) Recipient { return q.sealer.Lookup(recipient) }
+
+// ShardOf returns the shard that owns a recipient.
+func (q *Queue) ShardOf(r Recipient) int {
+	return int(binary.BigEndian.Uint32(r[:4]) & uint32(len(q.shards)-1))
+}
+
+// Shards returns the number of shards.
+func (q *Queue) Shards() int { return len(q.shards) }
+
+// Depth returns the number of queued messages and their stored bytes.
+func (q *Queue) Depth() (msgs, bytes int64) { return q.depthMsgs.Load(), q.depthBytes.Load() }
+
+// ShardDepth returns the number of queued messages in one shard.
+func (q *Queue) ShardDepth(shard int) int64 { return q.shards[shard].msgs.Load() }
+
+// DeadLetters returns how many records were moved to the dead-letter range since open.
+func (q *Queue) DeadLetters() int64 { return q.deadCount.Load() }
+
+func recordKey(shard int, r Recipient, seq uint64) []byte {
+	k := make([]byte, 0, 28)
+	k = append(k, pfx, kRecord)
+	k = binary.BigEndian.AppendUint16(k, uint16(shard))
+	k = append(k, r[:]...)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+func dueKey(shard int, due time.Time, r Recipient) []byte {
+	k := make([]byte, 0, 28)
+	k = append(k, pfx, kDue)
+	k = binary.BigEndian.AppendUint16(k, uint16(shard))
+	k = binary.BigEndian.AppendUint64(k, uint64(due.UnixNano()))
+	return append(k, r[:]...)
+}
+
+func expiryKey(exp time.Time, shard int, r Recipient, seq uint64) []byte {
+	k := make([]byte, 0, 36)
+	k = append(k, pfx, kExpiry)
+	k = binary.BigEndian.AppendUint64(k, uint64(exp.UnixNano()))
+	k = binary.BigEndian.AppendUint16(k, uint16(shard))
+	k = append(k, r[:]...)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// encodeRecord: version(1) due(8) expires(8) attempt(4) idLen(1) id sealed.
+func (q *Queue) encodeRecord(dst []byte, m *Message, sealed []byte) []byte {
+	dst = append(dst, recVersion)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(m.Due.UnixNano()))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(m.ExpiresAt.UnixNano()))
+	dst = binary.BigEndian.AppendUint32(dst, uint32(m.Attempt))
+	dst = append(dst, byte(len(m.ID)))
+	dst = append(dst, m.ID...)
+	if sealed == nil {
+		return q.sealer.Seal(dst, m.Payload)
+	}
+	return append(dst, sealed...)
+}
+
+var errCorruptRecord = errors.New("queue: corrupt record")
+
+// decodeRecord parses a record; open controls whether the payload is unsealed.
+// It returns the sealed payload bytes for cheap rewrites.
+func (q *Queue) decodeRecord(v []byte, open bool) (m Message, sealed []byte, err error) {
+	if len(v) < 22 || v[0] != recVersion {
+		return m, nil, errCorruptRecord
+	}
+	m.Due = time.Unix(0, int64(binary.BigEndian.Uint64(v[1:9])))
+	m.ExpiresAt = time.Unix(0, int64(binary.BigEndian.Uint64(v[9:17])))
+	m.Attempt = int(binary.BigEndian.Uint32(v[17:21]))
+	idLen := int(v[21])
+	if len(v) < 22+idLen {
+		return m, nil, errCorruptRecord
+	}
+	m.ID = string(v[22 : 22+idLen])
+	sealed = v[22+idLen:]
+	if open {
+		m.Payload, err = q.sealer.Open(sealed)
+		if err != nil {
+			return m, nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
+		}
+	}
+	return m, sealed, nil
+}
+
+// Enqueue durably stores msgs. It returns only when they are fsync'd (sharing
+// the fsync with concurrent callers). Messages of one recipient within msgs keep
+// their order. Nothing is stored when an error is returned.
+func (q *Queue) Enqueue(ctx context.Context, msgs []Message) error {
+	if q.closed.Load() {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	now := q.opts.Now()
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Recipient == "" || m.ExpiresAt.IsZero() || len(m.ID) == 0 || len(m.ID) > 255 {
+			return fmt.Errorf("%w: message %d needs a recipient, an id (1-255 bytes) and an expiry", ErrInvalid, i)
+		}
+	}
+	if q.depthBytes.Load() > q.opts.MaxQueuedBytes {
+		return ErrFull
+	}
+	b := q.db.NewBatch()
+	last := q.seq.Add(uint64(len(msgs)))
+	first := last - uint64(len(msgs)) + 1
+	var added int64
+	hinted := make(map[Recipient]struct{}, len(msgs))
+	perShard := make([]int64, len(q.shards))
+	buf := make([]byte, 0, 512)
+	for i := range msgs {
+		m := &msgs[i]
+		m.Seq = first + uint64(i)
+		if m.Due.IsZero() || m.Due.Before(now) {
+			m.Due = now
+		}
+		r := q.sealer.Lookup(m.Recipient)
+		sh := q.ShardOf(r)
+		rk := recordKey(sh, r, m.Seq)
+		buf = q.encodeRecord(buf[:0], m, nil)
+		b.Set(rk, buf, nil)
+		m.size = len(rk) + len(buf)
+		added += int64(m.size)
+		b.Set(expiryKey(m.ExpiresAt, sh, r, m.Seq), nil, nil)
+		if _, ok := hinted[r]; !ok {
+			hinted[r] = struct{}{}
+			b.Set(dueKey(sh, m.Due, r), nil, nil)
+		}
+		perShard[sh]++
+	}
+	b.Set([]byte{pfx, kSeq}, binary.BigEndian.AppendUint64(nil, last), nil)
+	if err := q.db.Commit(b, true); err != nil {
+		return err
+	}
+	q.depthMsgs.Add(int64(len(msgs)))
+	q.depthBytes.Add(added)
+	for i, n := range perShard {
+		if n != 0 {
+			q.shards[i].msgs.Add(n)
+		}
+	}
+	return nil
+}
+
+// Lease hands out up to maxRecipients recipients of shard that have due
+// messages, each with up to maxPerRecipient of its due messages in FIFO order.
+func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRecipient int) ([]*Lease, error) {
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
+	if shardID < 0 || shardID >= len(q.shards) {
+		return nil, fmt.Errorf("queue: no shard %d", shardID)
+	}
+	if maxRecipients <= 0 || maxPerRecipient <= 0 {
+		return nil, nil
+	}
+	now := q.opts.Now()
+	s := q.shards[shardID]
+	lo := []byte{pfx, kDue}
+	lo = binary.BigEndian.AppendUint16(lo, uint16(shardID))
+	hi := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(now.UnixNano())+1)
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+	}
+	defer it.Close()
+
+	var leases []*Lease
+	var repair *pebble.Batch
+	seen := make(map[Recipient]struct{})
+	for it.First(); it.Valid() && len(leases) < maxRecipients; it.Next() {
+		if err := ctx.Err(); err != nil {
+			break
+		}
+		hint := append([]byte(nil), it.Key()...)
+		var r Recipient
+		copy(r[:], hint[12:28])
+		if _, dup := seen[r]; dup {
+			continue
+		}
+		seen[r] = struct{}{}
+		s.mu.Lock()
+		if e, ok := s.mu.leased[r]; ok && now.Before(e.expires) {
+			s.mu.Unlock()
+			continue
+		}
+		token := q.leaseToken.Add(1)
+		s.mu.leased[r] = leaseEntry{token: token, expires: now.Add(q.opts.LeaseTimeout)}
+		s.mu.Unlock()
+
+		l, fix, err := q.collect(shardID, r, hint, now, maxPerRecipient)
+		if err != nil {
+			q.unlease(s, r, token)
+			return leases, err
+		}
+		if fix != nil {
+			if repair == nil {
+				repair = q.db.NewBatch()
+			}
+			repair.Apply(fix, nil)
+			fix.Close()
+		}
+		if l == nil {
+			q.unlease(s, r, token)
+			continue
+		}
+		l.token = token
+		leases = append(leases, l)
+	}
+	if err := it.Error(); err != nil {
+		return leases, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+	}
+	if repair != nil {
+		// Hint repairs need no fsync: a lost repair is redone next time.
+		if err := q.db.Commit(repair, false); err != nil {
+			return leases, err
+		}
+	}
+	return leases, nil
+}
+
+// collect reads the recipient's FIFO head run. It returns nil lease (and a
+// repair batch) when the hint is stale.
+func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, max int) (*Lease, *pebble.Batch, error) {
+	lo := recordKey(shardID, r, 0)
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo[:20])})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+	}
+	defer it.Close()
+	l := &Lease{Shard: shardID, Recipient: r, hint: hint, exhausted: true}
+	var fix *pebble.Batch
+	for it.First(); it.Valid(); it.Next() {
+		if len(l.Messages) == max {
+			l.exhausted = false
+			break
+		}
+		k := it.Key()
+		m, _, err := q.decodeRecord(it.Value(), true)
+		if err != nil {
+			// Never a crash loop: move the record aside and go on.
+			if fix == nil {
+				fix = q.db.NewBatch()
+			}
+			q.deadLetter(fix, shardID, append([]byte(nil), k...), append([]byte(nil), it.Value()...), err)
+			continue
+		}
+		if m.Due.After(now) {
+			l.exhausted = false
+			if len(l.Messages) == 0 {
+				// Head not due yet: move the hint to the head's due time.
+				if fix == nil {
+					fix = q.db.NewBatch()
+				}
+				fix.Delete(hint, nil)
+				fix.Set(dueKey(shardID, m.Due, r), nil, nil)
+			}
+			break
+		}
+		m.Seq = binary.BigEndian.Uint64(k[20:28])
+		m.size = len(k) + len(it.Value())
+		l.Messages = append(l.Messages, m)
+	}
+	if err := it.Error(); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+	}
+	if len(l.Messages) == 0 {
+		if l.exhausted {
+			if fix == nil {
+				fix = q.db.NewBatch()
+			}
+			fix.Delete(hint, nil) // recipient is empty: stale hint
+		}
+		return nil, fix, nil
+	}
+	return l, fix, nil
+}
+
+func (q *Queue) deadLetter(b *pebble.Batch, shardID int, key, value []byte, cause error) {
+	seq := binary.BigEndian.Uint64(key[20:28])
+	b.Delete(key, nil)
+	b.Set(binary.BigEndian.AppendUint64([]byte{pfx, kDead}, seq), value, nil)
+	q.deadCount.Add(1)
+	q.depthMsgs.Add(-1)
+	q.depthBytes.Add(-int64(len(key) + len(value)))
+	q.shards[shardID].msgs.Add(-1)
+	q.opts.Logger.Error("queue: record moved to dead letters", "shard", shardID, "seq", seq, "err", cause)
+	if q.opts.OnDeadLetter != nil {
+		q.opts.OnDeadLetter(shardID, seq, cause)
+	}
+}
+
+func (q *Queue) unlease(s *shard, r Recipient, token uint64) {
+	s.mu.Lock()
+	if e, ok := s.mu.leased[r]; ok && e.token == token {
+		delete(s.mu.leased, r)
+	}
+	s.mu.Unlock()
+}
+
+// Outcome is what happened to one leased message.
+type Outcome struct {
+	// Seq names the message.
+	Seq uint64
+	// Ack removes the message for good.
+	Ack bool
+	// RetryAt reschedules it (when not Ack). Zero means now.
+	RetryAt time.Time
+	// CountAttempt increments the message's attempt count.
+	CountAttempt bool
+}
+
+// Complete applies outcomes to a lease's messages, plus the caller's extra
+// mutations, in one atomic batch, then ends the lease. Messages without an
+// outcome stay queued unchanged. sync asks for an fsync (acks alone don't need
+// one: a lost ack means a retransmission, which the platform dedupes).
+func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extra *pebble.Batch, sync bool) error {
+	if q.closed.Load() {
+		return ErrClosed
+	}
+	s := q.shards[l.Shard]
+	s.mu.Lock()
+	e, ok := s.mu.leased[l.Recipient]
+	if !ok || e.token != l.token {
+		s.mu.Unlock()
+		return ErrUnknownLease
+	}
+	// Keep the recipient leased while we commit so no one leases a stale view.
+	s.mu.Unlock()
+	defer q.unlease(s, l.Recipient, l.token)
+
+	now := q.opts.Now()
+	b := q.db.NewBatch()
+	if extra != nil {
+		b.Apply(extra, nil)
+	}
+	bySeq := make(map[uint64]*Outcome, len(outcomes))
+	for i := range outcomes {
+		bySeq[outcomes[i].Seq] = &outcomes[i]
+	}
+	var acked, ackedBytes int64
+	var headDue time.Time
+	headSet := false
+	buf := make([]byte, 0, 512)
+	for i := range l.Messages {
+		m := &l.Messages[i]
+		o := bySeq[m.Seq]
+		rk := recordKey(l.Shard, l.Recipient, m.Seq)
+		switch {
+		case o == nil:
+			if !headSet {
+				headDue, headSet = m.Due, true
+			}
+		case o.Ack:
+			b.Delete(rk, nil)
+			b.Delete(expiryKey(m.ExpiresAt, l.Shard, l.Recipient, m.Seq), nil)
+			acked++
+			ackedBytes += int64(m.size)
+		default:
+			nm := *m
+			nm.Due = o.RetryAt
+			if nm.Due.IsZero() {
+				nm.Due = now
+			}
+			if o.CountAttempt {
+				nm.Attempt++
+			}
+			buf = q.encodeRecord(buf[:0], &nm, q.sealer.Seal(nil, m.Payload))
+			b.Set(rk, buf, nil)
+			if !headSet {
+				headDue, headSet = nm.Due, true
+			}
+		}
+	}
+	b.Delete(l.hint, nil)
+	switch {
+	case headSet:
+		b.Set(dueKey(l.Shard, headDue, l.Recipient), nil, nil)
+	case !l.exhausted:
+		// Messages beyond the lease exist (or may): leave a hint so they're found.
+		b.Set(dueKey(l.Shard, now, l.Recipient), nil, nil)
+	}
+	if err := q.db.Commit(b, sync); err != nil {
+		return err
+	}
+	q.depthMsgs.Add(-acked)
+	q.depthBytes.Add(-ackedBytes)
+	s.msgs.Add(-acked)
+	return nil
+}
+
+// Release ends a lease without changing anything: its messages are due again now.
+func (q *Queue) Release(l *Lease) {
+	q.unlease(q.shards[l.Shard], l.Recipient, l.token)
+}
+
+// Extend pushes a lease's timeout out by another LeaseTimeout.
+func (q *Queue) Extend(l *Lease) error {
+	s := q.shards[l.Shard]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.mu.leased[l.Recipient]
+	if !ok || e.token != l.token {
+		return ErrUnknownLease
+	}
+	e.expires = q.opts.Now().Add(q.opts.LeaseTimeout)
+	s.mu.leased[l.Recipient] = e
+	return nil
+}
+
+// Expire removes up to limit messages whose ExpiresAt is at or before now,
+// oldest first, and returns them (payloads opened when they still open). Leased
+// recipients are skipped: their holder sees the expiry, or the next scan does.
+func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message, error) {
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
+	lo := []byte{pfx, kExpiry}
+	hi := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(now.UnixNano())+1)
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+	}
+	defer it.Close()
+	b := q.db.NewBatch()
+	var out []Message
+	var removedBytes int64
+	perShard := make(map[int]int64)
+	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+		if err := ctx.Err(); err != nil {
+			break
+		}
+		xk := it.Key()
+		if len(xk) != 36 {
+			b.Delete(append([]byte(nil), xk...), nil)
+			continue
+		}
+		sh := int(binary.BigEndian.Uint16(xk[10:12]))
+		var r Recipient
+		copy(r[:], xk[12:28])
+		seq := binary.BigEndian.Uint64(xk[28:36])
+		if sh >= len(q.shards) {
+			b.Delete(append([]byte(nil), xk...), nil)
+			continue
+		}
+		s := q.shards[sh]
+		s.mu.Lock()
+		e, leased := s.mu.leased[r]
+		s.mu.Unlock()
+		if leased && now.Before(e.expires) {
+			continue
+		}
+		b.Delete(append([]byte(nil), xk...), nil)
+		rk := recordKey(sh, r, seq)
+		v, ok, err := q.db.GetCopy(rk)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		m, _, derr := q.decodeRecord(v, true)
+		m.Seq = seq
+		if derr != nil {
+			q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
+		}
+		b.Delete(rk, nil)
+		removedBytes += int64(len(rk) + len(v))
+		perShard[sh]++
+		out = append(out, m)
+	}
+	if err := it.Error(); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+	}
+	if b.Empty() {
+		b.Close()
+		return out, nil
+	}
+	if err := q.db.Commit(b, true); err != nil {
+		return nil, err
+	}
+	q.depthMsgs.Add(-int64(len(out)))
+	q.depthBytes.Add(-removedBytes)
+	for sh, n := range perShard {
+		q.shards[sh].msgs.Add(-n)
+	}
+	return out, nil
+}
+
+// Close stops the queue; safe to call twice. It does not close the shared DB.
+func (q *Queue) Close() error {
+	q.closed.Store(true)
+	return nil
+}
+
+// sameRecipient reports whether two HMACs are equal (helper for tests).
+func sameRecipient(a, b Recipient) bool { return bytes.Equal(a[:], b[:]) }

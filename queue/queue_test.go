@@ -1,0 +1,423 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/seal"
+)
+
+type fakeClock struct{ ns atomic.Int64 }
+
+func newClock() *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+type env struct {
+	dir   string
+	db    *kv.DB
+	q     *Queue
+	clock *fakeClock
+}
+
+func testSealer(t testing.TB) *seal.Sealer {
+	if t == nil {
+		s, _ := seal.New(seal.TestKey(1))
+		return s
+	}
+	s, err := seal.New(seal.TestKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func openEnv(t testing.TB, dir string, fs vfs.FS, clock *fakeClock, mut func(*Options)) *env {
+	t.Helper()
+	db, err := kv.Open(kv.Options{Dir: dir, FS: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{DB: db, Sealer: testSealer(t), Shards: 4, Now: clock.Now}
+	if mut != nil {
+		mut(&opts)
+	}
+	q, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{dir: dir, db: db, q: q, clock: clock}
+}
+
+func (e *env) close() { e.q.Close(); e.db.Close() }
+
+func msg(id, to string, exp time.Time) Message {
+	return Message{ID: id, Recipient: to, Payload: []byte("body of " + id + " to " + to), ExpiresAt: exp}
+}
+
+func leaseAll(t testing.TB, q *Queue, perRcpt int) []*Lease {
+	t.Helper()
+	var out []*Lease
+	for s := 0; s < q.Shards(); s++ {
+		ls, err := q.Lease(context.Background(), s, 1000, perRcpt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ls...)
+	}
+	return out
+}
+
+func ackAll(t testing.TB, q *Queue, l *Lease) {
+	t.Helper()
+	var os []Outcome
+	for _, m := range l.Messages {
+		os = append(os, Outcome{Seq: m.Seq, Ack: true})
+	}
+	if err := q.Complete(context.Background(), l, os, nil, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEnqueueLeaseAckFIFO(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+	defer e.close()
+	ctx := context.Background()
+	exp := e.clock.Now().Add(time.Hour)
+	var msgs []Message
+	for i := 0; i < 5; i++ {
+		msgs = append(msgs, msg(fmt.Sprintf("a%d", i), "15550000001", exp), msg(fmt.Sprintf("b%d", i), "15550000002", exp))
+	}
+	if err := e.q.Enqueue(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := e.q.Depth(); n != 10 {
+		t.Fatalf("depth %d", n)
+	}
+	ls := leaseAll(t, e.q, 2)
+	if len(ls) != 2 {
+		t.Fatalf("want 2 recipients leased, got %d", len(ls))
+	}
+	for _, l := range ls {
+		if len(l.Messages) != 2 || !strings.HasSuffix(l.Messages[0].ID, "0") || !strings.HasSuffix(l.Messages[1].ID, "1") {
+			t.Fatalf("lease not FIFO head: %+v", l.Messages)
+		}
+		if !strings.HasPrefix(string(l.Messages[0].Payload), "body of") {
+			t.Fatalf("payload not opened: %q", l.Messages[0].Payload)
+		}
+	}
+	// While leased, nothing else of those recipients is handed out.
+	if more := leaseAll(t, e.q, 10); len(more) != 0 {
+		t.Fatalf("leased recipient handed out again: %d", len(more))
+	}
+	for _, l := range ls {
+		ackAll(t, e.q, l)
+	}
+	ls = leaseAll(t, e.q, 10)
+	if len(ls) != 2 || len(ls[0].Messages) != 3 || !strings.HasSuffix(ls[0].Messages[0].ID, "2") {
+		t.Fatalf("after ack want the rest in order, got %+v", ls)
+	}
+	for _, l := range ls {
+		ackAll(t, e.q, l)
+	}
+	if n, b := e.q.Depth(); n != 0 || b != 0 {
+		t.Fatalf("depth after ack-all: %d msgs %d bytes", n, b)
+	}
+}
+
+func TestRescheduleKeepsOrderAndCountsAttempts(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+	defer e.close()
+	ctx := context.Background()
+	exp := e.clock.Now().Add(time.Hour)
+	e.q.Enqueue(ctx, []Message{msg("m1", "1555", exp), msg("m2", "1555", exp)})
+	ls := leaseAll(t, e.q, 10)
+	l := ls[0]
+	err := e.q.Complete(ctx, l, []Outcome{{Seq: l.Messages[0].Seq, RetryAt: e.clock.Now().Add(10 * time.Second), CountAttempt: true}}, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// m2 must not overtake m1 while m1 waits for its retry.
+	if ls := leaseAll(t, e.q, 10); len(ls) != 0 {
+		t.Fatalf("message handed out before its head's retry time: %+v", ls[0].Messages)
+	}
+	e.clock.Advance(11 * time.Second)
+	ls = leaseAll(t, e.q, 10)
+	if len(ls) != 1 || ls[0].Messages[0].ID != "m1" || ls[0].Messages[0].Attempt != 1 || ls[0].Messages[1].ID != "m2" {
+		t.Fatalf("after retry time: %+v", ls)
+	}
+}
+
+func TestScheduledMessageWaits(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+	defer e.close()
+	m := msg("later", "1555", e.clock.Now().Add(time.Hour))
+	m.Due = e.clock.Now().Add(time.Minute)
+	e.q.Enqueue(context.Background(), []Message{m})
+	if ls := leaseAll(t, e.q, 1); len(ls) != 0 {
+		t.Fatal("scheduled message handed out early")
+	}
+	e.clock.Advance(time.Minute)
+	if ls := leaseAll(t, e.q, 1); len(ls) != 1 {
+		t.Fatal("scheduled message not handed out when due")
+	}
+}
+
+func TestLeaseExpiryBringsMessagesBack(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), func(o *Options) { o.LeaseTimeout = time.Second })
+	defer e.close()
+	e.q.Enqueue(context.Background(), []Message{msg("m1", "1555", e.clock.Now().Add(time.Hour))})
+	old := leaseAll(t, e.q, 1)
+	e.clock.Advance(2 * time.Second)
+	fresh := leaseAll(t, e.q, 1)
+	if len(fresh) != 1 {
+		t.Fatal("expired lease did not give its messages back")
+	}
+	err := e.q.Complete(context.Background(), old[0], []Outcome{{Seq: old[0].Messages[0].Seq, Ack: true}}, nil, false)
+	if !errors.Is(err, ErrUnknownLease) {
+		t.Fatalf("completing an expired lease: want ErrUnknownLease, got %v", err)
+	}
+	ackAll(t, e.q, fresh[0])
+}
+
+func TestExpireOldestFirstBounded(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+	defer e.close()
+	ctx := context.Background()
+	now := e.clock.Now()
+	e.q.Enqueue(ctx, []Message{
+		msg("late", "1", now.Add(3*time.Minute)), msg("early", "2", now.Add(time.Minute)),
+		msg("mid", "3", now.Add(2*time.Minute)), msg("keep", "4", now.Add(time.Hour)),
+	})
+	got, err := e.q.Expire(ctx, now.Add(5*time.Minute), 2)
+	if err != nil || len(got) != 2 || got[0].ID != "early" || got[1].ID != "mid" {
+		t.Fatalf("first expire batch: %v %+v", err, got)
+	}
+	got, _ = e.q.Expire(ctx, now.Add(5*time.Minute), 10)
+	if len(got) != 1 || got[0].ID != "late" || string(got[0].Payload) != "body of late to 1" {
+		t.Fatalf("second batch: %+v", got)
+	}
+	if n, _ := e.q.Depth(); n != 1 {
+		t.Fatalf("depth %d", n)
+	}
+	if ls := leaseAll(t, e.q, 10); len(ls) != 1 || ls[0].Messages[0].ID != "keep" {
+		t.Fatalf("only keep must remain: %+v", ls)
+	}
+}
+
+func TestBackpressureClosedAndInvalid(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), func(o *Options) { o.MaxQueuedBytes = 1 })
+	ctx := context.Background()
+	exp := e.clock.Now().Add(time.Hour)
+	if err := e.q.Enqueue(ctx, []Message{{ID: "x", Payload: []byte("p"), ExpiresAt: exp}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("missing recipient: %v", err)
+	}
+	if err := e.q.Enqueue(ctx, []Message{msg("a", "1", exp)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.q.Enqueue(ctx, []Message{msg("b", "1", exp)}); !errors.Is(err, ErrFull) {
+		t.Fatalf("want ErrFull, got %v", err)
+	}
+	if n, _ := e.q.Depth(); n != 1 {
+		t.Fatalf("a refused enqueue must store nothing; depth %d", n)
+	}
+	e.q.Close()
+	if err := e.q.Enqueue(ctx, []Message{msg("c", "1", exp)}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("want ErrClosed, got %v", err)
+	}
+	if _, err := e.q.Lease(ctx, 0, 1, 1); !errors.Is(err, ErrClosed) {
+		t.Fatalf("lease on closed: %v", err)
+	}
+	e.db.Close()
+}
+
+func TestShardCountIsPinned(t *testing.T) {
+	dir := t.TempDir()
+	e := openEnv(t, dir, nil, newClock(), nil)
+	e.close()
+	db, _ := kv.Open(kv.Options{Dir: dir})
+	defer db.Close()
+	_, err := Open(Options{DB: db, Sealer: testSealer(t), Shards: 8})
+	if err == nil || !strings.Contains(err.Error(), "created with 4 shards") {
+		t.Fatalf("want a clear shard-count error, got %v", err)
+	}
+	if _, err := Open(Options{DB: db, Sealer: testSealer(t), Shards: 3}); err == nil {
+		t.Fatal("non power of two accepted")
+	}
+}
+
+func TestCorruptRecordIsDeadLettered(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+	defer e.close()
+	ctx := context.Background()
+	exp := e.clock.Now().Add(time.Hour)
+	e.q.Enqueue(ctx, []Message{msg("m1", "1555", exp), msg("m2", "1555", exp)})
+	// Corrupt m1's sealed payload in place.
+	r := e.q.RecipientKey("1555")
+	k := recordKey(e.q.ShardOf(r), r, 1)
+	v, ok, _ := e.db.GetCopy(k)
+	if !ok {
+		t.Fatal("record not found")
+	}
+	v[len(v)-1] ^= 0xff
+	b := e.db.NewBatch()
+	b.Set(k, v, nil)
+	e.db.Commit(b, true)
+	var dead int
+	e.q.opts.OnDeadLetter = func(int, uint64, error) { dead++ }
+	ls := leaseAll(t, e.q, 10)
+	if dead != 1 || e.q.DeadLetters() != 1 {
+		t.Fatalf("corrupt record not dead-lettered: %d", dead)
+	}
+	if len(ls) != 1 || len(ls[0].Messages) != 1 || ls[0].Messages[0].ID != "m2" {
+		t.Fatalf("the good record must still flow: %+v", ls)
+	}
+}
+
+func TestReopenKeepsEverything(t *testing.T) {
+	dir := t.TempDir()
+	clock := newClock()
+	e := openEnv(t, dir, nil, clock, nil)
+	exp := clock.Now().Add(time.Hour)
+	e.q.Enqueue(context.Background(), []Message{msg("m1", "1", exp), msg("m2", "1", exp), msg("m3", "2", exp)})
+	leaseAll(t, e.q, 10) // leases are forgotten by a restart
+	e.close()
+	e = openEnv(t, dir, nil, clock, nil)
+	defer e.close()
+	if n, _ := e.q.Depth(); n != 3 {
+		t.Fatalf("depth after reopen %d", n)
+	}
+	ls := leaseAll(t, e.q, 10)
+	if len(ls) != 2 {
+		t.Fatalf("after reopen want both recipients due, got %d", len(ls))
+	}
+	e.q.Enqueue(context.Background(), []Message{msg("m4", "1", exp)})
+	if ls[0].Messages[len(ls[0].Messages)-1].Seq >= 4 {
+		t.Fatal("sequence went backwards across reopen")
+	}
+}
+
+// A failed fsync must reach the caller as an error and never as an ack.
+func TestFailedFsyncIsNeverAcknowledged(t *testing.T) {
+	dir := t.TempDir()
+	toggle := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData || op.Kind == errorfs.OpFileSyncTo {
+			return errorfs.ErrInjected
+		}
+		return nil
+	})}
+	fs := errorfs.Wrap(vfs.Default, toggle)
+	clock := newClock()
+	e := openEnv(t, dir, fs, clock, nil)
+	ctx := context.Background()
+	exp := clock.Now().Add(time.Hour)
+	if err := e.q.Enqueue(ctx, []Message{msg("ok", "1", exp)}); err != nil {
+		t.Fatal(err)
+	}
+	toggle.On()
+	err := e.q.Enqueue(ctx, []Message{msg("lost", "1", exp)})
+	if !errors.Is(err, kv.ErrStorage) {
+		t.Fatalf("want ErrStorage from a failed fsync, got %v", err)
+	}
+	// The handle stays failed: later writes fail fast instead of pretending.
+	if err := e.q.Enqueue(ctx, []Message{msg("after", "1", exp)}); !errors.Is(err, kv.ErrStorage) {
+		t.Fatalf("poisoned handle accepted a write: %v", err)
+	}
+	toggle.Off()
+	e.q.Close()
+	e.db.Close()
+	// Recovery: reopen once the fault clears. "ok" is there; neither refused write was acknowledged.
+	e = openEnv(t, dir, nil, clock, nil)
+	defer e.close()
+	ls := leaseAll(t, e.q, 10)
+	if len(ls) != 1 || ls[0].Messages[0].ID != "ok" {
+		t.Fatalf("after recovery: %+v", ls)
+	}
+	if err := e.q.Enqueue(ctx, []Message{msg("again", "1", exp)}); err != nil {
+		t.Fatalf("queue did not recover: %v", err)
+	}
+}
+
+func TestNoPlaintextInDataDir(t *testing.T) {
+	dir := t.TempDir()
+	e := openEnv(t, dir, nil, newClock(), nil)
+	exp := e.clock.Now().Add(time.Hour)
+	var msgs []Message
+	for i := 0; i < 200; i++ {
+		msgs = append(msgs, Message{ID: fmt.Sprintf("id%d", i), Recipient: fmt.Sprintf("1555777%04d", i),
+			Payload: []byte(fmt.Sprintf(`{"to":"1555777%04d","body":"SECRETBODY-%d"}`, i, i)), ExpiresAt: exp})
+	}
+	if err := e.q.Enqueue(context.Background(), msgs); err != nil {
+		t.Fatal(err)
+	}
+	e.db.Flush()
+	e.close()
+	assertNoPlaintext(t, dir, "SECRETBODY", "15557770042", "5557770")
+}
+
+func assertNoPlaintext(t *testing.T, dir string, needles ...string) {
+	t.Helper()
+	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		for _, n := range needles {
+			if strings.Contains(string(b), n) {
+				t.Errorf("%s holds %q in the clear", p, n)
+			}
+		}
+		return nil
+	})
+}
+
+func TestConcurrentEnqueueAllDurableAndOrdered(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+	defer e.close()
+	exp := e.clock.Now().Add(time.Hour)
+	var wg sync.WaitGroup
+	for p := 0; p < 8; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				// Each producer owns its recipient, so its order is well defined.
+				m := msg(fmt.Sprintf("p%d-%03d", p, i), fmt.Sprintf("1555%d", p), exp)
+				if err := e.q.Enqueue(context.Background(), []Message{m}); err != nil {
+					t.Error(err)
+				}
+			}
+		}(p)
+	}
+	wg.Wait()
+	ls := leaseAll(t, e.q, 1000)
+	if len(ls) != 8 {
+		t.Fatalf("recipients %d", len(ls))
+	}
+	for _, l := range ls {
+		if len(l.Messages) != 50 {
+			t.Fatalf("messages %d", len(l.Messages))
+		}
+		for i := 1; i < len(l.Messages); i++ {
+			if l.Messages[i-1].ID >= l.Messages[i].ID {
+				t.Fatalf("order broken: %s then %s", l.Messages[i-1].ID, l.Messages[i].ID)
+			}
+		}
+	}
+}
