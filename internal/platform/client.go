@@ -1,0 +1,281 @@
+package platform
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Errors of a whole request. A *RequestError says whether retrying may help.
+var ErrClientClosed = errors.New("platform: client closed")
+
+// RequestError is a failure of a whole platform request.
+type RequestError struct {
+	Status     int           // HTTP status, 0 for transport errors
+	Retryable  bool          // 429, 5xx, transport errors, garbage answers
+	RetryAfter time.Duration // from Retry-After, if any
+	Msg        string
+}
+
+func (e *RequestError) Error() string {
+	return fmt.Sprintf("platform: request failed (status %d, retryable %v): %s", e.Status, e.Retryable, e.Msg)
+}
+
+// ClientOptions configure a Client. Zero values take the defaults.
+type ClientOptions struct {
+	// BaseURL of the platform, e.g. http://127.0.0.1:9100. Required.
+	BaseURL string
+	// Secret is sent as "Authorization: Bearer <secret>".
+	Secret string
+	// Timeout per request; default 10s.
+	Timeout time.Duration
+	// MaxConns to the platform; default 64.
+	MaxConns int
+	// MaxBatch envelopes per /v1/messages request; default 512.
+	MaxBatch int
+	// Linger is how long a partial batch waits for company; default 2ms.
+	Linger time.Duration
+	// MaxInFlight bounds concurrent /v1/messages requests; default 16.
+	MaxInFlight int
+}
+
+// Client is Herald's client of the platform API. Safe for concurrent use.
+type Client struct {
+	opts ClientOptions
+	hc   *fasthttp.Client
+
+	mu struct {
+		sync.Mutex
+		pending []pendingEnv
+		timer   *time.Timer
+		closed  bool
+	}
+	inflight chan struct{}
+	wg       sync.WaitGroup
+}
+
+type pendingEnv struct {
+	env  Envelope
+	done chan<- sendResult
+	idx  int
+}
+
+type sendResult struct {
+	idx int
+	res Result
+	err error
+}
+
+// NewClient validates opts and builds a client.
+func NewClient(opts ClientOptions) (*Client, error) {
+	if opts.BaseURL == "" {
+		return nil, errors.New("platform: ClientOptions.BaseURL is required")
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	if opts.MaxConns == 0 {
+		opts.MaxConns = 64
+	}
+	if opts.MaxBatch == 0 {
+		opts.MaxBatch = 512
+	}
+	if opts.Linger == 0 {
+		opts.Linger = 2 * time.Millisecond
+	}
+	if opts.MaxInFlight == 0 {
+		opts.MaxInFlight = 16
+	}
+	c := &Client{opts: opts, inflight: make(chan struct{}, opts.MaxInFlight)}
+	c.hc = &fasthttp.Client{
+		MaxConnsPerHost:     opts.MaxConns,
+		ReadTimeout:         opts.Timeout,
+		WriteTimeout:        opts.Timeout,
+		MaxIdleConnDuration: time.Minute,
+		MaxResponseBodySize: 64 << 20,
+	}
+	return c, nil
+}
+
+// do POSTs body to path and decodes a 200 answer into out.
+func (c *Client) do(ctx context.Context, path string, body []byte, out any) error {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(c.opts.BaseURL + path)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.Header.SetContentType("application/json")
+	if c.opts.Secret != "" {
+		req.Header.Set("Authorization", "Bearer "+c.opts.Secret)
+	}
+	req.SetBodyRaw(body)
+	timeout := c.opts.Timeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	if err := c.hc.DoTimeout(req, resp, timeout); err != nil {
+		return &RequestError{Retryable: true, Msg: err.Error()}
+	}
+	st := resp.StatusCode()
+	if st != fasthttp.StatusOK {
+		e := &RequestError{Status: st, Retryable: st == 429 || st >= 500, Msg: truncate(resp.Body())}
+		if ra := resp.Header.Peek("Retry-After"); len(ra) > 0 {
+			if s, err := strconv.Atoi(string(ra)); err == nil {
+				e.RetryAfter = time.Duration(s) * time.Second
+			}
+		}
+		return e
+	}
+	if err := json.Unmarshal(resp.Body(), out); err != nil {
+		return &RequestError{Status: st, Retryable: true, Msg: "answer is not the contract's JSON: " + err.Error()}
+	}
+	return nil
+}
+
+func truncate(b []byte) string {
+	if len(b) > 200 {
+		b = b[:200]
+	}
+	return string(b)
+}
+
+// QueryKeys fetches bundles for users, in requests of at most 1000 users.
+func (c *Client) QueryKeys(ctx context.Context, users []string) (*KeysResponse, error) {
+	all := &KeysResponse{}
+	for len(users) > 0 {
+		n := min(len(users), 1000)
+		body, _ := json.Marshal(KeysQuery{Users: users[:n]})
+		var r KeysResponse
+		if err := c.do(ctx, "/v1/keys/query", body, &r); err != nil {
+			return nil, err
+		}
+		all.Users = append(all.Users, r.Users...)
+		all.Unknown = append(all.Unknown, r.Unknown...)
+		users = users[n:]
+	}
+	return all, nil
+}
+
+// SendNow sends envelopes in one request and returns one result per envelope,
+// in envelope order. A result missing from the answer is reported as a
+// retryable "unavailable" so nothing is silently taken as delivered.
+func (c *Client) SendNow(ctx context.Context, envs []Envelope) ([]Result, error) {
+	body, _ := json.Marshal(MessagesRequest{Envelopes: envs})
+	var r MessagesResponse
+	if err := c.do(ctx, "/v1/messages", body, &r); err != nil {
+		return nil, err
+	}
+	type k struct {
+		id  string
+		dev uint32
+	}
+	got := make(map[k]Result, len(r.Results))
+	for _, res := range r.Results {
+		got[k{res.ID, res.DeviceID}] = res
+	}
+	out := make([]Result, len(envs))
+	for i, e := range envs {
+		res, ok := got[k{e.ID, e.DeviceID}]
+		if !ok || (res.Status != StatusAccepted && res.Status != StatusError) {
+			res = Result{ID: e.ID, DeviceID: e.DeviceID, Status: StatusError, Code: CodeUnavailable}
+		}
+		out[i] = res
+	}
+	return out, nil
+}
+
+// Send queues envelopes into shared batches (up to MaxBatch per request, a
+// partial batch waits at most Linger) and waits for their results, in order.
+// A whole-request failure comes back as err (a *RequestError).
+func (c *Client) Send(ctx context.Context, envs []Envelope) ([]Result, error) {
+	if len(envs) == 0 {
+		return nil, nil
+	}
+	done := make(chan sendResult, len(envs))
+	c.mu.Lock()
+	if c.mu.closed {
+		c.mu.Unlock()
+		return nil, ErrClientClosed
+	}
+	for i, e := range envs {
+		c.mu.pending = append(c.mu.pending, pendingEnv{env: e, done: done, idx: i})
+		if len(c.mu.pending) >= c.opts.MaxBatch {
+			c.flushLocked()
+		}
+	}
+	if len(c.mu.pending) > 0 && c.mu.timer == nil {
+		c.mu.timer = time.AfterFunc(c.opts.Linger, func() {
+			c.mu.Lock()
+			c.mu.timer = nil
+			c.flushLocked()
+			c.mu.Unlock()
+		})
+	}
+	c.mu.Unlock()
+
+	out := make([]Result, len(envs))
+	var firstErr error
+	for range envs {
+		select {
+		case r := <-done:
+			if r.err != nil && firstErr == nil {
+				firstErr = r.err
+			}
+			out[r.idx] = r.res
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return out, firstErr
+}
+
+// flushLocked hands the pending batch to a sender goroutine. c.mu is held.
+func (c *Client) flushLocked() {
+	if len(c.mu.pending) == 0 {
+		return
+	}
+	batch := c.mu.pending
+	c.mu.pending = nil
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.inflight <- struct{}{}
+		defer func() { <-c.inflight }()
+		envs := make([]Envelope, len(batch))
+		for i, p := range batch {
+			envs[i] = p.env
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
+		res, err := c.SendNow(ctx, envs)
+		cancel()
+		for i, p := range batch {
+			if err != nil {
+				p.done <- sendResult{idx: p.idx, err: err}
+			} else {
+				p.done <- sendResult{idx: p.idx, res: res[i]}
+			}
+		}
+	}()
+}
+
+// Close flushes what is pending, waits for requests in flight, and refuses new
+// sends. Safe to call twice.
+func (c *Client) Close() {
+	c.mu.Lock()
+	if c.mu.timer != nil {
+		c.mu.timer.Stop()
+		c.mu.timer = nil
+	}
+	c.flushLocked()
+	c.mu.closed = true
+	c.mu.Unlock()
+	c.wg.Wait()
+	c.hc.CloseIdleConnections()
+}

@@ -1,0 +1,16 @@
+// Package signal is Herald's Signal layer on go.mau.fi/libsignal: business
+// identities, the Pebble-backed session store, bundle verification, X3DH
+// session building and batch encryption, plus the recipient side that the
+// platform simulator plays.
+//
+// Invariants:
+//   - Encryption does no I/O. EncryptBatch advances an in-memory session record;
+//     the caller persists that record in the same Pebble batch as the
+//     ciphertexts it produced (design invariant 2). If the batch fails, the caller
+//     calls Store.Forget so the cache drops the advanced, unpersisted state.
+//   - A bundle is used only after its signed-prekey signature verifies and its
+//     keys have the contract's 33-byte 0x05 form.
+//   - Private keys (identity, ratchet state) reach Pebble only sealed.
+//   - Only one goroutine works on one (business, recipient) at a time — the
+//     engine's lease guarantees it — so cached records need no lock of their own.
+package signal

@@ -1,0 +1,199 @@
+package signal
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sync"
+
+	"go.mau.fi/libsignal/ecc"
+	"go.mau.fi/libsignal/keys/identity"
+	"go.mau.fi/libsignal/protocol"
+	"go.mau.fi/libsignal/session"
+	"go.mau.fi/libsignal/state/record"
+	"go.mau.fi/libsignal/util/keyhelper"
+
+	"github.com/heraldhq/herald/internal/platform"
+)
+
+// ErrNoPreKeys is returned by Device.Bundle when the one-time pool is used up
+// (the bundle then has no prekey, as the contract allows).
+var ErrNoPreKeys = errors.New("signal: one-time prekeys exhausted")
+
+// Device is a recipient device: what the platform simulator plays. It is safe
+// for concurrent use.
+type Device struct {
+	ID uint32
+
+	mu           sync.Mutex
+	identity     *identity.KeyPair
+	regID        uint32
+	signed       *record.SignedPreKey
+	preKeys      map[uint32]*record.PreKey
+	nextPreKey   uint32
+	preKeyBudget int
+	sessions     map[string]*record.Session
+	identities   map[string]*identity.Key
+}
+
+// NewDevice makes a device with a fresh identity and signed prekey, and a
+// budget of one-time prekeys it will hand out (generated lazily).
+func NewDevice(id uint32, preKeyBudget int) (*Device, error) {
+	d := &Device{ID: id, preKeyBudget: preKeyBudget}
+	if err := d.Reinstall(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Reinstall gives the device a new identity and forgets every session, as a
+// reinstalled app would.
+func (d *Device) Reinstall() error {
+	kp, err := keyhelper.GenerateIdentityKeyPair()
+	if err != nil {
+		return err
+	}
+	spk, err := keyhelper.GenerateSignedPreKey(kp, 1, Serializer.SignedPreKeyRecord)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.identity, d.regID, d.signed = kp, newRegistrationID(), spk
+	d.preKeys = map[uint32]*record.PreKey{}
+	d.nextPreKey = 1 // id 0 means "no prekey" in every libsignal
+	d.sessions = map[string]*record.Session{}
+	d.identities = map[string]*identity.Key{}
+	return nil
+}
+
+// ForgetSession drops the session with one sender, as a device that lost its state.
+func (d *Device) ForgetSession(from string) {
+	d.mu.Lock()
+	delete(d.sessions, protocol.NewSignalAddress(from, 1).String())
+	d.mu.Unlock()
+}
+
+// Bundle returns the device's bundle, consuming one one-time prekey.
+func (d *Device) Bundle() platform.DeviceBundle {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b := platform.DeviceBundle{
+		DeviceID:       d.ID,
+		RegistrationID: d.regID,
+		IdentityKey:    EncodeKey(d.identity.PublicKey().PublicKey()),
+		SignedPreKey: platform.SignedPreKey{
+			ID:        d.signed.ID(),
+			PublicKey: EncodeKey(d.signed.KeyPair().PublicKey()),
+			Signature: base64.StdEncoding.EncodeToString(sigBytes(d.signed.Signature())),
+		},
+	}
+	if int(d.nextPreKey) <= d.preKeyBudget {
+		kp, err := ecc.GenerateKeyPair()
+		if err == nil {
+			id := d.nextPreKey
+			d.nextPreKey++
+			d.preKeys[id] = record.NewPreKey(id, kp, Serializer.PreKeyRecord)
+			b.PreKey = &platform.OneTimePreKey{ID: id, PublicKey: EncodeKey(kp.PublicKey())}
+		}
+	}
+	return b
+}
+
+func sigBytes(s [64]byte) []byte { return s[:] }
+
+// Decrypt decrypts one envelope body from sender `from` (device 1).
+func (d *Device) Decrypt(from, typ string, body []byte) ([]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ctx := context.Background()
+	addr := protocol.NewSignalAddress(from, 1)
+	st := &deviceStore{d: d}
+	builder := session.NewBuilder(st, st, st, st, addr, Serializer)
+	c := session.NewCipher(builder, addr)
+	switch typ {
+	case platform.TypePreKey:
+		m, err := protocol.NewPreKeySignalMessageFromBytes(body, Serializer.PreKeySignalMessage, Serializer.SignalMessage)
+		if err != nil {
+			return nil, fmt.Errorf("parse pkmsg: %w", err)
+		}
+		return c.DecryptMessage(ctx, m)
+	case platform.TypeMsg:
+		m, err := protocol.NewSignalMessageFromBytes(body, Serializer.SignalMessage)
+		if err != nil {
+			return nil, fmt.Errorf("parse msg: %w", err)
+		}
+		return c.Decrypt(ctx, m)
+	}
+	return nil, fmt.Errorf("unknown envelope type %q", typ)
+}
+
+// deviceStore adapts Device to libsignal's store interfaces; d.mu is held.
+type deviceStore struct{ d *Device }
+
+func (s *deviceStore) GetIdentityKeyPair() *identity.KeyPair { return s.d.identity }
+func (s *deviceStore) GetLocalRegistrationID() uint32        { return s.d.regID }
+func (s *deviceStore) SaveIdentity(_ context.Context, a *protocol.SignalAddress, k *identity.Key) error {
+	s.d.identities[a.String()] = k
+	return nil
+}
+func (s *deviceStore) IsTrustedIdentity(context.Context, *protocol.SignalAddress, *identity.Key) (bool, error) {
+	return true, nil
+}
+func (s *deviceStore) LoadSession(_ context.Context, a *protocol.SignalAddress) (*record.Session, error) {
+	if r, ok := s.d.sessions[a.String()]; ok {
+		return r, nil
+	}
+	return NewSessionRecord(), nil
+}
+func (s *deviceStore) GetSubDeviceSessions(context.Context, string) ([]uint32, error) {
+	return nil, nil
+}
+func (s *deviceStore) StoreSession(_ context.Context, a *protocol.SignalAddress, r *record.Session) error {
+	s.d.sessions[a.String()] = r
+	return nil
+}
+func (s *deviceStore) ContainsSession(_ context.Context, a *protocol.SignalAddress) (bool, error) {
+	_, ok := s.d.sessions[a.String()]
+	return ok, nil
+}
+func (s *deviceStore) DeleteSession(_ context.Context, a *protocol.SignalAddress) error {
+	delete(s.d.sessions, a.String())
+	return nil
+}
+func (s *deviceStore) DeleteAllSessions(context.Context) error {
+	s.d.sessions = map[string]*record.Session{}
+	return nil
+}
+func (s *deviceStore) LoadPreKey(_ context.Context, id uint32) (*record.PreKey, error) {
+	return s.d.preKeys[id], nil
+}
+func (s *deviceStore) StorePreKey(_ context.Context, id uint32, r *record.PreKey) error {
+	s.d.preKeys[id] = r
+	return nil
+}
+func (s *deviceStore) ContainsPreKey(_ context.Context, id uint32) (bool, error) {
+	_, ok := s.d.preKeys[id]
+	return ok, nil
+}
+func (s *deviceStore) RemovePreKey(_ context.Context, id uint32) error {
+	delete(s.d.preKeys, id)
+	return nil
+}
+func (s *deviceStore) LoadSignedPreKey(_ context.Context, id uint32) (*record.SignedPreKey, error) {
+	if id == s.d.signed.ID() {
+		return s.d.signed, nil
+	}
+	return nil, nil
+}
+func (s *deviceStore) LoadSignedPreKeys(context.Context) ([]*record.SignedPreKey, error) {
+	return []*record.SignedPreKey{s.d.signed}, nil
+}
+func (s *deviceStore) StoreSignedPreKey(context.Context, uint32, *record.SignedPreKey) error {
+	return nil
+}
+func (s *deviceStore) ContainsSignedPreKey(_ context.Context, id uint32) (bool, error) {
+	return id == s.d.signed.ID(), nil
+}
+func (s *deviceStore) RemoveSignedPreKey(context.Context, uint32) error { return nil }

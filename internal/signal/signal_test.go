@@ -1,0 +1,203 @@
+package signal
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/seal"
+)
+
+func newStore(t testing.TB, dir string) (*Store, *kv.DB) {
+	t.Helper()
+	db, err := kv.Open(kv.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := seal.New(seal.TestKey(1))
+	st, err := NewStore(db, s, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, db
+}
+
+func mkSession(t testing.TB, id *Identity, user string, dev *Device, known []byte, strict bool) *Built {
+	t.Helper()
+	b, err := DecodeBundle(user, dev.Bundle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	built, err := BuildSession(context.Background(), id, user, b, known, strict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return built
+}
+
+func TestRoundTripMultiDeviceInOrder(t *testing.T) {
+	ctx := context.Background()
+	id, _ := NewIdentity("15550001111")
+	for devID := uint32(1); devID <= 3; devID++ {
+		dev, _ := NewDevice(devID, 10)
+		built := mkSession(t, id, "15551230000", dev, nil, false)
+		var pts [][]byte
+		for i := 0; i < 5; i++ {
+			pts = append(pts, []byte(fmt.Sprintf("msg %d to device %d", i, devID)))
+		}
+		cts, err := EncryptBatch(ctx, id, "15551230000", devID, built.Record, pts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range cts {
+			if c.Type != platform.TypePreKey {
+				t.Fatalf("until the recipient replies every message is a pkmsg, got %s", c.Type)
+			}
+			got, err := dev.Decrypt(id.Phone, c.Type, c.Body)
+			if err != nil || string(got) != string(pts[i]) {
+				t.Fatalf("device %d message %d: %v %q", devID, i, err, got)
+			}
+		}
+	}
+}
+
+func TestPreKeyExhaustionStillWorks(t *testing.T) {
+	id, _ := NewIdentity("15550001111")
+	dev, _ := NewDevice(1, 0) // no one-time prekeys at all
+	wire := dev.Bundle()
+	if wire.PreKey != nil {
+		t.Fatal("exhausted device handed out a prekey")
+	}
+	built := mkSession(t, id, "1555", dev, nil, false)
+	cts, err := EncryptBatch(context.Background(), id, "1555", 1, built.Record, [][]byte{[]byte("hi")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil || string(got) != "hi" {
+		t.Fatalf("signed-prekey-only session: %v", err)
+	}
+}
+
+func TestSessionResetAfterLostSession(t *testing.T) {
+	ctx := context.Background()
+	id, _ := NewIdentity("15550001111")
+	dev, _ := NewDevice(1, 10)
+	built := mkSession(t, id, "1555", dev, nil, false)
+	cts, _ := EncryptBatch(ctx, id, "1555", 1, built.Record, [][]byte{[]byte("a")})
+	if _, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil {
+		t.Fatal(err)
+	}
+	dev.Reinstall() // lost every session and identity
+	cts, _ = EncryptBatch(ctx, id, "1555", 1, built.Record, [][]byte{[]byte("b")})
+	if _, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err == nil {
+		t.Fatal("a reinstalled device decrypted with the old session")
+	}
+	// Reset: fresh bundle, new session; the changed identity is reported.
+	rebuilt := mkSession(t, id, "1555", dev, built.IdentityKey, false)
+	if !rebuilt.IdentityChanged {
+		t.Fatal("identity change not reported")
+	}
+	cts, _ = EncryptBatch(ctx, id, "1555", 1, rebuilt.Record, [][]byte{[]byte("b")})
+	if got, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil || string(got) != "b" {
+		t.Fatalf("after reset: %v", err)
+	}
+}
+
+func TestIdentityCheckRefusesChangedKey(t *testing.T) {
+	id, _ := NewIdentity("15550001111")
+	dev, _ := NewDevice(1, 10)
+	first := mkSession(t, id, "1555", dev, nil, true)
+	dev.Reinstall()
+	b, _ := DecodeBundle("1555", dev.Bundle())
+	if _, err := BuildSession(context.Background(), id, "1555", b, first.IdentityKey, true); !errors.Is(err, ErrIdentityChanged) {
+		t.Fatalf("want ErrIdentityChanged, got %v", err)
+	}
+	// Same key, strict: fine.
+	dev2, _ := NewDevice(2, 10)
+	again := mkSession(t, id, "1555", dev2, nil, true)
+	b2, _ := DecodeBundle("1555", dev2.Bundle())
+	if _, err := BuildSession(context.Background(), id, "1555", b2, again.IdentityKey, true); err != nil {
+		t.Fatalf("unchanged key refused: %v", err)
+	}
+}
+
+func TestBadBundlesAreRejected(t *testing.T) {
+	dev, _ := NewDevice(1, 10)
+	other, _ := NewDevice(1, 10)
+	good := dev.Bundle()
+	cases := map[string]func(b *platform.DeviceBundle){
+		"signature from another key": func(b *platform.DeviceBundle) { b.SignedPreKey.Signature = other.Bundle().SignedPreKey.Signature },
+		"identity key 32 bytes": func(b *platform.DeviceBundle) {
+			raw, _ := base64.StdEncoding.DecodeString(b.IdentityKey)
+			b.IdentityKey = base64.StdEncoding.EncodeToString(raw[1:])
+		},
+		"not base64":      func(b *platform.DeviceBundle) { b.SignedPreKey.PublicKey = "!!" },
+		"short signature": func(b *platform.DeviceBundle) { b.SignedPreKey.Signature = "AAAA" },
+		"prekey id 0":     func(b *platform.DeviceBundle) { b.PreKey.ID = 0 },
+		"device id 0":     func(b *platform.DeviceBundle) { b.DeviceID = 0 },
+		"device id 128":   func(b *platform.DeviceBundle) { b.DeviceID = 128 },
+		"wrong key type": func(b *platform.DeviceBundle) {
+			raw, _ := base64.StdEncoding.DecodeString(b.IdentityKey)
+			raw[0] = 6
+			b.IdentityKey = base64.StdEncoding.EncodeToString(raw)
+		},
+	}
+	for name, mut := range cases {
+		b := good
+		pk := *good.PreKey
+		b.PreKey = &pk
+		mut(&b)
+		if _, err := DecodeBundle("1555", b); !errors.Is(err, ErrBadBundle) {
+			t.Errorf("%s: want ErrBadBundle, got %v", name, err)
+		}
+	}
+	if _, err := DecodeBundle("1555", good); err != nil {
+		t.Fatalf("good bundle: %v", err)
+	}
+}
+
+func TestStorePersistsSealedSessionsAndIdentity(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, db := newStore(t, dir)
+	id, err := st.Identity("15550001111")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, _ := NewDevice(1, 10)
+	r := Recipient{1, 2, 3}
+	built := mkSession(t, id, "1555", dev, nil, false)
+	cts, _ := EncryptBatch(ctx, id, "1555", 1, built.Record, [][]byte{[]byte("one")})
+	b := db.NewBatch()
+	st.PutSession(b, id.Phone, r, 1, built.Record)
+	st.PutDevices(b, id.Phone, r, []uint32{1})
+	st.PutTrustedIdentity(b, id.Phone, r, 1, built.IdentityKey)
+	if err := db.Commit(b, true); err != nil {
+		t.Fatal(err)
+	}
+	dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body)
+	db.Close()
+
+	st, db = newStore(t, dir) // cold cache: everything comes from Pebble
+	defer db.Close()
+	id2, _ := st.Identity("15550001111")
+	if string(id2.KeyPair.PublicKey().Serialize()) != string(id.KeyPair.PublicKey().Serialize()) || id2.RegistrationID != id.RegistrationID {
+		t.Fatal("identity changed across restart")
+	}
+	rec, err := st.Session(id.Phone, r, 1)
+	if err != nil || rec == nil {
+		t.Fatalf("session not reloaded: %v", err)
+	}
+	devs, ok, _ := st.Devices(id.Phone, r)
+	if !ok || len(devs) != 1 {
+		t.Fatal("devices not reloaded")
+	}
+	cts, _ = EncryptBatch(ctx, id2, "1555", 1, rec, [][]byte{[]byte("two")})
+	if got, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil || string(got) != "two" {
+		t.Fatalf("reloaded session does not continue the ratchet: %v", err)
+	}
+}

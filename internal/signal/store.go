@@ -1,0 +1,202 @@
+package signal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"go.mau.fi/libsignal/ecc"
+	"go.mau.fi/libsignal/keys/identity"
+	"go.mau.fi/libsignal/state/record"
+
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/seal"
+)
+
+// Recipient is a keyed HMAC of a recipient's number (never the number itself).
+type Recipient = [seal.LookupLen]byte
+
+// Store keeps identities, sessions, trusted remote identity keys and device
+// lists in Pebble (prefix 's'), sealed where they hold secrets, with a bounded
+// cache of hot session records in front.
+type Store struct {
+	db     *kv.DB
+	sealer *seal.Sealer
+	cache  *lru.Cache[string, *record.Session]
+
+	idMu sync.Mutex
+	ids  map[string]*Identity
+}
+
+// NewStore makes a store; cacheSessions bounds the hot-session cache (default 100,000).
+func NewStore(db *kv.DB, sealer *seal.Sealer, cacheSessions int) (*Store, error) {
+	if cacheSessions <= 0 {
+		cacheSessions = 100_000
+	}
+	c, err := lru.New[string, *record.Session](cacheSessions)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: db, sealer: sealer, cache: c, ids: map[string]*Identity{}}, nil
+}
+
+func key(kind byte, biz string, r *Recipient, device uint32) []byte {
+	k := make([]byte, 0, 3+len(biz)+16+4)
+	k = append(k, 's', kind, byte(len(biz)))
+	k = append(k, biz...)
+	if r != nil {
+		k = append(k, r[:]...)
+	}
+	if device != 0 {
+		k = binary.BigEndian.AppendUint32(k, device)
+	}
+	return k
+}
+
+// Identity loads the business phone's identity, creating and persisting it on first use.
+func (s *Store) Identity(phone string) (*Identity, error) {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	if id, ok := s.ids[phone]; ok {
+		return id, nil
+	}
+	k := key('I', phone, nil, 0)
+	v, ok, err := s.db.GetCopy(k)
+	if err != nil {
+		return nil, err
+	}
+	var id *Identity
+	if ok {
+		plain, err := s.sealer.Open(v)
+		if err != nil || len(plain) != 32+33+4 {
+			return nil, fmt.Errorf("signal: identity of business number is unreadable: %v", err)
+		}
+		var priv [32]byte
+		copy(priv[:], plain[:32])
+		pub, err := ecc.DecodePoint(plain[32:65], 0)
+		if err != nil {
+			return nil, err
+		}
+		id = &Identity{Phone: phone, KeyPair: identity.NewKeyPair(identity.NewKey(pub), ecc.NewDjbECPrivateKey(priv)),
+			RegistrationID: binary.BigEndian.Uint32(plain[65:])}
+	} else {
+		id, err = NewIdentity(phone)
+		if err != nil {
+			return nil, err
+		}
+		priv := id.KeyPair.PrivateKey().Serialize()
+		plain := append(priv[:], id.KeyPair.PublicKey().Serialize()...)
+		plain = binary.BigEndian.AppendUint32(plain, id.RegistrationID)
+		b := s.db.NewBatch()
+		b.Set(k, s.sealer.Seal(nil, plain), nil)
+		if err := s.db.Commit(b, true); err != nil {
+			return nil, err
+		}
+	}
+	s.ids[phone] = id
+	return id, nil
+}
+
+func cacheKey(biz string, r Recipient, device uint32) string {
+	return string(key('S', biz, &r, device))
+}
+
+// Session returns the session record for (business, recipient, device), or
+// nil when there is none. The record is shared with the cache: only the worker
+// holding the recipient's lease may touch it.
+func (s *Store) Session(biz string, r Recipient, device uint32) (*record.Session, error) {
+	ck := cacheKey(biz, r, device)
+	if rec, ok := s.cache.Get(ck); ok {
+		return rec, nil
+	}
+	v, ok, err := s.db.GetCopy([]byte(ck))
+	if err != nil || !ok {
+		return nil, err
+	}
+	plain, err := s.sealer.Open(v)
+	if err != nil {
+		return nil, fmt.Errorf("signal: session record unreadable: %w", err)
+	}
+	rec, err := record.NewSessionFromBytes(plain, Serializer.Session, Serializer.State)
+	if err != nil {
+		return nil, fmt.Errorf("signal: session record corrupt: %w", err)
+	}
+	s.cache.Add(ck, rec)
+	return rec, nil
+}
+
+// PutSession writes rec into b (sealed) and caches it.
+func (s *Store) PutSession(b *pebble.Batch, biz string, r Recipient, device uint32, rec *record.Session) {
+	ck := cacheKey(biz, r, device)
+	b.Set([]byte(ck), s.sealer.Seal(nil, rec.Serialize()), nil)
+	s.cache.Add(ck, rec)
+}
+
+// DeleteSession removes a device's session (a reset) in b and from the cache.
+func (s *Store) DeleteSession(b *pebble.Batch, biz string, r Recipient, device uint32) {
+	ck := cacheKey(biz, r, device)
+	b.Delete([]byte(ck), nil)
+	s.cache.Remove(ck)
+}
+
+// Forget drops cached sessions of a recipient whose batch failed to commit, so
+// the next attempt reloads what is really on disk.
+func (s *Store) Forget(biz string, r Recipient, devices []uint32) {
+	for _, d := range devices {
+		s.cache.Remove(cacheKey(biz, r, d))
+	}
+}
+
+// Devices returns the recipient's known device ids for this business, or
+// ok=false when the devices were never queried.
+func (s *Store) Devices(biz string, r Recipient) (devs []uint32, ok bool, err error) {
+	v, ok, err := s.db.GetCopy(key('V', biz, &r, 0))
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	if len(v)%4 != 0 {
+		return nil, false, errors.New("signal: device list corrupt")
+	}
+	for i := 0; i < len(v); i += 4 {
+		devs = append(devs, binary.BigEndian.Uint32(v[i:]))
+	}
+	return devs, true, nil
+}
+
+// PutDevices records the recipient's device ids in b.
+func (s *Store) PutDevices(b *pebble.Batch, biz string, r Recipient, devs []uint32) {
+	v := make([]byte, 0, 4*len(devs))
+	for _, d := range devs {
+		v = binary.BigEndian.AppendUint32(v, d)
+	}
+	b.Set(key('V', biz, &r, 0), v, nil)
+}
+
+// TrustedIdentity returns the identity key the business trusted for a device.
+func (s *Store) TrustedIdentity(biz string, r Recipient, device uint32) ([]byte, error) {
+	v, ok, err := s.db.GetCopy(key('K', biz, &r, device))
+	if err != nil || !ok {
+		return nil, err
+	}
+	return v, nil
+}
+
+// PutTrustedIdentity records a device's identity key in b.
+func (s *Store) PutTrustedIdentity(b *pebble.Batch, biz string, r Recipient, device uint32, ik []byte) {
+	b.Set(key('K', biz, &r, device), ik, nil)
+}
+
+// ForgetRecipient deletes everything kept about a recipient for a business
+// (sessions, identities, devices): used by retention once nothing is pending.
+func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
+	for _, kind := range []byte{'S', 'K', 'V'} {
+		lo := key(kind, biz, &r, 0)
+		b.DeleteRange(lo, kv.PrefixEnd(lo), nil)
+	}
+	for d := uint32(1); d <= 127; d++ {
+		s.cache.Remove(cacheKey(biz, r, d))
+	}
+}
