@@ -1,0 +1,610 @@
+// Package sim is the platform simulator (`herald platform`): a real, separate
+// fasthttp server speaking the platform contract, whose recipients are real
+// libsignal devices created lazily on first key query (a million users cost
+// nothing until asked for). Every envelope is decrypted; the plaintext JSON is
+// checked against the envelope; (id, device) is delivered once; a device that
+// sees a sender's message ids go backwards counts an ordering violation.
+package sim
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/signal"
+)
+
+// Options configure the simulator. Zero values take the defaults.
+type Options struct {
+	// Listen address; default 127.0.0.1:0.
+	Listen string
+	// EventsURL receives signed events; empty disables pushing.
+	EventsURL string
+	// Secret authenticates Herald (Bearer) and signs events; default "platform-secret".
+	Secret string
+	// Users is how many users exist; default 1,000,000.
+	Users int
+	// Prefix of user numbers; user i is Prefix followed by i, zero-padded to 11 digits. Default "1555".
+	Prefix string
+	// DevicesMin/DevicesMax: devices per user; default 1-3.
+	DevicesMin, DevicesMax int
+	// UnknownShare of users that are not registered; default 0.02.
+	UnknownShare float64
+	// PreKeys per device before the pool is exhausted; default 100.
+	PreKeys int
+	// ReadShare of delivered messages also reported read; default 0.5.
+	ReadShare float64
+	// ReportRate: share of delivered messages answered with a spam report.
+	ReportRate float64
+	// Faults.
+	LatencyMS         int     // added to every /v1/messages request
+	ThrottleRate      float64 // per envelope: throttled
+	UnavailableRate   float64 // per envelope: unavailable
+	Status429Rate     float64 // per request: HTTP 429
+	Status503Rate     float64 // per request: HTTP 503
+	ReinstallRate     float64 // per envelope: the device reinstalls (new identity, sessions lost)
+	DecryptFailedRate float64 // per accepted envelope: a decrypt_failed retry receipt follows
+	RetryAfterMS      int64   // retry_after_ms on throttled/unavailable; default 50
+	EventInterval     time.Duration
+	Logger            *slog.Logger
+}
+
+// Stats are the simulator's counters (GET /v1/stats).
+type Stats struct {
+	KeyQueries         int64            `json:"key_queries"`
+	Bundles            int64            `json:"bundles"`
+	Requests           int64            `json:"requests"`
+	Envelopes          int64            `json:"envelopes"`
+	Decrypted          int64            `json:"decrypted"`
+	Duplicates         int64            `json:"duplicates"`
+	Unknown            int64            `json:"unknown"`
+	Stale              int64            `json:"stale_devices"`
+	Mismatches         int64            `json:"mismatches"`
+	OrderingViolations int64            `json:"ordering_violations"`
+	Failures           map[string]int64 `json:"failures"`
+	Injected           map[string]int64 `json:"injected"`
+	EventsSent         int64            `json:"events_sent"`
+	EventsFailed       int64            `json:"events_failed"`
+	EventsDropped      int64            `json:"events_dropped"`
+	AuthRejected       int64            `json:"auth_rejected"`
+}
+
+// Server is a running simulator.
+type Server struct {
+	opts Options
+	ln   net.Listener
+	srv  *fasthttp.Server
+
+	shards [64]userShard
+	down   atomic.Bool
+
+	statsMu sync.Mutex
+	stats   Stats
+
+	evMu      sync.Mutex
+	events    []platform.Event
+	evClient  *fasthttp.Client
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+type userShard struct {
+	mu    sync.Mutex
+	users map[string]*simUser
+}
+
+type simUser struct {
+	mu      sync.Mutex
+	devices map[uint32]*simDevice
+}
+
+type simDevice struct {
+	dev  *signal.Device
+	seen map[string]struct{}
+	last map[string]string // sender → last message id delivered
+}
+
+// New validates options and starts listening (not serving: call Serve or Start).
+func New(opts Options) (*Server, error) {
+	if opts.Listen == "" {
+		opts.Listen = "127.0.0.1:0"
+	}
+	if opts.Secret == "" {
+		opts.Secret = "platform-secret"
+	}
+	if opts.Users == 0 {
+		opts.Users = 1_000_000
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "1555"
+	}
+	if opts.DevicesMin == 0 {
+		opts.DevicesMin = 1
+	}
+	if opts.DevicesMax == 0 {
+		opts.DevicesMax = max(3, opts.DevicesMin)
+	}
+	if opts.UnknownShare == 0 {
+		opts.UnknownShare = 0.02
+	}
+	if opts.UnknownShare < 0 {
+		opts.UnknownShare = 0
+	}
+	if opts.PreKeys == 0 {
+		opts.PreKeys = 100
+	}
+	if opts.ReadShare == 0 {
+		opts.ReadShare = 0.5
+	}
+	if opts.RetryAfterMS == 0 {
+		opts.RetryAfterMS = 50
+	}
+	if opts.EventInterval == 0 {
+		opts.EventInterval = 50 * time.Millisecond
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	switch {
+	case len(opts.Prefix) >= 11 || !digits(opts.Prefix):
+		return nil, fmt.Errorf("sim: --prefix must be 1-10 digits, got %q", opts.Prefix)
+	case opts.DevicesMin < 1 || opts.DevicesMax > 127 || opts.DevicesMin > opts.DevicesMax:
+		return nil, fmt.Errorf("sim: --devices must be MIN-MAX within 1-127, got %d-%d", opts.DevicesMin, opts.DevicesMax)
+	case opts.Users < 1 || float64(opts.Users) > pow10(11-len(opts.Prefix)):
+		return nil, fmt.Errorf("sim: --users %d does not fit in %d digits after prefix %s", opts.Users, 11-len(opts.Prefix), opts.Prefix)
+	}
+	ln, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("sim: listen %s: %w", opts.Listen, err)
+	}
+	s := &Server{opts: opts, ln: ln, stop: make(chan struct{}), evClient: &fasthttp.Client{ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}}
+	s.stats.Failures = map[string]int64{}
+	s.stats.Injected = map[string]int64{}
+	for i := range s.shards {
+		s.shards[i].users = map[string]*simUser{}
+	}
+	s.srv = &fasthttp.Server{Handler: s.handle, MaxRequestBodySize: 64 << 20, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, Name: "herald-platform-sim"}
+	return s, nil
+}
+
+func digits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func pow10(n int) float64 {
+	v := 1.0
+	for i := 0; i < n; i++ {
+		v *= 10
+	}
+	return v
+}
+
+// Addr is the address the simulator listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// URL is the simulator's base URL.
+func (s *Server) URL() string { return "http://" + s.Addr() }
+
+// Start serves in the background.
+func (s *Server) Start() {
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.srv.Serve(s.ln) }()
+	go func() { defer s.wg.Done(); s.pushLoop() }()
+}
+
+// Close stops serving and pushing; safe to call twice.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.srv.Shutdown()
+		s.ln.Close()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+// SetDown makes every request fail with 503 until SetDown(false).
+func (s *Server) SetDown(down bool) { s.down.Store(down) }
+
+// UserNumber returns user i's number.
+func (s *Server) UserNumber(i int) string {
+	return s.opts.Prefix + fmt.Sprintf("%0*d", 11-len(s.opts.Prefix), i)
+}
+
+func hash(s string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return h.Sum64()
+}
+
+// userIndex returns i for a simulated user number, or -1.
+func (s *Server) userIndex(u string) int {
+	if len(u) != 11 || len(u) <= len(s.opts.Prefix) || u[:len(s.opts.Prefix)] != s.opts.Prefix {
+		return -1
+	}
+	i, err := strconv.Atoi(u[len(s.opts.Prefix):])
+	if err != nil || i < 0 || i >= s.opts.Users {
+		return -1
+	}
+	return i
+}
+
+// Registered reports whether user number u exists on the platform.
+func (s *Server) Registered(u string) bool {
+	if s.userIndex(u) < 0 {
+		return false
+	}
+	return float64(hash("unknown:"+u)%10000)/10000 >= s.opts.UnknownShare
+}
+
+// DeviceCount returns how many devices a registered user has.
+func (s *Server) DeviceCount(u string) int {
+	span := s.opts.DevicesMax - s.opts.DevicesMin + 1
+	return s.opts.DevicesMin + int(hash("devices:"+u)%uint64(span))
+}
+
+func (s *Server) user(u string) *simUser {
+	sh := &s.shards[hash(u)%uint64(len(s.shards))]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	su, ok := sh.users[u]
+	if !ok {
+		su = &simUser{devices: map[uint32]*simDevice{}}
+		sh.users[u] = su
+	}
+	return su
+}
+
+// device returns (creating lazily) a user's device; su.mu is held.
+func (s *Server) deviceLocked(su *simUser, id uint32) (*simDevice, error) {
+	d, ok := su.devices[id]
+	if !ok {
+		dev, err := signal.NewDevice(id, s.opts.PreKeys)
+		if err != nil {
+			return nil, err
+		}
+		d = &simDevice{dev: dev, seen: map[string]struct{}{}, last: map[string]string{}}
+		su.devices[id] = d
+	}
+	return d, nil
+}
+
+func (s *Server) count(f func(st *Stats)) {
+	s.statsMu.Lock()
+	f(&s.stats)
+	s.statsMu.Unlock()
+}
+
+// Stats returns a copy of the counters.
+func (s *Server) Stats() Stats {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	st := s.stats
+	st.Failures = map[string]int64{}
+	for k, v := range s.stats.Failures {
+		st.Failures[k] = v
+	}
+	st.Injected = map[string]int64{}
+	for k, v := range s.stats.Injected {
+		st.Injected[k] = v
+	}
+	return st
+}
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	path := string(ctx.Path())
+	if ctx.IsGet() {
+		switch path {
+		case "/v1/stats":
+			writeJSON(ctx, 200, s.Stats())
+		case "/healthz", "/readyz":
+			ctx.SetBodyString("ok")
+		default:
+			ctx.SetStatusCode(404)
+		}
+		return
+	}
+	if !ctx.IsPost() {
+		ctx.SetStatusCode(405)
+		return
+	}
+	if string(ctx.Request.Header.Peek("Authorization")) != "Bearer "+s.opts.Secret {
+		s.count(func(st *Stats) { st.AuthRejected++ })
+		writeJSON(ctx, 401, map[string]string{"error": "missing or wrong bearer secret"})
+		return
+	}
+	if s.down.Load() {
+		s.count(func(st *Stats) { st.Injected["down"]++ })
+		ctx.SetStatusCode(503)
+		return
+	}
+	switch path {
+	case "/v1/keys/query":
+		s.keysQuery(ctx)
+	case "/v1/messages":
+		s.messages(ctx)
+	default:
+		ctx.SetStatusCode(404)
+	}
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	b, _ := json.Marshal(v)
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+func (s *Server) keysQuery(ctx *fasthttp.RequestCtx) {
+	var q platform.KeysQuery
+	if err := json.Unmarshal(ctx.PostBody(), &q); err != nil || len(q.Users) > 1000 {
+		writeJSON(ctx, 400, map[string]string{"error": "want {\"users\":[...]} with at most 1000 users"})
+		return
+	}
+	resp := platform.KeysResponse{Users: []platform.UserBundles{}, Unknown: []string{}}
+	var bundles int64
+	for _, u := range q.Users {
+		if !s.Registered(u) {
+			resp.Unknown = append(resp.Unknown, u)
+			continue
+		}
+		su := s.user(u)
+		su.mu.Lock()
+		ub := platform.UserBundles{User: u}
+		for id := uint32(1); id <= uint32(s.DeviceCount(u)); id++ {
+			d, err := s.deviceLocked(su, id)
+			if err != nil {
+				su.mu.Unlock()
+				writeJSON(ctx, 500, map[string]string{"error": err.Error()})
+				return
+			}
+			ub.Devices = append(ub.Devices, d.dev.Bundle())
+			bundles++
+		}
+		su.mu.Unlock()
+		resp.Users = append(resp.Users, ub)
+	}
+	s.count(func(st *Stats) { st.KeyQueries++; st.Bundles += bundles })
+	writeJSON(ctx, 200, resp)
+}
+
+func (s *Server) messages(ctx *fasthttp.RequestCtx) {
+	var req platform.MessagesRequest
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+		writeJSON(ctx, 400, map[string]string{"error": "body is not {\"envelopes\":[...]}"})
+		return
+	}
+	if s.opts.LatencyMS > 0 {
+		time.Sleep(time.Duration(s.opts.LatencyMS) * time.Millisecond)
+	}
+	s.count(func(st *Stats) { st.Requests++ })
+	if roll(s.opts.Status429Rate) {
+		s.count(func(st *Stats) { st.Injected["http_429"]++ })
+		ctx.Response.Header.Set("Retry-After", "1")
+		ctx.SetStatusCode(429)
+		return
+	}
+	if roll(s.opts.Status503Rate) {
+		s.count(func(st *Stats) { st.Injected["http_503"]++ })
+		ctx.SetStatusCode(503)
+		return
+	}
+	resp := platform.MessagesResponse{Results: make([]platform.Result, 0, len(req.Envelopes))}
+	for _, e := range req.Envelopes {
+		resp.Results = append(resp.Results, s.envelope(e))
+	}
+	writeJSON(ctx, 200, resp)
+}
+
+func roll(p float64) bool { return p > 0 && rand.Float64() < p }
+
+func (s *Server) fail(why string) { s.count(func(st *Stats) { st.Failures[why]++ }) }
+
+func (s *Server) envelope(e platform.Envelope) platform.Result {
+	res := platform.Result{ID: e.ID, DeviceID: e.DeviceID, Status: platform.StatusError}
+	s.count(func(st *Stats) { st.Envelopes++ })
+	if !s.Registered(e.To) {
+		s.count(func(st *Stats) { st.Unknown++ })
+		res.Code = platform.CodeUnknownUser
+		return res
+	}
+	if e.DeviceID < 1 || int(e.DeviceID) > s.DeviceCount(e.To) {
+		s.count(func(st *Stats) { st.Stale++ })
+		res.Code = platform.CodeStaleDevices
+		return res
+	}
+	su := s.user(e.To)
+	su.mu.Lock()
+	defer su.mu.Unlock()
+	d, err := s.deviceLocked(su, e.DeviceID)
+	if err != nil {
+		res.Code = platform.CodeUnavailable
+		return res
+	}
+	if _, dup := d.seen[e.ID]; dup {
+		s.count(func(st *Stats) { st.Duplicates++ })
+		res.Status = platform.StatusAccepted
+		return res
+	}
+	if roll(s.opts.ThrottleRate) {
+		s.count(func(st *Stats) { st.Injected["throttled"]++ })
+		res.Code, res.RetryAfterMS = platform.CodeThrottled, s.opts.RetryAfterMS
+		return res
+	}
+	if roll(s.opts.UnavailableRate) {
+		s.count(func(st *Stats) { st.Injected["unavailable"]++ })
+		res.Code, res.RetryAfterMS = platform.CodeUnavailable, s.opts.RetryAfterMS
+		return res
+	}
+	if roll(s.opts.ReinstallRate) {
+		s.count(func(st *Stats) { st.Injected["reinstall"]++ })
+		d.dev.Reinstall()
+		res.Code = platform.CodeBadMessage
+		return res
+	}
+	body, err := base64.StdEncoding.DecodeString(e.Ciphertext)
+	if err != nil {
+		s.fail("ciphertext_not_base64")
+		res.Code = platform.CodeBadMessage
+		return res
+	}
+	pt, err := d.dev.Decrypt(e.From, e.Type, body)
+	if err != nil {
+		s.fail("decrypt: " + trimErr(err))
+		res.Code = platform.CodeBadMessage
+		return res
+	}
+	var m platform.Plaintext
+	if err := json.Unmarshal(pt, &m); err != nil || m.ID != e.ID || m.From != e.From || m.Text == nil {
+		s.count(func(st *Stats) { st.Mismatches++ })
+	}
+	d.seen[e.ID] = struct{}{}
+	if last, ok := d.last[e.From]; ok && e.ID < last {
+		s.count(func(st *Stats) { st.OrderingViolations++ })
+	} else {
+		d.last[e.From] = e.ID
+	}
+	s.count(func(st *Stats) { st.Decrypted++ })
+	now := time.Now().Unix()
+	evs := []platform.Event{{Type: platform.EventDelivered, ID: e.ID, User: e.To, DeviceID: e.DeviceID, TS: now}}
+	if roll(s.opts.ReadShare) {
+		evs = append(evs, platform.Event{Type: platform.EventRead, ID: e.ID, User: e.To, DeviceID: e.DeviceID, TS: now})
+	}
+	if roll(s.opts.ReportRate) {
+		evs = append(evs, platform.Event{Type: platform.EventReport, Business: e.From, User: e.To, Reason: "spam", TS: now})
+	}
+	if roll(s.opts.DecryptFailedRate) {
+		// The device "loses" the message: drop its session and send a retry receipt.
+		s.count(func(st *Stats) { st.Injected["decrypt_failed"]++ })
+		delete(d.seen, e.ID)
+		d.dev.ForgetSession(e.From)
+		evs = []platform.Event{{Type: platform.EventDecryptFailed, ID: e.ID, User: e.To, DeviceID: e.DeviceID, TS: now}}
+		s.count(func(st *Stats) { st.Decrypted-- })
+	}
+	s.queueEvents(evs)
+	res.Status = platform.StatusAccepted
+	return res
+}
+
+func trimErr(err error) string {
+	m := err.Error()
+	if len(m) > 60 {
+		m = m[:60]
+	}
+	return m
+}
+
+const maxPendingEvents = 1 << 20
+
+func (s *Server) queueEvents(evs []platform.Event) {
+	if s.opts.EventsURL == "" {
+		return
+	}
+	s.evMu.Lock()
+	if len(s.events)+len(evs) > maxPendingEvents {
+		s.count(func(st *Stats) { st.EventsDropped += int64(len(evs)) })
+	} else {
+		s.events = append(s.events, evs...)
+	}
+	s.evMu.Unlock()
+}
+
+func (s *Server) pushLoop() {
+	t := time.NewTicker(s.opts.EventInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			s.pushOnce() // one last try
+			return
+		case <-t.C:
+			for s.pushOnce() {
+			}
+		}
+	}
+}
+
+// pushOnce posts one batch of pending events; it reports whether more remain.
+func (s *Server) pushOnce() bool {
+	s.evMu.Lock()
+	n := min(len(s.events), 2000)
+	batch := append([]platform.Event(nil), s.events[:n]...)
+	s.evMu.Unlock()
+	if n == 0 {
+		return false
+	}
+	body, _ := json.Marshal(platform.Events{Events: batch})
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(s.opts.EventsURL)
+	req.Header.SetMethod("POST")
+	req.Header.SetContentType("application/json")
+	req.Header.Set("X-Platform-Signature", platform.Sign([]byte(s.opts.Secret), body))
+	req.SetBodyRaw(body)
+	err := s.evClient.DoTimeout(req, resp, 10*time.Second)
+	if err != nil || resp.StatusCode() >= 300 {
+		s.count(func(st *Stats) { st.EventsFailed += int64(n) })
+		return false
+	}
+	s.evMu.Lock()
+	s.events = s.events[n:]
+	more := len(s.events) > 0
+	s.evMu.Unlock()
+	s.count(func(st *Stats) { st.EventsSent += int64(n) })
+	return more
+}
+
+// PendingEvents reports how many events wait to be pushed.
+func (s *Server) PendingEvents() int {
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
+	return len(s.events)
+}
+
+// ErrBadDevices is returned by ParseDevices.
+var ErrBadDevices = errors.New("sim: --devices must look like MIN-MAX, e.g. 1-3")
+
+// ParseDevices parses "MIN-MAX" (or a single number).
+func ParseDevices(s string) (lo, hi int, err error) {
+	a, b, found := bytes.Cut([]byte(s), []byte("-"))
+	lo, err1 := strconv.Atoi(string(a))
+	hi = lo
+	var err2 error
+	if found {
+		hi, err2 = strconv.Atoi(string(b))
+	}
+	if err1 != nil || err2 != nil || lo < 1 || hi < lo || hi > 127 {
+		return 0, 0, ErrBadDevices
+	}
+	return lo, hi, nil
+}
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	s.Start()
+	<-ctx.Done()
+	return s.Close()
+}
