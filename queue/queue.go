@@ -68,6 +68,9 @@ type Options struct {
 	Logger *slog.Logger
 	// OnDeadLetter is called for each record moved to the dead-letter range.
 	OnDeadLetter func(shard int, seq uint64, err error)
+	// Notify is called after a successful Enqueue for each shard it touched
+	// (the engine wakes that shard's dispatcher). It must not block.
+	Notify func(shard int)
 }
 
 // Queue is safe for concurrent use.
@@ -291,6 +294,15 @@ func (q *Queue) decodeRecord(v []byte, open bool) (m Message, sealed []byte, err
 // the fsync with concurrent callers). Messages of one recipient within msgs keep
 // their order. Nothing is stored when an error is returned.
 func (q *Queue) Enqueue(ctx context.Context, msgs []Message) error {
+	return q.EnqueueWith(ctx, msgs, nil)
+}
+
+// EnqueueWith is Enqueue with the caller's extra mutations (status records,
+// campaign records) committed in the same durable batch.
+func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.Batch) error {
+	if extra != nil {
+		defer extra.Close()
+	}
 	if q.closed.Load() {
 		return ErrClosed
 	}
@@ -338,6 +350,9 @@ func (q *Queue) Enqueue(ctx context.Context, msgs []Message) error {
 		perShard[sh]++
 	}
 	b.Set([]byte{pfx, kSeq}, binary.BigEndian.AppendUint64(nil, last), nil)
+	if extra != nil {
+		b.Apply(extra, nil)
+	}
 	if err := q.db.Commit(b, true); err != nil {
 		return err
 	}
@@ -346,6 +361,9 @@ func (q *Queue) Enqueue(ctx context.Context, msgs []Message) error {
 	for i, n := range perShard {
 		if n != 0 {
 			q.shards[i].msgs.Add(n)
+			if q.opts.Notify != nil {
+				q.opts.Notify(i)
+			}
 		}
 	}
 	return nil

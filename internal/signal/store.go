@@ -200,3 +200,9 @@ func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
 		s.cache.Remove(cacheKey(biz, r, d))
 	}
 }
+
+// ForgetDevices deletes the recipient's device list in b, so the next attempt
+// re-queries the platform (stale_devices).
+func (s *Store) ForgetDevices(b *pebble.Batch, biz string, r Recipient) {
+	b.Delete(key('V', biz, &r, 0), nil)
+}

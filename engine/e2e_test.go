@@ -1,0 +1,305 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/seal"
+	"github.com/heraldhq/herald/internal/signal"
+	"github.com/heraldhq/herald/queue"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("HERALD_ENGINE_CRASH_CHILD") != "" {
+		crashChild()
+		return
+	}
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/cockroachdb/pebble/v2.(*tableCacheShard).releaseLoop"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*Client).mCleaner"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),
+		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).purgeStaleWorkers"),
+		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).ticktock"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.init.func1"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*TCPDialer).tcpAddrsClean"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
+		goleak.IgnoreAnyFunction("github.com/cockroachdb/pebble/v2/internal/cache.(*Cache).Unref"),
+	)
+}
+
+type harness struct {
+	t      testing.TB
+	dir    string
+	db     *kv.DB
+	q      *queue.Queue
+	sealer *seal.Sealer
+	eng    *engine.Engine
+	sim    *sim.Server
+	client *platform.Client
+	ids    heraldtype.IDGen
+	trans  engine.Transport
+
+	mu      sync.Mutex
+	changes []engine.StatusChange
+}
+
+type harnessOpts struct {
+	sim      sim.Options
+	engine   func(*engine.Options)
+	dir      string
+	noSim    bool
+	simURL   string
+	wrap     func(engine.Transport) engine.Transport
+	noStart  bool
+	clientTO time.Duration
+}
+
+func newHarness(t testing.TB, o harnessOpts) *harness {
+	t.Helper()
+	h := &harness{t: t, dir: o.dir}
+	if h.dir == "" {
+		h.dir = t.TempDir()
+	}
+	var err error
+	h.db, err = kv.Open(kv.Options{Dir: h.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sealer, _ = seal.New(seal.TestKey(1))
+	var eng *engine.Engine
+	h.q, err = queue.Open(queue.Options{DB: h.db, Sealer: h.sealer, Shards: 8, Notify: func(s int) {
+		if eng != nil {
+			eng.Notify(s)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := o.simURL
+	if !o.noSim {
+		if o.sim.Users == 0 {
+			o.sim.Users = 100_000
+		}
+		if o.sim.Prefix == "" {
+			o.sim.Prefix = "1666"
+		}
+		o.sim.Secret = "sekret"
+		h.sim, err = sim.New(o.sim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.sim.Start()
+		url = h.sim.URL()
+	}
+	to := o.clientTO
+	if to == 0 {
+		to = 5 * time.Second
+	}
+	h.client, _ = platform.NewClient(platform.ClientOptions{BaseURL: url, Secret: "sekret", Timeout: to})
+	h.trans = h.client
+	if o.wrap != nil {
+		h.trans = o.wrap(h.client)
+	}
+	store, _ := signal.NewStore(h.db, h.sealer, 0)
+	eo := engine.Options{DB: h.db, Queue: h.q, Sessions: store, Sealer: h.sealer, Transport: h.trans,
+		BackoffBase: 20 * time.Millisecond, BackoffCap: 300 * time.Millisecond, IdlePoll: 10 * time.Millisecond,
+		BreakerCooldown: 100 * time.Millisecond,
+		OnStatus: func(cs []engine.StatusChange) {
+			h.mu.Lock()
+			h.changes = append(h.changes, cs...)
+			h.mu.Unlock()
+		}}
+	if o.engine != nil {
+		o.engine(&eo)
+	}
+	eng, err = engine.New(eo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.eng = eng
+	if !o.noStart {
+		eng.Start(context.Background())
+	}
+	t.Cleanup(h.close)
+	return h
+}
+
+func (h *harness) close() {
+	if h.eng != nil {
+		h.eng.Close()
+		h.eng = nil
+	}
+	if h.client != nil {
+		h.client.Close()
+	}
+	if h.sim != nil {
+		h.sim.Close()
+	}
+	h.q.Close()
+	h.db.Close()
+}
+
+// enqueue submits, for each recipient index, n messages (as the API would: a
+// status record in the same durable batch). It returns the message ids by recipient.
+func (h *harness) enqueue(users []string, n int, campaign string, ttl time.Duration) map[string][]string {
+	now := time.Now()
+	out := map[string][]string{}
+	b := h.db.NewBatch()
+	var msgs []queue.Message
+	for round := 0; round < n; round++ {
+		for _, u := range users {
+			id := h.ids.New(now)
+			p := heraldtype.Payload{BusinessID: "biz1", PhoneNumberID: "pn1", From: "15550001111", To: u, CampaignID: campaign,
+				Body: fmt.Sprintf("Hello %s, message %d ✓", u, round), TS: now.Unix()}
+			msgs = append(msgs, queue.Message{ID: id, Recipient: u, Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)})
+			engine.NewStatusRecord(b, id, "biz1", "pn1", campaign, now)
+			out[u] = append(out[u], id)
+		}
+	}
+	if err := h.q.EnqueueWith(context.Background(), msgs, b); err != nil {
+		h.t.Fatal(err)
+	}
+	return out
+}
+
+func (h *harness) users(from, n int) []string {
+	var out []string
+	for i := from; i < from+n; i++ {
+		out = append(out, h.sim.UserNumber(i))
+	}
+	return out
+}
+
+// drain waits until the queue is empty and every status is written.
+func (h *harness) drain(timeout time.Duration) {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if n, _ := h.q.Depth(); n == 0 && h.eng.InFlight() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			n, _ := h.q.Depth()
+			h.t.Fatalf("queue not drained after %v: %d left; sim %+v", timeout, n, h.sim.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	h.eng.Flush()
+}
+
+// expectedDeliveries is Σ devices over registered users × messages each.
+func (h *harness) expectedDeliveries(users []string, n int) (deliveries int64, registered int) {
+	for _, u := range users {
+		if h.sim.Registered(u) {
+			registered++
+			deliveries += int64(h.sim.DeviceCount(u) * n)
+		}
+	}
+	return
+}
+
+func (h *harness) checkDelivered(users []string, n int, campaign string) {
+	h.t.Helper()
+	want, registered := h.expectedDeliveries(users, n)
+	st := h.sim.Stats()
+	if st.Decrypted != want || len(st.Failures) != 0 || st.OrderingViolations != 0 || st.Mismatches != 0 {
+		h.t.Fatalf("want %d decrypted (exactly once per device), 0 failures/violations; got %+v", want, st)
+	}
+	c, err := h.eng.CampaignCounters(campaign)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	unknown := len(users) - registered
+	if c.Sent != int64(registered*n) || c.Failed != int64(unknown*n) {
+		h.t.Fatalf("campaign counters: sent %d (want %d) failed %d (want %d): %+v", c.Sent, registered*n, c.Failed, unknown*n, c)
+	}
+	if unknown > 0 && c.Failures[fmt.Sprint(heraldtype.CodeUndeliverable)] != int64(unknown*n) {
+		h.t.Fatalf("unknown users must fail with 131026: %+v", c.Failures)
+	}
+}
+
+func TestEndToEndManyRecipientsMultiDevice(t *testing.T) {
+	n := 10_000
+	if testing.Short() {
+		n = 2_000
+	}
+	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 1, DevicesMax: 3}})
+	users := h.users(0, n)
+	h.enqueue(users, 1, "camp-a", time.Hour)
+	h.drain(3 * time.Minute)
+	h.checkDelivered(users, 1, "camp-a")
+	// A second campaign to the same recipients runs on warm sessions (msg after pkmsg).
+	h.enqueue(users[:500], 2, "camp-b", time.Hour)
+	h.drain(time.Minute)
+	st := h.sim.Stats()
+	want1, _ := h.expectedDeliveries(users, 1)
+	want2, _ := h.expectedDeliveries(users[:500], 2)
+	if st.Decrypted != want1+want2 || len(st.Failures) != 0 || st.OrderingViolations != 0 {
+		t.Fatalf("second campaign: %+v (want %d)", st, want1+want2)
+	}
+	if st.KeyQueries > int64(n/10) { // unbatched would be one query per recipient
+		t.Fatalf("bundles must be fetched in batches: %d key queries for %d recipients", st.KeyQueries, n)
+	}
+}
+
+func TestPerRecipientOrderWithManyMessages(t *testing.T) {
+	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 2, DevicesMax: 3, UnknownShare: -1, ThrottleRate: 0.2}})
+	users := h.users(100, 20)
+	h.enqueue(users, 40, "camp-o", time.Hour)
+	h.drain(2 * time.Minute)
+	h.checkDelivered(users, 40, "camp-o")
+}
+
+func TestStatusHistoryAndWebhookFeed(t *testing.T) {
+	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 1, DevicesMax: 1, UnknownShare: -1}})
+	ids := h.enqueue(h.users(5, 1), 1, "camp-s", time.Hour)
+	h.drain(30 * time.Second)
+	id := ids[h.sim.UserNumber(5)][0]
+	st, err := h.eng.MessageStatus(id)
+	if err != nil || st.Status != heraldtype.StatusSent || len(st.History) != 2 {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	if _, err := h.eng.MessageStatus("nope"); err != engine.ErrNotFound {
+		t.Fatalf("unknown id: %v", err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.changes) != 1 || h.changes[0].Status != heraldtype.StatusSent || h.changes[0].Recipient != h.sim.UserNumber(5) {
+		t.Fatalf("status feed: %+v", h.changes)
+	}
+}
+
+func TestDataDirHoldsNoPlaintext(t *testing.T) {
+	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 1, DevicesMax: 2}})
+	users := h.users(300, 50)
+	h.enqueue(users, 1, "camp-p", time.Hour)
+	h.drain(time.Minute)
+	h.db.Flush()
+	needles := []string{"Hello ", users[7], users[20][1:]}
+	filepath.Walk(h.dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		for _, n := range needles {
+			if strings.Contains(string(b), n) {
+				t.Errorf("%s holds %q in the clear", p, n)
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,357 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/ants/v2"
+
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/metrics"
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/seal"
+	"github.com/heraldhq/herald/internal/signal"
+	"github.com/heraldhq/herald/queue"
+)
+
+// Transport is the platform as the engine uses it (the platform client, or a
+// fault-injecting wrapper in tests).
+type Transport interface {
+	QueryKeys(ctx context.Context, users []string) (*platform.KeysResponse, error)
+	Send(ctx context.Context, envs []platform.Envelope) ([]platform.Result, error)
+}
+
+// Shaper paces dispatch (throughput per phone number, pair rate). Shape
+// returns the earliest time the next message from phoneNumberID to recipient
+// may go, reserving it when that is now or earlier.
+type Shaper interface {
+	Shape(phoneNumberID, recipient string, now time.Time) time.Time
+}
+
+// NoLimit is the Shaper that never delays.
+type NoLimit struct{}
+
+// Shape implements Shaper.
+func (NoLimit) Shape(string, string, time.Time) time.Time { return time.Time{} }
+
+// Directory answers per-business settings the engine needs.
+type Directory interface {
+	IdentityCheck(businessID string) bool
+}
+
+// Signal is a quality signal for the rate limiter (reports, unknown users, deliveries).
+type Signal struct {
+	Kind          string // "report", "unknown_user", "delivered"
+	BusinessPhone string
+	PhoneNumberID string
+	Reason        string
+	At            time.Time
+}
+
+// Options configure an Engine. Zero values take the documented defaults.
+type Options struct {
+	DB        *kv.DB        // required
+	Queue     *queue.Queue  // required
+	Sessions  *signal.Store // required
+	Sealer    *seal.Sealer  // required
+	Transport Transport     // required
+	Shaper    Shaper        // default NoLimit
+	Directory Directory     // default: identity_check off for everyone
+	Metrics   *metrics.Metrics
+	// Workers is the ants pool size (concurrent recipient groups); default 512.
+	Workers int
+	// LeaseRecipients caps recipients per dispatch round per shard; default 256.
+	LeaseRecipients int
+	// LeasePerRecipient caps messages per recipient per lease; default 16.
+	LeasePerRecipient int
+	// MaxResets before a message to a device that keeps failing ends failed; default 3.
+	MaxResets int
+	// BackoffBase and BackoffCap shape retries; defaults 250ms and 5m.
+	BackoffBase, BackoffCap time.Duration
+	// BreakerThreshold consecutive failed requests open the breaker; default 5.
+	BreakerThreshold int
+	// BreakerCooldown between probes while open; default 1s.
+	BreakerCooldown time.Duration
+	// SentGrace keeps a sent message's content for decrypt_failed receipts; default 1h, never past TTL.
+	SentGrace time.Duration
+	// RetentionInterval between sweeper runs; default 1s.
+	RetentionInterval time.Duration
+	// KeyLinger is how long a bundle lookup waits to share a key query; default 5ms.
+	KeyLinger time.Duration
+	// IdlePoll: how often an idle dispatcher looks for due retries; default 50ms.
+	IdlePoll time.Duration
+	Now      func() time.Time
+	Logger   *slog.Logger
+	// OnStatus receives status transitions (webhooks).
+	OnStatus func([]StatusChange)
+	// OnSignal receives quality signals (rate limiter).
+	OnSignal func(Signal)
+}
+
+// Engine is the delivery engine.
+type Engine struct {
+	opts     Options
+	db       *kv.DB
+	q        *queue.Queue
+	store    *signal.Store
+	m        *metrics.Metrics
+	log      *slog.Logger
+	pool     *ants.Pool
+	slots    chan struct{}
+	wake     []chan struct{}
+	breaker  *breaker
+	statuses *Statuses
+	keys     *keyBatcher
+
+	startStop sync.Mutex
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	running   bool
+	closed    bool
+
+	inflight atomic.Int64
+}
+
+// New validates opts and builds an engine; Start runs it.
+func New(opts Options) (*Engine, error) {
+	if opts.DB == nil || opts.Queue == nil || opts.Sessions == nil || opts.Sealer == nil || opts.Transport == nil {
+		return nil, errors.New("engine: Options.DB, Queue, Sessions, Sealer and Transport are required")
+	}
+	if opts.Shaper == nil {
+		opts.Shaper = NoLimit{}
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defD := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&opts.Workers, 512)
+	def(&opts.LeaseRecipients, 256)
+	def(&opts.LeasePerRecipient, 16)
+	def(&opts.MaxResets, 3)
+	def(&opts.BreakerThreshold, 5)
+	defD(&opts.BackoffBase, 250*time.Millisecond)
+	defD(&opts.BackoffCap, 5*time.Minute)
+	defD(&opts.BreakerCooldown, time.Second)
+	defD(&opts.SentGrace, time.Hour)
+	defD(&opts.RetentionInterval, time.Second)
+	defD(&opts.IdlePoll, 50*time.Millisecond)
+	defD(&opts.KeyLinger, 5*time.Millisecond)
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	pool, err := ants.NewPool(opts.Workers, ants.WithLogger(antsLogger{opts.Logger}))
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{opts: opts, db: opts.DB, q: opts.Queue, store: opts.Sessions, m: opts.Metrics, log: opts.Logger,
+		pool: pool, slots: make(chan struct{}, opts.Workers),
+		breaker: &breaker{threshold: opts.BreakerThreshold, cooldown: opts.BreakerCooldown}}
+	for i := 0; i < opts.Queue.Shards(); i++ {
+		e.wake = append(e.wake, make(chan struct{}, 1))
+	}
+	e.keys = newKeyBatcher(opts.Transport, opts.KeyLinger)
+	e.statuses = newStatuses(opts.DB, opts.Logger, opts.Metrics, opts.OnStatus)
+	return e, nil
+}
+
+type antsLogger struct{ l *slog.Logger }
+
+func (a antsLogger) Printf(format string, args ...any) { a.l.Debug("ants", "msg", format) }
+
+// Notify wakes a shard's dispatcher (the queue calls it after an enqueue).
+func (e *Engine) Notify(shard int) {
+	if shard >= 0 && shard < len(e.wake) {
+		select {
+		case e.wake[shard] <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Start runs the dispatchers and the retention sweeper. Idempotent.
+func (e *Engine) Start(ctx context.Context) error {
+	e.startStop.Lock()
+	defer e.startStop.Unlock()
+	if e.closed {
+		return errors.New("engine: closed")
+	}
+	if e.running {
+		return nil
+	}
+	ctx, e.cancel = context.WithCancel(ctx)
+	e.running = true
+	for s := range e.wake {
+		e.wg.Add(1)
+		go func(s int) {
+			defer e.wg.Done()
+			e.dispatchLoop(ctx, s)
+		}(s)
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		t := time.NewTicker(e.opts.RetentionInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if _, err := e.RetentionOnce(ctx); err != nil && ctx.Err() == nil {
+					e.log.Error("engine: retention sweep failed", "err", err)
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// Close stops dispatching, waits for workers in flight, and stops the status
+// writer. Safe to call twice.
+func (e *Engine) Close() error {
+	e.startStop.Lock()
+	defer e.startStop.Unlock()
+	if e.closed {
+		return nil
+	}
+	e.closed = true
+	if e.cancel != nil {
+		e.cancel()
+	}
+	e.wg.Wait()
+	e.pool.Release()
+	e.statuses.close()
+	return nil
+}
+
+// Flush waits until every status transition made so far is written.
+func (e *Engine) Flush() { e.statuses.Flush() }
+
+// BreakerOpen reports whether the platform circuit breaker is open.
+func (e *Engine) BreakerOpen() bool { return e.breaker.open() }
+
+// InFlight is the number of recipient groups being worked on.
+func (e *Engine) InFlight() int64 { return e.inflight.Load() }
+
+func (e *Engine) dispatchLoop(ctx context.Context, shard int) {
+	idle := time.NewTimer(e.opts.IdlePoll)
+	defer idle.Stop()
+	fails := 0
+	for {
+		n, err := e.DispatchOnce(ctx, shard)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			fails++
+			e.log.Warn("engine: dispatch round failed", "shard", shard, "err", err)
+			wait := Backoff(time.Now(), min(fails, 8), 10*time.Millisecond, 2*time.Second, 0, time.Time{}, jitter())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(wait)):
+			}
+			continue
+		}
+		fails = 0
+		if n > 0 {
+			continue
+		}
+		idle.Reset(e.opts.IdlePoll)
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.wake[shard]:
+		case <-idle.C:
+		}
+	}
+}
+
+// acquireSlots takes up to max free worker slots, waiting for at least one.
+func (e *Engine) acquireSlots(ctx context.Context, max int) int {
+	select {
+	case e.slots <- struct{}{}:
+	case <-ctx.Done():
+		return 0
+	}
+	n := 1
+	for n < max {
+		select {
+		case e.slots <- struct{}{}:
+			n++
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+func (e *Engine) releaseSlots(n int) {
+	for i := 0; i < n; i++ {
+		<-e.slots
+	}
+}
+
+// DispatchOnce runs one dispatch round for a shard: lease as many due
+// recipients as there are free workers, prefetch missing bundles in one
+// batched key query, and hand the groups to the pool. It returns how many
+// recipients it leased.
+func (e *Engine) DispatchOnce(ctx context.Context, shard int) (int, error) {
+	now := e.opts.Now()
+	ok, probe := e.breaker.allow(now)
+	if !ok {
+		return 0, nil
+	}
+	want := e.opts.LeaseRecipients
+	if probe {
+		want = 1
+	}
+	got := e.acquireSlots(ctx, want)
+	if got == 0 {
+		return 0, ctx.Err()
+	}
+	leases, err := e.q.Lease(ctx, shard, got, e.opts.LeasePerRecipient)
+	if len(leases) < got {
+		e.releaseSlots(got - len(leases))
+	}
+	if err != nil && len(leases) == 0 {
+		return 0, err
+	}
+	if len(leases) == 0 {
+		return 0, nil
+	}
+	groups := make([]*group, 0, len(leases))
+	for _, l := range leases {
+		groups = append(groups, e.newGroup(l))
+	}
+	for _, g := range groups {
+		g := g
+		e.inflight.Add(1)
+		err := e.pool.Submit(func() {
+			defer func() { e.inflight.Add(-1); e.releaseSlots(1) }()
+			e.work(ctx, g, probe)
+		})
+		if err != nil {
+			e.inflight.Add(-1)
+			e.releaseSlots(1)
+			e.q.Release(g.lease)
+		}
+	}
+	return len(leases), nil
+}

@@ -1,0 +1,82 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+// outbox is the per-message transmission state: for each device, the stored
+// ciphertext (retransmissions resend it; they never re-encrypt — invariant 2),
+// whether the platform accepted it, and how many session resets it took.
+// Key: e O <message id>. No plaintext, no phone number.
+type outbox struct {
+	devices []deviceState
+}
+
+type deviceState struct {
+	device   uint32
+	accepted bool
+	resets   uint8
+	typ      string // "" means no ciphertext yet (never encrypted, or dropped by a reset)
+	ct       []byte
+}
+
+func outboxKey(id string) []byte { return append([]byte("eO"), id...) }
+
+func (o *outbox) get(dev uint32) *deviceState {
+	for i := range o.devices {
+		if o.devices[i].device == dev {
+			return &o.devices[i]
+		}
+	}
+	o.devices = append(o.devices, deviceState{device: dev})
+	return &o.devices[len(o.devices)-1]
+}
+
+func (o *outbox) encode() []byte {
+	var b []byte
+	b = append(b, 1, byte(len(o.devices)))
+	for _, d := range o.devices {
+		flags := byte(0)
+		if d.accepted {
+			flags |= 1
+		}
+		b = append(b, byte(d.device), flags, d.resets, byte(len(d.typ)))
+		b = append(b, d.typ...)
+		b = binary.AppendUvarint(b, uint64(len(d.ct)))
+		b = append(b, d.ct...)
+	}
+	return b
+}
+
+var errBadOutbox = errors.New("engine: corrupt outbox record")
+
+func decodeOutbox(b []byte) (*outbox, error) {
+	if len(b) < 2 || b[0] != 1 {
+		return nil, errBadOutbox
+	}
+	n := int(b[1])
+	b = b[2:]
+	o := &outbox{devices: make([]deviceState, 0, n)}
+	for i := 0; i < n; i++ {
+		if len(b) < 4 {
+			return nil, errBadOutbox
+		}
+		d := deviceState{device: uint32(b[0]), accepted: b[1]&1 != 0, resets: b[2]}
+		tl := int(b[3])
+		b = b[4:]
+		if len(b) < tl {
+			return nil, errBadOutbox
+		}
+		d.typ = string(b[:tl])
+		b = b[tl:]
+		cl, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < cl {
+			return nil, errBadOutbox
+		}
+		d.ct = append([]byte(nil), b[k:k+int(cl)]...)
+		b = b[k+int(cl):]
+		o.devices = append(o.devices, d)
+	}
+	return o, nil
+}

@@ -1,0 +1,343 @@
+package engine
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/metrics"
+)
+
+// MessageStatus is the stored status of one message: no phone number, no body.
+type MessageStatus struct {
+	BusinessID    string          `json:"b"`
+	PhoneNumberID string          `json:"p"`
+	CampaignID    string          `json:"c,omitempty"`
+	Status        string          `json:"s"`
+	Code          int             `json:"code,omitempty"`
+	History       []StatusHistory `json:"h"`
+}
+
+// StatusHistory is one step of a message's status history.
+type StatusHistory struct {
+	TS     int64  `json:"ts"`
+	Status string `json:"status"`
+	Code   int    `json:"code,omitempty"`
+}
+
+const maxHistory = 10
+
+// Counters are a campaign's incrementally maintained counts.
+type Counters struct {
+	Sent      int64            `json:"sent"`
+	Delivered int64            `json:"delivered"`
+	Read      int64            `json:"read"`
+	Failed    int64            `json:"failed"`
+	Failures  map[string]int64 `json:"failures,omitempty"`
+	FirstSent int64            `json:"first_sent_ms,omitempty"`
+	LastDone  int64            `json:"last_done_ms,omitempty"`
+}
+
+// StatusChange is one status transition, as webhooks report it.
+type StatusChange struct {
+	MessageID     string
+	BusinessID    string
+	PhoneNumberID string
+	CampaignID    string
+	Status        string
+	Code          int
+	TS            int64
+	// Recipient is the recipient's number, known only for transitions the
+	// engine itself makes (not persisted with the status).
+	Recipient string
+}
+
+// statusKey: e M <id>; countersKey: e c <campaign>.
+func statusKey(id string) []byte     { return append([]byte("eM"), id...) }
+func countersKey(cid string) []byte  { return append([]byte("ec"), cid...) }
+
+// NewStatusRecord is the record the API writes, in the enqueue batch, for a
+// newly accepted message.
+func NewStatusRecord(b *pebble.Batch, id, businessID, phoneNumberID, campaignID string, now time.Time) {
+	rec := MessageStatus{BusinessID: businessID, PhoneNumberID: phoneNumberID, CampaignID: campaignID,
+		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: now.Unix(), Status: heraldtype.StatusQueued}}}
+	v, _ := json.Marshal(rec)
+	b.Set(statusKey(id), v, nil)
+}
+
+// update is one requested transition.
+type update struct {
+	id        string
+	status    string
+	code      int
+	at        time.Time
+	recipient string
+}
+
+// Statuses is the single writer of message statuses and campaign counters: all
+// transitions funnel through one goroutine, so read-modify-write needs no
+// locks and a status can only move forward (queued → sent → delivered → read;
+// failed is terminal and only reachable before delivery).
+type Statuses struct {
+	db       *kv.DB
+	log      *slog.Logger
+	m        *metrics.Metrics
+	onChange func([]StatusChange)
+
+	in       chan []update
+	flushReq chan chan struct{}
+	done     chan struct{}
+	counters *lru.Cache[string, *Counters]
+	closeMu  sync.Mutex
+	closed   bool
+}
+
+func newStatuses(db *kv.DB, log *slog.Logger, m *metrics.Metrics, onChange func([]StatusChange)) *Statuses {
+	c, _ := lru.New[string, *Counters](10_000)
+	s := &Statuses{db: db, log: log, m: m, onChange: onChange, in: make(chan []update, 1024),
+		flushReq: make(chan chan struct{}), done: make(chan struct{}), counters: c}
+	go s.loop()
+	return s
+}
+
+func (s *Statuses) submit(ups []update) {
+	if len(ups) == 0 {
+		return
+	}
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return
+	}
+	s.in <- ups
+}
+
+// Flush waits until every submitted update is written.
+func (s *Statuses) Flush() {
+	ch := make(chan struct{})
+	select {
+	case s.flushReq <- ch:
+		<-ch
+	case <-s.done:
+	}
+}
+
+func (s *Statuses) close() {
+	s.closeMu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.in)
+	}
+	s.closeMu.Unlock()
+	<-s.done
+}
+
+func (s *Statuses) loop() {
+	defer close(s.done)
+	for {
+		select {
+		case ups, ok := <-s.in:
+			if !ok {
+				return
+			}
+			batch := ups
+		drain:
+			for len(batch) < 8192 {
+				select {
+				case more, ok := <-s.in:
+					if !ok {
+						break drain
+					}
+					batch = append(batch, more...)
+				default:
+					break drain
+				}
+			}
+			s.apply(batch)
+		case ch := <-s.flushReq:
+			// Everything sent before the flush request is in s.in; drain it.
+			for {
+				select {
+				case ups, ok := <-s.in:
+					if !ok {
+						close(ch)
+						return
+					}
+					s.apply(ups)
+					continue
+				default:
+				}
+				break
+			}
+			close(ch)
+		}
+	}
+}
+
+func (s *Statuses) loadCounters(cid string) (*Counters, error) {
+	if c, ok := s.counters.Get(cid); ok {
+		return c, nil
+	}
+	c := &Counters{}
+	v, ok, err := s.db.GetCopy(countersKey(cid))
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		if err := json.Unmarshal(v, c); err != nil {
+			return nil, err
+		}
+	}
+	s.counters.Add(cid, c)
+	return c, nil
+}
+
+func (s *Statuses) apply(ups []update) {
+	b := s.db.NewBatch()
+	recs := map[string]*MessageStatus{}
+	touched := map[string]*Counters{}
+	var changes []StatusChange
+	for _, u := range ups {
+		rec, ok := recs[u.id]
+		if !ok {
+			v, found, err := s.db.GetCopy(statusKey(u.id))
+			if err != nil || !found {
+				continue // unknown id (e.g. an event for a message past retention)
+			}
+			rec = &MessageStatus{}
+			if json.Unmarshal(v, rec) != nil {
+				continue
+			}
+			recs[u.id] = rec
+		}
+		from, to := heraldtype.Rank(rec.Status), heraldtype.Rank(u.status)
+		if rec.Status == heraldtype.StatusFailed || to <= from {
+			continue
+		}
+		if u.status == heraldtype.StatusFailed && from >= heraldtype.Rank(heraldtype.StatusDelivered) {
+			continue
+		}
+		var c *Counters
+		if rec.CampaignID != "" {
+			var err error
+			if c, err = s.loadCounters(rec.CampaignID); err != nil {
+				s.log.Error("engine: campaign counters unreadable", "err", err)
+				continue
+			}
+			touched[rec.CampaignID] = c
+		}
+		ms := u.at.UnixMilli()
+		// Count every rank passed on the way, so counters stay consistent when an
+		// event overtakes the engine's own "sent".
+		if u.status == heraldtype.StatusFailed {
+			if c != nil {
+				c.Failed++
+				if c.Failures == nil {
+					c.Failures = map[string]int64{}
+				}
+				c.Failures[strconv.Itoa(u.code)]++
+				c.LastDone = ms
+			}
+			s.m.Failed.WithLabelValues(strconv.Itoa(u.code)).Inc()
+		} else {
+			for r := from + 1; r <= to; r++ {
+				switch r {
+				case 1:
+					s.m.Sent.Inc()
+					if c != nil {
+						c.Sent++
+						if c.FirstSent == 0 {
+							c.FirstSent = ms
+						}
+						c.LastDone = ms
+					}
+				case 2:
+					s.m.Delivered.Inc()
+					if c != nil {
+						c.Delivered++
+					}
+				case 3:
+					s.m.Read.Inc()
+					if c != nil {
+						c.Read++
+					}
+				}
+			}
+		}
+		rec.Status, rec.Code = u.status, u.code
+		rec.History = append(rec.History, StatusHistory{TS: u.at.Unix(), Status: u.status, Code: u.code})
+		if len(rec.History) > maxHistory {
+			rec.History = append(rec.History[:1], rec.History[len(rec.History)-maxHistory+1:]...)
+		}
+		changes = append(changes, StatusChange{MessageID: u.id, BusinessID: rec.BusinessID, PhoneNumberID: rec.PhoneNumberID,
+			CampaignID: rec.CampaignID, Status: u.status, Code: u.code, TS: u.at.Unix(), Recipient: u.recipient})
+	}
+	for id, rec := range recs {
+		v, _ := json.Marshal(rec)
+		b.Set(statusKey(id), v, nil)
+	}
+	for cid, c := range touched {
+		v, _ := json.Marshal(c)
+		b.Set(countersKey(cid), v, nil)
+	}
+	if b.Empty() {
+		b.Close()
+		return
+	}
+	// Statuses are reports: a crash may lose the last few, and the engine
+	// re-derives them (a retransmission is answered "accepted" again).
+	if err := s.db.Commit(b, false); err != nil {
+		s.log.Error("engine: status write failed", "err", err)
+		for cid := range touched {
+			s.counters.Remove(cid)
+		}
+		return
+	}
+	if s.onChange != nil && len(changes) > 0 {
+		s.onChange(changes)
+	}
+}
+
+// ErrNotFound is returned for an unknown message or campaign.
+var ErrNotFound = errors.New("engine: not found")
+
+// MessageStatus returns a message's stored status.
+func (e *Engine) MessageStatus(id string) (*MessageStatus, error) {
+	v, ok, err := e.db.GetCopy(statusKey(id))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, ErrNotFound
+	}
+	var rec MessageStatus
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, fmt.Errorf("engine: status record corrupt: %w", err)
+	}
+	return &rec, nil
+}
+
+// CampaignCounters returns a campaign's counters (zero when nothing moved yet).
+// It reads what the status writer has committed (it may trail by a batch).
+func (e *Engine) CampaignCounters(campaignID string) (*Counters, error) {
+	v, ok, err := e.db.GetCopy(countersKey(campaignID))
+	if err != nil {
+		return nil, err
+	}
+	c := &Counters{}
+	if ok {
+		if err := json.Unmarshal(v, c); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}

@@ -1,0 +1,515 @@
+package engine
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.mau.fi/libsignal/state/record"
+
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/signal"
+	"github.com/heraldhq/herald/queue"
+)
+
+// item is one leased message as a worker sees it.
+type item struct {
+	msg  *queue.Message
+	p    heraldtype.Payload
+	bad  bool
+	ob   *outbox
+	done bool // an outcome was decided
+}
+
+// group is one leased recipient with its messages.
+type group struct {
+	lease *queue.Lease
+	items []*item
+}
+
+func (e *Engine) newGroup(l *queue.Lease) *group {
+	g := &group{lease: l}
+	for i := range l.Messages {
+		it := &item{msg: &l.Messages[i]}
+		p, err := heraldtype.DecodePayload(it.msg.Payload)
+		if err != nil {
+			it.bad = true
+		}
+		it.p = p
+		g.items = append(g.items, it)
+	}
+	return g
+}
+
+// outcome bookkeeping for one worker run.
+type run struct {
+	e        *Engine
+	g        *group
+	now      time.Time
+	outcomes []queue.Outcome
+	extra    *pebble.Batch
+	ups      []update
+	stopped  map[string]bool // sender → later messages must wait (order)
+	failAll  bool
+}
+
+func (r *run) ack(it *item) {
+	it.done = true
+	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, Ack: true})
+	r.extra.Delete(outboxKey(it.msg.ID), nil)
+}
+
+func (r *run) fail(it *item, code int) {
+	r.ack(it)
+	r.ups = append(r.ups, update{id: it.msg.ID, status: heraldtype.StatusFailed, code: code, at: r.now, recipient: it.p.To})
+}
+
+func (r *run) retry(it *item, at time.Time, count bool, reason string) {
+	it.done = true
+	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, RetryAt: at, CountAttempt: count})
+	if it.ob != nil {
+		r.extra.Set(outboxKey(it.msg.ID), it.ob.encode(), nil)
+	}
+	r.stopped[it.p.From] = true
+	if reason != "" {
+		r.e.m.Retries.WithLabelValues(reason).Inc()
+	}
+}
+
+func (r *run) backoff(it *item, retryAfter time.Duration) time.Time {
+	return Backoff(r.now, it.msg.Attempt, r.e.opts.BackoffBase, r.e.opts.BackoffCap, retryAfter, it.msg.ExpiresAt, jitter())
+}
+
+func (e *Engine) work(ctx context.Context, g *group, probe bool) {
+	r := &run{e: e, g: g, now: e.opts.Now(), extra: e.db.NewBatch(), stopped: map[string]bool{}}
+	// Expired, undecodable and shaped messages first.
+	for _, it := range g.items {
+		switch {
+		case it.bad:
+			e.log.Error("engine: undecodable payload; failing the message", "id", it.msg.ID)
+			r.fail(it, heraldtype.CodePlatformRejected)
+		case !it.msg.ExpiresAt.After(r.now):
+			r.fail(it, heraldtype.CodeExpired)
+		case r.stopped[it.p.From]:
+		default:
+			if at := e.opts.Shaper.Shape(it.p.PhoneNumberID, it.p.To, r.now); at.After(r.now) {
+				r.retry(it, at, false, "")
+			}
+		}
+	}
+	if err := e.prepare(ctx, r); err != nil {
+		e.log.Warn("engine: could not prepare ciphertexts; will retry", "err", err)
+		for _, it := range g.items {
+			if !it.done && !r.stopped[it.p.From] {
+				r.retry(it, r.backoff(it, 0), true, "prepare")
+			}
+		}
+	}
+	e.transmit(ctx, r)
+	if err := e.q.Complete(ctx, g.lease, r.outcomes, r.extra, false); err != nil {
+		e.log.Warn("engine: completing a lease failed; the messages come back", "err", err)
+		e.store.Forget(g.items[0].p.From, g.lease.Recipient, allDevices)
+		return
+	}
+	e.statuses.submit(r.ups)
+}
+
+var allDevices = func() []uint32 {
+	out := make([]uint32, 127)
+	for i := range out {
+		out[i] = uint32(i + 1)
+	}
+	return out
+}()
+
+// prepare makes sure every live message has a stored ciphertext for every
+// device that still needs one, building sessions from bundles where needed, and
+// commits ciphertexts with the advanced sessions in one fsync'd batch.
+func (e *Engine) prepare(ctx context.Context, r *run) error {
+	g := r.g
+	bySender := map[string][]*item{}
+	var senders []string
+	for _, it := range g.items {
+		if it.done || r.stopped[it.p.From] {
+			continue
+		}
+		if _, ok := bySender[it.p.From]; !ok {
+			senders = append(senders, it.p.From)
+		}
+		bySender[it.p.From] = append(bySender[it.p.From], it)
+	}
+	if len(senders) == 0 {
+		return nil
+	}
+	b := e.db.NewBatch()
+	type touched struct {
+		sender string
+		devs   []uint32
+	}
+	var advanced []touched
+	start := time.Now()
+	for _, s := range senders {
+		items := bySender[s]
+		devs, err := e.prepareSender(ctx, r, b, s, items)
+		if err != nil {
+			b.Close()
+			for _, t := range advanced {
+				e.store.Forget(t.sender, g.lease.Recipient, t.devs)
+			}
+			e.store.Forget(s, g.lease.Recipient, allDevices)
+			return err
+		}
+		advanced = append(advanced, touched{s, devs})
+	}
+	e.m.EncryptSeconds.Observe(time.Since(start).Seconds())
+	if b.Empty() {
+		b.Close()
+		return nil
+	}
+	// Invariant 2: ciphertexts and the sessions that produced them, durably, before the wire.
+	if err := e.db.Commit(b, true); err != nil {
+		for _, t := range advanced {
+			e.store.Forget(t.sender, g.lease.Recipient, t.devs)
+		}
+		return err
+	}
+	return nil
+}
+
+var errUnknownUser = errors.New("engine: recipient unknown to the platform")
+
+func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sender string, items []*item) ([]uint32, error) {
+	g := r.g
+	rcpt := g.lease.Recipient
+	user := items[0].p.To
+	id, err := e.store.Identity(sender)
+	if err != nil {
+		return nil, err
+	}
+	for _, it := range items {
+		v, ok, err := e.db.GetCopy(outboxKey(it.msg.ID))
+		if err != nil {
+			return nil, err
+		}
+		it.ob = &outbox{}
+		if ok {
+			if it.ob, err = decodeOutbox(v); err != nil {
+				e.log.Error("engine: corrupt outbox record; encrypting afresh", "id", it.msg.ID)
+				it.ob = &outbox{}
+			}
+		}
+	}
+	devs, known, err := e.store.Devices(sender, rcpt)
+	if err != nil {
+		return nil, err
+	}
+	sessions := map[uint32]*record.Session{}
+	var missing []uint32
+	for _, d := range devs {
+		rec, err := e.store.Session(sender, rcpt, d)
+		if err != nil {
+			e.log.Warn("engine: unreadable session; resetting it", "err", err)
+		}
+		if rec == nil {
+			missing = append(missing, d)
+		} else {
+			sessions[d] = rec
+		}
+	}
+	// decrypt_failed receipts: that device's session is reset before anything else.
+	for _, it := range items {
+		d := it.p.ResetDevice
+		if d == 0 || sessions[d] == nil {
+			continue
+		}
+		st := it.ob.get(d)
+		if st.typ == "" && !st.accepted {
+			e.store.DeleteSession(b, sender, rcpt, d)
+			delete(sessions, d)
+			missing = append(missing, d)
+			e.m.SessionResets.Inc()
+			for _, later := range items {
+				if ls := later.ob.get(d); !ls.accepted {
+					ls.typ, ls.ct = "", nil
+				}
+			}
+		}
+	}
+	if !known || len(missing) > 0 {
+		bundles, err := e.keys.get(ctx, user)
+		if err != nil {
+			return nil, err
+		}
+		if bundles == nil {
+			for _, it := range items {
+				r.fail(it, heraldtype.CodeUndeliverable)
+				e.signal(Signal{Kind: "unknown_user", BusinessPhone: sender, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
+			}
+			return nil, nil
+		}
+		if !known {
+			devs = devs[:0]
+			for _, d := range bundles.Devices {
+				devs = append(devs, d.DeviceID)
+				if sessions[d.DeviceID] == nil {
+					missing = append(missing, d.DeviceID)
+				}
+			}
+			e.store.PutDevices(b, sender, rcpt, devs)
+		}
+		strict := e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)
+		for _, bd := range bundles.Devices {
+			if !contains(missing, bd.DeviceID) || sessions[bd.DeviceID] != nil {
+				continue
+			}
+			pb, err := signal.DecodeBundle(user, bd)
+			if err != nil {
+				e.log.Warn("engine: bundle rejected", "err", err)
+				continue // device stays without a session; its messages retry
+			}
+			known, err := e.store.TrustedIdentity(sender, rcpt, bd.DeviceID)
+			if err != nil {
+				return nil, err
+			}
+			built, err := signal.BuildSession(ctx, id, user, pb, known, strict)
+			if errors.Is(err, signal.ErrIdentityChanged) {
+				for _, it := range items {
+					if !it.done {
+						r.fail(it, heraldtype.CodeIdentityChanged)
+					}
+				}
+				return nil, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			if built.IdentityChanged {
+				e.log.Info("engine: identity_changed: a recipient device has a new identity key; trusting it", "device", bd.DeviceID)
+			}
+			sessions[bd.DeviceID] = built.Record
+			e.store.PutTrustedIdentity(b, sender, rcpt, bd.DeviceID, built.IdentityKey)
+		}
+	}
+	var advanced []uint32
+	for _, d := range devs {
+		rec := sessions[d]
+		if rec == nil {
+			continue
+		}
+		var pts [][]byte
+		var targets []*deviceState
+		for _, it := range items {
+			if it.done || (it.p.ResetDevice != 0 && it.p.ResetDevice != d) {
+				continue
+			}
+			st := it.ob.get(d)
+			if st.accepted || st.typ != "" {
+				continue
+			}
+			pt, _ := json.Marshal(platform.Plaintext{ID: it.msg.ID, From: sender, TS: it.p.TS, Type: "text",
+				Text: &platform.TextBody{Body: it.p.Body}})
+			pts = append(pts, pt)
+			targets = append(targets, st)
+		}
+		if len(pts) == 0 {
+			continue
+		}
+		cts, err := signal.EncryptBatch(ctx, id, user, d, rec, pts)
+		if err != nil {
+			return advanced, err
+		}
+		for i, st := range targets {
+			st.typ, st.ct = cts[i].Type, cts[i].Body
+		}
+		e.store.PutSession(b, sender, rcpt, d, rec)
+		advanced = append(advanced, d)
+	}
+	for _, it := range items {
+		if !it.done {
+			b.Set(outboxKey(it.msg.ID), it.ob.encode(), nil)
+		}
+	}
+	return advanced, nil
+}
+
+func contains(s []uint32, v uint32) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Engine) signal(s Signal) {
+	if e.opts.OnSignal != nil {
+		e.opts.OnSignal(s)
+	}
+}
+
+// transmit sends the prepared messages in waves: a message goes out only after
+// the one before it (same sender) was accepted by every device.
+func (e *Engine) transmit(ctx context.Context, r *run) {
+	g := r.g
+	for _, it := range g.items {
+		if it.done || r.stopped[it.p.From] || it.ob == nil {
+			continue
+		}
+		devs, _, err := e.store.Devices(it.p.From, g.lease.Recipient)
+		if err != nil || len(devs) == 0 {
+			r.retry(it, r.backoff(it, 0), true, "no_devices")
+			continue
+		}
+		if it.p.ResetDevice != 0 {
+			devs = []uint32{it.p.ResetDevice}
+		}
+		var envs []platform.Envelope
+		waiting := false
+		for _, d := range devs {
+			st := it.ob.get(d)
+			if st.accepted {
+				continue
+			}
+			if st.typ == "" {
+				waiting = true // no session for this device yet
+				continue
+			}
+			envs = append(envs, platform.Envelope{ID: it.msg.ID, From: it.p.From, To: it.p.To, DeviceID: d,
+				Type: st.typ, Ciphertext: base64.StdEncoding.EncodeToString(st.ct)})
+		}
+		if len(envs) > 0 {
+			start := time.Now()
+			res, err := e.opts.Transport.Send(ctx, envs)
+			e.m.TransmitSecs.Observe(time.Since(start).Seconds())
+			if err != nil {
+				e.breaker.failure(time.Now())
+				var re *platform.RequestError
+				after := time.Duration(0)
+				if errors.As(err, &re) {
+					after = re.RetryAfter
+					e.m.PlatformErrors.WithLabelValues("http_" + itoa(re.Status)).Inc()
+				}
+				r.retry(it, r.backoff(it, after), true, "request")
+				continue
+			}
+			e.breaker.success()
+			if e.results(r, it, res) {
+				continue // decided (failed or retry)
+			}
+		}
+		complete := !waiting
+		for _, d := range devs {
+			if !it.ob.get(d).accepted {
+				complete = false
+			}
+		}
+		if complete {
+			e.sent(r, it)
+		} else if !it.done {
+			r.retry(it, r.now, true, "pending_devices")
+		}
+	}
+}
+
+// results applies per-envelope results; it reports whether the item is decided.
+func (e *Engine) results(r *run, it *item, res []platform.Result) bool {
+	var retryAfter time.Duration
+	retry, immediate := false, false
+	for _, x := range res {
+		st := it.ob.get(x.DeviceID)
+		if x.Status == platform.StatusAccepted {
+			st.accepted = true
+			continue
+		}
+		e.m.PlatformErrors.WithLabelValues(x.Code).Inc()
+		switch x.Code {
+		case platform.CodeUnknownUser:
+			e.signal(Signal{Kind: "unknown_user", BusinessPhone: it.p.From, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
+			r.fail(it, heraldtype.CodeUndeliverable)
+			return true
+		case platform.CodeStaleDevices:
+			// Re-query on the next attempt; encrypt for new devices, drop removed ones.
+			e.store.ForgetDevices(r.extra, it.p.From, r.g.lease.Recipient)
+			retry, immediate = true, true
+		case platform.CodeBadMessage:
+			if int(st.resets) >= e.opts.MaxResets {
+				r.fail(it, heraldtype.CodeResetsExhausted)
+				return true
+			}
+			st.resets++
+			e.resetDevice(r, it, x.DeviceID)
+			retry, immediate = true, true
+		case platform.CodeThrottled, platform.CodeUnavailable:
+			retry = true
+			if d := time.Duration(x.RetryAfterMS) * time.Millisecond; d > retryAfter {
+				retryAfter = d
+			}
+		default:
+			r.fail(it, heraldtype.CodePlatformRejected)
+			return true
+		}
+	}
+	if !retry {
+		return false
+	}
+	at := r.backoff(it, retryAfter)
+	if immediate && retryAfter == 0 {
+		at = r.now
+	}
+	r.retry(it, at, true, "platform")
+	return true
+}
+
+// resetDevice drops a device's session and every unsent ciphertext made with it
+// (this message's and the later ones'), in the completion batch.
+func (e *Engine) resetDevice(r *run, it *item, dev uint32) {
+	e.m.SessionResets.Inc()
+	e.store.DeleteSession(r.extra, it.p.From, r.g.lease.Recipient, dev)
+	seen := false
+	for _, other := range r.g.items {
+		if other == it {
+			seen = true
+		}
+		if !seen || other.p.From != it.p.From || other.ob == nil {
+			continue
+		}
+		if st := other.ob.get(dev); !st.accepted {
+			st.typ, st.ct = "", nil
+			if other != it && !other.done {
+				r.extra.Set(outboxKey(other.msg.ID), other.ob.encode(), nil)
+			}
+		}
+	}
+}
+
+// sent acks a message every device accepted and keeps its content (sealed) for
+// a grace period, never past its TTL, in case a decrypt_failed receipt comes.
+func (e *Engine) sent(r *run, it *item) {
+	r.ack(it)
+	r.ups = append(r.ups, update{id: it.msg.ID, status: heraldtype.StatusSent, at: r.now, recipient: it.p.To})
+	keep := r.now.Add(e.opts.SentGrace)
+	if keep.After(it.msg.ExpiresAt) {
+		keep = it.msg.ExpiresAt
+	}
+	rec := binary.BigEndian.AppendUint64(nil, uint64(it.msg.ExpiresAt.UnixNano()))
+	rec = e.opts.Sealer.Seal(rec, it.msg.Payload)
+	r.extra.Set(keptKey(it.msg.ID), rec, nil)
+	r.extra.Set(keptIndexKey(keep, it.msg.ID), nil, nil)
+}
+
+func itoa(i int) string {
+	b := make([]byte, 0, 4)
+	if i == 0 {
+		return "0"
+	}
+	for i > 0 {
+		b = append([]byte{byte('0' + i%10)}, b...)
+		i /= 10
+	}
+	return string(b)
+}

@@ -1,0 +1,104 @@
+// Package metrics defines Herald's Prometheus metrics. Labels never carry a
+// phone number, a body or a message id: only codes, reasons and shard numbers.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics is one registry and its collectors.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Accepted       prometheus.Counter
+	Rejected       *prometheus.CounterVec // code
+	Sent           prometheus.Counter
+	Delivered      prometheus.Counter
+	Read           prometheus.Counter
+	Failed         *prometheus.CounterVec // code
+	Retries        *prometheus.CounterVec // reason
+	PlatformErrors *prometheus.CounterVec // code
+	SessionResets  prometheus.Counter
+	Events         *prometheus.CounterVec // type
+	EncryptSeconds prometheus.Histogram
+	TransmitSecs   prometheus.Histogram
+	WebhookPosts   *prometheus.CounterVec // result
+}
+
+// New registers every collector on a fresh registry.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "herald", Name: name, Help: help})
+		r.MustRegister(c)
+		return c
+	}
+	v := func(name, help, label string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "herald", Name: name, Help: help}, []string{label})
+		r.MustRegister(c)
+		return c
+	}
+	h := func(name, help string) prometheus.Histogram {
+		c := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "herald", Name: name, Help: help,
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2.5, 14)})
+		r.MustRegister(c)
+		return c
+	}
+	return &Metrics{
+		Registry:       r,
+		Accepted:       f("messages_accepted_total", "Messages accepted (durably enqueued)."),
+		Rejected:       v("messages_rejected_total", "Messages or recipients rejected at admission, by error code.", "code"),
+		Sent:           f("messages_sent_total", "Messages accepted by the platform for every device."),
+		Delivered:      f("messages_delivered_total", "Messages reported delivered."),
+		Read:           f("messages_read_total", "Messages reported read."),
+		Failed:         v("messages_failed_total", "Messages failed, by code.", "code"),
+		Retries:        v("retries_total", "Retransmissions scheduled, by reason.", "reason"),
+		PlatformErrors: v("platform_errors_total", "Platform errors, by code.", "code"),
+		SessionResets:  f("session_resets_total", "Signal sessions reset after bad_message or decrypt_failed."),
+		Events:         v("platform_events_total", "Platform events received, by type.", "type"),
+		EncryptSeconds: h("encrypt_seconds", "Time to encrypt one recipient group (all devices, all messages)."),
+		TransmitSecs:   h("transmit_seconds", "Time for one transmit wave to come back from the platform."),
+		WebhookPosts:   v("webhook_posts_total", "Webhook deliveries, by result.", "result"),
+	}
+}
+
+// GaugeFunc registers a gauge read on scrape.
+func (m *Metrics) GaugeFunc(name, help string, f func() float64) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "herald", Name: name, Help: help}, f))
+}
+
+// GaugeVecFunc registers a labelled gauge collected on scrape.
+func (m *Metrics) ShardDepth(shards int, depth func(int) int64) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "herald", Name: "queue_depth", Help: "Queued messages per shard."}, []string{"shard"})
+	m.Registry.MustRegister(collectorFunc(func(ch chan<- prometheus.Metric) {
+		for i := 0; i < shards; i++ {
+			g.WithLabelValues(itoa(i)).Set(float64(depth(i)))
+		}
+		g.Collect(ch)
+	}, g))
+}
+
+type cf struct {
+	collect func(chan<- prometheus.Metric)
+	g       *prometheus.GaugeVec
+}
+
+func collectorFunc(f func(chan<- prometheus.Metric), g *prometheus.GaugeVec) prometheus.Collector {
+	return cf{f, g}
+}
+func (c cf) Describe(ch chan<- *prometheus.Desc)  { c.g.Describe(ch) }
+func (c cf) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
+
+func itoa(i int) string {
+	if i == 0 {
+		return "0"
+	}
+	var b []byte
+	for i > 0 {
+		b = append([]byte{byte('0' + i%10)}, b...)
+		i /= 10
+	}
+	return string(b)
+}
