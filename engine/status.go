@@ -62,8 +62,8 @@ type StatusChange struct {
 }
 
 // statusKey: e M <id>; countersKey: e c <campaign>.
-func statusKey(id string) []byte     { return append([]byte("eM"), id...) }
-func countersKey(cid string) []byte  { return append([]byte("ec"), cid...) }
+func statusKey(id string) []byte    { return append([]byte("eM"), id...) }
+func countersKey(cid string) []byte { return append([]byte("ec"), cid...) }
 
 // NewStatusRecord is the record the API writes, in the enqueue batch, for a
 // newly accepted message.

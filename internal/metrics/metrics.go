@@ -88,7 +88,7 @@ type cf struct {
 func collectorFunc(f func(chan<- prometheus.Metric), g *prometheus.GaugeVec) prometheus.Collector {
 	return cf{f, g}
 }
-func (c cf) Describe(ch chan<- *prometheus.Desc)  { c.g.Describe(ch) }
+func (c cf) Describe(ch chan<- *prometheus.Desc) { c.g.Describe(ch) }
 func (c cf) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 func itoa(i int) string {
