@@ -30,8 +30,11 @@ func Backoff(now time.Time, attempt int, base, maxDelay, retryAfter time.Duratio
 
 func jitter() float64 { return rand.Float64() }
 
-// breaker trips after Threshold consecutive whole-request failures; while open
-// only one probe per Cooldown goes to the platform, and messages wait on disk.
+// breaker trips after threshold consecutive whole-request failures. While it
+// is open, one dispatch round per cooldown goes ahead as a probe (one
+// recipient); every other round is skipped and messages wait on disk. A probe
+// that finds nothing to send simply lets the next cooldown pass: no state
+// waits on a result that may never come.
 type breaker struct {
 	threshold int
 	cooldown  time.Duration
@@ -39,8 +42,7 @@ type breaker struct {
 	mu struct {
 		sync.Mutex
 		fails     int
-		openUntil time.Time
-		probing   bool
+		nextProbe time.Time
 	}
 }
 
@@ -51,30 +53,29 @@ func (b *breaker) allow(now time.Time) (ok, probe bool) {
 	if b.mu.fails < b.threshold {
 		return true, false
 	}
-	if now.Before(b.mu.openUntil) || b.mu.probing {
+	if now.Before(b.mu.nextProbe) {
 		return false, false
 	}
-	b.mu.probing = true
+	b.mu.nextProbe = now.Add(b.cooldown)
 	return true, true
 }
 
 func (b *breaker) success() {
 	b.mu.Lock()
-	b.mu.fails, b.mu.probing = 0, false
+	b.mu.fails = 0
 	b.mu.Unlock()
 }
 
 func (b *breaker) failure(now time.Time) {
 	b.mu.Lock()
 	b.mu.fails++
-	b.mu.probing = false
-	if b.mu.fails >= b.threshold {
-		b.mu.openUntil = now.Add(b.cooldown)
+	if b.mu.fails == b.threshold {
+		b.mu.nextProbe = now.Add(b.cooldown)
 	}
 	b.mu.Unlock()
 }
 
-// Open reports whether the breaker is open (for /readyz and metrics).
+// open reports whether the breaker is open (for /readyz and metrics).
 func (b *breaker) open() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()

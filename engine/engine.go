@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	dto "github.com/prometheus/client_model/go"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -354,4 +355,11 @@ func (e *Engine) DispatchOnce(ctx context.Context, shard int) (int, error) {
 		}
 	}
 	return len(leases), nil
+}
+
+// MetricsForTest exposes the registry.
+func (e *Engine) MetricsForTest() interface {
+	Gather() ([]*dto.MetricFamily, error)
+} {
+	return e.m.Registry
 }

@@ -8,7 +8,7 @@ import (
 // outbox is the per-message transmission state: for each device, the stored
 // ciphertext (retransmissions resend it; they never re-encrypt — invariant 2),
 // whether the platform accepted it, and how many session resets it took.
-// Key: e O <message id>. No plaintext, no phone number.
+// Key: e O <queue seq>. No plaintext, no phone number.
 type outbox struct {
 	devices []deviceState
 }
@@ -21,7 +21,9 @@ type deviceState struct {
 	ct       []byte
 }
 
-func outboxKey(id string) []byte { return append([]byte("eO"), id...) }
+// outboxKey is keyed by the queue entry, not the message id: a decrypt_failed
+// resend shares its id with the original, which may still be queued.
+func outboxKey(seq uint64) []byte { return binary.BigEndian.AppendUint64([]byte("eO"), seq) }
 
 func (o *outbox) get(dev uint32) *deviceState {
 	for i := range o.devices {

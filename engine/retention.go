@@ -8,7 +8,6 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/heraldhq/herald/heraldtype"
-	"github.com/heraldhq/herald/internal/kv"
 )
 
 // Kept content of sent messages (for decrypt_failed): e K <id> → expires(8) ||
@@ -37,7 +36,8 @@ func (e *Engine) RetentionOnce(ctx context.Context) (int, error) {
 		b := e.db.NewBatch()
 		ups := make([]update, 0, len(expired))
 		for _, m := range expired {
-			b.Delete(outboxKey(m.ID), nil)
+			b.Delete(outboxKey(m.Seq), nil)
+			b.Delete(keptKey(m.ID), nil)
 			ups = append(ups, update{id: m.ID, status: heraldtype.StatusFailed, code: heraldtype.CodeExpired, at: now})
 		}
 		if err := e.db.Commit(b, true); err != nil {
@@ -69,4 +69,3 @@ func (e *Engine) RetentionOnce(ctx context.Context) (int, error) {
 	return removed + n, e.db.Commit(b, true)
 }
 
-var _ = kv.PrefixEnd

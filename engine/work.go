@@ -61,11 +61,12 @@ type run struct {
 func (r *run) ack(it *item) {
 	it.done = true
 	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, Ack: true})
-	r.extra.Delete(outboxKey(it.msg.ID), nil)
+	r.extra.Delete(outboxKey(it.msg.Seq), nil)
 }
 
 func (r *run) fail(it *item, code int) {
 	r.ack(it)
+	r.extra.Delete(keptKey(it.msg.ID), nil)
 	r.ups = append(r.ups, update{id: it.msg.ID, status: heraldtype.StatusFailed, code: code, at: r.now, recipient: it.p.To})
 }
 
@@ -73,7 +74,7 @@ func (r *run) retry(it *item, at time.Time, count bool, reason string) {
 	it.done = true
 	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, RetryAt: at, CountAttempt: count})
 	if it.ob != nil {
-		r.extra.Set(outboxKey(it.msg.ID), it.ob.encode(), nil)
+		r.extra.Set(outboxKey(it.msg.Seq), it.ob.encode(), nil)
 	}
 	r.stopped[it.p.From] = true
 	if reason != "" {
@@ -103,6 +104,10 @@ func (e *Engine) work(ctx context.Context, g *group, probe bool) {
 		}
 	}
 	if err := e.prepare(ctx, r); err != nil {
+		var re *platform.RequestError
+		if errors.As(err, &re) {
+			e.breaker.failure(time.Now())
+		}
 		e.log.Warn("engine: could not prepare ciphertexts; will retry", "err", err)
 		for _, it := range g.items {
 			if !it.done && !r.stopped[it.p.From] {
@@ -192,7 +197,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		return nil, err
 	}
 	for _, it := range items {
-		v, ok, err := e.db.GetCopy(outboxKey(it.msg.ID))
+		v, ok, err := e.db.GetCopy(outboxKey(it.msg.Seq))
 		if err != nil {
 			return nil, err
 		}
@@ -202,6 +207,12 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 				e.log.Error("engine: corrupt outbox record; encrypting afresh", "id", it.msg.ID)
 				it.ob = &outbox{}
 			}
+		} else {
+			// First preparation: keep a sealed copy for decrypt_failed receipts. It
+			// must be durable before the wire, since a receipt can overtake the
+			// worker's completion.
+			rec := binary.BigEndian.AppendUint64(nil, uint64(it.msg.ExpiresAt.UnixNano()))
+			b.Set(keptKey(it.msg.ID), e.opts.Sealer.Seal(rec, it.msg.Payload), nil)
 		}
 	}
 	devs, known, err := e.store.Devices(sender, rcpt)
@@ -331,7 +342,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 	}
 	for _, it := range items {
 		if !it.done {
-			b.Set(outboxKey(it.msg.ID), it.ob.encode(), nil)
+			b.Set(outboxKey(it.msg.Seq), it.ob.encode(), nil)
 		}
 	}
 	return advanced, nil
@@ -481,14 +492,14 @@ func (e *Engine) resetDevice(r *run, it *item, dev uint32) {
 		if st := other.ob.get(dev); !st.accepted {
 			st.typ, st.ct = "", nil
 			if other != it && !other.done {
-				r.extra.Set(outboxKey(other.msg.ID), other.ob.encode(), nil)
+				r.extra.Set(outboxKey(other.msg.Seq), other.ob.encode(), nil)
 			}
 		}
 	}
 }
 
-// sent acks a message every device accepted and keeps its content (sealed) for
-// a grace period, never past its TTL, in case a decrypt_failed receipt comes.
+// sent acks a message every device accepted; its kept content (sealed) stays
+// for a grace period, never past its TTL, in case a decrypt_failed receipt comes.
 func (e *Engine) sent(r *run, it *item) {
 	r.ack(it)
 	r.ups = append(r.ups, update{id: it.msg.ID, status: heraldtype.StatusSent, at: r.now, recipient: it.p.To})
@@ -496,9 +507,8 @@ func (e *Engine) sent(r *run, it *item) {
 	if keep.After(it.msg.ExpiresAt) {
 		keep = it.msg.ExpiresAt
 	}
-	rec := binary.BigEndian.AppendUint64(nil, uint64(it.msg.ExpiresAt.UnixNano()))
-	rec = e.opts.Sealer.Seal(rec, it.msg.Payload)
-	r.extra.Set(keptKey(it.msg.ID), rec, nil)
+	// The kept copy was written before the wire (prepareSender); from now on
+	// the retention sweeper deletes it at keep.
 	r.extra.Set(keptIndexKey(keep, it.msg.ID), nil, nil)
 }
 

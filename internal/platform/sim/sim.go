@@ -117,6 +117,13 @@ type simDevice struct {
 	dev  *signal.Device
 	seen map[string]struct{}
 	last map[string]string // sender → last message id delivered
+	// lost: senders whose session this device lost through an injected fault;
+	// until a new session arrives, their old-session envelopes cannot decrypt,
+	// which is the fault's doing, not the sender's (counted as injected).
+	lost map[string]bool
+	// receipted: ids this device sent a decrypt_failed for; their redelivery
+	// comes after later messages by design and is not an ordering violation.
+	receipted map[string]bool
 }
 
 // New validates options and starts listening (not serving: call Serve or Start).
@@ -284,7 +291,7 @@ func (s *Server) deviceLocked(su *simUser, id uint32) (*simDevice, error) {
 		if err != nil {
 			return nil, err
 		}
-		d = &simDevice{dev: dev, seen: map[string]struct{}{}, last: map[string]string{}}
+		d = &simDevice{dev: dev, seen: map[string]struct{}{}, last: map[string]string{}, lost: map[string]bool{}, receipted: map[string]bool{}}
 		su.devices[id] = d
 	}
 	return d, nil
@@ -460,6 +467,10 @@ func (s *Server) envelope(e platform.Envelope) platform.Result {
 	if roll(s.opts.ReinstallRate) {
 		s.count(func(st *Stats) { st.Injected["reinstall"]++ })
 		d.dev.Reinstall()
+		for from := range d.last {
+			d.lost[from] = true
+		}
+		d.lost[e.From] = true
 		res.Code = platform.CodeBadMessage
 		return res
 	}
@@ -471,16 +482,21 @@ func (s *Server) envelope(e platform.Envelope) platform.Result {
 	}
 	pt, err := d.dev.Decrypt(e.From, e.Type, body)
 	if err != nil {
-		s.fail("decrypt: " + trimErr(err))
+		if d.lost[e.From] {
+			s.count(func(st *Stats) { st.Injected["after_session_loss"]++ })
+		} else {
+			s.fail("decrypt: " + trimErr(err))
+		}
 		res.Code = platform.CodeBadMessage
 		return res
 	}
+	delete(d.lost, e.From)
 	var m platform.Plaintext
 	if err := json.Unmarshal(pt, &m); err != nil || m.ID != e.ID || m.From != e.From || m.Text == nil {
 		s.count(func(st *Stats) { st.Mismatches++ })
 	}
 	d.seen[e.ID] = struct{}{}
-	if last, ok := d.last[e.From]; ok && e.ID < last {
+	if last, ok := d.last[e.From]; ok && e.ID < last && !d.receipted[e.ID] {
 		s.count(func(st *Stats) { st.OrderingViolations++ })
 	} else {
 		d.last[e.From] = e.ID
@@ -499,6 +515,8 @@ func (s *Server) envelope(e platform.Envelope) platform.Result {
 		s.count(func(st *Stats) { st.Injected["decrypt_failed"]++ })
 		delete(d.seen, e.ID)
 		d.dev.ForgetSession(e.From)
+		d.lost[e.From] = true
+		d.receipted[e.ID] = true
 		evs = []platform.Event{{Type: platform.EventDecryptFailed, ID: e.ID, User: e.To, DeviceID: e.DeviceID, TS: now}}
 		s.count(func(st *Stats) { st.Decrypted-- })
 	}
@@ -607,4 +625,18 @@ func (s *Server) Run(ctx context.Context) error {
 	s.Start()
 	<-ctx.Done()
 	return s.Close()
+}
+
+// Delivered returns, for a user, the message ids each device has received (tests).
+func (s *Server) Delivered(user string) map[uint32][]string {
+	su := s.user(user)
+	su.mu.Lock()
+	defer su.mu.Unlock()
+	out := map[uint32][]string{}
+	for id, d := range su.devices {
+		for m := range d.seen {
+			out[id] = append(out[id], m)
+		}
+	}
+	return out
 }
