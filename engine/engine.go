@@ -111,6 +111,7 @@ type Engine struct {
 	startStop sync.Mutex
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+	workers   sync.WaitGroup // groups submitted to the pool and not finished
 	running   bool
 	closed    bool
 
@@ -236,6 +237,7 @@ func (e *Engine) Close() error {
 		e.cancel()
 	}
 	e.wg.Wait()
+	e.workers.Wait()
 	e.pool.Release()
 	e.statuses.close()
 	return nil
@@ -344,13 +346,15 @@ func (e *Engine) DispatchOnce(ctx context.Context, shard int) (int, error) {
 	for _, g := range groups {
 		g := g
 		e.inflight.Add(1)
+		e.workers.Add(1)
 		err := e.pool.Submit(func() {
-			defer func() { e.inflight.Add(-1); e.releaseSlots(1) }()
+			defer func() { e.inflight.Add(-1); e.releaseSlots(1); e.workers.Done() }()
 			e.work(ctx, g, probe)
 		})
 		if err != nil {
 			e.inflight.Add(-1)
 			e.releaseSlots(1)
+			e.workers.Done()
 			e.q.Release(g.lease)
 		}
 	}

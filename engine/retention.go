@@ -68,4 +68,3 @@ func (e *Engine) RetentionOnce(ctx context.Context) (int, error) {
 	}
 	return removed + n, e.db.Commit(b, true)
 }
-

@@ -74,6 +74,12 @@ func NewStatusRecord(b *pebble.Batch, id, businessID, phoneNumberID, campaignID 
 	b.Set(statusKey(id), v, nil)
 }
 
+// statusBatch is a submission; done (if set) is closed once it is committed.
+type statusBatch struct {
+	ups  []update
+	done chan struct{}
+}
+
 // update is one requested transition.
 type update struct {
 	id        string
@@ -93,7 +99,7 @@ type Statuses struct {
 	m        *metrics.Metrics
 	onChange func([]StatusChange)
 
-	in       chan []update
+	in       chan statusBatch
 	flushReq chan chan struct{}
 	done     chan struct{}
 	counters *lru.Cache[string, *Counters]
@@ -103,7 +109,7 @@ type Statuses struct {
 
 func newStatuses(db *kv.DB, log *slog.Logger, m *metrics.Metrics, onChange func([]StatusChange)) *Statuses {
 	c, _ := lru.New[string, *Counters](10_000)
-	s := &Statuses{db: db, log: log, m: m, onChange: onChange, in: make(chan []update, 1024),
+	s := &Statuses{db: db, log: log, m: m, onChange: onChange, in: make(chan statusBatch, 1024),
 		flushReq: make(chan chan struct{}), done: make(chan struct{}), counters: c}
 	go s.loop()
 	return s
@@ -118,7 +124,25 @@ func (s *Statuses) submit(ups []update) {
 	if s.closed {
 		return
 	}
-	s.in <- ups
+	s.in <- statusBatch{ups: ups}
+}
+
+// submitWait returns once ups are committed (WAL order: before anything the
+// caller commits afterwards, so a crash can never keep the later write and
+// lose the status).
+func (s *Statuses) submitWait(ups []update) {
+	if len(ups) == 0 {
+		return
+	}
+	done := make(chan struct{})
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return
+	}
+	s.in <- statusBatch{ups: ups, done: done}
+	s.closeMu.Unlock()
+	<-done
 }
 
 // Flush waits until every submitted update is written.
@@ -145,11 +169,15 @@ func (s *Statuses) loop() {
 	defer close(s.done)
 	for {
 		select {
-		case ups, ok := <-s.in:
+		case sb, ok := <-s.in:
 			if !ok {
 				return
 			}
-			batch := ups
+			batch := sb.ups
+			var waiters []chan struct{}
+			if sb.done != nil {
+				waiters = append(waiters, sb.done)
+			}
 		drain:
 			for len(batch) < 8192 {
 				select {
@@ -157,22 +185,31 @@ func (s *Statuses) loop() {
 					if !ok {
 						break drain
 					}
-					batch = append(batch, more...)
+					batch = append(batch, more.ups...)
+					if more.done != nil {
+						waiters = append(waiters, more.done)
+					}
 				default:
 					break drain
 				}
 			}
 			s.apply(batch)
+			for _, w := range waiters {
+				close(w)
+			}
 		case ch := <-s.flushReq:
 			// Everything sent before the flush request is in s.in; drain it.
 			for {
 				select {
-				case ups, ok := <-s.in:
+				case sb, ok := <-s.in:
 					if !ok {
 						close(ch)
 						return
 					}
-					s.apply(ups)
+					s.apply(sb.ups)
+					if sb.done != nil {
+						close(sb.done)
+					}
 					continue
 				default:
 				}

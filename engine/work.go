@@ -116,12 +116,14 @@ func (e *Engine) work(ctx context.Context, g *group, probe bool) {
 		}
 	}
 	e.transmit(ctx, r)
+	// Statuses first, then the ack (see Statuses.submitWait): after a crash the
+	// status is never behind the queue.
+	e.statuses.submitWait(r.ups)
 	if err := e.q.Complete(ctx, g.lease, r.outcomes, r.extra, false); err != nil {
 		e.log.Warn("engine: completing a lease failed; the messages come back", "err", err)
 		e.store.Forget(g.items[0].p.From, g.lease.Recipient, allDevices)
-		return
 	}
-	e.statuses.submit(r.ups)
+	r.extra.Close()
 }
 
 var allDevices = func() []uint32 {
