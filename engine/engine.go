@@ -3,13 +3,14 @@ package engine
 import (
 	"context"
 	"errors"
-	dto "github.com/prometheus/client_model/go"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/panjf2000/ants/v2"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
@@ -87,8 +88,11 @@ type Options struct {
 	IdlePoll time.Duration
 	Now      func() time.Time
 	Logger   *slog.Logger
-	// OnStatus receives status transitions (webhooks).
+	// OnStatus receives status transitions after they are committed.
 	OnStatus func([]StatusChange)
+	// StatusHook adds the caller's writes (webhook outbox) to the batch that
+	// commits status transitions, so they are durable together.
+	StatusHook func(b *pebble.Batch, changes []StatusChange)
 	// OnSignal receives quality signals (rate limiter).
 	OnSignal func(Signal)
 }
@@ -169,6 +173,7 @@ func New(opts Options) (*Engine, error) {
 	}
 	e.keys = newKeyBatcher(opts.Transport, opts.KeyLinger)
 	e.statuses = newStatuses(opts.DB, opts.Logger, opts.Metrics, opts.OnStatus)
+	e.statuses.hook = opts.StatusHook
 	return e, nil
 }
 

@@ -27,7 +27,6 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []platform.Event) error {
 		switch ev.Type {
 		case platform.EventDelivered:
 			ups = append(ups, update{id: ev.ID, status: heraldtype.StatusDelivered, at: at})
-			e.signal(Signal{Kind: "delivered", BusinessPhone: "", At: now})
 		case platform.EventRead:
 			ups = append(ups, update{id: ev.ID, status: heraldtype.StatusRead, at: at})
 		case platform.EventReport:

@@ -98,6 +98,7 @@ type Statuses struct {
 	log      *slog.Logger
 	m        *metrics.Metrics
 	onChange func([]StatusChange)
+	hook     func(*pebble.Batch, []StatusChange)
 
 	in       chan statusBatch
 	flushReq chan chan struct{}
@@ -325,6 +326,9 @@ func (s *Statuses) apply(ups []update) {
 	for cid, c := range touched {
 		v, _ := json.Marshal(c)
 		b.Set(countersKey(cid), v, nil)
+	}
+	if s.hook != nil && len(changes) > 0 {
+		s.hook(b, changes)
 	}
 	if b.Empty() {
 		b.Close()

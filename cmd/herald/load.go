@@ -1,0 +1,273 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/spf13/cobra"
+)
+
+type loadOpts struct {
+	url, token, pn, mode, prefix string
+	users, recipients, campaigns int
+	clients, count               int
+	duration                     time.Duration
+	wait                         time.Duration
+	jsonOut, allowRemote         bool
+}
+
+type loadReport struct {
+	Mode           string           `json:"mode"`
+	Requests       int64            `json:"requests"`
+	Accepted       int64            `json:"accepted"`
+	Rejected       int64            `json:"rejected"`
+	Errors         map[string]int64 `json:"errors_by_code"`
+	IngestSeconds  float64          `json:"ingest_seconds"`
+	IngestPerSec   float64          `json:"ingest_per_second"`
+	LatencyMS      map[string]int64 `json:"request_latency_ms,omitempty"`
+	DeliverSeconds float64          `json:"accept_to_done_seconds,omitempty"`
+	DeliverPerSec  float64          `json:"end_to_end_per_second,omitempty"`
+	Sent           int64            `json:"sent"`
+	Failed         int64            `json:"failed"`
+	Failures       map[string]int64 `json:"failures_by_code,omitempty"`
+}
+
+func loadCmd() *cobra.Command {
+	var o loadOpts
+	cmd := &cobra.Command{
+		Use:   "load",
+		Short: "Load-test a running herald serve: campaigns (NDJSON) or single messages; reports throughput and latency",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := loopbackOnly(o.url, o.allowRemote); err != nil {
+				return err
+			}
+			if o.token == "" || o.pn == "" {
+				return errors.New("invalid setting token/phone-number-id: both are required")
+			}
+			var rep *loadReport
+			var err error
+			switch o.mode {
+			case "campaign":
+				rep, err = loadCampaigns(o)
+			case "single":
+				rep, err = loadSingle(o)
+			default:
+				return fmt.Errorf("invalid setting mode: %q (campaign or single)", o.mode)
+			}
+			if err != nil {
+				return err
+			}
+			if o.jsonOut {
+				return json.NewEncoder(os.Stdout).Encode(rep)
+			}
+			printReport(rep)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.url, "url", "http://127.0.0.1:8080", "Herald base URL (loopback unless --allow-remote)")
+	f.StringVar(&o.token, "token", "", "business token")
+	f.StringVar(&o.pn, "phone-number-id", "", "phone_number_id to send from")
+	f.StringVar(&o.mode, "mode", "campaign", "campaign (NDJSON uploads) or single (POST /messages)")
+	f.StringVar(&o.prefix, "prefix", "1555", "recipient number prefix (match the platform's users)")
+	f.IntVar(&o.users, "users", 1_000_000, "recipients are drawn from prefix+[0, users)")
+	f.IntVar(&o.recipients, "recipients", 100_000, "campaign mode: recipients per campaign")
+	f.IntVar(&o.campaigns, "campaigns", 1, "campaign mode: campaigns uploaded in parallel")
+	f.IntVar(&o.clients, "clients", 32, "single mode: concurrent clients")
+	f.IntVar(&o.count, "count", 10_000, "single mode: messages in all (0: until --duration)")
+	f.DurationVar(&o.duration, "duration", time.Minute, "upper bound on the sending phase")
+	f.DurationVar(&o.wait, "wait", 5*time.Minute, "campaign mode: how long to wait for every status (0: don't)")
+	f.BoolVar(&o.jsonOut, "json", false, "print the report as JSON")
+	f.BoolVar(&o.allowRemote, "allow-remote", false, "allow a non-loopback URL")
+	return cmd
+}
+
+func user(o loadOpts, i int) string {
+	return fmt.Sprintf("%s%0*d", o.prefix, 11-len(o.prefix), i%o.users)
+}
+
+func loadCampaigns(o loadOpts) (*loadReport, error) {
+	c := newAPIClient(o.url, o.token)
+	rep := &loadReport{Mode: "campaign", Errors: map[string]int64{}}
+	ids := make([]string, o.campaigns)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for k := 0; k < o.campaigns; k++ {
+		wg.Add(1)
+		go func(k int) {
+			defer wg.Done()
+			pr, pw := io.Pipe()
+			go func() {
+				bw := newLineWriter(pw)
+				bw.line(fmt.Sprintf(`{"name":"load-%d","template":{"body":"Load test {{n}}"},"ttl_seconds":3600}`, k))
+				base := k * o.recipients
+				for i := 0; i < o.recipients; i++ {
+					bw.line(fmt.Sprintf(`{"to":"%s","vars":{"n":"%d"}}`, user(o, base+i), i))
+				}
+				bw.close()
+			}()
+			var res struct {
+				CampaignID    string `json:"campaign_id"`
+				Accepted      int64  `json:"accepted"`
+				RejectedCount int64  `json:"rejected_count"`
+			}
+			_, err := c.call("POST", "/v1/"+o.pn+"/campaigns", pr, "application/x-ndjson", &res)
+			pr.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			rep.Requests++
+			if err != nil {
+				rep.Errors[errCode(err)]++
+				return
+			}
+			ids[k] = res.CampaignID
+			rep.Accepted += res.Accepted
+			rep.Rejected += res.RejectedCount
+		}(k)
+	}
+	wg.Wait()
+	rep.IngestSeconds = time.Since(start).Seconds()
+	rep.IngestPerSec = float64(rep.Accepted) / rep.IngestSeconds
+	fmt.Fprintf(os.Stderr, "ingested %d recipients in %.2fs (%.0f/s)\n", rep.Accepted, rep.IngestSeconds, rep.IngestPerSec)
+	if o.wait <= 0 {
+		return rep, nil
+	}
+	acceptedAt := time.Now()
+	deadline := acceptedAt.Add(o.wait)
+	rep.Failures = map[string]int64{}
+	for {
+		var done, sent, failed int64
+		failures := map[string]int64{}
+		for _, id := range ids {
+			if id == "" {
+				continue
+			}
+			var st campaignStatus
+			if err := c.jsonCall("GET", "/v1/campaigns/"+id, nil, &st); err != nil {
+				return nil, err
+			}
+			done += st.done()
+			failed += st.Counts["failed"]
+			sent += st.done() - st.Counts["failed"]
+			for k, v := range st.Failures {
+				failures[k] += v
+			}
+		}
+		fmt.Fprintf(os.Stderr, "\rdone %d/%d (sent %d, failed %d)   ", done, rep.Accepted, sent, failed)
+		if done >= rep.Accepted || time.Now().After(deadline) {
+			rep.Sent, rep.Failed, rep.Failures = sent, failed, failures
+			rep.DeliverSeconds = time.Since(start).Seconds()
+			rep.DeliverPerSec = float64(done) / rep.DeliverSeconds
+			fmt.Fprintln(os.Stderr)
+			return rep, nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func loadSingle(o loadOpts) (*loadReport, error) {
+	c := newAPIClient(o.url, o.token)
+	rep := &loadReport{Mode: "single", Errors: map[string]int64{}}
+	h := hdrhistogram.New(1, 60_000_000, 3) // microseconds
+	var mu sync.Mutex
+	var next atomic.Int64
+	stop := time.Now().Add(o.duration)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < o.clients; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if (o.count > 0 && i >= int64(o.count)) || time.Now().After(stop) {
+					return
+				}
+				body := fmt.Sprintf(`{"messaging_product":"whatsapp","to":"%s","type":"text","text":{"body":"load %d"},"ttl_seconds":3600}`,
+					user(o, rand.IntN(o.users)), i)
+				t0 := time.Now()
+				_, err := c.call("POST", "/v1/"+o.pn+"/messages", strings.NewReader(body), "application/json", nil)
+				d := time.Since(t0)
+				mu.Lock()
+				rep.Requests++
+				h.RecordValue(d.Microseconds())
+				if err != nil {
+					rep.Errors[errCode(err)]++
+				} else {
+					rep.Accepted++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	rep.IngestSeconds = time.Since(start).Seconds()
+	rep.IngestPerSec = float64(rep.Accepted) / rep.IngestSeconds
+	rep.LatencyMS = map[string]int64{}
+	for _, q := range []float64{50, 90, 99, 99.9} {
+		rep.LatencyMS[fmt.Sprintf("p%g", q)] = h.ValueAtQuantile(q) / 1000
+	}
+	rep.LatencyMS["max"] = h.Max() / 1000
+	return rep, nil
+}
+
+func errCode(err error) string {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return fmt.Sprintf("http_%d_code_%d", ae.Status, ae.Code)
+	}
+	return "transport"
+}
+
+func printReport(r *loadReport) {
+	fmt.Printf("mode %s: %d requests, %d accepted, %d rejected in %.2fs → %.0f accepted/s\n", r.Mode, r.Requests, r.Accepted, r.Rejected, r.IngestSeconds, r.IngestPerSec)
+	if len(r.LatencyMS) > 0 {
+		fmt.Printf("request latency: p50 %dms p90 %dms p99 %dms p99.9 %dms max %dms\n", r.LatencyMS["p50"], r.LatencyMS["p90"], r.LatencyMS["p99"], r.LatencyMS["p99.9"], r.LatencyMS["max"])
+	}
+	if r.DeliverSeconds > 0 {
+		fmt.Printf("end to end: %d sent, %d failed in %.2fs → %.0f messages/s\n", r.Sent, r.Failed, r.DeliverSeconds, r.DeliverPerSec)
+	}
+	keys := make([]string, 0, len(r.Errors))
+	for k := range r.Errors {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Printf("  error %s: %d\n", k, r.Errors[k])
+	}
+	for k, v := range r.Failures {
+		fmt.Printf("  failed with %s: %d\n", k, v)
+	}
+}
+
+type lineWriter struct {
+	w   *io.PipeWriter
+	buf []byte
+}
+
+func newLineWriter(w *io.PipeWriter) *lineWriter { return &lineWriter{w: w} }
+
+func (l *lineWriter) line(s string) {
+	l.buf = append(l.buf, s...)
+	l.buf = append(l.buf, '\n')
+	if len(l.buf) > 256<<10 {
+		l.w.Write(l.buf)
+		l.buf = l.buf[:0]
+	}
+}
+
+func (l *lineWriter) close() {
+	l.w.Write(l.buf)
+	l.w.Close()
+}

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/heraldhq/herald/internal/platform/sim"
+)
+
+func simFlags(cmd *cobra.Command, o *sim.Options, devices *string) {
+	f := cmd.Flags()
+	f.IntVar(&o.Users, "users", 1_000_000, "number of simulated users")
+	f.StringVar(&o.Prefix, "prefix", "1555", "user number prefix; user i is prefix + i zero-padded to 11 digits")
+	f.StringVar(devices, "devices", "1-3", "devices per user, MIN-MAX")
+	f.Float64Var(&o.UnknownShare, "unknown-share", 0.02, "share of numbers not registered (unknown_user)")
+	f.IntVar(&o.PreKeys, "prekeys", 100, "one-time prekeys per device before the pool is exhausted")
+	f.Float64Var(&o.ReadShare, "read-share", 0.5, "share of delivered messages reported read")
+	f.Float64Var(&o.ReportRate, "report-rate", 0, "share of delivered messages reported as spam")
+	f.IntVar(&o.LatencyMS, "latency-ms", 0, "fault: added latency per /v1/messages request")
+	f.Float64Var(&o.ThrottleRate, "throttle-rate", 0, "fault: per envelope, answer throttled")
+	f.Float64Var(&o.UnavailableRate, "unavailable-rate", 0, "fault: per envelope, answer unavailable")
+	f.Float64Var(&o.Status429Rate, "http429-rate", 0, "fault: per request, answer HTTP 429")
+	f.Float64Var(&o.Status503Rate, "http503-rate", 0, "fault: per request, answer HTTP 503")
+	f.Float64Var(&o.ReinstallRate, "reinstall-rate", 0, "fault: per envelope, the device reinstalls (new identity, lost sessions)")
+	f.Float64Var(&o.DecryptFailedRate, "decrypt-failed-rate", 0, "fault: per accepted envelope, a decrypt_failed retry receipt")
+}
+
+func platformCmd() *cobra.Command {
+	var o sim.Options
+	var devices string
+	cmd := &cobra.Command{
+		Use:   "platform",
+		Short: "Run the platform simulator (real libsignal recipients) as its own process",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if o.DevicesMin, o.DevicesMax, err = sim.ParseDevices(devices); err != nil {
+				return fmt.Errorf("invalid setting devices: %v", err)
+			}
+			s, err := sim.New(o)
+			if err != nil {
+				return err
+			}
+			s.Start()
+			fmt.Printf("listening on %s\n", s.URL())
+			<-cmd.Context().Done()
+			return s.Close()
+		},
+	}
+	cmd.Flags().StringVar(&o.Listen, "listen", "127.0.0.1:9100", "listen address")
+	cmd.Flags().StringVar(&o.EventsURL, "events-url", "", "Herald's /v1/platform/events URL (empty: no events)")
+	cmd.Flags().StringVar(&o.Secret, "secret", "platform-secret", "shared secret (Bearer from Herald; signs events)")
+	simFlags(cmd, &o, &devices)
+	return cmd
+}

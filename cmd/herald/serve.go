@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/heraldhq/herald/internal/node"
+	"github.com/heraldhq/herald/internal/platform/sim"
+)
+
+func logger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid setting log-level: %v", err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func serveCmd() *cobra.Command {
+	var cfg node.Config
+	var level, devices string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run Herald (embedded Pebble; the built-in platform simulator unless --platform is given)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if cfg.Logger, err = logger(level); err != nil {
+				return err
+			}
+			if cfg.Sim.DevicesMin, cfg.Sim.DevicesMax, err = sim.ParseDevices(devices); err != nil {
+				return fmt.Errorf("invalid setting sim-devices: %v", err)
+			}
+			if cfg.MasterKeys == "" {
+				cfg.MasterKeys = os.Getenv("HERALD_MASTER_KEY")
+			}
+			n, err := node.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer n.Close()
+			if err := n.Start(cmd.Context()); err != nil {
+				return err
+			}
+			err = n.Wait(cmd.Context())
+			fmt.Fprintln(os.Stderr, "herald: stopping")
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data", "./herald-data", "data directory (database, master key, admin token)")
+	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "API listen address")
+	f.StringVar(&cfg.PlatformURL, "platform", "", "platform base URL (empty: start the built-in simulator)")
+	f.StringVar(&cfg.PlatformSecret, "platform-secret", "", "secret shared with the platform")
+	f.StringVar(&cfg.AdminToken, "admin-token", "", "admin API token (default: <data>/admin-token, generated)")
+	f.IntVar(&cfg.Shards, "shards", 16, "queue shards (power of two; fixed for a data directory)")
+	f.IntVar(&cfg.Workers, "workers", 512, "engine worker pool size")
+	f.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", 8<<30, "backpressure: refuse new messages above this many queued bytes")
+	f.BoolVar(&cfg.NoLimits, "no-limits", false, "disable integrity limits (benchmarks only)")
+	f.BoolVar(&cfg.NoDemoBusiness, "no-demo-business", false, "do not create a demo business in an empty data directory")
+	f.StringVar(&level, "log-level", "warn", "log level: debug, info, warn, error")
+	f.IntVar(&cfg.Sim.Users, "sim-users", 1_000_000, "built-in simulator: number of users")
+	f.StringVar(&cfg.Sim.Prefix, "sim-prefix", "1555", "built-in simulator: user number prefix")
+	f.StringVar(&devices, "sim-devices", "1-3", "built-in simulator: devices per user MIN-MAX")
+	_ = strings.TrimSpace
+	return cmd
+}

@@ -1,0 +1,173 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/heraldhq/herald/internal/tenant"
+	"github.com/heraldhq/herald/internal/webhook"
+)
+
+func (s *Server) putWebhook(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
+	raw, ok := s.readBody(ctx)
+	if !ok {
+		return
+	}
+	var c webhook.Config
+	if e := decodeStrict(raw, &c); e != nil {
+		badRequest(ctx, e.code, e.msg, "")
+		return
+	}
+	if err := s.opts.Webhooks.Set(pn, c); err != nil {
+		if errors.Is(err, webhook.ErrInvalid) {
+			badRequest(ctx, CodeInvalidParam, err.Error(), "")
+			return
+		}
+		s.storageError(ctx, err)
+		return
+	}
+	writeJSON(ctx, 200, map[string]any{"success": true, "phone_number_id": pn, "url": c.URL})
+}
+
+func (s *Server) getIntegrity(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
+	if s.opts.Admitter != nil {
+		writeJSON(ctx, 200, s.opts.Admitter.Integrity(b, pn, s.opts.Now()))
+		return
+	}
+	writeJSON(ctx, 200, map[string]any{"tier": b.Tier, "quality": "high", "paused": b.Paused, "mps": b.MPS,
+		"unique_recipients_24h": 0, "flags": []any{}})
+}
+
+type newBusiness struct {
+	Name          string   `json:"name"`
+	PhoneNumbers  []string `json:"phone_numbers"`
+	Tier          string   `json:"tier"`
+	MPS           int      `json:"mps"`
+	IdentityCheck bool     `json:"identity_check"`
+}
+
+type patchBusiness struct {
+	Tier   *string `json:"tier"`
+	MPS    *int    `json:"mps"`
+	Paused *bool   `json:"paused"`
+}
+
+func (s *Server) tenantError(ctx *fasthttp.RequestCtx, err error) {
+	switch {
+	case errors.Is(err, tenant.ErrNotFound):
+		notFound(ctx)
+	case errors.Is(err, tenant.ErrInvalid), errors.Is(err, tenant.ErrNumberInUse), errors.Is(err, tenant.ErrBadPhone):
+		badRequest(ctx, CodeInvalidParam, err.Error(), "")
+	default:
+		s.storageError(ctx, err)
+	}
+}
+
+func businessView(b *tenant.Business) map[string]any {
+	pns := make([]map[string]string, 0, len(b.PhoneNumbers))
+	for id := range b.PhoneNumbers {
+		pns = append(pns, map[string]string{"phone_number_id": id})
+	}
+	tokens := make([]string, 0, len(b.Tokens))
+	for id := range b.Tokens {
+		tokens = append(tokens, id)
+	}
+	return map[string]any{"business_id": b.ID, "name": b.Name, "tier": b.Tier, "mps": b.MPS, "paused": b.Paused,
+		"identity_check": b.IdentityCheck, "phone_numbers": pns, "token_ids": tokens}
+}
+
+// admin serves /admin/v1/... (parts after "admin/v1").
+func (s *Server) admin(ctx *fasthttp.RequestCtx, method string, parts []string) {
+	if !s.checkAdmin(ctx) {
+		return
+	}
+	switch {
+	case len(parts) == 1 && parts[0] == "businesses" && method == "POST":
+		raw, ok := s.readBody(ctx)
+		if !ok {
+			return
+		}
+		var req newBusiness
+		if e := decodeStrict(raw, &req); e != nil {
+			badRequest(ctx, e.code, e.msg, "")
+			return
+		}
+		b, tt, err := s.opts.Tenants.NewBusiness(req.Name, req.PhoneNumbers, req.Tier, req.MPS, req.IdentityCheck)
+		if err != nil {
+			s.tenantError(ctx, err)
+			return
+		}
+		tok, tokID := tenant.SplitToken(tt)
+		var pns []string
+		for _, raw := range req.PhoneNumbers {
+			num, _ := tenant.NormalizePhone(raw)
+			for id, n := range b.PhoneNumbers {
+				if n == num {
+					pns = append(pns, id)
+				}
+			}
+		}
+		writeJSON(ctx, 200, map[string]any{"business_id": b.ID, "token": tok, "token_id": tokID, "phone_number_ids": pns})
+	case len(parts) == 2 && parts[0] == "businesses" && method == "GET":
+		b, err := s.opts.Tenants.Get(parts[1])
+		if err != nil {
+			s.tenantError(ctx, err)
+			return
+		}
+		writeJSON(ctx, 200, businessView(b))
+	case len(parts) == 2 && parts[0] == "businesses" && method == "PATCH":
+		raw, ok := s.readBody(ctx)
+		if !ok {
+			return
+		}
+		var req patchBusiness
+		if e := decodeStrict(raw, &req); e != nil {
+			badRequest(ctx, e.code, e.msg, "")
+			return
+		}
+		b, err := s.opts.Tenants.Update(parts[1], req.Tier, req.MPS, req.Paused)
+		if err != nil {
+			s.tenantError(ctx, err)
+			return
+		}
+		writeJSON(ctx, 200, businessView(b))
+	case len(parts) == 3 && parts[0] == "businesses" && parts[2] == "tokens" && method == "POST":
+		tok, id, err := s.opts.Tenants.NewToken(parts[1])
+		if err != nil {
+			s.tenantError(ctx, err)
+			return
+		}
+		writeJSON(ctx, 200, map[string]string{"token": tok, "token_id": id})
+	case len(parts) == 4 && parts[0] == "businesses" && parts[2] == "tokens" && method == "DELETE":
+		if err := s.opts.Tenants.RevokeToken(parts[1], parts[3]); err != nil {
+			s.tenantError(ctx, err)
+			return
+		}
+		writeJSON(ctx, 200, map[string]any{"revoked": parts[3], "at": time.Now().UTC().Format(time.RFC3339)})
+	case len(parts) == 3 && parts[0] == "businesses" && parts[2] == "phone_numbers" && method == "POST":
+		raw, ok := s.readBody(ctx)
+		if !ok {
+			return
+		}
+		var req struct {
+			PhoneNumber string `json:"phone_number"`
+		}
+		if e := decodeStrict(raw, &req); e != nil {
+			badRequest(ctx, e.code, e.msg, "")
+			return
+		}
+		pn, err := s.opts.Tenants.AddPhoneNumber(parts[1], req.PhoneNumber)
+		if err != nil {
+			s.tenantError(ctx, err)
+			return
+		}
+		writeJSON(ctx, 200, map[string]string{"phone_number_id": pn})
+	default:
+		notFound(ctx)
+	}
+}
+
+var _ = json.Marshal

@@ -1,0 +1,304 @@
+// Package api is Herald's business and admin HTTP API on fasthttp, exactly
+// the contract of DESIGN.md, plus /v1/platform/events, /metrics, /healthz and
+// /readyz.
+//
+// Every business handler checks that the token's business owns the phone
+// number, message or campaign it touches; anything else is 404, never another
+// tenant's data (design invariant 7). A rejected request changes nothing; in a
+// bulk upload, a bad line rejects that line only (invariant 8).
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/metrics"
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/seal"
+	"github.com/heraldhq/herald/internal/tenant"
+	"github.com/heraldhq/herald/internal/webhook"
+	"github.com/heraldhq/herald/queue"
+)
+
+// Admitter is the integrity limiter's admission check (package ratelimit).
+type Admitter interface {
+	// Admit decides for recipients (normalized numbers) of one phone number;
+	// it returns one code per recipient, 0 meaning admitted.
+	Admit(b *tenant.Business, phoneNumberID string, recipients []string, now time.Time) ([]int, error)
+	// Integrity is the GET /v1/{phone_number_id}/integrity view.
+	Integrity(b *tenant.Business, phoneNumberID string, now time.Time) any
+}
+
+// Options configure a Server. Zero values take the documented defaults.
+type Options struct {
+	DB       *kv.DB          // required
+	Queue    *queue.Queue    // required
+	Engine   *engine.Engine  // required
+	Tenants  *tenant.Store   // required
+	Webhooks *webhook.Sender // required
+	Sealer   *seal.Sealer    // required
+	Metrics  *metrics.Metrics
+	Admitter Admitter // nil: no integrity limits
+	// PlatformSecret verifies /v1/platform/events. Required.
+	PlatformSecret string
+	// AdminToken guards /admin/v1. Required.
+	AdminToken string
+	// MaxBodyBytes for non-streaming requests; default 32 MiB.
+	MaxBodyBytes int
+	// MaxLineBytes per NDJSON line; default 64 KiB.
+	MaxLineBytes int
+	// MaxRecipients per campaign request; default 5,000,000.
+	MaxRecipients int
+	// MaxRejectedReported caps the rejected list in a campaign answer (the
+	// count is always exact); default 10,000.
+	MaxRejectedReported int
+	// Ready reports readiness beyond storage (e.g. the platform reachable).
+	Ready  func() error
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Server serves the API.
+type Server struct {
+	opts    Options
+	srv     *fasthttp.Server
+	metrics fasthttp.RequestHandler
+
+	idMu  sync.Mutex
+	idGen map[string]*heraldtype.IDGen
+
+	idemMu     sync.Mutex
+	idemActive map[string]bool
+}
+
+// New validates options.
+func New(opts Options) (*Server, error) {
+	if opts.DB == nil || opts.Queue == nil || opts.Engine == nil || opts.Tenants == nil || opts.Webhooks == nil || opts.Sealer == nil {
+		return nil, errors.New("api: Options.DB, Queue, Engine, Tenants, Webhooks and Sealer are required")
+	}
+	if opts.PlatformSecret == "" || opts.AdminToken == "" {
+		return nil, errors.New("api: Options.PlatformSecret and AdminToken are required")
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
+	if opts.MaxBodyBytes == 0 {
+		opts.MaxBodyBytes = 32 << 20
+	}
+	if opts.MaxLineBytes == 0 {
+		opts.MaxLineBytes = 64 << 10
+	}
+	if opts.MaxRecipients == 0 {
+		opts.MaxRecipients = 5_000_000
+	}
+	if opts.MaxRejectedReported == 0 {
+		opts.MaxRejectedReported = 10_000
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{opts: opts, idGen: map[string]*heraldtype.IDGen{}, idemActive: map[string]bool{}}
+	s.metrics = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(opts.Metrics.Registry, promhttp.HandlerOpts{}))
+	s.srv = &fasthttp.Server{
+		Handler:            s.Handle,
+		Name:               "herald",
+		StreamRequestBody:  true,
+		MaxRequestBodySize: 4 << 20, // prefetch; larger bodies stream
+		ReadTimeout:        5 * time.Minute,
+		WriteTimeout:       time.Minute,
+		IdleTimeout:        2 * time.Minute,
+		ReadBufferSize:     16 << 10,
+		Logger:             fasthttpLogger{opts.Logger},
+	}
+	return s, nil
+}
+
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug("fasthttp", "msg", fmt.Sprintf(format, args...))
+}
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting and waits for requests in flight.
+func (s *Server) Shutdown() error { return s.srv.Shutdown() }
+
+func (s *Server) nextID(pn string, now time.Time) string {
+	s.idMu.Lock()
+	g, ok := s.idGen[pn]
+	if !ok {
+		g = &heraldtype.IDGen{}
+		s.idGen[pn] = g
+	}
+	s.idMu.Unlock()
+	return g.New(now)
+}
+
+// Handle routes one request.
+func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
+	path := string(ctx.Path())
+	method := string(ctx.Method())
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	switch {
+	case path == "/healthz":
+		ctx.SetBodyString("ok")
+		return
+	case path == "/readyz":
+		s.readyz(ctx)
+		return
+	case path == "/metrics" && method == "GET":
+		s.metrics(ctx)
+		return
+	case path == "/v1/platform/events" && method == "POST":
+		s.platformEvents(ctx)
+		return
+	case len(parts) >= 2 && parts[0] == "admin" && parts[1] == "v1":
+		s.admin(ctx, method, parts[2:])
+		return
+	}
+	if len(parts) < 2 || parts[0] != "v1" {
+		notFound(ctx)
+		return
+	}
+	b, err := s.authenticate(ctx)
+	if err != nil {
+		unauthorized(ctx)
+		return
+	}
+	switch {
+	case len(parts) == 3 && parts[1] == "campaigns" && method == "GET":
+		s.getCampaign(ctx, b, parts[2])
+	case len(parts) == 3 && parts[1] == "messages" && method == "GET":
+		s.getMessage(ctx, b, parts[2])
+	case len(parts) == 3 && parts[2] == "messages" && method == "POST":
+		s.withPhone(ctx, b, parts[1], s.postMessage)
+	case len(parts) == 3 && parts[2] == "campaigns" && method == "POST":
+		s.withPhone(ctx, b, parts[1], s.postCampaign)
+	case len(parts) == 3 && parts[2] == "webhook" && method == "PUT":
+		s.withPhone(ctx, b, parts[1], s.putWebhook)
+	case len(parts) == 3 && parts[2] == "integrity" && method == "GET":
+		s.withPhone(ctx, b, parts[1], s.getIntegrity)
+	default:
+		notFound(ctx)
+	}
+}
+
+func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenant.Business, error) {
+	h := ctx.Request.Header.Peek("Authorization")
+	tok, ok := bytes.CutPrefix(h, []byte("Bearer "))
+	if !ok {
+		return nil, tenant.ErrUnauthorized
+	}
+	return s.opts.Tenants.Authenticate(string(tok))
+}
+
+func (s *Server) withPhone(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string,
+	h func(*fasthttp.RequestCtx, *tenant.Business, string)) {
+	if _, ok := b.PhoneNumbers[pn]; !ok {
+		notFound(ctx)
+		return
+	}
+	h(ctx, b, pn)
+}
+
+func (s *Server) readyz(ctx *fasthttp.RequestCtx) {
+	if err := s.opts.DB.Failed(); err != nil {
+		fail(ctx, 503, CodeInternal, "internal", "storage failed", err.Error())
+		return
+	}
+	if s.opts.Ready != nil {
+		if err := s.opts.Ready(); err != nil {
+			fail(ctx, 503, CodeInternal, "internal", "not ready", err.Error())
+			return
+		}
+	}
+	ctx.SetBodyString("ready")
+}
+
+// readBody reads a non-streaming body up to MaxBodyBytes.
+func (s *Server) readBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
+	if cl := ctx.Request.Header.ContentLength(); cl > s.opts.MaxBodyBytes {
+		fail(ctx, 413, CodeTooLarge, "OAuthException", "request body too large", fmt.Sprintf("limit %d bytes", s.opts.MaxBodyBytes))
+		return nil, false
+	}
+	var r io.Reader = bytes.NewReader(ctx.Request.Body())
+	if st := ctx.RequestBodyStream(); st != nil {
+		r = st
+	}
+	b, err := io.ReadAll(io.LimitReader(r, int64(s.opts.MaxBodyBytes)+1))
+	if err != nil {
+		badRequest(ctx, CodeInvalidParam, "could not read the request body", err.Error())
+		return nil, false
+	}
+	if len(b) > s.opts.MaxBodyBytes {
+		fail(ctx, 413, CodeTooLarge, "OAuthException", "request body too large", fmt.Sprintf("limit %d bytes", s.opts.MaxBodyBytes))
+		return nil, false
+	}
+	return b, true
+}
+
+func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
+	body, ok := s.readBody(ctx)
+	if !ok {
+		return
+	}
+	if !platform.Verify([]byte(s.opts.PlatformSecret), body, string(ctx.Request.Header.Peek("X-Platform-Signature"))) {
+		fail(ctx, 401, CodeBadSignature, "OAuthException", "missing or wrong X-Platform-Signature", "")
+		return
+	}
+	var evs platform.Events
+	if err := json.Unmarshal(body, &evs); err != nil {
+		badRequest(ctx, CodeInvalidParam, "events body is not {\"events\":[...]}", err.Error())
+		return
+	}
+	if err := s.opts.Engine.HandleEvents(context.Background(), evs.Events); err != nil {
+		s.storageError(ctx, err)
+		return
+	}
+	writeJSON(ctx, 200, map[string]int{"received": len(evs.Events)})
+}
+
+// storageError maps enqueue/storage failures: backpressure 429, storage 503.
+func (s *Server) storageError(ctx *fasthttp.RequestCtx, err error) {
+	switch {
+	case errors.Is(err, queue.ErrFull):
+		ctx.Response.Header.Set("Retry-After", "1")
+		fail(ctx, 429, CodeThroughput, "OAuthException", "Herald is at capacity; nothing was accepted from this request", "retry after the Retry-After delay")
+	default:
+		s.opts.Logger.Error("api: storage failure", "err", err)
+		ctx.Response.Header.Set("Retry-After", "5")
+		fail(ctx, 503, CodeInternal, "internal", "storage unavailable; nothing was accepted from this request", "")
+	}
+}
+
+func (s *Server) checkAdmin(ctx *fasthttp.RequestCtx) bool {
+	h := ctx.Request.Header.Peek("Authorization")
+	tok, ok := bytes.CutPrefix(h, []byte("Bearer "))
+	if !ok || subtle.ConstantTimeCompare(tok, []byte(s.opts.AdminToken)) != 1 {
+		unauthorized(ctx)
+		return false
+	}
+	return true
+}

@@ -1,0 +1,499 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/tenant"
+	"github.com/heraldhq/herald/queue"
+)
+
+type template struct {
+	Body string `json:"body"`
+}
+
+type campaignHeader struct {
+	Name       string    `json:"name"`
+	Template   *template `json:"template"`
+	TTLSeconds *int64    `json:"ttl_seconds"`
+}
+
+type recipient struct {
+	To   string            `json:"to"`
+	Vars map[string]string `json:"vars"`
+}
+
+type campaignJSON struct {
+	campaignHeader
+	Recipients []json.RawMessage `json:"recipients"`
+}
+
+// Rejection is one rejected line of a bulk upload.
+type Rejection struct {
+	Line    int    `json:"line"`
+	To      string `json:"to"`
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+// CampaignResult is the answer to a campaign upload.
+type CampaignResult struct {
+	CampaignID        string      `json:"campaign_id"`
+	Accepted          int         `json:"accepted"`
+	Rejected          []Rejection `json:"rejected"`
+	RejectedCount     int         `json:"rejected_count"`
+	RejectedTruncated bool        `json:"rejected_truncated,omitempty"`
+}
+
+// Campaign is the stored campaign record (e C <id>).
+type Campaign struct {
+	ID            string `json:"id"`
+	BusinessID    string `json:"business_id"`
+	PhoneNumberID string `json:"phone_number_id"`
+	Name          string `json:"name"`
+	Accepted      int    `json:"accepted"`
+	Rejected      int    `json:"rejected"`
+	CreatedMS     int64  `json:"created_ms"`
+	UploadedMS    int64  `json:"uploaded_ms,omitempty"`
+}
+
+func campaignKey(id string) []byte { return append([]byte("eC"), id...) }
+
+func idemKey(biz, key string) []byte { return append([]byte("tK"+biz+"\x00"), key...) }
+
+const idemTTL = 24 * time.Hour
+
+// fillTemplate substitutes {{var}} placeholders in one pass: values are
+// inserted literally, so a value containing "{{x}}" is never expanded.
+func fillTemplate(tpl string, vars map[string]string) (string, *reqError) {
+	if !strings.Contains(tpl, "{{") {
+		return tpl, nil
+	}
+	var sb strings.Builder
+	for {
+		i := strings.Index(tpl, "{{")
+		if i < 0 {
+			sb.WriteString(tpl)
+			break
+		}
+		j := strings.Index(tpl[i:], "}}")
+		if j < 0 {
+			sb.WriteString(tpl)
+			break
+		}
+		name := strings.TrimSpace(tpl[i+2 : i+j])
+		v, ok := vars[name]
+		if !ok {
+			return "", rerr(CodeMissingVar, "template variable %q has no value for this recipient", name)
+		}
+		sb.WriteString(tpl[:i])
+		sb.WriteString(v)
+		tpl = tpl[i+j+2:]
+	}
+	return sb.String(), nil
+}
+
+func validateHeader(h *campaignHeader) (time.Duration, *reqError) {
+	if h.Template == nil || h.Template.Body == "" {
+		return 0, rerr(CodeInvalidParam, "template.body is required")
+	}
+	if utf8.RuneCountInString(h.Template.Body) > 4096 || !utf8.ValidString(h.Template.Body) {
+		return 0, rerr(CodeBadBody, "template.body must be valid UTF-8 of at most 4096 characters")
+	}
+	if len(h.Name) > 200 {
+		return 0, rerr(CodeInvalidParam, "name must be at most 200 characters")
+	}
+	return validTTL(h.TTLSeconds)
+}
+
+// admitter streams recipients into the queue in batches (group commit).
+type admitter struct {
+	s      *Server
+	ctx    context.Context
+	b      *tenant.Business
+	pn     string
+	cid    string
+	tpl    string
+	ttl    time.Duration
+	res    *CampaignResult
+	lines  []int
+	tos    []string
+	inputs []string
+	bodies []string
+}
+
+const admitBatch = 2048
+
+func (a *admitter) reject(line int, to string, e *reqError) {
+	a.res.RejectedCount++
+	if len(a.res.Rejected) < a.s.opts.MaxRejectedReported {
+		if len(to) > 64 {
+			to = to[:64]
+		}
+		a.res.Rejected = append(a.res.Rejected, Rejection{Line: line, To: to, Code: e.code, Message: e.msg})
+	} else {
+		a.res.RejectedTruncated = true
+	}
+	a.s.opts.Metrics.Rejected.WithLabelValues(fmt.Sprint(e.code)).Inc()
+}
+
+// add validates one recipient line; the batch is flushed when full.
+func (a *admitter) add(line int, raw []byte) error {
+	var r recipient
+	if e := decodeStrict(raw, &r); e != nil {
+		a.reject(line, "", e)
+		return nil
+	}
+	to, err := tenant.NormalizePhone(r.To)
+	if err != nil {
+		a.reject(line, r.To, rerr(CodeBadPhone, "%v", err))
+		return nil
+	}
+	body, e := fillTemplate(a.tpl, r.Vars)
+	if e != nil {
+		a.reject(line, r.To, e)
+		return nil
+	}
+	if e := validBody(body); e != nil {
+		a.reject(line, r.To, e)
+		return nil
+	}
+	a.lines = append(a.lines, line)
+	a.tos = append(a.tos, to)
+	a.inputs = append(a.inputs, r.To)
+	a.bodies = append(a.bodies, body)
+	if len(a.tos) >= admitBatch {
+		return a.flush()
+	}
+	return nil
+}
+
+func (a *admitter) flush() error {
+	if len(a.tos) == 0 {
+		return nil
+	}
+	now := a.s.opts.Now()
+	codes := make([]int, len(a.tos))
+	if a.s.opts.Admitter != nil {
+		var err error
+		if codes, err = a.s.opts.Admitter.Admit(a.b, a.pn, a.tos, now); err != nil {
+			return err
+		}
+	}
+	batch := a.s.opts.DB.NewBatch()
+	msgs := make([]queue.Message, 0, len(a.tos))
+	buf := make([]byte, 0, 256)
+	from := a.b.PhoneNumbers[a.pn]
+	for i, to := range a.tos {
+		if codes[i] != 0 {
+			a.reject(a.lines[i], a.inputs[i], rerr(codes[i], "%s", admissionText(codes[i])))
+			continue
+		}
+		id := a.s.nextID(a.pn, now)
+		p := heraldtype.Payload{BusinessID: a.b.ID, PhoneNumberID: a.pn, From: from, To: to, CampaignID: a.cid, Body: a.bodies[i], TS: now.Unix()}
+		buf = p.Encode(buf[:0])
+		msgs = append(msgs, queue.Message{ID: id, Recipient: to, Payload: append([]byte(nil), buf...), ExpiresAt: now.Add(a.ttl)})
+		engine.NewStatusRecord(batch, id, a.b.ID, a.pn, a.cid, now)
+	}
+	a.lines, a.tos, a.inputs, a.bodies = a.lines[:0], a.tos[:0], a.inputs[:0], a.bodies[:0]
+	if len(msgs) == 0 {
+		batch.Close()
+		return nil
+	}
+	if err := a.s.opts.Queue.EnqueueWith(a.ctx, msgs, batch); err != nil {
+		return err
+	}
+	a.res.Accepted += len(msgs)
+	a.s.opts.Metrics.Accepted.Add(float64(len(msgs)))
+	return nil
+}
+
+func newCampaignID() string {
+	b := make([]byte, 10)
+	rand.Read(b)
+	return "cmp_" + hex.EncodeToString(b)
+}
+
+func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
+	if b.Paused {
+		fail(ctx, 403, CodeRestricted, "OAuthException", "business is paused", "")
+		return
+	}
+	idem := string(ctx.Request.Header.Peek("Idempotency-Key"))
+	if len(idem) > 200 {
+		badRequest(ctx, CodeInvalidParam, "Idempotency-Key must be at most 200 characters", "")
+		return
+	}
+	if idem != "" {
+		if prev, ok := s.idempotent(b.ID, idem); ok {
+			ctx.Response.Header.Set("Idempotent-Replayed", "true")
+			ctx.SetStatusCode(200)
+			ctx.SetContentType("application/json")
+			ctx.SetBody(prev)
+			return
+		}
+		k := b.ID + "\x00" + idem
+		s.idemMu.Lock()
+		if s.idemActive[k] {
+			s.idemMu.Unlock()
+			fail(ctx, 409, CodeConflict, "OAuthException", "an upload with this Idempotency-Key is in progress", "")
+			return
+		}
+		s.idemActive[k] = true
+		s.idemMu.Unlock()
+		defer func() { s.idemMu.Lock(); delete(s.idemActive, k); s.idemMu.Unlock() }()
+	}
+	ct := string(ctx.Request.Header.ContentType())
+	ndjson := strings.HasPrefix(ct, "application/x-ndjson")
+	now := s.opts.Now()
+	res := &CampaignResult{CampaignID: newCampaignID(), Rejected: []Rejection{}}
+	a := &admitter{s: s, ctx: ctx, b: b, pn: pn, cid: res.CampaignID, res: res}
+	camp := Campaign{ID: res.CampaignID, BusinessID: b.ID, PhoneNumberID: pn, CreatedMS: now.UnixMilli()}
+	var err error
+	var e *reqError
+	if ndjson {
+		e, err = s.streamNDJSON(ctx, a, &camp)
+	} else {
+		e, err = s.campaignJSON(ctx, a, &camp)
+	}
+	if errors.Is(err, errResponded) {
+		return
+	}
+	if e != nil {
+		badRequest(ctx, e.code, e.msg, "nothing was accepted")
+		return
+	}
+	if err == nil {
+		err = a.flush()
+	}
+	camp.Accepted, camp.Rejected, camp.UploadedMS = res.Accepted, res.RejectedCount, s.opts.Now().UnixMilli()
+	if res.Accepted > 0 || err == nil {
+		if werr := s.saveCampaign(&camp); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	if err != nil {
+		if res.Accepted > 0 {
+			// Part of the upload is durably queued: say exactly how much.
+			s.storageErrorPartial(ctx, err, res)
+			return
+		}
+		s.storageError(ctx, err)
+		return
+	}
+	body, _ := json.Marshal(res)
+	if idem != "" {
+		s.rememberIdempotent(b.ID, idem, body)
+	}
+	ctx.SetStatusCode(200)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(body)
+}
+
+func (s *Server) storageErrorPartial(ctx *fasthttp.RequestCtx, err error, res *CampaignResult) {
+	details := fmt.Sprintf("campaign %s: the first %d recipients were accepted and will be sent; resend the rest", res.CampaignID, res.Accepted)
+	if errors.Is(err, queue.ErrFull) {
+		ctx.Response.Header.Set("Retry-After", "1")
+		fail(ctx, 429, CodeThroughput, "OAuthException", "Herald reached capacity during the upload", details)
+		return
+	}
+	fail(ctx, 503, CodeInternal, "internal", "storage failed during the upload", details)
+}
+
+func (s *Server) campaignJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campaign) (*reqError, error) {
+	raw, ok := s.readBody(ctx)
+	if !ok {
+		return nil, errResponded
+	}
+	var c campaignJSON
+	if e := decodeStrict(raw, &c); e != nil {
+		return e, nil
+	}
+	ttl, e := validateHeader(&c.campaignHeader)
+	if e != nil {
+		return e, nil
+	}
+	if len(c.Recipients) > s.opts.MaxRecipients {
+		return rerr(CodeTooManyRcpts, "at most %d recipients per request", s.opts.MaxRecipients), nil
+	}
+	a.tpl, a.ttl, camp.Name = c.Template.Body, ttl, c.Name
+	for i, r := range c.Recipients {
+		if err := a.add(i+1, r); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+var errResponded = errors.New("api: response already written")
+
+// streamNDJSON reads the header line, then one recipient per line, admitting
+// and enqueueing in batches as it goes: memory stays bounded whatever the
+// number of recipients.
+func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campaign) (*reqError, error) {
+	var r io.Reader = bytes.NewReader(ctx.Request.Body())
+	if st := ctx.RequestBodyStream(); st != nil {
+		r = st
+	}
+	br := bufio.NewReaderSize(r, 64<<10)
+	line := 0
+	max := s.opts.MaxLineBytes
+	readLine := func() ([]byte, bool, error) {
+		var buf []byte
+		tooLong := false
+		for {
+			chunk, err := br.ReadSlice('\n')
+			if !tooLong {
+				buf = append(buf, chunk...)
+				if len(buf) > max+1 {
+					tooLong, buf = true, nil
+				}
+			}
+			if err == bufio.ErrBufferFull {
+				continue
+			}
+			if err == io.EOF && (len(buf) > 0 || tooLong) {
+				return bytes.TrimSpace(buf), tooLong, nil
+			}
+			return bytes.TrimSpace(buf), tooLong, err
+		}
+	}
+	// Header.
+	var hdr campaignHeader
+	for {
+		b, tooLong, err := readLine()
+		line++
+		if tooLong {
+			return rerr(CodeTooLarge, "line %d is longer than %d bytes", line, max), nil
+		}
+		if len(b) == 0 && err == nil {
+			continue
+		}
+		if len(b) == 0 {
+			return rerr(CodeInvalidParam, "empty upload: the first line must be {\"name\":…,\"template\":{\"body\":…}}"), nil
+		}
+		if e := decodeStrict(b, &hdr); e != nil {
+			return rerr(e.code, "line %d (header): %s", line, e.msg), nil
+		}
+		break
+	}
+	ttl, e := validateHeader(&hdr)
+	if e != nil {
+		return rerr(e.code, "line 1 (header): %s", e.msg), nil
+	}
+	a.tpl, a.ttl, camp.Name = hdr.Template.Body, ttl, hdr.Name
+	count := 0
+	for {
+		b, tooLong, err := readLine()
+		line++
+		switch {
+		case tooLong:
+			a.reject(line, "", rerr(CodeTooLarge, "line longer than %d bytes", max))
+		case len(b) > 0:
+			count++
+			if count > s.opts.MaxRecipients {
+				a.reject(line, "", rerr(CodeTooManyRcpts, "at most %d recipients per request; the rest of the upload was ignored", s.opts.MaxRecipients))
+				return nil, nil
+			}
+			if aerr := a.add(line, b); aerr != nil {
+				return nil, aerr
+			}
+		}
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			// The client went away or was too slow: what was admitted stays admitted.
+			return nil, fmt.Errorf("api: reading upload: %w", err)
+		}
+	}
+}
+
+func (s *Server) saveCampaign(c *Campaign) error {
+	v, _ := json.Marshal(c)
+	b := s.opts.DB.NewBatch()
+	b.Set(campaignKey(c.ID), v, nil)
+	return s.opts.DB.Commit(b, true)
+}
+
+func (s *Server) idempotent(biz, key string) ([]byte, bool) {
+	v, ok, err := s.opts.DB.GetCopy(idemKey(biz, key))
+	if err != nil || !ok || len(v) < 8 {
+		return nil, false
+	}
+	at := time.UnixMilli(int64(uint64(v[0])<<56 | uint64(v[1])<<48 | uint64(v[2])<<40 | uint64(v[3])<<32 |
+		uint64(v[4])<<24 | uint64(v[5])<<16 | uint64(v[6])<<8 | uint64(v[7])))
+	if s.opts.Now().Sub(at) > idemTTL {
+		return nil, false
+	}
+	return v[8:], true
+}
+
+func (s *Server) rememberIdempotent(biz, key string, body []byte) {
+	ms := uint64(s.opts.Now().UnixMilli())
+	v := []byte{byte(ms >> 56), byte(ms >> 48), byte(ms >> 40), byte(ms >> 32), byte(ms >> 24), byte(ms >> 16), byte(ms >> 8), byte(ms)}
+	b := s.opts.DB.NewBatch()
+	b.Set(idemKey(biz, key), append(v, body...), nil)
+	s.opts.DB.Commit(b, true)
+}
+
+func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
+	v, ok, err := s.opts.DB.GetCopy(campaignKey(id))
+	if err != nil {
+		s.storageError(ctx, err)
+		return
+	}
+	var c Campaign
+	if !ok || json.Unmarshal(v, &c) != nil || c.BusinessID != b.ID {
+		notFound(ctx)
+		return
+	}
+	cnt, err := s.opts.Engine.CampaignCounters(id)
+	if err != nil {
+		s.storageError(ctx, err)
+		return
+	}
+	queued := int64(c.Accepted) - cnt.Sent - cnt.Failed
+	if queued < 0 {
+		queued = 0
+	}
+	out := map[string]any{
+		"campaign_id": c.ID, "name": c.Name, "phone_number_id": c.PhoneNumberID,
+		"accepted": c.Accepted, "rejected": c.Rejected,
+		"counts": map[string]int64{
+			heraldtype.StatusQueued: queued, heraldtype.StatusSent: cnt.Sent - cnt.Delivered,
+			heraldtype.StatusDelivered: cnt.Delivered - cnt.Read, heraldtype.StatusRead: cnt.Read,
+			heraldtype.StatusFailed: cnt.Failed,
+		},
+		"failures":   cnt.Failures,
+		"created_at": time.UnixMilli(c.CreatedMS).UTC().Format(time.RFC3339Nano),
+	}
+	if cnt.FirstSent > 0 {
+		out["started_at"] = time.UnixMilli(cnt.FirstSent).UTC().Format(time.RFC3339Nano)
+		if span := cnt.LastDone - cnt.FirstSent; span > 0 {
+			out["rate_per_second"] = float64(cnt.Sent+cnt.Failed) / (float64(span) / 1000)
+		}
+	}
+	if queued == 0 && c.UploadedMS > 0 {
+		done := cnt.LastDone
+		if done == 0 {
+			done = c.UploadedMS
+		}
+		out["finished_at"] = time.UnixMilli(done).UTC().Format(time.RFC3339Nano)
+	}
+	writeJSON(ctx, 200, out)
+}

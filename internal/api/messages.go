@@ -1,0 +1,201 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/tenant"
+	"github.com/heraldhq/herald/queue"
+)
+
+type textBody struct {
+	Body string `json:"body"`
+}
+
+type sendRequest struct {
+	MessagingProduct string    `json:"messaging_product"`
+	To               string    `json:"to"`
+	Type             string    `json:"type"`
+	Text             *textBody `json:"text"`
+	TTLSeconds       *int64    `json:"ttl_seconds"`
+}
+
+// reqError is a validation failure with its code.
+type reqError struct {
+	code int
+	msg  string
+}
+
+func (e *reqError) Error() string { return e.msg }
+
+func rerr(code int, format string, args ...any) *reqError {
+	return &reqError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func validTTL(ttl *int64) (time.Duration, *reqError) {
+	if ttl == nil {
+		return heraldtype.DefaultTTL, nil
+	}
+	d := time.Duration(*ttl) * time.Second
+	if d < heraldtype.MinTTL || d > heraldtype.MaxTTL {
+		return 0, rerr(CodeBadTTL, "ttl_seconds must be between 30 and 2592000 (30 days)")
+	}
+	return d, nil
+}
+
+func validBody(body string) *reqError {
+	n := utf8.RuneCountInString(body)
+	if n < 1 || n > 4096 {
+		return rerr(CodeBadBody, "text body must be 1-4096 characters, got %d", n)
+	}
+	if !utf8.ValidString(body) || strings.ContainsRune(body, utf8.RuneError) {
+		return rerr(CodeBadBody, "text body must be valid UTF-8")
+	}
+	return nil
+}
+
+// decodeStrict decodes JSON, turning type errors into clear messages. Unknown
+// fields are ignored; invalid UTF-8 anywhere in the input is refused (the
+// standard decoder would silently replace it).
+func decodeStrict(b []byte, v any) *reqError {
+	if !utf8.Valid(b) {
+		return rerr(CodeBadBody, "request is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return rerr(CodeInvalidParam, "field %q must be %s, got %s", te.Field, te.Type.String(), te.Value)
+		}
+		return rerr(CodeInvalidParam, "body is not valid JSON: %v", err)
+	}
+	if dec.More() {
+		return rerr(CodeInvalidParam, "body has data after the JSON object")
+	}
+	return nil
+}
+
+func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
+	raw, ok := s.readBody(ctx)
+	if !ok {
+		return
+	}
+	var req sendRequest
+	if e := decodeStrict(raw, &req); e != nil {
+		badRequest(ctx, e.code, e.msg, "")
+		return
+	}
+	if req.MessagingProduct != "whatsapp" {
+		badRequest(ctx, CodeInvalidParam, `messaging_product must be "whatsapp"`, "")
+		return
+	}
+	if req.Type != "" && req.Type != "text" {
+		badRequest(ctx, CodeUnsupported, "only type \"text\" is supported", "")
+		return
+	}
+	if req.Text == nil {
+		badRequest(ctx, CodeBadBody, "text.body is required", "")
+		return
+	}
+	to, err := tenant.NormalizePhone(req.To)
+	if err != nil {
+		badRequest(ctx, CodeBadPhone, "invalid recipient phone number", err.Error())
+		return
+	}
+	if e := validBody(req.Text.Body); e != nil {
+		badRequest(ctx, e.code, e.msg, "")
+		return
+	}
+	ttl, e := validTTL(req.TTLSeconds)
+	if e != nil {
+		badRequest(ctx, e.code, e.msg, "")
+		return
+	}
+	if b.Paused {
+		fail(ctx, 403, CodeRestricted, "OAuthException", "business is paused", "")
+		return
+	}
+	now := s.opts.Now()
+	if s.opts.Admitter != nil {
+		codes, err := s.opts.Admitter.Admit(b, pn, []string{to}, now)
+		if err != nil {
+			s.storageError(ctx, err)
+			return
+		}
+		if codes[0] != 0 {
+			s.opts.Metrics.Rejected.WithLabelValues(fmt.Sprint(codes[0])).Inc()
+			fail(ctx, admissionStatus(codes[0]), codes[0], "OAuthException", admissionText(codes[0]), "")
+			return
+		}
+	}
+	id := s.nextID(pn, now)
+	p := heraldtype.Payload{BusinessID: b.ID, PhoneNumberID: pn, From: b.PhoneNumbers[pn], To: to, Body: req.Text.Body, TS: now.Unix()}
+	batch := s.opts.DB.NewBatch()
+	engine.NewStatusRecord(batch, id, b.ID, pn, "", now)
+	msg := queue.Message{ID: id, Recipient: to, Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)}
+	if err := s.opts.Queue.EnqueueWith(ctx, []queue.Message{msg}, batch); err != nil {
+		s.storageError(ctx, err)
+		return
+	}
+	s.opts.Metrics.Accepted.Inc()
+	writeJSON(ctx, 200, map[string]any{
+		"messaging_product": "whatsapp",
+		"contacts":          []map[string]string{{"input": req.To, "wa_id": to}},
+		"messages":          []map[string]string{{"id": id}},
+	})
+}
+
+func admissionStatus(code int) int {
+	switch code {
+	case CodeRestricted:
+		return 403
+	}
+	return 429
+}
+
+func admissionText(code int) string {
+	switch code {
+	case CodeTier:
+		return "messaging tier limit reached: no more new unique recipients in the moving 24 h window"
+	case CodeRestricted:
+		return "business is paused or restricted for low quality"
+	}
+	return "rejected by integrity limits"
+}
+
+func (s *Server) getMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
+	st, err := s.opts.Engine.MessageStatus(id)
+	if errors.Is(err, engine.ErrNotFound) || (err == nil && st.BusinessID != b.ID) {
+		notFound(ctx)
+		return
+	}
+	if err != nil {
+		s.storageError(ctx, err)
+		return
+	}
+	type hist struct {
+		Status    string `json:"status"`
+		Timestamp int64  `json:"timestamp"`
+		Code      int    `json:"code,omitempty"`
+		Title     string `json:"title,omitempty"`
+	}
+	h := make([]hist, 0, len(st.History))
+	for _, x := range st.History {
+		e := hist{Status: x.Status, Timestamp: x.TS, Code: x.Code}
+		if x.Code != 0 {
+			e.Title = heraldtype.CodeText(x.Code)
+		}
+		h = append(h, e)
+	}
+	writeJSON(ctx, 200, map[string]any{"id": id, "status": st.Status, "phone_number_id": st.PhoneNumberID,
+		"campaign_id": st.CampaignID, "history": h})
+}

@@ -1,0 +1,362 @@
+// Package node wires one Herald server: storage, sealing, queue, Signal
+// store, platform client (or the embedded simulator), engine, webhooks,
+// integrity limits and the API. cmd/herald only parses configuration and
+// calls New, Start and Close.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/api"
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/metrics"
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/seal"
+	"github.com/heraldhq/herald/internal/signal"
+	"github.com/heraldhq/herald/internal/tenant"
+	"github.com/heraldhq/herald/internal/webhook"
+	"github.com/heraldhq/herald/queue"
+	"github.com/heraldhq/herald/ratelimit"
+)
+
+// Config configures a node. Zero values take the documented defaults.
+type Config struct {
+	// DataDir holds the database, the master key and the admin token; default ./herald-data.
+	DataDir string
+	// Listen address of the API; default 127.0.0.1:8080.
+	Listen string
+	// PlatformURL of the messaging platform; empty starts the embedded simulator.
+	PlatformURL string
+	// PlatformSecret shared with the platform; required with PlatformURL,
+	// random for the embedded simulator.
+	PlatformSecret string
+	// AdminToken for /admin/v1; empty reads or creates <DataDir>/admin-token.
+	AdminToken string
+	// MasterKeys ("<id>:<hex>" lines) overrides <DataDir>/master.key (HERALD_MASTER_KEY).
+	MasterKeys string
+	// Shards of the queue; default 16 (fixed for a data directory).
+	Shards int
+	// Workers of the engine's pool; default 512.
+	Workers int
+	// MaxQueuedBytes: backpressure high-water mark; default 8 GiB.
+	MaxQueuedBytes int64
+	// Sim configures the embedded simulator (when PlatformURL is empty).
+	Sim sim.Options
+	// NoLimits disables integrity limits (benchmarks of the bare pipeline).
+	NoLimits bool
+	// NoDemoBusiness skips creating a demo business on first start.
+	NoDemoBusiness bool
+	// Out receives the human-readable start-up lines; default os.Stdout.
+	Out    io.Writer
+	Logger *slog.Logger
+}
+
+// Node is a running (or ready to run) Herald server.
+type Node struct {
+	cfg      Config
+	ln       net.Listener
+	db       *kv.DB
+	Sealer   *seal.Sealer
+	Queue    *queue.Queue
+	Engine   *engine.Engine
+	Tenants  *tenant.Store
+	Webhooks *webhook.Sender
+	Limits   *ratelimit.Limiter
+	API      *api.Server
+	Sim      *sim.Server
+	Metrics  *metrics.Metrics
+	client   *platform.Client
+
+	AdminToken string
+	// DemoToken and DemoPhoneNumberID are set when this start created the demo business.
+	DemoToken, DemoPhoneNumberID string
+
+	closeOnce sync.Once
+	serveErr  chan error
+	stop      chan struct{}
+	bg        sync.WaitGroup
+}
+
+// ConfigError names the setting that is wrong.
+type ConfigError struct{ Setting, Problem string }
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("invalid setting %s: %s", e.Setting, e.Problem)
+}
+
+// New opens storage and builds every component; nothing is served until Start.
+func New(cfg Config) (n *Node, err error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = "./herald-data"
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:8080"
+	}
+	if cfg.Shards == 0 {
+		cfg.Shards = 16
+	}
+	if cfg.Out == nil {
+		cfg.Out = os.Stdout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	if cfg.Shards < 1 || cfg.Shards > 4096 || cfg.Shards&(cfg.Shards-1) != 0 {
+		return nil, &ConfigError{"shards", "must be a power of two between 1 and 4096"}
+	}
+	if cfg.PlatformURL != "" && cfg.PlatformSecret == "" {
+		return nil, &ConfigError{"platform-secret", "is required with --platform"}
+	}
+	if cfg.PlatformURL != "" && !strings.HasPrefix(cfg.PlatformURL, "http://") && !strings.HasPrefix(cfg.PlatformURL, "https://") {
+		return nil, &ConfigError{"platform", "must be an http:// or https:// URL"}
+	}
+	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		return nil, &ConfigError{"listen", "must be HOST:PORT, e.g. 127.0.0.1:8080"}
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, &ConfigError{"data", err.Error()}
+	}
+	n = &Node{cfg: cfg, Metrics: metrics.New(), serveErr: make(chan error, 1), stop: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	keys, created, err := seal.LoadKeys(filepath.Join(cfg.DataDir, "master.key"), cfg.MasterKeys)
+	if err != nil {
+		return nil, &ConfigError{"master key", err.Error()}
+	}
+	if created {
+		fmt.Fprintf(cfg.Out, "created master key %s (mode 0600): back it up; without it the data cannot be read\n", filepath.Join(cfg.DataDir, "master.key"))
+	}
+	if n.Sealer, err = seal.New(keys...); err != nil {
+		return nil, err
+	}
+	if n.AdminToken, err = adminToken(cfg); err != nil {
+		return nil, err
+	}
+	if n.db, err = kv.Open(kv.Options{Dir: filepath.Join(cfg.DataDir, "db"), Logger: cfg.Logger}); err != nil {
+		return nil, err
+	}
+	var eng *engine.Engine
+	n.Queue, err = queue.Open(queue.Options{DB: n.db, Sealer: n.Sealer, Shards: cfg.Shards, MaxQueuedBytes: cfg.MaxQueuedBytes,
+		Logger: cfg.Logger, Notify: func(s int) {
+			if eng != nil {
+				eng.Notify(s)
+			}
+		}})
+	if err != nil {
+		return nil, err
+	}
+	n.Metrics.ShardDepth(cfg.Shards, n.Queue.ShardDepth)
+	n.Metrics.GaugeFunc("queue_bytes", "Stored bytes of queued messages.", func() float64 { _, b := n.Queue.Depth(); return float64(b) })
+	n.Metrics.GaugeFunc("queue_dead_letters", "Records moved to dead letters since start.", func() float64 { return float64(n.Queue.DeadLetters()) })
+	if n.Tenants, err = tenant.Open(n.db, n.Sealer); err != nil {
+		return nil, err
+	}
+	if n.Webhooks, err = webhook.New(webhook.Options{DB: n.db, Sealer: n.Sealer, Metrics: n.Metrics, Logger: cfg.Logger}); err != nil {
+		return nil, err
+	}
+	store, err := signal.NewStore(n.db, n.Sealer, 0)
+	if err != nil {
+		return nil, err
+	}
+	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, &ConfigError{"listen", err.Error()}
+	}
+	platformURL, secret := cfg.PlatformURL, cfg.PlatformSecret
+	if platformURL == "" {
+		if secret == "" {
+			secret = randomHex(16)
+		}
+		so := cfg.Sim
+		so.Secret = secret
+		so.EventsURL = "http://" + n.ln.Addr().String() + "/v1/platform/events"
+		if n.Sim, err = sim.New(so); err != nil {
+			return nil, err
+		}
+		platformURL = n.Sim.URL()
+	}
+	if n.client, err = platform.NewClient(platform.ClientOptions{BaseURL: platformURL, Secret: secret}); err != nil {
+		return nil, err
+	}
+	if !cfg.NoLimits {
+		n.Limits, err = ratelimit.New(ratelimit.Options{DB: n.db, Sealer: n.Sealer, Tenants: n.Tenants})
+		if err != nil {
+			return nil, err
+		}
+	}
+	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, Sealer: n.Sealer, Transport: n.client,
+		Directory: n.Tenants, Metrics: n.Metrics, Workers: cfg.Workers, Logger: cfg.Logger,
+		StatusHook: n.Webhooks.Hook, OnStatus: n.Webhooks.Notify}
+	if n.Limits != nil {
+		eo.Shaper = n.Limits
+		eo.OnSignal = n.Limits.Signal
+		eo.OnStatus = func(cs []engine.StatusChange) {
+			n.Webhooks.Notify(cs)
+			n.Limits.Statuses(cs)
+		}
+	}
+	if eng, err = engine.New(eo); err != nil {
+		return nil, err
+	}
+	n.Engine = eng
+	ao := api.Options{DB: n.db, Queue: n.Queue, Engine: eng, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
+		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger}
+	if n.Limits != nil {
+		ao.Admitter = n.Limits
+	}
+	if n.API, err = api.New(ao); err != nil {
+		return nil, err
+	}
+	if !cfg.NoDemoBusiness && n.Tenants.Count() == 0 {
+		b, tt, err := n.Tenants.NewBusiness("Demo Business", []string{"15550100000"}, "10k", 1000, false)
+		if err != nil {
+			return nil, err
+		}
+		n.DemoToken, _ = tenant.SplitToken(tt)
+		for id := range b.PhoneNumbers {
+			n.DemoPhoneNumberID = id
+		}
+	}
+	return n, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func adminToken(cfg Config) (string, error) {
+	if cfg.AdminToken != "" {
+		if len(cfg.AdminToken) < 16 {
+			return "", &ConfigError{"admin-token", "must be at least 16 characters"}
+		}
+		return cfg.AdminToken, nil
+	}
+	path := filepath.Join(cfg.DataDir, "admin-token")
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", &ConfigError{"admin-token", err.Error()}
+	}
+	tok := "adm_" + randomHex(24)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", &ConfigError{"admin-token", err.Error()}
+	}
+	fmt.Fprintf(cfg.Out, "generated an admin token in %s (mode 0600)\n", path)
+	return tok, nil
+}
+
+// Addr is the API's address.
+func (n *Node) Addr() string { return n.ln.Addr().String() }
+
+// URL is the API's base URL.
+func (n *Node) URL() string { return "http://" + n.Addr() }
+
+// Start serves the API and runs the engine; it prints "listening on http://ADDR".
+func (n *Node) Start(ctx context.Context) error {
+	if n.Sim != nil {
+		n.Sim.Start()
+		fmt.Fprintf(n.cfg.Out, "no --platform given: started the built-in platform simulator at %s\n", n.Sim.URL())
+	}
+	if err := n.Engine.Start(ctx); err != nil {
+		return err
+	}
+	n.Webhooks.Start()
+	go func() { n.serveErr <- n.API.Serve(n.ln) }()
+	if n.Limits != nil {
+		n.bg.Add(1)
+		go func() {
+			defer n.bg.Done()
+			t := time.NewTicker(time.Minute)
+			defer t.Stop()
+			for {
+				select {
+				case <-n.stop:
+					return
+				case <-t.C:
+					for _, c := range n.Limits.EvaluateTiers(time.Now()) {
+						n.cfg.Logger.Warn("ratelimit: tier change", "change", c)
+					}
+					n.Limits.Close() // persists the signal windows
+				}
+			}
+		}()
+	}
+	if n.DemoToken != "" {
+		fmt.Fprintf(n.cfg.Out, "created a demo business: phone_number_id %s, token %s\n", n.DemoPhoneNumberID, n.DemoToken)
+		fmt.Fprintf(n.cfg.Out, "try: curl -H 'Authorization: Bearer %s' -d '{\"messaging_product\":\"whatsapp\",\"to\":\"+1 555 000 0001\",\"type\":\"text\",\"text\":{\"body\":\"hello\"}}' %s/v1/%s/messages\n",
+			n.DemoToken, n.URL(), n.DemoPhoneNumberID)
+	}
+	fmt.Fprintf(n.cfg.Out, "listening on %s\n", n.URL())
+	return nil
+}
+
+// Wait returns when the API server stops or ctx ends.
+func (n *Node) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-n.serveErr:
+		return err
+	}
+}
+
+// Close stops everything in order; safe to call twice.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		close(n.stop)
+		n.bg.Wait()
+		if n.API != nil {
+			done := make(chan struct{})
+			go func() { n.API.Shutdown(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+			}
+		} else if n.ln != nil {
+			n.ln.Close()
+		}
+		if n.Engine != nil {
+			n.Engine.Close()
+		}
+		if n.Webhooks != nil {
+			n.Webhooks.Close()
+		}
+		if n.Limits != nil {
+			n.Limits.Close()
+		}
+		if n.Sim != nil {
+			n.Sim.Close()
+		}
+		if n.client != nil {
+			n.client.Close()
+		}
+		if n.Queue != nil {
+			n.Queue.Close()
+		}
+		if n.db != nil {
+			n.db.Close()
+		}
+	})
+	return nil
+}
+
+// DB exposes the database (tests, admin tooling).
+func (n *Node) DB() *kv.DB { return n.db }

@@ -1,0 +1,255 @@
+package ratelimit
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/tenant"
+)
+
+const hours = 7 * 24
+
+// hourBucket holds one hour of signals for a phone number.
+type hourBucket struct {
+	Hour       int64   `json:"h"`
+	Admitted   int64   `json:"a"`
+	First      int64   `json:"f"`
+	Unknown    int64   `json:"u"`
+	Sent       int64   `json:"s"`
+	Reports    int64   `json:"r"`
+	SeqWeight  float64 `json:"q"` // Σ sequential share × admitted (to average by volume)
+	SeqSamples int64   `json:"n"`
+}
+
+type phoneState struct {
+	Buckets [hours]hourBucket `json:"b"`
+	Since   map[string]int64  `json:"since"` // flag → unix seconds it was first raised
+}
+
+func (l *Limiter) phone(pn string) *phoneState {
+	ps, ok := l.phones[pn]
+	if !ok {
+		ps = &phoneState{Since: map[string]int64{}}
+		if v, found, err := l.opts.DB.GetCopy(append([]byte("rW"), pn...)); err == nil && found {
+			json.Unmarshal(v, ps)
+			if ps.Since == nil {
+				ps.Since = map[string]int64{}
+			}
+		}
+		l.phones[pn] = ps
+	}
+	return ps
+}
+
+func (ps *phoneState) bucket(now time.Time) *hourBucket {
+	h := now.Unix() / 3600
+	b := &ps.Buckets[h%hours]
+	if b.Hour != h {
+		*b = hourBucket{Hour: h}
+	}
+	return b
+}
+
+func (l *Limiter) recordAdmission(pn string, now time.Time, admitted, firsts int64, seq float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.phone(pn).bucket(now)
+	b.Admitted += admitted
+	b.First += firsts
+	if admitted > 0 {
+		b.SeqWeight += seq * float64(admitted)
+		b.SeqSamples += admitted
+	}
+}
+
+// Signal implements engine.Options.OnSignal (reports, unknown users).
+func (l *Limiter) Signal(s engine.Signal) {
+	pn := s.PhoneNumberID
+	if pn == "" && s.BusinessPhone != "" {
+		pn, _ = l.opts.Tenants.PhoneNumberID(s.BusinessPhone)
+	}
+	if pn == "" {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.phone(pn).bucket(s.At)
+	switch s.Kind {
+	case "report":
+		b.Reports++
+	case "unknown_user":
+		b.Unknown++
+	}
+}
+
+// Statuses counts sent messages per phone number (engine.Options.OnStatus).
+func (l *Limiter) Statuses(cs []engine.StatusChange) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range cs {
+		if c.Status == heraldtype.StatusSent {
+			l.phone(c.PhoneNumberID).bucket(time.Unix(c.TS, 0)).Sent++
+		}
+	}
+}
+
+// Flag is one explainable integrity signal.
+type Flag struct {
+	Name      string  `json:"name"`
+	Value     float64 `json:"value"`
+	Threshold float64 `json:"threshold"`
+	Since     string  `json:"since"`
+}
+
+// QualityView is a phone number's rating and its reasons.
+type QualityView struct {
+	Quality string
+	Flags   []Flag
+}
+
+func (l *Limiter) quality(pn string, now time.Time) QualityView {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ps := l.phone(pn)
+	var t hourBucket
+	min := now.Unix()/3600 - hours
+	for _, b := range ps.Buckets {
+		if b.Hour <= min {
+			continue
+		}
+		t.Admitted += b.Admitted
+		t.First += b.First
+		t.Unknown += b.Unknown
+		t.Sent += b.Sent
+		t.Reports += b.Reports
+		t.SeqWeight += b.SeqWeight
+		t.SeqSamples += b.SeqSamples
+	}
+	v := QualityView{Quality: "high", Flags: []Flag{}}
+	raise := func(name string, value, threshold float64) {
+		since, ok := ps.Since[name]
+		if !ok {
+			since = now.Unix()
+			ps.Since[name] = since
+		}
+		v.Flags = append(v.Flags, Flag{Name: name, Value: value, Threshold: threshold, Since: time.Unix(since, 0).UTC().Format(time.RFC3339)})
+	}
+	clear := func(name string) { delete(ps.Since, name) }
+	p := l.pol
+	if t.SeqSamples >= p.MinSample {
+		if seq := t.SeqWeight / float64(t.SeqSamples); seq > p.SequentialMax {
+			raise("sequential_enumeration", seq, p.SequentialMax)
+			v.Quality = "low"
+		} else {
+			clear("sequential_enumeration")
+		}
+	}
+	if t.Admitted >= p.MinSample {
+		if share := float64(t.First) / float64(t.Admitted); share > p.FirstContactMax {
+			raise("first_contact_share", share, p.FirstContactMax)
+			if v.Quality == "high" {
+				v.Quality = "medium"
+			}
+		} else {
+			clear("first_contact_share")
+		}
+		if share := float64(t.Unknown) / float64(t.Admitted); share > p.UnknownMax {
+			raise("unknown_recipient_share", share, p.UnknownMax)
+			if v.Quality == "high" {
+				v.Quality = "medium"
+			}
+		} else {
+			clear("unknown_recipient_share")
+		}
+	}
+	if t.Sent >= p.MinSent {
+		rate := float64(t.Reports) / float64(t.Sent)
+		switch {
+		case rate > p.ReportsLow:
+			raise("spam_reports", rate, p.ReportsLow)
+			v.Quality = "low"
+		case rate > p.ReportsMedium:
+			raise("spam_reports", rate, p.ReportsMedium)
+			if v.Quality == "high" {
+				v.Quality = "medium"
+			}
+		default:
+			clear("spam_reports")
+		}
+	}
+	return v
+}
+
+// Integrity implements api.Admitter: no message content, no phone numbers.
+func (l *Limiter) Integrity(b *tenant.Business, pn string, now time.Time) any {
+	q := l.quality(pn, now)
+	uniq, _ := l.UniqueRecipients(b.ID, now)
+	return map[string]any{"tier": b.Tier, "quality": q.Quality, "paused": b.Paused || q.Quality == "low",
+		"unique_recipients_24h": uniq, "mps": b.MPS, "flags": q.Flags}
+}
+
+var tierOrder = []string{"250", "2k", "10k", "100k", "unlimited"}
+
+// EvaluateTiers applies tier movement: quality low moves a business down one
+// tier (or pauses it at the lowest); quality not low with a 7-day peak of at
+// least UpgradeShare of its tier moves it up. It returns what changed.
+func (l *Limiter) EvaluateTiers(now time.Time) []string {
+	var changes []string
+	for _, b := range l.opts.Tenants.All() {
+		worst := "high"
+		for pn := range b.PhoneNumbers {
+			switch l.quality(pn, now).Quality {
+			case "low":
+				worst = "low"
+			case "medium":
+				if worst == "high" {
+					worst = "medium"
+				}
+			}
+		}
+		idx := 0
+		for i, t := range tierOrder {
+			if t == b.Tier {
+				idx = i
+			}
+		}
+		s := l.bizState(b.ID)
+		s.mu.Lock()
+		l.loadLocked(b.ID, s)
+		var peak int64
+		for d, p := range s.peaks {
+			if d >= now.Unix()/86400-7 && p > peak {
+				peak = p
+			}
+		}
+		s.mu.Unlock()
+		switch {
+		case worst == "low" && idx == 0 && !b.Paused:
+			paused := true
+			l.opts.Tenants.Update(b.ID, nil, nil, &paused)
+			changes = append(changes, b.ID+": paused (quality low at the lowest tier)")
+		case worst == "low" && idx > 0:
+			t := tierOrder[idx-1]
+			l.opts.Tenants.Update(b.ID, &t, nil, nil)
+			changes = append(changes, b.ID+": tier down to "+t)
+		case worst != "low" && idx < len(tierOrder)-1 && float64(peak) >= l.pol.UpgradeShare*float64(tenant.Tiers[b.Tier]):
+			t := tierOrder[idx+1]
+			l.opts.Tenants.Update(b.ID, &t, nil, nil)
+			changes = append(changes, b.ID+": tier up to "+t)
+		}
+	}
+	return changes
+}
+
+func (l *Limiter) persistSignals() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.opts.DB.NewBatch()
+	for pn, ps := range l.phones {
+		v, _ := json.Marshal(ps)
+		b.Set(append([]byte("rW"), pn...), v, nil)
+	}
+	return l.opts.DB.Commit(b, true)
+}
