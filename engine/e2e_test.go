@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,7 +116,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		h.trans = o.wrap(h.client)
 	}
 	store, _ := signal.NewStore(h.db, h.sealer, 0)
-	eo := engine.Options{DB: h.db, Queue: h.q, Sessions: store, Sealer: h.sealer, Transport: h.trans,
+	eo := engine.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})), DB: h.db, Queue: h.q, Sessions: store, Sealer: h.sealer, Transport: h.trans,
 		BackoffBase: 20 * time.Millisecond, BackoffCap: 300 * time.Millisecond, IdlePoll: 10 * time.Millisecond,
 		BreakerCooldown: 100 * time.Millisecond,
 		OnStatus: func(cs []engine.StatusChange) {

@@ -26,9 +26,9 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []platform.Event) error {
 		}
 		switch ev.Type {
 		case platform.EventDelivered:
-			ups = append(ups, update{id: ev.ID, status: heraldtype.StatusDelivered, at: at})
+			ups = append(ups, update{id: ev.ID, status: heraldtype.StatusDelivered, at: at, recipient: ev.User})
 		case platform.EventRead:
-			ups = append(ups, update{id: ev.ID, status: heraldtype.StatusRead, at: at})
+			ups = append(ups, update{id: ev.ID, status: heraldtype.StatusRead, at: at, recipient: ev.User})
 		case platform.EventReport:
 			e.signal(Signal{Kind: "report", BusinessPhone: ev.Business, Reason: ev.Reason, At: now})
 		case platform.EventDecryptFailed:

@@ -36,6 +36,8 @@ type StatusHistory struct {
 
 const maxHistory = 10
 
+var rankNames = []string{heraldtype.StatusQueued, heraldtype.StatusSent, heraldtype.StatusDelivered, heraldtype.StatusRead}
+
 // Counters are a campaign's incrementally maintained counts.
 type Counters struct {
 	Sent      int64            `json:"sent"`
@@ -316,8 +318,19 @@ func (s *Statuses) apply(ups []update) {
 		if len(rec.History) > maxHistory {
 			rec.History = append(rec.History[:1], rec.History[len(rec.History)-maxHistory+1:]...)
 		}
-		changes = append(changes, StatusChange{MessageID: u.id, BusinessID: rec.BusinessID, PhoneNumberID: rec.PhoneNumberID,
-			CampaignID: rec.CampaignID, Status: u.status, Code: u.code, TS: u.at.Unix(), Recipient: u.recipient})
+		// Report every status passed (a "delivered" that overtook "sent" reports both).
+		first := to
+		if u.status != heraldtype.StatusFailed {
+			first = from + 1
+		}
+		for r := first; r <= to; r++ {
+			st := u.status
+			if u.status != heraldtype.StatusFailed {
+				st = rankNames[r]
+			}
+			changes = append(changes, StatusChange{MessageID: u.id, BusinessID: rec.BusinessID, PhoneNumberID: rec.PhoneNumberID,
+				CampaignID: rec.CampaignID, Status: st, Code: u.code, TS: u.at.Unix(), Recipient: u.recipient})
+		}
 	}
 	for id, rec := range recs {
 		v, _ := json.Marshal(rec)

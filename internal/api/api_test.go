@@ -1,0 +1,415 @@
+package api_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/node"
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/webhook"
+)
+
+type env struct {
+	t    *testing.T
+	n    *node.Node
+	base string
+}
+
+type business struct {
+	ID    string   `json:"business_id"`
+	Token string   `json:"token"`
+	TokID string   `json:"token_id"`
+	PNs   []string `json:"phone_number_ids"`
+}
+
+func start(t *testing.T) *env {
+	t.Helper()
+	n, err := node.New(node.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard,
+		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return &env{t: t, n: n, base: n.URL()}
+}
+
+func (e *env) do(method, path, token, body, ct string) (int, map[string]any) {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.base+path, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if ct == "" {
+		ct = "application/json"
+	}
+	req.Header.Set("Content-Type", ct)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	json.Unmarshal(raw, &out)
+	return resp.StatusCode, out
+}
+
+func (e *env) business(name, phone, tier string) business {
+	e.t.Helper()
+	code, out := e.do("POST", "/admin/v1/businesses", "admin-token-for-tests",
+		fmt.Sprintf(`{"name":%q,"phone_numbers":[%q],"tier":%q,"mps":1000}`, name, phone, tier), "")
+	if code != 200 {
+		e.t.Fatalf("create business: %d %v", code, out)
+	}
+	var b business
+	raw, _ := json.Marshal(out)
+	json.Unmarshal(raw, &b)
+	return b
+}
+
+func errCode(out map[string]any) int {
+	e, _ := out["error"].(map[string]any)
+	c, _ := e["code"].(float64)
+	return int(c)
+}
+
+func msgBody(to, text string) string {
+	return fmt.Sprintf(`{"messaging_product":"whatsapp","to":%q,"type":"text","text":{"body":%q}}`, to, text)
+}
+
+func (e *env) depth() int64 { n, _ := e.n.Queue.Depth(); return n }
+
+func (e *env) waitDrained() {
+	deadline := time.Now().Add(30 * time.Second)
+	for e.depth() > 0 || e.n.Engine.InFlight() > 0 {
+		if time.Now().After(deadline) {
+			e.t.Fatal("queue not drained")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.n.Engine.Flush()
+}
+
+// TestTenancyEveryEndpoint walks every business endpoint with no token, a bad
+// token, and another business's token: 401, 401 and 404, never data.
+func TestTenancyEveryEndpoint(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	b := e.business("B", "15550001002", "10k")
+	code, out := e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("+1 555 000 0001", "hello"), "")
+	if code != 200 {
+		t.Fatalf("send: %d %v", code, out)
+	}
+	msgID := out["messages"].([]any)[0].(map[string]any)["id"].(string)
+	code, out = e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, `{"name":"c","template":{"body":"hi"},"recipients":[{"to":"15550000002"}]}`, "")
+	if code != 200 {
+		t.Fatalf("campaign: %d %v", code, out)
+	}
+	campID := out["campaign_id"].(string)
+	endpoints := []struct{ method, path, body string }{
+		{"POST", "/v1/" + a.PNs[0] + "/messages", msgBody("15550000003", "x")},
+		{"POST", "/v1/" + a.PNs[0] + "/campaigns", `{"name":"c","template":{"body":"hi"},"recipients":[{"to":"15550000004"}]}`},
+		{"GET", "/v1/campaigns/" + campID, ""},
+		{"GET", "/v1/messages/" + msgID, ""},
+		{"PUT", "/v1/" + a.PNs[0] + "/webhook", `{"url":"http://127.0.0.1:1/x","secret":"secret123"}`},
+		{"GET", "/v1/" + a.PNs[0] + "/integrity", ""},
+	}
+	before := e.depth()
+	for _, ep := range endpoints {
+		for _, tc := range []struct {
+			token string
+			want  int
+		}{{"", 401}, {"hrld_not-a-real-token", 401}, {"garbage", 401}, {b.Token, 404}} {
+			code, out := e.do(ep.method, ep.path, tc.token, ep.body, "")
+			if code != tc.want {
+				t.Errorf("%s %s with token %q: got %d %v, want %d", ep.method, ep.path, tc.token, code, out, tc.want)
+			}
+			raw, _ := json.Marshal(out)
+			if strings.Contains(string(raw), a.PNs[0]) || strings.Contains(string(raw), "15550001001") || strings.Contains(string(raw), msgID) {
+				t.Errorf("%s %s leaked A's data to %q: %s", ep.method, ep.path, tc.token, raw)
+			}
+		}
+	}
+	if e.depth() != before {
+		t.Fatal("a refused request enqueued something")
+	}
+	// The owner sees its own.
+	if code, out := e.do("GET", "/v1/messages/"+msgID, a.Token, "", ""); code != 200 || out["id"] != msgID {
+		t.Fatalf("owner: %d %v", code, out)
+	}
+	// Revocation takes effect at once.
+	if code, _ := e.do("DELETE", "/admin/v1/businesses/"+a.ID+"/tokens/"+a.TokID, "admin-token-for-tests", "", ""); code != 200 {
+		t.Fatal("revoke failed")
+	}
+	if code, _ := e.do("GET", "/v1/messages/"+msgID, a.Token, "", ""); code != 401 {
+		t.Fatalf("revoked token still works: %d", code)
+	}
+	// Admin API needs the admin token.
+	for _, tok := range []string{"", "admin-token-for-testsX", a.Token} {
+		if code, _ := e.do("POST", "/admin/v1/businesses", tok, `{"name":"x","phone_numbers":["15550009999"]}`, ""); code != 401 {
+			t.Fatalf("admin with %q: %d", tok, code)
+		}
+	}
+}
+
+func TestSingleMessageValidationChangesNothing(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	path := "/v1/" + a.PNs[0] + "/messages"
+	cases := []struct {
+		name, body string
+		code, api  int
+	}{
+		{"bad phone", msgBody("12345", "x"), 400, 131009},
+		{"letters in phone", msgBody("+1 555 abc 0001", "x"), 400, 131009},
+		{"empty body", msgBody("15550000001", ""), 400, 131005},
+		{"body too long", msgBody("15550000001", strings.Repeat("é", 4097)), 400, 131005},
+		{"invalid utf-8", "{\"messaging_product\":\"whatsapp\",\"to\":\"15550000001\",\"text\":{\"body\":\"\xff\xfe\"}}", 400, 131005},
+		{"wrong type", `{"messaging_product":"whatsapp","to":15550000001,"text":{"body":"x"}}`, 400, 100},
+		{"ttl too short", `{"messaging_product":"whatsapp","to":"15550000001","text":{"body":"x"},"ttl_seconds":5}`, 400, 131006},
+		{"ttl too long", `{"messaging_product":"whatsapp","to":"15550000001","text":{"body":"x"},"ttl_seconds":2592001}`, 400, 131006},
+		{"ttl not a number", `{"messaging_product":"whatsapp","to":"15550000001","text":{"body":"x"},"ttl_seconds":"soon"}`, 400, 100},
+		{"image", `{"messaging_product":"whatsapp","to":"15550000001","type":"image","text":{"body":"x"}}`, 400, 131051},
+		{"no product", `{"to":"15550000001","text":{"body":"x"}}`, 400, 100},
+		{"not json", `hello`, 400, 100},
+		{"trailing data", msgBody("15550000001", "x") + `{}`, 400, 100},
+	}
+	for _, tc := range cases {
+		code, out := e.do("POST", path, a.Token, tc.body, "")
+		if code != tc.code || errCode(out) != tc.api {
+			t.Errorf("%s: got %d/%d %v, want %d/%d", tc.name, code, errCode(out), out, tc.code, tc.api)
+		}
+		if msg, _ := out["error"].(map[string]any)["message"].(string); msg == "" {
+			t.Errorf("%s: no clear message", tc.name)
+		}
+	}
+	if e.depth() != 0 {
+		t.Fatalf("rejected requests enqueued %d messages", e.depth())
+	}
+	// Unknown fields are ignored.
+	if code, out := e.do("POST", path, a.Token, `{"messaging_product":"whatsapp","to":"15550000001","text":{"body":"x"},"preview_url":true,"whatever":{"a":1}}`, ""); code != 200 {
+		t.Fatalf("unknown fields: %d %v", code, out)
+	}
+	// Oversized body: refused after at most the 4 MiB prefetch, never buffered whole.
+	conn, err := net.Dial("tcp", e.n.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", path, a.Token, 33<<20)
+	go func() { // the server answers and hangs up before all of it is sent
+		chunk := make([]byte, 1<<20)
+		for i := 0; i < 33; i++ {
+			if _, err := conn.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	status := make([]byte, 12)
+	io.ReadFull(conn, status)
+	if string(status[9:12]) != "413" {
+		t.Fatalf("oversized body: %q", status)
+	}
+}
+
+func TestNDJSONCampaignLinesIdempotencyAndDelivery(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	var sb strings.Builder
+	sb.WriteString(`{"name":"spring","template":{"body":"Hi {{name}}, code {{code}}"},"ttl_seconds":3600}` + "\n")
+	sb.WriteString(`{"to":"15550000010","vars":{"name":"Ana","code":"1"}}` + "\n")          // 2 ok
+	sb.WriteString(`{"to":"12","vars":{"name":"Bad","code":"1"}}` + "\n")                   // 3 bad phone
+	sb.WriteString(`{"to":"15550000011","vars":{"name":"NoCode"}}` + "\n")                  // 4 missing var
+	sb.WriteString(`not json at all` + "\n")                                                // 5 malformed
+	sb.WriteString("\n")                                                                    // 6 blank: skipped
+	sb.WriteString(`{"to":"15550000012","vars":{"name":"{{code}}","code":"7"}}` + "\n")     // 7 ok, no re-expansion
+	sb.WriteString(`{"to":"15550000013","vars":{"name":` + `"` + strings.Repeat("x", 70000) + `"}}` + "\n") // 8 too long
+	sb.WriteString(`{"to":["15550000014"]}` + "\n")                                        // 9 wrong type
+	sb.WriteString(`{"to":"15550000015","vars":{"name":"Zed","code":"9"}}`)                 // 10 ok, no final newline
+	code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, sb.String(), "application/x-ndjson")
+	if code != 200 {
+		t.Fatalf("%d %v", code, out)
+	}
+	if out["accepted"].(float64) != 3 || out["rejected_count"].(float64) != 5 {
+		t.Fatalf("accepted/rejected: %v", out)
+	}
+	wantLines := map[float64]float64{3: 131009, 4: 131008, 5: 100, 8: 100, 9: 100}
+	for _, r := range out["rejected"].([]any) {
+		rj := r.(map[string]any)
+		if want, ok := wantLines[rj["line"].(float64)]; !ok || rj["code"].(float64) != want || rj["message"] == "" {
+			t.Errorf("unexpected rejection %v", rj)
+		}
+	}
+	cid := out["campaign_id"].(string)
+	e.waitDrained()
+	if st := e.n.Sim.Stats(); st.Decrypted == 0 || len(st.Failures) != 0 {
+		t.Fatalf("sim: %+v", st)
+	}
+	code, camp := e.do("GET", "/v1/campaigns/"+cid, a.Token, "", "")
+	counts := camp["counts"].(map[string]any)
+	if code != 200 || counts["queued"].(float64) != 0 || counts["failed"].(float64) != 0 {
+		t.Fatalf("campaign view: %v", camp)
+	}
+	// Idempotency: the retry answers the first result and enqueues nothing.
+	body := `{"name":"i","template":{"body":"hi"},"recipients":[{"to":"15550000020"},{"to":"15550000021"}]}`
+	do := func() (int, string) {
+		req, _ := http.NewRequest("POST", e.base+"/v1/"+a.PNs[0]+"/campaigns", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+a.Token)
+		req.Header.Set("Idempotency-Key", "upload-42")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	c1, b1 := do()
+	accepted := e.n.Metrics
+	_ = accepted
+	c2, b2 := do()
+	if c1 != 200 || c2 != 200 || b1 != b2 {
+		t.Fatalf("idempotent replay differs: %d %s / %d %s", c1, b1, c2, b2)
+	}
+	e.waitDrained()
+	if st := e.n.Sim.Stats(); st.Duplicates != 0 {
+		t.Fatalf("replay re-sent: %+v", st)
+	}
+}
+
+func TestPlatformEventsMustBeSigned(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	_, out := e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("15550000001", "x"), "")
+	id := out["messages"].([]any)[0].(map[string]any)["id"].(string)
+	e.waitDrained()
+	body := fmt.Sprintf(`{"events":[{"type":"read","id":%q,"user":"15550000001","device_id":1}]}`, id)
+	for _, sig := range []string{"", "sha256=00", platform.Sign([]byte("wrong"), []byte(body))} {
+		req, _ := http.NewRequest("POST", e.base+"/v1/platform/events", strings.NewReader(body))
+		if sig != "" {
+			req.Header.Set("X-Platform-Signature", sig)
+		}
+		resp, _ := http.DefaultClient.Do(req)
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Fatalf("signature %q: %d", sig, resp.StatusCode)
+		}
+	}
+	e.n.Engine.Flush()
+	_, st := e.do("GET", "/v1/messages/"+id, a.Token, "", "")
+	if st["status"] == "read" {
+		t.Fatal("an unsigned event changed a status")
+	}
+}
+
+func TestWebhooksAreSignedAndDelivered(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	var mu sync.Mutex
+	got := map[string]string{}
+	bad := 0
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Header.Get("X-Hub-Signature-256") != webhook.Sign("whsecret123", body) {
+			bad++
+			w.WriteHeader(401)
+			return
+		}
+		var p struct {
+			Entry []struct {
+				Changes []struct {
+					Value struct {
+						Statuses []struct {
+							ID          string `json:"id"`
+							Status      string `json:"status"`
+							RecipientID string `json:"recipient_id"`
+						} `json:"statuses"`
+					} `json:"value"`
+				} `json:"changes"`
+			} `json:"entry"`
+		}
+		json.Unmarshal(body, &p)
+		for _, en := range p.Entry {
+			for _, c := range en.Changes {
+				for _, s := range c.Value.Statuses {
+					got[s.ID+"/"+s.Status] = s.RecipientID
+				}
+			}
+		}
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	if code, out := e.do("PUT", "/v1/"+a.PNs[0]+"/webhook", a.Token, fmt.Sprintf(`{"url":"http://%s/hook","secret":"whsecret123"}`, ln.Addr()), ""); code != 200 {
+		t.Fatalf("%d %v", code, out)
+	}
+	if code, _ := e.do("PUT", "/v1/"+a.PNs[0]+"/webhook", a.Token, `{"url":"ftp://x","secret":"short"}`, ""); code != 400 {
+		t.Fatal("bad webhook accepted")
+	}
+	_, out := e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("15550000001", "x"), "")
+	id := out["messages"].([]any)[0].(map[string]any)["id"].(string)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		_, sent := got[id+"/sent"]
+		_, delivered := got[id+"/delivered"]
+		mu.Unlock()
+		if sent && delivered {
+			break
+		}
+		if time.Now().After(deadline) {
+			mu.Lock()
+			t.Fatalf("webhooks: %v (bad %d)", got, bad)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got[id+"/sent"] != "15550000001" || bad != 0 {
+		t.Fatalf("sent webhook: %v bad %d", got, bad)
+	}
+}
+
+func TestMetricsHaveNoNumbers(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("15557770001", "secret body 123"), "")
+	e.waitDrained()
+	resp, err := http.Get(e.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	s := string(b)
+	if !strings.Contains(s, "herald_messages_accepted_total 1") || !strings.Contains(s, "herald_queue_depth") {
+		t.Fatalf("metrics missing: %.400s", s)
+	}
+	for _, needle := range []string{"15557770001", "5557770001", "secret body", "15550001001"} {
+		if strings.Contains(s, needle) {
+			t.Fatalf("metrics expose %q", needle)
+		}
+	}
+	for _, p := range []string{"/healthz", "/readyz"} {
+		r, err := http.Get(e.base + p)
+		if err != nil || r.StatusCode != 200 {
+			t.Fatalf("%s: %v", p, err)
+		}
+		r.Body.Close()
+	}
+}
