@@ -2,8 +2,8 @@ package ratelimit
 
 import (
 	"fmt"
-	"strings"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"

@@ -230,15 +230,15 @@ func TestNDJSONCampaignLinesIdempotencyAndDelivery(t *testing.T) {
 	a := e.business("A", "15550001001", "10k")
 	var sb strings.Builder
 	sb.WriteString(`{"name":"spring","template":{"body":"Hi {{name}}, code {{code}}"},"ttl_seconds":3600}` + "\n")
-	sb.WriteString(`{"to":"15550000010","vars":{"name":"Ana","code":"1"}}` + "\n")          // 2 ok
-	sb.WriteString(`{"to":"12","vars":{"name":"Bad","code":"1"}}` + "\n")                   // 3 bad phone
-	sb.WriteString(`{"to":"15550000011","vars":{"name":"NoCode"}}` + "\n")                  // 4 missing var
-	sb.WriteString(`not json at all` + "\n")                                                // 5 malformed
-	sb.WriteString("\n")                                                                    // 6 blank: skipped
-	sb.WriteString(`{"to":"15550000012","vars":{"name":"{{code}}","code":"7"}}` + "\n")     // 7 ok, no re-expansion
+	sb.WriteString(`{"to":"15550000010","vars":{"name":"Ana","code":"1"}}` + "\n")                          // 2 ok
+	sb.WriteString(`{"to":"12","vars":{"name":"Bad","code":"1"}}` + "\n")                                   // 3 bad phone
+	sb.WriteString(`{"to":"15550000011","vars":{"name":"NoCode"}}` + "\n")                                  // 4 missing var
+	sb.WriteString(`not json at all` + "\n")                                                                // 5 malformed
+	sb.WriteString("\n")                                                                                    // 6 blank: skipped
+	sb.WriteString(`{"to":"15550000012","vars":{"name":"{{code}}","code":"7"}}` + "\n")                     // 7 ok, no re-expansion
 	sb.WriteString(`{"to":"15550000013","vars":{"name":` + `"` + strings.Repeat("x", 70000) + `"}}` + "\n") // 8 too long
-	sb.WriteString(`{"to":["15550000014"]}` + "\n")                                        // 9 wrong type
-	sb.WriteString(`{"to":"15550000015","vars":{"name":"Zed","code":"9"}}`)                 // 10 ok, no final newline
+	sb.WriteString(`{"to":["15550000014"]}` + "\n")                                                         // 9 wrong type
+	sb.WriteString(`{"to":"15550000015","vars":{"name":"Zed","code":"9"}}`)                                 // 10 ok, no final newline
 	code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, sb.String(), "application/x-ndjson")
 	if code != 200 {
 		t.Fatalf("%d %v", code, out)
