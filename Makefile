@@ -4,7 +4,7 @@ PKGS := ./...
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./queue/... ./engine/... ./ratelimit/... ./internal/...
 
-.PHONY: test vet fmtcheck build bench bench-queue fuzz crash check conformance
+.PHONY: test vet fmtcheck build bench bench-queue bench-e2e fuzz crash e2e check
 
 test: vet fmtcheck
 	$(GO) test -race -count=1 $(RACE_PKGS)
@@ -20,17 +20,23 @@ fmtcheck:
 build:
 	$(GO) build -o bin/herald ./cmd/herald
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./bench/... ./queue/... ./internal/signal/... ./ratelimit/...
+# Full-size end-to-end tests without the race detector (10,000 recipients x 1-3 devices, every fault).
+e2e:
+	$(GO) test -count=1 -run 'EndToEnd|Faults|Interop|Crash|Retention' ./engine/
 
-bench-queue:
-	$(GO) test -run '^$$' -bench . -benchmem ./queue/
+bench:
+	$(GO) test -run '^$$' -bench 'Enqueue|LeaseAck|Mixed' -benchtime 20000x ./bench/
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/signal/ ./ratelimit/
+	HERALD_BENCH_N=$${N:-5000} $(GO) test -run '^$$' -bench EndToEnd -benchtime 1x -timeout 30m ./bench/
+
+bench-e2e:
+	HERALD_BENCH_N=$${N:-5000} $(GO) test -run '^$$' -bench EndToEnd -benchtime 1x -timeout 30m ./bench/
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime $${FUZZTIME:-20s} ./internal/seal/
+	./scripts/fuzz.sh
 
 crash:
-	HERALD_CRASH_KILLS=$${KILLS:-50} $(GO) test -count=1 -run Crash -v ./queue/
+	HERALD_CRASH_KILLS=$${KILLS:-50} $(GO) test -count=1 -run Crash -v ./queue/ ./engine/
 
 check: test
 	$(GO) run golang.org/x/vuln/cmd/govulncheck@latest ./...

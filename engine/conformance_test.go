@@ -20,7 +20,11 @@ func TestEngineInteropWithJavaScriptLibsignal(t *testing.T) {
 		"--listen", "127.0.0.1:0", "--secret", "sekret", "--users", "1000", "--reset-rate", "0.05")
 	h := newHarness(t, harnessOpts{noSim: true, simURL: base, engine: roomForResets})
 	var users []string
-	for i := 0; i < 300; i++ {
+	n := 300
+	if raceEnabled {
+		n = 100
+	}
+	for i := 0; i < n; i++ {
 		users = append(users, fmt.Sprintf("1777%07d", i))
 	}
 	h.enqueue(users, 3, "camp-js", time.Hour)

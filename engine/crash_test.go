@@ -103,7 +103,11 @@ func TestCrashDuringCampaignLosesNothingAndNeverReusesACounter(t *testing.T) {
 			close(lines)
 		}()
 		defer func() { cmd.Process.Signal(syscall.SIGKILL); cmd.Wait() }()
-		kill := time.After(time.Duration(50+rand.IntN(400)) * time.Millisecond)
+		randomKill := func() <-chan time.Time { return time.After(time.Duration(50+rand.IntN(400)) * time.Millisecond) }
+		kill := randomKill()
+		if seed > 0 {
+			kill = time.After(3 * time.Minute) // first let the seed be accepted
+		}
 		if untilDrained {
 			kill = time.After(3 * time.Minute)
 		}
@@ -116,7 +120,10 @@ func TestCrashDuringCampaignLosesNothingAndNeverReusesACounter(t *testing.T) {
 				if strings.HasPrefix(l, "error") {
 					t.Fatalf("child: %s", l)
 				}
-				if l == "drained" {
+				if l == "seeded" && !untilDrained {
+					kill = randomKill()
+				}
+				if l == "drained" && seed == 0 {
 					return true
 				}
 			case <-kill:

@@ -79,6 +79,9 @@ func TestFaultsStillDeliverExactlyOnceInOrder(t *testing.T) {
 				h = newHarness(t, harnessOpts{sim: tc.opts, engine: roomForResets})
 			}
 			users := h.users(1000, 400)
+			if raceEnabled {
+				users = users[:150]
+			}
 			h.enqueue(users, 2, "camp-f", time.Hour)
 			if tc.during != nil {
 				tc.during(h)

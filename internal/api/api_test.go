@@ -34,7 +34,7 @@ type business struct {
 func start(t *testing.T) *env {
 	t.Helper()
 	n, err := node.New(node.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard,
-		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1}})
+		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +369,7 @@ func TestWebhooksAreSignedAndDelivered(t *testing.T) {
 		_, sent := got[id+"/sent"]
 		_, delivered := got[id+"/delivered"]
 		mu.Unlock()
-		if sent && delivered {
+		if sent && delivered { // no read events: the simulator's read share is off here
 			break
 		}
 		if time.Now().After(deadline) {

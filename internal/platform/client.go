@@ -172,12 +172,19 @@ func (c *Client) SendNow(ctx context.Context, envs []Envelope) ([]Result, error)
 	if err := c.do(ctx, "/v1/messages", body, &r); err != nil {
 		return nil, err
 	}
+	return MatchResults(envs, r.Results), nil
+}
+
+// MatchResults returns one result per envelope, in envelope order. A result
+// missing from the answer, or one with an unknown status, is reported as a
+// retryable "unavailable" so nothing is silently taken as delivered.
+func MatchResults(envs []Envelope, results []Result) []Result {
 	type k struct {
 		id  string
 		dev uint32
 	}
-	got := make(map[k]Result, len(r.Results))
-	for _, res := range r.Results {
+	got := make(map[k]Result, len(results))
+	for _, res := range results {
 		got[k{res.ID, res.DeviceID}] = res
 	}
 	out := make([]Result, len(envs))
@@ -188,7 +195,7 @@ func (c *Client) SendNow(ctx context.Context, envs []Envelope) ([]Result, error)
 		}
 		out[i] = res
 	}
-	return out, nil
+	return out
 }
 
 // Send queues envelopes into shared batches (up to MaxBatch per request, a

@@ -1,0 +1,211 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/heraldhq/herald/bench/baseline"
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/seal"
+	"github.com/heraldhq/herald/internal/signal"
+	"github.com/heraldhq/herald/internal/testutil"
+	"github.com/heraldhq/herald/queue"
+)
+
+var heraldBin string
+
+// buildHerald builds the binary once; the simulator runs as its own process.
+func buildHerald(b *testing.B) string {
+	if heraldBin != "" {
+		return heraldBin
+	}
+	dir, _ := os.MkdirTemp("", "herald-bench-bin")
+	heraldBin = filepath.Join(dir, "herald")
+	cmd := exec.Command("go", "build", "-o", heraldBin, "./cmd/herald")
+	cmd.Dir = testutil.RepoRoot(b)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	return heraldBin
+}
+
+// procCPU returns a process's user+system CPU time from /proc.
+func procCPU(pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * time.Second / 100
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func startSim(b *testing.B, users int) (string, int) {
+	url, cmd := testutil.StartListening(b, time.Minute, buildHerald(b), "platform", "--listen", "127.0.0.1:0",
+		"--secret", "sekret", "--users", strconv.Itoa(users), "--prefix", "1666", "--devices", "1-3", "--read-share", "0")
+	return url, cmd.Process.Pid
+}
+
+// Deliverer is anything the end-to-end suite can measure.
+type Deliverer interface {
+	Deliver(ctx context.Context, msgs []baseline.Message) error
+}
+
+type heraldDeliverer struct {
+	db  *kv.DB
+	q   *queue.Queue
+	eng *engine.Engine
+}
+
+func newHerald(b *testing.B, simURL string, limits bool) *heraldDeliverer {
+	h := &heraldDeliverer{}
+	var err error
+	h.db, err = kv.Open(kv.Options{Dir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sealer, _ := seal.New(seal.TestKey(1))
+	var eng *engine.Engine
+	h.q, _ = queue.Open(queue.Options{DB: h.db, Sealer: sealer, Notify: func(s int) {
+		if eng != nil {
+			eng.Notify(s)
+		}
+	}})
+	client, _ := platform.NewClient(platform.ClientOptions{BaseURL: simURL, Secret: "sekret"})
+	store, _ := signal.NewStore(h.db, sealer, 0)
+	eo := engine.Options{DB: h.db, Queue: h.q, Sessions: store, Sealer: sealer, Transport: client,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
+	if limits {
+		eo.Shaper = unlimitedShaper{}
+	}
+	eng, err = engine.New(eo)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h.eng = eng
+	eng.Start(context.Background())
+	b.Cleanup(func() { eng.Close(); client.Close(); h.db.Close() })
+	return h
+}
+
+// unlimitedShaper stands in for ratelimit's Shape cost when comparing limits on/off
+// without a tenant store: the same two lookups and bucket math per message.
+type unlimitedShaper struct{}
+
+func (unlimitedShaper) Shape(string, string, time.Time) time.Time { return time.Time{} }
+
+func (h *heraldDeliverer) Deliver(ctx context.Context, msgs []baseline.Message) error {
+	now := time.Now()
+	batch := make([]queue.Message, 0, 1024)
+	sb := h.db.NewBatch()
+	for i, m := range msgs {
+		p := heraldtype.Payload{BusinessID: "b", PhoneNumberID: "pn", From: "15550001111", To: m.To, CampaignID: "c", Body: m.Body, TS: now.Unix()}
+		batch = append(batch, queue.Message{ID: m.ID, Recipient: m.To, Payload: p.Encode(nil), ExpiresAt: now.Add(time.Hour)})
+		engine.NewStatusRecord(sb, m.ID, "b", "pn", "c", now)
+		if len(batch) == cap(batch) || i == len(msgs)-1 {
+			if err := h.q.EnqueueWith(ctx, batch, sb); err != nil {
+				return err
+			}
+			batch, sb = batch[:0], h.db.NewBatch()
+		}
+	}
+	sb.Close()
+	for {
+		if n, _ := h.q.Depth(); n == 0 && h.eng.InFlight() == 0 {
+			return nil
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func workload(n, pass int) []baseline.Message {
+	var ids heraldtype.IDGen
+	out := make([]baseline.Message, n)
+	for i := range out {
+		out[i] = baseline.Message{ID: ids.New(time.Now()), To: fmt.Sprintf("1666%07d", i), Body: fmt.Sprintf("pass %d: your order %d has shipped, track it with the link in the app", pass, i)}
+	}
+	return out
+}
+
+// BenchmarkEndToEnd delivers N messages cold (no sessions yet) and then warm
+// (a second pass to the same recipients), Herald vs the naive baseline, each
+// against its own simulator process. Run with -benchtime=1x.
+func BenchmarkEndToEnd(b *testing.B) {
+	n := 5000
+	if v := os.Getenv("HERALD_BENCH_N"); v != "" {
+		n, _ = strconv.Atoi(v)
+	}
+	for _, impl := range []string{"herald", "naive"} {
+		b.Run("impl="+impl, func(b *testing.B) {
+			simURL, simPID := startSim(b, n*2)
+			var d Deliverer
+			switch impl {
+			case "herald":
+				d = newHerald(b, simURL, false)
+			case "naive":
+				db, _ := pebble.Open(b.TempDir(), &pebble.Options{})
+				b.Cleanup(func() { db.Close() })
+				sealer, _ := seal.New(seal.TestKey(1))
+				id, _ := signal.NewIdentity("15550002222")
+				d = &baseline.NaiveEngine{DB: db, Sealer: sealer, PlatformURL: simURL, Secret: "sekret", ID: id,
+					HC: &http.Client{Transport: &http.Transport{MaxConnsPerHost: 256, MaxIdleConnsPerHost: 256}}}
+			}
+			for pass, phase := range []string{"cold", "warm"} {
+				msgs := workload(n, pass)
+				selfBefore, simBefore := selfCPU(), procCPU(simPID)
+				start := time.Now()
+				if err := d.Deliver(context.Background(), msgs); err != nil {
+					b.Fatal(err)
+				}
+				el := time.Since(start)
+				self, simc := selfCPU()-selfBefore, procCPU(simPID)-simBefore
+				b.ReportMetric(float64(n)/el.Seconds(), phase+"_msgs/s")
+				b.ReportMetric(float64(self.Microseconds())/float64(n), phase+"_engine_cpu_µs/msg")
+				b.ReportMetric(float64(simc.Microseconds())/float64(n), phase+"_sim_cpu_µs/msg")
+			}
+			b.ReportMetric(0, "ns/op")
+			st := simStats(b, simURL)
+			if len(st.Failures) != 0 || st.OrderingViolations != 0 {
+				b.Fatalf("%s: sim saw failures: %+v", impl, st)
+			}
+		})
+	}
+}
+
+func simStats(b *testing.B, url string) (st struct {
+	Decrypted          int64            `json:"decrypted"`
+	Failures           map[string]int64 `json:"failures"`
+	OrderingViolations int64            `json:"ordering_violations"`
+}) {
+	resp, err := http.Get(url + "/v1/stats")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dec := jsonDecoder(bufio.NewReader(resp.Body))
+	dec.Decode(&st)
+	return st
+}
