@@ -166,7 +166,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 			case "herald":
 				d = newHerald(b, simURL, false)
 			case "naive":
-				db, _ := pebble.Open(b.TempDir(), &pebble.Options{})
+				db, _ := pebble.Open(b.TempDir(), &pebble.Options{Logger: quietPebble{}})
 				b.Cleanup(func() { db.Close() })
 				sealer, _ := seal.New(seal.TestKey(1))
 				id, _ := signal.NewIdentity("15550002222")

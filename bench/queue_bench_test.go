@@ -76,11 +76,11 @@ func openAll(b *testing.B) (map[string]Enqueuer, func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	raw, err := pebble.Open(dir+"/raw", &pebble.Options{})
+	raw, err := pebble.Open(dir+"/raw", &pebble.Options{Logger: quietPebble{}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	naive, err := pebble.Open(dir+"/naive", &pebble.Options{})
+	naive, err := pebble.Open(dir+"/naive", &pebble.Options{Logger: quietPebble{}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -249,3 +249,9 @@ func BenchmarkMixed(b *testing.B) {
 	cons.Wait()
 	b.ReportMetric(float64(acked.Load())/b.Elapsed().Seconds(), "msgs/s")
 }
+
+type quietPebble struct{}
+
+func (quietPebble) Infof(string, ...any)            {}
+func (quietPebble) Errorf(string, ...any)           {}
+func (quietPebble) Fatalf(format string, a ...any) { panic(fmt.Sprintf(format, a...)) }

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"testing"
 	"time"
@@ -25,10 +26,14 @@ type modelMsg struct {
 // the hint index), in order.
 func TestQueueMatchesModel(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
-		dir := t.TempDir()
+		dir, err := os.MkdirTemp("", "herald-queue-model-")
+		if err != nil {
+			rt.Fatal(err)
+		}
+		defer os.RemoveAll(dir) // per check: hundreds of checks must not pile up databases
 		clock := newClock()
 		e := openEnv(t, dir, nil, clock, func(o *Options) { o.LeaseTimeout = time.Hour })
-		defer func() { e.close() }()
+		defer func() { e.close() }() // runs before RemoveAll
 		ctx := context.Background()
 		model := map[string][]modelMsg{}
 		leases := map[string]*Lease{} // recipient → outstanding lease

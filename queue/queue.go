@@ -98,6 +98,7 @@ type shard struct {
 	msgs atomic.Int64
 }
 
+
 type leaseEntry struct {
 	token   uint64
 	expires time.Time
@@ -241,13 +242,23 @@ func dueKey(shard int, due time.Time, r Recipient) []byte {
 	return append(k, r[:]...)
 }
 
-func expiryKey(exp time.Time, shard int, r Recipient, seq uint64) []byte {
-	k := make([]byte, 0, 36)
+// expiryKey names one expiry-index entry: all messages of one enqueue call
+// that share an expiry time, listed in its value as refs (shard, rcpt, seq).
+// One entry per batch instead of one per message halves the index writes, and
+// acks need not touch it: at expiry, refs whose record is gone are skipped.
+func expiryKey(exp time.Time, firstSeq uint64) []byte {
+	k := make([]byte, 0, 18)
 	k = append(k, pfx, kExpiry)
 	k = binary.BigEndian.AppendUint64(k, uint64(exp.UnixNano()))
-	k = binary.BigEndian.AppendUint16(k, uint16(shard))
-	k = append(k, r[:]...)
-	return binary.BigEndian.AppendUint64(k, seq)
+	return binary.BigEndian.AppendUint64(k, firstSeq)
+}
+
+const refLen = 2 + 16 + 8
+
+func appendRef(dst []byte, shard int, r Recipient, seq uint64) []byte {
+	dst = binary.BigEndian.AppendUint16(dst, uint16(shard))
+	dst = append(dst, r[:]...)
+	return binary.BigEndian.AppendUint64(dst, seq)
 }
 
 // encodeRecord: version(1) due(8) expires(8) attempt(4) idLen(1) id sealed.
@@ -329,6 +340,11 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	hinted := make(map[Recipient]struct{}, len(msgs))
 	perShard := make([]int64, len(q.shards))
 	buf := make([]byte, 0, 512)
+	type expGroup struct {
+		first uint64
+		refs  []byte
+	}
+	byExp := map[int64]*expGroup{}
 	for i := range msgs {
 		m := &msgs[i]
 		m.Seq = first + uint64(i)
@@ -342,12 +358,20 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		b.Set(rk, buf, nil)
 		m.size = len(rk) + len(buf)
 		added += int64(m.size)
-		b.Set(expiryKey(m.ExpiresAt, sh, r, m.Seq), nil, nil)
+		g := byExp[m.ExpiresAt.UnixNano()]
+		if g == nil {
+			g = &expGroup{first: m.Seq}
+			byExp[m.ExpiresAt.UnixNano()] = g
+		}
+		g.refs = appendRef(g.refs, sh, r, m.Seq)
 		if _, ok := hinted[r]; !ok {
 			hinted[r] = struct{}{}
 			b.Set(dueKey(sh, m.Due, r), nil, nil)
 		}
 		perShard[sh]++
+	}
+	for exp, g := range byExp {
+		b.Set(expiryKey(time.Unix(0, exp), g.first), g.refs, nil)
 	}
 	b.Set([]byte{pfx, kSeq}, binary.BigEndian.AppendUint64(nil, last), nil)
 	if extra != nil {
@@ -395,6 +419,13 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 	var leases []*Lease
 	var repair *pebble.Batch
 	seen := make(map[Recipient]struct{})
+	rlo := []byte{pfx, kRecord}
+	rlo = binary.BigEndian.AppendUint16(rlo, uint16(shardID))
+	rit, err := q.db.NewIter(&pebble.IterOptions{LowerBound: rlo, UpperBound: kv.PrefixEnd(rlo)})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+	}
+	defer rit.Close()
 	for it.First(); it.Valid() && len(leases) < maxRecipients; it.Next() {
 		if err := ctx.Err(); err != nil {
 			break
@@ -415,7 +446,7 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 		s.mu.leased[r] = leaseEntry{token: token, expires: now.Add(q.opts.LeaseTimeout)}
 		s.mu.Unlock()
 
-		l, fix, err := q.collect(shardID, r, hint, now, maxPerRecipient)
+		l, fix, err := q.collect(rit, shardID, r, hint, now, maxPerRecipient)
 		if err != nil {
 			q.unlease(s, r, token)
 			return leases, err
@@ -448,16 +479,12 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 
 // collect reads the recipient's FIFO head run. It returns nil lease (and a
 // repair batch) when the hint is stale.
-func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, max int) (*Lease, *pebble.Batch, error) {
+func (q *Queue) collect(it *pebble.Iterator, shardID int, r Recipient, hint []byte, now time.Time, max int) (*Lease, *pebble.Batch, error) {
 	lo := recordKey(shardID, r, 0)
-	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo[:20])})
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
-	}
-	defer it.Close()
+	prefix := lo[:20]
 	l := &Lease{Shard: shardID, Recipient: r, hint: hint, exhausted: true}
 	var fix *pebble.Batch
-	for it.First(); it.Valid(); it.Next() {
+	for it.SeekGE(lo); it.Valid() && bytes.HasPrefix(it.Key(), prefix); it.Next() {
 		if len(l.Messages) == max {
 			l.exhausted = false
 			break
@@ -580,7 +607,6 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 			}
 		case o.Ack:
 			b.Delete(rk, nil)
-			b.Delete(expiryKey(m.ExpiresAt, l.Shard, l.Recipient, m.Seq), nil)
 			acked++
 			ackedBytes += int64(m.size)
 		default:
@@ -657,45 +683,54 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 		if err := ctx.Err(); err != nil {
 			break
 		}
-		xk := it.Key()
-		if len(xk) != 36 {
-			b.Delete(append([]byte(nil), xk...), nil)
-			continue
+		xk := append([]byte(nil), it.Key()...)
+		refs := it.Value()
+		var keep []byte // refs not handled now: leased, or past the limit
+		for off := 0; off+refLen <= len(refs); off += refLen {
+			ref := refs[off : off+refLen]
+			sh := int(binary.BigEndian.Uint16(ref[:2]))
+			var r Recipient
+			copy(r[:], ref[2:18])
+			seq := binary.BigEndian.Uint64(ref[18:26])
+			if sh >= len(q.shards) {
+				continue
+			}
+			if len(out) >= limit {
+				keep = append(keep, ref...)
+				continue
+			}
+			s := q.shards[sh]
+			s.mu.Lock()
+			e, leased := s.mu.leased[r]
+			s.mu.Unlock()
+			if leased && now.Before(e.expires) {
+				keep = append(keep, ref...)
+				continue
+			}
+			rk := recordKey(sh, r, seq)
+			v, ok, err := q.db.GetCopy(rk)
+			if err != nil {
+				b.Close()
+				return nil, err
+			}
+			if !ok {
+				continue // acked long ago
+			}
+			m, _, derr := q.decodeRecord(v, true)
+			m.Seq = seq
+			if derr != nil {
+				q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
+			}
+			b.Delete(rk, nil)
+			removedBytes += int64(len(rk) + len(v))
+			perShard[sh]++
+			out = append(out, m)
 		}
-		sh := int(binary.BigEndian.Uint16(xk[10:12]))
-		var r Recipient
-		copy(r[:], xk[12:28])
-		seq := binary.BigEndian.Uint64(xk[28:36])
-		if sh >= len(q.shards) {
-			b.Delete(append([]byte(nil), xk...), nil)
-			continue
+		if len(keep) == 0 {
+			b.Delete(xk, nil)
+		} else if len(keep) != len(refs) {
+			b.Set(xk, keep, nil)
 		}
-		s := q.shards[sh]
-		s.mu.Lock()
-		e, leased := s.mu.leased[r]
-		s.mu.Unlock()
-		if leased && now.Before(e.expires) {
-			continue
-		}
-		b.Delete(append([]byte(nil), xk...), nil)
-		rk := recordKey(sh, r, seq)
-		v, ok, err := q.db.GetCopy(rk)
-		if err != nil {
-			b.Close()
-			return nil, err
-		}
-		if !ok {
-			continue
-		}
-		m, _, derr := q.decodeRecord(v, true)
-		m.Seq = seq
-		if derr != nil {
-			q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
-		}
-		b.Delete(rk, nil)
-		removedBytes += int64(len(rk) + len(v))
-		perShard[sh]++
-		out = append(out, m)
 	}
 	if err := it.Error(); err != nil {
 		b.Close()

@@ -50,7 +50,7 @@ func testSealer(t testing.TB) *seal.Sealer {
 
 func openEnv(t testing.TB, dir string, fs vfs.FS, clock *fakeClock, mut func(*Options)) *env {
 	t.Helper()
-	db, err := kv.Open(kv.Options{Dir: dir, FS: fs})
+	db, err := kv.Open(kv.Options{Dir: dir, FS: fs, MemTableBytes: 2 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

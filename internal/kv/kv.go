@@ -33,6 +33,9 @@ type Options struct {
 	FS vfs.FS
 	// CacheBytes is the block cache size; default 64 MiB.
 	CacheBytes int64
+	// MemTableBytes is the memtable size (and so the WAL preallocation); default
+	// 64 MiB. Tests that open many databases use a small one.
+	MemTableBytes uint64
 	// Logger receives Pebble's informational logs; default slog.Default().
 	Logger *slog.Logger
 }
@@ -71,13 +74,16 @@ func Open(opts Options) (db *DB, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.MemTableBytes == 0 {
+		opts.MemTableBytes = 64 << 20
+	}
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref()
 	popts := &pebble.Options{
 		FS:                          opts.FS,
 		Cache:                       cache,
 		Logger:                      pebbleLogger{opts.Logger},
-		MemTableSize:                64 << 20,
+		MemTableSize:                opts.MemTableBytes,
 		MemTableStopWritesThreshold: 4,
 		L0CompactionThreshold:       4,
 		L0StopWritesThreshold:       1000,
