@@ -6,7 +6,7 @@
 // recipient's messages live in one shard, in one FIFO. Keys (prefix 'q'):
 //
 //	q R shard(2) rcpt(16) seq(8)         → record: header + sealed payload
-//	q D shard(2) due(8) rcpt(16)         → wake-up hint for a recipient
+//	q D shard(2) due(8) rcpt(16) seq(8)  → wake-up hint for a recipient (unique per message)
 //	q X expires(8) shard(2) rcpt(16) seq → expiry index, oldest first
 //	q Z seq(8)                           → dead letters (records that failed to open)
 //	q S                                  → highest sequence number issued

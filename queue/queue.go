@@ -98,7 +98,6 @@ type shard struct {
 	msgs atomic.Int64
 }
 
-
 type leaseEntry struct {
 	token   uint64
 	expires time.Time
@@ -234,12 +233,17 @@ func recordKey(shard int, r Recipient, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
-func dueKey(shard int, due time.Time, r Recipient) []byte {
-	k := make([]byte, 0, 28)
+// dueKey names a wake-up hint. The trailing sequence number (of the message
+// the hint was written for) makes it unique: without it, a new enqueue for a
+// leased recipient at the same due instant would share the key of the hint
+// the lease consumed, and the lease's completion would delete it.
+func dueKey(shard int, due time.Time, r Recipient, seq uint64) []byte {
+	k := make([]byte, 0, 36)
 	k = append(k, pfx, kDue)
 	k = binary.BigEndian.AppendUint16(k, uint16(shard))
 	k = binary.BigEndian.AppendUint64(k, uint64(due.UnixNano()))
-	return append(k, r[:]...)
+	k = append(k, r[:]...)
+	return binary.BigEndian.AppendUint64(k, seq)
 }
 
 // expiryKey names one expiry-index entry: all messages of one enqueue call
@@ -366,7 +370,7 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		g.refs = appendRef(g.refs, sh, r, m.Seq)
 		if _, ok := hinted[r]; !ok {
 			hinted[r] = struct{}{}
-			b.Set(dueKey(sh, m.Due, r), nil, nil)
+			b.Set(dueKey(sh, m.Due, r, m.Seq), nil, nil)
 		}
 		perShard[sh]++
 	}
@@ -507,7 +511,7 @@ func (q *Queue) collect(it *pebble.Iterator, shardID int, r Recipient, hint []by
 					fix = q.db.NewBatch()
 				}
 				fix.Delete(hint, nil)
-				fix.Set(dueKey(shardID, m.Due, r), nil, nil)
+				fix.Set(dueKey(shardID, m.Due, r, binary.BigEndian.Uint64(k[20:28])), nil, nil)
 			}
 			break
 		}
@@ -594,6 +598,7 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 	}
 	var acked, ackedBytes int64
 	var headDue time.Time
+	var headSeq uint64
 	headSet := false
 	buf := make([]byte, 0, 512)
 	for i := range l.Messages {
@@ -603,7 +608,7 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 		switch {
 		case o == nil:
 			if !headSet {
-				headDue, headSet = m.Due, true
+				headDue, headSeq, headSet = m.Due, m.Seq, true
 			}
 		case o.Ack:
 			b.Delete(rk, nil)
@@ -621,17 +626,17 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 			buf = q.encodeRecord(buf[:0], &nm, q.sealer.Seal(nil, m.Payload))
 			b.Set(rk, buf, nil)
 			if !headSet {
-				headDue, headSet = nm.Due, true
+				headDue, headSeq, headSet = nm.Due, m.Seq, true
 			}
 		}
 	}
 	b.Delete(l.hint, nil)
 	switch {
 	case headSet:
-		b.Set(dueKey(l.Shard, headDue, l.Recipient), nil, nil)
+		b.Set(dueKey(l.Shard, headDue, l.Recipient, headSeq), nil, nil)
 	case !l.exhausted:
 		// Messages beyond the lease exist (or may): leave a hint so they're found.
-		b.Set(dueKey(l.Shard, now, l.Recipient), nil, nil)
+		b.Set(dueKey(l.Shard, now, l.Recipient, l.Messages[len(l.Messages)-1].Seq), nil, nil)
 	}
 	if err := q.db.Commit(b, sync); err != nil {
 		return err
@@ -679,6 +684,10 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 	var out []Message
 	var removedBytes int64
 	perShard := make(map[int]int64)
+	// A removed message may have been its recipient's head, waiting on a retry
+	// time that its successor must not inherit: wake each touched recipient now
+	// (Lease moves the hint to the new head's due time if that is later).
+	woken := map[Recipient]bool{}
 	for it.First(); it.Valid() && len(out) < limit; it.Next() {
 		if err := ctx.Err(); err != nil {
 			break
@@ -722,6 +731,10 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 				q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
 			}
 			b.Delete(rk, nil)
+			if !woken[r] {
+				woken[r] = true
+				b.Set(dueKey(sh, now, r, seq), nil, nil)
+			}
 			removedBytes += int64(len(rk) + len(v))
 			perShard[sh]++
 			out = append(out, m)
