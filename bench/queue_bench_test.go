@@ -252,6 +252,6 @@ func BenchmarkMixed(b *testing.B) {
 
 type quietPebble struct{}
 
-func (quietPebble) Infof(string, ...any)            {}
-func (quietPebble) Errorf(string, ...any)           {}
+func (quietPebble) Infof(string, ...any)           {}
+func (quietPebble) Errorf(string, ...any)          {}
 func (quietPebble) Fatalf(format string, a ...any) { panic(fmt.Sprintf(format, a...)) }

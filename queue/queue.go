@@ -423,13 +423,6 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 	var leases []*Lease
 	var repair *pebble.Batch
 	seen := make(map[Recipient]struct{})
-	rlo := []byte{pfx, kRecord}
-	rlo = binary.BigEndian.AppendUint16(rlo, uint16(shardID))
-	rit, err := q.db.NewIter(&pebble.IterOptions{LowerBound: rlo, UpperBound: kv.PrefixEnd(rlo)})
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
-	}
-	defer rit.Close()
 	for it.First(); it.Valid() && len(leases) < maxRecipients; it.Next() {
 		if err := ctx.Err(); err != nil {
 			break
@@ -450,7 +443,7 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 		s.mu.leased[r] = leaseEntry{token: token, expires: now.Add(q.opts.LeaseTimeout)}
 		s.mu.Unlock()
 
-		l, fix, err := q.collect(rit, shardID, r, hint, now, maxPerRecipient)
+		l, fix, err := q.collect(shardID, r, hint, now, maxPerRecipient)
 		if err != nil {
 			q.unlease(s, r, token)
 			return leases, err
@@ -483,12 +476,20 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 
 // collect reads the recipient's FIFO head run. It returns nil lease (and a
 // repair batch) when the hint is stale.
-func (q *Queue) collect(it *pebble.Iterator, shardID int, r Recipient, hint []byte, now time.Time, max int) (*Lease, *pebble.Batch, error) {
+//
+// Its iterator is opened here, after the recipient was marked leased: a view
+// taken earlier could predate a concurrent Complete that released the
+// recipient, and hand out records that Complete already acked or moved.
+func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, max int) (*Lease, *pebble.Batch, error) {
 	lo := recordKey(shardID, r, 0)
-	prefix := lo[:20]
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo[:20])})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+	}
+	defer it.Close()
 	l := &Lease{Shard: shardID, Recipient: r, hint: hint, exhausted: true}
 	var fix *pebble.Batch
-	for it.SeekGE(lo); it.Valid() && bytes.HasPrefix(it.Key(), prefix); it.Next() {
+	for it.First(); it.Valid(); it.Next() {
 		if len(l.Messages) == max {
 			l.exhausted = false
 			break

@@ -261,7 +261,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	ndjson := strings.HasPrefix(ct, "application/x-ndjson")
 	now := s.opts.Now()
 	res := &CampaignResult{CampaignID: newCampaignID(), Rejected: []Rejection{}}
-	a := &admitter{s: s, ctx: ctx, b: b, pn: pn, cid: res.CampaignID, res: res}
+	a := &admitter{s: s, ctx: context.Background(), b: b, pn: pn, cid: res.CampaignID, res: res}
 	camp := Campaign{ID: res.CampaignID, BusinessID: b.ID, PhoneNumberID: pn, CreatedMS: now.UnixMilli()}
 	var err error
 	var e *reqError

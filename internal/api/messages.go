@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -142,7 +143,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	batch := s.opts.DB.NewBatch()
 	engine.NewStatusRecord(batch, id, b.ID, pn, "", now)
 	msg := queue.Message{ID: id, Recipient: to, Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)}
-	if err := s.opts.Queue.EnqueueWith(ctx, []queue.Message{msg}, batch); err != nil {
+	if err := s.opts.Queue.EnqueueWith(context.Background(), []queue.Message{msg}, batch); err != nil {
 		s.storageError(ctx, err)
 		return
 	}
