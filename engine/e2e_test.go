@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +18,7 @@ import (
 	"github.com/heraldhq/herald/internal/platform/sim"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/signal"
+	"github.com/heraldhq/herald/internal/testutil"
 	"github.com/heraldhq/herald/queue"
 )
 
@@ -293,17 +292,5 @@ func TestDataDirHoldsNoPlaintext(t *testing.T) {
 	h.enqueue(users, 1, "camp-p", time.Hour)
 	h.drain(time.Minute)
 	h.db.Flush()
-	needles := []string{"Hello ", users[7], users[20][1:]}
-	filepath.Walk(h.dir, func(p string, info os.FileInfo, err error) error {
-		if err != nil || info.IsDir() {
-			return nil
-		}
-		b, _ := os.ReadFile(p)
-		for _, n := range needles {
-			if strings.Contains(string(b), n) {
-				t.Errorf("%s holds %q in the clear", p, n)
-			}
-		}
-		return nil
-	})
+	testutil.AssertNoPlaintext(t, h.dir, "Hello ", users[7], users[20][1:])
 }

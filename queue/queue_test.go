@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/seal"
+	"github.com/heraldhq/herald/internal/testutil"
 )
 
 type fakeClock struct{ ns atomic.Int64 }
@@ -368,23 +367,7 @@ func TestNoPlaintextInDataDir(t *testing.T) {
 	}
 	e.db.Flush()
 	e.close()
-	assertNoPlaintext(t, dir, "SECRETBODY", "15557770042", "5557770")
-}
-
-func assertNoPlaintext(t *testing.T, dir string, needles ...string) {
-	t.Helper()
-	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
-		if err != nil || info.IsDir() {
-			return nil
-		}
-		b, _ := os.ReadFile(p)
-		for _, n := range needles {
-			if strings.Contains(string(b), n) {
-				t.Errorf("%s holds %q in the clear", p, n)
-			}
-		}
-		return nil
-	})
+	testutil.AssertNoPlaintext(t, dir, "SECRETBODY", "15557770042", "5557770")
 }
 
 func TestConcurrentEnqueueAllDurableAndOrdered(t *testing.T) {

@@ -39,33 +39,17 @@ func (w *webhookSink) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		rw.WriteHeader(401)
 		return
 	}
-	var p struct {
-		Entry []struct {
-			Changes []struct {
-				Value struct {
-					Statuses []struct {
-						ID     string `json:"id"`
-						Status string `json:"status"`
-					} `json:"statuses"`
-				} `json:"value"`
-			} `json:"changes"`
-		} `json:"entry"`
-	}
-	json.Unmarshal(body, &p)
+	sts, _ := webhook.ParsePayload(body)
 	now := time.Now()
 	w.mu.Lock()
-	for _, e := range p.Entry {
-		for _, c := range e.Changes {
-			for _, s := range c.Value.Statuses {
-				m := w.at[s.Status]
-				if m == nil {
-					m = map[string]time.Time{}
-					w.at[s.Status] = m
-				}
-				if _, ok := m[s.ID]; !ok {
-					m[s.ID] = now
-				}
-			}
+	for _, s := range sts {
+		m := w.at[s.Status]
+		if m == nil {
+			m = map[string]time.Time{}
+			w.at[s.Status] = m
+		}
+		if _, ok := m[s.ID]; !ok {
+			m[s.ID] = now
 		}
 	}
 	w.mu.Unlock()

@@ -331,26 +331,9 @@ func TestWebhooksAreSignedAndDelivered(t *testing.T) {
 			w.WriteHeader(401)
 			return
 		}
-		var p struct {
-			Entry []struct {
-				Changes []struct {
-					Value struct {
-						Statuses []struct {
-							ID          string `json:"id"`
-							Status      string `json:"status"`
-							RecipientID string `json:"recipient_id"`
-						} `json:"statuses"`
-					} `json:"value"`
-				} `json:"changes"`
-			} `json:"entry"`
-		}
-		json.Unmarshal(body, &p)
-		for _, en := range p.Entry {
-			for _, c := range en.Changes {
-				for _, s := range c.Value.Statuses {
-					got[s.ID+"/"+s.Status] = s.RecipientID
-				}
-			}
+		sts, _ := webhook.ParsePayload(body)
+		for _, s := range sts {
+			got[s.ID+"/"+s.Status] = s.RecipientID
 		}
 	})}
 	go srv.Serve(ln)

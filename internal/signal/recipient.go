@@ -103,10 +103,23 @@ func (d *Device) Bundle() platform.DeviceBundle {
 
 func sigBytes(s [64]byte) []byte { return s[:] }
 
+// ErrMalformed is returned for a message the library could not even parse.
+var ErrMalformed = errors.New("signal: malformed message")
+
 // Decrypt decrypts one envelope body from sender `from` (device 1).
-func (d *Device) Decrypt(from, typ string, body []byte) ([]byte, error) {
+//
+// go.mau.fi/libsignal panics on some malformed input (an empty or one-byte
+// PreKeySignalMessage indexes out of range in its deserializer; found by
+// FuzzDecrypt, crasher kept in testdata/fuzz). Bytes from the network must
+// never crash us, so a panic inside the library becomes ErrMalformed.
+func (d *Device) Decrypt(from, typ string, body []byte) (pt []byte, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	defer func() {
+		if r := recover(); r != nil {
+			pt, err = nil, fmt.Errorf("%w: %v", ErrMalformed, r)
+		}
+	}()
 	ctx := context.Background()
 	addr := protocol.NewSignalAddress(from, 1)
 	st := &deviceStore{d: d}

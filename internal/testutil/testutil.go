@@ -92,3 +92,20 @@ func StartListening(t testing.TB, timeout time.Duration, name string, args ...st
 	}
 	return "", nil
 }
+
+// AssertNoPlaintext fails the test if any file under dir contains a needle.
+func AssertNoPlaintext(t testing.TB, dir string, needles ...string) {
+	t.Helper()
+	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		for _, n := range needles {
+			if strings.Contains(string(b), n) {
+				t.Errorf("%s holds %q in the clear", p, n)
+			}
+		}
+		return nil
+	})
+}

@@ -342,3 +342,34 @@ func Payload(businessID, phoneNumberID string, entries []Entry) []byte {
 	})
 	return body
 }
+
+// Status is one status as a webhook receiver reads it.
+type Status struct {
+	ID          string `json:"id"`
+	Status      string `json:"status"`
+	Timestamp   string `json:"timestamp"`
+	RecipientID string `json:"recipient_id"`
+}
+
+// ParsePayload reads the statuses out of a webhook body (the inverse of Payload).
+func ParsePayload(body []byte) ([]Status, error) {
+	var p struct {
+		Entry []struct {
+			Changes []struct {
+				Value struct {
+					Statuses []Status `json:"statuses"`
+				} `json:"value"`
+			} `json:"changes"`
+		} `json:"entry"`
+	}
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, err
+	}
+	var out []Status
+	for _, e := range p.Entry {
+		for _, c := range e.Changes {
+			out = append(out, c.Value.Statuses...)
+		}
+	}
+	return out, nil
+}
