@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -175,6 +176,11 @@ func BenchmarkEndToEnd(b *testing.B) {
 			}
 			for pass, phase := range []string{"cold", "warm"} {
 				msgs := workload(n, pass)
+				if prof := os.Getenv("HERALD_BENCH_PROFILE"); prof != "" && phase == "warm" && impl == "herald" {
+					f, _ := os.Create(prof)
+					pprof.StartCPUProfile(f)
+					defer pprof.StopCPUProfile()
+				}
 				selfBefore, simBefore := selfCPU(), procCPU(simPID)
 				start := time.Now()
 				if err := d.Deliver(context.Background(), msgs); err != nil {

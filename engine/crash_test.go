@@ -64,6 +64,11 @@ func crashChild() {
 	for {
 		if d, _ := q.Depth(); d == 0 && eng.InFlight() == 0 {
 			eng.Flush()
+			// Statuses and acks are NoSync; a synced commit makes everything
+			// before it durable, so the parent reads what "drained" promised.
+			b := db.NewBatch()
+			b.Set([]byte("zz-sync"), nil, nil)
+			db.Commit(b, true)
 			fmt.Println("drained")
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,6 +97,24 @@ type shard struct {
 	}
 	// queued messages and bytes in this shard (approximate under concurrency, exact at rest).
 	msgs atomic.Int64
+
+	// low is a watermark under which the shard has no live hint, so Lease need
+	// not wade through the tombstones of consumed hints. Every hint writer
+	// lowers it *after* its commit (lowerTo); Lease resets it before taking its
+	// snapshot and raises it afterwards only to the first hint it saw. A hint
+	// committed after the snapshot therefore lowers the watermark again, and a
+	// hint committed before is in the snapshot: none is ever skipped.
+	lowMu    sync.Mutex
+	low      int64 // unix nanos
+	scanning int   // Leases between reset and raise; while >0 others scan from 0
+}
+
+func (s *shard) lowerTo(due int64) {
+	s.lowMu.Lock()
+	if due < s.low {
+		s.low = due
+	}
+	s.lowMu.Unlock()
 }
 
 type leaseEntry struct {
@@ -386,6 +405,10 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	}
 	q.depthMsgs.Add(int64(len(msgs)))
 	q.depthBytes.Add(added)
+	for i := range msgs {
+		m := &msgs[i]
+		q.shards[q.ShardOf(q.sealer.Lookup(m.Recipient))].lowerTo(m.Due.UnixNano())
+	}
 	for i, n := range perShard {
 		if n != 0 {
 			q.shards[i].msgs.Add(n)
@@ -414,7 +437,25 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 	lo := []byte{pfx, kDue}
 	lo = binary.BigEndian.AppendUint16(lo, uint16(shardID))
 	hi := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(now.UnixNano())+1)
-	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	s.lowMu.Lock()
+	startAt := s.low
+	if s.scanning > 0 || startAt < 0 {
+		startAt = 0
+	}
+	s.scanning++
+	s.low = math.MaxInt64
+	s.lowMu.Unlock()
+	firstSeen := now.UnixNano() + 1
+	defer func() {
+		s.lowMu.Lock()
+		s.scanning--
+		if firstSeen < s.low {
+			s.low = firstSeen
+		}
+		s.lowMu.Unlock()
+	}()
+	start := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(startAt))
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: hi})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
 	}
@@ -422,12 +463,16 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 
 	var leases []*Lease
 	var repair *pebble.Batch
+	var repairDues []int64
 	seen := make(map[Recipient]struct{})
 	for it.First(); it.Valid() && len(leases) < maxRecipients; it.Next() {
 		if err := ctx.Err(); err != nil {
 			break
 		}
 		hint := append([]byte(nil), it.Key()...)
+		if d := int64(binary.BigEndian.Uint64(hint[4:12])); d < firstSeen {
+			firstSeen = d
+		}
 		var r Recipient
 		copy(r[:], hint[12:28])
 		if _, dup := seen[r]; dup {
@@ -443,7 +488,7 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 		s.mu.leased[r] = leaseEntry{token: token, expires: now.Add(q.opts.LeaseTimeout)}
 		s.mu.Unlock()
 
-		l, fix, err := q.collect(shardID, r, hint, now, maxPerRecipient)
+		l, fix, fixDue, err := q.collect(shardID, r, hint, now, maxPerRecipient)
 		if err != nil {
 			q.unlease(s, r, token)
 			return leases, err
@@ -454,6 +499,9 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 			}
 			repair.Apply(fix, nil)
 			fix.Close()
+			if fixDue != 0 {
+				repairDues = append(repairDues, fixDue)
+			}
 		}
 		if l == nil {
 			q.unlease(s, r, token)
@@ -470,6 +518,9 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 		if err := q.db.Commit(repair, false); err != nil {
 			return leases, err
 		}
+		for _, d := range repairDues {
+			s.lowerTo(d)
+		}
 	}
 	return leases, nil
 }
@@ -480,11 +531,12 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 // Its iterator is opened here, after the recipient was marked leased: a view
 // taken earlier could predate a concurrent Complete that released the
 // recipient, and hand out records that Complete already acked or moved.
-func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, max int) (*Lease, *pebble.Batch, error) {
+func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, max int) (*Lease, *pebble.Batch, int64, error) {
 	lo := recordKey(shardID, r, 0)
+	var fixDue int64
 	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo[:20])})
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+		return nil, nil, 0, fmt.Errorf("%w: %v", kv.ErrStorage, err)
 	}
 	defer it.Close()
 	l := &Lease{Shard: shardID, Recipient: r, hint: hint, exhausted: true}
@@ -513,6 +565,7 @@ func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, ma
 				}
 				fix.Delete(hint, nil)
 				fix.Set(dueKey(shardID, m.Due, r, binary.BigEndian.Uint64(k[20:28])), nil, nil)
+				fixDue = m.Due.UnixNano()
 			}
 			break
 		}
@@ -521,7 +574,7 @@ func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, ma
 		l.Messages = append(l.Messages, m)
 	}
 	if err := it.Error(); err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+		return nil, nil, 0, fmt.Errorf("%w: %v", kv.ErrStorage, err)
 	}
 	if len(l.Messages) == 0 {
 		if l.exhausted {
@@ -530,9 +583,9 @@ func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, ma
 			}
 			fix.Delete(hint, nil) // recipient is empty: stale hint
 		}
-		return nil, fix, nil
+		return nil, fix, fixDue, nil
 	}
-	return l, fix, nil
+	return l, fix, fixDue, nil
 }
 
 func (q *Queue) deadLetter(b *pebble.Batch, shardID int, key, value []byte, cause error) {
@@ -632,15 +685,21 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 		}
 	}
 	b.Delete(l.hint, nil)
+	newHint := int64(-1)
 	switch {
 	case headSet:
 		b.Set(dueKey(l.Shard, headDue, l.Recipient, headSeq), nil, nil)
+		newHint = headDue.UnixNano()
 	case !l.exhausted:
 		// Messages beyond the lease exist (or may): leave a hint so they're found.
 		b.Set(dueKey(l.Shard, now, l.Recipient, l.Messages[len(l.Messages)-1].Seq), nil, nil)
+		newHint = now.UnixNano()
 	}
 	if err := q.db.Commit(b, sync); err != nil {
 		return err
+	}
+	if newHint >= 0 {
+		s.lowerTo(newHint)
 	}
 	q.depthMsgs.Add(-acked)
 	q.depthBytes.Add(-ackedBytes)
@@ -756,6 +815,9 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 	}
 	if err := q.db.Commit(b, true); err != nil {
 		return nil, err
+	}
+	for sh := range perShard {
+		q.shards[sh].lowerTo(now.UnixNano())
 	}
 	q.depthMsgs.Add(-int64(len(out)))
 	q.depthBytes.Add(-removedBytes)
