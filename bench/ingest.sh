@@ -13,7 +13,7 @@ bin=$(mktemp -d)/herald
 go build -o "$bin" ./cmd/herald
 data=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
-"$bin" serve --data "$data" --listen 127.0.0.1:$port --no-demo-business --sim-users $((N * 2)) --sim-prefix 1555 >"$data/serve.log" 2>&1 &
+"$bin" serve ${SERVE_FLAGS:-} --data "$data" --listen 127.0.0.1:$port --no-demo-business --sim-users $((N * 2)) --sim-prefix 1555 >"$data/serve.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$data/serve.log" && break; sleep 0.1; done

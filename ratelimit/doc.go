@@ -2,7 +2,10 @@
 // WhatsApp Business Platform, before anything leaves:
 //
 //   - Messaging tier (admission): unique recipients a business may start
-//     messaging per moving 24 h. Exact at the boundary: admission for one
+//     messaging per moving 24 h (for the unlimited tier nothing is tracked per
+//     recipient: there is no cap, and the lookups dominated ingest).
+//     For capped tiers:
+//     Exact at the boundary: admission for one
 //     business is serialized, and every decision is in Pebble (keyed HMACs of
 //     numbers, never the numbers) before the enqueue that follows it commits,
 //     so concurrent uploads cannot overshoot and restarts forget nothing.

@@ -223,6 +223,13 @@ func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now 
 		return codes, nil
 	}
 	limit := int64(tenant.Tiers[b.Tier])
+	if limit < 0 {
+		// Unlimited tier: there is no cap to hold exactly, so no per-recipient
+		// lookups (they dominated ingest). Admissions are counted and uploads
+		// still checked for enumeration; unique_recipients_24h is not kept.
+		l.recordAdmission(pn, now, int64(len(recipients)), 0, sequentialShare(recipients, l.pol.SequentialRun))
+		return codes, nil
+	}
 	s := l.bizState(b.ID)
 	s.mu.Lock()
 	defer s.mu.Unlock()

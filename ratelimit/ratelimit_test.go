@@ -282,9 +282,13 @@ func TestIntegrityViewHasNoNumbers(t *testing.T) {
 }
 
 func BenchmarkAdmit(b *testing.B) {
-	for _, batch := range []int{1, 256} {
-		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			f := newFixture(&testing.T{}, b.TempDir(), "unlimited")
+	for _, c := range []struct {
+		tier  string
+		batch int
+	}{{"100k", 1}, {"100k", 256}, {"unlimited", 256}} {
+		tier, batch := c.tier, c.batch
+		b.Run(fmt.Sprintf("tier=%s/batch=%d", tier, batch), func(b *testing.B) {
+			f := newFixture(&testing.T{}, b.TempDir(), tier)
 			defer f.close()
 			nums := randomNumbers(batch*64, 3)
 			b.ReportAllocs()
