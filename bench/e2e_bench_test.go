@@ -81,7 +81,7 @@ type heraldDeliverer struct {
 	eng *engine.Engine
 }
 
-func newHerald(b *testing.B, simURL string, limits bool) *heraldDeliverer {
+func newHerald(b *testing.B, simURL string) *heraldDeliverer {
 	h := &heraldDeliverer{}
 	var err error
 	h.db, err = kv.Open(kv.Options{Dir: b.TempDir()})
@@ -99,9 +99,6 @@ func newHerald(b *testing.B, simURL string, limits bool) *heraldDeliverer {
 	store, _ := signal.NewStore(h.db, sealer, 0)
 	eo := engine.Options{DB: h.db, Queue: h.q, Sessions: store, Sealer: sealer, Transport: client,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
-	if limits {
-		eo.Shaper = unlimitedShaper{}
-	}
 	eng, err = engine.New(eo)
 	if err != nil {
 		b.Fatal(err)
@@ -111,12 +108,6 @@ func newHerald(b *testing.B, simURL string, limits bool) *heraldDeliverer {
 	b.Cleanup(func() { eng.Close(); client.Close(); h.db.Close() })
 	return h
 }
-
-// unlimitedShaper stands in for ratelimit's Shape cost when comparing limits on/off
-// without a tenant store: the same two lookups and bucket math per message.
-type unlimitedShaper struct{}
-
-func (unlimitedShaper) Shape(string, string, time.Time) time.Time { return time.Time{} }
 
 func (h *heraldDeliverer) Deliver(ctx context.Context, msgs []baseline.Message) error {
 	now := time.Now()
@@ -165,7 +156,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 			var d Deliverer
 			switch impl {
 			case "herald":
-				d = newHerald(b, simURL, false)
+				d = newHerald(b, simURL)
 			case "naive":
 				db, _ := pebble.Open(b.TempDir(), &pebble.Options{Logger: quietPebble{}})
 				b.Cleanup(func() { db.Close() })
