@@ -46,7 +46,10 @@ type Message struct {
 	// Set by the queue.
 	Seq     uint64
 	Attempt int
-	size    int
+	// Sealed is Payload as stored (sealed), set on leased messages so callers
+	// can keep or rewrite it without sealing the same bytes again.
+	Sealed []byte
+	size   int
 }
 
 // Options configure a Queue. Zero values take the documented defaults.
@@ -547,7 +550,7 @@ func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, ma
 			break
 		}
 		k := it.Key()
-		m, _, err := q.decodeRecord(it.Value(), true)
+		m, sealed, err := q.decodeRecord(it.Value(), true)
 		if err != nil {
 			// Never a crash loop: move the record aside and go on.
 			if fix == nil {
@@ -571,6 +574,7 @@ func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, ma
 		}
 		m.Seq = binary.BigEndian.Uint64(k[20:28])
 		m.size = len(k) + len(it.Value())
+		m.Sealed = append([]byte(nil), sealed...)
 		l.Messages = append(l.Messages, m)
 	}
 	if err := it.Error(); err != nil {
@@ -677,7 +681,11 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 			if o.CountAttempt {
 				nm.Attempt++
 			}
-			buf = q.encodeRecord(buf[:0], &nm, q.sealer.Seal(nil, m.Payload))
+			sealed := m.Sealed
+			if sealed == nil {
+				sealed = q.sealer.Seal(nil, m.Payload)
+			}
+			buf = q.encodeRecord(buf[:0], &nm, sealed)
 			b.Set(rk, buf, nil)
 			if !headSet {
 				headDue, headSeq, headSet = nm.Due, m.Seq, true
