@@ -87,6 +87,11 @@ type Sender struct {
 		configs map[string]Config    // phone_number_id → config
 		retryAt map[string]time.Time // phone_number_id → next attempt
 		fails   map[string]int
+		// cursor: the key after the last delivered entry. Entries get their
+		// sequence from the single status writer, which commits in sequence
+		// order, so nothing can appear behind it; starting there skips the
+		// tombstones of everything already delivered.
+		cursor map[string][]byte
 	}
 	stop chan struct{}
 	done chan struct{}
@@ -120,6 +125,7 @@ func New(opts Options) (*Sender, error) {
 	s := &Sender{opts: opts, client: &fasthttp.Client{ReadTimeout: opts.Timeout, WriteTimeout: opts.Timeout},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	s.mu.configs, s.mu.retryAt, s.mu.fails = map[string]Config{}, map[string]time.Time{}, map[string]int{}
+	s.mu.cursor = map[string][]byte{}
 	s.seq.Store(uint64(time.Now().UnixNano()))
 	it, err := opts.DB.NewIter(&pebble.IterOptions{LowerBound: []byte("wH"), UpperBound: []byte("wI")})
 	if err != nil {
@@ -236,7 +242,13 @@ func (s *Sender) RunOnce(ctx context.Context) int {
 
 func (s *Sender) deliver(pn string, now time.Time) int {
 	lo := outKey(pn, 0)
-	it, err := s.opts.DB.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo[:3+len(pn)])})
+	hi := kv.PrefixEnd(lo[:3+len(pn)])
+	s.mu.Lock()
+	if c := s.mu.cursor[pn]; c != nil {
+		lo = c
+	}
+	s.mu.Unlock()
+	it, err := s.opts.DB.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return 0
 	}
@@ -297,6 +309,7 @@ func (s *Sender) deliver(pn string, now time.Time) int {
 	s.opts.DB.Commit(b, false)
 	s.mu.Lock()
 	delete(s.mu.fails, pn)
+	s.mu.cursor[pn] = append(append([]byte(nil), keys[len(keys)-1]...), 0) // just past the last delivered key
 	s.mu.Unlock()
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.WebhookPosts.WithLabelValues("ok").Inc()
