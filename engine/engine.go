@@ -10,7 +10,6 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/panjf2000/ants/v2"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
@@ -364,11 +363,4 @@ func (e *Engine) DispatchOnce(ctx context.Context, shard int) (int, error) {
 		}
 	}
 	return len(leases), nil
-}
-
-// MetricsForTest exposes the registry.
-func (e *Engine) MetricsForTest() interface {
-	Gather() ([]*dto.MetricFamily, error)
-} {
-	return e.m.Registry
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -410,7 +411,7 @@ func (e *Engine) transmit(ctx context.Context, r *run) {
 				after := time.Duration(0)
 				if errors.As(err, &re) {
 					after = re.RetryAfter
-					e.m.PlatformErrors.WithLabelValues("http_" + itoa(re.Status)).Inc()
+					e.m.PlatformErrors.WithLabelValues("http_" + strconv.Itoa(re.Status)).Inc()
 				}
 				r.retry(it, r.backoff(it, after), true, "request")
 				continue
@@ -517,16 +518,4 @@ func (e *Engine) sent(r *run, it *item) {
 	// The kept copy was written before the wire (prepareSender); from now on
 	// the retention sweeper deletes it at keep.
 	r.extra.Set(keptIndexKey(keep, it.msg.ID), nil, nil)
-}
-
-func itoa(i int) string {
-	b := make([]byte, 0, 4)
-	if i == 0 {
-		return "0"
-	}
-	for i > 0 {
-		b = append([]byte{byte('0' + i%10)}, b...)
-		i /= 10
-	}
-	return string(b)
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -65,6 +64,5 @@ func serveCmd() *cobra.Command {
 	f.IntVar(&cfg.Sim.Users, "sim-users", 1_000_000, "built-in simulator: number of users")
 	f.StringVar(&cfg.Sim.Prefix, "sim-prefix", "1555", "built-in simulator: user number prefix")
 	f.StringVar(&devices, "sim-devices", "1-3", "built-in simulator: devices per user MIN-MAX")
-	_ = strings.TrimSpace
 	return cmd
 }

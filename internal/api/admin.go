@@ -1,7 +1,6 @@
 package api
 
 import (
-	"encoding/json"
 	"errors"
 	"time"
 
@@ -169,5 +168,3 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method string, parts []string) 
 		notFound(ctx)
 	}
 }
-
-var _ = json.Marshal

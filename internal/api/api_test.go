@@ -278,8 +278,6 @@ func TestNDJSONCampaignLinesIdempotencyAndDelivery(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 	c1, b1 := do()
-	accepted := e.n.Metrics
-	_ = accepted
 	c2, b2 := do()
 	if c1 != 200 || c2 != 200 || b1 != b2 {
 		t.Fatalf("idempotent replay differs: %d %s / %d %s", c1, b1, c2, b2)

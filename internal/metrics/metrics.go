@@ -3,6 +3,8 @@
 package metrics
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -69,12 +71,12 @@ func (m *Metrics) GaugeFunc(name, help string, f func() float64) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "herald", Name: name, Help: help}, f))
 }
 
-// GaugeVecFunc registers a labelled gauge collected on scrape.
+// ShardDepth registers queue depth per shard, read on scrape.
 func (m *Metrics) ShardDepth(shards int, depth func(int) int64) {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "herald", Name: "queue_depth", Help: "Queued messages per shard."}, []string{"shard"})
 	m.Registry.MustRegister(collectorFunc(func(ch chan<- prometheus.Metric) {
 		for i := 0; i < shards; i++ {
-			g.WithLabelValues(itoa(i)).Set(float64(depth(i)))
+			g.WithLabelValues(strconv.Itoa(i)).Set(float64(depth(i)))
 		}
 		g.Collect(ch)
 	}, g))
@@ -90,15 +92,3 @@ func collectorFunc(f func(chan<- prometheus.Metric), g *prometheus.GaugeVec) pro
 }
 func (c cf) Describe(ch chan<- *prometheus.Desc) { c.g.Describe(ch) }
 func (c cf) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
-
-func itoa(i int) string {
-	if i == 0 {
-		return "0"
-	}
-	var b []byte
-	for i > 0 {
-		b = append([]byte{byte('0' + i%10)}, b...)
-		i /= 10
-	}
-	return string(b)
-}

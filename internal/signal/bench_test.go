@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"go.mau.fi/libsignal/ecc"
-	"go.mau.fi/libsignal/keys/prekey"
 	"go.mau.fi/libsignal/state/record"
 
 	"github.com/heraldhq/herald/internal/platform"
@@ -156,5 +155,3 @@ func BenchmarkSessionSerialize(b *testing.B) {
 	}
 	b.ReportMetric(float64(size), "bytes")
 }
-
-var _ = prekey.NewBundle
