@@ -55,7 +55,8 @@ type run struct {
 	outcomes []queue.Outcome
 	extra    *pebble.Batch
 	ups      []update
-	stopped  map[string]bool // sender → later messages must wait (order)
+	stopped  map[string]bool     // sender → later messages must wait (order)
+	devices  map[string][]uint32 // sender → device list prepare settled on (transmit reuses it)
 	failAll  bool
 }
 
@@ -88,7 +89,7 @@ func (r *run) backoff(it *item, retryAfter time.Duration) time.Time {
 }
 
 func (e *Engine) work(ctx context.Context, g *group, probe bool) {
-	r := &run{e: e, g: g, now: e.opts.Now(), extra: e.db.NewBatch(), stopped: map[string]bool{}}
+	r := &run{e: e, g: g, now: e.opts.Now(), extra: e.db.NewBatch(), stopped: map[string]bool{}, devices: map[string][]uint32{}}
 	// Expired, undecodable and shaped messages first.
 	for _, it := range g.items {
 		switch {
@@ -314,6 +315,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			e.store.PutTrustedIdentity(b, sender, rcpt, bd.DeviceID, built.IdentityKey)
 		}
 	}
+	r.devices[sender] = append([]uint32(nil), devs...)
 	var advanced []uint32
 	for _, d := range devs {
 		rec := sessions[d]
@@ -379,7 +381,11 @@ func (e *Engine) transmit(ctx context.Context, r *run) {
 		if it.done || r.stopped[it.p.From] || it.ob == nil {
 			continue
 		}
-		devs, _, err := e.store.Devices(it.p.From, g.lease.Recipient)
+		devs, ok := r.devices[it.p.From]
+		var err error
+		if !ok {
+			devs, _, err = e.store.Devices(it.p.From, g.lease.Recipient)
+		}
 		if err != nil || len(devs) == 0 {
 			r.retry(it, r.backoff(it, 0), true, "no_devices")
 			continue
