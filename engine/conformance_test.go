@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/testutil"
 )
 
@@ -18,7 +20,14 @@ func TestEngineInteropWithJavaScriptLibsignal(t *testing.T) {
 	script := testutil.ConformanceScript(t)
 	base, _ := testutil.StartListening(t, 3*time.Minute, script,
 		"--listen", "127.0.0.1:0", "--secret", "sekret", "--users", "1000", "--reset-rate", "0.05")
-	h := newHarness(t, harnessOpts{noSim: true, simURL: base, engine: roomForResets})
+	m := metrics.New()
+	// The JavaScript recipients decrypt on one thread; on a loaded 2-core CI
+	// machine a request can wait seconds behind others, so the client gets
+	// room (a timeout makes Herald retransmit, see below).
+	h := newHarness(t, harnessOpts{noSim: true, simURL: base, clientTO: 60 * time.Second, engine: func(o *engine.Options) {
+		roomForResets(o)
+		o.Metrics = m
+	}})
 	var users []string
 	n := 300
 	if raceEnabled {
@@ -55,9 +64,27 @@ func TestEngineInteropWithJavaScriptLibsignal(t *testing.T) {
 		InjectedResets int            `json:"injected_resets"`
 	}
 	getJSON(t, base+"/v1/stats", &stats)
-	t.Logf("conformance stats %+v", stats)
-	if stats.Decrypted != want || len(stats.Failures) != 0 || stats.Mismatches != 0 || stats.AuthMissing != 0 {
-		t.Fatalf("want %d decrypted by JavaScript libsignal with no failures; got %+v", want, stats)
+	reasons := retryReasons(t, m)
+	t.Logf("conformance stats %+v; retries by reason %v", stats, reasons)
+	// One failure is legitimate: a request whose answer Herald never saw (a
+	// timeout) held a bad_message reset, so the device dropped its session;
+	// Herald retransmits the stored PreKeySignalMessage, whose one-time prekey
+	// the device already consumed, gets bad_message and heals with a fresh
+	// session. Each lost answer can cause at most one such failure per device in
+	// it, so they are allowed only when requests were retried, and never more
+	// than the envelopes those retries could carry back.
+	failures := 0
+	for why, n := range stats.Failures {
+		if why != "decrypt:PreKeyError:Invalid PreKey ID" {
+			t.Fatalf("JavaScript libsignal failed to decrypt: %q ×%d (stats %+v)", why, n, stats)
+		}
+		failures += n
+	}
+	if failures > 0 && (reasons["request"] == 0 || failures > stats.InjectedResets) {
+		t.Fatalf("%d prekey failures without lost answers to explain them (retries %v)", failures, reasons)
+	}
+	if stats.Decrypted != want || stats.Mismatches != 0 || stats.AuthMissing != 0 {
+		t.Fatalf("want %d decrypted by JavaScript libsignal; got %+v", want, stats)
 	}
 	if stats.InjectedResets == 0 {
 		t.Fatal("no bad_message was injected: the reset path went untested")
@@ -88,4 +115,27 @@ func getJSON(t *testing.T, url string, v any) {
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// retryReasons reads herald_retries_total by reason from the engine's registry.
+func retryReasons(t *testing.T, m *metrics.Metrics) map[string]float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "herald_retries_total" {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			for _, l := range mt.GetLabel() {
+				if l.GetName() == "reason" {
+					out[l.GetValue()] += mt.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }
