@@ -210,7 +210,7 @@ func (q *Queue) recount() error {
 	lo := []byte{pfx, kRecord}
 	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
 	if err != nil {
-		return fmt.Errorf("%w: %v", kv.ErrStorage, err)
+		return fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	defer it.Close()
 	var n, bytesTotal int64
@@ -460,7 +460,7 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 	start := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(startAt))
 	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: hi})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	defer it.Close()
 
@@ -514,7 +514,7 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 		leases = append(leases, l)
 	}
 	if err := it.Error(); err != nil {
-		return leases, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+		return leases, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	if repair != nil {
 		// Hint repairs need no fsync: a lost repair is redone next time.
@@ -539,7 +539,7 @@ func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, ma
 	var fixDue int64
 	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo[:20])})
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+		return nil, nil, 0, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	defer it.Close()
 	l := &Lease{Shard: shardID, Recipient: r, hint: hint, exhausted: true}
@@ -578,7 +578,7 @@ func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, ma
 		l.Messages = append(l.Messages, m)
 	}
 	if err := it.Error(); err != nil {
-		return nil, nil, 0, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+		return nil, nil, 0, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	if len(l.Messages) == 0 {
 		if l.exhausted {
@@ -745,7 +745,7 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 	hi := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(now.UnixNano())+1)
 	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	defer it.Close()
 	b := q.db.NewBatch()
@@ -815,7 +815,7 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 	}
 	if err := it.Error(); err != nil {
 		b.Close()
-		return nil, fmt.Errorf("%w: %v", kv.ErrStorage, err)
+		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	if b.Empty() {
 		b.Close()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -58,6 +59,8 @@ func serveCmd() *cobra.Command {
 	f.IntVar(&cfg.Shards, "shards", 16, "queue shards (power of two; fixed for a data directory)")
 	f.IntVar(&cfg.Workers, "workers", 512, "engine worker pool size")
 	f.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", 8<<30, "backpressure: refuse new messages above this many queued bytes")
+	f.Int64Var(&cfg.MinFreeBytes, "min-free-disk", 256<<20, "refuse new messages (507) when the data directory's disk has fewer free bytes (-1: off)")
+	f.DurationVar(&cfg.StallTimeout, "stall-timeout", 30*time.Second, "cut off an upload that sends nothing for this long")
 	f.BoolVar(&cfg.NoLimits, "no-limits", false, "disable integrity limits (benchmarks only)")
 	f.BoolVar(&cfg.NoDemoBusiness, "no-demo-business", false, "do not create a demo business in an empty data directory")
 	f.StringVar(&level, "log-level", "warn", "log level: debug, info, warn, error")

@@ -69,6 +69,15 @@ type Options struct {
 	// MaxRejectedReported caps the rejected list in a campaign answer (the
 	// count is always exact); default 10,000.
 	MaxRejectedReported int
+	// ReadTimeout bounds reading one whole request, headers and body (a
+	// million-recipient upload takes seconds); default 5 minutes.
+	ReadTimeout time.Duration
+	// StallTimeout: a streaming upload that sends nothing for this long is cut
+	// off (slowloris); default 30 seconds.
+	StallTimeout time.Duration
+	// SpaceCheck, when set, is asked before admitting new work; an error
+	// wrapping kv.ErrLowSpace refuses it with 507 (the disk-space watermark).
+	SpaceCheck func() error
 	// Ready reports readiness beyond storage (e.g. the platform reachable).
 	Ready  func() error
 	Now    func() time.Time
@@ -117,6 +126,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = 5 * time.Minute
+	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = 30 * time.Second
+	}
 	s := &Server{opts: opts, idGen: map[string]*heraldtype.IDGen{}, idemActive: map[string]bool{}}
 	s.metrics = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(opts.Metrics.Registry, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{
@@ -124,7 +139,7 @@ func New(opts Options) (*Server, error) {
 		Name:               "herald",
 		StreamRequestBody:  true,
 		MaxRequestBodySize: 4 << 20, // prefetch; larger bodies stream
-		ReadTimeout:        5 * time.Minute,
+		ReadTimeout:        opts.ReadTimeout,
 		WriteTimeout:       time.Minute,
 		IdleTimeout:        2 * time.Minute,
 		ReadBufferSize:     16 << 10,
@@ -243,12 +258,15 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
 		fail(ctx, 413, CodeTooLarge, "OAuthException", "request body too large", fmt.Sprintf("limit %d bytes", s.opts.MaxBodyBytes))
 		return nil, false
 	}
-	var r io.Reader = bytes.NewReader(ctx.Request.Body())
-	if st := ctx.RequestBodyStream(); st != nil {
-		r = st
-	}
+	r := s.bodyReader(ctx)
 	b, err := io.ReadAll(io.LimitReader(r, int64(s.opts.MaxBodyBytes)+1))
+	if errors.Is(err, errStalled) {
+		ctx.SetConnectionClose()
+		fail(ctx, 408, CodeInvalidParam, "OAuthException", fmt.Sprintf("request body stalled: no data for %s", s.opts.StallTimeout), "nothing was accepted")
+		return nil, false
+	}
 	if err != nil {
+		ctx.SetConnectionClose()
 		badRequest(ctx, CodeInvalidParam, "could not read the request body", err.Error())
 		return nil, false
 	}
@@ -258,6 +276,40 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
 	}
 	return b, true
 }
+
+// bodyReader returns the request body; a streamed body is read with a stall
+// deadline: each read must make progress within StallTimeout (never past the
+// request's ReadTimeout), so a slow-drip client cannot hold a connection.
+func (s *Server) bodyReader(ctx *fasthttp.RequestCtx) io.Reader {
+	st := ctx.RequestBodyStream()
+	if st == nil {
+		return bytes.NewReader(ctx.Request.Body())
+	}
+	return &stallReader{r: st, conn: ctx.Conn(), stall: s.opts.StallTimeout, limit: ctx.Time().Add(s.opts.ReadTimeout)}
+}
+
+type stallReader struct {
+	r     io.Reader
+	conn  net.Conn
+	stall time.Duration
+	limit time.Time
+}
+
+func (r *stallReader) Read(p []byte) (int, error) {
+	dl := time.Now().Add(r.stall)
+	if dl.After(r.limit) {
+		dl = r.limit
+	}
+	r.conn.SetReadDeadline(dl)
+	n, err := r.r.Read(p)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		err = fmt.Errorf("%w: no data for %s", errStalled, r.stall)
+	}
+	return n, err
+}
+
+var errStalled = errors.New("api: upload stalled")
 
 func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
 	body, ok := s.readBody(ctx)
@@ -281,8 +333,20 @@ func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
 }
 
 // storageError maps enqueue/storage failures: backpressure 429, storage 503.
+// spaceOK applies the disk-space watermark before new work is admitted.
+func (s *Server) spaceOK() error {
+	if s.opts.SpaceCheck == nil {
+		return nil
+	}
+	return s.opts.SpaceCheck()
+}
+
 func (s *Server) storageError(ctx *fasthttp.RequestCtx, err error) {
 	switch {
+	case kv.NoSpace(err):
+		s.opts.Logger.Debug("api: refusing work: disk full", "err", err)
+		ctx.Response.Header.Set("Retry-After", "30")
+		fail(ctx, 507, CodeInternal, "internal", "Herald's disk is full; nothing was accepted from this request", "retry after the Retry-After delay")
 	case errors.Is(err, queue.ErrFull):
 		ctx.Response.Header.Set("Retry-After", "1")
 		fail(ctx, 429, CodeThroughput, "OAuthException", "Herald is at capacity; nothing was accepted from this request", "retry after the Retry-After delay")

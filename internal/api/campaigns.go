@@ -18,6 +18,7 @@ import (
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/queue"
 )
@@ -186,6 +187,9 @@ func (a *admitter) flush() error {
 	if len(a.tos) == 0 {
 		return nil
 	}
+	if err := a.s.spaceOK(); err != nil {
+		return err
+	}
 	now := a.s.opts.Now()
 	codes := make([]int, len(a.tos))
 	if a.s.opts.Admitter != nil {
@@ -231,6 +235,10 @@ func newCampaignID() string {
 func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
 	if b.Paused {
 		fail(ctx, 403, CodeRestricted, "OAuthException", "business is paused", "")
+		return
+	}
+	if err := s.spaceOK(); err != nil {
+		s.storageError(ctx, err)
 		return
 	}
 	idem := string(ctx.Request.Header.Peek("Idempotency-Key"))
@@ -286,6 +294,10 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 			err = werr
 		}
 	}
+	if errors.Is(err, errUploadRead) {
+		s.uploadError(ctx, err, res)
+		return
+	}
 	if err != nil {
 		if res.Accepted > 0 {
 			// Part of the upload is durably queued: say exactly how much.
@@ -306,12 +318,38 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 
 func (s *Server) storageErrorPartial(ctx *fasthttp.RequestCtx, err error, res *CampaignResult) {
 	details := fmt.Sprintf("campaign %s: the first %d recipients were accepted and will be sent; resend the rest", res.CampaignID, res.Accepted)
+	if kv.NoSpace(err) {
+		ctx.Response.Header.Set("Retry-After", "30")
+		fail(ctx, 507, CodeInternal, "internal", "Herald's disk filled up during the upload", details)
+		return
+	}
 	if errors.Is(err, queue.ErrFull) {
 		ctx.Response.Header.Set("Retry-After", "1")
 		fail(ctx, 429, CodeThroughput, "OAuthException", "Herald reached capacity during the upload", details)
 		return
 	}
 	fail(ctx, 503, CodeInternal, "internal", "storage failed during the upload", details)
+}
+
+// errUploadRead: the request body could not be read to its end (the client
+// stalled, went away, or sent a broken chunked body).
+var errUploadRead = errors.New("api: reading the upload failed")
+
+// uploadError answers an upload that broke off: 408 when it stalled, 400
+// otherwise; whole batches admitted before the break stay admitted (they are
+// durable and counted), the rest was never enqueued.
+func (s *Server) uploadError(ctx *fasthttp.RequestCtx, err error, res *CampaignResult) {
+	details := "nothing was accepted"
+	if res.Accepted > 0 {
+		details = fmt.Sprintf("campaign %s: the first %d recipients were accepted and will be sent; resend the rest", res.CampaignID, res.Accepted)
+	}
+	if errors.Is(err, errStalled) {
+		ctx.SetConnectionClose()
+		fail(ctx, 408, CodeInvalidParam, "OAuthException", fmt.Sprintf("upload stalled: no data for %s", s.opts.StallTimeout), details)
+		return
+	}
+	ctx.SetConnectionClose()
+	badRequest(ctx, CodeInvalidParam, "could not read the upload to its end: "+err.Error(), details)
 }
 
 func (s *Server) campaignJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campaign) (*reqError, error) {
@@ -345,11 +383,7 @@ var errResponded = errors.New("api: response already written")
 // and enqueueing in batches as it goes: memory stays bounded whatever the
 // number of recipients.
 func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campaign) (*reqError, error) {
-	var r io.Reader = bytes.NewReader(ctx.Request.Body())
-	if st := ctx.RequestBodyStream(); st != nil {
-		r = st
-	}
-	br := bufio.NewReaderSize(r, 64<<10)
+	br := bufio.NewReaderSize(s.bodyReader(ctx), 64<<10)
 	line := 0
 	max := s.opts.MaxLineBytes
 	readLine := func() ([]byte, bool, error) {
@@ -418,7 +452,7 @@ func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campa
 		}
 		if err != nil {
 			// The client went away or was too slow: what was admitted stays admitted.
-			return nil, fmt.Errorf("api: reading upload: %w", err)
+			return nil, fmt.Errorf("%w: %w", errUploadRead, err)
 		}
 	}
 }

@@ -125,6 +125,10 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 		fail(ctx, 403, CodeRestricted, "OAuthException", "business is paused", "")
 		return
 	}
+	if err := s.spaceOK(); err != nil {
+		s.storageError(ctx, err)
+		return
+	}
 	now := s.opts.Now()
 	if s.opts.Admitter != nil {
 		codes, err := s.opts.Admitter.Admit(b, pn, []string{to}, now)

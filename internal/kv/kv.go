@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -46,7 +47,26 @@ type DB struct {
 	failed atomic.Pointer[error]
 }
 
-type fatalPanic struct{ msg string }
+type fatalPanic struct {
+	msg   string
+	cause error // the first error among Fatalf's arguments, if any
+}
+
+func (f fatalPanic) err(what string) error {
+	if f.cause != nil {
+		return fmt.Errorf("%w: %s%s: %w", ErrStorage, what, f.msg, f.cause)
+	}
+	return fmt.Errorf("%w: %s%s", ErrStorage, what, f.msg)
+}
+
+// ErrLowSpace: free disk space is below the configured watermark; writes that
+// admit new work are refused before the disk really fills.
+var ErrLowSpace = errors.New("kv: free disk space below the watermark")
+
+// NoSpace reports whether err comes from a full disk (ENOSPC) or the low-space
+// watermark, so callers can answer "insufficient storage" rather than a
+// generic storage failure.
+func NoSpace(err error) bool { return errors.Is(err, syscall.ENOSPC) || errors.Is(err, ErrLowSpace) }
 
 type pebbleLogger struct{ l *slog.Logger }
 
@@ -57,7 +77,14 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
 }
 func (p pebbleLogger) Fatalf(format string, args ...any) {
-	panic(fatalPanic{fmt.Sprintf(format, args...)})
+	fp := fatalPanic{msg: fmt.Sprintf(format, args...)}
+	for _, a := range args {
+		if e, ok := a.(error); ok {
+			fp.cause = e
+			break
+		}
+	}
+	panic(fp)
 }
 
 // Open opens (creating if needed) the database in opts.Dir.
@@ -95,12 +122,12 @@ func Open(opts Options) (db *DB, err error) {
 			if !ok {
 				panic(r)
 			}
-			db, err = nil, fmt.Errorf("%w: open: %s", ErrStorage, fp.msg)
+			db, err = nil, fp.err("open: ")
 		}
 	}()
 	pdb, err := pebble.Open(opts.Dir, popts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: open %s: %v", ErrStorage, opts.Dir, err)
+		return nil, fmt.Errorf("%w: open %s: %w", ErrStorage, opts.Dir, err)
 	}
 	return &DB{DB: pdb}, nil
 }
@@ -118,7 +145,7 @@ func (d *DB) Commit(b *pebble.Batch, sync bool) (err error) {
 			if !ok {
 				panic(r)
 			}
-			err = fmt.Errorf("%w: %s", ErrStorage, fp.msg)
+			err = fp.err("")
 			d.failed.Store(&err)
 		}
 	}()
@@ -127,7 +154,7 @@ func (d *DB) Commit(b *pebble.Batch, sync bool) (err error) {
 		wo = pebble.Sync
 	}
 	if err := b.Commit(wo); err != nil {
-		return fmt.Errorf("%w: %v", ErrStorage, err)
+		return fmt.Errorf("%w: %w", ErrStorage, err)
 	}
 	return nil
 }

@@ -17,7 +17,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/api"
@@ -56,6 +59,18 @@ type Config struct {
 	MaxQueuedBytes int64
 	// Sim configures the embedded simulator (when PlatformURL is empty).
 	Sim sim.Options
+	// MinFreeBytes: below this much free disk space in DataDir the API refuses
+	// new messages with 507 (delivery goes on and frees space); default 256 MiB,
+	// negative disables the check.
+	MinFreeBytes int64
+	// FreeSpace reports the free bytes of DataDir's filesystem; default statfs
+	// through Pebble's vfs. Tests inject a full disk here.
+	FreeSpace func() (uint64, error)
+	// FS is the filesystem under the database; default the OS (tests wrap it
+	// in Pebble's errorfs).
+	FS vfs.FS
+	// ReadTimeout and StallTimeout of the API (see api.Options).
+	ReadTimeout, StallTimeout time.Duration
 	// NoLimits disables integrity limits (benchmarks of the bare pipeline).
 	NoLimits bool
 	// NoDemoBusiness skips creating a demo business on first start.
@@ -149,7 +164,7 @@ func New(cfg Config) (n *Node, err error) {
 	if n.AdminToken, err = adminToken(cfg); err != nil {
 		return nil, err
 	}
-	if n.db, err = kv.Open(kv.Options{Dir: filepath.Join(cfg.DataDir, "db"), Logger: cfg.Logger}); err != nil {
+	if n.db, err = kv.Open(kv.Options{Dir: filepath.Join(cfg.DataDir, "db"), Logger: cfg.Logger, FS: cfg.FS}); err != nil {
 		return nil, err
 	}
 	var eng *engine.Engine
@@ -216,7 +231,24 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	n.Engine = eng
 	ao := api.Options{DB: n.db, Queue: n.Queue, Engine: eng, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
-		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger}
+		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
+		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout}
+	if cfg.MinFreeBytes == 0 {
+		cfg.MinFreeBytes = 256 << 20
+	}
+	if cfg.MinFreeBytes > 0 {
+		free := cfg.FreeSpace
+		if free == nil {
+			dir := cfg.DataDir
+			free = func() (uint64, error) {
+				u, err := vfs.Default.GetDiskUsage(dir)
+				return u.AvailBytes, err
+			}
+		}
+		g := &spaceGuard{free: free, min: uint64(cfg.MinFreeBytes), log: cfg.Logger}
+		ao.SpaceCheck = g.check
+		n.Metrics.GaugeFunc("disk_free_bytes", "Free bytes on the data directory's filesystem (last check).", func() float64 { return float64(g.last.Load()) })
+	}
 	if n.Limits != nil {
 		ao.Admitter = n.Limits
 	}
@@ -234,6 +266,37 @@ func New(cfg Config) (n *Node, err error) {
 		}
 	}
 	return n, nil
+}
+
+// spaceGuard is the disk-space watermark: it re-reads the free space at most
+// once a second (statfs) and refuses new work below min.
+type spaceGuard struct {
+	free    func() (uint64, error)
+	min     uint64
+	log     *slog.Logger
+	checked atomic.Int64 // unix nanos of the last read
+	last    atomic.Uint64
+	low     atomic.Bool
+}
+
+func (g *spaceGuard) check() error {
+	now := time.Now().UnixNano()
+	if prev := g.checked.Load(); now-prev > int64(time.Second) && g.checked.CompareAndSwap(prev, now) {
+		b, err := g.free()
+		if err != nil {
+			g.log.Warn("node: cannot read free disk space; not enforcing the watermark", "err", err)
+			g.low.Store(false)
+		} else {
+			g.last.Store(b)
+			if low := b < g.min; low != g.low.Swap(low) {
+				g.log.Warn("node: disk-space watermark crossed", "free_bytes", b, "min_free_bytes", g.min, "refusing_new_messages", low)
+			}
+		}
+	}
+	if g.low.Load() {
+		return fmt.Errorf("%w: %d bytes free, %d required", kv.ErrLowSpace, g.last.Load(), g.min)
+	}
+	return nil
 }
 
 func randomHex(n int) string {

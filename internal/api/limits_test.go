@@ -1,0 +1,267 @@
+package api_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+
+	"github.com/heraldhq/herald/internal/node"
+	"github.com/heraldhq/herald/internal/platform/sim"
+)
+
+// rawConn dials the API for hand-written (slow) HTTP.
+func rawConn(t *testing.T, e *env) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// closedByServer waits (bounded) until the server closes c; it fails the test
+// if the server keeps the connection longer than limit.
+func closedByServer(t *testing.T, c net.Conn, limit time.Duration) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(limit))
+	got, err := io.ReadAll(c)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("server still holds the connection after %s", limit)
+	}
+	return string(got)
+}
+
+// TestSlowlorisHeadersAreCutOff: a client that drips its request line and
+// headers one byte at a time is disconnected at ReadTimeout, and the server
+// keeps serving everyone else meanwhile.
+func TestSlowlorisHeadersAreCutOff(t *testing.T) {
+	e := start(t, func(c *node.Config) { c.ReadTimeout = time.Second })
+	a := e.business("A", "15550001001", "10k")
+	c := rawConn(t, e)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req := "POST /v1/" + a.PNs[0] + "/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + a.Token + "\r\nX-Padding: " + strings.Repeat("a", 400)
+		for i := 0; i < len(req); i++ {
+			if _, err := c.Write([]byte{req[i]}); err != nil {
+				return // cut off: what we want
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	// Others are served while the drip goes on.
+	if code, out := e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("15550000001", "hi"), ""); code != 200 {
+		t.Fatalf("a normal request during the slowloris: %d %v", code, out)
+	}
+	if got := closedByServer(t, c, 15*time.Second); strings.Contains(got, " 200 ") {
+		t.Fatalf("the dripped request was served: %q", got)
+	}
+	<-done
+}
+
+// TestStalledUploadIsCutOff: an NDJSON upload that stops sending mid-way is
+// answered 408 after StallTimeout; whole batches admitted before the stall are
+// reported (and durable), the unfinished batch is not enqueued.
+func TestStalledUploadIsCutOff(t *testing.T) {
+	e := start(t, func(c *node.Config) { c.StallTimeout = 300 * time.Millisecond })
+	a := e.business("A", "15550001001", "unlimited")
+	for _, tc := range []struct {
+		name      string
+		sent      int
+		wantDepth int64
+	}{{"inside the first batch", 10, 0}, {"after one whole batch", 2048 + 7, 2048}} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.depth()
+			c := rawConn(t, e)
+			var body strings.Builder
+			body.WriteString(`{"name":"stall","template":{"body":"hi"}}` + "\n")
+			for i := 0; i < tc.sent; i++ {
+				// Scattered numbers: a consecutive run would (rightly) trip the
+				// enumeration detector and pause the number.
+				fmt.Fprintf(&body, `{"to":"1555%07d"}`+"\n", (i*7919+len(tc.name)*104729)%10_000_000)
+			}
+			chunk := body.String()
+			fmt.Fprintf(c, "POST /v1/%s/campaigns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n",
+				a.PNs[0], a.Token, len(chunk), chunk)
+			// ... and then nothing more: no further chunk, no terminating chunk.
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("no answer to a stalled upload: %v", err)
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 408 || !strings.Contains(string(raw), "upload stalled") {
+				t.Fatalf("stalled upload: %d %s", resp.StatusCode, raw)
+			}
+			if tc.wantDepth > 0 && !strings.Contains(string(raw), fmt.Sprintf("first %d recipients were accepted", tc.wantDepth)) {
+				t.Fatalf("the answer must say how much was accepted: %s", raw)
+			}
+			if tc.wantDepth == 0 {
+				if got := e.depth() - before; got != 0 {
+					t.Fatalf("enqueued %d from an unfinished batch", got)
+				}
+			} else {
+				// The engine is already delivering them: ask the campaign.
+				m := regexp.MustCompile(`campaign (cmp_[0-9a-f]+)`).FindStringSubmatch(string(raw))
+				if m == nil {
+					t.Fatalf("no campaign id in %s", raw)
+				}
+				code, out := e.do("GET", "/v1/campaigns/"+m[1], a.Token, "", "")
+				if code != 200 || out["accepted"] != float64(tc.wantDepth) {
+					t.Fatalf("campaign after the stall: %d %v", code, out)
+				}
+			}
+			closedByServer(t, c, 10*time.Second)
+		})
+	}
+	// The server is fine afterwards.
+	code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, `{"name":"ok","template":{"body":"hi"}}`+"\n"+`{"to":"15550000009"}`+"\n", "application/x-ndjson")
+	if code != 200 || out["accepted"].(float64) != 1 {
+		t.Fatalf("after stalls: %d %v", code, out)
+	}
+}
+
+// TestDiskWatermarkRefusesWith507: below the free-space watermark every
+// admitting endpoint answers 507 and enqueues nothing; delivery of what is
+// queued goes on; when space returns, admission resumes by itself.
+func TestDiskWatermarkRefusesWith507(t *testing.T) {
+	var free atomic.Uint64
+	free.Store(100 << 30)
+	e := start(t, func(c *node.Config) {
+		c.MinFreeBytes = 1 << 30
+		c.FreeSpace = func() (uint64, error) { return free.Load(), nil }
+	})
+	a := e.business("A", "15550001001", "10k")
+	msg := "/v1/" + a.PNs[0] + "/messages"
+	if code, out := e.do("POST", msg, a.Token, msgBody("15550000001", "before"), ""); code != 200 {
+		t.Fatalf("with space: %d %v", code, out)
+	}
+	free.Store(10 << 20)
+	waitCode(t, e, msg, a.Token, 507)
+	before := e.depth()
+	for _, r := range []struct{ path, body, ct string }{
+		{msg, msgBody("15550000002", "x"), ""},
+		{"/v1/" + a.PNs[0] + "/campaigns", `{"name":"c","template":{"body":"hi"},"recipients":[{"to":"15550000004"}]}`, ""},
+		{"/v1/" + a.PNs[0] + "/campaigns", `{"name":"c","template":{"body":"hi"}}` + "\n" + `{"to":"15550000005"}` + "\n", "application/x-ndjson"},
+	} {
+		code, out := e.do("POST", r.path, a.Token, r.body, r.ct)
+		if code != 507 || !strings.Contains(fmt.Sprint(out), "disk is full") {
+			t.Fatalf("%s below the watermark: %d %v", r.path, code, out)
+		}
+	}
+	e.waitDrained() // what was accepted before is still delivered
+	if d := e.depth(); d != 0 || before > 1 {
+		t.Fatalf("depth %d (before %d)", d, before)
+	}
+	free.Store(100 << 30)
+	waitCode(t, e, msg, a.Token, 200)
+}
+
+// waitCode posts a message until the answer is want (the watermark is re-read
+// at most once a second).
+func waitCode(t *testing.T, e *env, path, token string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; ; i++ {
+		code, out := e.do("POST", path, token, msgBody(fmt.Sprintf("1555000%04d", 5000+i), "probe"), "")
+		if code == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still %d %v, want %d", code, out, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestENOSPCIsRefusedAndNothingAcceptedIsLost: the disk really fills under
+// Pebble (ENOSPC injected on every write while the fault is on). The request
+// that hits it gets 507 (or 503 once the storage handle refuses all writes) and
+// is not acknowledged; after a restart with space back, every message accepted
+// before the fault ends sent or delivered, and admission works again.
+func TestENOSPCIsRefusedAndNothingAcceptedIsLost(t *testing.T) {
+	dir := t.TempDir()
+	var full atomic.Bool
+	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		switch op.Kind {
+		case errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo,
+			errorfs.OpCreate, errorfs.OpFilePreallocate, errorfs.OpReuseForWrite:
+			if full.Load() {
+				return &os.PathError{Op: "write", Path: op.Path, Err: syscall.ENOSPC}
+			}
+		}
+		return nil
+	}))
+	cfg := func(fs vfs.FS) node.Config {
+		return node.Config{DataDir: dir, Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard, FS: fs,
+			AdminToken: "admin-token-for-tests", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1}}
+	}
+	n, err := node.New(cfg(fs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, n: n, base: n.URL()}
+	a := e.business("A", "15550001001", "10k")
+	msg := "/v1/" + a.PNs[0] + "/messages"
+	var ids []string
+	for i := 0; i < 20; i++ {
+		code, out := e.do("POST", msg, a.Token, msgBody(fmt.Sprintf("155500%05d", i), "kept"), "")
+		if code != 200 {
+			t.Fatalf("before the fault: %d %v", code, out)
+		}
+		ids = append(ids, out["messages"].([]any)[0].(map[string]any)["id"].(string))
+	}
+	full.Store(true)
+	code, out := e.do("POST", msg, a.Token, msgBody("15550099999", "refused"), "")
+	if code != 507 {
+		t.Fatalf("write on a full disk: %d %v, want 507", code, out)
+	}
+	code, out = e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, `{"name":"c","template":{"body":"hi"},"recipients":[{"to":"15550000004"}]}`, "")
+	if code != 507 && code != 503 {
+		t.Fatalf("campaign on a full disk: %d %v", code, out)
+	}
+	if code, _ := e.do("GET", "/readyz", "", "", ""); code != 503 {
+		t.Fatalf("readyz after a failed write: %d, want 503 (so a supervisor restarts Herald)", code)
+	}
+	n.Close()
+	full.Store(false)
+
+	// Space is back: restart on the same directory.
+	n2, err := node.New(cfg(nil))
+	if err != nil {
+		t.Fatalf("reopen after the disk filled: %v", err)
+	}
+	t.Cleanup(func() { n2.Close() })
+	if err := n2.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e2 := &env{t: t, n: n2, base: n2.URL()}
+	e2.waitDrained()
+	for _, id := range ids {
+		code, out := e2.do("GET", "/v1/messages/"+id, a.Token, "", "")
+		if code != 200 || (out["status"] != "sent" && out["status"] != "delivered" && out["status"] != "read") {
+			t.Fatalf("message %s accepted before the disk filled: %d %v", id, code, out)
+		}
+	}
+	if code, out := e2.do("POST", msg, a.Token, msgBody("15550000100", "again"), ""); code != 200 {
+		t.Fatalf("after space returned: %d %v", code, out)
+	}
+}
