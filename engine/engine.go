@@ -81,6 +81,12 @@ type Options struct {
 	SentGrace time.Duration
 	// RetentionInterval between sweeper runs; default 1s.
 	RetentionInterval time.Duration
+	// PurgeInterval between physical purges (kv.DB.Purge: flush + full
+	// compaction), after which deleted and expired records are gone from the
+	// data directory even in sealed form; default 1h, negative: never. The
+	// guarantee "nothing readable past TTL" is then TTL + this interval for the
+	// sealed bytes (TTL + RetentionInterval for anything reachable).
+	PurgeInterval time.Duration
 	// KeyLinger is how long a bundle lookup waits to share a key query; default 5ms.
 	KeyLinger time.Duration
 	// IdlePoll: how often an idle dispatcher looks for due retries; default 50ms.
@@ -152,6 +158,9 @@ func New(opts Options) (*Engine, error) {
 	defD(&opts.BreakerCooldown, time.Second)
 	defD(&opts.SentGrace, time.Hour)
 	defD(&opts.RetentionInterval, time.Second)
+	if opts.PurgeInterval == 0 {
+		opts.PurgeInterval = time.Hour
+	}
 	defD(&opts.IdlePoll, 50*time.Millisecond)
 	defD(&opts.KeyLinger, 5*time.Millisecond)
 	if opts.Now == nil {
@@ -214,6 +223,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		defer e.wg.Done()
 		t := time.NewTicker(e.opts.RetentionInterval)
 		defer t.Stop()
+		lastPurge := time.Now()
 		for {
 			select {
 			case <-ctx.Done():
@@ -221,6 +231,12 @@ func (e *Engine) Start(ctx context.Context) error {
 			case <-t.C:
 				if _, err := e.RetentionOnce(ctx); err != nil && ctx.Err() == nil {
 					e.log.Error("engine: retention sweep failed", "err", err)
+				}
+				if e.opts.PurgeInterval > 0 && time.Since(lastPurge) >= e.opts.PurgeInterval {
+					lastPurge = time.Now()
+					if err := e.db.Purge(ctx); err != nil && ctx.Err() == nil {
+						e.log.Error("engine: purge failed", "err", err)
+					}
 				}
 			}
 		}

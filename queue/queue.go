@@ -123,7 +123,13 @@ func (s *shard) lowerTo(due int64) {
 type leaseEntry struct {
 	token   uint64
 	expires time.Time
+	// committing: Complete passed its token check and is writing; the lease
+	// can no longer be taken over or revoked, expired or not.
+	committing bool
 }
+
+// held reports whether the entry still keeps others away at now.
+func (e leaseEntry) held(now time.Time) bool { return e.committing || now.Before(e.expires) }
 
 // Lease is a recipient's run of due messages, hidden from other consumers
 // until Complete or Release, or until the lease times out.
@@ -483,7 +489,7 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 		}
 		seen[r] = struct{}{}
 		s.mu.Lock()
-		if e, ok := s.mu.leased[r]; ok && now.Before(e.expires) {
+		if e, ok := s.mu.leased[r]; ok && e.held(now) {
 			s.mu.Unlock()
 			continue
 		}
@@ -641,7 +647,10 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 		s.mu.Unlock()
 		return ErrUnknownLease
 	}
-	// Keep the recipient leased while we commit so no one leases a stale view.
+	// Keep the recipient leased while we commit so no one leases a stale view
+	// and Expire cannot delete under us, even if the lease timed out.
+	e.committing = true
+	s.mu.leased[l.Recipient] = e
 	s.mu.Unlock()
 	defer q.unlease(s, l.Recipient, l.token)
 
@@ -756,6 +765,16 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 	// time that its successor must not inherit: wake each touched recipient now
 	// (Lease moves the hint to the new head's due time if that is later).
 	woken := map[Recipient]bool{}
+	type takenKey struct {
+		sh int
+		r  Recipient
+	}
+	taken := map[takenKey]uint64{}
+	defer func() {
+		for k, token := range taken {
+			q.unlease(q.shards[k.sh], k.r, token)
+		}
+	}()
 	for it.First(); it.Valid() && len(out) < limit; it.Next() {
 		if err := ctx.Err(); err != nil {
 			break
@@ -777,12 +796,24 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 				continue
 			}
 			s := q.shards[sh]
-			s.mu.Lock()
-			e, leased := s.mu.leased[r]
-			s.mu.Unlock()
-			if leased && now.Before(e.expires) {
-				keep = append(keep, ref...)
-				continue
+			tk := takenKey{sh, r}
+			if _, mine := taken[tk]; !mine {
+				s.mu.Lock()
+				e, leased := s.mu.leased[r]
+				if leased && e.held(q.opts.Now()) { // leases run on the queue's clock
+					s.mu.Unlock()
+					keep = append(keep, ref...)
+					continue
+				}
+				// Take the recipient for the rest of this sweep (no Lease can
+				// read a record we are deleting). A timed-out lease whose holder
+				// may still be working is revoked by this: its late Complete
+				// fails (ErrUnknownLease) instead of writing back a record
+				// deleted here or counting it twice.
+				token := q.leaseToken.Add(1)
+				s.mu.leased[r] = leaseEntry{token: token, committing: true}
+				s.mu.Unlock()
+				taken[tk] = token
 			}
 			rk := recordKey(sh, r, seq)
 			v, ok, err := q.db.GetCopy(rk)

@@ -463,3 +463,41 @@ func TestConcurrentConsumersNeverSeeAckedMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestExpireRevokesATimedOutLease: a worker whose lease timed out while its
+// messages expired must not write them back (resurrecting deleted content) or
+// count them twice; a lease being completed is never expired under it.
+func TestExpireRevokesATimedOutLease(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), func(o *Options) { o.LeaseTimeout = time.Minute })
+	defer e.close()
+	ctx := context.Background()
+	now := e.clock.Now()
+	if err := e.q.Enqueue(ctx, []Message{msg("a", "1", now.Add(2*time.Minute)), msg("b", "2", now.Add(2*time.Minute))}); err != nil {
+		t.Fatal(err)
+	}
+	ls := leaseAll(t, e.q, 10)
+	if len(ls) != 2 {
+		t.Fatalf("leases: %d", len(ls))
+	}
+	// Still held: Expire leaves both alone even though they are past TTL.
+	if got, _ := e.q.Expire(ctx, now.Add(30*time.Second).Add(2*time.Minute), 10); len(got) != 0 {
+		t.Fatalf("expired under a live lease: %+v", got)
+	}
+	e.clock.Advance(5 * time.Minute) // both leases time out, both messages expire
+	got, err := e.q.Expire(ctx, e.clock.Now(), 10)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("expire after the lease timed out: %v %+v", err, got)
+	}
+	for _, l := range ls {
+		err := e.q.Complete(ctx, l, []Outcome{{Seq: l.Messages[0].Seq, RetryAt: e.clock.Now()}}, nil, true)
+		if !errors.Is(err, ErrUnknownLease) {
+			t.Fatalf("late Complete of a revoked lease: %v", err)
+		}
+	}
+	if n, _ := e.q.Depth(); n != 0 {
+		t.Fatalf("depth %d after expiring everything", n)
+	}
+	if ls := leaseAll(t, e.q, 10); len(ls) != 0 {
+		t.Fatalf("an expired message came back: %+v", ls[0].Messages)
+	}
+}

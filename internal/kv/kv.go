@@ -13,6 +13,7 @@
 package kv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -115,6 +116,10 @@ func Open(opts Options) (db *DB, err error) {
 		L0CompactionThreshold:       4,
 		L0StopWritesThreshold:       1000,
 		CompactionConcurrencyRange:  func() (int, int) { return 1, 2 },
+		// Obsolete WAL files are deleted, never kept for recycling: a recycled
+		// WAL keeps old (sealed) records past its new write offset, and expired
+		// data must leave the directory (see Purge).
+		Cleaner: deleteCleaner{},
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -155,6 +160,47 @@ func (d *DB) Commit(b *pebble.Batch, sync bool) (err error) {
 	}
 	if err := b.Commit(wo); err != nil {
 		return fmt.Errorf("%w: %w", ErrStorage, err)
+	}
+	return nil
+}
+
+// deleteCleaner deletes obsolete files (Clean comes from the shallower
+// DeleteCleaner) but carries the "needs file contents" mark of the deeper
+// ArchiveCleaner, which is what turns Pebble's WAL recycling off.
+type deleteCleaner struct {
+	pebble.DeleteCleaner
+	contentsMark
+}
+
+type contentsMark struct{ pebble.ArchiveCleaner }
+
+func (deleteCleaner) String() string { return "delete-no-recycle" }
+
+// Purge makes deletions physical: it flushes the memtable (so the WAL holding
+// deleted records becomes obsolete and is removed) and compacts the whole key
+// space (so SSTables holding deleted values are rewritten without them and
+// removed). After it returns and Pebble's cleaner has run, a deleted value is
+// gone from the directory, sealed or not. It costs a rewrite of the live data,
+// so the engine runs it on a long interval.
+func (d *DB) Purge(ctx context.Context) (err error) {
+	if e := d.failed.Load(); e != nil {
+		return *e
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			fp, ok := r.(fatalPanic)
+			if !ok {
+				panic(r)
+			}
+			err = fp.err("purge: ")
+			d.failed.Store(&err)
+		}
+	}()
+	if err := d.DB.Flush(); err != nil {
+		return fmt.Errorf("%w: purge flush: %w", ErrStorage, err)
+	}
+	if err := d.DB.Compact(ctx, []byte{0}, []byte{0xff, 0xff, 0xff, 0xff}, true); err != nil {
+		return fmt.Errorf("%w: purge compaction: %w", ErrStorage, err)
 	}
 	return nil
 }

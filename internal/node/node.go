@@ -71,6 +71,8 @@ type Config struct {
 	FS vfs.FS
 	// ReadTimeout and StallTimeout of the API (see api.Options).
 	ReadTimeout, StallTimeout time.Duration
+	// PurgeInterval between physical purges of deleted data (engine.Options).
+	PurgeInterval time.Duration
 	// NoLimits disables integrity limits (benchmarks of the bare pipeline).
 	NoLimits bool
 	// NoDemoBusiness skips creating a demo business on first start.
@@ -217,7 +219,7 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, Sealer: n.Sealer, Transport: n.client,
 		Directory: n.Tenants, Metrics: n.Metrics, Workers: cfg.Workers, Logger: cfg.Logger,
-		StatusHook: n.Webhooks.Hook, OnStatus: n.Webhooks.Notify}
+		StatusHook: n.Webhooks.Hook, OnStatus: n.Webhooks.Notify, PurgeInterval: cfg.PurgeInterval}
 	if n.Limits != nil {
 		eo.Shaper = n.Limits
 		eo.OnSignal = n.Limits.Signal
