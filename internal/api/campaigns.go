@@ -5,11 +5,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -135,7 +138,31 @@ type admitter struct {
 	tos    []string
 	inputs []string
 	bodies []string
+
+	// Idempotent uploads: every enqueue batch also records how far the upload
+	// got (same Pebble batch), so a retry after a crash or a broken connection
+	// resumes after the last durable line instead of enqueueing it twice.
+	prog    *uploadProgress // nil: no Idempotency-Key
+	progKey []byte
+	line    int // the line being added (all lines up to it are processed once added)
+	skipTo  int // lines up to this one were admitted by an earlier attempt
 }
+
+// uploadProgress is the sealed record of an idempotent upload in progress
+// (t P <business> 0 <key>).
+type uploadProgress struct {
+	CampaignID string         `json:"campaign_id"`
+	CreatedMS  int64          `json:"created_ms"`
+	Header     string         `json:"header"` // hex SHA-256 of the campaign header
+	Lines      int            `json:"lines"`  // every line up to this one is admitted or rejected
+	Result     CampaignResult `json:"result"` // the answer so far
+}
+
+func progressKey(biz, key string) []byte { return append([]byte("tP"+biz+"\x00"), key...) }
+
+// resuming reports whether line was handled by an earlier attempt of this
+// idempotent upload.
+func (a *admitter) resuming(line int) bool { return line <= a.skipTo }
 
 const admitBatch = 2048
 
@@ -218,6 +245,13 @@ func (a *admitter) flush() error {
 		batch.Close()
 		return nil
 	}
+	if a.prog != nil {
+		a.prog.Lines = a.line
+		a.prog.Result = *a.res
+		a.prog.Result.Accepted += len(msgs)
+		v, _ := json.Marshal(a.prog)
+		batch.Set(a.progKey, a.s.opts.Sealer.Seal(nil, v), nil)
+	}
 	if err := a.s.opts.Queue.EnqueueWith(a.ctx, msgs, batch); err != nil {
 		return err
 	}
@@ -271,6 +305,25 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	res := &CampaignResult{CampaignID: newCampaignID(), Rejected: []Rejection{}}
 	a := &admitter{s: s, ctx: context.Background(), b: b, pn: pn, cid: res.CampaignID, res: res}
 	camp := Campaign{ID: res.CampaignID, BusinessID: b.ID, PhoneNumberID: pn, CreatedMS: now.UnixMilli()}
+	if idem != "" {
+		a.progKey = progressKey(b.ID, idem)
+		a.prog = &uploadProgress{CampaignID: res.CampaignID, CreatedMS: camp.CreatedMS}
+		prev, err := s.loadProgress(a.progKey)
+		if err != nil {
+			s.storageError(ctx, err)
+			return
+		}
+		if prev != nil {
+			// An earlier attempt broke off: continue it.
+			a.prog, a.skipTo = prev, prev.Lines
+			*res = prev.Result
+			if res.Rejected == nil {
+				res.Rejected = []Rejection{}
+			}
+			a.cid, camp.ID, camp.CreatedMS = prev.CampaignID, prev.CampaignID, prev.CreatedMS
+			ctx.Response.Header.Set("Idempotent-Resumed-After-Line", strconv.Itoa(prev.Lines))
+		}
+	}
 	var err error
 	var e *reqError
 	if ndjson {
@@ -309,7 +362,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	}
 	body, _ := json.Marshal(res)
 	if idem != "" {
-		s.rememberIdempotent(b.ID, idem, body)
+		s.rememberIdempotent(b.ID, idem, body, a.progKey)
 	}
 	ctx.SetStatusCode(200)
 	ctx.SetContentType("application/json")
@@ -368,8 +421,15 @@ func (s *Server) campaignJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campa
 	if len(c.Recipients) > s.opts.MaxRecipients {
 		return rerr(CodeTooManyRcpts, "at most %d recipients per request", s.opts.MaxRecipients), nil
 	}
+	if e := a.checkHeader(&c.campaignHeader); e != nil {
+		return e, nil
+	}
 	a.tpl, a.ttl, camp.Name = c.Template.Body, ttl, c.Name
 	for i, r := range c.Recipients {
+		if a.resuming(i + 1) {
+			continue
+		}
+		a.line = i + 1
 		if err := a.add(i+1, r); err != nil {
 			return nil, err
 		}
@@ -429,6 +489,9 @@ func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campa
 	if e != nil {
 		return rerr(e.code, "line 1 (header): %s", e.msg), nil
 	}
+	if e := a.checkHeader(&hdr); e != nil {
+		return e, nil
+	}
 	a.tpl, a.ttl, camp.Name = hdr.Template.Body, ttl, hdr.Name
 	count := 0
 	for {
@@ -436,13 +499,19 @@ func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campa
 		line++
 		switch {
 		case tooLong:
-			a.reject(line, "", rerr(CodeTooLarge, "line longer than %d bytes", max))
+			if !a.resuming(line) {
+				a.reject(line, "", rerr(CodeTooLarge, "line longer than %d bytes", max))
+			}
 		case len(b) > 0:
 			count++
 			if count > s.opts.MaxRecipients {
 				a.reject(line, "", rerr(CodeTooManyRcpts, "at most %d recipients per request; the rest of the upload was ignored", s.opts.MaxRecipients))
 				return nil, nil
 			}
+			if a.resuming(line) {
+				break
+			}
+			a.line = line
 			if aerr := a.add(line, b); aerr != nil {
 				return nil, aerr
 			}
@@ -465,24 +534,68 @@ func (s *Server) saveCampaign(c *Campaign) error {
 }
 
 func (s *Server) idempotent(biz, key string) ([]byte, bool) {
-	v, ok, err := s.opts.DB.GetCopy(idemKey(biz, key))
-	if err != nil || !ok || len(v) < 8 {
+	raw, ok, err := s.opts.DB.GetCopy(idemKey(biz, key))
+	if err != nil || !ok {
 		return nil, false
 	}
-	at := time.UnixMilli(int64(uint64(v[0])<<56 | uint64(v[1])<<48 | uint64(v[2])<<40 | uint64(v[3])<<32 |
-		uint64(v[4])<<24 | uint64(v[5])<<16 | uint64(v[6])<<8 | uint64(v[7])))
+	v, err := s.opts.Sealer.Open(raw) // the answer lists rejected inputs: numbers
+	if err != nil || len(v) < 8 {
+		return nil, false
+	}
+	at := time.UnixMilli(int64(binary.BigEndian.Uint64(v)))
 	if s.opts.Now().Sub(at) > idemTTL {
 		return nil, false
 	}
 	return v[8:], true
 }
 
-func (s *Server) rememberIdempotent(biz, key string, body []byte) {
-	ms := uint64(s.opts.Now().UnixMilli())
-	v := []byte{byte(ms >> 56), byte(ms >> 48), byte(ms >> 40), byte(ms >> 32), byte(ms >> 24), byte(ms >> 16), byte(ms >> 8), byte(ms)}
+// rememberIdempotent stores the final answer (sealed) and drops the progress
+// record in one batch.
+func (s *Server) rememberIdempotent(biz, key string, body, progKey []byte) {
+	v := binary.BigEndian.AppendUint64(nil, uint64(s.opts.Now().UnixMilli()))
 	b := s.opts.DB.NewBatch()
-	b.Set(idemKey(biz, key), append(v, body...), nil)
-	s.opts.DB.Commit(b, true)
+	b.Set(idemKey(biz, key), s.opts.Sealer.Seal(nil, append(v, body...)), nil)
+	b.Delete(progKey, nil)
+	if err := s.opts.DB.Commit(b, true); err != nil {
+		s.opts.Logger.Warn("api: could not remember an idempotent answer; a retry will resume instead", "err", err)
+	}
+}
+
+// loadProgress returns the progress of an idempotent upload that broke off,
+// or nil.
+func (s *Server) loadProgress(k []byte) (*uploadProgress, error) {
+	raw, ok, err := s.opts.DB.GetCopy(k)
+	if err != nil || !ok {
+		return nil, err
+	}
+	v, err := s.opts.Sealer.Open(raw)
+	if err != nil {
+		return nil, err
+	}
+	var p uploadProgress
+	if err := json.Unmarshal(v, &p); err != nil {
+		return nil, fmt.Errorf("api: upload progress record corrupt: %w", err)
+	}
+	return &p, nil
+}
+
+// checkHeader binds an idempotent upload to its campaign header: a resumed
+// attempt must carry the same one.
+func (a *admitter) checkHeader(h *campaignHeader) *reqError {
+	if a.prog == nil {
+		return nil
+	}
+	hb, _ := json.Marshal(h)
+	sum := sha256.Sum256(hb)
+	hx := hex.EncodeToString(sum[:])
+	if a.prog.Header == "" {
+		a.prog.Header = hx
+		return nil
+	}
+	if a.prog.Header != hx {
+		return rerr(CodeInvalidParam, "this Idempotency-Key belongs to an upload with a different campaign header; use a new key")
+	}
+	return nil
 }
 
 func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {

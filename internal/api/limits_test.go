@@ -3,6 +3,7 @@ package api_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,10 +18,12 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"github.com/heraldhq/herald/internal/node"
 	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/testutil"
 )
 
 // rawConn dials the API for hand-written (slow) HTTP.
@@ -264,4 +267,89 @@ func TestENOSPCIsRefusedAndNothingAcceptedIsLost(t *testing.T) {
 	if code, out := e2.do("POST", msg, a.Token, msgBody("15550000100", "again"), ""); code != 200 {
 		t.Fatalf("after space returned: %d %v", code, out)
 	}
+}
+
+// TestIdempotentUploadResumesAfterABreak: an NDJSON upload with an
+// Idempotency-Key breaks off after its first batch; the retry with the same
+// key continues after the last durable line — same campaign, nothing enqueued
+// twice, counts exact — and a third try replays the answer. The stored
+// answers (which list rejected inputs) are sealed.
+func TestIdempotentUploadResumesAfterABreak(t *testing.T) {
+	var dataDir string
+	e := start(t, func(c *node.Config) { c.StallTimeout = 300 * time.Millisecond; dataDir = c.DataDir })
+	a := e.business("A", "15550001001", "unlimited")
+	header := `{"name":"resume","template":{"body":"Hi {{name}}"}}`
+	var lines []string
+	lines = append(lines, header, `{"to":"15557770001","vars":{}}`, `{"to":"12","vars":{"name":"x"}}`) // 2 rejected
+	for i := 0; i < 3000; i++ {
+		lines = append(lines, fmt.Sprintf(`{"to":"1555%07d","vars":{"name":"n%d"}}`, (i*7919+4242)%100_000, i))
+	}
+	lines = append(lines, `{"to":"1555","vars":{"name":"y"}}`) // rejected in the second attempt only
+	full := strings.Join(lines, "\n") + "\n"
+	post := func(body string) (int, http.Header, map[string]any) {
+		req, _ := http.NewRequest("POST", e.base+"/v1/"+a.PNs[0]+"/campaigns", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+a.Token)
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		req.Header.Set("Idempotency-Key", "resume-1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		var out map[string]any
+		json.Unmarshal(raw, &out)
+		return resp.StatusCode, resp.Header, out
+	}
+
+	// First attempt: 2,500 lines, then the client stalls.
+	c := rawConn(t, e)
+	part := strings.Join(lines[:2500], "\n") + "\n"
+	fmt.Fprintf(c, "POST /v1/%s/campaigns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/x-ndjson\r\nIdempotency-Key: resume-1\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n",
+		a.PNs[0], a.Token, len(part), part)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 408 {
+		t.Fatalf("first attempt: %v %v", err, resp)
+	}
+	first, _ := io.ReadAll(resp.Body)
+	firstCID := regexp.MustCompile(`cmp_[0-9a-f]+`).FindString(string(first))
+	c.Close()
+
+	// Same key, another header: refused while the first upload is unfinished.
+	if code, _, out := post(`{"name":"other","template":{"body":"Hi {{name}}"}}` + "\n" + lines[10] + "\n"); code != 400 {
+		t.Fatalf("same key, other header: %d %v", code, out)
+	}
+
+	code, hdr, out := post(full)
+	if code != 200 {
+		t.Fatalf("resumed upload: %d %v", code, out)
+	}
+	if hdr.Get("Idempotent-Resumed-After-Line") == "" {
+		t.Fatalf("the retry did not resume: %v", hdr)
+	}
+	if out["accepted"] != float64(3000) || out["rejected_count"] != float64(3) {
+		t.Fatalf("counts after resuming: %v", out)
+	}
+	cid := out["campaign_id"].(string)
+	if cid != firstCID || firstCID == "" {
+		t.Fatalf("the resumed upload is campaign %s, the broken one was %q", cid, firstCID)
+	}
+	if n := promtest.ToFloat64(e.n.Metrics.Accepted); n != 3000 {
+		t.Fatalf("Herald accepted %v messages in all for 3,000 recipients", n)
+	}
+	e.waitDrained()
+	code, camp := e.do("GET", "/v1/campaigns/"+cid, a.Token, "", "")
+	counts, _ := camp["counts"].(map[string]any)
+	if code != 200 || camp["accepted"] != float64(3000) || counts["sent"].(float64)+counts["delivered"].(float64)+counts["read"].(float64) != 3000 || counts["failed"] != float64(0) {
+		t.Fatalf("campaign after the resumed upload (a re-admitted line would count twice): %d %v", code, camp)
+	}
+	if st := e.n.Sim.Stats(); st.Duplicates != 0 {
+		t.Fatalf("simulator saw duplicates: %+v", st)
+	}
+	code2, hdr2, out2 := post(full)
+	if code2 != 200 || hdr2.Get("Idempotent-Replayed") != "true" || out2["campaign_id"] != cid {
+		t.Fatalf("replay: %d %v %v", code2, hdr2, out2)
+	}
+	e.n.Close()
+	testutil.AssertNoPlaintext(t, dataDir, "15557770001")
 }
