@@ -39,7 +39,7 @@ fuzz:
 	./scripts/fuzz.sh
 
 crash:
-	HERALD_CRASH_KILLS=$${KILLS:-50} $(GO) test -count=1 -run Crash -v ./queue/ ./engine/
+	HERALD_CRASH_KILLS=$${KILLS:-50} $(GO) test -count=1 -timeout 30m -run Crash -v ./queue/ ./engine/ ./crash/
 
 # govulncheck against a database built from the golang.org/x/vulndb module.
 check: test

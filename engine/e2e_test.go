@@ -66,6 +66,9 @@ type harnessOpts struct {
 	wrap     func(engine.Transport) engine.Transport
 	noStart  bool
 	clientTO time.Duration
+	// via, when set, puts something between the client and the simulator:
+	// it gets the simulator's URL and returns the one the client uses.
+	via func(simURL string) string
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -104,6 +107,9 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		}
 		h.sim.Start()
 		url = h.sim.URL()
+	}
+	if o.via != nil {
+		url = o.via(url)
 	}
 	to := o.clientTO
 	if to == 0 {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -33,6 +34,8 @@ type keyAnswer struct {
 	bundles *platform.UserBundles // nil: unknown user
 	err     error
 }
+
+var errKeysIncomplete = errors.New("engine: the key query answer names the user neither with bundles nor as unknown")
 
 func newKeyBatcher(t Transport, linger time.Duration) *keyBatcher {
 	k := &keyBatcher{t: t, linger: linger}
@@ -88,13 +91,23 @@ func (k *keyBatcher) flushLocked() {
 		resp, err := k.t.QueryKeys(ctx, users)
 		cancel()
 		byUser := map[string]*platform.UserBundles{}
+		unknown := map[string]bool{}
 		if err == nil {
 			for i := range resp.Users {
 				byUser[resp.Users[i].User] = &resp.Users[i]
 			}
+			for _, u := range resp.Unknown {
+				unknown[u] = true
+			}
 		}
 		for _, r := range batch {
-			r.done <- keyAnswer{bundles: byUser[r.user], err: err}
+			a := keyAnswer{bundles: byUser[r.user], err: err}
+			if err == nil && a.bundles == nil && !unknown[r.user] {
+				// Neither bundles nor "unknown": a broken answer, not a verdict
+				// (failing the message as undeliverable would be wrong).
+				a.err = errKeysIncomplete
+			}
+			r.done <- a
 		}
 	}()
 }

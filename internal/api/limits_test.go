@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
-	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/heraldhq/herald/internal/node"
 	"github.com/heraldhq/herald/internal/platform/sim"
@@ -197,6 +197,18 @@ func waitCode(t *testing.T, e *env, path, token string, want int) {
 // is not acknowledged; after a restart with space back, every message accepted
 // before the fault ends sent or delivered, and admission works again.
 func TestENOSPCIsRefusedAndNothingAcceptedIsLost(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		errno syscall.Errno
+		want  int
+	}{{"disk full", syscall.ENOSPC, 507}, {"I/O error", syscall.EIO, 503}} {
+		t.Run(tc.name, func(t *testing.T) { storageFault(t, tc.errno, tc.want) })
+	}
+}
+
+// storageFault: errno on every write under Pebble → the API answers want, then
+// after a restart without the fault nothing accepted before it is lost.
+func storageFault(t *testing.T, errno syscall.Errno, want int) {
 	dir := t.TempDir()
 	var full atomic.Bool
 	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
@@ -204,7 +216,7 @@ func TestENOSPCIsRefusedAndNothingAcceptedIsLost(t *testing.T) {
 		case errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo,
 			errorfs.OpCreate, errorfs.OpFilePreallocate, errorfs.OpReuseForWrite:
 			if full.Load() {
-				return &os.PathError{Op: "write", Path: op.Path, Err: syscall.ENOSPC}
+				return &os.PathError{Op: "write", Path: op.Path, Err: errno}
 			}
 		}
 		return nil
@@ -234,12 +246,12 @@ func TestENOSPCIsRefusedAndNothingAcceptedIsLost(t *testing.T) {
 	}
 	full.Store(true)
 	code, out := e.do("POST", msg, a.Token, msgBody("15550099999", "refused"), "")
-	if code != 507 {
-		t.Fatalf("write on a full disk: %d %v, want 507", code, out)
+	if code != want {
+		t.Fatalf("write under %v: %d %v, want %d", errno, code, out, want)
 	}
 	code, out = e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, `{"name":"c","template":{"body":"hi"},"recipients":[{"to":"15550000004"}]}`, "")
-	if code != 507 && code != 503 {
-		t.Fatalf("campaign on a full disk: %d %v", code, out)
+	if code != want && code != 503 {
+		t.Fatalf("campaign under %v: %d %v", errno, code, out)
 	}
 	if code, _ := e.do("GET", "/readyz", "", "", ""); code != 503 {
 		t.Fatalf("readyz after a failed write: %d, want 503 (so a supervisor restarts Herald)", code)

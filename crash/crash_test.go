@@ -1,0 +1,315 @@
+// Package crash holds the crash loop of real processes: `herald serve` and
+// `herald platform` as separate binaries, campaigns uploaded over HTTP, and
+// SIGKILLs steered into ingest, encryption/transmit and compaction. Run by
+// `make crash` (HERALD_CRASH_KILLS=N); skipped otherwise.
+package crash
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/testutil"
+)
+
+const (
+	secret     = "crash-platform-secret"
+	adminToken = "crash-admin-token-0123456789"
+	devices    = 2 // every simulated user has exactly two devices
+	prefix     = "1666"
+)
+
+type harness struct {
+	t       *testing.T
+	bin     string
+	dataDir string
+	addr    string // Herald's fixed address (the platform pushes events to it)
+	simURL  string
+	serve   *exec.Cmd
+	log     *os.File
+}
+
+func (h *harness) startServe() {
+	h.t.Helper()
+	cmd := exec.Command(h.bin, "serve", "--data", h.dataDir, "--listen", h.addr,
+		"--platform", h.simURL, "--platform-secret", secret, "--admin-token", adminToken,
+		"--no-demo-business", "--purge-interval", "1s", "--log-level", "error")
+	cmd.Stdout, cmd.Stderr = h.log, h.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.serve = cmd
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + h.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatal("herald serve did not become ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (h *harness) kill() {
+	syscall.Kill(-h.serve.Process.Pid, syscall.SIGKILL)
+	h.serve.Wait()
+}
+
+// api calls Herald; a transport error (Herald down) is returned, not fatal.
+func api(method, url, token, ct string, body []byte, hdr map[string]string) (int, []byte, error) {
+	req, _ := http.NewRequest(method, url, bytes.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if ct != "" {
+		req.Header.Set("Content-Type", ct)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	c := http.Client{Timeout: 60 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type simStats struct {
+	Envelopes          int64            `json:"envelopes"`
+	Decrypted          int64            `json:"decrypted"`
+	Duplicates         int64            `json:"duplicates"`
+	Mismatches         int64            `json:"mismatches"`
+	OrderingViolations int64            `json:"ordering_violations"`
+	Failures           map[string]int64 `json:"failures"`
+}
+
+func (h *harness) stats() simStats {
+	h.t.Helper()
+	_, b, err := api("GET", h.simURL+"/v1/stats", "", "", nil, nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var st simStats
+	json.Unmarshal(b, &st)
+	return st
+}
+
+// TestCrashLoopRealProcesses: uploads run the whole time with Idempotency-Keys
+// (a broken upload is retried until it answers); Herald is SIGKILLed N times
+// at moments steered into ingest, encryption/transmit and compaction, and
+// restarted. At the end: every accepted message decrypted by every device,
+// nothing failed, nothing out of order, campaign counters equal to what was
+// accepted.
+func TestCrashLoopRealProcesses(t *testing.T) {
+	kills, _ := strconv.Atoi(os.Getenv("HERALD_CRASH_KILLS"))
+	if kills <= 0 {
+		t.Skip("set HERALD_CRASH_KILLS (make crash)")
+	}
+	root := testutil.RepoRoot(t)
+	dir := t.TempDir()
+	h := &harness{t: t, bin: filepath.Join(dir, "herald"), dataDir: filepath.Join(dir, "data"), addr: freeAddr(t)}
+	build := exec.Command("go", "build", "-o", h.bin, "./cmd/herald")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	var err error
+	if h.log, err = os.Create(filepath.Join(dir, "serve.log")); err != nil {
+		t.Fatal(err)
+	}
+	h.simURL, _ = testutil.StartListening(t, 30*time.Second, h.bin, "platform", "--listen", "127.0.0.1:0",
+		"--events-url", "http://"+h.addr+"/v1/platform/events", "--secret", secret, "--prefix", prefix,
+		"--users", "1000000", "--devices", fmt.Sprintf("%d-%d", devices, devices), "--unknown-share=-1")
+	h.startServe()
+	defer func() {
+		if h.serve != nil {
+			h.kill()
+		}
+	}()
+
+	code, b, err := api("POST", "http://"+h.addr+"/admin/v1/businesses", adminToken, "application/json",
+		[]byte(`{"name":"Crash Co","phone_numbers":["15550007777"],"tier":"unlimited","mps":1000}`), nil)
+	if err != nil || code != 200 {
+		t.Fatalf("create business: %d %s %v", code, b, err)
+	}
+	var biz struct {
+		Token string   `json:"token"`
+		PNs   []string `json:"phone_number_ids"`
+	}
+	json.Unmarshal(b, &biz)
+
+	// Uploads: one after another until the killer is done, each retried with
+	// its key until it answers 200.
+	per := 1500
+	var (
+		mu        sync.Mutex
+		campaigns = map[string]int{} // campaign id → accepted
+		uploading atomic.Bool
+		stop      atomic.Bool
+		uploadErr = make(chan error, 1)
+	)
+	go func() {
+		defer close(uploadErr)
+		for n := 0; !stop.Load() || n < 2; n++ {
+			var body strings.Builder
+			fmt.Fprintf(&body, `{"name":"crash-%d","template":{"body":"Crash test %d for {{name}} ✓"},"ttl_seconds":86400}`+"\n", n, n)
+			for i := 0; i < per; i++ {
+				// Scattered user indexes: a consecutive run would trip the
+				// enumeration detector; each campaign its own users.
+				u := (n*per + i) * 7919 % 1_000_000
+				fmt.Fprintf(&body, `{"to":"%s%07d","vars":{"name":"u%d"}}`+"\n", prefix, u, u)
+			}
+			key := fmt.Sprintf("crash-upload-%d", n)
+			for attempt := 0; ; attempt++ {
+				uploading.Store(true)
+				code, b, err := api("POST", "http://"+h.addr+"/v1/"+biz.PNs[0]+"/campaigns", biz.Token, "application/x-ndjson",
+					[]byte(body.String()), map[string]string{"Idempotency-Key": key})
+				uploading.Store(false)
+				if err == nil && code == 200 {
+					var res struct {
+						ID       string `json:"campaign_id"`
+						Accepted int    `json:"accepted"`
+						Rejected int    `json:"rejected_count"`
+					}
+					json.Unmarshal(b, &res)
+					if res.Rejected != 0 {
+						uploadErr <- fmt.Errorf("campaign %d: %d lines rejected: %s", n, res.Rejected, b)
+						return
+					}
+					mu.Lock()
+					campaigns[res.ID] = res.Accepted
+					mu.Unlock()
+					break
+				}
+				if err == nil && code != 503 && code != 409 && code != 408 {
+					uploadErr <- fmt.Errorf("campaign %d attempt %d: %d %s", n, attempt, code, b)
+					return
+				}
+				if attempt > 200 {
+					uploadErr <- fmt.Errorf("campaign %d never completed: last %d %v", n, code, err)
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	}()
+
+	phases := []string{"ingest", "transmit", "compaction"}
+	survived := map[string]int{}
+	for k := 0; k < kills; k++ {
+		phase := phases[k%len(phases)]
+		switch phase {
+		case "ingest":
+			deadline := time.Now().Add(30 * time.Second)
+			for !uploading.Load() && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			time.Sleep(time.Duration(rand.IntN(15)) * time.Millisecond) // an upload of 1,500 takes tens of ms
+		case "transmit":
+			// Wait until the platform sees envelopes from this incarnation.
+			base := h.stats().Envelopes
+			deadline := time.Now().Add(30 * time.Second)
+			for h.stats().Envelopes == base && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			time.Sleep(time.Duration(rand.IntN(400)) * time.Millisecond)
+		case "compaction":
+			// --purge-interval 1s: the first purge (flush + full compaction)
+			// of this incarnation starts about a second after it started.
+			time.Sleep(time.Duration(1000+rand.IntN(300)) * time.Millisecond)
+		}
+		if phase == "ingest" && uploading.Load() {
+			phase = "ingest (upload in flight)"
+		}
+		h.kill()
+		survived[phase]++
+		h.startServe()
+	}
+	stop.Store(true)
+	if err := <-uploadErr; err != nil {
+		t.Fatal(err)
+	}
+
+	// Everything accepted must arrive.
+	mu.Lock()
+	total := 0
+	for _, n := range campaigns {
+		total += n
+	}
+	mu.Unlock()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		st := h.stats()
+		if st.Decrypted >= int64(total*devices) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d kills: %d of %d device deliveries (stats %+v)", kills, st.Decrypted, total*devices, st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	st := h.stats()
+	if st.Decrypted != int64(total*devices) || len(st.Failures) != 0 || st.Mismatches != 0 || st.OrderingViolations != 0 {
+		t.Fatalf("simulator: %+v, want exactly %d decrypted, no failures, no ordering violations", st, total*devices)
+	}
+	// Campaign counters equal what was accepted (sent or beyond, none failed).
+	for id, accepted := range campaigns {
+		var view struct {
+			Accepted int              `json:"accepted"`
+			Counts   map[string]int64 `json:"counts"`
+		}
+		deadline := time.Now().Add(time.Minute)
+		for {
+			code, b, err := api("GET", "http://"+h.addr+"/v1/campaigns/"+id, biz.Token, "", nil, nil)
+			if err != nil || code != 200 {
+				t.Fatalf("campaign %s: %d %s %v", id, code, b, err)
+			}
+			json.Unmarshal(b, &view)
+			done := view.Counts["sent"] + view.Counts["delivered"] + view.Counts["read"]
+			if done == int64(accepted) && view.Counts["queued"] == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("campaign %s: accepted %d, counters %s", id, accepted, b)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if view.Accepted != accepted || view.Counts["failed"] != 0 {
+			t.Fatalf("campaign %s: view %+v, upload answered %d", id, view, accepted)
+		}
+	}
+	fmt.Printf("crash loop (real processes): %d kills survived (%v); %d campaigns, %d messages, %d device deliveries, %d duplicates absorbed by the platform's dedupe\n",
+		kills, survived, len(campaigns), total, st.Decrypted, st.Duplicates)
+}
