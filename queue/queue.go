@@ -474,7 +474,18 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 	var repair *pebble.Batch
 	var repairDues []int64
 	seen := make(map[Recipient]struct{})
-	for it.First(); it.Valid() && len(leases) < maxRecipients; it.Next() {
+	// Phase 1: walk the due hints and mark up to maxRecipients recipients
+	// leased. Phase 2 reads their records through one iterator opened after
+	// every mark: a view taken before a mark could predate a concurrent
+	// Complete that released that recipient (Complete unleases only after its
+	// commit), and hand out records it already acked or moved.
+	type candidate struct {
+		r     Recipient
+		hint  []byte
+		token uint64
+	}
+	var cands []candidate
+	for it.First(); it.Valid() && len(cands) < maxRecipients; it.Next() {
 		if err := ctx.Err(); err != nil {
 			break
 		}
@@ -496,10 +507,32 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 		token := q.leaseToken.Add(1)
 		s.mu.leased[r] = leaseEntry{token: token, expires: now.Add(q.opts.LeaseTimeout)}
 		s.mu.Unlock()
-
-		l, fix, fixDue, err := q.collect(shardID, r, hint, now, maxPerRecipient)
+		cands = append(cands, candidate{r, hint, token})
+	}
+	if err := it.Error(); err != nil {
+		for _, c := range cands {
+			q.unlease(s, c.r, c.token)
+		}
+		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	if len(cands) == 0 {
+		return nil, nil
+	}
+	rit, err := q.db.NewIter(nil)
+	if err != nil {
+		for _, c := range cands {
+			q.unlease(s, c.r, c.token)
+		}
+		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	defer rit.Close()
+	for i, c := range cands {
+		r, hint, token := c.r, c.hint, c.token
+		l, fix, fixDue, err := q.collect(rit, shardID, r, hint, now, maxPerRecipient)
 		if err != nil {
-			q.unlease(s, r, token)
+			for _, rest := range cands[i:] {
+				q.unlease(s, rest.r, rest.token)
+			}
 			return leases, err
 		}
 		if fix != nil {
@@ -519,9 +552,6 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 		l.token = token
 		leases = append(leases, l)
 	}
-	if err := it.Error(); err != nil {
-		return leases, fmt.Errorf("%w: %w", kv.ErrStorage, err)
-	}
 	if repair != nil {
 		// Hint repairs need no fsync: a lost repair is redone next time.
 		if err := q.db.Commit(repair, false); err != nil {
@@ -534,20 +564,13 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 	return leases, nil
 }
 
-// collect reads the recipient's FIFO head run. It returns nil lease (and a
-// repair batch) when the hint is stale.
-//
-// Its iterator is opened here, after the recipient was marked leased: a view
-// taken earlier could predate a concurrent Complete that released the
-// recipient, and hand out records that Complete already acked or moved.
-func (q *Queue) collect(shardID int, r Recipient, hint []byte, now time.Time, max int) (*Lease, *pebble.Batch, int64, error) {
+// collect reads the recipient's FIFO head run through it, an iterator whose
+// view was taken after the recipient was marked leased (see Lease). It
+// returns nil lease (and a repair batch) when the hint is stale.
+func (q *Queue) collect(it *pebble.Iterator, shardID int, r Recipient, hint []byte, now time.Time, max int) (*Lease, *pebble.Batch, int64, error) {
 	lo := recordKey(shardID, r, 0)
 	var fixDue int64
-	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo[:20])})
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("%w: %w", kv.ErrStorage, err)
-	}
-	defer it.Close()
+	it.SetBounds(lo, kv.PrefixEnd(lo[:20]))
 	l := &Lease{Shard: shardID, Recipient: r, hint: hint, exhausted: true}
 	var fix *pebble.Batch
 	for it.First(); it.Valid(); it.Next() {
