@@ -4,15 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"crypto/ecdh"
 	"fmt"
+	"sync"
 
 	"go.mau.fi/libsignal/cipher"
 	"go.mau.fi/libsignal/keys/identity"
 	"go.mau.fi/libsignal/keys/prekey"
 	"go.mau.fi/libsignal/protocol"
 	"go.mau.fi/libsignal/serialize"
-	"go.mau.fi/libsignal/session"
-	"go.mau.fi/libsignal/signalerror"
 	"go.mau.fi/libsignal/state/record"
 	"go.mau.fi/libsignal/util/keyhelper"
 
@@ -31,6 +31,10 @@ type Identity struct {
 	Phone          string
 	KeyPair        *identity.KeyPair
 	RegistrationID uint32
+
+	dhOnce sync.Once // the private key parsed for crypto/ecdh (x3dh.go)
+	dh     *ecdh.PrivateKey
+	dhErr  error
 }
 
 // NewIdentity generates a fresh identity.
@@ -56,62 +60,6 @@ func NewSessionRecord() *record.Session {
 	return record.NewSession(Serializer.Session, Serializer.State)
 }
 
-// oneSession is a libsignal store holding exactly one session in memory: the
-// cipher and builder load and store it without I/O.
-type oneSession struct {
-	id          *Identity
-	rec         *record.Session
-	known       []byte // the identity key we trusted before, if any
-	strict      bool   // identity check on: refuse a changed key
-	changed     bool
-	newIdentity *identity.Key
-}
-
-func (o *oneSession) GetIdentityKeyPair() *identity.KeyPair { return o.id.KeyPair }
-func (o *oneSession) GetLocalRegistrationID() uint32        { return o.id.RegistrationID }
-func (o *oneSession) SaveIdentity(_ context.Context, _ *protocol.SignalAddress, k *identity.Key) error {
-	o.newIdentity = k
-	return nil
-}
-func (o *oneSession) IsTrustedIdentity(_ context.Context, _ *protocol.SignalAddress, k *identity.Key) (bool, error) {
-	if o.known == nil || bytes.Equal(o.known, k.Serialize()) {
-		return true, nil
-	}
-	if o.strict {
-		return false, nil
-	}
-	o.changed = true
-	return true, nil
-}
-func (o *oneSession) LoadSession(context.Context, *protocol.SignalAddress) (*record.Session, error) {
-	return o.rec, nil
-}
-func (o *oneSession) GetSubDeviceSessions(context.Context, string) ([]uint32, error) { return nil, nil }
-func (o *oneSession) StoreSession(_ context.Context, _ *protocol.SignalAddress, r *record.Session) error {
-	o.rec = r
-	return nil
-}
-func (o *oneSession) ContainsSession(context.Context, *protocol.SignalAddress) (bool, error) {
-	return o.rec != nil, nil
-}
-func (o *oneSession) DeleteSession(context.Context, *protocol.SignalAddress) error { return nil }
-func (o *oneSession) DeleteAllSessions(context.Context) error                      { return nil }
-func (o *oneSession) LoadPreKey(context.Context, uint32) (*record.PreKey, error)   { return nil, nil }
-func (o *oneSession) StorePreKey(context.Context, uint32, *record.PreKey) error    { return nil }
-func (o *oneSession) ContainsPreKey(context.Context, uint32) (bool, error)         { return false, nil }
-func (o *oneSession) RemovePreKey(context.Context, uint32) error                   { return nil }
-func (o *oneSession) LoadSignedPreKey(context.Context, uint32) (*record.SignedPreKey, error) {
-	return nil, nil
-}
-func (o *oneSession) LoadSignedPreKeys(context.Context) ([]*record.SignedPreKey, error) {
-	return nil, nil
-}
-func (o *oneSession) StoreSignedPreKey(context.Context, uint32, *record.SignedPreKey) error {
-	return nil
-}
-func (o *oneSession) ContainsSignedPreKey(context.Context, uint32) (bool, error) { return false, nil }
-func (o *oneSession) RemoveSignedPreKey(context.Context, uint32) error           { return nil }
-
 // Built is a session fresh from a bundle.
 type Built struct {
 	Record *record.Session
@@ -121,23 +69,32 @@ type Built struct {
 	IdentityChanged bool
 }
 
-// BuildSession runs X3DH from a verified bundle. known is the identity key the
-// business trusted for this device before (nil if none); with strict set, a
-// different key fails with ErrIdentityChanged.
+// BuildSession runs X3DH from a bundle verified by DecodeBundle (see
+// x3dh.go). known is the identity key the business trusted for this device
+// before (nil if none); with strict set, a different key fails with
+// ErrIdentityChanged.
 func BuildSession(ctx context.Context, id *Identity, user string, b *prekey.Bundle, known []byte, strict bool) (*Built, error) {
-	st := &oneSession{id: id, rec: NewSessionRecord(), known: known, strict: strict}
-	addr := protocol.NewSignalAddress(user, b.DeviceID())
-	builder := session.NewBuilder(st, st, st, st, addr, Serializer)
-	if err := builder.ProcessBundle(ctx, b); err != nil {
-		switch {
-		case errors.Is(err, signalerror.ErrUntrustedIdentity):
-			return nil, ErrIdentityChanged
-		case errors.Is(err, signalerror.ErrInvalidSignature):
-			return nil, fmt.Errorf("%w: %v", ErrBadBundle, err)
-		}
+	if b.SignedPreKey() == nil || b.IdentityKey() == nil {
+		return nil, fmt.Errorf("%w: no signed prekey or identity key", ErrBadBundle)
+	}
+	ik := b.IdentityKey().Serialize()
+	changed := known != nil && !bytes.Equal(known, ik)
+	if changed && strict {
+		return nil, ErrIdentityChanged
+	}
+	base, err := newEphemeral()
+	if err != nil {
+		return nil, err
+	}
+	ratchetKey, err := newEphemeral()
+	if err != nil {
+		return nil, err
+	}
+	rec, err := x3dhSession(id, b, base, ratchetKey)
+	if err != nil {
 		return nil, fmt.Errorf("signal: build session: %w", err)
 	}
-	return &Built{Record: st.rec, IdentityKey: b.IdentityKey().Serialize(), IdentityChanged: st.changed}, nil
+	return &Built{Record: rec, IdentityKey: ik, IdentityChanged: changed}, nil
 }
 
 // Ciphertext is one encrypted message for one device.
