@@ -67,4 +67,3 @@ func (o *oneSession) StoreSignedPreKey(context.Context, uint32, *record.SignedPr
 }
 func (o *oneSession) ContainsSignedPreKey(context.Context, uint32) (bool, error) { return false, nil }
 func (o *oneSession) RemoveSignedPreKey(context.Context, uint32) error           { return nil }
-

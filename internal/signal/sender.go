@@ -3,8 +3,8 @@ package signal
 import (
 	"bytes"
 	"context"
-	"errors"
 	"crypto/ecdh"
+	"errors"
 	"fmt"
 	"sync"
 
