@@ -307,6 +307,9 @@ func (e *Engine) dispatchLoop(ctx context.Context, shard int) {
 }
 
 // acquireSlots takes up to max free worker slots, waiting for at least one.
+// With fewer than slotBatch free it waits up to slotLinger for company: a
+// Lease call walks past the hints of every recipient in flight, so leasing
+// one recipient per freed slot would cost that walk per message.
 func (e *Engine) acquireSlots(ctx context.Context, max int) int {
 	select {
 	case e.slots <- struct{}{}:
@@ -314,16 +317,41 @@ func (e *Engine) acquireSlots(ctx context.Context, max int) int {
 		return 0
 	}
 	n := 1
+	var linger *time.Timer
+	defer func() {
+		if linger != nil {
+			linger.Stop()
+		}
+	}()
 	for n < max {
 		select {
 		case e.slots <- struct{}{}:
 			n++
+			continue
 		default:
+		}
+		if n >= min(max, slotBatch) || e.inflight.Load() == 0 {
+			return n
+		}
+		if linger == nil {
+			linger = time.NewTimer(slotLinger)
+		}
+		select {
+		case e.slots <- struct{}{}:
+			n++
+		case <-linger.C:
+			return n
+		case <-ctx.Done():
 			return n
 		}
 	}
 	return n
 }
+
+const (
+	slotBatch  = 16
+	slotLinger = 2 * time.Millisecond
+)
 
 func (e *Engine) releaseSlots(n int) {
 	for i := 0; i < n; i++ {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"go.mau.fi/libsignal/protocol"
+	"go.mau.fi/libsignal/serialize"
 	"go.mau.fi/libsignal/session"
 	"go.mau.fi/libsignal/state/record"
 
@@ -17,7 +18,8 @@ import (
 func libraryEncrypt(t *testing.T, id *Identity, user string, device uint32, rec *record.Session, pts [][]byte) []Ciphertext {
 	t.Helper()
 	st := &oneSession{id: id, rec: rec}
-	c := session.NewCipherFromSession(protocol.NewSignalAddress(user, device), st, st, st, Serializer.PreKeySignalMessage, Serializer.SignalMessage)
+	lib := serialize.NewProtoBufSerializer() // the library's own encoders
+	c := session.NewCipherFromSession(protocol.NewSignalAddress(user, device), st, st, st, lib.PreKeySignalMessage, lib.SignalMessage)
 	var out []Ciphertext
 	for _, pt := range pts {
 		m, err := c.Encrypt(context.Background(), pt)

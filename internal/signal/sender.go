@@ -12,7 +12,6 @@ import (
 	"go.mau.fi/libsignal/keys/identity"
 	"go.mau.fi/libsignal/keys/prekey"
 	"go.mau.fi/libsignal/protocol"
-	"go.mau.fi/libsignal/serialize"
 	"go.mau.fi/libsignal/state/record"
 	"go.mau.fi/libsignal/util/keyhelper"
 
@@ -22,9 +21,6 @@ import (
 // ErrIdentityChanged is returned when a device's identity key changed and the
 // business asked for identity checks.
 var ErrIdentityChanged = errors.New("signal: recipient identity key changed")
-
-// Serializer is the one libsignal serializer Herald uses.
-var Serializer = serialize.NewProtoBufSerializer()
 
 // Identity is a business phone number's Signal identity (sender = phone, device 1).
 type Identity struct {
