@@ -2,7 +2,7 @@
 # Integrity limits on vs off, end to end through the real server: `herald serve`
 # (built-in simulator) with and without --no-limits, a business on a capped tier
 # large enough for the campaign (so every recipient goes through exact tier
-# admission: a Pebble read and writes per recipient) and a throughput/pair-rate
+# admission: a Pebble read and writes per recipient) and a throughput (1,000 msgs/s, above the cold delivery rate)/pair-rate
 # configuration that never binds; one NDJSON campaign of N recipients uploaded
 # with `herald load`, timed from upload to the last status. Runs alternate
 # (on, off, on, off, ...) to spread the machine's noise; ROUNDS pairs.
@@ -25,7 +25,7 @@ run() { # $1: on|off
   for _ in $(seq 100); do grep -q "listening on" "$data/serve.log" && break; sleep 0.1; done
   url=http://127.0.0.1:$port
   admin=$(cat "$data/admin-token")
-  biz=$(curl -s -H "Authorization: Bearer $admin" -d '{"name":"Limits","phone_numbers":["15550177777"],"tier":"100k","mps":1000000}' $url/admin/v1/businesses)
+  biz=$(curl -s -H "Authorization: Bearer $admin" -d '{"name":"Limits","phone_numbers":["15550177777"],"tier":"100k","mps":1000}' $url/admin/v1/businesses)
   token=$(echo "$biz" | sed -E 's/.*"token":"([^"]+)".*/\1/')
   pn=$(echo "$biz" | sed -E 's/.*"phone_number_ids":\["([^"]+)".*/\1/')
   "$bin" load --url $url --token "$token" --phone-number-id "$pn" --mode campaign --recipients "$N" --users $((N * 4)) --wait 10m --json

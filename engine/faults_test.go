@@ -12,11 +12,13 @@ import (
 	"testing"
 	"time"
 
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
 
+	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/platform/sim"
 )
@@ -71,6 +73,7 @@ func TestFaultsStillDeliverExactlyOnceInOrder(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var h *harness
+			m := metrics.New()
 			tc.opts.EventsURL = eventsReceiver(t, &h)
 			tc.opts.EventInterval = 10 * time.Millisecond
 			tc.opts.DevicesMin, tc.opts.DevicesMax = 1, 3
@@ -80,7 +83,10 @@ func TestFaultsStillDeliverExactlyOnceInOrder(t *testing.T) {
 				h.sim.SetDown(true)
 				h.eng.Start(context.Background())
 			} else {
-				h = newHarness(t, harnessOpts{sim: tc.opts, engine: roomForResets})
+				h = newHarness(t, harnessOpts{sim: tc.opts, engine: func(o *engine.Options) {
+					roomForResets(o)
+					o.Metrics = m
+				}})
 			}
 			users := h.users(1000, 400)
 			if raceEnabled {
@@ -111,6 +117,9 @@ func TestFaultsStillDeliverExactlyOnceInOrder(t *testing.T) {
 				}
 			}
 			h.checkDelivered(users, 2, "camp-f")
+			if tc.opts.ReinstallRate > 0 && promtest.ToFloat64(m.IdentityChange) == 0 {
+				t.Fatal("devices reinstalled with new identity keys, but no identity_changed was recorded")
+			}
 		})
 	}
 }

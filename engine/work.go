@@ -298,6 +298,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			}
 			built, err := signal.BuildSession(ctx, id, user, pb, known, strict)
 			if errors.Is(err, signal.ErrIdentityChanged) {
+				e.m.IdentityChange.Inc()
 				for _, it := range items {
 					if !it.done {
 						r.fail(it, heraldtype.CodeIdentityChanged)
@@ -309,7 +310,11 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 				return nil, err
 			}
 			if built.IdentityChanged {
-				e.log.Info("engine: identity_changed: a recipient device has a new identity key; trusting it", "device", bd.DeviceID)
+				// The identity_changed event: counted, logged (no number), and
+				// signalled to the integrity limits like other recipient events.
+				e.m.IdentityChange.Inc()
+				e.log.Warn("engine: identity_changed: a recipient device has a new identity key; trusting it", "device", bd.DeviceID)
+				e.signal(Signal{Kind: "identity_changed", BusinessPhone: sender, PhoneNumberID: items[0].p.PhoneNumberID, At: r.now})
 			}
 			sessions[bd.DeviceID] = built.Record
 			e.store.PutTrustedIdentity(b, sender, rcpt, bd.DeviceID, built.IdentityKey)

@@ -146,6 +146,10 @@ type admitter struct {
 	progKey []byte
 	line    int // the line being added (all lines up to it are processed once added)
 	skipTo  int // lines up to this one were admitted by an earlier attempt
+
+	inflight  chan error // the enqueue batch being committed, if any
+	inflightN int        // its messages
+	failed    error      // a batch failed: nothing after it may commit
 }
 
 // uploadProgress is the sealed record of an idempotent upload in progress
@@ -214,6 +218,9 @@ func (a *admitter) flush() error {
 	if len(a.tos) == 0 {
 		return nil
 	}
+	if a.failed != nil {
+		return a.failed
+	}
 	if err := a.s.spaceOK(); err != nil {
 		return err
 	}
@@ -248,15 +255,40 @@ func (a *admitter) flush() error {
 	if a.prog != nil {
 		a.prog.Lines = a.line
 		a.prog.Result = *a.res
-		a.prog.Result.Accepted += len(msgs)
+		a.prog.Result.Accepted += a.inflightN + len(msgs)
 		v, _ := json.Marshal(a.prog)
 		batch.Set(a.progKey, a.s.opts.Sealer.Seal(nil, v), nil)
 	}
-	if err := a.s.opts.Queue.EnqueueWith(a.ctx, msgs, batch); err != nil {
+	// Batches commit in order, one at a time, each overlapping the parsing of
+	// the next (sealing and the group-committed fsync run on the other core).
+	if err := a.finish(); err != nil {
+		batch.Close()
 		return err
 	}
-	a.res.Accepted += len(msgs)
-	a.s.opts.Metrics.Accepted.Add(float64(len(msgs)))
+	done := make(chan error, 1)
+	go func() { done <- a.s.opts.Queue.EnqueueWith(a.ctx, msgs, batch) }()
+	a.inflight, a.inflightN = done, len(msgs)
+	return nil
+}
+
+// finish waits for the batch in flight and counts it; after a failed batch
+// every later flush fails the same way (nothing after it is enqueued).
+func (a *admitter) finish() error {
+	if a.failed != nil {
+		return a.failed
+	}
+	if a.inflight == nil {
+		return nil
+	}
+	err := <-a.inflight
+	n := a.inflightN
+	a.inflight, a.inflightN = nil, 0
+	if err != nil {
+		a.failed = err
+		return err
+	}
+	a.res.Accepted += n
+	a.s.opts.Metrics.Accepted.Add(float64(n))
 	return nil
 }
 
@@ -331,15 +363,18 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	} else {
 		e, err = s.campaignJSON(ctx, a, &camp)
 	}
+	if err == nil && e == nil {
+		err = a.flush()
+	}
+	if ferr := a.finish(); ferr != nil && !errors.Is(err, ferr) {
+		err = ferr // a storage failure outranks a broken upload
+	}
 	if errors.Is(err, errResponded) {
 		return
 	}
 	if e != nil {
 		badRequest(ctx, e.code, e.msg, "nothing was accepted")
 		return
-	}
-	if err == nil {
-		err = a.flush()
 	}
 	camp.Accepted, camp.Rejected, camp.UploadedMS = res.Accepted, res.RejectedCount, s.opts.Now().UnixMilli()
 	if res.Accepted > 0 || err == nil {

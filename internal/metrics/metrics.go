@@ -22,6 +22,7 @@ type Metrics struct {
 	Retries        *prometheus.CounterVec // reason
 	PlatformErrors *prometheus.CounterVec // code
 	SessionResets  prometheus.Counter
+	IdentityChange prometheus.Counter
 	Events         *prometheus.CounterVec // type
 	EncryptSeconds prometheus.Histogram
 	TransmitSecs   prometheus.Histogram
@@ -59,6 +60,7 @@ func New() *Metrics {
 		Retries:        v("retries_total", "Retransmissions scheduled, by reason.", "reason"),
 		PlatformErrors: v("platform_errors_total", "Platform errors, by code.", "code"),
 		SessionResets:  f("session_resets_total", "Signal sessions reset after bad_message or decrypt_failed."),
+		IdentityChange: f("identity_changes_total", "Recipient devices whose identity key changed (trusted, or refused with identity_check on)."),
 		Events:         v("platform_events_total", "Platform events received, by type.", "type"),
 		EncryptSeconds: h("encrypt_seconds", "Time to encrypt one recipient group (all devices, all messages)."),
 		TransmitSecs:   h("transmit_seconds", "Time for one transmit wave to come back from the platform."),
