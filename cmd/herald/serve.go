@@ -3,6 +3,9 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
@@ -22,7 +25,7 @@ func logger(level string) (*slog.Logger, error) {
 
 func serveCmd() *cobra.Command {
 	var cfg node.Config
-	var level, devices string
+	var level, devices, pprofAddr string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run Herald (embedded Pebble; the built-in platform simulator unless --platform is given)",
@@ -36,6 +39,11 @@ func serveCmd() *cobra.Command {
 			}
 			if cfg.MasterKeys == "" {
 				cfg.MasterKeys = os.Getenv("HERALD_MASTER_KEY")
+			}
+			if pprofAddr != "" {
+				if err := servePprof(pprofAddr); err != nil {
+					return err
+				}
 			}
 			n, err := node.New(cfg)
 			if err != nil {
@@ -62,6 +70,7 @@ func serveCmd() *cobra.Command {
 	f.Int64Var(&cfg.MinFreeBytes, "min-free-disk", 256<<20, "refuse new messages (507) when the data directory's disk has fewer free bytes (-1: off)")
 	f.DurationVar(&cfg.StallTimeout, "stall-timeout", 30*time.Second, "cut off an upload that sends nothing for this long")
 	f.DurationVar(&cfg.PurgeInterval, "purge-interval", time.Hour, "flush + compact the database this often so deleted and expired records leave the disk even sealed (negative: never)")
+	f.StringVar(&pprofAddr, "pprof", "", "serve Go's net/http/pprof on this loopback address (profiling; empty: off)")
 	f.BoolVar(&cfg.NoLimits, "no-limits", false, "disable integrity limits (benchmarks only)")
 	f.BoolVar(&cfg.NoDemoBusiness, "no-demo-business", false, "do not create a demo business in an empty data directory")
 	f.StringVar(&level, "log-level", "warn", "log level: debug, info, warn, error")
@@ -69,4 +78,22 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&cfg.Sim.Prefix, "sim-prefix", "1555", "built-in simulator: user number prefix")
 	f.StringVar(&devices, "sim-devices", "1-3", "built-in simulator: devices per user MIN-MAX")
 	return cmd
+}
+
+// servePprof exposes net/http/pprof on a loopback address only.
+func servePprof(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || (host != "127.0.0.1" && host != "localhost" && host != "::1") {
+		return fmt.Errorf("invalid setting pprof: must be a loopback HOST:PORT, got %q", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("invalid setting pprof: %v", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/heap", pprof.Index)
+	go http.Serve(ln, mux)
+	return nil
 }

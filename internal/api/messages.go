@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -71,16 +70,14 @@ func decodeStrict(b []byte, v any) *reqError {
 	if !utf8.Valid(b) {
 		return rerr(CodeBadBody, "request is not valid UTF-8")
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(v); err != nil {
+	// json.Unmarshal (not a Decoder per line: that allocates its buffers each
+	// time) also refuses data after the object.
+	if err := json.Unmarshal(b, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			return rerr(CodeInvalidParam, "field %q must be %s, got %s", te.Field, te.Type.String(), te.Value)
 		}
 		return rerr(CodeInvalidParam, "body is not valid JSON: %v", err)
-	}
-	if dec.More() {
-		return rerr(CodeInvalidParam, "body has data after the JSON object")
 	}
 	return nil
 }
