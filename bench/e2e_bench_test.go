@@ -167,7 +167,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 			}
 			for pass, phase := range []string{"cold", "warm"} {
 				msgs := workload(n, pass)
-				if prof := os.Getenv("HERALD_BENCH_PROFILE"); prof != "" && phase == "warm" && impl == "herald" {
+				if prof := os.Getenv("HERALD_BENCH_PROFILE"); prof != "" && phase == profilePhase() && impl == "herald" {
 					f, _ := os.Create(prof)
 					pprof.StartCPUProfile(f)
 					defer pprof.StopCPUProfile()
@@ -205,4 +205,13 @@ func simStats(b *testing.B, url string) (st struct {
 	dec := jsonDecoder(bufio.NewReader(resp.Body))
 	dec.Decode(&st)
 	return st
+}
+
+// profilePhase is the phase HERALD_BENCH_PROFILE covers: warm, or
+// HERALD_BENCH_PROFILE_PHASE=cold.
+func profilePhase() string {
+	if p := os.Getenv("HERALD_BENCH_PROFILE_PHASE"); p != "" {
+		return p
+	}
+	return "warm"
 }
