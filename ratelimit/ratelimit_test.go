@@ -328,3 +328,51 @@ func BenchmarkTier100kMemory(b *testing.B) {
 		f.close()
 	}
 }
+
+func TestFirstContactShareIsFlagged(t *testing.T) {
+	f := newFixture(t, t.TempDir(), "10k")
+	defer f.close()
+	// Only ever new recipients: nobody this number talked to before.
+	f.l.Admit(f.b, f.pn, randomNumbers(2000, 9), f.now)
+	q := f.l.quality(f.pn, f.now)
+	if q.Quality != "medium" || len(q.Flags) != 1 || q.Flags[0].Name != "first_contact_share" || q.Flags[0].Value != 1 || q.Flags[0].Threshold != 0.95 {
+		t.Fatalf("all first contacts: %+v", q)
+	}
+	// Medium restricts nothing.
+	if codes, _ := f.l.Admit(f.b, f.pn, []string{"15551112222"}, f.now); codes[0] != 0 {
+		t.Fatalf("medium quality restricted admission: %v", codes)
+	}
+}
+
+func TestTierMovesUpWhenHalfUsed(t *testing.T) {
+	f := newFixture(t, t.TempDir(), "250")
+	defer f.close()
+	// 124 unique recipients: under half of 250, no move.
+	f.l.Admit(f.b, f.pn, randomNumbers(124, 3), f.now)
+	if ch := f.l.EvaluateTiers(f.now); len(ch) != 0 {
+		t.Fatalf("moved with less than half the tier used: %v", ch)
+	}
+	f.l.Admit(f.b, f.pn, randomNumbers(130, 4), f.now)
+	ch := f.l.EvaluateTiers(f.now)
+	if b, _ := f.ten.Get(f.b.ID); len(ch) != 1 || b.Tier != "2k" {
+		t.Fatalf("half the tier used with good quality: %v, tier %s", ch, b.Tier)
+	}
+}
+
+func TestLowQualityAtTheLowestTierPauses(t *testing.T) {
+	f := newFixture(t, t.TempDir(), "250")
+	defer f.close()
+	var seq []string
+	for i := 0; i < 240; i++ {
+		seq = append(seq, fmt.Sprintf("1555%07d", 5000+i))
+	}
+	f.l.Admit(f.b, f.pn, seq, f.now)
+	ch := f.l.EvaluateTiers(f.now)
+	b, _ := f.ten.Get(f.b.ID)
+	if len(ch) != 1 || !b.Paused || b.Tier != "250" {
+		t.Fatalf("low quality at tier 250: %v, paused %v, tier %s", ch, b.Paused, b.Tier)
+	}
+	if codes, _ := f.l.Admit(b, f.pn, []string{"15559990000"}, f.now); codes[0] != CodeRestricted {
+		t.Fatalf("paused business admitted: %v", codes)
+	}
+}
