@@ -97,6 +97,24 @@ func api(method, url, token, ct string, body []byte, hdr map[string]string) (int
 	return resp.StatusCode, b, err
 }
 
+// waitPurge polls /metrics until a purge is running (true) or d passes.
+func (h *harness) waitPurge(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	c := http.Client{Timeout: time.Second}
+	for time.Now().Before(deadline) {
+		resp, err := c.Get("http://" + h.addr + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if bytes.Contains(b, []byte("\nherald_purge_running 1")) {
+				return true
+			}
+		}
+		time.Sleep(500 * time.Microsecond)
+	}
+	return false
+}
+
 func freeAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -246,9 +264,14 @@ func TestCrashLoopRealProcesses(t *testing.T) {
 			}
 			time.Sleep(time.Duration(rand.IntN(400)) * time.Millisecond)
 		case "compaction":
-			// --purge-interval 1s: the first purge (flush + full compaction)
-			// of this incarnation starts about a second after it started.
-			time.Sleep(time.Duration(1000+rand.IntN(300)) * time.Millisecond)
+			// --purge-interval 1s: a purge (flush + full compaction) starts
+			// about every second; kill while /metrics shows one running, or
+			// at a random moment around the schedule if none is caught.
+			if h.waitPurge(5 * time.Second) {
+				phase = "compaction (observed mid-purge)"
+			} else {
+				time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+			}
 		}
 		if phase == "ingest" && uploading.Load() {
 			phase = "ingest (upload in flight)"

@@ -125,6 +125,8 @@ type Engine struct {
 	closed    bool
 
 	inflight atomic.Int64
+	purging  atomic.Bool // a purge is running (see Purging)
+	purges   atomic.Int64
 }
 
 // New validates opts and builds an engine; Start runs it.
@@ -234,9 +236,12 @@ func (e *Engine) Start(ctx context.Context) error {
 				}
 				if e.opts.PurgeInterval > 0 && time.Since(lastPurge) >= e.opts.PurgeInterval {
 					lastPurge = time.Now()
+					e.purging.Store(true)
 					if err := e.db.Purge(ctx); err != nil && ctx.Err() == nil {
 						e.log.Error("engine: purge failed", "err", err)
 					}
+					e.purging.Store(false)
+					e.purges.Add(1)
 				}
 			}
 		}
@@ -271,6 +276,10 @@ func (e *Engine) BreakerOpen() bool { return e.breaker.open() }
 
 // InFlight is the number of recipient groups being worked on.
 func (e *Engine) InFlight() int64 { return e.inflight.Load() }
+
+// Purging reports whether a purge (flush + full compaction) is running, and
+// how many have completed.
+func (e *Engine) Purging() (running bool, done int64) { return e.purging.Load(), e.purges.Load() }
 
 func (e *Engine) dispatchLoop(ctx context.Context, shard int) {
 	idle := time.NewTimer(e.opts.IdlePoll)

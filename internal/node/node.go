@@ -232,6 +232,13 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	n.Engine = eng
+	n.Metrics.GaugeFunc("purge_running", "1 while a purge (flush + full compaction) runs.", func() float64 {
+		if running, _ := eng.Purging(); running {
+			return 1
+		}
+		return 0
+	})
+	n.Metrics.GaugeFunc("purges_completed", "Purges completed since start.", func() float64 { _, done := eng.Purging(); return float64(done) })
 	ao := api.Options{DB: n.db, Queue: n.Queue, Engine: eng, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
 		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout}
