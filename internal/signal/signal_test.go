@@ -201,3 +201,52 @@ func TestStorePersistsSealedSessionsAndIdentity(t *testing.T) {
 		t.Fatalf("reloaded session does not continue the ratchet: %v", err)
 	}
 }
+
+// TestDeviceListCache: device lists are cached like sessions — the worker
+// sees what it wrote; Forget (after a failed commit) falls back to Pebble;
+// callers cannot scribble on the cache.
+func TestDeviceListCache(t *testing.T) {
+	st, db := newStore(t, t.TempDir())
+	defer db.Close()
+	r := Recipient{7}
+	get := func() ([]uint32, bool) {
+		t.Helper()
+		d, ok, err := st.Devices("biz", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d, ok
+	}
+	if _, ok := get(); ok {
+		t.Fatal("a list before any was written")
+	}
+	b := db.NewBatch()
+	st.PutDevices(b, "biz", r, []uint32{1, 2})
+	db.Commit(b, false)
+	st.Forget("biz", r, nil) // next read from Pebble
+	if d, ok := get(); !ok || fmt.Sprint(d) != "[1 2]" {
+		t.Fatalf("after commit: %v %v", d, ok)
+	}
+	d, _ := get() // from the cache now; the caller may scribble on it
+	d[0] = 99
+	if d, _ := get(); fmt.Sprint(d) != "[1 2]" {
+		t.Fatalf("the cache shares its slice: %v", d)
+	}
+	// A write whose batch fails: the worker's view until Forget, then Pebble's.
+	b = db.NewBatch()
+	st.PutDevices(b, "biz", r, []uint32{3})
+	if d, _ := get(); fmt.Sprint(d) != "[3]" {
+		t.Fatalf("the writer does not see its own list: %v", d)
+	}
+	b.Close()
+	st.Forget("biz", r, nil)
+	if d, _ := get(); fmt.Sprint(d) != "[1 2]" {
+		t.Fatalf("after a failed batch and Forget: %v", d)
+	}
+	b = db.NewBatch()
+	st.ForgetDevices(b, "biz", r)
+	db.Commit(b, false)
+	if d, ok := get(); ok {
+		t.Fatalf("forgotten list still served: %v", d)
+	}
+}

@@ -26,6 +26,11 @@ type Store struct {
 	db     *kv.DB
 	sealer *seal.Sealer
 	cache  *lru.Cache[string, *record.Session]
+	// devs caches device lists like cache does sessions: written through
+	// when a list is written into a batch (the worker's own view, as with
+	// sessions), dropped by Forget when that batch fails to commit. One
+	// worker per recipient at a time (the queue lease) owns both.
+	devs *lru.Cache[string, []uint32]
 
 	idMu sync.Mutex
 	ids  map[string]*Identity
@@ -40,7 +45,11 @@ func NewStore(db *kv.DB, sealer *seal.Sealer, cacheSessions int) (*Store, error)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, sealer: sealer, cache: c, ids: map[string]*Identity{}}, nil
+	d, err := lru.New[string, []uint32](cacheSessions)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: db, sealer: sealer, cache: c, devs: d, ids: map[string]*Identity{}}, nil
 }
 
 func key(kind byte, biz string, r *Recipient, device uint32) []byte {
@@ -148,12 +157,17 @@ func (s *Store) Forget(biz string, r Recipient, devices []uint32) {
 	for _, d := range devices {
 		s.cache.Remove(cacheKey(biz, r, d))
 	}
+	s.devs.Remove(string(key('V', biz, &r, 0)))
 }
 
 // Devices returns the recipient's known device ids for this business, or
 // ok=false when the devices were never queried.
 func (s *Store) Devices(biz string, r Recipient) (devs []uint32, ok bool, err error) {
-	v, ok, err := s.db.GetCopy(key('V', biz, &r, 0))
+	k := key('V', biz, &r, 0)
+	if d, hit := s.devs.Get(string(k)); hit {
+		return append([]uint32(nil), d...), true, nil
+	}
+	v, ok, err := s.db.GetCopy(k)
 	if err != nil || !ok {
 		return nil, false, err
 	}
@@ -163,11 +177,13 @@ func (s *Store) Devices(biz string, r Recipient) (devs []uint32, ok bool, err er
 	for i := 0; i < len(v); i += 4 {
 		devs = append(devs, binary.BigEndian.Uint32(v[i:]))
 	}
+	s.devs.Add(string(k), append([]uint32(nil), devs...))
 	return devs, true, nil
 }
 
 // PutDevices records the recipient's device ids in b.
 func (s *Store) PutDevices(b *pebble.Batch, biz string, r Recipient, devs []uint32) {
+	s.devs.Add(string(key('V', biz, &r, 0)), append([]uint32(nil), devs...))
 	v := make([]byte, 0, 4*len(devs))
 	for _, d := range devs {
 		v = binary.BigEndian.AppendUint32(v, d)
@@ -192,6 +208,7 @@ func (s *Store) PutTrustedIdentity(b *pebble.Batch, biz string, r Recipient, dev
 // ForgetRecipient deletes everything kept about a recipient for a business
 // (sessions, identities, devices): used by retention once nothing is pending.
 func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
+	s.devs.Remove(string(key('V', biz, &r, 0)))
 	for _, kind := range []byte{'S', 'K', 'V'} {
 		lo := key(kind, biz, &r, 0)
 		b.DeleteRange(lo, kv.PrefixEnd(lo), nil)
@@ -204,5 +221,6 @@ func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
 // ForgetDevices deletes the recipient's device list in b, so the next attempt
 // re-queries the platform (stale_devices).
 func (s *Store) ForgetDevices(b *pebble.Batch, biz string, r Recipient) {
+	s.devs.Remove(string(key('V', biz, &r, 0)))
 	b.Delete(key('V', biz, &r, 0), nil)
 }
