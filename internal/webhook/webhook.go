@@ -67,7 +67,7 @@ type Options struct {
 	Sealer  *seal.Sealer
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
-	// BatchSize statuses per POST; default 100.
+	// BatchSize statuses per POST; default 1000.
 	BatchSize int
 	// BackoffBase/Cap for a failing endpoint; default 1s / 5m.
 	BackoffBase, BackoffCap time.Duration
@@ -108,7 +108,7 @@ func outKey(pn string, seq uint64) []byte {
 // New loads webhook configurations.
 func New(opts Options) (*Sender, error) {
 	if opts.BatchSize == 0 {
-		opts.BatchSize = 100
+		opts.BatchSize = 1000
 	}
 	if opts.BackoffBase == 0 {
 		opts.BackoffBase = time.Second
