@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"strconv"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	gojson "github.com/goccy/go-json"
 	"go.mau.fi/libsignal/state/record"
 
 	"github.com/heraldhq/herald/heraldtype"
@@ -337,7 +337,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			if st.accepted || st.typ != "" {
 				continue
 			}
-			pt, _ := json.Marshal(platform.Plaintext{ID: it.msg.ID, From: sender, TS: it.p.TS, Type: "text",
+			pt, _ := gojson.Marshal(platform.Plaintext{ID: it.msg.ID, From: sender, TS: it.p.TS, Type: "text",
 				Text: &platform.TextBody{Body: it.p.Body}})
 			pts = append(pts, pt)
 			targets = append(targets, st)

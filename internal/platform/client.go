@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/valyala/fasthttp"
 )
 
@@ -151,7 +152,7 @@ func (c *Client) QueryKeys(ctx context.Context, users []string) (*KeysResponse, 
 	all := &KeysResponse{}
 	for len(users) > 0 {
 		n := min(len(users), 1000)
-		body, _ := json.Marshal(KeysQuery{Users: users[:n]})
+		body, _ := gojson.Marshal(KeysQuery{Users: users[:n]})
 		var r KeysResponse
 		if err := c.do(ctx, "/v1/keys/query", body, &r); err != nil {
 			return nil, err
@@ -167,7 +168,7 @@ func (c *Client) QueryKeys(ctx context.Context, users []string) (*KeysResponse, 
 // in envelope order. A result missing from the answer is reported as a
 // retryable "unavailable" so nothing is silently taken as delivered.
 func (c *Client) SendNow(ctx context.Context, envs []Envelope) ([]Result, error) {
-	body, _ := json.Marshal(MessagesRequest{Envelopes: envs})
+	body, _ := gojson.Marshal(MessagesRequest{Envelopes: envs}) // answers are decoded with encoding/json (outside bytes)
 	var r MessagesResponse
 	if err := c.do(ctx, "/v1/messages", body, &r); err != nil {
 		return nil, err

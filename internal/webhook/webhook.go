@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	gojson "github.com/goccy/go-json"
 	"github.com/valyala/fasthttp"
 
 	"github.com/heraldhq/herald/engine"
@@ -138,7 +139,7 @@ func New(opts Options) (*Sender, error) {
 			return nil, fmt.Errorf("webhook: config unreadable: %w", err)
 		}
 		var c Config
-		json.Unmarshal(plain, &c)
+		gojson.Unmarshal(plain, &c)
 		s.mu.configs[string(it.Key()[2:])] = c
 	}
 	return s, nil
@@ -149,7 +150,7 @@ func (s *Sender) Set(pn string, c Config) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	v, _ := json.Marshal(c)
+	v, _ := gojson.Marshal(c)
 	b := s.opts.DB.NewBatch()
 	b.Set(cfgKey(pn), s.opts.Sealer.Seal(nil, v), nil)
 	if err := s.opts.DB.Commit(b, true); err != nil {
@@ -173,7 +174,7 @@ func (s *Sender) Hook(b *pebble.Batch, changes []engine.StatusChange) {
 		}
 		e := Entry{ID: c.MessageID, Status: c.Status, Timestamp: strconv.FormatInt(c.TS, 10), RecipientID: c.Recipient,
 			BusinessID: c.BusinessID, Code: c.Code}
-		v, _ := json.Marshal(struct {
+		v, _ := gojson.Marshal(struct {
 			Entry
 			B string `json:"b"`
 		}{e, c.BusinessID})
@@ -265,7 +266,7 @@ func (s *Sender) deliver(pn string, now time.Time) int {
 			Entry
 			B string `json:"b"`
 		}
-		json.Unmarshal(plain, &e)
+		gojson.Unmarshal(plain, &e)
 		e.Entry.BusinessID = e.B
 		biz = e.B
 		entries = append(entries, e.Entry)
@@ -345,7 +346,7 @@ func Payload(businessID, phoneNumberID string, entries []Entry) []byte {
 		}
 		sts = append(sts, st)
 	}
-	body, _ := json.Marshal(map[string]any{
+	body, _ := gojson.Marshal(map[string]any{
 		"object": "whatsapp_business_account",
 		"entry": []any{map[string]any{"id": businessID, "changes": []any{map[string]any{
 			"field": "messages",
