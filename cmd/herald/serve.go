@@ -26,6 +26,7 @@ func logger(level string) (*slog.Logger, error) {
 func serveCmd() *cobra.Command {
 	var cfg node.Config
 	var level, devices, pprofAddr string
+	var restartDelay time.Duration
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run Herald (embedded Pebble; the built-in platform simulator unless --platform is given)",
@@ -45,15 +46,8 @@ func serveCmd() *cobra.Command {
 					return err
 				}
 			}
-			n, err := node.New(cfg)
-			if err != nil {
-				return err
-			}
-			defer n.Close()
-			if err := n.Start(cmd.Context()); err != nil {
-				return err
-			}
-			err = n.Wait(cmd.Context())
+			// A storage failure restarts the node in process (see node.Supervise).
+			err = node.Supervise(cmd.Context(), cfg, restartDelay, nil)
 			fmt.Fprintln(os.Stderr, "herald: stopping")
 			return err
 		},
@@ -70,6 +64,7 @@ func serveCmd() *cobra.Command {
 	f.Int64Var(&cfg.MinFreeBytes, "min-free-disk", 256<<20, "refuse new messages (507) when the data directory's disk has fewer free bytes (-1: off)")
 	f.DurationVar(&cfg.StallTimeout, "stall-timeout", 30*time.Second, "cut off an upload that sends nothing for this long")
 	f.DurationVar(&cfg.PurgeInterval, "purge-interval", time.Hour, "flush + compact the database this often so deleted and expired records leave the disk even sealed (negative: never)")
+	f.DurationVar(&restartDelay, "restart-delay", 5*time.Second, "after a storage failure, reopen the data directory in process this often until it succeeds")
 	f.StringVar(&pprofAddr, "pprof", "", "serve Go's net/http/pprof on this loopback address (profiling; empty: off)")
 	f.BoolVar(&cfg.NoLimits, "no-limits", false, "disable integrity limits (benchmarks only)")
 	f.BoolVar(&cfg.NoDemoBusiness, "no-demo-business", false, "do not create a demo business in an empty data directory")

@@ -368,3 +368,89 @@ func TestIdempotentUploadResumesAfterABreak(t *testing.T) {
 	e.n.Close()
 	testutil.AssertNoPlaintext(t, dataDir, "15557770001")
 }
+
+// TestStorageFaultRecoversInProcess: under node.Supervise (what `herald
+// serve` runs), a failed write poisons the storage handle; once the fault
+// clears the node is reopened in process on the same data directory, nothing
+// acknowledged is lost, and admission works again — no outside restart.
+func TestStorageFaultRecoversInProcess(t *testing.T) {
+	dir := t.TempDir()
+	var broken atomic.Bool
+	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		switch op.Kind {
+		case errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo,
+			errorfs.OpCreate, errorfs.OpFilePreallocate, errorfs.OpReuseForWrite:
+			if broken.Load() {
+				return &os.PathError{Op: "write", Path: op.Path, Err: syscall.EIO}
+			}
+		}
+		return nil
+	}))
+	cfg := node.Config{DataDir: dir, Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard, FS: fs,
+		AdminToken: "admin-token-for-tests", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var cur atomic.Pointer[node.Node]
+	var starts atomic.Int32
+	done := make(chan error, 1)
+	go func() {
+		done <- node.Supervise(ctx, cfg, 50*time.Millisecond, func(n *node.Node) { cur.Store(n); starts.Add(1) })
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Supervise: %v", err)
+		}
+	}()
+	env := func() *env {
+		deadline := time.Now().Add(20 * time.Second)
+		for cur.Load() == nil {
+			if time.Now().After(deadline) {
+				t.Fatal("node did not start")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		n := cur.Load()
+		return &env{t: t, n: n, base: n.URL()}
+	}
+	e := env()
+	a := e.business("A", "15550001001", "10k")
+	msg := "/v1/" + a.PNs[0] + "/messages"
+	var ids []string
+	for i := 0; i < 10; i++ {
+		code, out := e.do("POST", msg, a.Token, msgBody(fmt.Sprintf("155500%05d", i), "kept"), "")
+		if code != 200 {
+			t.Fatalf("before the fault: %d %v", code, out)
+		}
+		ids = append(ids, out["messages"].([]any)[0].(map[string]any)["id"].(string))
+	}
+	broken.Store(true)
+	if code, out := e.do("POST", msg, a.Token, msgBody("15550099999", "refused"), ""); code != 503 {
+		t.Fatalf("write under EIO: %d %v, want 503", code, out)
+	}
+	broken.Store(false) // the fault clears
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if starts.Load() >= 2 {
+			e2 := env()
+			if code, _ := e2.do("GET", "/readyz", "", "", ""); code == 200 {
+				e = e2
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not back after the fault cleared (starts %d)", starts.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, out := e.do("POST", msg, a.Token, msgBody("15550000100", "again"), ""); code != 200 {
+		t.Fatalf("after recovery: %d %v", code, out)
+	}
+	e.waitDrained()
+	for _, id := range ids {
+		code, out := e.do("GET", "/v1/messages/"+id, a.Token, "", "")
+		if code != 200 || (out["status"] != "sent" && out["status"] != "delivered" && out["status"] != "read") {
+			t.Fatalf("message %s accepted before the fault: %d %v", id, code, out)
+		}
+	}
+}

@@ -130,7 +130,7 @@ func New(cfg Config) (n *Node, err error) {
 		cfg.Out = os.Stdout
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		cfg.Logger = defaultLogger()
 	}
 	if cfg.Shards < 1 || cfg.Shards > 4096 || cfg.Shards&(cfg.Shards-1) != 0 {
 		return nil, &ConfigError{"shards", "must be a power of two between 1 and 4096"}
@@ -306,6 +306,10 @@ func (g *spaceGuard) check() error {
 		return fmt.Errorf("%w: %d bytes free, %d required", kv.ErrLowSpace, g.last.Load(), g.min)
 	}
 	return nil
+}
+
+func defaultLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 func randomHex(n int) string {
