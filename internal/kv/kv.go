@@ -144,16 +144,7 @@ func (d *DB) Commit(b *pebble.Batch, sync bool) (err error) {
 	if e := d.failed.Load(); e != nil {
 		return *e
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			fp, ok := r.(fatalPanic)
-			if !ok {
-				panic(r)
-			}
-			err = fp.err("")
-			d.failed.Store(&err)
-		}
-	}()
+	defer d.recoverFatal("", &err)
 	wo := pebble.NoSync
 	if sync {
 		wo = pebble.Sync
@@ -162,6 +153,22 @@ func (d *DB) Commit(b *pebble.Batch, sync bool) (err error) {
 		return fmt.Errorf("%w: %w", ErrStorage, err)
 	}
 	return nil
+}
+
+// recoverFatal, deferred, turns Pebble's Fatalf panic into *err (ErrStorage
+// with its cause) and poisons the handle: Pebble's state after a failed WAL
+// write or fsync is undefined, so nothing may be written through it again.
+func (d *DB) recoverFatal(what string, err *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	fp, ok := r.(fatalPanic)
+	if !ok {
+		panic(r)
+	}
+	*err = fp.err(what)
+	d.failed.Store(err)
 }
 
 // deleteCleaner deletes obsolete files (Clean comes from the shallower
@@ -186,16 +193,7 @@ func (d *DB) Purge(ctx context.Context) (err error) {
 	if e := d.failed.Load(); e != nil {
 		return *e
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			fp, ok := r.(fatalPanic)
-			if !ok {
-				panic(r)
-			}
-			err = fp.err("purge: ")
-			d.failed.Store(&err)
-		}
-	}()
+	defer d.recoverFatal("purge: ", &err)
 	if err := d.DB.Flush(); err != nil {
 		return fmt.Errorf("%w: purge flush: %w", ErrStorage, err)
 	}
