@@ -88,7 +88,6 @@ func servePprof(addr string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/heap", pprof.Index)
 	go http.Serve(ln, mux)
 	return nil
 }

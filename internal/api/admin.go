@@ -11,13 +11,8 @@ import (
 )
 
 func (s *Server) putWebhook(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
-	raw, ok := s.readBody(ctx)
-	if !ok {
-		return
-	}
 	var c webhook.Config
-	if e := decodeStrict(raw, &c); e != nil {
-		badRequest(ctx, e.code, e.msg, "")
+	if !s.readJSON(ctx, &c) {
 		return
 	}
 	if err := s.opts.Webhooks.Set(pn, c); err != nil {
@@ -85,13 +80,8 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method string, parts []string) 
 	}
 	switch {
 	case len(parts) == 1 && parts[0] == "businesses" && method == "POST":
-		raw, ok := s.readBody(ctx)
-		if !ok {
-			return
-		}
 		var req newBusiness
-		if e := decodeStrict(raw, &req); e != nil {
-			badRequest(ctx, e.code, e.msg, "")
+		if !s.readJSON(ctx, &req) {
 			return
 		}
 		b, tt, err := s.opts.Tenants.NewBusiness(req.Name, req.PhoneNumbers, req.Tier, req.MPS, req.IdentityCheck)
@@ -118,13 +108,8 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method string, parts []string) 
 		}
 		writeJSON(ctx, 200, businessView(b))
 	case len(parts) == 2 && parts[0] == "businesses" && method == "PATCH":
-		raw, ok := s.readBody(ctx)
-		if !ok {
-			return
-		}
 		var req patchBusiness
-		if e := decodeStrict(raw, &req); e != nil {
-			badRequest(ctx, e.code, e.msg, "")
+		if !s.readJSON(ctx, &req) {
 			return
 		}
 		b, err := s.opts.Tenants.Update(parts[1], req.Tier, req.MPS, req.Paused)
@@ -147,15 +132,10 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method string, parts []string) 
 		}
 		writeJSON(ctx, 200, map[string]any{"revoked": parts[3], "at": time.Now().UTC().Format(time.RFC3339)})
 	case len(parts) == 3 && parts[0] == "businesses" && parts[2] == "phone_numbers" && method == "POST":
-		raw, ok := s.readBody(ctx)
-		if !ok {
-			return
-		}
 		var req struct {
 			PhoneNumber string `json:"phone_number"`
 		}
-		if e := decodeStrict(raw, &req); e != nil {
-			badRequest(ctx, e.code, e.msg, "")
+		if !s.readJSON(ctx, &req) {
 			return
 		}
 		pn, err := s.opts.Tenants.AddPhoneNumber(parts[1], req.PhoneNumber)

@@ -277,6 +277,20 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx) ([]byte, bool) {
 	return b, true
 }
 
+// readJSON reads the (non-streaming) body and decodes it into v; on any
+// failure it has answered (400/408/413) and returns false.
+func (s *Server) readJSON(ctx *fasthttp.RequestCtx, v any) bool {
+	raw, ok := s.readBody(ctx)
+	if !ok {
+		return false
+	}
+	if e := decodeStrict(raw, v); e != nil {
+		badRequest(ctx, e.code, e.msg, "")
+		return false
+	}
+	return true
+}
+
 // bodyReader returns the request body; a streamed body is read with a stall
 // deadline: each read must make progress within StallTimeout (never past the
 // request's ReadTimeout), so a slow-drip client cannot hold a connection.
@@ -332,7 +346,6 @@ func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
 	writeJSON(ctx, 200, map[string]int{"received": len(evs.Events)})
 }
 
-// storageError maps enqueue/storage failures: backpressure 429, storage 503.
 // spaceOK applies the disk-space watermark before new work is admitted.
 func (s *Server) spaceOK() error {
 	if s.opts.SpaceCheck == nil {
@@ -341,6 +354,8 @@ func (s *Server) spaceOK() error {
 	return s.opts.SpaceCheck()
 }
 
+// storageError maps enqueue/storage failures: disk full 507, backpressure
+// 429, storage 503.
 func (s *Server) storageError(ctx *fasthttp.RequestCtx, err error) {
 	switch {
 	case kv.NoSpace(err):

@@ -144,7 +144,7 @@ type admitter struct {
 	// resumes after the last durable line instead of enqueueing it twice.
 	prog    *uploadProgress // nil: no Idempotency-Key
 	progKey []byte
-	line    int // the line being added (all lines up to it are processed once added)
+	line    int // the last line read (every line up to it is admitted, rejected or pending)
 	skipTo  int // lines up to this one were admitted by an earlier attempt
 
 	inflight  chan error // the enqueue batch being committed, if any
@@ -404,8 +404,16 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	ctx.SetBody(body)
 }
 
+// partialDetails says how much of a broken-off upload was accepted.
+func partialDetails(res *CampaignResult) string {
+	if res.Accepted == 0 {
+		return "nothing was accepted"
+	}
+	return fmt.Sprintf("campaign %s: the first %d recipients were accepted and will be sent; resend the rest", res.CampaignID, res.Accepted)
+}
+
 func (s *Server) storageErrorPartial(ctx *fasthttp.RequestCtx, err error, res *CampaignResult) {
-	details := fmt.Sprintf("campaign %s: the first %d recipients were accepted and will be sent; resend the rest", res.CampaignID, res.Accepted)
+	details := partialDetails(res)
 	if kv.NoSpace(err) {
 		ctx.Response.Header.Set("Retry-After", "30")
 		fail(ctx, 507, CodeInternal, "internal", "Herald's disk filled up during the upload", details)
@@ -427,17 +435,12 @@ var errUploadRead = errors.New("api: reading the upload failed")
 // otherwise; whole batches admitted before the break stay admitted (they are
 // durable and counted), the rest was never enqueued.
 func (s *Server) uploadError(ctx *fasthttp.RequestCtx, err error, res *CampaignResult) {
-	details := "nothing was accepted"
-	if res.Accepted > 0 {
-		details = fmt.Sprintf("campaign %s: the first %d recipients were accepted and will be sent; resend the rest", res.CampaignID, res.Accepted)
-	}
+	ctx.SetConnectionClose()
 	if errors.Is(err, errStalled) {
-		ctx.SetConnectionClose()
-		fail(ctx, 408, CodeInvalidParam, "OAuthException", fmt.Sprintf("upload stalled: no data for %s", s.opts.StallTimeout), details)
+		fail(ctx, 408, CodeInvalidParam, "OAuthException", fmt.Sprintf("upload stalled: no data for %s", s.opts.StallTimeout), partialDetails(res))
 		return
 	}
-	ctx.SetConnectionClose()
-	badRequest(ctx, CodeInvalidParam, "could not read the upload to its end: "+err.Error(), details)
+	badRequest(ctx, CodeInvalidParam, "could not read the upload to its end: "+err.Error(), partialDetails(res))
 }
 
 func (s *Server) campaignJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campaign) (*reqError, error) {
@@ -461,11 +464,11 @@ func (s *Server) campaignJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campa
 	}
 	a.tpl, a.ttl, camp.Name = c.Template.Body, ttl, c.Name
 	for i, r := range c.Recipients {
-		if a.resuming(i + 1) {
+		a.line = i + 1
+		if a.resuming(a.line) {
 			continue
 		}
-		a.line = i + 1
-		if err := a.add(i+1, r); err != nil {
+		if err := a.add(a.line, r); err != nil {
 			return nil, err
 		}
 	}
@@ -532,6 +535,7 @@ func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campa
 	for {
 		b, tooLong, err := readLine()
 		line++
+		a.line = line
 		switch {
 		case tooLong:
 			if !a.resuming(line) {
@@ -546,7 +550,6 @@ func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campa
 			if a.resuming(line) {
 				break
 			}
-			a.line = line
 			if aerr := a.add(line, b); aerr != nil {
 				return nil, aerr
 			}

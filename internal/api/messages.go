@@ -83,13 +83,8 @@ func decodeStrict(b []byte, v any) *reqError {
 }
 
 func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
-	raw, ok := s.readBody(ctx)
-	if !ok {
-		return
-	}
 	var req sendRequest
-	if e := decodeStrict(raw, &req); e != nil {
-		badRequest(ctx, e.code, e.msg, "")
+	if !s.readJSON(ctx, &req) {
 		return
 	}
 	if req.MessagingProduct != "whatsapp" {
