@@ -35,8 +35,7 @@ type business struct {
 
 func start(t *testing.T, tweak ...func(*node.Config)) *env {
 	t.Helper()
-	cfg := node.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard,
-		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1}}
+	cfg := testConfig(t.TempDir())
 	for _, f := range tweak {
 		f(&cfg)
 	}
@@ -49,6 +48,13 @@ func start(t *testing.T, tweak ...func(*node.Config)) *env {
 	}
 	t.Cleanup(func() { n.Close() })
 	return &env{t: t, n: n, base: n.URL()}
+}
+
+// testConfig is a node on loopback with the built-in simulator (100,000
+// users of prefix 1555, 1-2 devices, all registered).
+func testConfig(dir string) node.Config {
+	return node.Config{DataDir: dir, Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard,
+		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1}}
 }
 
 func (e *env) do(method, path, token, body, ct string) (int, map[string]any) {

@@ -22,7 +22,6 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/heraldhq/herald/internal/node"
-	"github.com/heraldhq/herald/internal/platform/sim"
 	"github.com/heraldhq/herald/internal/testutil"
 )
 
@@ -211,20 +210,11 @@ func TestENOSPCIsRefusedAndNothingAcceptedIsLost(t *testing.T) {
 func storageFault(t *testing.T, errno syscall.Errno, want int) {
 	dir := t.TempDir()
 	var full atomic.Bool
-	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		switch op.Kind {
-		case errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo,
-			errorfs.OpCreate, errorfs.OpFilePreallocate, errorfs.OpReuseForWrite:
-			if full.Load() {
-				return &os.PathError{Op: "write", Path: op.Path, Err: errno}
-			}
-		}
-		return nil
-	}))
+	fs := faultyFS(&full, errno)
 	cfg := func(fs vfs.FS) node.Config {
-		return node.Config{DataDir: dir, Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard, FS: fs,
-			AdminToken: "admin-token-for-tests", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1}}
+		c := testConfig(dir)
+		c.FS, c.Logger = fs, slog.New(slog.NewTextHandler(io.Discard, nil))
+		return c
 	}
 	n, err := node.New(cfg(fs))
 	if err != nil {
@@ -376,19 +366,8 @@ func TestIdempotentUploadResumesAfterABreak(t *testing.T) {
 func TestStorageFaultRecoversInProcess(t *testing.T) {
 	dir := t.TempDir()
 	var broken atomic.Bool
-	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		switch op.Kind {
-		case errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo,
-			errorfs.OpCreate, errorfs.OpFilePreallocate, errorfs.OpReuseForWrite:
-			if broken.Load() {
-				return &os.PathError{Op: "write", Path: op.Path, Err: syscall.EIO}
-			}
-		}
-		return nil
-	}))
-	cfg := node.Config{DataDir: dir, Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard, FS: fs,
-		AdminToken: "admin-token-for-tests", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1}}
+	cfg := testConfig(dir)
+	cfg.FS, cfg.Logger = faultyFS(&broken, syscall.EIO), slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	var cur atomic.Pointer[node.Node]
 	var starts atomic.Int32
@@ -453,4 +432,19 @@ func TestStorageFaultRecoversInProcess(t *testing.T) {
 			t.Fatalf("message %s accepted before the fault: %d %v", id, code, out)
 		}
 	}
+}
+
+// faultyFS fails every write, sync and file creation under Pebble with errno
+// while on is set.
+func faultyFS(on *atomic.Bool, errno syscall.Errno) vfs.FS {
+	return errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op) error {
+		switch op.Kind {
+		case errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo,
+			errorfs.OpCreate, errorfs.OpFilePreallocate, errorfs.OpReuseForWrite:
+			if on.Load() {
+				return &os.PathError{Op: "write", Path: op.Path, Err: errno}
+			}
+		}
+		return nil
+	}))
 }
