@@ -13,24 +13,15 @@ N=${1:-20000}
 ROUNDS=${2:-2}
 out=bench/results
 mkdir -p "$out"
-bin=$(mktemp -d)/herald
-go build -o "$bin" ./cmd/herald
+. bench/lib.sh
+build_herald
 run() { # $1: on|off
-  local data port pid url admin biz token pn flags=""
+  local flags=""
   [ "$1" = off ] && flags="--no-limits"
-  data=$(mktemp -d)
-  port=$((20000 + RANDOM % 20000))
-  "$bin" serve $flags --data "$data" --listen 127.0.0.1:$port --no-demo-business --sim-users $((N * 4)) --sim-prefix 1555 >"$data/serve.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do grep -q "listening on" "$data/serve.log" && break; sleep 0.1; done
-  url=http://127.0.0.1:$port
-  admin=$(cat "$data/admin-token")
-  biz=$(curl -s -H "Authorization: Bearer $admin" -d '{"name":"Limits","phone_numbers":["15550177777"],"tier":"100k","mps":1000}' $url/admin/v1/businesses)
-  token=$(echo "$biz" | sed -E 's/.*"token":"([^"]+)".*/\1/')
-  pn=$(echo "$biz" | sed -E 's/.*"phone_number_ids":\["([^"]+)".*/\1/')
-  "$bin" load --url $url --token "$token" --phone-number-id "$pn" --mode campaign --recipients "$N" --users $((N * 4)) --wait 10m --json
-  kill $pid; wait $pid 2>/dev/null || true
-  rm -rf "$data"
+  start_serve $flags --sim-users $((N * 4)) --sim-prefix 1555
+  create_business Limits 100k 1000
+  "$bin" load --url "$url" --token "$token" --phone-number-id "$pn" --mode campaign --recipients "$N" --users $((N * 4)) --wait 10m --json
+  stop_serve
 }
 echo "[" >"$out/limits.json"
 for r in $(seq "$ROUNDS"); do
