@@ -296,7 +296,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			if err != nil {
 				return nil, err
 			}
-			built, err := signal.BuildSession(ctx, id, user, pb, known, strict)
+			built, err := signal.BuildSession(id, pb, known, strict)
 			if errors.Is(err, signal.ErrIdentityChanged) {
 				e.m.IdentityChange.Inc()
 				for _, it := range items {
@@ -345,7 +345,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		if len(pts) == 0 {
 			continue
 		}
-		cts, err := signal.EncryptBatch(ctx, id, user, d, rec, pts)
+		cts, err := signal.EncryptBatch(rec, pts)
 		if err != nil {
 			return advanced, err
 		}

@@ -90,7 +90,7 @@ func (n *NaiveEngine) one(ctx context.Context, m Message) error {
 			if err != nil {
 				return err
 			}
-			cts, err := signal.EncryptBatch(ctx, n.ID, m.To, d.DeviceID, rec, [][]byte{pt})
+			cts, err := signal.EncryptBatch(rec, [][]byte{pt})
 			if err != nil {
 				return err
 			}
@@ -156,7 +156,7 @@ func (n *NaiveEngine) load(user string, dev uint32, bundle platform.DeviceBundle
 	if err != nil {
 		return nil, err
 	}
-	built, err := signal.BuildSession(context.Background(), n.ID, user, b, nil, false)
+	built, err := signal.BuildSession(n.ID, b, nil, false)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,6 @@
 package signal
 
 import (
-	"context"
 	"crypto/ecdh"
 	"crypto/rand"
 	"fmt"
@@ -55,7 +54,6 @@ func BenchmarkX25519(b *testing.B) {
 // reported also as a fraction of the crypto ceiling (7 X25519 + 1 XEdDSA
 // verify at this machine's rate, measured in the same run).
 func BenchmarkColdSend(b *testing.B) {
-	ctx := context.Background()
 	id, _ := NewIdentity("15550001111")
 	var wires []platform.DeviceBundle
 	for i := 0; i < 64; i++ {
@@ -72,11 +70,11 @@ func BenchmarkColdSend(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		built, err := BuildSession(ctx, id, "1555", bd, nil, false)
+		built, err := BuildSession(id, bd, nil, false)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := EncryptBatch(ctx, id, "1555", 1, built.Record, [][]byte{pt}); err != nil {
+		if _, err := EncryptBatch(built.Record, [][]byte{pt}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -94,14 +92,13 @@ func BenchmarkWarmEncrypt(b *testing.B) {
 	for _, cache := range []string{"hot", "cold"} {
 		for _, batch := range []int{1, 8} {
 			b.Run(fmt.Sprintf("cache=%s/messages=%d", cache, batch), func(b *testing.B) {
-				ctx := context.Background()
 				st, db := newStore(b, b.TempDir())
 				defer db.Close()
 				id, _ := st.Identity("15550001111")
 				dev, _ := NewDevice(1, 10)
 				wire := dev.Bundle()
 				bd, _ := DecodeBundle("1555", wire)
-				built, _ := BuildSession(ctx, id, "1555", bd, nil, false)
+				built, _ := BuildSession(id, bd, nil, false)
 				r := Recipient{9}
 				wb := db.NewBatch()
 				st.PutSession(wb, id.Phone, r, 1, built.Record)
@@ -120,7 +117,7 @@ func BenchmarkWarmEncrypt(b *testing.B) {
 					if err != nil || rec == nil {
 						b.Fatal(err)
 					}
-					if _, err := EncryptBatch(ctx, id, "1555", 1, rec, pts); err != nil {
+					if _, err := EncryptBatch(rec, pts); err != nil {
 						b.Fatal(err)
 					}
 					// Stored for real: sealed into a batch committed to Pebble
@@ -136,12 +133,11 @@ func BenchmarkWarmEncrypt(b *testing.B) {
 }
 
 func BenchmarkSessionSerialize(b *testing.B) {
-	ctx := context.Background()
 	id, _ := NewIdentity("15550001111")
 	dev, _ := NewDevice(1, 10)
 	bd, _ := DecodeBundle("1555", dev.Bundle())
-	built, _ := BuildSession(ctx, id, "1555", bd, nil, false)
-	EncryptBatch(ctx, id, "1555", 1, built.Record, [][]byte{[]byte("x")})
+	built, _ := BuildSession(id, bd, nil, false)
+	EncryptBatch(built.Record, [][]byte{[]byte("x")})
 	b.ReportAllocs()
 	var size int
 	for i := 0; i < b.N; i++ {

@@ -53,7 +53,7 @@ func TestInteropWithJavaScriptLibsignal(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			built, err := signal.BuildSession(ctx, id, u.User, b, nil, false)
+			built, err := signal.BuildSession(id, b, nil, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -73,7 +73,7 @@ func TestInteropWithJavaScriptLibsignal(t *testing.T) {
 			pts = append(pts, pt)
 			envs = append(envs, platform.Envelope{ID: msgID, From: id.Phone, To: d.user, DeviceID: d.id})
 		}
-		cts, err := signal.EncryptBatch(ctx, id, d.user, d.id, sessions[d].Record, pts)
+		cts, err := signal.EncryptBatch(sessions[d].Record, pts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,7 +108,7 @@ func TestInteropWithJavaScriptLibsignal(t *testing.T) {
 			for _, bd := range k.Users[0].Devices {
 				if bd.DeviceID == d.id {
 					b, _ := signal.DecodeBundle(d.user, bd)
-					sessions[d], err = signal.BuildSession(ctx, id, d.user, b, sessions[d].IdentityKey, false)
+					sessions[d], err = signal.BuildSession(id, b, sessions[d].IdentityKey, false)
 					if err != nil {
 						t.Fatal(err)
 					}

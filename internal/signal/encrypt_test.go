@@ -49,7 +49,6 @@ func cloneSession(t *testing.T, rec *record.Session) *record.Session {
 // envelopes (pkmsg while unacknowledged, msg after) and leave byte-identical
 // sessions; and the recipient decrypts Herald's.
 func TestEncryptMatchesLibraryCipher(t *testing.T) {
-	ctx := context.Background()
 	id, _ := NewIdentity("15550001111")
 	for _, acked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("acknowledged=%v", acked), func(t *testing.T) {
@@ -63,7 +62,7 @@ func TestEncryptMatchesLibraryCipher(t *testing.T) {
 			for i := 0; i < 7; i++ {
 				pts = append(pts, bytes.Repeat([]byte{byte('a' + i)}, 1+i*37))
 			}
-			ours, err := EncryptBatch(ctx, id, "15551230000", 2, built.Record, pts)
+			ours, err := EncryptBatch(built.Record, pts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,7 +96,7 @@ func TestEncryptMatchesLibraryCipher(t *testing.T) {
 
 func TestEncryptWithoutSendingChainIsAnError(t *testing.T) {
 	rec := record.NewSession(Serializer.Session, Serializer.State)
-	if _, err := EncryptBatch(context.Background(), nil, "1", 1, rec, [][]byte{[]byte("x")}); err == nil {
+	if _, err := EncryptBatch(rec, [][]byte{[]byte("x")}); err == nil {
 		t.Fatal("a fresh record has no sending chain: want an error")
 	}
 }
@@ -109,7 +108,7 @@ func TestSessionSerializerMatchesLibrary(t *testing.T) {
 	id, _ := NewIdentity("15550001111")
 	dev, _ := NewDevice(2, 10)
 	built := mkSession(t, id, "15551230000", dev, nil, false)
-	if _, err := EncryptBatch(context.Background(), id, "15551230000", 2, built.Record, [][]byte{[]byte("a"), []byte("b")}); err != nil {
+	if _, err := EncryptBatch(built.Record, [][]byte{[]byte("a"), []byte("b")}); err != nil {
 		t.Fatal(err)
 	}
 	lib := serialize.NewProtoBufSerializer()

@@ -1,7 +1,6 @@
 package signal
 
 import (
-	"context"
 	"testing"
 
 	"github.com/heraldhq/herald/internal/platform"
@@ -13,8 +12,8 @@ func FuzzDecrypt(f *testing.F) {
 	id, _ := NewIdentity("15550001111")
 	dev, _ := NewDevice(1, 1000)
 	b, _ := DecodeBundle("1555", dev.Bundle())
-	built, _ := BuildSession(context.Background(), id, "1555", b, nil, false)
-	cts, _ := EncryptBatch(context.Background(), id, "1555", 1, built.Record, [][]byte{[]byte("seed")})
+	built, _ := BuildSession(id, b, nil, false)
+	cts, _ := EncryptBatch(built.Record, [][]byte{[]byte("seed")})
 	f.Add(cts[0].Body, true)
 	f.Add([]byte{0x33, 0x0a}, false)
 	f.Fuzz(func(t *testing.T, body []byte, pk bool) {

@@ -2,7 +2,6 @@ package signal
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdh"
 	"errors"
 	"fmt"
@@ -69,7 +68,7 @@ type Built struct {
 // x3dh.go). known is the identity key the business trusted for this device
 // before (nil if none); with strict set, a different key fails with
 // ErrIdentityChanged.
-func BuildSession(ctx context.Context, id *Identity, user string, b *prekey.Bundle, known []byte, strict bool) (*Built, error) {
+func BuildSession(id *Identity, b *prekey.Bundle, known []byte, strict bool) (*Built, error) {
 	if b.SignedPreKey() == nil || b.IdentityKey() == nil {
 		return nil, fmt.Errorf("%w: no signed prekey or identity key", ErrBadBundle)
 	}
@@ -109,7 +108,7 @@ type Ciphertext struct {
 // does, minus its store round trips and its debug logging, which formats the
 // whole ciphertext with fmt before any logger can drop it (~10 % of the warm
 // path). TestEncryptMatchesLibraryCipher proves the output byte-identical.
-func EncryptBatch(ctx context.Context, id *Identity, user string, device uint32, rec *record.Session, plaintexts [][]byte) ([]Ciphertext, error) {
+func EncryptBatch(rec *record.Session, plaintexts [][]byte) ([]Ciphertext, error) {
 	out := make([]Ciphertext, len(plaintexts))
 	for i, pt := range plaintexts {
 		c, err := encryptStep(rec, pt)

@@ -1,7 +1,6 @@
 package signal
 
 import (
-	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -32,7 +31,7 @@ func mkSession(t testing.TB, id *Identity, user string, dev *Device, known []byt
 	if err != nil {
 		t.Fatal(err)
 	}
-	built, err := BuildSession(context.Background(), id, user, b, known, strict)
+	built, err := BuildSession(id, b, known, strict)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +39,6 @@ func mkSession(t testing.TB, id *Identity, user string, dev *Device, known []byt
 }
 
 func TestRoundTripMultiDeviceInOrder(t *testing.T) {
-	ctx := context.Background()
 	id, _ := NewIdentity("15550001111")
 	for devID := uint32(1); devID <= 3; devID++ {
 		dev, _ := NewDevice(devID, 10)
@@ -49,7 +47,7 @@ func TestRoundTripMultiDeviceInOrder(t *testing.T) {
 		for i := 0; i < 5; i++ {
 			pts = append(pts, []byte(fmt.Sprintf("msg %d to device %d", i, devID)))
 		}
-		cts, err := EncryptBatch(ctx, id, "15551230000", devID, built.Record, pts)
+		cts, err := EncryptBatch(built.Record, pts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -73,7 +71,7 @@ func TestPreKeyExhaustionStillWorks(t *testing.T) {
 		t.Fatal("exhausted device handed out a prekey")
 	}
 	built := mkSession(t, id, "1555", dev, nil, false)
-	cts, err := EncryptBatch(context.Background(), id, "1555", 1, built.Record, [][]byte{[]byte("hi")})
+	cts, err := EncryptBatch(built.Record, [][]byte{[]byte("hi")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,16 +81,15 @@ func TestPreKeyExhaustionStillWorks(t *testing.T) {
 }
 
 func TestSessionResetAfterLostSession(t *testing.T) {
-	ctx := context.Background()
 	id, _ := NewIdentity("15550001111")
 	dev, _ := NewDevice(1, 10)
 	built := mkSession(t, id, "1555", dev, nil, false)
-	cts, _ := EncryptBatch(ctx, id, "1555", 1, built.Record, [][]byte{[]byte("a")})
+	cts, _ := EncryptBatch(built.Record, [][]byte{[]byte("a")})
 	if _, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil {
 		t.Fatal(err)
 	}
 	dev.Reinstall() // lost every session and identity
-	cts, _ = EncryptBatch(ctx, id, "1555", 1, built.Record, [][]byte{[]byte("b")})
+	cts, _ = EncryptBatch(built.Record, [][]byte{[]byte("b")})
 	if _, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err == nil {
 		t.Fatal("a reinstalled device decrypted with the old session")
 	}
@@ -101,7 +98,7 @@ func TestSessionResetAfterLostSession(t *testing.T) {
 	if !rebuilt.IdentityChanged {
 		t.Fatal("identity change not reported")
 	}
-	cts, _ = EncryptBatch(ctx, id, "1555", 1, rebuilt.Record, [][]byte{[]byte("b")})
+	cts, _ = EncryptBatch(rebuilt.Record, [][]byte{[]byte("b")})
 	if got, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil || string(got) != "b" {
 		t.Fatalf("after reset: %v", err)
 	}
@@ -113,14 +110,14 @@ func TestIdentityCheckRefusesChangedKey(t *testing.T) {
 	first := mkSession(t, id, "1555", dev, nil, true)
 	dev.Reinstall()
 	b, _ := DecodeBundle("1555", dev.Bundle())
-	if _, err := BuildSession(context.Background(), id, "1555", b, first.IdentityKey, true); !errors.Is(err, ErrIdentityChanged) {
+	if _, err := BuildSession(id, b, first.IdentityKey, true); !errors.Is(err, ErrIdentityChanged) {
 		t.Fatalf("want ErrIdentityChanged, got %v", err)
 	}
 	// Same key, strict: fine.
 	dev2, _ := NewDevice(2, 10)
 	again := mkSession(t, id, "1555", dev2, nil, true)
 	b2, _ := DecodeBundle("1555", dev2.Bundle())
-	if _, err := BuildSession(context.Background(), id, "1555", b2, again.IdentityKey, true); err != nil {
+	if _, err := BuildSession(id, b2, again.IdentityKey, true); err != nil {
 		t.Fatalf("unchanged key refused: %v", err)
 	}
 }
@@ -161,7 +158,6 @@ func TestBadBundlesAreRejected(t *testing.T) {
 }
 
 func TestStorePersistsSealedSessionsAndIdentity(t *testing.T) {
-	ctx := context.Background()
 	dir := t.TempDir()
 	st, db := newStore(t, dir)
 	id, err := st.Identity("15550001111")
@@ -171,7 +167,7 @@ func TestStorePersistsSealedSessionsAndIdentity(t *testing.T) {
 	dev, _ := NewDevice(1, 10)
 	r := Recipient{1, 2, 3}
 	built := mkSession(t, id, "1555", dev, nil, false)
-	cts, _ := EncryptBatch(ctx, id, "1555", 1, built.Record, [][]byte{[]byte("one")})
+	cts, _ := EncryptBatch(built.Record, [][]byte{[]byte("one")})
 	b := db.NewBatch()
 	st.PutSession(b, id.Phone, r, 1, built.Record)
 	st.PutDevices(b, id.Phone, r, []uint32{1})
@@ -196,7 +192,7 @@ func TestStorePersistsSealedSessionsAndIdentity(t *testing.T) {
 	if !ok || len(devs) != 1 {
 		t.Fatal("devices not reloaded")
 	}
-	cts, _ = EncryptBatch(ctx, id2, "1555", 1, rec, [][]byte{[]byte("two")})
+	cts, _ = EncryptBatch(rec, [][]byte{[]byte("two")})
 	if got, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil || string(got) != "two" {
 		t.Fatalf("reloaded session does not continue the ratchet: %v", err)
 	}

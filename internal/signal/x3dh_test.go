@@ -89,7 +89,7 @@ func TestX3DHMatchesLibrary(t *testing.T) {
 	// Behaviour at the recipient: BuildSession vs ProcessBundle, two devices.
 	for i, build := range []func(*prekey.Bundle) *record.Session{
 		func(b *prekey.Bundle) *record.Session {
-			built, err := BuildSession(context.Background(), id, "15551230000", b, nil, false)
+			built, err := BuildSession(id, b, nil, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -104,7 +104,7 @@ func TestX3DHMatchesLibrary(t *testing.T) {
 		for j := 0; j < 6; j++ {
 			pts = append(pts, []byte(fmt.Sprintf("path %d message %d", i, j)))
 		}
-		cts, err := EncryptBatch(context.Background(), id, "15551230000", dev.ID, rec, pts)
+		cts, err := EncryptBatch(rec, pts)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -49,12 +49,12 @@ func envelopes(t *testing.T, c *platform.Client, id *signal.Identity, user, msgI
 		if err != nil {
 			t.Fatal(err)
 		}
-		built, err := signal.BuildSession(ctx, id, user, b, nil, false)
+		built, err := signal.BuildSession(id, b, nil, false)
 		if err != nil {
 			t.Fatal(err)
 		}
 		pt, _ := json.Marshal(platform.Plaintext{ID: msgID, From: id.Phone, Type: "text", Text: &platform.TextBody{Body: "hi"}})
-		cts, _ := signal.EncryptBatch(ctx, id, user, d.DeviceID, built.Record, [][]byte{pt})
+		cts, _ := signal.EncryptBatch(built.Record, [][]byte{pt})
 		out = append(out, platform.Envelope{ID: msgID, From: id.Phone, To: user, DeviceID: d.DeviceID, Type: cts[0].Type,
 			Ciphertext: base64.StdEncoding.EncodeToString(cts[0].Body)})
 	}
