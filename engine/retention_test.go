@@ -106,6 +106,7 @@ func TestExpiredDataLeavesTheDiskEvenSealed(t *testing.T) {
 			}
 		}
 	}
+	capture("qF") // queued records (fresh; retried ones live under qR)
 	capture("qR")
 	h.eng.Start(ctx)
 	h.drain(30 * time.Second)
@@ -113,6 +114,7 @@ func TestExpiredDataLeavesTheDiskEvenSealed(t *testing.T) {
 	// Expire-unsent ones: the platform is down from now on.
 	h.sim.SetDown(true)
 	h.enqueue(h.users(100, 20), 1, "camp-exp", time.Minute)
+	capture("qF") // queued records (fresh; retried ones live under qR)
 	capture("qR")
 	if len(needles) < 60 {
 		t.Fatalf("captured only %d sealed records", len(needles))

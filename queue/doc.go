@@ -5,11 +5,30 @@
 // A message's shard is chosen from a keyed HMAC of its recipient, so all of one
 // recipient's messages live in one shard, in one FIFO. Keys (prefix 'q'):
 //
-//	q R shard(2) rcpt(16) seq(8)         → record: header + sealed payload
-//	q D shard(2) due(8) rcpt(16) seq(8)  → wake-up hint for a recipient (unique per message)
-//	q X expires(8) shard(2) rcpt(16) seq → expiry index, oldest first
+//	q F epoch(4) shard(2) seq(8)         → fresh record: rcpt(16) + header + sealed payload
+//	q R shard(2) rcpt(16) seq(8)         → record in the per-recipient range: header + sealed payload
+//	q D shard(2) due(8) rcpt(16) seq(8)  → wake-up hint for a recipient with records in R
+//	q X expires(8) firstseq(8)           → expiry index: one entry per batch, refs (shard, rcpt, seq)
 //	q Z seq(8)                           → dead letters (records that failed to open)
-//	q S                                  → highest sequence number issued
+//	q S                                  → sequence ceiling (reserved in blocks)
+//
+// # Two ranges: F (fresh) and R (per recipient)
+//
+// Enqueue appends to F: keys grow with the sequence number (epoch first, so
+// they grow across shards as well), which makes enqueue a run of cheap
+// memtable appends, like a plain log, instead of inserts scattered over the
+// recipient key space. Lease scans F from an in-memory cursor per shard, in
+// enqueue order, and leases each new recipient's run straight from F — the
+// campaign case (one message per recipient) never touches R or D.
+//
+// A fresh record goes to R instead (a move: F delete + R write + D hint, no
+// fsync needed) when per-recipient order needs it: its recipient is leased,
+// already has records in R, had a record moved earlier in the scan, or the
+// record is not due yet. R is the general FIFO: records of one recipient in
+// sequence order, found through D hints; retries and scheduled messages live
+// there. Whether a recipient has records in R is answered without a read by a
+// fixed-size table of per-bucket counts (never short of the truth); a
+// non-zero bucket costs one seek.
 //
 // # Invariants
 //
@@ -17,14 +36,24 @@
 //     Concurrent callers share fsyncs through Pebble's commit pipeline.
 //   - Per-recipient FIFO: only the head of a recipient's FIFO decides when the
 //     recipient is due, and while any message of a recipient is leased no other
-//     message of that recipient is handed out (design invariant 3).
-//   - D entries are hints, never the source of truth. Every Enqueue batch writes
-//     its own hint, so no record is ever without one; Lease repairs stale hints
-//     (recipient empty, or head not yet due) as it meets them, each once.
+//     message of that recipient is handed out (design invariant 3). A
+//     recipient's records in R are always older than its records in F ahead of
+//     the cursor; Open restores this after a restart (settle).
+//   - The cursor passes only sequence numbers whose Enqueue has finished
+//     (batches commit out of order), so no fresh record is ever stepped over.
+//     Every F record behind the cursor is held by a lease that lists it; a
+//     lease of fresh records that times out or is released is reclaimed (its
+//     records moved to R with a hint) before anyone else may take the recipient.
+//   - D entries are hints, never the source of truth; every record moved into
+//     R gets one, and Lease repairs stale hints (recipient empty, or head not
+//     yet due) as it meets them, each once.
+//   - Sequence numbers are never reused: the stored value is a ceiling
+//     reserved before any number under it is issued.
 //   - Leases live in memory only. A crash forgets them, which is the same as
 //     every lease expiring: the records are still on disk and come back.
-//   - Memory does not grow with queue depth: the depth counters are two integers
+//   - Memory does not grow with queue depth: the depth counters are two integers,
+//     the R bucket counts a fixed 1 MiB table, the cursor one integer per shard,
 //     and the lease table is bounded by what consumers hold.
 //   - Payloads (bodies, phone numbers) are sealed; recipients appear only as
-//     HMACs in keys (design invariant 6).
+//     HMACs (in keys, and in F values) (design invariant 6).
 package queue

@@ -50,6 +50,7 @@ type Message struct {
 	// can keep or rewrite it without sealing the same bytes again.
 	Sealed []byte
 	size   int
+	fresh  bool // stored in F (see doc.go), not in R
 }
 
 // Options configure a Queue. Zero values take the documented defaults.
@@ -86,18 +87,45 @@ type Queue struct {
 	closed atomic.Bool
 	shards []*shard
 
+	// seqMu guards the sequence numbers of Enqueue calls still committing.
+	// Batches commit in any order, so a scan of fresh records may only pass
+	// sequence numbers below every batch still in flight (settled).
+	seqMu      sync.Mutex
+	committing map[uint64]struct{} // first seq of each batch in flight
+	ceiling    uint64              // durably reserved: no seq above it was issued
 	depthMsgs  atomic.Int64
 	depthBytes atomic.Int64
 	deadCount  atomic.Int64
 	leaseToken atomic.Uint64
+
+	// inR counts, per bucket of recipients, the records in the per-recipient
+	// range R (never fewer than there are: incremented before a record is
+	// written there, decremented after it is deleted). A zero bucket proves a
+	// recipient has nothing in R, so a fresh record can be leased straight from
+	// F without a read. Fixed size: memory does not grow with the queue.
+	inR []atomic.Int32
 }
+
+const inRBuckets = 1 << 18
+
+func inRBucket(r Recipient) int { return int(binary.BigEndian.Uint32(r[4:8]) & (inRBuckets - 1)) }
 
 type shard struct {
 	id int
 	mu struct {
 		sync.Mutex
 		leased map[Recipient]leaseEntry
+		// reclaimAt (unix nanos) is no later than the earliest time a lease of
+		// fresh records may need reclaiming (timed out or released).
+		reclaimAt int64
 	}
+	// scanMu serialises whoever moves or deletes fresh records (Lease's scan
+	// of F, reclaim, Expire). cursor: every F record below it has been
+	// dispatched — leased (and listed in its lease entry), moved to R, or
+	// deleted. A restart starts again at 0, which is safe: what is still in F
+	// is handed out again, as after any lease timeout.
+	scanMu sync.Mutex
+	cursor uint64
 	// queued messages and bytes in this shard (approximate under concurrency, exact at rest).
 	msgs atomic.Int64
 
@@ -126,10 +154,16 @@ type leaseEntry struct {
 	// committing: Complete passed its token check and is writing; the lease
 	// can no longer be taken over or revoked, expired or not.
 	committing bool
+	// fresh lists the F records a lease of fresh records holds. They sit
+	// behind the shard's cursor with no hint, so such a lease is never simply
+	// taken over: reclaim moves its records to R (with a hint) first.
+	fresh []uint64
 }
 
 // held reports whether the entry still keeps others away at now.
-func (e leaseEntry) held(now time.Time) bool { return e.committing || now.Before(e.expires) }
+func (e leaseEntry) held(now time.Time) bool {
+	return e.committing || len(e.fresh) > 0 || now.Before(e.expires)
+}
 
 // Lease is a recipient's run of due messages, hidden from other consumers
 // until Complete or Release, or until the lease times out.
@@ -140,14 +174,26 @@ type Lease struct {
 	Messages []Message
 
 	token uint64
-	hint  []byte // the D key this lease was found through
+	hint  []byte // the D key this lease was found through (nil for fresh leases)
 	// exhausted: at lease time the recipient had no messages beyond Messages.
 	exhausted bool
+}
+
+// hasFresh reports whether any of the lease's messages is an F record.
+func (l *Lease) hasFresh() bool {
+	for i := range l.Messages {
+		if l.Messages[i].fresh {
+			return true
+		}
+	}
+	return false
 }
 
 const (
 	pfx        = 'q'
 	kRecord    = 'R'
+	kFresh     = 'F'
+	freshVer   = 2
 	kDue       = 'D'
 	kExpiry    = 'X'
 	kDead      = 'Z'
@@ -179,7 +225,8 @@ func Open(opts Options) (*Queue, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	q := &Queue{opts: opts, db: opts.DB, sealer: opts.Sealer}
+	q := &Queue{opts: opts, db: opts.DB, sealer: opts.Sealer, inR: make([]atomic.Int32, inRBuckets),
+		committing: map[uint64]struct{}{}}
 	for i := 0; i < opts.Shards; i++ {
 		s := &shard{id: i}
 		s.mu.leased = make(map[Recipient]leaseEntry)
@@ -203,34 +250,115 @@ func Open(opts Options) (*Queue, error) {
 	if v, ok, err := q.db.GetCopy([]byte{pfx, kSeq}); err != nil {
 		return nil, err
 	} else if ok && len(v) == 8 {
+		// The stored value is a reservation ceiling: start above it.
 		q.seq.Store(binary.BigEndian.Uint64(v))
+		q.ceiling = q.seq.Load()
 	}
 	if err := q.recount(); err != nil {
+		return nil, err
+	}
+	if err := q.settle(); err != nil {
 		return nil, err
 	}
 	return q, nil
 }
 
-// recount scans the record range once at open: O(depth) keys, O(1) memory.
-func (q *Queue) recount() error {
-	lo := []byte{pfx, kRecord}
+// settle restores, after a restart, what the cursor guaranteed before it: a
+// recipient's records in R are older than its records in F. A fresh record
+// of a recipient that also has records in R (moved there while an older F
+// record of it was leased when the process stopped) joins them in R now.
+func (q *Queue) settle() error {
+	lo := []byte{pfx, kFresh}
 	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
 	if err != nil {
 		return fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	defer it.Close()
-	var n, bytesTotal int64
+	movers := map[int]*mover{}
+	n := 0
+	flush := func() error {
+		for _, mv := range movers {
+			if err := mv.commit(); err != nil {
+				return err
+			}
+		}
+		clear(movers)
+		n = 0
+		return nil
+	}
 	for it.First(); it.Valid(); it.Next() {
-		k := it.Key()
-		n++
-		bytesTotal += int64(len(k) + len(it.Value()))
-		if len(k) == 28 {
-			q.shards[binary.BigEndian.Uint16(k[2:4])%uint16(len(q.shards))].msgs.Add(1)
+		k, v := it.Key(), it.Value()
+		r, rec, err := splitFresh(v)
+		if err != nil || len(k) != freshKeyLen || q.inR[inRBucket(r)].Load() == 0 {
+			continue // corrupt records are dead-lettered when leased
+		}
+		sh := freshShard(k) % len(q.shards)
+		mv := movers[sh]
+		if mv == nil || !mv.hinted[r] {
+			has, err := q.hasRecords(sh, r)
+			if err != nil || !has {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		if mv == nil {
+			mv = q.newMover(q.shards[sh])
+			movers[sh] = mv
+		}
+		m, _, err := q.decodeRecord(rec, false)
+		if err != nil {
+			continue
+		}
+		mv.move(bytes.Clone(k), len(k)+len(v), r, keySeq(k), bytes.Clone(rec), m.Due)
+		if n++; n == 1024 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	return flush()
+}
+
+// recount scans the record ranges (F and R) once at open: O(depth) keys, O(1)
+// memory. It also rebuilds the R bucket counts.
+func (q *Queue) recount() error {
+	var n, bytesTotal int64
+	for _, kind := range []byte{kRecord, kFresh} {
+		lo := []byte{pfx, kind}
+		it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
+		if err != nil {
+			return fmt.Errorf("%w: %w", kv.ErrStorage, err)
+		}
+		for it.First(); it.Valid(); it.Next() {
+			k := it.Key()
+			n++
+			bytesTotal += int64(len(k) + len(it.Value()))
+			switch {
+			case kind == kRecord && len(k) == 28:
+				q.shards[int(binary.BigEndian.Uint16(k[2:4]))%len(q.shards)].msgs.Add(1)
+			case kind == kFresh && len(k) == freshKeyLen:
+				q.shards[freshShard(k)%len(q.shards)].msgs.Add(1)
+			}
+			if len(k) == 28 {
+				var r Recipient
+				copy(r[:], k[4:20])
+				q.inR[inRBucket(r)].Add(1)
+			}
+		}
+		err = it.Error()
+		it.Close()
+		if err != nil {
+			return fmt.Errorf("%w: %w", kv.ErrStorage, err)
 		}
 	}
 	q.depthMsgs.Store(n)
 	q.depthBytes.Store(bytesTotal)
-	return it.Error()
+	return nil
 }
 
 // RecipientKey returns the HMAC the queue files recipient under.
@@ -259,6 +387,46 @@ func recordKey(shard int, r Recipient, seq uint64) []byte {
 	k = binary.BigEndian.AppendUint16(k, uint16(shard))
 	k = append(k, r[:]...)
 	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// freshKey names a fresh record: enqueued and not yet dispatched. Keys grow
+// with the sequence number inside a shard, so enqueue appends (cheap memtable
+// inserts, and flushed tables that barely overlap) instead of scattering
+// records over the recipient key space.
+//
+// The epoch (seq >> epochBits) leads the key so that keys grow across shards
+// too: a flushed table covers the last epoch or two, not every shard's whole
+// range, and compactions barely need to rewrite anything.
+func freshKey(shard int, seq uint64) []byte {
+	return appendFreshKey(make([]byte, 0, freshKeyLen), shard, seq)
+}
+
+func appendFreshKey(k []byte, shard int, seq uint64) []byte {
+	k = append(k, pfx, kFresh)
+	k = binary.BigEndian.AppendUint32(k, uint32(seq>>epochBits))
+	k = binary.BigEndian.AppendUint16(k, uint16(shard))
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+const (
+	epochBits   = 16
+	freshKeyLen = 16
+)
+
+// freshShard returns the shard of an F key.
+func freshShard(k []byte) int { return int(binary.BigEndian.Uint16(k[6:8])) }
+
+// keySeq returns the sequence number of an F or R key.
+func keySeq(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-8:]) }
+
+// splitFresh splits an F value — version(1) rcpt(16) record — into the
+// recipient and the R record it becomes when moved.
+func splitFresh(v []byte) (r Recipient, rec []byte, err error) {
+	if len(v) < 1+len(r)+22 || v[0] != freshVer {
+		return r, nil, errCorruptRecord
+	}
+	copy(r[:], v[1:1+len(r)])
+	return r, v[1+len(r):], nil
 }
 
 // dueKey names a wake-up hint. The trailing sequence number (of the message
@@ -366,12 +534,25 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		return ErrFull
 	}
 	b := q.db.NewBatch()
+	q.seqMu.Lock()
+	if err := q.reserveSeqs(uint64(len(msgs))); err != nil {
+		q.seqMu.Unlock()
+		b.Close()
+		return err
+	}
 	last := q.seq.Add(uint64(len(msgs)))
 	first := last - uint64(len(msgs)) + 1
+	q.committing[first] = struct{}{}
+	q.seqMu.Unlock()
+	defer func() {
+		q.seqMu.Lock()
+		delete(q.committing, first)
+		q.seqMu.Unlock()
+	}()
 	var added int64
-	hinted := make(map[Recipient]struct{}, len(msgs))
 	perShard := make([]int64, len(q.shards))
 	buf := make([]byte, 0, 512)
+	var kbuf [freshKeyLen]byte
 	type expGroup struct {
 		first uint64
 		refs  []byte
@@ -385,10 +566,11 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		}
 		r := q.sealer.Lookup(m.Recipient)
 		sh := q.ShardOf(r)
-		rk := recordKey(sh, r, m.Seq)
-		buf = q.encodeRecord(buf[:0], m, nil)
-		b.Set(rk, buf, nil)
-		m.size = len(rk) + len(buf)
+		fk := appendFreshKey(kbuf[:0], sh, m.Seq) // Set copies key and value
+		buf = append(append(buf[:0], freshVer), r[:]...)
+		buf = q.encodeRecord(buf, m, nil)
+		b.Set(fk, buf, nil)
+		m.size = len(fk) + len(buf)
 		added += int64(m.size)
 		g := byExp[m.ExpiresAt.UnixNano()]
 		if g == nil {
@@ -396,16 +578,11 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 			byExp[m.ExpiresAt.UnixNano()] = g
 		}
 		g.refs = appendRef(g.refs, sh, r, m.Seq)
-		if _, ok := hinted[r]; !ok {
-			hinted[r] = struct{}{}
-			b.Set(dueKey(sh, m.Due, r, m.Seq), nil, nil)
-		}
 		perShard[sh]++
 	}
 	for exp, g := range byExp {
 		b.Set(expiryKey(time.Unix(0, exp), g.first), g.refs, nil)
 	}
-	b.Set([]byte{pfx, kSeq}, binary.BigEndian.AppendUint64(nil, last), nil)
 	if extra != nil {
 		b.Apply(extra, nil)
 	}
@@ -414,10 +591,6 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	}
 	q.depthMsgs.Add(int64(len(msgs)))
 	q.depthBytes.Add(added)
-	for i := range msgs {
-		m := &msgs[i]
-		q.shards[q.ShardOf(q.sealer.Lookup(m.Recipient))].lowerTo(m.Due.UnixNano())
-	}
 	for i, n := range perShard {
 		if n != 0 {
 			q.shards[i].msgs.Add(n)
@@ -427,6 +600,39 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		}
 	}
 	return nil
+}
+
+// seqBlock is how many sequence numbers one durable reservation covers.
+const seqBlock = 1 << 20
+
+// reserveSeqs makes sure n more sequence numbers lie under the durable
+// ceiling, so a restart never issues one again (batches commit out of order,
+// so no batch may record "the highest issued" itself). Called with seqMu held.
+func (q *Queue) reserveSeqs(n uint64) error {
+	if q.seq.Load()+n <= q.ceiling {
+		return nil
+	}
+	c := q.seq.Load() + n + seqBlock
+	b := q.db.NewBatch()
+	b.Set([]byte{pfx, kSeq}, binary.BigEndian.AppendUint64(nil, c), nil)
+	if err := q.db.Commit(b, true); err != nil {
+		return err
+	}
+	q.ceiling = c
+	return nil
+}
+
+// settled returns the highest sequence number at or below which every
+// Enqueue has finished (committed or failed): records up to it that a view
+// opened afterwards does not show will never appear.
+func (q *Queue) settled() uint64 {
+	q.seqMu.Lock()
+	defer q.seqMu.Unlock()
+	w := q.seq.Load()
+	for first := range q.committing {
+		w = min(w, first-1)
+	}
+	return w
 }
 
 // Lease hands out up to maxRecipients recipients of shard that have due
@@ -443,6 +649,23 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 	}
 	now := q.opts.Now()
 	s := q.shards[shardID]
+	s.scanMu.Lock()
+	defer s.scanMu.Unlock()
+	if err := q.reclaimLocked(s, now); err != nil {
+		return nil, err
+	}
+	// Hinted recipients (retries, scheduled messages, backlogs) first, then
+	// fresh records in enqueue order.
+	leases, err := q.leaseHinted(ctx, s, now, maxRecipients, maxPerRecipient)
+	if err != nil || len(leases) >= maxRecipients {
+		return leases, err
+	}
+	return q.leaseFresh(ctx, s, now, leases, maxRecipients, maxPerRecipient)
+}
+
+// leaseHinted leases recipients found through their D hints (records in R).
+func (q *Queue) leaseHinted(ctx context.Context, s *shard, now time.Time, maxRecipients, maxPerRecipient int) ([]*Lease, error) {
+	shardID := s.id
 	lo := []byte{pfx, kDue}
 	lo = binary.BigEndian.AppendUint16(lo, uint16(shardID))
 	hi := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(now.UnixNano())+1)
@@ -564,6 +787,291 @@ func (q *Queue) Lease(ctx context.Context, shardID int, maxRecipients, maxPerRec
 	return leases, nil
 }
 
+// mover gathers moves of fresh records into R. A move deletes the F record,
+// writes the R record and, once per recipient and batch, a hint, so the
+// record is found again once whatever holds its recipient back is done. Moves
+// need no fsync: a lost move leaves the record in F, where a restart finds it.
+type mover struct {
+	q       *Queue
+	s       *shard
+	b       *pebble.Batch
+	hinted  map[Recipient]bool
+	dues    []int64
+	delta   int64 // stored bytes added (the R form is smaller)
+	buckets []int // inR buckets raised, lowered again if the commit fails
+}
+
+func (q *Queue) newMover(s *shard) *mover {
+	return &mover{q: q, s: s, b: q.db.NewBatch(), hinted: map[Recipient]bool{}}
+}
+
+func (mv *mover) move(fk []byte, oldSize int, r Recipient, seq uint64, rec []byte, due time.Time) {
+	rk := recordKey(mv.s.id, r, seq)
+	mv.b.Delete(fk, nil)
+	mv.b.Set(rk, rec, nil)
+	if !mv.hinted[r] {
+		mv.hinted[r] = true
+		mv.b.Set(dueKey(mv.s.id, due, r, seq), nil, nil)
+		mv.dues = append(mv.dues, due.UnixNano())
+	}
+	bk := inRBucket(r)
+	mv.q.inR[bk].Add(1) // before the record exists: the count never falls short
+	mv.buckets = append(mv.buckets, bk)
+	mv.delta += int64(len(rk)+len(rec)) - int64(oldSize)
+}
+
+func (mv *mover) commit() error {
+	if mv.b.Empty() {
+		mv.b.Close()
+		return nil
+	}
+	if err := mv.q.db.Commit(mv.b, false); err != nil {
+		for _, bk := range mv.buckets {
+			mv.q.inR[bk].Add(-1)
+		}
+		return err
+	}
+	for _, d := range mv.dues {
+		mv.s.lowerTo(d)
+	}
+	mv.q.depthBytes.Add(mv.delta)
+	return nil
+}
+
+// leaseFresh hands out fresh records from the shard's cursor on, in enqueue
+// order: each new recipient's run of due records becomes a lease, read
+// straight from F. A record whose recipient is held by another lease, has
+// records in R (older ones: retries, backlog) or had a record moved earlier in
+// this scan is moved to R behind them instead, which keeps per-recipient FIFO.
+// Called with s.scanMu held.
+//
+// hinted are the leases this call made from R; a fresh record of one of them
+// that had nothing more in R joins it (it is that recipient's next message).
+func (q *Queue) leaseFresh(ctx context.Context, s *shard, now time.Time, hinted []*Lease, maxRecipients, maxPer int) ([]*Lease, error) {
+	settled := q.settled() // before the view: everything up to it is in the view
+	if s.cursor > settled {
+		return hinted, nil
+	}
+	it, err := q.db.NewIter(nil) // one view; bounds move from epoch to epoch
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	defer it.Close()
+	mv := q.newMover(s)
+	leases := hinted
+	byR := make(map[Recipient]*Lease)
+	for _, l := range hinted {
+		if l.exhausted {
+			byR[l.Recipient] = l
+		}
+	}
+	abort := func(err error) ([]*Lease, error) {
+		// Nothing was committed and the cursor stays: the next scan redoes it.
+		for _, l := range leases {
+			q.unlease(s, l.Recipient, l.token)
+		}
+		mv.b.Close()
+		return nil, err
+	}
+	next := s.cursor
+	budget := maxRecipients*maxPer + 1024 // bounds one call's work
+	expires := now.Add(q.opts.LeaseTimeout)
+	var failed error
+	// step dispatches one fresh record; stop: it must wait for the next call.
+	step := func(k, v []byte) (stop bool) {
+		seq := keySeq(k)
+		r, rec, err := splitFresh(v)
+		var m Message
+		var sealed []byte
+		if err == nil {
+			m, sealed, err = q.decodeRecord(rec, false)
+		}
+		if err != nil {
+			q.deadLetter(mv.b, s.id, bytes.Clone(k), bytes.Clone(v), err)
+			next = seq + 1
+			return false
+		}
+		size := len(k) + len(v)
+		l := byR[r]
+		switch {
+		case mv.hinted[r], l != nil && len(l.Messages) >= maxPer, m.Due.After(now):
+			mv.move(bytes.Clone(k), size, r, seq, bytes.Clone(rec), m.Due)
+		case l != nil:
+			m.Payload, err = q.sealer.Open(sealed)
+			if err != nil {
+				q.deadLetter(mv.b, s.id, bytes.Clone(k), bytes.Clone(v), fmt.Errorf("%w: %v", errCorruptRecord, err))
+				break
+			}
+			m.Seq, m.size, m.Sealed, m.fresh = seq, size, bytes.Clone(sealed), true
+			l.Messages = append(l.Messages, m)
+			s.mu.Lock()
+			e := s.mu.leased[r]
+			e.fresh = append(e.fresh, seq)
+			s.mu.leased[r] = e
+			s.mu.reclaimAt = min(s.mu.reclaimAt, e.expires.UnixNano())
+			s.mu.Unlock()
+		default:
+			if len(leases) >= maxRecipients {
+				return true
+			}
+			s.mu.Lock()
+			if e, ok := s.mu.leased[r]; ok && e.held(now) {
+				s.mu.Unlock()
+				mv.move(bytes.Clone(k), size, r, seq, bytes.Clone(rec), now)
+				break
+			}
+			token := q.leaseToken.Add(1)
+			s.mu.leased[r] = leaseEntry{token: token, expires: expires, fresh: []uint64{seq}}
+			s.mu.reclaimAt = min(s.mu.reclaimAt, expires.UnixNano())
+			s.mu.Unlock()
+			// Marked: from here nothing else can add records of r to R.
+			if q.inR[inRBucket(r)].Load() > 0 {
+				has, err := q.hasRecords(s.id, r)
+				if err != nil {
+					q.unlease(s, r, token)
+					failed = err
+					return true
+				}
+				if has {
+					q.unlease(s, r, token)
+					mv.move(bytes.Clone(k), size, r, seq, bytes.Clone(rec), now)
+					break
+				}
+			}
+			m.Payload, err = q.sealer.Open(sealed)
+			if err != nil {
+				q.unlease(s, r, token)
+				q.deadLetter(mv.b, s.id, bytes.Clone(k), bytes.Clone(v), fmt.Errorf("%w: %v", errCorruptRecord, err))
+				break
+			}
+			m.Seq, m.size, m.Sealed, m.fresh = seq, size, bytes.Clone(sealed), true
+			l = &Lease{Shard: s.id, Recipient: r, Messages: []Message{m}, token: token, exhausted: true}
+			byR[r] = l
+			leases = append(leases, l)
+		}
+		next = seq + 1
+		return false
+	}
+epochs:
+	for next <= settled && budget > 0 && ctx.Err() == nil {
+		end := min(settled, (next>>epochBits+1)<<epochBits-1) // last seq of next's epoch
+		it.SetBounds(freshKey(s.id, next), append(freshKey(s.id, end), 0))
+		for it.First(); it.Valid(); it.Next() {
+			if budget == 0 || ctx.Err() != nil || step(it.Key(), it.Value()) {
+				break epochs
+			}
+			budget--
+		}
+		if it.Error() != nil {
+			break
+		}
+		next = end + 1 // nothing more of this shard in the epoch up to end
+	}
+	if failed != nil {
+		return abort(failed)
+	}
+	if err := it.Error(); err != nil {
+		return abort(fmt.Errorf("%w: %w", kv.ErrStorage, err))
+	}
+	if err := mv.commit(); err != nil {
+		return abort(err)
+	}
+	s.cursor = next
+	return leases, nil
+}
+
+// hasRecords reports whether r has any record in R, through a fresh view.
+func (q *Queue) hasRecords(shardID int, r Recipient) (bool, error) {
+	lo := recordKey(shardID, r, 0)
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo[:20])})
+	if err != nil {
+		return false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	defer it.Close()
+	has := it.First()
+	if err := it.Error(); err != nil {
+		return false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	return has, nil
+}
+
+// reclaimLocked moves the records of fresh leases that timed out or were
+// released into R, with a hint, and ends those leases. Called with s.scanMu held.
+func (q *Queue) reclaimLocked(s *shard, now time.Time) error {
+	s.mu.Lock()
+	if now.UnixNano() < s.mu.reclaimAt {
+		s.mu.Unlock()
+		return nil
+	}
+	type item struct {
+		r     Recipient
+		token uint64
+		seqs  []uint64
+	}
+	var todo []item
+	next := int64(math.MaxInt64)
+	for r, e := range s.mu.leased {
+		if len(e.fresh) == 0 || e.committing {
+			continue // a committing lease either ends or is marked for reclaim again
+		}
+		if now.Before(e.expires) {
+			next = min(next, e.expires.UnixNano())
+			continue
+		}
+		token := q.leaseToken.Add(1) // revokes the lease: a late Complete fails
+		s.mu.leased[r] = leaseEntry{token: token, committing: true}
+		todo = append(todo, item{r, token, e.fresh})
+	}
+	s.mu.reclaimAt = next
+	s.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
+	}
+	restore := func() {
+		s.mu.Lock()
+		for _, it := range todo {
+			if e := s.mu.leased[it.r]; e.token == it.token {
+				s.mu.leased[it.r] = leaseEntry{token: it.token, fresh: it.seqs}
+			}
+		}
+		s.mu.reclaimAt = math.MinInt64
+		s.mu.Unlock()
+	}
+	mv := q.newMover(s)
+	for _, it := range todo {
+		for _, seq := range it.seqs {
+			fk := freshKey(s.id, seq)
+			v, ok, err := q.db.GetCopy(fk)
+			if err != nil {
+				mv.b.Close()
+				restore()
+				return err
+			}
+			if !ok {
+				continue
+			}
+			r, rec, err := splitFresh(v)
+			var m Message
+			if err == nil {
+				m, _, err = q.decodeRecord(rec, false)
+			}
+			if err != nil {
+				q.deadLetter(mv.b, s.id, fk, v, err)
+				continue
+			}
+			mv.move(fk, len(fk)+len(v), r, seq, rec, m.Due)
+		}
+	}
+	if err := mv.commit(); err != nil {
+		restore()
+		return err
+	}
+	for _, it := range todo {
+		q.unlease(s, it.r, it.token)
+	}
+	return nil
+}
+
 // collect reads the recipient's FIFO head run through it, an iterator whose
 // view was taken after the recipient was marked leased (see Lease). It
 // returns nil lease (and a repair batch) when the hint is stale.
@@ -622,7 +1130,7 @@ func (q *Queue) collect(it *pebble.Iterator, shardID int, r Recipient, hint []by
 }
 
 func (q *Queue) deadLetter(b *pebble.Batch, shardID int, key, value []byte, cause error) {
-	seq := binary.BigEndian.Uint64(key[20:28])
+	seq := keySeq(key)
 	b.Delete(key, nil)
 	b.Set(binary.BigEndian.AppendUint64([]byte{pfx, kDead}, seq), value, nil)
 	q.deadCount.Add(1)
@@ -675,7 +1183,22 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 	e.committing = true
 	s.mu.leased[l.Recipient] = e
 	s.mu.Unlock()
-	defer q.unlease(s, l.Recipient, l.token)
+	committed := false
+	defer func() {
+		if committed || !l.hasFresh() {
+			q.unlease(s, l.Recipient, l.token)
+			return
+		}
+		// The fresh records are still in F behind the cursor: keep them held
+		// and let reclaim move them to R.
+		s.mu.Lock()
+		if e, ok := s.mu.leased[l.Recipient]; ok && e.token == l.token {
+			e.committing, e.expires = false, time.Time{}
+			s.mu.leased[l.Recipient] = e
+			s.mu.reclaimAt = math.MinInt64
+		}
+		s.mu.Unlock()
+	}()
 
 	now := q.opts.Now()
 	b := q.db.NewBatch()
@@ -686,7 +1209,8 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 	for i := range outcomes {
 		bySeq[outcomes[i].Seq] = &outcomes[i]
 	}
-	var acked, ackedBytes int64
+	var acked, ackedR, ackedBytes, movedDelta int64
+	var movedBuckets []int
 	var headDue time.Time
 	var headSeq uint64
 	headSet := false
@@ -695,23 +1219,33 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 		m := &l.Messages[i]
 		o := bySeq[m.Seq]
 		rk := recordKey(l.Shard, l.Recipient, m.Seq)
+		key := rk
+		if m.fresh {
+			key = freshKey(l.Shard, m.Seq)
+		}
 		switch {
-		case o == nil:
+		case o != nil && o.Ack:
+			b.Delete(key, nil)
+			acked++
+			ackedBytes += int64(m.size)
+			if !m.fresh {
+				ackedR++
+			}
+		case o == nil && !m.fresh:
 			if !headSet {
 				headDue, headSeq, headSet = m.Due, m.Seq, true
 			}
-		case o.Ack:
-			b.Delete(rk, nil)
-			acked++
-			ackedBytes += int64(m.size)
 		default:
+			// Rescheduled, or a fresh record left as it was: (re)written in R.
 			nm := *m
-			nm.Due = o.RetryAt
-			if nm.Due.IsZero() {
-				nm.Due = now
-			}
-			if o.CountAttempt {
-				nm.Attempt++
+			if o != nil {
+				nm.Due = o.RetryAt
+				if nm.Due.IsZero() {
+					nm.Due = now
+				}
+				if o.CountAttempt {
+					nm.Attempt++
+				}
 			}
 			sealed := m.Sealed
 			if sealed == nil {
@@ -719,12 +1253,21 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 			}
 			buf = q.encodeRecord(buf[:0], &nm, sealed)
 			b.Set(rk, buf, nil)
+			if m.fresh {
+				b.Delete(key, nil)
+				bk := inRBucket(l.Recipient)
+				q.inR[bk].Add(1) // before the record exists
+				movedBuckets = append(movedBuckets, bk)
+				movedDelta += int64(len(rk)+len(buf)) - int64(m.size)
+			}
 			if !headSet {
 				headDue, headSeq, headSet = nm.Due, m.Seq, true
 			}
 		}
 	}
-	b.Delete(l.hint, nil)
+	if l.hint != nil {
+		b.Delete(l.hint, nil)
+	}
 	newHint := int64(-1)
 	switch {
 	case headSet:
@@ -736,20 +1279,40 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 		newHint = now.UnixNano()
 	}
 	if err := q.db.Commit(b, sync); err != nil {
+		for _, bk := range movedBuckets {
+			q.inR[bk].Add(-1)
+		}
 		return err
 	}
+	committed = true
 	if newHint >= 0 {
 		s.lowerTo(newHint)
 	}
+	if ackedR > 0 {
+		q.inR[inRBucket(l.Recipient)].Add(-int32(ackedR))
+	}
 	q.depthMsgs.Add(-acked)
-	q.depthBytes.Add(-ackedBytes)
+	q.depthBytes.Add(movedDelta - ackedBytes)
 	s.msgs.Add(-acked)
 	return nil
 }
 
 // Release ends a lease without changing anything: its messages are due again now.
 func (q *Queue) Release(l *Lease) {
-	q.unlease(q.shards[l.Shard], l.Recipient, l.token)
+	s := q.shards[l.Shard]
+	if !l.hasFresh() {
+		q.unlease(s, l.Recipient, l.token)
+		return
+	}
+	// Fresh records sit behind the cursor: the next Lease moves them to R
+	// (reclaim), from where they are handed out again.
+	s.mu.Lock()
+	if e, ok := s.mu.leased[l.Recipient]; ok && e.token == l.token && !e.committing {
+		e.expires = time.Time{}
+		s.mu.leased[l.Recipient] = e
+		s.mu.reclaimAt = math.MinInt64
+	}
+	s.mu.Unlock()
 }
 
 // Extend pushes a lease's timeout out by another LeaseTimeout.
@@ -780,9 +1343,26 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	defer it.Close()
+	// Fresh records are moved by Lease scans and reclaims: keep those out
+	// while this sweep decides and commits (a record moved under it would
+	// outlive its expiry entry).
+	for _, s := range q.shards {
+		s.scanMu.Lock()
+	}
+	defer func() {
+		for _, s := range q.shards {
+			s.scanMu.Unlock()
+		}
+	}()
+	for _, s := range q.shards {
+		if err := q.reclaimLocked(s, q.opts.Now()); err != nil {
+			return nil, err
+		}
+	}
 	b := q.db.NewBatch()
 	var out []Message
 	var removedBytes int64
+	var rBuckets []int
 	perShard := make(map[int]int64)
 	// A removed message may have been its recipient's head, waiting on a retry
 	// time that its successor must not inherit: wake each touched recipient now
@@ -844,10 +1424,25 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 				b.Close()
 				return nil, err
 			}
-			if !ok {
-				continue // acked long ago
+			rec := v
+			if ok {
+				rBuckets = append(rBuckets, inRBucket(r))
+			} else {
+				// Not in R: still fresh, or acked long ago.
+				rk = freshKey(sh, seq)
+				if v, ok, err = q.db.GetCopy(rk); err != nil {
+					b.Close()
+					return nil, err
+				}
+				if !ok {
+					continue
+				}
+				var fr Recipient
+				if fr, rec, err = splitFresh(v); err == nil && fr != r {
+					continue // not this reference's record (cannot happen: seqs are unique)
+				}
 			}
-			m, _, derr := q.decodeRecord(v, true)
+			m, _, derr := q.decodeRecord(rec, true)
 			m.Seq = seq
 			if derr != nil {
 				q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
@@ -877,6 +1472,9 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 	}
 	if err := q.db.Commit(b, true); err != nil {
 		return nil, err
+	}
+	for _, bk := range rBuckets {
+		q.inR[bk].Add(-1)
 	}
 	for sh := range perShard {
 		q.shards[sh].lowerTo(now.UnixNano())

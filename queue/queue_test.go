@@ -267,9 +267,9 @@ func TestCorruptRecordIsDeadLettered(t *testing.T) {
 	ctx := context.Background()
 	exp := e.clock.Now().Add(time.Hour)
 	e.q.Enqueue(ctx, []Message{msg("m1", "1555", exp), msg("m2", "1555", exp)})
-	// Corrupt m1's sealed payload in place.
+	// Corrupt m1's sealed payload in place (still a fresh record).
 	r := e.q.RecipientKey("1555")
-	k := recordKey(e.q.ShardOf(r), r, 1)
+	k := freshKey(e.q.ShardOf(r), 1)
 	v, ok, _ := e.db.GetCopy(k)
 	if !ok {
 		t.Fatal("record not found")
@@ -499,5 +499,84 @@ func TestExpireRevokesATimedOutLease(t *testing.T) {
 	}
 	if ls := leaseAll(t, e.q, 10); len(ls) != 0 {
 		t.Fatalf("an expired message came back: %+v", ls[0].Messages)
+	}
+}
+
+// TestProducersAndConsumersAtOnce: enqueues commit in an order other than
+// their sequence numbers; a consumer scanning fresh records meanwhile must
+// never step past a sequence number whose batch is still committing (that
+// record would be stranded until a restart). Every message is handed out
+// exactly once, in order per recipient, while producers are still running.
+func TestProducersAndConsumersAtOnce(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+	defer e.close()
+	exp := e.clock.Now().Add(time.Hour)
+	const producers, batches, per = 8, 40, 25
+	var wg, cwg sync.WaitGroup
+	var producing atomic.Bool
+	producing.Store(true)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	last := map[string]string{} // recipient + producer → last id (one producer's order is defined)
+	for c := 0; c < 4; c++ {
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			for idle := 0; idle < 50; {
+				got := 0
+				for s := 0; s < e.q.Shards(); s++ {
+					ls, err := e.q.Lease(context.Background(), s, 16, 4)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					for _, l := range ls {
+						mu.Lock()
+						for _, m := range l.Messages {
+							seen[m.ID]++
+							k := string(l.Recipient[:]) + m.ID[:2]
+							if m.ID <= last[k] {
+								t.Errorf("order: %s after %s", m.ID, last[k])
+							}
+							last[k] = m.ID
+						}
+						mu.Unlock()
+						got++
+						ackAll(t, e.q, l)
+					}
+				}
+				if got == 0 && !producing.Load() {
+					idle++
+				}
+			}
+		}()
+	}
+	for p := 0; p < producers; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			for b := 0; b < batches; b++ {
+				var msgs []Message
+				for i := 0; i < per; i++ {
+					// IDs sort in enqueue order per producer; recipients are shared.
+					msgs = append(msgs, msg(fmt.Sprintf("p%d-%03d-%02d", p, b, i), fmt.Sprintf("1555%03d", (p*7+b*13+i*31)%97), exp))
+				}
+				if err := e.q.Enqueue(context.Background(), msgs); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(p)
+	}
+	wg.Wait()
+	producing.Store(false)
+	cwg.Wait()
+	if len(seen) != producers*batches*per {
+		t.Fatalf("handed out %d distinct messages of %d", len(seen), producers*batches*per)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Fatalf("%s handed out %d times", id, n)
+		}
 	}
 }

@@ -103,10 +103,18 @@ func (s *Sealer) Seal(dst, plaintext []byte) []byte {
 		panic("seal: no randomness: " + err.Error())
 	}
 	dst = append(dst, hdr[:]...)
-	// Compress into a scratch buffer, then encrypt in place after the header.
-	comp := s2.Encode(nil, plaintext)
-	return aead.Seal(dst, hdr[5:], comp, hdr[:5])
+	// Compress into a pooled scratch buffer, then encrypt after the header.
+	bp := compPool.Get().(*[]byte)
+	comp := s2.Encode((*bp)[:cap(*bp)], plaintext) // used when long enough
+	dst = aead.Seal(dst, hdr[5:], comp, hdr[:5])
+	if cap(comp) <= 64<<10 {
+		*bp = comp[:0]
+	}
+	compPool.Put(bp)
+	return dst
 }
+
+var compPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // Open authenticates, decrypts and decompresses a sealed record.
 func (s *Sealer) Open(record []byte) ([]byte, error) {
