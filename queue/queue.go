@@ -574,7 +574,7 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		added += int64(m.size)
 		g := byExp[m.ExpiresAt.UnixNano()]
 		if g == nil {
-			g = &expGroup{first: m.Seq}
+			g = &expGroup{first: m.Seq, refs: make([]byte, 0, (len(msgs)-i)*refLen)}
 			byExp[m.ExpiresAt.UnixNano()] = g
 		}
 		g.refs = appendRef(g.refs, sh, r, m.Seq)
