@@ -574,7 +574,10 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		added += int64(m.size)
 		g := byExp[m.ExpiresAt.UnixNano()]
 		if g == nil {
-			g = &expGroup{first: m.Seq, refs: make([]byte, 0, (len(msgs)-i)*refLen)}
+			g = &expGroup{first: m.Seq}
+			if len(byExp) == 0 { // usually the only group: one TTL per batch
+				g.refs = make([]byte, 0, len(msgs)*refLen)
+			}
 			byExp[m.ExpiresAt.UnixNano()] = g
 		}
 		g.refs = appendRef(g.refs, sh, r, m.Seq)
