@@ -147,6 +147,8 @@ type admitter struct {
 	line    int // the last line read (every line up to it is admitted, rejected or pending)
 	skipTo  int // lines up to this one were admitted by an earlier attempt
 
+	statuses *engine.QueuedRecords // the "queued" status record of each message
+
 	inflight  chan error // the enqueue batch being committed, if any
 	inflightN int        // its messages
 	failed    error      // a batch failed: nothing after it may commit
@@ -245,7 +247,10 @@ func (a *admitter) flush() error {
 		p := heraldtype.Payload{BusinessID: a.b.ID, PhoneNumberID: a.pn, From: from, To: to, CampaignID: a.cid, Body: a.bodies[i], TS: now.Unix()}
 		buf = p.Encode(buf[:0])
 		msgs = append(msgs, queue.Message{ID: id, Recipient: to, Payload: append([]byte(nil), buf...), ExpiresAt: now.Add(a.ttl)})
-		engine.NewStatusRecord(batch, id, a.b.ID, a.pn, a.cid, now)
+		if a.statuses == nil {
+			a.statuses = engine.NewQueuedRecords(a.b.ID, a.pn, a.cid)
+		}
+		a.statuses.Put(batch, id, now)
 	}
 	a.lines, a.tos, a.inputs, a.bodies = a.lines[:0], a.tos[:0], a.inputs[:0], a.bodies[:0]
 	if len(msgs) == 0 {
