@@ -84,14 +84,23 @@ func openAll(b *testing.B) (map[string]Enqueuer, func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// raw-kv: the raw writer on Herald's own Pebble options (memtable, L0
+	// thresholds, no WAL recycling), to separate the queue's cost from the
+	// store's configuration.
+	rawKV, err := kv.Open(kv.Options{Dir: dir + "/rawkv"})
+	if err != nil {
+		b.Fatal(err)
+	}
 	return map[string]Enqueuer{
 			"herald":     heraldEnqueuer{q},
 			"raw-pebble": &rawPebble{db: raw},
+			"raw-kv":     &rawPebble{db: rawKV.DB},
 			"naive":      &baseline.NaiveQueue{DB: naive, Sealer: sealer},
 		}, func() {
 			q.Close()
 			db.Close()
 			raw.Close()
+			rawKV.Close()
 			naive.Close()
 		}
 }
@@ -101,8 +110,8 @@ func openAll(b *testing.B) (map[string]Enqueuer, func()) {
 func BenchmarkEnqueue(b *testing.B) {
 	for _, producers := range []int{1, 8, 64} {
 		for _, batch := range []int{1, 256} {
-			for _, impl := range []string{"herald", "raw-pebble", "naive"} {
-				if impl == "naive" && batch == 256 && producers == 64 {
+			for _, impl := range []string{"herald", "raw-pebble", "raw-kv", "naive"} {
+				if impl == "naive" && batch == 256 && producers == 64 || impl == "raw-kv" && batch == 1 {
 					continue // minutes of fsyncs, no new information
 				}
 				b.Run(fmt.Sprintf("producers=%d/batch=%d/impl=%s", producers, batch, impl), func(b *testing.B) {

@@ -558,6 +558,8 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		refs  []byte
 	}
 	byExp := map[int64]*expGroup{}
+	rcpts := make([]Recipient, len(msgs))
+	shardOf := make([]int, len(msgs))
 	for i := range msgs {
 		m := &msgs[i]
 		m.Seq = first + uint64(i)
@@ -566,12 +568,7 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		}
 		r := q.sealer.Lookup(m.Recipient)
 		sh := q.ShardOf(r)
-		fk := appendFreshKey(kbuf[:0], sh, m.Seq) // Set copies key and value
-		buf = append(append(buf[:0], freshVer), r[:]...)
-		buf = q.encodeRecord(buf, m, nil)
-		b.Set(fk, buf, nil)
-		m.size = len(fk) + len(buf)
-		added += int64(m.size)
+		rcpts[i], shardOf[i] = r, sh
 		g := byExp[m.ExpiresAt.UnixNano()]
 		if g == nil {
 			g = &expGroup{first: m.Seq}
@@ -582,6 +579,28 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		}
 		g.refs = appendRef(g.refs, sh, r, m.Seq)
 		perShard[sh]++
+	}
+	// Records go into the batch shard by shard (sequence order within each):
+	// consecutive memtable inserts then land next to each other, where the
+	// skiplist's cached splice makes each one cheap.
+	next := make([]int, len(q.shards))
+	for sh, n := 1, 0; sh < len(next); sh++ {
+		n += int(perShard[sh-1])
+		next[sh] = n
+	}
+	order := make([]int, len(msgs))
+	for i, sh := range shardOf {
+		order[next[sh]] = i
+		next[sh]++
+	}
+	for _, i := range order {
+		m := &msgs[i]
+		fk := appendFreshKey(kbuf[:0], shardOf[i], m.Seq) // Set copies key and value
+		buf = append(append(buf[:0], freshVer), rcpts[i][:]...)
+		buf = q.encodeRecord(buf, m, nil)
+		b.Set(fk, buf, nil)
+		m.size = len(fk) + len(buf)
+		added += int64(m.size)
 	}
 	for exp, g := range byExp {
 		b.Set(expiryKey(time.Unix(0, exp), g.first), g.refs, nil)
