@@ -201,9 +201,12 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		return nil, err
 	}
 	for _, it := range items {
-		v, ok, err := e.db.GetCopy(outboxKey(it.msg.Seq))
-		if err != nil {
-			return nil, err
+		var v []byte
+		ok := false
+		if !it.msg.FirstLease { // handed out before: a ciphertext may be stored (invariant 2)
+			if v, ok, err = e.db.GetCopy(outboxKey(it.msg.Seq)); err != nil {
+				return nil, err
+			}
 		}
 		it.ob = &outbox{}
 		if ok {

@@ -46,6 +46,10 @@ type Message struct {
 	// Set by the queue.
 	Seq     uint64
 	Attempt int
+	// FirstLease: this is the first time the message is handed out, in this
+	// process or any before it (a fresh record enqueued after Open, never
+	// leased): nothing a consumer stores under its Seq can exist yet.
+	FirstLease bool
 	// Sealed is Payload as stored (sealed), set on leased messages so callers
 	// can keep or rewrite it without sealing the same bytes again.
 	Sealed []byte
@@ -92,6 +96,7 @@ type Queue struct {
 	// sequence numbers below every batch still in flight (settled).
 	seqMu      sync.Mutex
 	committing map[uint64]struct{} // first seq of each batch in flight
+	openSeq    uint64              // the ceiling at Open: every seq above it was issued by this process
 	ceiling    uint64              // durably reserved: no seq above it was issued
 	depthMsgs  atomic.Int64
 	depthBytes atomic.Int64
@@ -254,6 +259,7 @@ func Open(opts Options) (*Queue, error) {
 		q.seq.Store(binary.BigEndian.Uint64(v))
 		q.ceiling = q.seq.Load()
 	}
+	q.openSeq = q.seq.Load()
 	if err := q.recount(); err != nil {
 		return nil, err
 	}
@@ -924,7 +930,7 @@ func (q *Queue) leaseFresh(ctx context.Context, s *shard, now time.Time, hinted 
 				q.deadLetter(mv.b, s.id, bytes.Clone(k), bytes.Clone(v), fmt.Errorf("%w: %v", errCorruptRecord, err))
 				break
 			}
-			m.Seq, m.size, m.Sealed, m.fresh = seq, size, bytes.Clone(sealed), true
+			m.Seq, m.size, m.Sealed, m.fresh, m.FirstLease = seq, size, bytes.Clone(sealed), true, seq > q.openSeq
 			l.Messages = append(l.Messages, m)
 			s.mu.Lock()
 			e := s.mu.leased[r]
@@ -966,7 +972,7 @@ func (q *Queue) leaseFresh(ctx context.Context, s *shard, now time.Time, hinted 
 				q.deadLetter(mv.b, s.id, bytes.Clone(k), bytes.Clone(v), fmt.Errorf("%w: %v", errCorruptRecord, err))
 				break
 			}
-			m.Seq, m.size, m.Sealed, m.fresh = seq, size, bytes.Clone(sealed), true
+			m.Seq, m.size, m.Sealed, m.fresh, m.FirstLease = seq, size, bytes.Clone(sealed), true, seq > q.openSeq
 			l = &Lease{Shard: s.id, Recipient: r, Messages: []Message{m}, token: token, exhausted: true}
 			byR[r] = l
 			leases = append(leases, l)

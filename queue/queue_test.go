@@ -659,3 +659,50 @@ func countKeys(t *testing.T, e *env, prefix []byte) int {
 	}
 	return n
 }
+
+// TestFirstLease: only a message handed out for the very first time is
+// marked FirstLease — not after a release, a reschedule or a restart (the
+// engine skips its stored-ciphertext lookup for marked messages).
+func TestFirstLease(t *testing.T) {
+	dir := t.TempDir()
+	clock := newClock()
+	e := openEnv(t, dir, nil, clock, nil)
+	ctx := context.Background()
+	exp := clock.Now().Add(time.Hour)
+	e.q.Enqueue(ctx, []Message{msg("m1", "1555", exp), msg("m2", "1666", exp), msg("m3", "1777", exp)})
+	ls := leaseAll(t, e.q, 1)
+	if len(ls) != 3 {
+		t.Fatalf("leases %d", len(ls))
+	}
+	for _, l := range ls {
+		if !l.Messages[0].FirstLease {
+			t.Fatalf("%s: first hand-out not marked", l.Messages[0].ID)
+		}
+		switch l.Messages[0].ID {
+		case "m1":
+			e.q.Release(l)
+		case "m2":
+			if err := e.q.Complete(ctx, l, []Outcome{{Seq: l.Messages[0].Seq, RetryAt: clock.Now()}}, nil, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// m3 stays leased across the restart below.
+	}
+	again := leaseAll(t, e.q, 1)
+	if len(again) != 2 {
+		t.Fatalf("after release and reschedule: %d leases", len(again))
+	}
+	for _, l := range again {
+		if l.Messages[0].FirstLease {
+			t.Fatalf("%s marked FirstLease on its second hand-out", l.Messages[0].ID)
+		}
+	}
+	e.close()
+	e = openEnv(t, dir, nil, clock, nil)
+	defer e.close()
+	for _, l := range leaseAll(t, e.q, 1) {
+		if l.Messages[0].FirstLease {
+			t.Fatalf("%s marked FirstLease after a restart", l.Messages[0].ID)
+		}
+	}
+}
