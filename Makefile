@@ -42,6 +42,7 @@ bench-e2e:
 	HERALD_BENCH_N=$${N:-5000} $(GO) test -run '^$$' -bench EndToEnd -benchtime 1x -timeout 30m ./bench/
 
 fuzz:
+	./scripts/fuzz_classify_test.sh
 	./scripts/fuzz.sh
 
 crash:
