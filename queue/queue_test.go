@@ -421,43 +421,15 @@ func TestConcurrentConsumersNeverSeeAckedMessages(t *testing.T) {
 	if err := e.q.Enqueue(context.Background(), msgs); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
 	seen := map[string]int{}
 	last := map[Recipient]string{}
-	var wg sync.WaitGroup
-	for c := 0; c < 8; c++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for idle := 0; idle < 50; {
-				got := 0
-				for s := 0; s < e.q.Shards(); s++ {
-					ls, err := e.q.Lease(context.Background(), s, 8, 3)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					for _, l := range ls {
-						mu.Lock()
-						for _, m := range l.Messages {
-							seen[m.ID]++
-							if m.ID <= last[l.Recipient] {
-								t.Errorf("order: %s after %s", m.ID, last[l.Recipient])
-							}
-							last[l.Recipient] = m.ID
-						}
-						mu.Unlock()
-						got++
-						ackAll(t, e.q, l)
-					}
-				}
-				if got == 0 {
-					idle++
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	consume(t, e.q, 8, 8, 3, func() bool { return true }, func(l *Lease, m Message) {
+		seen[m.ID]++
+		if m.ID <= last[l.Recipient] {
+			t.Errorf("order: %s after %s", m.ID, last[l.Recipient])
+		}
+		last[l.Recipient] = m.ID
+	})
 	for _, m := range msgs {
 		if seen[m.ID] != 1 {
 			t.Fatalf("%s handed out %d times", m.ID, seen[m.ID])
@@ -513,45 +485,11 @@ func TestProducersAndConsumersAtOnce(t *testing.T) {
 	defer e.close()
 	exp := e.clock.Now().Add(time.Hour)
 	const producers, batches, per = 8, 40, 25
-	var wg, cwg sync.WaitGroup
+	var wg sync.WaitGroup
 	var producing atomic.Bool
 	producing.Store(true)
-	var mu sync.Mutex
 	seen := map[string]int{}
 	last := map[string]string{} // recipient + producer → last id (one producer's order is defined)
-	for c := 0; c < 4; c++ {
-		cwg.Add(1)
-		go func() {
-			defer cwg.Done()
-			for idle := 0; idle < 50; {
-				got := 0
-				for s := 0; s < e.q.Shards(); s++ {
-					ls, err := e.q.Lease(context.Background(), s, 16, 4)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					for _, l := range ls {
-						mu.Lock()
-						for _, m := range l.Messages {
-							seen[m.ID]++
-							k := string(l.Recipient[:]) + m.ID[:2]
-							if m.ID <= last[k] {
-								t.Errorf("order: %s after %s", m.ID, last[k])
-							}
-							last[k] = m.ID
-						}
-						mu.Unlock()
-						got++
-						ackAll(t, e.q, l)
-					}
-				}
-				if got == 0 && !producing.Load() {
-					idle++
-				}
-			}
-		}()
-	}
 	for p := 0; p < producers; p++ {
 		wg.Add(1)
 		go func(p int) {
@@ -569,9 +507,15 @@ func TestProducersAndConsumersAtOnce(t *testing.T) {
 			}
 		}(p)
 	}
-	wg.Wait()
-	producing.Store(false)
-	cwg.Wait()
+	go func() { wg.Wait(); producing.Store(false) }()
+	consume(t, e.q, 4, 16, 4, func() bool { return !producing.Load() }, func(l *Lease, m Message) {
+		seen[m.ID]++
+		k := string(l.Recipient[:]) + m.ID[:2]
+		if m.ID <= last[k] {
+			t.Errorf("order: %s after %s", m.ID, last[k])
+		}
+		last[k] = m.ID
+	})
 	if len(seen) != producers*batches*per {
 		t.Fatalf("handed out %d distinct messages of %d", len(seen), producers*batches*per)
 	}
@@ -705,4 +649,42 @@ func TestFirstLease(t *testing.T) {
 			t.Fatalf("%s marked FirstLease after a restart", l.Messages[0].ID)
 		}
 	}
+}
+
+// consume runs n consumers that lease (maxR recipients, maxPer messages) from
+// every shard and ack at once, calling see for each message handed out (one
+// at a time), until done() holds and 50 rounds in a row found nothing.
+func consume(t *testing.T, q *Queue, n, maxR, maxPer int, done func() bool, see func(*Lease, Message)) {
+	t.Helper()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for c := 0; c < n; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for idle := 0; idle < 50; {
+				got := 0
+				for s := 0; s < q.Shards(); s++ {
+					ls, err := q.Lease(context.Background(), s, maxR, maxPer)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					for _, l := range ls {
+						mu.Lock()
+						for _, m := range l.Messages {
+							see(l, m)
+						}
+						mu.Unlock()
+						got++
+						ackAll(t, q, l)
+					}
+				}
+				if got == 0 && done() {
+					idle++
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
