@@ -64,9 +64,15 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// startSim starts the simulator process; HERALD_BENCH_SIM_PROFILE=FILE writes
+// its CPU profile (both phases) there when it exits.
 func startSim(b *testing.B, users int) (string, int) {
-	url, cmd := testutil.StartListening(b, time.Minute, buildHerald(b), "platform", "--listen", "127.0.0.1:0",
-		"--secret", "sekret", "--users", strconv.Itoa(users), "--prefix", "1666", "--devices", "1-3", "--read-share", "0")
+	args := []string{"platform", "--listen", "127.0.0.1:0",
+		"--secret", "sekret", "--users", strconv.Itoa(users), "--prefix", "1666", "--devices", "1-3", "--read-share", "0"}
+	if p := os.Getenv("HERALD_BENCH_SIM_PROFILE"); p != "" {
+		args = append(args, "--cpuprofile", p)
+	}
+	url, cmd := testutil.StartListening(b, time.Minute, buildHerald(b), args...)
 	return url, cmd.Process.Pid
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 
@@ -28,7 +30,7 @@ func simFlags(cmd *cobra.Command, o *sim.Options, devices *string) {
 
 func platformCmd() *cobra.Command {
 	var o sim.Options
-	var devices string
+	var devices, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "platform",
 		Short: "Run the platform simulator (real libsignal recipients) as its own process",
@@ -41,6 +43,17 @@ func platformCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return fmt.Errorf("invalid setting cpuprofile: %v", err)
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("invalid setting cpuprofile: %v", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			s.Start()
 			fmt.Printf("listening on %s\n", s.URL())
 			<-cmd.Context().Done()
@@ -50,6 +63,7 @@ func platformCmd() *cobra.Command {
 	cmd.Flags().StringVar(&o.Listen, "listen", "127.0.0.1:9100", "listen address")
 	cmd.Flags().StringVar(&o.EventsURL, "events-url", "", "Herald's /v1/platform/events URL (empty: no events)")
 	cmd.Flags().StringVar(&o.Secret, "secret", "platform-secret", "shared secret (Bearer from Herald; signs events)")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the simulator to this file, from start to exit (profiling; empty: off)")
 	simFlags(cmd, &o, &devices)
 	return cmd
 }

@@ -149,3 +149,42 @@ func BenchmarkSessionSerialize(b *testing.B) {
 	}
 	b.ReportMetric(float64(size), "bytes")
 }
+
+// BenchmarkWarmDecrypt: what the platform simulator spends per envelope on an
+// established session (the recipient side of every end-to-end figure). The
+// sender never hears back, so every message is a PreKeySignalMessage whose
+// base key the device already knows: no X3DH, one chain step. path=library is
+// the library's full decrypt (what the simulator did before chainStep).
+func BenchmarkWarmDecrypt(b *testing.B) {
+	for _, path := range []string{"chainstep", "library"} {
+		b.Run("path="+path, func(b *testing.B) {
+			id, _ := NewIdentity("15550001111")
+			dev, _ := NewDevice(1, 10)
+			dev.slow = path == "library"
+			bd, _ := DecodeBundle("1555", dev.Bundle())
+			built, _ := BuildSession(id, bd, nil, false)
+			pts := make([][]byte, 1000)
+			for i := range pts {
+				pts[i] = make([]byte, 200)
+			}
+			cts, _ := EncryptBatch(built.Record, pts[:1])
+			if _, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if i%len(pts) == 0 {
+					b.StopTimer()
+					cts, _ = EncryptBatch(built.Record, pts)
+					b.StartTimer()
+				}
+				c := cts[i%len(pts)]
+				if _, err := dev.Decrypt(id.Phone, c.Type, c.Body); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "decryptions/s")
+		})
+	}
+}
