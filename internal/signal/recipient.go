@@ -229,6 +229,7 @@ func (s *deviceStore) SaveIdentity(_ context.Context, a *protocol.SignalAddress,
 func (s *deviceStore) IsTrustedIdentity(context.Context, *protocol.SignalAddress, *identity.Key) (bool, error) {
 	return true, nil
 }
+
 // LoadSession hands the library a copy: it advances the state it was given
 // before checking the MAC and stores it back only on success, so with the
 // stored record itself one tampered envelope would poison the session for the
