@@ -232,7 +232,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		return nil, err
 	}
 	sessions := map[uint32]*record.Session{}
-	var missing []uint32
+	var missing, advanced []uint32 // advanced: devices whose session this batch writes
 	for _, d := range devs {
 		rec, err := e.store.Session(sender, rcpt, d)
 		if err != nil {
@@ -307,7 +307,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 						r.fail(it, heraldtype.CodeIdentityChanged)
 					}
 				}
-				return nil, nil
+				return advanced, nil // sessions built for earlier devices are in b
 			}
 			if err != nil {
 				return nil, err
@@ -321,10 +321,12 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			}
 			sessions[bd.DeviceID] = built.Record
 			e.store.PutTrustedIdentity(b, sender, rcpt, bd.DeviceID, built.IdentityKey)
+			// The whole new session; encryptions below only advance it.
+			e.store.PutSession(b, sender, rcpt, bd.DeviceID, built.Record)
+			advanced = append(advanced, bd.DeviceID)
 		}
 	}
 	r.devices[sender] = append([]uint32(nil), devs...)
-	var advanced []uint32
 	for _, d := range devs {
 		rec := sessions[d]
 		if rec == nil {
@@ -355,8 +357,10 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		for i, st := range targets {
 			st.typ, st.ct = cts[i].Type, cts[i].Body
 		}
-		e.store.PutSession(b, sender, rcpt, d, rec)
-		advanced = append(advanced, d)
+		e.store.Advance(b, sender, rcpt, d, rec)
+		if !contains(advanced, d) {
+			advanced = append(advanced, d)
+		}
 	}
 	for _, it := range items {
 		if !it.done {

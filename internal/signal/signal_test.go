@@ -1,9 +1,11 @@
 package signal
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/heraldhq/herald/internal/kv"
@@ -245,4 +247,68 @@ func TestDeviceListCache(t *testing.T) {
 	if d, ok := get(); ok {
 		t.Fatalf("forgotten list still served: %v", d)
 	}
+}
+
+// TestAdvanceStoresOnlyTheChain: after PutSession, encryptions are persisted
+// with Advance (the sending chain key only). A store with a cold cache must
+// rebuild exactly the session the warm one had: the next message decrypts in
+// order, and a corrupt chain record is an error, never a silently reused key.
+func TestAdvanceStoresOnlyTheChain(t *testing.T) {
+	dir := t.TempDir()
+	st, db := newStore(t, dir)
+	id, _ := st.Identity("15550001111")
+	dev, _ := NewDevice(1, 10)
+	r := Recipient{7}
+	built := mkSession(t, id, "1555", dev, nil, false)
+	b := db.NewBatch()
+	st.PutSession(b, id.Phone, r, 1, built.Record)
+	db.Commit(b, true)
+	for round := 0; round < 3; round++ {
+		cts, _ := EncryptBatch(built.Record, [][]byte{[]byte("a"), []byte("b")})
+		b := db.NewBatch()
+		st.Advance(b, id.Phone, r, 1, built.Record)
+		db.Commit(b, true)
+		for _, c := range cts {
+			if _, err := dev.Decrypt(id.Phone, c.Type, c.Body); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := built.Record.SessionState().SenderChainKey()
+	db.Close()
+
+	st, db = newStore(t, dir)
+	rec, err := st.Session(id.Phone, r, 1)
+	if err != nil || rec == nil {
+		t.Fatalf("session not reloaded: %v", err)
+	}
+	got := rec.SessionState().SenderChainKey()
+	if got.Index() != want.Index() || !bytes.Equal(got.Key(), want.Key()) || want.Index() != 6 {
+		t.Fatalf("reloaded chain at %d, want %d (the key must match too)", got.Index(), want.Index())
+	}
+	cts, _ := EncryptBatch(rec, [][]byte{[]byte("after restart")})
+	if pt, err := dev.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil || string(pt) != "after restart" {
+		t.Fatalf("reloaded session: %v", err)
+	}
+
+	// A rebuilt session drops the old chain record with it.
+	rebuilt := mkSession(t, id, "1555", dev, nil, false)
+	b = db.NewBatch()
+	st.PutSession(b, id.Phone, r, 1, rebuilt.Record)
+	db.Commit(b, true)
+	st.Forget(id.Phone, r, []uint32{1})
+	rec, err = st.Session(id.Phone, r, 1)
+	if err != nil || rec.SessionState().SenderChainKey().Index() != 0 {
+		t.Fatalf("rebuilt session reloaded at chain index %d (%v), want 0", rec.SessionState().SenderChainKey().Index(), err)
+	}
+
+	// A corrupt chain record is an error (the engine then resets the session).
+	b = db.NewBatch()
+	b.Set(key('C', id.Phone, &r, 1), []byte("garbage"), nil)
+	db.Commit(b, true)
+	st.Forget(id.Phone, r, []uint32{1})
+	if _, err := st.Session(id.Phone, r, 1); err == nil || !strings.Contains(err.Error(), "chain record unreadable") {
+		t.Fatalf("corrupt chain record: got %v", err)
+	}
+	db.Close()
 }

@@ -1,6 +1,7 @@
 package signal
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"go.mau.fi/libsignal/ecc"
+	"go.mau.fi/libsignal/kdf"
+	"go.mau.fi/libsignal/keys/chain"
 	"go.mau.fi/libsignal/keys/identity"
 	"go.mau.fi/libsignal/state/record"
 
@@ -133,21 +136,72 @@ func (s *Store) Session(biz string, r Recipient, device uint32) (*record.Session
 	if err != nil {
 		return nil, fmt.Errorf("signal: session record corrupt: %w", err)
 	}
+	if err := s.applyChain(biz, r, device, rec); err != nil {
+		return nil, err
+	}
 	s.cache.Add(ck, rec)
 	return rec, nil
 }
 
-// PutSession writes rec into b (sealed) and caches it.
+// A chain record ('C', next to the session's 'S') holds what an encryption
+// changes in a session: the sending chain's ratchet public key (which chain),
+// its index and its key. Sealed: a chain key decrypts messages.
+const chainRecordLen = 33 + 4 + 32
+
+// applyChain moves rec's sending chain forward to its stored chain record, if
+// that record belongs to rec's sending chain and is ahead of it.
+func (s *Store) applyChain(biz string, r Recipient, device uint32, rec *record.Session) error {
+	v, ok, err := s.db.GetCopy(key('C', biz, &r, device))
+	if err != nil || !ok {
+		return err
+	}
+	plain, err := s.sealer.Open(v)
+	if err != nil || len(plain) != chainRecordLen {
+		return fmt.Errorf("signal: session chain record unreadable (%d bytes): %v", len(plain), err)
+	}
+	st := rec.SessionState()
+	if st == nil || !st.HasSenderChain() || !bytes.Equal(plain[:33], st.SenderRatchetKey().Serialize()) {
+		return nil // a chain of an older session (PutSession deletes them; kept safe anyway)
+	}
+	idx := binary.BigEndian.Uint32(plain[33:37])
+	if idx < st.SenderChainKey().Index() {
+		return nil
+	}
+	st.SetSenderChainKey(chain.NewKey(kdf.DeriveSecrets, bytes.Clone(plain[37:]), idx))
+	return nil
+}
+
+// PutSession writes the whole of rec into b (sealed) and caches it: for a
+// session just built. After an encryption, Advance is enough.
 func (s *Store) PutSession(b *pebble.Batch, biz string, r Recipient, device uint32, rec *record.Session) {
 	ck := cacheKey(biz, r, device)
 	b.Set([]byte(ck), s.sealer.Seal(nil, rec.Serialize()), nil)
+	b.Delete(key('C', biz, &r, device), nil)
 	s.cache.Add(ck, rec)
+}
+
+// Advance writes into b what encrypting with rec changed — its sending chain
+// key — and caches rec. Encryption changes nothing else in a session
+// (EncryptBatch), so this replaces rewriting the whole record (~1 KB of JSON
+// serialized, compressed and sealed per device per message, and as many
+// bytes through the WAL, memtable and compactions) with ~100 sealed bytes.
+// Session reads the session record and then applies the chain record.
+func (s *Store) Advance(b *pebble.Batch, biz string, r Recipient, device uint32, rec *record.Session) {
+	st := rec.SessionState()
+	ck := st.SenderChainKey()
+	v := make([]byte, 0, chainRecordLen)
+	v = append(v, st.SenderRatchetKey().Serialize()...)
+	v = binary.BigEndian.AppendUint32(v, ck.Index())
+	v = append(v, ck.Key()...)
+	b.Set(key('C', biz, &r, device), s.sealer.Seal(nil, v), nil)
+	s.cache.Add(cacheKey(biz, r, device), rec)
 }
 
 // DeleteSession removes a device's session (a reset) in b and from the cache.
 func (s *Store) DeleteSession(b *pebble.Batch, biz string, r Recipient, device uint32) {
 	ck := cacheKey(biz, r, device)
 	b.Delete([]byte(ck), nil)
+	b.Delete(key('C', biz, &r, device), nil)
 	s.cache.Remove(ck)
 }
 
@@ -209,7 +263,7 @@ func (s *Store) PutTrustedIdentity(b *pebble.Batch, biz string, r Recipient, dev
 // (sessions, identities, devices): used by retention once nothing is pending.
 func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
 	s.devs.Remove(string(key('V', biz, &r, 0)))
-	for _, kind := range []byte{'S', 'K', 'V'} {
+	for _, kind := range []byte{'S', 'C', 'K', 'V'} {
 		lo := key(kind, biz, &r, 0)
 		b.DeleteRange(lo, kv.PrefixEnd(lo), nil)
 	}
