@@ -143,7 +143,7 @@ func workload(n, pass int) []baseline.Message {
 	var ids heraldtype.IDGen
 	out := make([]baseline.Message, n)
 	for i := range out {
-		out[i] = baseline.Message{ID: ids.New(time.Now()), To: fmt.Sprintf("1666%07d", i), Body: fmt.Sprintf("pass %d: your order %d has shipped, track it with the link in the app", pass, i)}
+		out[i] = baseline.Message{ID: ids.New(time.Now()), To: fmt.Sprintf("1666%07d", i/perRcpt()), Body: fmt.Sprintf("pass %d: your order %d has shipped, track it with the link in the app", pass, i)}
 	}
 	return out
 }
@@ -184,6 +184,13 @@ func BenchmarkEndToEnd(b *testing.B) {
 					b.Fatal(err)
 				}
 				el := time.Since(start)
+				if prof := os.Getenv("HERALD_BENCH_MEMPROFILE"); prof != "" && phase == profilePhase() && impl == "herald" {
+					// alloc_space covers both phases; diff against the cold
+					// phase's profile (HERALD_BENCH_PROFILE_PHASE=cold) if needed.
+					f, _ := os.Create(prof)
+					pprof.Lookup("allocs").WriteTo(f, 0)
+					f.Close()
+				}
 				self, simc := selfCPU()-selfBefore, procCPU(simPID)-simBefore
 				b.ReportMetric(float64(n)/el.Seconds(), phase+"_msgs/s")
 				b.ReportMetric(float64(self.Microseconds())/float64(n), phase+"_engine_cpu_µs/msg")
@@ -220,4 +227,11 @@ func profilePhase() string {
 		return p
 	}
 	return "warm"
+}
+
+func perRcpt() int {
+	if v, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_PER_RECIPIENT")); v > 0 {
+		return v
+	}
+	return 1
 }

@@ -3,6 +3,8 @@ package signal
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"fmt"
 	"testing"
 
@@ -50,18 +52,24 @@ func cloneSession(t *testing.T, rec *record.Session) *record.Session {
 // sessions; and the recipient decrypts Herald's.
 func TestEncryptMatchesLibraryCipher(t *testing.T) {
 	id, _ := NewIdentity("15550001111")
-	for _, acked := range []bool{false, true} {
-		t.Run(fmt.Sprintf("acknowledged=%v", acked), func(t *testing.T) {
-			dev, _ := NewDevice(2, 10)
+	for _, c := range []struct{ acked, oneTime bool }{{false, true}, {true, true}, {false, false}} {
+		acked := c.acked
+		t.Run(fmt.Sprintf("acknowledged=%v/one-time-prekey=%v", acked, c.oneTime), func(t *testing.T) {
+			budget := 10
+			if !c.oneTime {
+				budget = 0 // the bundle has no one-time prekey: no prekey id in the pkmsg
+			}
+			dev, _ := NewDevice(2, budget)
 			built := mkSession(t, id, "15551230000", dev, nil, false)
 			if acked {
 				built.Record.SessionState().ClearUnackPreKeyMessage()
 			}
 			ref := cloneSession(t, built.Record)
 			var pts [][]byte
-			for i := 0; i < 7; i++ {
-				pts = append(pts, bytes.Repeat([]byte{byte('a' + i)}, 1+i*37))
+			for i := 0; i < 9; i++ {
+				pts = append(pts, bytes.Repeat([]byte{byte('a' + i)}, 1+i*37)) // 1 … 297 bytes, 112 a whole number of blocks
 			}
+			pts = append(pts, nil) // empty: one block of padding
 			ours, err := EncryptBatch(built.Record, pts)
 			if err != nil {
 				t.Fatal(err)
@@ -130,5 +138,20 @@ func TestSessionSerializerMatchesLibrary(t *testing.T) {
 	}
 	if _, err := (sessionSerializer{}).Deserialize([]byte("{not json")); err == nil {
 		t.Fatal("garbage decoded")
+	}
+}
+
+func TestHMACMatchesStdlib(t *testing.T) {
+	for _, kl := range []int{0, 1, 32, 63, 64, 65, 100} {
+		for _, dl := range []int{0, 1, 19, 55, 56, 64, 127, 128, 129, 300} {
+			key, data := bytes.Repeat([]byte{byte(kl + 1)}, kl), bytes.Repeat([]byte{byte(dl + 7)}, dl)
+			var got [32]byte
+			hmacSHA256(&got, key, data)
+			m := hmac.New(sha256.New, key)
+			m.Write(data)
+			if !bytes.Equal(got[:], m.Sum(nil)) {
+				t.Fatalf("key %d bytes, data %d bytes: differs from crypto/hmac", kl, dl)
+			}
+		}
 	}
 }

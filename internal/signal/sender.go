@@ -2,17 +2,26 @@ package signal
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/ecdh"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 
-	"go.mau.fi/libsignal/cipher"
+	lcipher "go.mau.fi/libsignal/cipher"
+	"go.mau.fi/libsignal/kdf"
+	"go.mau.fi/libsignal/keys/chain"
 	"go.mau.fi/libsignal/keys/identity"
+	"go.mau.fi/libsignal/keys/message"
 	"go.mau.fi/libsignal/keys/prekey"
 	"go.mau.fi/libsignal/protocol"
 	"go.mau.fi/libsignal/state/record"
 	"go.mau.fi/libsignal/util/keyhelper"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/heraldhq/herald/internal/platform"
 )
@@ -125,9 +134,133 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	if st == nil || !st.HasSenderChain() {
 		return Ciphertext{}, errors.New("session has no sending chain")
 	}
+	if st.Version() != 3 {
+		return libraryStep(st, plaintext)
+	}
+	chainKey := st.SenderChainKey()
+	ck, index := chainKey.Key(), chainKey.Index()
+	if len(ck) != 32 {
+		return Ciphertext{}, fmt.Errorf("sending chain key is %d bytes", len(ck))
+	}
+	// Message keys (chain.Key.MessageKeys): HKDF-SHA256 of HMAC(ck, 0x01),
+	// no salt, info "WhisperMessageKeys", 80 bytes: cipher key, MAC key, IV.
+	var seed, prk, km [32]byte
+	hmacSHA256(&seed, ck, []byte{0x01})
+	hmacSHA256(&prk, zeroSalt[:], seed[:])
+	var okm [96]byte
+	var block []byte
+	var in [32 + len(message.KdfSalt) + 1]byte
+	for i := 0; i < 3; i++ {
+		buf := append(append(append(in[:0], block...), message.KdfSalt...), byte(i+1))
+		hmacSHA256(&km, prk[:], buf)
+		copy(okm[32*i:], km[:])
+		block = okm[32*i : 32*i+32]
+	}
+	cipherKey, macKey, iv := okm[:32], okm[32:64], okm[64:80]
+
+	// AES-256-CBC, PKCS#7 padding (cipher.EncryptCbc).
+	pad := aes.BlockSize - len(plaintext)%aes.BlockSize
+	body := make([]byte, len(plaintext)+pad)
+	copy(body, plaintext)
+	for i := len(plaintext); i < len(body); i++ {
+		body[i] = byte(pad)
+	}
+	blk, err := aes.NewCipher(cipherKey)
+	if err != nil {
+		return Ciphertext{}, err
+	}
+	cipher.NewCBCEncrypter(blk, iv).CryptBlocks(body, body)
+
+	// SignalMessage: version digit, protobuf {1 ratchet key, 2 counter,
+	// 3 previous counter, 4 ciphertext}, then the first 8 bytes of
+	// HMAC(mac key, sender identity | receiver identity | serialized).
+	ratchet := st.SenderRatchetKey().Serialize()
+	msg := make([]byte, 0, 1+2+len(ratchet)+12+3+len(body)+8)
+	msg = strconv.AppendInt(msg, int64(st.Version()), 10)
+	msg = protowire.AppendTag(msg, 1, protowire.BytesType)
+	msg = protowire.AppendBytes(msg, ratchet)
+	msg = protowire.AppendTag(msg, 2, protowire.VarintType)
+	msg = protowire.AppendVarint(msg, uint64(index))
+	msg = protowire.AppendTag(msg, 3, protowire.VarintType)
+	msg = protowire.AppendVarint(msg, uint64(st.PreviousCounter()))
+	msg = protowire.AppendTag(msg, 4, protowire.BytesType)
+	msg = protowire.AppendBytes(msg, body)
+	mac := hmac.New(sha256.New, macKey)
+	mac.Write(st.LocalIdentityKey().PublicKey().Serialize())
+	mac.Write(st.RemoteIdentityKey().PublicKey().Serialize())
+	mac.Write(msg)
+	msg = append(msg, mac.Sum(km[:0])[:8]...)
+
+	out := Ciphertext{Type: platform.TypeMsg, Body: msg}
+	if st.HasUnacknowledgedPreKeyMessage() {
+		items, err := st.UnackPreKeyMessageItems()
+		if err != nil {
+			return Ciphertext{}, err
+		}
+		// PreKeySignalMessage: version digit, protobuf {1 one-time prekey id
+		// (if any), 2 base key, 3 identity key, 4 message, 5 registration id,
+		// 6 signed prekey id} (preKeyMessageSerializer's field order).
+		base := items.BaseKey().Serialize()
+		ik := st.LocalIdentityKey().PublicKey().Serialize()
+		pk := make([]byte, 0, 1+6+2+len(base)+2+len(ik)+3+len(msg)+12)
+		pk = strconv.AppendInt(pk, int64(st.Version()), 10)
+		if id := items.PreKeyID(); id != nil && !id.IsEmpty {
+			pk = protowire.AppendTag(pk, 1, protowire.VarintType)
+			pk = protowire.AppendVarint(pk, uint64(id.Value))
+		}
+		pk = protowire.AppendTag(pk, 2, protowire.BytesType)
+		pk = protowire.AppendBytes(pk, base)
+		pk = protowire.AppendTag(pk, 3, protowire.BytesType)
+		pk = protowire.AppendBytes(pk, ik)
+		pk = protowire.AppendTag(pk, 4, protowire.BytesType)
+		pk = protowire.AppendBytes(pk, msg)
+		pk = protowire.AppendTag(pk, 5, protowire.VarintType)
+		pk = protowire.AppendVarint(pk, uint64(st.LocalRegistrationID()))
+		pk = protowire.AppendTag(pk, 6, protowire.VarintType)
+		pk = protowire.AppendVarint(pk, uint64(items.SignedPreKeyID()))
+		out.Type, out.Body = platform.TypePreKey, pk
+	}
+	// Next chain key (chain.Key.NextKey): HMAC(ck, 0x02).
+	var next [32]byte
+	hmacSHA256(&next, ck, []byte{0x02})
+	st.SetSenderChainKey(chain.NewKey(kdf.DeriveSecrets, next[:], index+1))
+	return out, nil
+}
+
+var zeroSalt [32]byte // HKDF without a salt: HashLen zero bytes
+
+// hmacSHA256 is HMAC-SHA256 (RFC 2104) for a key of at most one block and
+// short data, on stack buffers: crypto/hmac allocates two digests and two
+// pads per call, and an encryption makes six of these. Longer input goes to
+// crypto/hmac. TestHMACMatchesStdlib checks both against crypto/hmac.
+func hmacSHA256(out *[32]byte, key, data []byte) {
+	if len(key) > sha256.BlockSize || len(data) > 128 {
+		m := hmac.New(sha256.New, key)
+		m.Write(data)
+		m.Sum(out[:0])
+		return
+	}
+	var in [sha256.BlockSize + 128]byte
+	var outer [sha256.BlockSize + sha256.Size]byte
+	for i := 0; i < sha256.BlockSize; i++ {
+		var k byte
+		if i < len(key) {
+			k = key[i]
+		}
+		in[i], outer[i] = k^0x36, k^0x5c
+	}
+	n := copy(in[sha256.BlockSize:], data)
+	inner := sha256.Sum256(in[:sha256.BlockSize+n])
+	copy(outer[sha256.BlockSize:], inner[:])
+	*out = sha256.Sum256(outer[:])
+}
+
+// libraryStep is the same step from the library's types, for a session of a
+// protocol version other than 3 (none is built today).
+func libraryStep(st *record.State, plaintext []byte) (Ciphertext, error) {
 	chainKey := st.SenderChainKey()
 	keys := chainKey.MessageKeys()
-	body, err := cipher.EncryptCbc(keys.Iv(), keys.CipherKey(), plaintext)
+	body, err := lcipher.EncryptCbc(keys.Iv(), keys.CipherKey(), plaintext)
 	if err != nil {
 		return Ciphertext{}, err
 	}
