@@ -3,10 +3,12 @@ package signal
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"go.mau.fi/libsignal/cipher"
 	"go.mau.fi/libsignal/ecc"
@@ -15,7 +17,6 @@ import (
 	"go.mau.fi/libsignal/protocol"
 	"go.mau.fi/libsignal/session"
 	"go.mau.fi/libsignal/state/record"
-	"go.mau.fi/libsignal/util/keyhelper"
 
 	"github.com/heraldhq/herald/internal/platform"
 )
@@ -38,8 +39,12 @@ type Device struct {
 	preKeyBudget int
 	sessions     map[string]*record.Session
 	identities   map[string]*identity.Key
-	slow         bool // tests: always the library's full decrypt path
-	fastSteps    int  // decrypts chainStep did (tests)
+	// The private keys above parsed for crypto/ecdh (receive.go).
+	identityDH, signedDH *ecdh.PrivateKey
+	preKeyDH             map[uint32]*ecdh.PrivateKey
+	slow                 bool // tests: always the library's full decrypt path
+	fastSteps            int  // decrypts chainStep did (tests)
+	fastSessions         int  // sessions acceptSession built (tests)
 }
 
 // NewDevice makes a device with a fresh identity and signed prekey, and a
@@ -55,18 +60,26 @@ func NewDevice(id uint32, preKeyBudget int) (*Device, error) {
 // Reinstall gives the device a new identity and forgets every session, as a
 // reinstalled app would.
 func (d *Device) Reinstall() error {
-	kp, err := keyhelper.GenerateIdentityKeyPair()
+	// Keys as keyhelper.GenerateIdentityKeyPair and GenerateSignedPreKey make
+	// them, generated through crypto/ecdh (receive.go: one X25519 per key
+	// instead of the library's two, and the private keys kept parsed for DH).
+	ik, err := newDeviceKey()
 	if err != nil {
 		return err
 	}
-	spk, err := keyhelper.GenerateSignedPreKey(kp, 1, Serializer.SignedPreKeyRecord)
+	kp := identity.NewKeyPair(identity.NewKey(ik.pair.PublicKey()), ik.pair.PrivateKey())
+	sk, err := newDeviceKey()
 	if err != nil {
 		return err
 	}
+	sig := ecc.CalculateSignature(kp.PrivateKey(), sk.pair.PublicKey().Serialize())
+	spk := record.NewSignedPreKey(1, time.Now().Unix(), sk.pair, sig, Serializer.SignedPreKeyRecord)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.identity, d.regID, d.signed = kp, newRegistrationID(), spk
+	d.identityDH, d.signedDH = ik.dh, sk.dh
 	d.preKeys = map[uint32]*record.PreKey{}
+	d.preKeyDH = map[uint32]*ecdh.PrivateKey{}
 	d.nextPreKey = 1 // id 0 means "no prekey" in every libsignal
 	d.sessions = map[string]*record.Session{}
 	d.identities = map[string]*identity.Key{}
@@ -95,12 +108,13 @@ func (d *Device) Bundle() platform.DeviceBundle {
 		},
 	}
 	if int(d.nextPreKey) <= d.preKeyBudget {
-		kp, err := ecc.GenerateKeyPair()
+		k, err := newDeviceKey()
 		if err == nil {
 			id := d.nextPreKey
 			d.nextPreKey++
-			d.preKeys[id] = record.NewPreKey(id, kp, Serializer.PreKeyRecord)
-			b.PreKey = &platform.OneTimePreKey{ID: id, PublicKey: EncodeKey(kp.PublicKey())}
+			d.preKeys[id] = record.NewPreKey(id, k.pair, Serializer.PreKeyRecord)
+			d.preKeyDH[id] = k.dh
+			b.PreKey = &platform.OneTimePreKey{ID: id, PublicKey: EncodeKey(k.pair.PublicKey())}
 		}
 	}
 	return b
@@ -147,6 +161,9 @@ func (d *Device) Decrypt(from, typ string, body []byte) (pt []byte, err error) {
 					return pt, nil
 				}
 			}
+		}
+		if pt, ok := d.acceptSession(addr.String(), m); ok {
+			return pt, nil
 		}
 		return c.DecryptMessage(ctx, m)
 	case platform.TypeMsg:

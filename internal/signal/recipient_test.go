@@ -2,11 +2,14 @@ package signal
 
 import (
 	"bytes"
+	"context"
+	"crypto/ecdh"
 	"fmt"
 	"maps"
 	"testing"
 
 	"go.mau.fi/libsignal/protocol"
+	"go.mau.fi/libsignal/session"
 	"go.mau.fi/libsignal/state/record"
 
 	"github.com/heraldhq/herald/internal/platform"
@@ -122,5 +125,99 @@ func TestChainStepMatchesLibrary(t *testing.T) {
 	feed("old session, new message", enc(built.Record, 1, "a2")[0], true)
 	if fast.fastSteps != 7 || slow.fastSteps != 0 {
 		t.Fatalf("fast path took %d decrypts (want 7), the twin %d (want 0)", fast.fastSteps, slow.fastSteps)
+	}
+}
+
+// TestAcceptSessionMatchesLibrary: a device opening a session on its own path
+// (acceptSession: X3DH and the first ratchet step with crypto/ecdh) ends where
+// the library's path ends. The X3DH state is compared byte for byte with the
+// library's Builder.Process on a twin; the ratchet step's random new key
+// cannot match, so its receiving chain and counters are compared and its
+// sending chain is proven by a reply the sender decrypts with the library.
+// Run with and without a one-time prekey, and for a second session that
+// replaces the first.
+func TestAcceptSessionMatchesLibrary(t *testing.T) {
+	for _, oneTime := range []bool{true, false} {
+		t.Run(fmt.Sprintf("one-time-prekey=%v", oneTime), func(t *testing.T) {
+			budget := 10
+			if !oneTime {
+				budget = 0
+			}
+			id, _ := NewIdentity("15550001111")
+			fast, _ := NewDevice(1, budget)
+			for round := 0; round < 2; round++ {
+				wire := fast.Bundle()
+				slow := twin(t, fast)
+				bd, _ := DecodeBundle("1555", wire)
+				built, _ := BuildSession(id, bd, nil, false)
+				cts, _ := EncryptBatch(built.Record, [][]byte{[]byte("hello"), []byte("again")})
+				m, err := protocol.NewPreKeySignalMessageFromBytes(cts[0].Body, Serializer.PreKeySignalMessage, Serializer.SignalMessage)
+				if err != nil {
+					t.Fatal(err)
+				}
+				addr := protocol.NewSignalAddress(id.Phone, 1)
+
+				// X3DH: the library's Builder.Process on the twin's record vs x3dhReceive.
+				libRec, ourRec := NewSessionRecord(), NewSessionRecord()
+				if old := slow.sessions[addr.String()]; old != nil {
+					libRec, ourRec = cloneSession(t, old), cloneSession(t, old)
+					ourRec.ArchiveCurrentState()
+				}
+				ds := &deviceStore{d: twin(t, slow)}
+				if _, err := session.NewBuilder(ds, ds, ds, ds, addr, Serializer).Process(context.Background(), libRec, m); err != nil {
+					t.Fatal(err)
+				}
+				var otk *ecdh.PrivateKey
+				if oneTime {
+					otk = fast.preKeyDH[m.PreKeyID().Value]
+				}
+				if _, err := fast.x3dhReceive(ourRec.SessionState(), m, otk); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(libRec.Serialize(), ourRec.Serialize()) {
+					t.Fatalf("round %d: X3DH states differ:\nlibrary %s\nours    %s", round, libRec.Serialize(), ourRec.Serialize())
+				}
+
+				// The whole first decrypt, both paths.
+				before := fast.fastSessions
+				pf, ef := fast.Decrypt(id.Phone, cts[0].Type, cts[0].Body)
+				ps, es := slow.Decrypt(id.Phone, cts[0].Type, cts[0].Body)
+				if ef != nil || es != nil || string(pf) != "hello" || string(ps) != "hello" {
+					t.Fatalf("round %d: fast %q %v, library %q %v", round, pf, ef, ps, es)
+				}
+				if fast.fastSessions != before+1 {
+					t.Fatal("the session was not opened by acceptSession")
+				}
+				a, b := fast.sessions[addr.String()].SessionState(), slow.sessions[addr.String()].SessionState()
+				their := m.WhisperMessage().SenderRatchetKey()
+				ra, rb := a.ReceiverChainKey(their), b.ReceiverChainKey(their)
+				if ra == nil || rb == nil || !bytes.Equal(ra.Key(), rb.Key()) || ra.Index() != rb.Index() ||
+					a.PreviousCounter() != b.PreviousCounter() || !bytes.Equal(a.SenderBaseKey(), b.SenderBaseKey()) ||
+					len(fast.sessions[addr.String()].PreviousSessionStates()) != len(slow.sessions[addr.String()].PreviousSessionStates()) {
+					t.Fatalf("round %d: ratchet step differs from the library's", round)
+				}
+				if len(fast.preKeys) != len(slow.preKeys) || len(fast.preKeyDH) != len(fast.preKeys) {
+					t.Fatalf("round %d: one-time prekeys left: %d, library %d", round, len(fast.preKeys), len(slow.preKeys))
+				}
+				if got, err := fast.Decrypt(id.Phone, cts[1].Type, cts[1].Body); err != nil || string(got) != "again" {
+					t.Fatalf("round %d: second message: %v", round, err)
+				}
+
+				// The new sending chain: a reply decrypts at the sender (library).
+				reply, err := EncryptBatch(fast.sessions[addr.String()], [][]byte{[]byte("reply")})
+				if err != nil || reply[0].Type != platform.TypeMsg {
+					t.Fatalf("reply: %v %v", err, reply)
+				}
+				sm, err := protocol.NewSignalMessageFromBytes(reply[0].Body, Serializer.SignalMessage)
+				if err != nil {
+					t.Fatal(err)
+				}
+				st := &oneSession{id: id, rec: built.Record}
+				c := session.NewCipher(session.NewBuilder(st, st, st, st, protocol.NewSignalAddress("1555", 1), Serializer), protocol.NewSignalAddress("1555", 1))
+				if got, err := c.Decrypt(context.Background(), sm); err != nil || string(got) != "reply" {
+					t.Fatalf("round %d: the sender cannot decrypt the device's reply: %v", round, err)
+				}
+			}
+		})
 	}
 }
