@@ -3,6 +3,8 @@ package bench
 import (
 	"bufio"
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"go.mau.fi/libsignal/ecc"
 
 	"github.com/heraldhq/herald/bench/baseline"
 	"github.com/heraldhq/herald/engine"
@@ -195,6 +198,11 @@ func BenchmarkEndToEnd(b *testing.B) {
 				b.ReportMetric(float64(n)/el.Seconds(), phase+"_msgs/s")
 				b.ReportMetric(float64(self.Microseconds())/float64(n), phase+"_engine_cpu_µs/msg")
 				b.ReportMetric(float64(simc.Microseconds())/float64(n), phase+"_sim_cpu_µs/msg")
+				if phase == "cold" {
+					st := simStats(b, simURL)
+					ceiling := coldCrypto(st.Decrypted, st.Bundles)
+					b.ReportMetric(float64(ceiling)/float64(self+simc), "cold_crypto_fraction")
+				}
 			}
 			b.ReportMetric(0, "ns/op")
 			st := simStats(b, simURL)
@@ -206,6 +214,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 }
 
 func simStats(b *testing.B, url string) (st struct {
+	Bundles            int64            `json:"bundles"`
 	Decrypted          int64            `json:"decrypted"`
 	Failures           map[string]int64 `json:"failures"`
 	OrderingViolations int64            `json:"ordering_violations"`
@@ -234,4 +243,45 @@ func perRcpt() int {
 		return v
 	}
 	return 1
+}
+
+// coldCrypto is the crypto ceiling of a cold phase: the CPU time the
+// scalar multiplications and signatures both sides cannot avoid would take at
+// this machine's rate, measured now. Per session (one per device, each device
+// decrypts one message cold): the sender generates 2 keys (base, ratchet),
+// does 5 DH (X3DH with a one-time prekey, first ratchet step) and verifies 1
+// signature; the recipient does 4 + 2 DH (X3DH, its ratchet step) and
+// generates its new ratchet key: 14 X25519 and 1 XEdDSA verification. Per
+// bundle (a device created on its first key query): the recipient generates
+// its identity, signed and one-time prekeys (3 X25519) and signs once.
+func coldCrypto(sessions, bundles int64) time.Duration {
+	l, v, s := cryptoRates()
+	return time.Duration(sessions)*(14*l+v) + time.Duration(bundles)*(3*l+s)
+}
+
+// cryptoRates measures one X25519 (crypto/ecdh, parsed keys: the cheapest
+// here), one XEdDSA verification and one XEdDSA signature (the library's).
+func cryptoRates() (x25519, verify, sign time.Duration) {
+	priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	peer, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	const n = 2000
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		priv.ECDH(peer.PublicKey())
+	}
+	x25519 = time.Since(start) / n
+	kp, _ := ecc.GenerateKeyPair()
+	msg := make([]byte, 33)
+	start = time.Now()
+	var sig [64]byte
+	for i := 0; i < n/4; i++ {
+		sig = ecc.CalculateSignature(kp.PrivateKey(), msg)
+	}
+	sign = time.Since(start) / (n / 4)
+	start = time.Now()
+	for i := 0; i < n/4; i++ {
+		ecc.VerifySignature(kp.PublicKey(), msg, sig)
+	}
+	verify = time.Since(start) / (n / 4)
+	return
 }
