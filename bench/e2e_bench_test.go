@@ -188,10 +188,11 @@ func BenchmarkEndToEnd(b *testing.B) {
 					b.Fatal(err)
 				}
 				el := time.Since(start)
-				if prof := os.Getenv("HERALD_BENCH_MEMPROFILE"); prof != "" && phase == profilePhase() && impl == "herald" {
-					// alloc_space covers both phases; diff against the cold
-					// phase's profile (HERALD_BENCH_PROFILE_PHASE=cold) if needed.
-					f, _ := os.Create(prof)
+				if prof := os.Getenv("HERALD_BENCH_MEMPROFILE"); prof != "" && impl == "herald" {
+					// Cumulative allocations at the end of each phase, in
+					// PROF.cold and PROF.warm: go tool pprof -base PROF.cold PROF.warm
+					// shows the warm phase alone.
+					f, _ := os.Create(prof + "." + phase)
 					pprof.Lookup("allocs").WriteTo(f, 0)
 					f.Close()
 				}

@@ -25,6 +25,9 @@ type item struct {
 	bad  bool
 	ob   *outbox
 	done bool // an outcome was decided
+	// plaintext is the message as every device decrypts it (contract JSON),
+	// encoded once per message.
+	plaintext []byte
 }
 
 // group is one leased recipient with its messages.
@@ -342,9 +345,11 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			if st.accepted || st.typ != "" {
 				continue
 			}
-			pt, _ := gojson.Marshal(platform.Plaintext{ID: it.msg.ID, From: sender, TS: it.p.TS, Type: "text",
-				Text: &platform.TextBody{Body: it.p.Body}})
-			pts = append(pts, pt)
+			if it.plaintext == nil { // the same bytes for every device
+				it.plaintext, _ = gojson.Marshal(platform.Plaintext{ID: it.msg.ID, From: sender, TS: it.p.TS, Type: "text",
+					Text: &platform.TextBody{Body: it.p.Body}})
+			}
+			pts = append(pts, it.plaintext)
 			targets = append(targets, st)
 		}
 		if len(pts) == 0 {
