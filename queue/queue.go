@@ -696,7 +696,9 @@ func (q *Queue) leaseHinted(ctx context.Context, s *shard, now time.Time, maxRec
 	shardID := s.id
 	lo := []byte{pfx, kDue}
 	lo = binary.BigEndian.AppendUint16(lo, uint16(shardID))
-	hi := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(now.UnixNano())+1)
+	// The scan runs past now to the first hint not due yet, so the watermark
+	// can rise above now: with no hint due, later calls open no iterator.
+	hi := kv.PrefixEnd(lo)
 	s.lowMu.Lock()
 	startAt := s.low
 	if s.scanning > 0 || startAt < 0 {
@@ -705,7 +707,10 @@ func (q *Queue) leaseHinted(ctx context.Context, s *shard, now time.Time, maxRec
 	s.scanning++
 	s.low = math.MaxInt64
 	s.lowMu.Unlock()
-	firstSeen := now.UnixNano() + 1
+	// firstSeen: the lowest due among the hints this scan saw — every live
+	// hint is at or above it (below startAt there are none, and the scan sees
+	// the first one at or above startAt); MaxInt64 when there is none at all.
+	firstSeen := int64(math.MaxInt64)
 	defer func() {
 		s.lowMu.Lock()
 		s.scanning--
@@ -714,6 +719,10 @@ func (q *Queue) leaseHinted(ctx context.Context, s *shard, now time.Time, maxRec
 		}
 		s.lowMu.Unlock()
 	}()
+	if startAt > now.UnixNano() {
+		firstSeen = startAt // nothing due before it: keep the watermark, open nothing
+		return nil, nil
+	}
 	start := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(startAt))
 	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: hi})
 	if err != nil {
@@ -741,8 +750,12 @@ func (q *Queue) leaseHinted(ctx context.Context, s *shard, now time.Time, maxRec
 			break
 		}
 		hint := append([]byte(nil), it.Key()...)
-		if d := int64(binary.BigEndian.Uint64(hint[4:12])); d < firstSeen {
+		d := int64(binary.BigEndian.Uint64(hint[4:12]))
+		if d < firstSeen {
 			firstSeen = d
+		}
+		if d > now.UnixNano() {
+			break // not due yet, nor is anything after it
 		}
 		var r Recipient
 		copy(r[:], hint[12:28])
