@@ -8,7 +8,15 @@
 //     cold and warm, Herald vs baseline.Naive (net/http client, one worker and
 //     one fsync per message, session loaded and stored around every
 //     encryption), with the simulator in its own process so each side's CPU
-//     time is measured separately.
+//     time is measured separately. Knobs (environment): HERALD_BENCH_N
+//     (recipients, default 5000), HERALD_BENCH_PER_RECIPIENT (messages per
+//     recipient, default 1), HERALD_BENCH_PROFILE=FILE (engine CPU profile
+//     of the warm phase, or of HERALD_BENCH_PROFILE_PHASE=cold),
+//     HERALD_BENCH_MEMPROFILE=P (allocations at the end of each phase, in
+//     P.cold and P.warm), HERALD_BENCH_SIM_PROFILE=FILE (the simulator
+//     process's CPU profile, whole run). It also reports
+//     cold_crypto_fraction: the cold phase's unavoidable crypto at this
+//     machine's rates over both processes' CPU time.
 //
 // Suites take any implementation of a small interface (Enqueuer, Deliverer),
 // so a new implementation is measured by adding one line.
