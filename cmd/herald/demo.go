@@ -226,7 +226,7 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 			fmt.Printf("  failed with %s: %d\n", code, st.Failures[code])
 		}
 	}
-	fmt.Printf("simulator proof: %d envelopes, %d decrypted by real libsignal recipients, %d duplicates deduped, %d decrypt failures, %d ordering violations, %d plaintext mismatches\n",
+	fmt.Printf("simulator proof: %d envelopes, %d decrypted by the simulator's libsignal recipients, %d duplicates deduped, %d decrypt failures, %d ordering violations, %d plaintext mismatches\n",
 		stats.Envelopes, stats.Decrypted, stats.Duplicates, len(stats.Failures), stats.OrderingViolations, stats.Mismatches)
 	if sink.bad > 0 {
 		fmt.Printf("WARNING: %d webhook posts had a bad signature\n", sink.bad)

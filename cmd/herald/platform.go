@@ -33,7 +33,7 @@ func platformCmd() *cobra.Command {
 	var devices, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "platform",
-		Short: "Run the platform simulator (real libsignal recipients) as its own process",
+		Short: "Run the platform simulator (Signal recipients on go.mau.fi/libsignal) as its own process",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if o.DevicesMin, o.DevicesMax, err = sim.ParseDevices(devices); err != nil {

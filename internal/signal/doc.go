@@ -13,4 +13,15 @@
 //   - Private keys (identity, ratchet state) reach Pebble only sealed.
 //   - Only one goroutine works on one (business, recipient) at a time — the
 //     engine's lease guarantees it — so cached records need no lock of their own.
+//   - An encryption is persisted as its sending chain key (Store.Advance); a
+//     session is written whole only when built (Store.PutSession).
+//
+// The hot paths on both sides are written from the library's exported types
+// rather than through its session.Cipher and Builder (which format every
+// debug log call and pay two X25519 ladders per DH): the sender's X3DH and
+// encrypt step, the recipient's X3DH, first ratchet step and chain step. Each
+// is held to the library by a differential test (x3dh_test.go,
+// encrypt_test.go, recipient_test.go); a recipient takes the library's own
+// path for anything else. The independent check is the JavaScript libsignal
+// conformance suite (conformance_test.go, engine/conformance_test.go).
 package signal
