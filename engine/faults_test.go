@@ -233,3 +233,54 @@ func TestPlatformAnsweringGarbage(t *testing.T) {
 	h.drain(2 * time.Minute)
 	h.checkDelivered(users, 2, "camp-g")
 }
+
+// TestFailedPreparationDoesNotHoldBackItsTask: a task works on several
+// recipient groups with one commit; a group whose preparation fails (here a
+// corrupt stored device list) retries alone until it expires, and the groups
+// it shared tasks with are delivered. 8 workers × 8 groups per task, 40
+// recipients over 8 shards: the bad one shares its task with others.
+func TestFailedPreparationDoesNotHoldBackItsTask(t *testing.T) {
+	// Backoff far past the TTL: a message whose preparation failed is retried
+	// at most once more, at its expiry, so a good group that had to retry
+	// with the bad one would (almost surely) expire too.
+	h := newHarness(t, harnessOpts{engine: func(o *engine.Options) {
+		o.Workers, o.GroupsPerTask = 8, 8
+		o.BackoffBase, o.BackoffCap = 20*time.Second, 20*time.Second
+	}})
+	var users []string
+	for _, u := range h.users(0, 60) {
+		if h.sim.Registered(u) && len(users) < 40 {
+			users = append(users, u)
+		}
+	}
+	bad := users[17]
+	// The store's device-list key: 's' 'V' len(business) business HMAC(recipient).
+	k := append([]byte{'s', 'V', byte(len("15550001111"))}, "15550001111"...)
+	r := h.q.RecipientKey(bad)
+	k = append(k, r[:]...)
+	b := h.db.NewBatch()
+	b.Set(k, []byte{1, 2, 3}, nil) // not a whole number of 4-byte ids
+	if err := h.db.Commit(b, true); err != nil {
+		t.Fatal(err)
+	}
+	h.enqueue(users, 1, "c-prep", 1500*time.Millisecond)
+	h.drain(20 * time.Second)
+	var good []string
+	for _, u := range users {
+		if u != bad {
+			good = append(good, u)
+		}
+	}
+	want, _ := h.expectedDeliveries(good, 1)
+	st := h.sim.Stats()
+	if st.Decrypted != want || len(st.Failures) != 0 || st.OrderingViolations != 0 {
+		t.Fatalf("want %d decrypted for the 39 good recipients; got %+v", want, st)
+	}
+	c, err := h.eng.CampaignCounters("c-prep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Sent != 39 || c.Failed != 1 || c.Failures[fmt.Sprint(heraldtype.CodeExpired)] != 1 {
+		t.Fatalf("want 39 sent and the bad recipient's message expired: %+v", c)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -92,6 +93,54 @@ func (r *run) backoff(it *item, retryAfter time.Duration) time.Time {
 }
 
 func (e *Engine) work(ctx context.Context, g *group, probe bool) {
+	r := e.begin(g)
+	if err := e.prepare(ctx, r); err != nil {
+		e.prepareFailed(r, err)
+	}
+	e.transmit(ctx, r)
+	// Statuses first, then the ack (see Statuses.submitWait): after a crash the
+	// status is never behind the queue.
+	e.statuses.submitWait(r.ups)
+	e.finish(ctx, r)
+}
+
+// workMany is work for several recipient groups at once: their ciphertexts
+// and sessions go to disk in one fsync'd commit, their transmissions run
+// concurrently (the platform client batches them into shared requests), and
+// their statuses in one round trip. Each group's outcome is its own: a group
+// whose preparation fails retries alone.
+func (e *Engine) workMany(ctx context.Context, gs []*group, probe bool) {
+	if len(gs) == 1 {
+		e.work(ctx, gs[0], probe)
+		return
+	}
+	runs := make([]*run, len(gs))
+	for i, g := range gs {
+		runs[i] = e.begin(g)
+	}
+	e.prepareMany(ctx, runs)
+	var wg sync.WaitGroup
+	for _, r := range runs[1:] {
+		wg.Add(1)
+		go func(r *run) {
+			defer wg.Done()
+			e.transmit(ctx, r)
+		}(r)
+	}
+	e.transmit(ctx, runs[0])
+	wg.Wait()
+	var ups []update
+	for _, r := range runs {
+		ups = append(ups, r.ups...)
+	}
+	e.statuses.submitWait(ups)
+	for _, r := range runs {
+		e.finish(ctx, r)
+	}
+}
+
+// begin opens a run for g and settles expired, undecodable and shaped messages.
+func (e *Engine) begin(g *group) *run {
 	r := &run{e: e, g: g, now: e.opts.Now(), extra: e.db.NewBatch(), stopped: map[string]bool{}, devices: map[string][]uint32{}}
 	// Expired, undecodable and shaped messages first.
 	for _, it := range g.items {
@@ -108,22 +157,27 @@ func (e *Engine) work(ctx context.Context, g *group, probe bool) {
 			}
 		}
 	}
-	if err := e.prepare(ctx, r); err != nil {
-		var re *platform.RequestError
-		if errors.As(err, &re) {
-			e.breaker.failure(time.Now())
-		}
-		e.log.Warn("engine: could not prepare ciphertexts; will retry", "err", err)
-		for _, it := range g.items {
-			if !it.done && !r.stopped[it.p.From] {
-				r.retry(it, r.backoff(it, 0), true, "prepare")
-			}
+	return r
+}
+
+// prepareFailed schedules r's live messages for a retry after its ciphertexts
+// could not be prepared or committed.
+func (e *Engine) prepareFailed(r *run, err error) {
+	var re *platform.RequestError
+	if errors.As(err, &re) {
+		e.breaker.failure(time.Now())
+	}
+	e.log.Warn("engine: could not prepare ciphertexts; will retry", "err", err)
+	for _, it := range r.g.items {
+		if !it.done && !r.stopped[it.p.From] {
+			r.retry(it, r.backoff(it, 0), true, "prepare")
 		}
 	}
-	e.transmit(ctx, r)
-	// Statuses first, then the ack (see Statuses.submitWait): after a crash the
-	// status is never behind the queue.
-	e.statuses.submitWait(r.ups)
+}
+
+// finish completes r's lease with its outcomes (after its statuses).
+func (e *Engine) finish(ctx context.Context, r *run) {
+	g := r.g
 	if err := e.q.Complete(ctx, g.lease, r.outcomes, r.extra, false); err != nil {
 		e.log.Warn("engine: completing a lease failed; the messages come back", "err", err)
 		e.store.Forget(g.items[0].p.From, g.lease.Recipient, allDevices)
@@ -143,6 +197,80 @@ var allDevices = func() []uint32 {
 // device that still needs one, building sessions from bundles where needed, and
 // commits ciphertexts with the advanced sessions in one fsync'd batch.
 func (e *Engine) prepare(ctx context.Context, r *run) error {
+	b := e.db.NewBatch()
+	forget, err := e.prepareInto(ctx, r, b)
+	if err != nil {
+		b.Close()
+		return err
+	}
+	if b.Empty() {
+		b.Close()
+		return nil
+	}
+	// Invariant 2: ciphertexts and the sessions that produced them, durably, before the wire.
+	if err := e.db.Commit(b, true); err != nil {
+		forget()
+		return err
+	}
+	return nil
+}
+
+// prepareMany prepares several runs concurrently, each into a batch of its
+// own (a run that fails drops only its own writes and retries), and commits
+// what the others wrote in one fsync'd batch.
+func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
+	type prepared struct {
+		b      *pebble.Batch
+		forget func()
+		err    error
+	}
+	out := make([]prepared, len(runs))
+	one := func(i int) {
+		b := e.db.NewBatch()
+		forget, err := e.prepareInto(ctx, runs[i], b)
+		out[i] = prepared{b, forget, err}
+	}
+	// Concurrently: a group may wait for a key query, shared with others.
+	var wg sync.WaitGroup
+	for i := 1; i < len(runs); i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			one(i)
+		}(i)
+	}
+	one(0)
+	wg.Wait()
+	all := e.db.NewBatch()
+	for i, p := range out {
+		if p.err != nil {
+			p.b.Close()
+			e.prepareFailed(runs[i], p.err)
+			continue
+		}
+		if !p.b.Empty() {
+			all.Apply(p.b, nil)
+		}
+		p.b.Close()
+	}
+	if all.Empty() {
+		all.Close()
+		return
+	}
+	// Invariant 2: ciphertexts and the sessions that produced them, durably, before the wire.
+	if err := e.db.Commit(all, true); err != nil {
+		for i, p := range out {
+			if p.err == nil {
+				p.forget()
+				e.prepareFailed(runs[i], err)
+			}
+		}
+	}
+}
+
+// prepareInto writes r's ciphertexts and advanced sessions into b; forget
+// drops from the cache what b holds, for when b never commits.
+func (e *Engine) prepareInto(ctx context.Context, r *run, b *pebble.Batch) (forget func(), err error) {
 	g := r.g
 	bySender := map[string][]*item{}
 	var senders []string
@@ -156,41 +284,31 @@ func (e *Engine) prepare(ctx context.Context, r *run) error {
 		bySender[it.p.From] = append(bySender[it.p.From], it)
 	}
 	if len(senders) == 0 {
-		return nil
+		return func() {}, nil
 	}
-	b := e.db.NewBatch()
 	type touched struct {
 		sender string
 		devs   []uint32
 	}
 	var advanced []touched
+	forget = func() {
+		for _, t := range advanced {
+			e.store.Forget(t.sender, g.lease.Recipient, t.devs)
+		}
+	}
 	start := time.Now()
 	for _, s := range senders {
 		items := bySender[s]
 		devs, err := e.prepareSender(ctx, r, b, s, items)
 		if err != nil {
-			b.Close()
-			for _, t := range advanced {
-				e.store.Forget(t.sender, g.lease.Recipient, t.devs)
-			}
+			forget()
 			e.store.Forget(s, g.lease.Recipient, allDevices)
-			return err
+			return nil, err
 		}
 		advanced = append(advanced, touched{s, devs})
 	}
 	e.m.EncryptSeconds.Observe(time.Since(start).Seconds())
-	if b.Empty() {
-		b.Close()
-		return nil
-	}
-	// Invariant 2: ciphertexts and the sessions that produced them, durably, before the wire.
-	if err := e.db.Commit(b, true); err != nil {
-		for _, t := range advanced {
-			e.store.Forget(t.sender, g.lease.Recipient, t.devs)
-		}
-		return err
-	}
-	return nil
+	return forget, nil
 }
 
 var errUnknownUser = errors.New("engine: recipient unknown to the platform")

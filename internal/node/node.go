@@ -55,6 +55,8 @@ type Config struct {
 	Shards int
 	// Workers of the engine's pool; default 512.
 	Workers int
+	// GroupsPerTask: recipient groups per engine task; default 8.
+	GroupsPerTask int
 	// MaxQueuedBytes: backpressure high-water mark; default 8 GiB.
 	MaxQueuedBytes int64
 	// Sim configures the embedded simulator (when PlatformURL is empty).
@@ -218,7 +220,7 @@ func New(cfg Config) (n *Node, err error) {
 		}
 	}
 	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, Sealer: n.Sealer, Transport: n.client,
-		Directory: n.Tenants, Metrics: n.Metrics, Workers: cfg.Workers, Logger: cfg.Logger,
+		Directory: n.Tenants, Metrics: n.Metrics, Workers: cfg.Workers, GroupsPerTask: cfg.GroupsPerTask, Logger: cfg.Logger,
 		StatusHook: n.Webhooks.Hook, OnStatus: n.Webhooks.Notify, PurgeInterval: cfg.PurgeInterval}
 	if n.Limits != nil {
 		eo.Shaper = n.Limits
