@@ -1,15 +1,12 @@
 package signal
 
 import (
-	"bytes"
 	"crypto/ecdh"
-	"crypto/rand"
 
 	"go.mau.fi/libsignal/ecc"
 	"go.mau.fi/libsignal/kdf"
 	"go.mau.fi/libsignal/keys/chain"
 	"go.mau.fi/libsignal/keys/root"
-	"go.mau.fi/libsignal/keys/session"
 	"go.mau.fi/libsignal/protocol"
 	"go.mau.fi/libsignal/state/record"
 	"go.mau.fi/libsignal/util/medium"
@@ -26,85 +23,35 @@ import (
 // per DH and per key generation where one does. A cold recipient device made
 // ~19 ladders (keys, X3DH, ratchet) where 9 suffice, and the simulator shares
 // the cores with the engine in every end-to-end figure. Here keys are
-// generated once with crypto/ecdh and kept parsed; DH is one ladder.
+// generated once with crypto/ecdh and kept parsed (newEphemeral); DH is one
+// ladder (agree, createChain in x3dh.go, shared with the sender's half).
 //
 // TestAcceptSessionMatchesLibrary proves the state after X3DH byte-identical
 // to the library's, the receiving chain of the ratchet step identical, the
 // sending chain right (a reply decrypts at the sender with the library), and
 // anything unusual falls back to the library's path.
 
-// newDeviceKey makes an X25519 key pair as ecc.GenerateKeyPair does (random,
-// clamped private key), keeping the parsed crypto/ecdh key.
-func newDeviceKey() (ephemeral, error) {
-	var priv [32]byte
-	if _, err := rand.Read(priv[:]); err != nil {
-		return ephemeral{}, err
-	}
-	priv[0] &= 248
-	priv[31] &= 127
-	priv[31] |= 64
-	k, err := x25519.NewPrivateKey(priv[:])
-	if err != nil {
-		return ephemeral{}, err
-	}
-	return ephemeralFrom(k), nil
-}
-
-// createChain is root.Key.CreateChain with one DH: the next root key and a
-// chain key from DH(our, their) salted with the current root key.
-func createChain(rootKey []byte, our *ecdh.PrivateKey, their ecc.ECPublicKeyable) (newRoot, chainKey []byte, err error) {
-	shared, err := dh(our, their)
-	if err != nil {
-		return nil, nil, err
-	}
-	b, err := kdf.DeriveSecrets(shared, rootKey, []byte(root.KdfInfo), root.DerivedSecretsSize)
-	if err != nil {
-		return nil, nil, err
-	}
-	s := session.NewDerivedSecrets(b)
-	return s.RootKey(), s.ChainKey(), nil
-}
-
 // x3dhReceive is Builder.processV3 from "initialize our session" on: the
 // receiver's X3DH into st (a fresh state), with the one-time prekey otk (nil
 // if the message names none).
 func (d *Device) x3dhReceive(st *record.State, m *protocol.PreKeySignalMessage, otk *ecdh.PrivateKey) ([]byte, error) {
-	master := bytes.Repeat([]byte{0xFF}, 32) // the discontinuity bytes
-	steps := []struct {
-		priv *ecdh.PrivateKey
-		pub  ecc.ECPublicKeyable
-	}{
-		{d.signedDH, m.IdentityKey().PublicKey()},
-		{d.identityDH, m.BaseKey()},
-		{d.signedDH, m.BaseKey()},
-	}
+	steps := []dhStep{{d.signedDH, m.IdentityKey().PublicKey()}, {d.identityDH, m.BaseKey()}, {d.signedDH, m.BaseKey()}}
 	if otk != nil {
-		steps = append(steps, struct {
-			priv *ecdh.PrivateKey
-			pub  ecc.ECPublicKeyable
-		}{otk, m.BaseKey()})
+		steps = append(steps, dhStep{otk, m.BaseKey()})
 	}
-	for _, s := range steps {
-		secret, err := dh(s.priv, s.pub)
-		if err != nil {
-			return nil, err
-		}
-		master = append(master, secret...)
-	}
-	derived, err := kdf.DeriveSecrets(master, nil, []byte("WhisperText"), root.DerivedSecretsSize)
+	rootKey, chainKey, err := agree(steps...)
 	if err != nil {
 		return nil, err
 	}
-	secrets := session.NewDerivedSecrets(derived)
 	st.SetVersion(protocol.CurrentVersion)
 	st.SetRemoteIdentityKey(m.IdentityKey())
 	st.SetLocalIdentityKey(d.identity.PublicKey())
-	st.SetSenderChain(d.signed.KeyPair(), chain.NewKey(kdf.DeriveSecrets, secrets.ChainKey(), 0))
-	st.SetRootKey(root.NewKey(kdf.DeriveSecrets, secrets.RootKey()))
+	st.SetSenderChain(d.signed.KeyPair(), chain.NewKey(kdf.DeriveSecrets, chainKey, 0))
+	st.SetRootKey(root.NewKey(kdf.DeriveSecrets, rootKey))
 	st.SetLocalRegistrationID(d.regID)
 	st.SetRemoteRegistrationID(m.RegistrationID())
 	st.SetSenderBaseKey(m.BaseKey().Serialize())
-	return secrets.RootKey(), nil
+	return rootKey, nil
 }
 
 // ratchetReceive is the DH ratchet step of getOrCreateChainKey for a ratchet
@@ -166,7 +113,7 @@ func (d *Device) acceptSession(addr string, m *protocol.PreKeySignalMessage) ([]
 	if st.HasReceiverChain(w.SenderRatchetKey()) {
 		return nil, false
 	}
-	ours, err := newDeviceKey()
+	ours, err := newEphemeral()
 	if err != nil {
 		return nil, false
 	}

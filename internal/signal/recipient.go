@@ -63,12 +63,12 @@ func (d *Device) Reinstall() error {
 	// Keys as keyhelper.GenerateIdentityKeyPair and GenerateSignedPreKey make
 	// them, generated through crypto/ecdh (receive.go: one X25519 per key
 	// instead of the library's two, and the private keys kept parsed for DH).
-	ik, err := newDeviceKey()
+	ik, err := newEphemeral()
 	if err != nil {
 		return err
 	}
 	kp := identity.NewKeyPair(identity.NewKey(ik.pair.PublicKey()), ik.pair.PrivateKey())
-	sk, err := newDeviceKey()
+	sk, err := newEphemeral()
 	if err != nil {
 		return err
 	}
@@ -108,7 +108,7 @@ func (d *Device) Bundle() platform.DeviceBundle {
 		},
 	}
 	if int(d.nextPreKey) <= d.preKeyBudget {
-		k, err := newDeviceKey()
+		k, err := newEphemeral()
 		if err == nil {
 			id := d.nextPreKey
 			d.nextPreKey++

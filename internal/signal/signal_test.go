@@ -275,6 +275,11 @@ func TestAdvanceStoresOnlyTheChain(t *testing.T) {
 		}
 	}
 	want := built.Record.SessionState().SenderChainKey()
+	// Invariant 6: the chain key is a secret; the record holding it is sealed.
+	raw, ok, err := db.GetCopy(key('C', id.Phone, &r, 1))
+	if err != nil || !ok || bytes.Contains(raw, want.Key()) {
+		t.Fatalf("chain record missing or not sealed (%v, found %v)", err, ok)
+	}
 	db.Close()
 
 	st, db = newStore(t, dir)

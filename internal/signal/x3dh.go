@@ -45,8 +45,18 @@ type ephemeral struct {
 	pair *ecc.ECKeyPair
 }
 
+// newEphemeral makes an X25519 key pair as ecc.GenerateKeyPair does (random,
+// clamped private key: an identity key also signs, with XEdDSA, which needs
+// the clamped scalar), keeping the parsed crypto/ecdh key. One ladder.
 func newEphemeral() (ephemeral, error) {
-	k, err := x25519.GenerateKey(rand.Reader)
+	var priv [32]byte
+	if _, err := rand.Read(priv[:]); err != nil {
+		return ephemeral{}, err
+	}
+	priv[0] &= 248
+	priv[31] &= 127
+	priv[31] |= 64
+	k, err := x25519.NewPrivateKey(priv[:])
 	if err != nil {
 		return ephemeral{}, err
 	}
@@ -73,6 +83,47 @@ func dh(priv *ecdh.PrivateKey, pub ecc.ECPublicKeyable) ([]byte, error) {
 	return s, nil
 }
 
+// dhStep is one agreement of X3DH: our private key with their public key.
+type dhStep struct {
+	priv *ecdh.PrivateKey
+	pub  ecc.ECPublicKeyable
+}
+
+// agree is X3DH's key derivation (both halves): the discontinuity bytes and
+// the agreements, in order, through HKDF "WhisperText" into a root key and a
+// chain key.
+func agree(steps ...dhStep) (rootKey, chainKey []byte, err error) {
+	master := bytes.Repeat([]byte{0xFF}, 32) // the discontinuity bytes
+	for _, s := range steps {
+		secret, err := dh(s.priv, s.pub)
+		if err != nil {
+			return nil, nil, err
+		}
+		master = append(master, secret...)
+	}
+	derived, err := kdf.DeriveSecrets(master, nil, []byte("WhisperText"), root.DerivedSecretsSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	secrets := session.NewDerivedSecrets(derived)
+	return secrets.RootKey(), secrets.ChainKey(), nil
+}
+
+// createChain is root.Key.CreateChain with one DH: the next root key and a
+// chain key from DH(our, their) salted with the current root key.
+func createChain(rootKey []byte, our *ecdh.PrivateKey, their ecc.ECPublicKeyable) (newRoot, chainKey []byte, err error) {
+	shared, err := dh(our, their)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := kdf.DeriveSecrets(shared, rootKey, []byte(root.KdfInfo), root.DerivedSecretsSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	s := session.NewDerivedSecrets(b)
+	return s.RootKey(), s.ChainKey(), nil
+}
+
 // x3dhSession builds the sender's session from a bundle whose signature was
 // verified (DecodeBundle), with the given ephemeral base and ratchet keys.
 func x3dhSession(id *Identity, b *prekey.Bundle, base, ratchetKey ephemeral) (*record.Session, error) {
@@ -80,55 +131,28 @@ func x3dhSession(id *Identity, b *prekey.Bundle, base, ratchetKey ephemeral) (*r
 	if err != nil {
 		return nil, err
 	}
-	master := bytes.Repeat([]byte{0xFF}, 32) // the discontinuity bytes
-	for _, step := range []struct {
-		priv *ecdh.PrivateKey
-		pub  ecc.ECPublicKeyable
-	}{
-		{ik, b.SignedPreKey()},
-		{base.dh, b.IdentityKey().PublicKey()},
-		{base.dh, b.SignedPreKey()},
-	} {
-		s, err := dh(step.priv, step.pub)
-		if err != nil {
-			return nil, err
-		}
-		master = append(master, s...)
-	}
+	steps := []dhStep{{ik, b.SignedPreKey()}, {base.dh, b.IdentityKey().PublicKey()}, {base.dh, b.SignedPreKey()}}
 	if b.PreKey() != nil {
-		s, err := dh(base.dh, b.PreKey())
-		if err != nil {
-			return nil, err
-		}
-		master = append(master, s...)
+		steps = append(steps, dhStep{base.dh, b.PreKey()})
 	}
-	derived, err := kdf.DeriveSecrets(master, nil, []byte("WhisperText"), root.DerivedSecretsSize)
+	rootKey, receiverChain, err := agree(steps...)
 	if err != nil {
 		return nil, err
 	}
-	secrets := session.NewDerivedSecrets(derived)
-	rootKey := secrets.RootKey()
-	receiverChain := chain.NewKey(kdf.DeriveSecrets, secrets.ChainKey(), 0)
-
 	// First ratchet step: our sending chain from their signed prekey.
-	shared, err := dh(ratchetKey.dh, b.SignedPreKey())
+	nextRoot, senderChain, err := createChain(rootKey, ratchetKey.dh, b.SignedPreKey())
 	if err != nil {
 		return nil, err
 	}
-	step, err := kdf.DeriveSecrets(shared, rootKey, []byte(root.KdfInfo), root.DerivedSecretsSize)
-	if err != nil {
-		return nil, err
-	}
-	next := session.NewDerivedSecrets(step)
 
 	rec := NewSessionRecord()
 	st := rec.SessionState()
 	st.SetVersion(protocol.CurrentVersion)
 	st.SetRemoteIdentityKey(b.IdentityKey())
 	st.SetLocalIdentityKey(id.KeyPair.PublicKey())
-	st.AddReceiverChain(b.SignedPreKey(), receiverChain.Current())
-	st.SetSenderChain(ratchetKey.pair, chain.NewKey(kdf.DeriveSecrets, next.ChainKey(), 0))
-	st.SetRootKey(root.NewKey(kdf.DeriveSecrets, next.RootKey()))
+	st.AddReceiverChain(b.SignedPreKey(), chain.NewKey(kdf.DeriveSecrets, receiverChain, 0))
+	st.SetSenderChain(ratchetKey.pair, chain.NewKey(kdf.DeriveSecrets, senderChain, 0))
+	st.SetRootKey(root.NewKey(kdf.DeriveSecrets, nextRoot))
 	st.SetUnacknowledgedPreKeyMessage(b.PreKeyID(), b.SignedPreKeyID(), base.pair.PublicKey())
 	st.SetLocalRegistrationID(id.RegistrationID)
 	st.SetRemoteRegistrationID(b.RegistrationID())
