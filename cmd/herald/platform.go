@@ -39,11 +39,7 @@ func platformCmd() *cobra.Command {
 			if o.DevicesMin, o.DevicesMax, err = sim.ParseDevices(devices); err != nil {
 				return fmt.Errorf("invalid setting devices: %v", err)
 			}
-			s, err := sim.New(o)
-			if err != nil {
-				return err
-			}
-			if cpuProfile != "" {
+			if cpuProfile != "" { // before the listener, so a bad path leaves nothing open
 				f, err := os.Create(cpuProfile)
 				if err != nil {
 					return fmt.Errorf("invalid setting cpuprofile: %v", err)
@@ -53,6 +49,10 @@ func platformCmd() *cobra.Command {
 					return fmt.Errorf("invalid setting cpuprofile: %v", err)
 				}
 				defer pprof.StopCPUProfile()
+			}
+			s, err := sim.New(o)
+			if err != nil {
+				return err
 			}
 			s.Start()
 			fmt.Printf("listening on %s\n", s.URL())
