@@ -61,6 +61,13 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(u+s) * time.Second / 100
 }
 
+// selfFaults is the process's minor page faults so far (fresh memory touched).
+func selfFaults() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Minflt
+}
+
 func selfCPU() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
@@ -182,7 +189,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 					pprof.StartCPUProfile(f)
 					defer pprof.StopCPUProfile()
 				}
-				selfBefore, simBefore := selfCPU(), procCPU(simPID)
+				selfBefore, simBefore, faultsBefore := selfCPU(), procCPU(simPID), selfFaults()
 				start := time.Now()
 				if err := d.Deliver(context.Background(), msgs); err != nil {
 					b.Fatal(err)
@@ -200,6 +207,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 				b.ReportMetric(float64(n)/el.Seconds(), phase+"_msgs/s")
 				b.ReportMetric(float64(self.Microseconds())/float64(n), phase+"_engine_cpu_µs/msg")
 				b.ReportMetric(float64(simc.Microseconds())/float64(n), phase+"_sim_cpu_µs/msg")
+				b.ReportMetric(float64(selfFaults()-faultsBefore)/float64(n), phase+"_engine_faults/msg")
 				if phase == "cold" {
 					st := simStats(b, simURL)
 					ceiling := coldCrypto(rates, st.Decrypted, st.Bundles)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -119,6 +121,7 @@ func BenchmarkEnqueue(b *testing.B) {
 					defer closeAll()
 					e := impls[impl]
 					rc, pl := payloads(batch * producers)
+					warm(b, e, batch)
 					var done atomic.Int64
 					b.ResetTimer()
 					var wg sync.WaitGroup
@@ -141,6 +144,19 @@ func BenchmarkEnqueue(b *testing.B) {
 					b.ReportMetric(float64(done.Load())/b.Elapsed().Seconds(), "msgs/s")
 				})
 			}
+		}
+	}
+}
+
+// warm runs HERALD_BENCH_WARMUP messages (default 0) through e before the
+// timer starts: the store's memtables reach full size and are recycled, so the
+// timed part measures the steady state, not first-touch page faults.
+func warm(b *testing.B, e Enqueuer, batch int) {
+	n, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_WARMUP"))
+	rc, pl := payloads(batch)
+	for i := 0; i < n; i += batch {
+		if err := e.Enqueue(context.Background(), rc, pl); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -36,7 +36,10 @@ type Options struct {
 	// CacheBytes is the block cache size; default 64 MiB.
 	CacheBytes int64
 	// MemTableBytes is the memtable size (and so the WAL preallocation); default
-	// 64 MiB. Tests that open many databases use a small one.
+	// 16 MiB: with 64 MiB, one producer enqueued 15–20 % slower at steady
+	// state (a deeper skiplist that fits no cache, and more fresh arena pages
+	// before Pebble starts recycling them; BENCHMARKS.md, s5). Tests that open
+	// many databases use a small one.
 	MemTableBytes uint64
 	// Logger receives Pebble's informational logs; default slog.Default().
 	Logger *slog.Logger
@@ -46,6 +49,8 @@ type Options struct {
 type DB struct {
 	*pebble.DB
 	failed atomic.Pointer[error]
+	wal    *walFS
+	dir    string
 }
 
 type fatalPanic struct {
@@ -103,12 +108,16 @@ func Open(opts Options) (db *DB, err error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.MemTableBytes == 0 {
-		opts.MemTableBytes = 64 << 20
+		opts.MemTableBytes = 16 << 20
 	}
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref()
+	wal := newWALFS(opts.FS)
 	popts := &pebble.Options{
-		FS:                          opts.FS,
+		// WAL files are recycled (a full-size file syncs without a metadata
+		// update) and each generation is encrypted under a key of its own, so a
+		// recycled file's stale tail is unreadable (walfs.go).
+		FS:                          wal,
 		Cache:                       cache,
 		Logger:                      pebbleLogger{opts.Logger},
 		MemTableSize:                opts.MemTableBytes,
@@ -120,10 +129,6 @@ func Open(opts Options) (db *DB, err error) {
 		L0CompactionThreshold:      12,
 		L0StopWritesThreshold:      1000,
 		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
-		// Obsolete WAL files are deleted, never kept for recycling: a recycled
-		// WAL keeps old (sealed) records past its new write offset, and expired
-		// data must leave the directory (see Purge).
-		Cleaner: deleteCleaner{},
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -138,7 +143,7 @@ func Open(opts Options) (db *DB, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %w", ErrStorage, opts.Dir, err)
 	}
-	return &DB{DB: pdb}, nil
+	return &DB{DB: pdb, wal: wal, dir: opts.Dir}, nil
 }
 
 // Commit applies b (sync: wait for fsync, shared by concurrent committers) and
@@ -175,31 +180,29 @@ func (d *DB) recoverFatal(what string, err *error) {
 	d.failed.Store(err)
 }
 
-// deleteCleaner deletes obsolete files (Clean comes from the shallower
-// DeleteCleaner) but carries the "needs file contents" mark of the deeper
-// ArchiveCleaner, which is what turns Pebble's WAL recycling off.
-type deleteCleaner struct {
-	pebble.DeleteCleaner
-	contentsMark
-}
-
-type contentsMark struct{ pebble.ArchiveCleaner }
-
-func (deleteCleaner) String() string { return "delete-no-recycle" }
-
-// Purge makes deletions physical: it flushes the memtable (so the WAL holding
-// deleted records becomes obsolete and is removed) and compacts the whole key
-// space (so SSTables holding deleted values are rewritten without them and
-// removed). After it returns and Pebble's cleaner has run, a deleted value is
-// gone from the directory, sealed or not. It costs a rewrite of the live data,
-// so the engine runs it on a long interval.
+// Purge makes deletions physical: it flushes the memtable (so every WAL that
+// held deleted records becomes obsolete) and shreds those WALs' keys (a
+// recycled WAL's file stays on disk for reuse; without its key it is noise),
+// then compacts the whole key space (so SSTables holding deleted values are
+// rewritten without them and removed). After it returns and Pebble's cleaner
+// has run, a deleted value is gone from the directory, sealed or not. It costs
+// a rewrite of the live data, so the engine runs it on a long interval.
 func (d *DB) Purge(ctx context.Context) (err error) {
 	if e := d.failed.Load(); e != nil {
 		return *e
 	}
 	defer d.recoverFatal("purge: ", &err)
+	// Every WAL numbered up to the newest one now is obsolete once the flush
+	// (which always rotates to a new WAL) returns.
+	newest, err := d.wal.newestWAL(d.dir)
+	if err != nil {
+		return fmt.Errorf("%w: purge: %w", ErrStorage, err)
+	}
 	if err := d.DB.Flush(); err != nil {
 		return fmt.Errorf("%w: purge flush: %w", ErrStorage, err)
+	}
+	if _, err := d.wal.shred(d.dir, newest); err != nil {
+		return fmt.Errorf("%w: purge: %w", ErrStorage, err)
 	}
 	if err := d.DB.Compact(ctx, []byte{0}, []byte{0xff, 0xff, 0xff, 0xff}, true); err != nil {
 		return fmt.Errorf("%w: purge compaction: %w", ErrStorage, err)
