@@ -33,9 +33,11 @@ bench:
 	HERALD_BENCH_N=$${N:-5000} $(GO) test -run '^$$' -bench EndToEnd -benchtime 1x -timeout 30m ./bench/
 
 # The queue figures of BENCHMARKS.md: 1M messages per row, so memtable flushes and compactions are
-# inside the measurement (the 20,000-message rows of `make bench` fit in one memtable).
+# inside the measurement (the 20,000-message rows of `make bench` fit in one memtable), after 1M
+# untimed ones per row and implementation (WARMUP=0 for a fresh process: memtables still growing,
+# WAL files not yet recycled).
 bench-queue:
-	$(GO) test -run '^$$' -bench 'Enqueue/producers=(1|8|64)/batch=256/impl=(herald|raw)' -benchtime 1000000x -count $${COUNT:-3} ./bench/
+	HERALD_BENCH_WARMUP=$${WARMUP:-1000000} $(GO) test -run '^$$' -bench 'Enqueue/producers=(1|8|64)/batch=256/impl=(herald|raw)' -benchtime 1000000x -count $${COUNT:-3} ./bench/
 	$(GO) test -run '^$$' -bench 'LeaseAck|Mixed' -benchtime 200000x -count $${COUNT:-3} ./bench/
 
 bench-e2e:

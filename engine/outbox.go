@@ -3,6 +3,8 @@ package engine
 import (
 	"encoding/binary"
 	"errors"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // outbox is the per-message transmission state: for each device, the stored
@@ -35,8 +37,37 @@ func (o *outbox) get(dev uint32) *deviceState {
 	return &o.devices[len(o.devices)-1]
 }
 
-func (o *outbox) encode() []byte {
-	var b []byte
+func (o *outbox) encode() []byte { return o.appendTo(make([]byte, 0, o.size())) }
+
+// size is len(o.encode()).
+func (o *outbox) size() int {
+	n := 2
+	for _, d := range o.devices {
+		n += 4 + len(d.typ) + uvarintLen(uint64(len(d.ct))) + len(d.ct)
+	}
+	return n
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for ; v >= 0x80; v >>= 7 {
+		n++
+	}
+	return n
+}
+
+// setOutbox writes o under seq's key into b, encoded in place in the batch.
+func setOutbox(b *pebble.Batch, seq uint64, o *outbox) {
+	op := b.SetDeferred(10, o.size())
+	copy(op.Key, "eO")
+	binary.BigEndian.PutUint64(op.Key[2:], seq)
+	if v := o.appendTo(op.Value[:0]); len(v) != len(op.Value) || &v[0] != &op.Value[0] {
+		panic("engine: outbox size mismatch")
+	}
+	op.Finish()
+}
+
+func (o *outbox) appendTo(b []byte) []byte {
 	b = append(b, 1, byte(len(o.devices)))
 	for _, d := range o.devices {
 		flags := byte(0)

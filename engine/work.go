@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"strconv"
@@ -80,7 +79,7 @@ func (r *run) retry(it *item, at time.Time, count bool, reason string) {
 	it.done = true
 	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, RetryAt: at, CountAttempt: count})
 	if it.ob != nil {
-		r.extra.Set(outboxKey(it.msg.Seq), it.ob.encode(), nil)
+		setOutbox(r.extra, it.msg.Seq, it.ob)
 	}
 	r.stopped[it.p.From] = true
 	if reason != "" {
@@ -241,7 +240,13 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 	}
 	one(0)
 	wg.Wait()
-	all := e.db.NewBatch()
+	size := 0
+	for _, p := range out {
+		if p.err == nil {
+			size += len(p.b.Repr())
+		}
+	}
+	all := e.db.NewBatchWithSize(size)
 	for i, p := range out {
 		if p.err != nil {
 			p.b.Close()
@@ -487,7 +492,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 	}
 	for _, it := range items {
 		if !it.done {
-			b.Set(outboxKey(it.msg.Seq), it.ob.encode(), nil)
+			setOutbox(b, it.msg.Seq, it.ob)
 		}
 	}
 	return advanced, nil
@@ -540,7 +545,7 @@ func (e *Engine) transmit(ctx context.Context, r *run) {
 				continue
 			}
 			envs = append(envs, platform.Envelope{ID: it.msg.ID, From: it.p.From, To: it.p.To, DeviceID: d,
-				Type: st.typ, Ciphertext: base64.StdEncoding.EncodeToString(st.ct)})
+				Type: st.typ, Raw: st.ct})
 		}
 		if len(envs) > 0 {
 			start := time.Now()
@@ -641,7 +646,7 @@ func (e *Engine) resetDevice(r *run, it *item, dev uint32) {
 		if st := other.ob.get(dev); !st.accepted {
 			st.typ, st.ct = "", nil
 			if other != it && !other.done {
-				r.extra.Set(outboxKey(other.msg.Seq), other.ob.encode(), nil)
+				setOutbox(r.extra, other.msg.Seq, other.ob)
 			}
 		}
 	}

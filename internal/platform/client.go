@@ -168,7 +168,7 @@ func (c *Client) QueryKeys(ctx context.Context, users []string) (*KeysResponse, 
 // in envelope order. A result missing from the answer is reported as a
 // retryable "unavailable" so nothing is silently taken as delivered.
 func (c *Client) SendNow(ctx context.Context, envs []Envelope) ([]Result, error) {
-	body, _ := gojson.Marshal(MessagesRequest{Envelopes: envs}) // answers are decoded with encoding/json (outside bytes)
+	body := AppendMessagesRequest(nil, envs) // answers are decoded with encoding/json (outside bytes)
 	var r MessagesResponse
 	if err := c.do(ctx, "/v1/messages", body, &r); err != nil {
 		return nil, err
