@@ -185,11 +185,8 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	msg = protowire.AppendVarint(msg, uint64(st.PreviousCounter()))
 	msg = protowire.AppendTag(msg, 4, protowire.BytesType)
 	msg = protowire.AppendBytes(msg, body)
-	mac := hmac.New(sha256.New, macKey)
-	mac.Write(st.LocalIdentityKey().PublicKey().Serialize())
-	mac.Write(st.RemoteIdentityKey().PublicKey().Serialize())
-	mac.Write(msg)
-	msg = append(msg, mac.Sum(km[:0])[:8]...)
+	hmacSHA256(&km, macKey, st.LocalIdentityKey().PublicKey().Serialize(), st.RemoteIdentityKey().PublicKey().Serialize(), msg)
+	msg = append(msg, km[:8]...)
 
 	out := Ciphertext{Type: platform.TypeMsg, Body: msg}
 	if st.HasUnacknowledgedPreKeyMessage() {
@@ -229,18 +226,22 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 
 var zeroSalt [32]byte // HKDF without a salt: HashLen zero bytes
 
-// hmacSHA256 is HMAC-SHA256 (RFC 2104) for a key of at most one block and
-// short data, on stack buffers: crypto/hmac allocates two digests and two
-// pads per call, and an encryption makes six of these. Longer input goes to
-// crypto/hmac. TestHMACMatchesStdlib checks both against crypto/hmac.
-func hmacSHA256(out *[32]byte, key, data []byte) {
-	if len(key) > sha256.BlockSize || len(data) > 128 {
-		m := hmac.New(sha256.New, key)
-		m.Write(data)
-		m.Sum(out[:0])
+// hmacSHA256 is HMAC-SHA256 (RFC 2104) of the concatenated data parts, for
+// a key of at most one block and at most hmacMaxData bytes, on stack buffers:
+// crypto/hmac allocates two digests and two pads per call, and an encryption
+// makes seven of these. Anything longer goes to crypto/hmac through copies, so
+// no argument escapes and callers' buffers stay on the stack.
+// TestHMACMatchesStdlib checks both paths against crypto/hmac.
+func hmacSHA256(out *[32]byte, key []byte, data ...[]byte) {
+	n := 0
+	for _, d := range data {
+		n += len(d)
+	}
+	if len(key) > sha256.BlockSize || n > hmacMaxData {
+		hmacSlow(out, bytes.Clone(key), bytes.Join(data, nil))
 		return
 	}
-	var in [sha256.BlockSize + 128]byte
+	var in [sha256.BlockSize + hmacMaxData]byte
 	var outer [sha256.BlockSize + sha256.Size]byte
 	for i := 0; i < sha256.BlockSize; i++ {
 		var k byte
@@ -249,10 +250,21 @@ func hmacSHA256(out *[32]byte, key, data []byte) {
 		}
 		in[i], outer[i] = k^0x36, k^0x5c
 	}
-	n := copy(in[sha256.BlockSize:], data)
-	inner := sha256.Sum256(in[:sha256.BlockSize+n])
+	p := sha256.BlockSize
+	for _, d := range data {
+		p += copy(in[p:], d)
+	}
+	inner := sha256.Sum256(in[:p])
 	copy(outer[sha256.BlockSize:], inner[:])
 	*out = sha256.Sum256(outer[:])
+}
+
+const hmacMaxData = 1024
+
+func hmacSlow(out *[32]byte, key, data []byte) {
+	m := hmac.New(sha256.New, key)
+	m.Write(data)
+	copy(out[:], m.Sum(nil))
 }
 
 // libraryStep is the same step from the library's types, for a session of a
