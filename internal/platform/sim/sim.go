@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/valyala/fasthttp"
 
 	"github.com/heraldhq/herald/internal/platform"
@@ -397,8 +398,11 @@ func (s *Server) keysQuery(ctx *fasthttp.RequestCtx) {
 }
 
 func (s *Server) messages(ctx *fasthttp.RequestCtx) {
+	// The request through goccy/go-json (a 60-envelope body was ~10 % of the
+	// simulator's CPU per message with encoding/json); the plaintexts inside
+	// stay on encoding/json, independent of the engine's encoder.
 	var req platform.MessagesRequest
-	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+	if err := gojson.Unmarshal(ctx.PostBody(), &req); err != nil {
 		writeJSON(ctx, 400, map[string]string{"error": "body is not {\"envelopes\":[...]}"})
 		return
 	}

@@ -1,6 +1,7 @@
 package sim_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -212,5 +213,29 @@ func TestOptionValidation(t *testing.T) {
 	}
 	if lo, hi, err := sim.ParseDevices("1-3"); err != nil || lo != 1 || hi != 3 {
 		t.Error("ParseDevices 1-3")
+	}
+}
+
+// TestMalformedMessagesBodyIs400: a body that is not the contract's JSON gets
+// a 400 with a message, and nothing is counted as delivered.
+func TestMalformedMessagesBodyIs400(t *testing.T) {
+	s, _ := start(t, sim.Options{})
+	for _, body := range []string{`garbage`, `{"envelopes":[`, `{"envelopes":{"id":1}}`, `{"envelopes":[{"device_id":"x"}]}`} {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI(s.URL() + "/v1/messages")
+		req.Header.SetMethod("POST")
+		req.Header.Set("Authorization", "Bearer sekret")
+		req.SetBodyString(body)
+		if err := fasthttp.Do(req, resp); err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode() != 400 || !bytes.Contains(resp.Body(), []byte("envelopes")) {
+			t.Fatalf("%q: %d %s", body, resp.StatusCode(), resp.Body())
+		}
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+	}
+	if st := s.Stats(); st.Decrypted != 0 || st.Envelopes != 0 {
+		t.Fatalf("stats after garbage: %+v", st)
 	}
 }
