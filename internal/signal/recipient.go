@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdh"
+	"crypto/hmac"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,6 +19,8 @@ import (
 	"go.mau.fi/libsignal/protocol"
 	"go.mau.fi/libsignal/session"
 	"go.mau.fi/libsignal/state/record"
+
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/heraldhq/herald/internal/platform"
 )
@@ -215,11 +219,12 @@ func chainStep(st *record.State, m *protocol.SignalMessage) ([]byte, bool) {
 		skipped = append(skipped, ck.MessageKeys())
 		ck = ck.NextKey()
 	}
-	keys := ck.MessageKeys()
-	if m.VerifyMac(m.MessageVersion(), st.RemoteIdentityKey(), st.LocalIdentityKey(), keys.MacKey()) != nil {
+	var okm [96]byte
+	messageKeys(&okm, ck.Key())
+	if !macOK(m, st.RemoteIdentityKey(), st.LocalIdentityKey(), okm[32:64]) {
 		return nil, false
 	}
-	pt, err := cipher.DecryptCbc(keys.Iv(), keys.CipherKey(), bytes.Clone(m.Body()))
+	pt, err := cipher.DecryptCbc(okm[64:80], okm[:32], bytes.Clone(m.Body()))
 	if err != nil {
 		return nil, false
 	}
@@ -229,6 +234,36 @@ func chainStep(st *record.State, m *protocol.SignalMessage) ([]byte, bool) {
 	st.SetReceiverChainKey(their, ck.NextKey())
 	st.ClearUnackPreKeyMessage()
 	return pt, true
+}
+
+// macOK is SignalMessage.VerifyMac without its debug logging: the MAC is
+// computed, as the library does, over the message re-serialized from its
+// parsed fields (version digit, then the protobuf of ratchet key, counter,
+// previous counter and ciphertext, each bytes field only when present), not
+// over the bytes received.
+func macOK(m *protocol.SignalMessage, sender, receiver *identity.Key, macKey []byte) bool {
+	st := m.Structure()
+	var buf [512]byte
+	ser := strconv.AppendInt(buf[:0], int64(m.MessageVersion()), 10)
+	if st.RatchetKey != nil {
+		ser = protowire.AppendTag(ser, 1, protowire.BytesType)
+		ser = protowire.AppendBytes(ser, st.RatchetKey)
+	}
+	ser = protowire.AppendTag(ser, 2, protowire.VarintType)
+	ser = protowire.AppendVarint(ser, uint64(st.Counter))
+	ser = protowire.AppendTag(ser, 3, protowire.VarintType)
+	ser = protowire.AppendVarint(ser, uint64(st.PreviousCounter))
+	if st.CipherText != nil {
+		ser = protowire.AppendTag(ser, 4, protowire.BytesType)
+		ser = protowire.AppendBytes(ser, st.CipherText)
+	}
+	var mac [32]byte
+	if m.MessageVersion() >= 3 {
+		hmacSHA256(&mac, macKey, sender.PublicKey().Serialize(), receiver.PublicKey().Serialize(), ser)
+	} else {
+		hmacSHA256(&mac, macKey, ser)
+	}
+	return hmac.Equal(mac[:8], st.Mac)
 }
 
 // maxFutureMessages is the library's limit on skipped keys (session.maxFutureMessages).

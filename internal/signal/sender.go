@@ -142,21 +142,10 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	if len(ck) != 32 {
 		return Ciphertext{}, fmt.Errorf("sending chain key is %d bytes", len(ck))
 	}
-	// Message keys (chain.Key.MessageKeys): HKDF-SHA256 of HMAC(ck, 0x01),
-	// no salt, info "WhisperMessageKeys", 80 bytes: cipher key, MAC key, IV.
-	var seed, prk, km [32]byte
-	hmacSHA256(&seed, ck, []byte{0x01})
-	hmacSHA256(&prk, zeroSalt[:], seed[:])
 	var okm [96]byte
-	var block []byte
-	var in [32 + len(message.KdfSalt) + 1]byte
-	for i := 0; i < 3; i++ {
-		buf := append(append(append(in[:0], block...), message.KdfSalt...), byte(i+1))
-		hmacSHA256(&km, prk[:], buf)
-		copy(okm[32*i:], km[:])
-		block = okm[32*i : 32*i+32]
-	}
+	messageKeys(&okm, ck)
 	cipherKey, macKey, iv := okm[:32], okm[32:64], okm[64:80]
+	var km [32]byte
 
 	// AES-256-CBC, PKCS#7 padding (cipher.EncryptCbc).
 	pad := aes.BlockSize - len(plaintext)%aes.BlockSize
@@ -225,6 +214,23 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 }
 
 var zeroSalt [32]byte // HKDF without a salt: HashLen zero bytes
+
+// messageKeys derives a chain key's message keys (chain.Key.MessageKeys) into
+// okm: HKDF-SHA256 of HMAC(ck, 0x01), no salt, info "WhisperMessageKeys", 80
+// bytes — cipher key okm[:32], MAC key okm[32:64], IV okm[64:80].
+func messageKeys(okm *[96]byte, ck []byte) {
+	var seed, prk, km [32]byte
+	hmacSHA256(&seed, ck, []byte{0x01})
+	hmacSHA256(&prk, zeroSalt[:], seed[:])
+	var block []byte
+	var in [32 + len(message.KdfSalt) + 1]byte
+	for i := 0; i < 3; i++ {
+		buf := append(append(append(in[:0], block...), message.KdfSalt...), byte(i+1))
+		hmacSHA256(&km, prk[:], buf)
+		copy(okm[32*i:], km[:])
+		block = okm[32*i : 32*i+32]
+	}
+}
 
 // hmacSHA256 is HMAC-SHA256 (RFC 2104) of the concatenated data parts, for
 // a key of at most one block and at most hmacMaxData bytes, on stack buffers:
