@@ -239,3 +239,31 @@ func TestMalformedMessagesBodyIs400(t *testing.T) {
 		t.Fatalf("stats after garbage: %+v", st)
 	}
 }
+
+// TestPlaintextMismatchIsCounted: a ciphertext that decrypts to something other
+// than the contract's plaintext for its envelope (another id, not JSON) is
+// counted as a mismatch, not as a clean delivery.
+func TestPlaintextMismatchIsCounted(t *testing.T) {
+	s, c := start(t, sim.Options{Users: 100, UnknownShare: -1, DevicesMin: 1, DevicesMax: 1})
+	id, _ := signal.NewIdentity("15550001111")
+	user := s.UserNumber(3)
+	k, err := c.QueryKeys(context.Background(), []string{user})
+	if err != nil || len(k.Users) != 1 {
+		t.Fatalf("keys: %v", err)
+	}
+	d := k.Users[0].Devices[0]
+	b, _ := signal.DecodeBundle(user, d)
+	built, _ := signal.BuildSession(id, b, nil, false)
+	other, _ := json.Marshal(platform.Plaintext{ID: "01OTHER", From: id.Phone, Type: "text", Text: &platform.TextBody{Body: "hi"}})
+	cts, _ := signal.EncryptBatch(built.Record, [][]byte{other, []byte("not json")})
+	for i, ct := range cts {
+		env := platform.Envelope{ID: "01MSG" + string(rune('A'+i)), From: id.Phone, To: user, DeviceID: d.DeviceID, Type: ct.Type,
+			Ciphertext: base64.StdEncoding.EncodeToString(ct.Body)}
+		if _, err := c.Send(context.Background(), []platform.Envelope{env}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.Stats(); st.Mismatches != 2 {
+		t.Fatalf("mismatches %d, want 2 (%+v)", st.Mismatches, st)
+	}
+}
