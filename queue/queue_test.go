@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -687,4 +688,83 @@ func consume(t *testing.T, q *Queue, n, maxR, maxPer int, done func() bool, see 
 		}()
 	}
 	wg.Wait()
+}
+
+// TestLargeBatchKeepsEveryRecord: one batch of 1,000 messages to 40 recipients
+// with two expiries keeps every record whole — id, payload (empty to 40 KiB),
+// expiry, order per recipient — and expires exactly its short-lived tenth.
+func TestLargeBatchKeepsEveryRecord(t *testing.T) {
+	e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+	defer e.close()
+	ctx := context.Background()
+	now := e.clock.Now()
+	const n, rcpts = 1000, 40
+	var msgs []Message
+	want := map[string][]string{} // recipient → ids in order
+	for i := 0; i < n; i++ {
+		to := fmt.Sprintf("1555%07d", i%rcpts)
+		id := fmt.Sprintf("m%04d", i)
+		p := bytes.Repeat([]byte{byte(i)}, (i*37)%2000)
+		if i == 500 {
+			p = bytes.Repeat([]byte("x"), 40<<10)
+		}
+		exp := now.Add(time.Hour)
+		if i%10 == 0 {
+			exp = now.Add(time.Minute) // a second expiry group in the batch
+		}
+		msgs = append(msgs, Message{ID: id, Recipient: to, Payload: p, ExpiresAt: exp})
+		want[to] = append(want[to], id)
+	}
+	if err := e.q.Enqueue(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]Message{}
+	for _, m := range msgs {
+		byID[m.ID] = m
+	}
+	got := map[string][]string{}
+	for len(got) < rcpts || func() bool {
+		for r, ids := range want {
+			if len(got[r]) < len(ids) {
+				return true
+			}
+		}
+		return false
+	}() {
+		ls := leaseAll(t, e.q, 7)
+		if len(ls) == 0 {
+			t.Fatal("messages missing")
+		}
+		for _, l := range ls {
+			for _, m := range l.Messages {
+				w := byID[m.ID]
+				if !bytes.Equal(m.Payload, w.Payload) || !m.ExpiresAt.Equal(w.ExpiresAt) {
+					t.Fatalf("%s: payload %d bytes (want %d), expiry %v (want %v)", m.ID, len(m.Payload), len(w.Payload), m.ExpiresAt, w.ExpiresAt)
+				}
+				got[w.Recipient] = append(got[w.Recipient], m.ID)
+			}
+			ackAll(t, e.q, l)
+		}
+	}
+	for r, ids := range want {
+		if strings.Join(got[r], ",") != strings.Join(ids, ",") {
+			t.Fatalf("%s: order %v, want %v", r, got[r], ids)
+		}
+	}
+	// The same batch again, then expiry: exactly the one-minute tenth goes.
+	for i := range msgs {
+		msgs[i].Seq, msgs[i].Due = 0, time.Time{}
+	}
+	if err := e.q.Enqueue(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	expired, err := e.q.Expire(ctx, now.Add(2*time.Minute), 10000)
+	if err != nil || len(expired) != n/10 {
+		t.Fatalf("expired %d (want %d): %v", len(expired), n/10, err)
+	}
+	for _, m := range expired {
+		if !bytes.Equal(m.Payload, byID[m.ID].Payload) {
+			t.Fatalf("expired %s opened to a different payload", m.ID)
+		}
+	}
 }
