@@ -250,7 +250,8 @@ func (c *Client) flushLocked() {
 		return
 	}
 	batch := c.mu.pending
-	c.mu.pending = nil
+	// The next batch is likely the size of this one: no doubling from empty.
+	c.mu.pending = make([]pendingEnv, 0, len(batch))
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
