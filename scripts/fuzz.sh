@@ -13,6 +13,7 @@ targets=(
   "./internal/platform FuzzEvents"
   "./internal/signal FuzzDecrypt"
   "./internal/signal FuzzDecodeBundle"
+  "./internal/signal FuzzParsePreKeyMessage"
   "./internal/api FuzzSendMessage"
   "./internal/api FuzzCampaignJSON"
   "./internal/api FuzzCampaignNDJSON"

@@ -36,3 +36,17 @@ func FuzzDecodeBundle(f *testing.F) {
 			SignedPreKey: platform.SignedPreKey{ID: 1, PublicKey: spk, Signature: sig}})
 	})
 }
+
+// FuzzParsePreKeyMessage: whatever the fast parser of a PreKeySignalMessage
+// accepts, the library's parser accepts with the same version, base key,
+// identity key and inner message (the fast path never takes a message the
+// library would refuse).
+func FuzzParsePreKeyMessage(f *testing.F) {
+	for _, pk := range preKeySeeds(f) {
+		f.Add(pk)
+	}
+	f.Add([]byte{0x33})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		checkPreKeyAgreement(t, body)
+	})
+}

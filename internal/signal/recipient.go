@@ -48,6 +48,7 @@ type Device struct {
 	preKeyDH             map[uint32]*ecdh.PrivateKey
 	slow                 bool // tests: always the library's full decrypt path
 	fastSteps            int  // decrypts chainStep did (tests)
+	fastPreKeys          int  // of which preKeyStep parsed the wrapper (tests)
 	fastSessions         int  // sessions acceptSession built (tests)
 }
 
@@ -150,6 +151,11 @@ func (d *Device) Decrypt(from, typ string, body []byte) (pt []byte, err error) {
 	c := session.NewCipher(builder, addr)
 	switch typ {
 	case platform.TypePreKey:
+		if rec := d.sessions[addr.String()]; rec != nil && !d.slow {
+			if pt, ok := d.preKeyStep(addr.String(), rec.SessionState(), body); ok {
+				return pt, nil
+			}
+		}
 		m, err := protocol.NewPreKeySignalMessageFromBytes(body, Serializer.PreKeySignalMessage, Serializer.SignalMessage)
 		if err != nil {
 			return nil, fmt.Errorf("parse pkmsg: %w", err)
@@ -185,6 +191,90 @@ func (d *Device) Decrypt(from, typ string, body []byte) (pt []byte, err error) {
 		return c.Decrypt(ctx, m)
 	}
 	return nil, fmt.Errorf("unknown envelope type %q", typ)
+}
+
+// preKeyStep is the common case of a PreKeySignalMessage without the
+// library's reflective protobuf parse of the wrapper: a message on the session
+// the device already has (same version and base key), parsed by
+// parsePreKeyMessage, the inner message decrypted by chainStep. Anything else
+// reports !ok with nothing changed, and the caller parses with the library.
+func (d *Device) preKeyStep(addr string, cur *record.State, body []byte) ([]byte, bool) {
+	version, base, ik, inner, ok := parsePreKeyMessage(body)
+	if !ok || cur.Version() != version || !bytes.Equal(cur.SenderBaseKey(), base) {
+		return nil, false
+	}
+	idKey, err := ecc.DecodePoint(ik, 0)
+	if err != nil {
+		return nil, false
+	}
+	m, err := protocol.NewSignalMessageFromBytes(inner, Serializer.SignalMessage)
+	if err != nil {
+		return nil, false
+	}
+	pt, ok := chainStep(cur, m)
+	if !ok {
+		return nil, false
+	}
+	d.fastSteps++
+	d.fastPreKeys++
+	d.identities[addr] = identity.NewKey(idKey)
+	return pt, true
+}
+
+// parsePreKeyMessage reads a PreKeySignalMessage only in the canonical form
+// libsignal's serializer (and Herald's sender) writes: the version byte, then
+// fields 1 (one-time prekey id, optional), 2 (base key), 3 (identity key),
+// 4 (message), 5 (registration id), 6 (signed prekey id), each once, in that
+// order, with their wire types. Anything else is !ok — so whatever it accepts,
+// the library's parser accepts with the same values
+// (TestParsePreKeyMessageAgreesWithLibrary).
+func parsePreKeyMessage(b []byte) (version int, base, ik, inner []byte, ok bool) {
+	if len(b) < 1 {
+		return 0, nil, nil, nil, false
+	}
+	version = int(b[0] >> 4)
+	if version <= protocol.UnsupportedVersion || version > protocol.CurrentVersion {
+		return 0, nil, nil, nil, false // the library refuses these
+	}
+	b = b[1:]
+	want := protowire.Number(1)
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num < want || num > 6 {
+			return 0, nil, nil, nil, false
+		}
+		b = b[n:]
+		switch num {
+		case 1, 5, 6:
+			if typ != protowire.VarintType {
+				return 0, nil, nil, nil, false
+			}
+			_, n = protowire.ConsumeVarint(b)
+		default:
+			if typ != protowire.BytesType {
+				return 0, nil, nil, nil, false
+			}
+			var v []byte
+			v, n = protowire.ConsumeBytes(b)
+			switch num {
+			case 2:
+				base = v
+			case 3:
+				ik = v
+			case 4:
+				inner = v
+			}
+		}
+		if n < 0 {
+			return 0, nil, nil, nil, false
+		}
+		b = b[n:]
+		want = num + 1
+	}
+	if base == nil || ik == nil || inner == nil {
+		return 0, nil, nil, nil, false
+	}
+	return version, base, ik, inner, true
 }
 
 // chainStep decrypts m with the current session state when that is a plain

@@ -6,11 +6,15 @@ import (
 	"crypto/ecdh"
 	"fmt"
 	"maps"
+	mathrand "math/rand/v2"
 	"testing"
 
+	"go.mau.fi/libsignal/ecc"
 	"go.mau.fi/libsignal/protocol"
 	"go.mau.fi/libsignal/session"
 	"go.mau.fi/libsignal/state/record"
+
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/heraldhq/herald/internal/platform"
 )
@@ -219,5 +223,140 @@ func TestAcceptSessionMatchesLibrary(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// preKeySeeds are PreKeySignalMessages as the sender writes them: with and
+// without a one-time prekey, short and long plaintexts.
+func preKeySeeds(t testing.TB) [][]byte {
+	id, _ := NewIdentity("15550001111")
+	var out [][]byte
+	for _, budget := range []int{10, 0} {
+		dev, _ := NewDevice(1, budget)
+		b, _ := DecodeBundle("1555", dev.Bundle())
+		built, err := BuildSession(id, b, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cts, _ := EncryptBatch(built.Record, [][]byte{nil, bytes.Repeat([]byte("x"), 300)})
+		for _, c := range cts {
+			if c.Type != platform.TypePreKey {
+				t.Fatalf("want pkmsg, got %s", c.Type)
+			}
+			out = append(out, c.Body)
+		}
+	}
+	return out
+}
+
+// checkPreKeyAgreement: if parsePreKeyMessage accepts body, the library does,
+// with the same values.
+func checkPreKeyAgreement(t testing.TB, body []byte) bool {
+	t.Helper()
+	v, base, ik, inner, ok := parsePreKeyMessage(body)
+	if !ok {
+		return false
+	}
+	var err error
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("panic: %v", r)
+			}
+		}()
+		st, derr := Serializer.PreKeySignalMessage.Deserialize(body)
+		if derr != nil {
+			err = derr
+			return
+		}
+		if st.Version != v || !bytes.Equal(st.BaseKey, base) || !bytes.Equal(st.IdentityKey, ik) || !bytes.Equal(st.Message, inner) {
+			err = fmt.Errorf("fields differ: library v%d base %x ik %x msg %d bytes", st.Version, st.BaseKey, st.IdentityKey, len(st.Message))
+			return
+		}
+		_, err = protocol.NewPreKeySignalMessageFromStruct(st, Serializer.PreKeySignalMessage, Serializer.SignalMessage)
+	}()
+	if err != nil && keysDecode(base, ik) && innerParses(inner) {
+		t.Fatalf("fast parse accepted what the library refuses: %v (%x)", err, body)
+	}
+	return true
+}
+
+// innerParses: the library parses the inner SignalMessage. preKeyStep parses
+// it with the library too (and stops when that fails), so a refusal there is
+// the library's on both paths.
+func innerParses(inner []byte) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	_, err := protocol.NewSignalMessageFromBytes(inner, Serializer.SignalMessage)
+	return err == nil
+}
+
+// keysDecode: both keys decode. preKeyStep decodes them itself (and compares
+// the base key with the session's) before it uses a message, so a library
+// refusal over a bad key is not a disagreement.
+func keysDecode(base, ik []byte) bool {
+	_, e1 := ecc.DecodePoint(base, 0)
+	_, e2 := ecc.DecodePoint(ik, 0)
+	return e1 == nil && e2 == nil
+}
+
+// TestParsePreKeyMessageAgreesWithLibrary: real messages parse (and the fast
+// path takes them: fastPreKeys counts), non-canonical variants are refused
+// (the caller then uses the library), and random corruptions never make the
+// fast parser accept what the library refuses.
+func TestParsePreKeyMessageAgreesWithLibrary(t *testing.T) {
+	seeds := preKeySeeds(t)
+	for i, pk := range seeds {
+		if !checkPreKeyAgreement(t, pk) {
+			t.Fatalf("seed %d: the sender's own message refused", i)
+		}
+	}
+	pk := seeds[0]
+	// Non-canonical: an unknown field appended, field 2 repeated, a field out of order.
+	tag := func(num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
+	}
+	for name, body := range map[string][]byte{
+		"unknown field": append(bytes.Clone(pk), tag(9, []byte("x"))...),
+		"repeated base": append(bytes.Clone(pk), tag(2, make([]byte, 33))...),
+		"reordered":     append(append([]byte{pk[0]}, tag(3, make([]byte, 33))...), pk[1:]...),
+		"truncated":     pk[:len(pk)-3],
+		"empty":         nil,
+	} {
+		if _, _, _, _, ok := parsePreKeyMessage(body); ok {
+			t.Fatalf("%s: accepted", name)
+		}
+	}
+	// Random corruptions of real messages.
+	rng := mathrand.New(mathrand.NewPCG(1, 2))
+	accepted := 0
+	for i := 0; i < 5000; i++ {
+		b := bytes.Clone(seeds[i%len(seeds)])
+		for k := 0; k <= i%3; k++ {
+			b[rng.IntN(len(b))] ^= byte(1 + rng.IntN(255))
+		}
+		if checkPreKeyAgreement(t, b) {
+			accepted++
+		}
+	}
+	t.Logf("%d of 5000 corrupted messages still canonical (all agreed with the library)", accepted)
+
+	// End to end on a device: a second message on the session goes through preKeyStep.
+	id, _ := NewIdentity("15550001111")
+	dev, _ := NewDevice(1, 10)
+	b, _ := DecodeBundle("1555", dev.Bundle())
+	built, _ := BuildSession(id, b, nil, false)
+	cts, _ := EncryptBatch(built.Record, [][]byte{[]byte("one"), []byte("two"), []byte("three")})
+	for i, c := range cts {
+		pt, err := dev.Decrypt(id.Phone, c.Type, c.Body)
+		if err != nil || string(pt) != []string{"one", "two", "three"}[i] {
+			t.Fatalf("message %d: %q %v", i, pt, err)
+		}
+	}
+	if dev.fastPreKeys != 2 {
+		t.Fatalf("preKeyStep took %d messages, want 2 (the first opens the session)", dev.fastPreKeys)
 	}
 }
