@@ -417,7 +417,7 @@ func (e *Engine) DispatchOnce(ctx context.Context, shard int) (int, error) {
 		e.workers.Add(1)
 		err := e.pool.Submit(func() {
 			defer func() { e.inflight.Add(-n); e.releaseSlots(int(n)); e.workers.Done() }()
-			e.workMany(ctx, chunk, probe)
+			e.workMany(ctx, chunk)
 		})
 		if err != nil {
 			e.inflight.Add(-n)

@@ -91,28 +91,12 @@ func (r *run) backoff(it *item, retryAfter time.Duration) time.Time {
 	return Backoff(r.now, it.msg.Attempt, r.e.opts.BackoffBase, r.e.opts.BackoffCap, retryAfter, it.msg.ExpiresAt, jitter())
 }
 
-func (e *Engine) work(ctx context.Context, g *group, probe bool) {
-	r := e.begin(g)
-	if err := e.prepare(ctx, r); err != nil {
-		e.prepareFailed(r, err)
-	}
-	e.transmit(ctx, r)
-	// Statuses first, then the ack (see Statuses.submitWait): after a crash the
-	// status is never behind the queue.
-	e.statuses.submitWait(r.ups)
-	e.finish(ctx, r)
-}
-
-// workMany is work for several recipient groups at once: their ciphertexts
-// and sessions go to disk in one fsync'd commit, their transmissions run
-// concurrently (the platform client batches them into shared requests), and
-// their statuses in one round trip. Each group's outcome is its own: a group
-// whose preparation fails retries alone.
-func (e *Engine) workMany(ctx context.Context, gs []*group, probe bool) {
-	if len(gs) == 1 {
-		e.work(ctx, gs[0], probe)
-		return
-	}
+// workMany works on several recipient groups at once (one, or up to
+// GroupsPerTask): their ciphertexts and sessions go to disk in one fsync'd
+// commit, their transmissions run concurrently (the platform client batches
+// them into shared requests), and their statuses take one round trip. Each
+// group's outcome is its own: a group whose preparation fails retries alone.
+func (e *Engine) workMany(ctx context.Context, gs []*group) {
 	runs := make([]*run, len(gs))
 	for i, g := range gs {
 		runs[i] = e.begin(g)
@@ -128,10 +112,12 @@ func (e *Engine) workMany(ctx context.Context, gs []*group, probe bool) {
 	}
 	e.transmit(ctx, runs[0])
 	wg.Wait()
-	var ups []update
-	for _, r := range runs {
+	ups := runs[0].ups
+	for _, r := range runs[1:] {
 		ups = append(ups, r.ups...)
 	}
+	// Statuses first, then the acks (see Statuses.submitWait): after a crash
+	// a status is never behind the queue.
 	e.statuses.submitWait(ups)
 	for _, r := range runs {
 		e.finish(ctx, r)
@@ -192,31 +178,12 @@ var allDevices = func() []uint32 {
 	return out
 }()
 
-// prepare makes sure every live message has a stored ciphertext for every
-// device that still needs one, building sessions from bundles where needed, and
-// commits ciphertexts with the advanced sessions in one fsync'd batch.
-func (e *Engine) prepare(ctx context.Context, r *run) error {
-	b := e.db.NewBatch()
-	forget, err := e.prepareInto(ctx, r, b)
-	if err != nil {
-		b.Close()
-		return err
-	}
-	if b.Empty() {
-		b.Close()
-		return nil
-	}
-	// Invariant 2: ciphertexts and the sessions that produced them, durably, before the wire.
-	if err := e.db.Commit(b, true); err != nil {
-		forget()
-		return err
-	}
-	return nil
-}
-
-// prepareMany prepares several runs concurrently, each into a batch of its
-// own (a run that fails drops only its own writes and retries), and commits
-// what the others wrote in one fsync'd batch.
+// prepareMany makes sure every live message of the runs has a stored
+// ciphertext for every device that still needs one, building sessions from
+// bundles where needed. The runs are prepared concurrently (a group may wait
+// for a key query, shared with others), each into a batch of its own (a run
+// that fails drops only its own writes and retries), and what the others
+// wrote is committed with the advanced sessions in one fsync'd batch.
 func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 	type prepared struct {
 		b      *pebble.Batch
@@ -229,7 +196,6 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 		forget, err := e.prepareInto(ctx, runs[i], b)
 		out[i] = prepared{b, forget, err}
 	}
-	// Concurrently: a group may wait for a key query, shared with others.
 	var wg sync.WaitGroup
 	for i := 1; i < len(runs); i++ {
 		wg.Add(1)
@@ -240,33 +206,38 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 	}
 	one(0)
 	wg.Wait()
+	var ok []int // runs with writes to commit
 	size := 0
-	for _, p := range out {
-		if p.err == nil {
+	for i, p := range out {
+		switch {
+		case p.err != nil:
+			p.b.Close()
+			e.prepareFailed(runs[i], p.err)
+		case p.b.Empty():
+			p.b.Close()
+		default:
+			ok = append(ok, i)
 			size += len(p.b.Repr())
 		}
 	}
-	all := e.db.NewBatchWithSize(size)
-	for i, p := range out {
-		if p.err != nil {
-			p.b.Close()
-			e.prepareFailed(runs[i], p.err)
-			continue
-		}
-		if !p.b.Empty() {
-			all.Apply(p.b, nil)
-		}
-		p.b.Close()
-	}
-	if all.Empty() {
-		all.Close()
+	if len(ok) == 0 {
 		return
+	}
+	all := out[ok[0]].b // a lone batch is committed as it is
+	if len(ok) > 1 {
+		all = e.db.NewBatchWithSize(size)
+		for _, i := range ok {
+			all.Apply(out[i].b, nil)
+			out[i].b.Close()
+		}
 	}
 	// Invariant 2: ciphertexts and the sessions that produced them, durably, before the wire.
 	if err := e.db.Commit(all, true); err != nil {
-		for i, p := range out {
+		for _, i := range ok {
+			out[i].forget()
+		}
+		for i, p := range out { // a storage fault: every run retries, not only those that wrote
 			if p.err == nil {
-				p.forget()
 				e.prepareFailed(runs[i], err)
 			}
 		}

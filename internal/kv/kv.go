@@ -201,7 +201,7 @@ func (d *DB) Purge(ctx context.Context) (err error) {
 	if err := d.DB.Flush(); err != nil {
 		return fmt.Errorf("%w: purge flush: %w", ErrStorage, err)
 	}
-	if _, err := d.wal.shred(d.dir, newest); err != nil {
+	if err := d.wal.shred(d.dir, newest); err != nil {
 		return fmt.Errorf("%w: purge: %w", ErrStorage, err)
 	}
 	if err := d.DB.Compact(ctx, []byte{0}, []byte{0xff, 0xff, 0xff, 0xff}, true); err != nil {

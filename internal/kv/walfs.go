@@ -165,14 +165,13 @@ func openWAL(f vfs.File) (vfs.File, error) {
 // shred overwrites the key of every WAL in dir numbered at most upTo that no
 // handle is writing, and syncs each. The caller guarantees those WALs are
 // obsolete (Purge: numbered no higher than the newest WAL before a flush).
-func (fs *walFS) shred(dir string, upTo uint64) (int, error) {
+func (fs *walFS) shred(dir string, upTo uint64) error {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	names, err := fs.FS.List(dir)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	shredded := 0
 	for _, name := range names {
 		num, ok := walNum(name)
 		if !ok || num > upTo {
@@ -182,36 +181,34 @@ func (fs *walFS) shred(dir string, upTo uint64) (int, error) {
 		if fs.writing[path] > 0 {
 			continue
 		}
-		done, err := fs.shredFile(path)
-		if err != nil {
-			return shredded, fmt.Errorf("shred %s: %w", name, err)
-		}
-		if done {
-			shredded++
+		if err := fs.shredFile(path); err != nil {
+			return fmt.Errorf("shred %s: %w", name, err)
 		}
 	}
-	return shredded, nil
+	return nil
 }
 
-func (fs *walFS) shredFile(path string) (bool, error) {
+// shredFile overwrites path's key if it is a live Herald WAL; anything else
+// (removed meanwhile, written before this layer, already shredded) is left.
+func (fs *walFS) shredFile(path string) error {
 	f, err := fs.FS.OpenReadWrite(path, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		if _, serr := fs.FS.Stat(path); serr != nil {
-			return false, nil // removed by Pebble's cleaner meanwhile
+			return nil // removed by Pebble's cleaner meanwhile
 		}
-		return false, err
+		return err
 	}
 	defer f.Close()
 	hdr := make([]byte, walHeaderSize)
 	if n, _ := f.ReadAt(hdr, 0); n < len(walMagic)+1 || string(hdr[:len(walMagic)]) != string(walMagic) || hdr[8] != walLive {
-		return false, nil // not ours, or already shredded
+		return nil
 	}
 	clear(hdr[len(walMagic):])
 	hdr[8] = walShredded
 	if _, err := f.WriteAt(hdr, 0); err != nil {
-		return false, err
+		return err
 	}
-	return true, f.Sync()
+	return f.Sync()
 }
 
 // newestWAL is the highest WAL number in dir (0 when there is none).

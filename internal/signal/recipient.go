@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -48,7 +47,7 @@ type Device struct {
 	preKeyDH             map[uint32]*ecdh.PrivateKey
 	slow                 bool // tests: always the library's full decrypt path
 	fastSteps            int  // decrypts chainStep did (tests)
-	fastPreKeys          int  // of which preKeyStep parsed the wrapper (tests)
+	fastPreKeys          int  // of which PreKeySignalMessages (preKeyStep; tests)
 	fastSessions         int  // sessions acceptSession built (tests)
 }
 
@@ -160,18 +159,6 @@ func (d *Device) Decrypt(from, typ string, body []byte) (pt []byte, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("parse pkmsg: %w", err)
 		}
-		if rec := d.sessions[addr.String()]; rec != nil && !d.slow {
-			cur := rec.SessionState()
-			if cur.Version() == m.MessageVersion() && bytes.Equal(cur.SenderBaseKey(), m.BaseKey().Serialize()) {
-				// The session this message was built on is the current one:
-				// the library's Builder.Process would only save the identity.
-				if pt, ok := chainStep(cur, m.WhisperMessage()); ok {
-					d.fastSteps++
-					d.identities[addr.String()] = m.IdentityKey()
-					return pt, nil
-				}
-			}
-		}
 		if pt, ok := d.acceptSession(addr.String(), m); ok {
 			return pt, nil
 		}
@@ -195,7 +182,8 @@ func (d *Device) Decrypt(from, typ string, body []byte) (pt []byte, err error) {
 
 // preKeyStep is the common case of a PreKeySignalMessage without the
 // library's reflective protobuf parse of the wrapper: a message on the session
-// the device already has (same version and base key), parsed by
+// the device already has (same version and base key — the library's
+// Builder.Process would only save the identity), parsed by
 // parsePreKeyMessage, the inner message decrypted by chainStep. Anything else
 // reports !ok with nothing changed, and the caller parses with the library.
 func (d *Device) preKeyStep(addr string, cur *record.State, body []byte) ([]byte, bool) {
@@ -334,19 +322,7 @@ func chainStep(st *record.State, m *protocol.SignalMessage) ([]byte, bool) {
 func macOK(m *protocol.SignalMessage, sender, receiver *identity.Key, macKey []byte) bool {
 	st := m.Structure()
 	var buf [512]byte
-	ser := strconv.AppendInt(buf[:0], int64(m.MessageVersion()), 10)
-	if st.RatchetKey != nil {
-		ser = protowire.AppendTag(ser, 1, protowire.BytesType)
-		ser = protowire.AppendBytes(ser, st.RatchetKey)
-	}
-	ser = protowire.AppendTag(ser, 2, protowire.VarintType)
-	ser = protowire.AppendVarint(ser, uint64(st.Counter))
-	ser = protowire.AppendTag(ser, 3, protowire.VarintType)
-	ser = protowire.AppendVarint(ser, uint64(st.PreviousCounter))
-	if st.CipherText != nil {
-		ser = protowire.AppendTag(ser, 4, protowire.BytesType)
-		ser = protowire.AppendBytes(ser, st.CipherText)
-	}
+	ser := appendSignalMessage(buf[:0], m.MessageVersion(), st.RatchetKey, st.Counter, st.PreviousCounter, st.CipherText)
 	var mac [32]byte
 	if m.MessageVersion() >= 3 {
 		hmacSHA256(&mac, macKey, sender.PublicKey().Serialize(), receiver.PublicKey().Serialize(), ser)

@@ -160,20 +160,11 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	}
 	cipher.NewCBCEncrypter(blk, iv).CryptBlocks(body, body)
 
-	// SignalMessage: version digit, protobuf {1 ratchet key, 2 counter,
-	// 3 previous counter, 4 ciphertext}, then the first 8 bytes of
+	// SignalMessage, then the first 8 bytes of
 	// HMAC(mac key, sender identity | receiver identity | serialized).
 	ratchet := st.SenderRatchetKey().Serialize()
-	msg := make([]byte, 0, 1+2+len(ratchet)+12+3+len(body)+8)
-	msg = strconv.AppendInt(msg, int64(st.Version()), 10)
-	msg = protowire.AppendTag(msg, 1, protowire.BytesType)
-	msg = protowire.AppendBytes(msg, ratchet)
-	msg = protowire.AppendTag(msg, 2, protowire.VarintType)
-	msg = protowire.AppendVarint(msg, uint64(index))
-	msg = protowire.AppendTag(msg, 3, protowire.VarintType)
-	msg = protowire.AppendVarint(msg, uint64(st.PreviousCounter()))
-	msg = protowire.AppendTag(msg, 4, protowire.BytesType)
-	msg = protowire.AppendBytes(msg, body)
+	msg := appendSignalMessage(make([]byte, 0, 1+2+len(ratchet)+12+3+len(body)+8),
+		st.Version(), ratchet, index, st.PreviousCounter(), body)
 	hmacSHA256(&km, macKey, st.LocalIdentityKey().PublicKey().Serialize(), st.RemoteIdentityKey().PublicKey().Serialize(), msg)
 	msg = append(msg, km[:8]...)
 
@@ -214,6 +205,28 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 }
 
 var zeroSalt [32]byte // HKDF without a salt: HashLen zero bytes
+
+// appendSignalMessage appends a SignalMessage without its MAC as the library's
+// serializer writes it (and MACs it): the version digit, then the protobuf of
+// ratchet key (1), counter (2), previous counter (3) and ciphertext (4), a
+// bytes field only when it is non-nil. The sender writes its messages with it;
+// the recipient's MAC check rebuilds what it verifies with it.
+func appendSignalMessage(dst []byte, version int, ratchetKey []byte, counter, previous uint32, ciphertext []byte) []byte {
+	dst = strconv.AppendInt(dst, int64(version), 10)
+	if ratchetKey != nil {
+		dst = protowire.AppendTag(dst, 1, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, ratchetKey)
+	}
+	dst = protowire.AppendTag(dst, 2, protowire.VarintType)
+	dst = protowire.AppendVarint(dst, uint64(counter))
+	dst = protowire.AppendTag(dst, 3, protowire.VarintType)
+	dst = protowire.AppendVarint(dst, uint64(previous))
+	if ciphertext != nil {
+		dst = protowire.AppendTag(dst, 4, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, ciphertext)
+	}
+	return dst
+}
 
 // messageKeys derives a chain key's message keys (chain.Key.MessageKeys) into
 // okm: HKDF-SHA256 of HMAC(ck, 0x01), no salt, info "WhisperMessageKeys", 80
