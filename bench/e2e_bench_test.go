@@ -149,6 +149,20 @@ func (h *heraldDeliverer) Deliver(ctx context.Context, msgs []baseline.Message) 
 	}
 }
 
+// lsmBytes is what d's store has written so far: to the WAL, and by flushes
+// and compactions (zero for anything but Herald).
+func lsmBytes(d Deliverer) (wal, tables uint64) {
+	h, ok := d.(*heraldDeliverer)
+	if !ok {
+		return 0, 0
+	}
+	m := h.db.Metrics()
+	for _, l := range m.Levels {
+		tables += l.TableBytesFlushed + l.TableBytesCompacted
+	}
+	return m.WAL.BytesWritten, tables
+}
+
 func workload(n, pass int) []baseline.Message {
 	var ids heraldtype.IDGen
 	out := make([]baseline.Message, n)
@@ -190,6 +204,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 					defer pprof.StopCPUProfile()
 				}
 				selfBefore, simBefore, faultsBefore := selfCPU(), procCPU(simPID), selfFaults()
+				walBefore, lsmBefore := lsmBytes(d)
 				start := time.Now()
 				if err := d.Deliver(context.Background(), msgs); err != nil {
 					b.Fatal(err)
@@ -208,6 +223,14 @@ func BenchmarkEndToEnd(b *testing.B) {
 				b.ReportMetric(float64(self.Microseconds())/float64(n), phase+"_engine_cpu_µs/msg")
 				b.ReportMetric(float64(simc.Microseconds())/float64(n), phase+"_sim_cpu_µs/msg")
 				b.ReportMetric(float64(selfFaults()-faultsBefore)/float64(n), phase+"_engine_faults/msg")
+				if h, ok := d.(*heraldDeliverer); ok {
+					// Bytes into the WAL, and written by flushes and compactions,
+					// per message: a machine-independent measure of what the
+					// engine asks of the LSM (compactions run on the same cores).
+					wal, lsm := lsmBytes(h)
+					b.ReportMetric(float64(wal-walBefore)/float64(n), phase+"_wal_B/msg")
+					b.ReportMetric(float64(lsm-lsmBefore)/float64(n), phase+"_flush+compact_B/msg")
+				}
 				if phase == "cold" {
 					st := simStats(b, simURL)
 					// The machine's speed drifts within minutes: the rates are the
