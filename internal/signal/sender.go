@@ -7,12 +7,14 @@ import (
 	"crypto/ecdh"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"strconv"
 	"sync"
 
 	lcipher "go.mau.fi/libsignal/cipher"
+	"go.mau.fi/libsignal/ecc"
 	"go.mau.fi/libsignal/kdf"
 	"go.mau.fi/libsignal/keys/chain"
 	"go.mau.fi/libsignal/keys/identity"
@@ -145,63 +147,102 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	var okm [96]byte
 	messageKeys(&okm, ck)
 	cipherKey, macKey, iv := okm[:32], okm[32:64], okm[64:80]
-	var km [32]byte
-
-	// AES-256-CBC, PKCS#7 padding (cipher.EncryptCbc).
-	pad := aes.BlockSize - len(plaintext)%aes.BlockSize
-	body := make([]byte, len(plaintext)+pad)
-	copy(body, plaintext)
-	for i := len(plaintext); i < len(body); i++ {
-		body[i] = byte(pad)
-	}
 	blk, err := aes.NewCipher(cipherKey)
 	if err != nil {
 		return Ciphertext{}, err
 	}
-	cipher.NewCBCEncrypter(blk, iv).CryptBlocks(body, body)
 
-	// SignalMessage, then the first 8 bytes of
-	// HMAC(mac key, sender identity | receiver identity | serialized).
-	ratchet := st.SenderRatchetKey().Serialize()
-	msg := appendSignalMessage(make([]byte, 0, 1+2+len(ratchet)+12+3+len(body)+8),
-		st.Version(), ratchet, index, st.PreviousCounter(), body)
-	hmacSHA256(&km, macKey, st.LocalIdentityKey().PublicKey().Serialize(), st.RemoteIdentityKey().PublicKey().Serialize(), msg)
-	msg = append(msg, km[:8]...)
+	// The whole ciphertext is built in one buffer: the PreKeySignalMessage
+	// wrapper's leading fields while the session is unacknowledged, then the
+	// SignalMessage (header, AES-256-CBC body encrypted in place, MAC), then
+	// the wrapper's trailing fields.
+	ratchet := serialize33(st.SenderRatchetKey())
+	var hdr [64]byte // version, ratchet key, counter, previous counter
+	h := appendSignalMessage(hdr[:0], st.Version(), ratchet[:], index, st.PreviousCounter(), nil)
+	pad := aes.BlockSize - len(plaintext)%aes.BlockSize
+	bodyLen := len(plaintext) + pad
+	h = protowire.AppendTag(h, 4, protowire.BytesType)
+	h = protowire.AppendVarint(h, uint64(bodyLen))
+	msgLen := len(h) + bodyLen + 8
 
-	out := Ciphertext{Type: platform.TypeMsg, Body: msg}
-	if st.HasUnacknowledgedPreKeyMessage() {
-		items, err := st.UnackPreKeyMessageItems()
-		if err != nil {
+	prekey := st.HasUnacknowledgedPreKeyMessage()
+	var items *record.UnackPreKeyMessageItems
+	out := make([]byte, 0, 96+msgLen+24)
+	local := serialize33(st.LocalIdentityKey().PublicKey())
+	if prekey {
+		if items, err = st.UnackPreKeyMessageItems(); err != nil {
 			return Ciphertext{}, err
 		}
 		// PreKeySignalMessage: version digit, protobuf {1 one-time prekey id
 		// (if any), 2 base key, 3 identity key, 4 message, 5 registration id,
 		// 6 signed prekey id} (preKeyMessageSerializer's field order).
-		base := items.BaseKey().Serialize()
-		ik := st.LocalIdentityKey().PublicKey().Serialize()
-		pk := make([]byte, 0, 1+6+2+len(base)+2+len(ik)+3+len(msg)+12)
-		pk = strconv.AppendInt(pk, int64(st.Version()), 10)
+		base := serialize33(items.BaseKey())
+		out = strconv.AppendInt(out, int64(st.Version()), 10)
 		if id := items.PreKeyID(); id != nil && !id.IsEmpty {
-			pk = protowire.AppendTag(pk, 1, protowire.VarintType)
-			pk = protowire.AppendVarint(pk, uint64(id.Value))
+			out = protowire.AppendTag(out, 1, protowire.VarintType)
+			out = protowire.AppendVarint(out, uint64(id.Value))
 		}
-		pk = protowire.AppendTag(pk, 2, protowire.BytesType)
-		pk = protowire.AppendBytes(pk, base)
-		pk = protowire.AppendTag(pk, 3, protowire.BytesType)
-		pk = protowire.AppendBytes(pk, ik)
-		pk = protowire.AppendTag(pk, 4, protowire.BytesType)
-		pk = protowire.AppendBytes(pk, msg)
-		pk = protowire.AppendTag(pk, 5, protowire.VarintType)
-		pk = protowire.AppendVarint(pk, uint64(st.LocalRegistrationID()))
-		pk = protowire.AppendTag(pk, 6, protowire.VarintType)
-		pk = protowire.AppendVarint(pk, uint64(items.SignedPreKeyID()))
-		out.Type, out.Body = platform.TypePreKey, pk
+		out = protowire.AppendTag(out, 2, protowire.BytesType)
+		out = protowire.AppendBytes(out, base[:])
+		out = protowire.AppendTag(out, 3, protowire.BytesType)
+		out = protowire.AppendBytes(out, local[:])
+		out = protowire.AppendTag(out, 4, protowire.BytesType)
+		out = protowire.AppendVarint(out, uint64(msgLen))
+	}
+	m0 := len(out)
+	out = append(out, h...)
+	b0 := len(out)
+	out = append(out, plaintext...)
+	for i := 0; i < pad; i++ {
+		out = append(out, byte(pad)) // PKCS#7 (cipher.EncryptCbc)
+	}
+	cbcEncrypt(blk, iv, out[b0:])
+
+	// The first 8 bytes of HMAC(mac key, sender identity | receiver identity | SignalMessage).
+	var km [32]byte
+	remote := serialize33(st.RemoteIdentityKey().PublicKey())
+	hmacSHA256(&km, macKey, local[:], remote[:], out[m0:])
+	out = append(out, km[:8]...)
+
+	typ := platform.TypeMsg
+	if prekey {
+		out = protowire.AppendTag(out, 5, protowire.VarintType)
+		out = protowire.AppendVarint(out, uint64(st.LocalRegistrationID()))
+		out = protowire.AppendTag(out, 6, protowire.VarintType)
+		out = protowire.AppendVarint(out, uint64(items.SignedPreKeyID()))
+		typ = platform.TypePreKey
 	}
 	// Next chain key (chain.Key.NextKey): HMAC(ck, 0x02).
 	var next [32]byte
 	hmacSHA256(&next, ck, []byte{0x02})
 	st.SetSenderChainKey(chain.NewKey(kdf.DeriveSecrets, next[:], index+1))
-	return out, nil
+	return Ciphertext{Type: typ, Body: out}, nil
+}
+
+// cbcEncrypt encrypts buf (whole blocks) in place in CBC mode: what
+// cipher.NewCBCEncrypter(blk, iv).CryptBlocks(buf, buf) does, without
+// allocating the mode and its copy of the IV.
+func cbcEncrypt(blk cipher.Block, iv, buf []byte) {
+	prev := iv
+	for i := 0; i < len(buf); i += aes.BlockSize {
+		b := buf[i : i+aes.BlockSize]
+		subtle.XORBytes(b, b, prev)
+		blk.Encrypt(b, b)
+		prev = b
+	}
+}
+
+// serialize33 is k.Serialize() (type byte, then the key) in a value: the
+// library's method allocates a slice for every call, seven per encryption.
+func serialize33(k ecc.ECPublicKeyable) (out [33]byte) {
+	if k.Type() != ecc.DjbType {
+		copy(out[:], k.Serialize())
+		return out
+	}
+	out[0] = ecc.DjbType
+	p := k.PublicKey()
+	copy(out[1:], p[:])
+	return out
 }
 
 var zeroSalt [32]byte // HKDF without a salt: HashLen zero bytes
