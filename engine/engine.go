@@ -23,6 +23,9 @@ import (
 // fault-injecting wrapper in tests).
 type Transport interface {
 	QueryKeys(ctx context.Context, users []string) (*platform.KeysResponse, error)
+	// Send may not keep envs after it returns: the engine reuses the slice
+	// (the ciphertexts the envelopes point to stay valid until the results
+	// are in).
 	Send(ctx context.Context, envs []platform.Envelope) ([]platform.Result, error)
 }
 

@@ -60,6 +60,7 @@ type run struct {
 	ups      []update
 	stopped  map[string]bool     // sender → later messages must wait (order)
 	devices  map[string][]uint32 // sender → device list prepare settled on (transmit reuses it)
+	envs     []platform.Envelope // transmit's buffer, reused message after message
 	failAll  bool
 }
 
@@ -504,7 +505,7 @@ func (e *Engine) transmit(ctx context.Context, r *run) {
 		if it.p.ResetDevice != 0 {
 			devs = []uint32{it.p.ResetDevice}
 		}
-		var envs []platform.Envelope
+		envs := r.envs[:0] // Send copies what it keeps
 		waiting := false
 		for _, d := range devs {
 			st := it.ob.get(d)
@@ -518,6 +519,7 @@ func (e *Engine) transmit(ctx context.Context, r *run) {
 			envs = append(envs, platform.Envelope{ID: it.msg.ID, From: it.p.From, To: it.p.To, DeviceID: d,
 				Type: st.typ, Raw: st.ct})
 		}
+		r.envs = envs
 		if len(envs) > 0 {
 			start := time.Now()
 			res, err := e.opts.Transport.Send(ctx, envs)

@@ -168,13 +168,22 @@ func (c *Client) QueryKeys(ctx context.Context, users []string) (*KeysResponse, 
 // in envelope order. A result missing from the answer is reported as a
 // retryable "unavailable" so nothing is silently taken as delivered.
 func (c *Client) SendNow(ctx context.Context, envs []Envelope) ([]Result, error) {
-	body := AppendMessagesRequest(nil, envs) // answers are decoded with encoding/json (outside bytes)
+	// The body is only read during do (fasthttp sends synchronously), so its
+	// buffer goes back to the pool after; answers are decoded with
+	// encoding/json, which copies what it keeps.
+	bp := bodyPool.Get().(*[]byte)
+	body := AppendMessagesRequest((*bp)[:0], envs)
 	var r MessagesResponse
-	if err := c.do(ctx, "/v1/messages", body, &r); err != nil {
+	err := c.do(ctx, "/v1/messages", body, &r)
+	*bp = body
+	bodyPool.Put(bp)
+	if err != nil {
 		return nil, err
 	}
 	return MatchResults(envs, r.Results), nil
 }
+
+var bodyPool = sync.Pool{New: func() any { return new([]byte) }}
 
 // MatchResults returns one result per envelope, in envelope order. A result
 // missing from the answer, or one with an unknown status, is reported as a
