@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -214,6 +215,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 					// Cumulative allocations at the end of each phase, in
 					// PROF.cold and PROF.warm: go tool pprof -base PROF.cold PROF.warm
 					// shows the warm phase alone.
+					// A heap profile is as of the last GC: collect now, or
+					// the late allocations of the cold phase count as warm.
+					runtime.GC()
 					f, _ := os.Create(prof + "." + phase)
 					pprof.Lookup("allocs").WriteTo(f, 0)
 					f.Close()
