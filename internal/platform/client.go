@@ -189,6 +189,20 @@ var bodyPool = sync.Pool{New: func() any { return new([]byte) }}
 // missing from the answer, or one with an unknown status, is reported as a
 // retryable "unavailable" so nothing is silently taken as delivered.
 func MatchResults(envs []Envelope, results []Result) []Result {
+	out := make([]Result, len(envs))
+	// The common answer lists the results in envelope order: take them as
+	// they are, and match by (id, device) only when they are not.
+	inOrder := len(results) == len(envs)
+	for i, e := range envs {
+		if !inOrder || results[i].ID != e.ID || results[i].DeviceID != e.DeviceID {
+			return matchByKey(envs, results, out)
+		}
+		out[i] = checked(e, results[i], true)
+	}
+	return out
+}
+
+func matchByKey(envs []Envelope, results []Result, out []Result) []Result {
 	type k struct {
 		id  string
 		dev uint32
@@ -197,15 +211,20 @@ func MatchResults(envs []Envelope, results []Result) []Result {
 	for _, res := range results {
 		got[k{res.ID, res.DeviceID}] = res
 	}
-	out := make([]Result, len(envs))
 	for i, e := range envs {
 		res, ok := got[k{e.ID, e.DeviceID}]
-		if !ok || (res.Status != StatusAccepted && res.Status != StatusError) {
-			res = Result{ID: e.ID, DeviceID: e.DeviceID, Status: StatusError, Code: CodeUnavailable}
-		}
-		out[i] = res
+		out[i] = checked(e, res, ok)
 	}
 	return out
+}
+
+// checked is res, or a retryable "unavailable" when the answer had no result
+// for e (ok false) or one with an unknown status.
+func checked(e Envelope, res Result, ok bool) Result {
+	if !ok || (res.Status != StatusAccepted && res.Status != StatusError) {
+		return Result{ID: e.ID, DeviceID: e.DeviceID, Status: StatusError, Code: CodeUnavailable}
+	}
+	return res
 }
 
 // Send queues envelopes into shared batches (up to MaxBatch per request, a
@@ -215,7 +234,12 @@ func (c *Client) Send(ctx context.Context, envs []Envelope) ([]Result, error) {
 	if len(envs) == 0 {
 		return nil, nil
 	}
-	done := make(chan sendResult, len(envs))
+	var done chan sendResult
+	if len(envs) <= doneCap {
+		done = donePool.Get().(chan sendResult)
+	} else {
+		done = make(chan sendResult, len(envs))
+	}
 	c.mu.Lock()
 	if c.mu.closed {
 		c.mu.Unlock()
@@ -247,11 +271,20 @@ func (c *Client) Send(ctx context.Context, envs []Envelope) ([]Result, error) {
 			}
 			out[r.idx] = r.res
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, ctx.Err() // done is dropped: results may still come
 		}
+	}
+	if cap(done) == doneCap {
+		donePool.Put(done) // every result was received: nothing else sends on it
 	}
 	return out, firstErr
 }
+
+// doneCap is the capacity of the pooled result channels (a message has at
+// most a few devices; larger sends get a channel of their own).
+const doneCap = 8
+
+var donePool = sync.Pool{New: func() any { return make(chan sendResult, doneCap) }}
 
 // flushLocked hands the pending batch to a sender goroutine. c.mu is held.
 func (c *Client) flushLocked() {
@@ -260,13 +293,13 @@ func (c *Client) flushLocked() {
 	}
 	batch := c.mu.pending
 	// The next batch is likely the size of this one: no doubling from empty.
-	c.mu.pending = make([]pendingEnv, 0, len(batch))
+	c.mu.pending = pendingPool.get(len(batch))
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		c.inflight <- struct{}{}
 		defer func() { <-c.inflight }()
-		envs := make([]Envelope, len(batch))
+		envs := envPool.get(len(batch))[:len(batch)]
 		for i, p := range batch {
 			envs[i] = p.env
 		}
@@ -280,8 +313,33 @@ func (c *Client) flushLocked() {
 				p.done <- sendResult{idx: p.idx, res: res[i]}
 			}
 		}
+		envPool.put(envs)
+		pendingPool.put(batch)
 	}()
 }
+
+// slicePool recycles the client's per-request slices (cleared, so they hold
+// no ciphertext or channel while pooled).
+type slicePool[T any] struct{ p sync.Pool }
+
+func (sp *slicePool[T]) get(n int) []T {
+	if v, ok := sp.p.Get().(*[]T); ok && cap(*v) >= n {
+		return (*v)[:0]
+	}
+	return make([]T, 0, n)
+}
+
+func (sp *slicePool[T]) put(s []T) {
+	s = s[:cap(s)]
+	clear(s)
+	s = s[:0]
+	sp.p.Put(&s)
+}
+
+var (
+	pendingPool slicePool[pendingEnv]
+	envPool     slicePool[Envelope]
+)
 
 // Close flushes what is pending, waits for requests in flight, and refuses new
 // sends. Safe to call twice.

@@ -2,7 +2,11 @@ package platform
 
 import (
 	"encoding/json"
+	"fmt"
+	"reflect"
 	"testing"
+
+	"pgregory.net/rapid"
 )
 
 func TestMatchResultsNeverTakesMissingAsAccepted(t *testing.T) {
@@ -51,5 +55,36 @@ func FuzzEvents(f *testing.F) {
 		var evs Events
 		_ = json.Unmarshal(body, &evs)
 		_ = Verify([]byte("s"), body, Sign([]byte("s"), body))
+	})
+}
+
+// TestMatchResultsInOrderAgreesWithByKey: the in-order fast path gives what
+// matching by (id, device) gives, for answers in order, shuffled, short,
+// padded or with unknown statuses.
+func TestMatchResultsInOrderAgreesWithByKey(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		n := rapid.IntRange(0, 6).Draw(t, "n")
+		envs := make([]Envelope, n)
+		for i := range envs {
+			envs[i] = Envelope{ID: fmt.Sprintf("m%d", i/2), DeviceID: uint32(i%2 + 1)} // unique (id, device)
+		}
+		statuses := []string{StatusAccepted, StatusError, "weird"}
+		results := make([]Result, n)
+		for i, e := range envs {
+			results[i] = Result{ID: e.ID, DeviceID: e.DeviceID, Status: rapid.SampledFrom(statuses).Draw(t, "status"), Code: "c"}
+		}
+		switch rapid.IntRange(0, 3).Draw(t, "shape") {
+		case 1:
+			results = rapid.Permutation(results).Draw(t, "shuffled")
+		case 2:
+			results = results[:rapid.IntRange(0, n).Draw(t, "short")]
+		case 3:
+			results = append(results, Result{ID: "zz", DeviceID: 9, Status: StatusAccepted})
+		}
+		got := MatchResults(envs, results)
+		want := matchByKey(envs, results, make([]Result, len(envs)))
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("in order %+v, by key %+v", got, want)
+		}
 	})
 }
