@@ -131,6 +131,7 @@ func TestQueueMatchesModel(t *testing.T) {
 					}
 				}
 				keep = append(keep, list[len(l.Messages):]...)
+				outs = rapid.Permutation(outs).Draw(rt, "outcome order")
 				if err := e.q.Complete(ctx, l, outs, nil, false); err != nil {
 					rt.Fatal(err)
 				}

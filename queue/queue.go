@@ -1246,9 +1246,26 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 	if extra != nil {
 		b.Apply(extra, nil)
 	}
-	bySeq := make(map[uint64]*Outcome, len(outcomes))
-	for i := range outcomes {
-		bySeq[outcomes[i].Seq] = &outcomes[i]
+	// A lease holds a few messages: their outcomes are found by a scan, and
+	// through a map only for long leases.
+	var bySeq map[uint64]*Outcome
+	if len(outcomes) > 16 {
+		bySeq = make(map[uint64]*Outcome, len(outcomes))
+		for i := range outcomes {
+			bySeq[outcomes[i].Seq] = &outcomes[i]
+		}
+	}
+	outcomeOf := func(seq uint64) *Outcome {
+		if bySeq != nil {
+			return bySeq[seq]
+		}
+		var o *Outcome
+		for i := range outcomes {
+			if outcomes[i].Seq == seq {
+				o = &outcomes[i] // the last one wins, as with the map
+			}
+		}
+		return o
 	}
 	var acked, ackedR, ackedBytes, movedDelta int64
 	var movedBuckets []int
@@ -1258,7 +1275,7 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 	buf := make([]byte, 0, 512)
 	for i := range l.Messages {
 		m := &l.Messages[i]
-		o := bySeq[m.Seq]
+		o := outcomeOf(m.Seq)
 		rk := recordKey(l.Shard, l.Recipient, m.Seq)
 		key := rk
 		if m.fresh {

@@ -768,3 +768,57 @@ func TestLargeBatchKeepsEveryRecord(t *testing.T) {
 		}
 	}
 }
+
+// TestCompleteLongLeaseOutcomesInAnyOrder: a lease longer than the scan limit
+// (its outcomes go through a map) with outcomes in reverse order and a few
+// messages without one: acked ones are gone, retried ones come back with one
+// more attempt, the rest unchanged, all in order.
+func TestCompleteLongLeaseOutcomesInAnyOrder(t *testing.T) {
+	for _, n := range []int{5, 40} { // the scan and the map
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+			defer e.close()
+			ctx := context.Background()
+			exp := e.clock.Now().Add(time.Hour)
+			var msgs []Message
+			for i := 0; i < n; i++ {
+				msgs = append(msgs, msg(fmt.Sprintf("m%02d", i), "15550001", exp))
+			}
+			if err := e.q.Enqueue(ctx, msgs); err != nil {
+				t.Fatal(err)
+			}
+			ls := leaseAll(t, e.q, n)
+			if len(ls) != 1 || len(ls[0].Messages) != n {
+				t.Fatalf("leased %d", len(ls))
+			}
+			var outs []Outcome
+			var want []string
+			for i := n - 1; i >= 0; i-- {
+				m := ls[0].Messages[i]
+				switch i % 3 {
+				case 0:
+					outs = append(outs, Outcome{Seq: m.Seq, Ack: true})
+				case 1:
+					outs = append(outs, Outcome{Seq: m.Seq, RetryAt: e.clock.Now(), CountAttempt: true})
+				}
+			}
+			for i := 0; i < n; i++ {
+				if i%3 != 0 {
+					want = append(want, fmt.Sprintf("m%02d/%d", i, map[bool]int{true: 1}[i%3 == 1]))
+				}
+			}
+			if err := e.q.Complete(ctx, ls[0], outs, nil, false); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, l := range leaseAll(t, e.q, n) {
+				for _, m := range l.Messages {
+					got = append(got, fmt.Sprintf("%s/%d", m.ID, m.Attempt))
+				}
+			}
+			if strings.Join(got, " ") != strings.Join(want, " ") {
+				t.Fatalf("after complete:\n got %v\nwant %v", got, want)
+			}
+		})
+	}
+}
