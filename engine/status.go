@@ -273,6 +273,10 @@ func (s *Statuses) apply(ups []update) {
 	recs := map[string]*MessageStatus{}
 	touched := map[string]*Counters{}
 	var changes []StatusChange
+	report := s.hook != nil || s.onChange != nil // nobody listening: no list
+	if report {
+		changes = make([]StatusChange, 0, len(ups))
+	}
 	for _, u := range ups {
 		rec, ok := recs[u.id]
 		if !ok {
@@ -350,7 +354,7 @@ func (s *Statuses) apply(ups []update) {
 		if u.status != heraldtype.StatusFailed {
 			first = from + 1
 		}
-		for r := first; r <= to; r++ {
+		for r := first; report && r <= to; r++ {
 			st := u.status
 			if u.status != heraldtype.StatusFailed {
 				st = rankNames[r]

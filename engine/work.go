@@ -60,7 +60,6 @@ type run struct {
 	ups      []update
 	stopped  map[string]bool     // sender → later messages must wait (order)
 	devices  map[string][]uint32 // sender → device list prepare settled on (transmit reuses it)
-	envs     []platform.Envelope // transmit's buffer, reused message after message
 	failAll  bool
 }
 
@@ -485,10 +484,18 @@ func (e *Engine) signal(s Signal) {
 	}
 }
 
+// envBufs holds transmit's envelope slices (a run is usually one message).
+var envBufs = sync.Pool{New: func() any { return new([]platform.Envelope) }}
+
 // transmit sends the prepared messages in waves: a message goes out only after
 // the one before it (same sender) was accepted by every device.
 func (e *Engine) transmit(ctx context.Context, r *run) {
 	g := r.g
+	buf := envBufs.Get().(*[]platform.Envelope) // Send copies what it keeps
+	defer func() {
+		clear((*buf)[:cap(*buf)])
+		envBufs.Put(buf)
+	}()
 	for _, it := range g.items {
 		if it.done || r.stopped[it.p.From] || it.ob == nil {
 			continue
@@ -505,7 +512,7 @@ func (e *Engine) transmit(ctx context.Context, r *run) {
 		if it.p.ResetDevice != 0 {
 			devs = []uint32{it.p.ResetDevice}
 		}
-		envs := r.envs[:0] // Send copies what it keeps
+		envs := (*buf)[:0]
 		waiting := false
 		for _, d := range devs {
 			st := it.ob.get(d)
@@ -519,7 +526,7 @@ func (e *Engine) transmit(ctx context.Context, r *run) {
 			envs = append(envs, platform.Envelope{ID: it.msg.ID, From: it.p.From, To: it.p.To, DeviceID: d,
 				Type: st.typ, Raw: st.ct})
 		}
-		r.envs = envs
+		*buf = envs
 		if len(envs) > 0 {
 			start := time.Now()
 			res, err := e.opts.Transport.Send(ctx, envs)
