@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -150,6 +151,13 @@ func (h *heraldDeliverer) Deliver(ctx context.Context, msgs []baseline.Message) 
 	}
 }
 
+// heapAllocated is the bytes the process has allocated on the heap so far.
+func heapAllocated() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
 // lsmBytes is what d's store has written so far: to the WAL, and by flushes
 // and compactions (zero for anything but Herald).
 func lsmBytes(d Deliverer) (wal, tables uint64) {
@@ -206,6 +214,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 				}
 				selfBefore, simBefore, faultsBefore := selfCPU(), procCPU(simPID), selfFaults()
 				walBefore, lsmBefore := lsmBytes(d)
+				allocBefore := heapAllocated()
 				start := time.Now()
 				if err := d.Deliver(context.Background(), msgs); err != nil {
 					b.Fatal(err)
@@ -227,6 +236,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 				b.ReportMetric(float64(self.Microseconds())/float64(n), phase+"_engine_cpu_µs/msg")
 				b.ReportMetric(float64(simc.Microseconds())/float64(n), phase+"_sim_cpu_µs/msg")
 				b.ReportMetric(float64(selfFaults()-faultsBefore)/float64(n), phase+"_engine_faults/msg")
+				// Heap bytes allocated per message (the whole process, so the
+				// bench's own enqueueing too): machine-independent, unlike CPU time.
+				b.ReportMetric(float64(heapAllocated()-allocBefore)/float64(n), phase+"_alloc_B/msg")
 				if h, ok := d.(*heraldDeliverer); ok {
 					// Bytes into the WAL, and written by flushes and compactions,
 					// per message: a machine-independent measure of what the
