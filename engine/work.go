@@ -423,7 +423,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			advanced = append(advanced, bd.DeviceID)
 		}
 	}
-	r.devices[sender] = append([]uint32(nil), devs...)
+	r.devices[sender] = devs // a copy of its own (Devices copies; PutDevices copies what it keeps)
 	for _, d := range devs {
 		rec := sessions[d]
 		if rec == nil {
