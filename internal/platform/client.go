@@ -173,7 +173,9 @@ func (c *Client) SendNow(ctx context.Context, envs []Envelope) ([]Result, error)
 	// encoding/json, which copies what it keeps.
 	bp := bodyPool.Get().(*[]byte)
 	body := AppendMessagesRequest((*bp)[:0], envs)
-	var r MessagesResponse
+	// One result per envelope is the usual answer: room for them up front
+	// (encoding/json appends into the slice's capacity).
+	r := MessagesResponse{Results: make([]Result, 0, len(envs))}
 	err := c.do(ctx, "/v1/messages", body, &r)
 	*bp = body
 	bodyPool.Put(bp)
