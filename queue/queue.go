@@ -419,6 +419,20 @@ const (
 	freshKeyLen = 16
 )
 
+// deleteRecord deletes a record's key (F or R) in b. An F key is written
+// exactly once — by Enqueue, under a sequence number never issued again — so
+// it is removed with a single delete: when the record dies in the memtable it
+// was written to (the common case: leased and acked within seconds), the
+// flush drops both and no tombstone goes down the LSM. R keys are rewritten
+// (reschedules) and get a plain delete.
+func deleteRecord(b *pebble.Batch, key []byte) {
+	if len(key) == freshKeyLen && key[0] == pfx && key[1] == kFresh {
+		b.SingleDelete(key, nil)
+		return
+	}
+	b.Delete(key, nil)
+}
+
 // freshShard returns the shard of an F key.
 func freshShard(k []byte) int { return int(binary.BigEndian.Uint16(k[6:8])) }
 
@@ -862,7 +876,7 @@ func (q *Queue) newMover(s *shard) *mover {
 
 func (mv *mover) move(fk []byte, oldSize int, r Recipient, seq uint64, rec []byte, due time.Time) {
 	rk := recordKey(mv.s.id, r, seq)
-	mv.b.Delete(fk, nil)
+	deleteRecord(mv.b, fk)
 	mv.b.Set(rk, rec, nil)
 	if !mv.hinted[r] {
 		mv.hinted[r] = true
@@ -1186,7 +1200,7 @@ func (q *Queue) collect(it *pebble.Iterator, shardID int, r Recipient, hint []by
 
 func (q *Queue) deadLetter(b *pebble.Batch, shardID int, key, value []byte, cause error) {
 	seq := keySeq(key)
-	b.Delete(key, nil)
+	deleteRecord(b, key)
 	b.Set(binary.BigEndian.AppendUint64([]byte{pfx, kDead}, seq), value, nil)
 	q.deadCount.Add(1)
 	q.depthMsgs.Add(-1)
@@ -1297,7 +1311,7 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 		}
 		switch {
 		case o != nil && o.Ack:
-			b.Delete(key, nil)
+			deleteRecord(b, key)
 			acked++
 			ackedBytes += int64(m.size)
 			if !m.fresh {
@@ -1326,7 +1340,7 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 			buf = q.encodeRecord(buf[:0], &nm, sealed)
 			b.Set(rk, buf, nil)
 			if m.fresh {
-				b.Delete(key, nil)
+				deleteRecord(b, key)
 				bk := inRBucket(l.Recipient)
 				q.inR[bk].Add(1) // before the record exists
 				movedBuckets = append(movedBuckets, bk)
@@ -1519,7 +1533,7 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 			if derr != nil {
 				q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
 			}
-			b.Delete(rk, nil)
+			deleteRecord(b, rk)
 			if !woken[r] {
 				woken[r] = true
 				b.Set(dueKey(sh, now, r, seq), nil, nil)
