@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"go.uber.org/goleak"
 
 	"github.com/heraldhq/herald/engine"
@@ -299,4 +300,32 @@ func TestDataDirHoldsNoPlaintext(t *testing.T) {
 	h.drain(time.Minute)
 	h.db.Flush()
 	testutil.AssertNoPlaintext(t, h.dir, "Hello ", users[7], users[20][1:])
+}
+
+// TestDeliveredCampaignLeavesNoTombstones: a campaign delivered while its
+// records are still in the memtable leaves no tombstone in the flushed table:
+// the queue's fresh records and the outbox records of first-lease messages are
+// written once and removed with single deletes, which cancel their sets.
+func TestDeliveredCampaignLeavesNoTombstones(t *testing.T) {
+	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 1, DevicesMax: 3, UnknownShare: -1}})
+	users := h.users(700, 300)
+	h.enqueue(users, 1, "camp-t", time.Hour)
+	h.drain(time.Minute)
+	h.checkDelivered(users, 1, "camp-t")
+	if err := h.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	levels, err := h.db.SSTables(pebble.WithProperties())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dels uint64
+	for _, l := range levels {
+		for _, tb := range l {
+			dels += tb.Properties.NumDeletions
+		}
+	}
+	if dels != 0 {
+		t.Fatalf("%d tombstones after a campaign of %d messages was delivered", dels, len(users))
+	}
 }

@@ -28,6 +28,13 @@ type item struct {
 	// plaintext is the message as every device decrypts it (contract JSON),
 	// encoded once per message.
 	plaintext []byte
+	obSets    int // outbox writes for this message in this run
+}
+
+// putOutbox writes the item's outbox record into b, counting the write.
+func (it *item) putOutbox(b *pebble.Batch) {
+	setOutbox(b, it.msg.Seq, it.ob)
+	it.obSets++
 }
 
 // group is one leased recipient with its messages.
@@ -66,7 +73,16 @@ type run struct {
 func (r *run) ack(it *item) {
 	it.done = true
 	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, Ack: true})
-	r.extra.Delete(outboxKey(it.msg.Seq), nil)
+	// A message on its first lease has had its outbox record written at
+	// most once — in this run — so it goes with a single delete: when the
+	// record dies in the memtable it was written to, the flush drops both
+	// and no tombstone goes down the LSM. Otherwise (written before, or
+	// rewritten in this run) a plain delete.
+	if it.msg.FirstLease && it.obSets <= 1 {
+		r.extra.SingleDelete(outboxKey(it.msg.Seq), nil)
+	} else {
+		r.extra.Delete(outboxKey(it.msg.Seq), nil)
+	}
 }
 
 func (r *run) fail(it *item, code int) {
@@ -79,7 +95,7 @@ func (r *run) retry(it *item, at time.Time, count bool, reason string) {
 	it.done = true
 	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, RetryAt: at, CountAttempt: count})
 	if it.ob != nil {
-		setOutbox(r.extra, it.msg.Seq, it.ob)
+		it.putOutbox(r.extra)
 	}
 	r.stopped[it.p.From] = true
 	if reason != "" {
@@ -463,7 +479,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 	}
 	for _, it := range items {
 		if !it.done {
-			setOutbox(b, it.msg.Seq, it.ob)
+			it.putOutbox(b)
 		}
 	}
 	return advanced, nil
@@ -626,7 +642,7 @@ func (e *Engine) resetDevice(r *run, it *item, dev uint32) {
 		if st := other.ob.get(dev); !st.accepted {
 			st.typ, st.ct = "", nil
 			if other != it && !other.done {
-				setOutbox(r.extra, other.msg.Seq, other.ob)
+				other.putOutbox(r.extra)
 			}
 		}
 	}
