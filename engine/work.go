@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	gojson "github.com/goccy/go-json"
 	"go.mau.fi/libsignal/state/record"
 
 	"github.com/heraldhq/herald/heraldtype"
@@ -456,8 +455,8 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 				continue
 			}
 			if it.plaintext == nil { // the same bytes for every device
-				it.plaintext, _ = gojson.Marshal(platform.Plaintext{ID: it.msg.ID, From: sender, TS: it.p.TS, Type: "text",
-					Text: &platform.TextBody{Body: it.p.Body}})
+				it.plaintext = platform.AppendPlaintext(make([]byte, 0, 64+len(it.msg.ID)+len(sender)+len(it.p.Body)*6/5),
+					&platform.Plaintext{ID: it.msg.ID, From: sender, TS: it.p.TS, Type: "text", Text: &platform.TextBody{Body: it.p.Body}})
 			}
 			pts = append(pts, it.plaintext)
 			targets = append(targets, st)

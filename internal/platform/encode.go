@@ -2,8 +2,8 @@ package platform
 
 import (
 	"encoding/base64"
-	"encoding/json"
 	"strconv"
+	"unicode/utf8"
 )
 
 // AppendMessagesRequest appends the JSON body of POST /v1/messages for envs —
@@ -49,17 +49,79 @@ func AppendMessagesRequest(dst []byte, envs []Envelope) []byte {
 	return append(dst, "]}"...)
 }
 
-// appendJSONString appends s as a JSON string: printable ASCII other than
-// quote and backslash as it is (ids, numbers, types, base64), anything else
-// through encoding/json.
-func appendJSONString(dst []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			b, _ := json.Marshal(s)
-			return append(dst, b...)
-		}
+// AppendPlaintext appends p as the contract's plaintext JSON: exactly what
+// json.Marshal(p) gives (TestAppendPlaintextIsJSONMarshal), without the
+// reflective encoder (whose deep frames also grew the stack of every
+// short-lived goroutine that encoded one).
+func AppendPlaintext(dst []byte, p *Plaintext) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = appendJSONString(dst, p.ID)
+	dst = append(dst, `,"from":`...)
+	dst = appendJSONString(dst, p.From)
+	dst = append(dst, `,"ts":`...)
+	dst = strconv.AppendInt(dst, p.TS, 10)
+	dst = append(dst, `,"type":`...)
+	dst = appendJSONString(dst, p.Type)
+	if p.Text != nil {
+		dst = append(dst, `,"text":{"body":`...)
+		dst = appendJSONString(dst, p.Text.Body)
+		dst = append(dst, '}')
 	}
+	return append(dst, '}')
+}
+
+// appendJSONString appends s as a JSON string the way encoding/json writes
+// one: quote, backslash and control characters escaped (\b \f \n \r \t
+// short, others \u00XX), <, > and & escaped for HTML safety, U+2028 and
+// U+2029 escaped, invalid UTF-8 replaced by \ufffd.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
-	dst = append(dst, s...)
+	start := 0
+	for i := 0; i < len(s); {
+		if b := s[i]; b < utf8.RuneSelf {
+			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch b {
+			case '\\', '"':
+				dst = append(dst, '\\', b)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[b>>4], hex[b&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		c, size := utf8.DecodeRuneInString(s[i:])
+		if c == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if c == '\u2028' || c == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[c&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
 	return append(dst, '"')
 }
