@@ -117,6 +117,9 @@ func newHerald(b *testing.B, simURL string) *heraldDeliverer {
 	store, _ := signal.NewStore(h.db, sealer, 0)
 	eo := engine.Options{DB: h.db, Queue: h.q, Sessions: store, Sealer: sealer, Transport: client,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
+	// Engine knobs to explore (defaults otherwise).
+	eo.GroupsPerTask, _ = strconv.Atoi(os.Getenv("HERALD_BENCH_GROUPS_PER_TASK"))
+	eo.Workers, _ = strconv.Atoi(os.Getenv("HERALD_BENCH_WORKERS"))
 	eng, err = engine.New(eo)
 	if err != nil {
 		b.Fatal(err)
