@@ -233,7 +233,7 @@ func cbcEncrypt(blk cipher.Block, iv, buf []byte) {
 }
 
 // serialize33 is k.Serialize() (type byte, then the key) in a value: the
-// library's method allocates a slice for every call, seven per encryption.
+// library's method allocates a slice for every call, five per encryption.
 func serialize33(k ecc.ECPublicKeyable) (out [33]byte) {
 	if k.Type() != ecc.DjbType {
 		copy(out[:], k.Serialize())
