@@ -134,9 +134,7 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 	// Statuses first, then the acks (see Statuses.submitWait): after a crash
 	// a status is never behind the queue.
 	e.statuses.submitWait(ups)
-	for _, r := range runs {
-		e.finish(ctx, r)
-	}
+	e.finish(ctx, runs)
 }
 
 // begin opens a run for g and settles expired, undecodable and shaped messages.
@@ -175,14 +173,21 @@ func (e *Engine) prepareFailed(r *run, err error) {
 	}
 }
 
-// finish completes r's lease with its outcomes (after its statuses).
-func (e *Engine) finish(ctx context.Context, r *run) {
-	g := r.g
-	if err := e.q.Complete(ctx, g.lease, r.outcomes, r.extra, false); err != nil {
-		e.log.Warn("engine: completing a lease failed; the messages come back", "err", err)
-		e.store.Forget(g.items[0].p.From, g.lease.Recipient, allDevices)
+// finish completes the runs' leases with their outcomes (after their
+// statuses), in one commit.
+func (e *Engine) finish(ctx context.Context, runs []*run) {
+	cs := make([]queue.Completion, len(runs))
+	for i, r := range runs {
+		cs[i] = queue.Completion{Lease: r.g.lease, Outcomes: r.outcomes, Extra: r.extra}
 	}
-	r.extra.Close()
+	for i, err := range e.q.CompleteMany(ctx, cs, false) {
+		if err != nil {
+			g := runs[i].g
+			e.log.Warn("engine: completing a lease failed; the messages come back", "err", err)
+			e.store.Forget(g.items[0].p.From, g.lease.Recipient, allDevices)
+		}
+		runs[i].extra.Close()
+	}
 }
 
 var allDevices = func() []uint32 {

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -37,6 +38,7 @@ func TestQueueMatchesModel(t *testing.T) {
 		ctx := context.Background()
 		model := map[string][]modelMsg{}
 		leases := map[string]*Lease{} // recipient → outstanding lease
+		var ended []*Lease            // leases completed before (no longer held)
 		nextID := 0
 		rcpts := []string{"15550000001", "15550000002", "15550000003", "15550000004", "15550000005"}
 
@@ -111,32 +113,63 @@ func TestQueueMatchesModel(t *testing.T) {
 				if len(leases) == 0 {
 					rt.Skip("no lease")
 				}
+				// One lease through Complete, or several (and sometimes one
+				// already ended) in one CompleteMany.
 				keys := sortedKeys(leases)
-				r := rapid.SampledFrom(keys).Draw(rt, "which")
-				l := leases[r]
-				var outs []Outcome
-				list := model[r]
-				keep := list[:0:0]
-				for i, m := range l.Messages {
-					switch rapid.IntRange(0, 2).Draw(rt, "fate") {
-					case 0:
-						outs = append(outs, Outcome{Seq: m.Seq, Ack: true})
-					case 1:
-						at := clock.Now().Add(time.Duration(rapid.IntRange(0, 4).Draw(rt, "backoff")) * time.Second)
-						outs = append(outs, Outcome{Seq: m.Seq, RetryAt: at, CountAttempt: true})
-						list[i].due, list[i].attempt = at, list[i].attempt+1
-						keep = append(keep, list[i])
-					default:
-						keep = append(keep, list[i])
+				which := []string{rapid.SampledFrom(keys).Draw(rt, "which")}
+				many := rapid.Bool().Draw(rt, "many")
+				if many {
+					which = rapid.SliceOfNDistinct(rapid.SampledFrom(keys), 1, len(keys), rapid.ID[string]).Draw(rt, "which several")
+				}
+				var cs []Completion
+				keeps := map[string][]modelMsg{}
+				for _, r := range which {
+					l := leases[r]
+					var outs []Outcome
+					list := model[r]
+					keep := list[:0:0]
+					for i, m := range l.Messages {
+						switch rapid.IntRange(0, 2).Draw(rt, "fate") {
+						case 0:
+							outs = append(outs, Outcome{Seq: m.Seq, Ack: true})
+						case 1:
+							at := clock.Now().Add(time.Duration(rapid.IntRange(0, 4).Draw(rt, "backoff")) * time.Second)
+							outs = append(outs, Outcome{Seq: m.Seq, RetryAt: at, CountAttempt: true})
+							list[i].due, list[i].attempt = at, list[i].attempt+1
+							keep = append(keep, list[i])
+						default:
+							keep = append(keep, list[i])
+						}
+					}
+					keeps[r] = append(keep, list[len(l.Messages):]...)
+					outs = rapid.Permutation(outs).Draw(rt, "outcome order")
+					cs = append(cs, Completion{Lease: l, Outcomes: outs})
+				}
+				if !many {
+					if err := e.q.Complete(ctx, cs[0].Lease, cs[0].Outcomes, nil, false); err != nil {
+						rt.Fatal(err)
+					}
+				} else {
+					stale := len(ended) > 0 && rapid.Bool().Draw(rt, "with an ended lease")
+					if stale { // a lease that is no longer held: refused alone
+						cs = append(cs, Completion{Lease: ended[rapid.IntRange(0, len(ended)-1).Draw(rt, "ended")]})
+					}
+					errs := e.q.CompleteMany(ctx, cs, false)
+					for i, err := range errs {
+						if want := error(nil); stale && i == len(cs)-1 {
+							if !errors.Is(err, ErrUnknownLease) {
+								rt.Fatalf("ended lease: %v", err)
+							}
+						} else if err != want {
+							rt.Fatal(err)
+						}
 					}
 				}
-				keep = append(keep, list[len(l.Messages):]...)
-				outs = rapid.Permutation(outs).Draw(rt, "outcome order")
-				if err := e.q.Complete(ctx, l, outs, nil, false); err != nil {
-					rt.Fatal(err)
+				for _, r := range which {
+					model[r] = keeps[r]
+					ended = append(ended, leases[r])
+					delete(leases, r)
 				}
-				model[r] = keep
-				delete(leases, r)
 			},
 			"release": func(rt *rapid.T) {
 				if len(leases) == 0 {
@@ -184,6 +217,7 @@ func TestQueueMatchesModel(t *testing.T) {
 				e.close()
 				e = openEnv(t, dir, nil, clock, func(o *Options) { o.LeaseTimeout = time.Hour })
 				leases = map[string]*Lease{}
+				ended = nil // leases of the closed instance (tokens restart with the new one)
 			},
 			"": func(rt *rapid.T) {
 				var total int64

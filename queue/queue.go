@@ -1237,43 +1237,94 @@ type Outcome struct {
 // outcome stay queued unchanged. sync asks for an fsync (acks alone don't need
 // one: a lost ack means a retransmission, which the platform dedupes).
 func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extra *pebble.Batch, sync bool) error {
+	return q.CompleteMany(ctx, []Completion{{Lease: l, Outcomes: outcomes, Extra: extra}}, sync)[0]
+}
+
+// Completion is one lease's part of CompleteMany.
+type Completion struct {
+	Lease    *Lease
+	Outcomes []Outcome
+	Extra    *pebble.Batch // the caller's mutations for this lease (may be nil)
+}
+
+// CompleteMany is Complete for several leases with one atomic batch and one
+// commit: each lease's outcomes and extra mutations as Complete would write
+// them. The answer has one error per completion: ErrClosed, or
+// ErrUnknownLease for a lease that is not held (that one is left out, the
+// others go ahead), or the commit's error for every lease in it.
+func (q *Queue) CompleteMany(ctx context.Context, cs []Completion, sync bool) []error {
+	errs := make([]error, len(cs))
 	if q.closed.Load() {
-		return ErrClosed
+		for i := range errs {
+			errs[i] = ErrClosed
+		}
+		return errs
 	}
+	now := q.opts.Now()
+	size := 0
+	for _, c := range cs {
+		if c.Extra != nil {
+			size += len(c.Extra.Repr())
+		}
+	}
+	b := q.db.NewBatchWithSize(size + 64*len(cs))
+	pending := make([]completing, 0, len(cs))
+	for i, c := range cs {
+		if !q.holdForCommit(c.Lease) {
+			errs[i] = ErrUnknownLease
+			continue
+		}
+		if c.Extra != nil {
+			b.Apply(c.Extra, nil)
+		}
+		pending = append(pending, q.writeOutcomes(b, c.Lease, c.Outcomes, now))
+	}
+	if len(pending) == 0 {
+		b.Close()
+		return errs
+	}
+	err := q.db.Commit(b, sync)
+	for _, p := range pending {
+		q.endCompletion(p, err == nil)
+	}
+	if err != nil {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+	}
+	return errs
+}
+
+// holdForCommit marks l's recipient as committing, so no one leases a stale
+// view and Expire cannot delete under the commit, even if the lease timed
+// out. It reports false when l is not held.
+func (q *Queue) holdForCommit(l *Lease) bool {
 	s := q.shards[l.Shard]
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	e, ok := s.mu.leased[l.Recipient]
 	if !ok || e.token != l.token {
-		s.mu.Unlock()
-		return ErrUnknownLease
+		return false
 	}
-	// Keep the recipient leased while we commit so no one leases a stale view
-	// and Expire cannot delete under us, even if the lease timed out.
 	e.committing = true
 	s.mu.leased[l.Recipient] = e
-	s.mu.Unlock()
-	committed := false
-	defer func() {
-		if committed || !l.hasFresh() {
-			q.unlease(s, l.Recipient, l.token)
-			return
-		}
-		// The fresh records are still in F behind the cursor: keep them held
-		// and let reclaim move them to R.
-		s.mu.Lock()
-		if e, ok := s.mu.leased[l.Recipient]; ok && e.token == l.token {
-			e.committing, e.expires = false, time.Time{}
-			s.mu.leased[l.Recipient] = e
-			s.mu.reclaimAt = math.MinInt64
-		}
-		s.mu.Unlock()
-	}()
+	return true
+}
 
-	now := q.opts.Now()
-	b := q.db.NewBatch()
-	if extra != nil {
-		b.Apply(extra, nil)
-	}
+// completing is what a lease's completion changes in memory once its batch
+// is committed (or must undo when it is not).
+type completing struct {
+	l                                     *Lease
+	acked, ackedR, ackedBytes, movedDelta int64
+	movedBuckets                          []int
+	newHint                               int64 // -1: none
+}
+
+// writeOutcomes writes l's outcomes into b.
+func (q *Queue) writeOutcomes(b *pebble.Batch, l *Lease, outcomes []Outcome, now time.Time) completing {
+	c := completing{l: l, newHint: -1}
 	// A lease holds a few messages: their outcomes are found by a scan, and
 	// through a map only for long leases.
 	var bySeq map[uint64]*Outcome
@@ -1295,8 +1346,6 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 		}
 		return o
 	}
-	var acked, ackedR, ackedBytes, movedDelta int64
-	var movedBuckets []int
 	var headDue time.Time
 	var headSeq uint64
 	headSet := false
@@ -1312,10 +1361,10 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 		switch {
 		case o != nil && o.Ack:
 			deleteRecord(b, key)
-			acked++
-			ackedBytes += int64(m.size)
+			c.acked++
+			c.ackedBytes += int64(m.size)
 			if !m.fresh {
-				ackedR++
+				c.ackedR++
 			}
 		case o == nil && !m.fresh:
 			if !headSet {
@@ -1343,8 +1392,8 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 				deleteRecord(b, key)
 				bk := inRBucket(l.Recipient)
 				q.inR[bk].Add(1) // before the record exists
-				movedBuckets = append(movedBuckets, bk)
-				movedDelta += int64(len(rk)+len(buf)) - int64(m.size)
+				c.movedBuckets = append(c.movedBuckets, bk)
+				c.movedDelta += int64(len(rk)+len(buf)) - int64(m.size)
 			}
 			if !headSet {
 				headDue, headSeq, headSet = nm.Due, m.Seq, true
@@ -1354,33 +1403,53 @@ func (q *Queue) Complete(ctx context.Context, l *Lease, outcomes []Outcome, extr
 	if l.hint != nil {
 		b.Delete(l.hint, nil)
 	}
-	newHint := int64(-1)
 	switch {
 	case headSet:
 		b.Set(dueKey(l.Shard, headDue, l.Recipient, headSeq), nil, nil)
-		newHint = headDue.UnixNano()
+		c.newHint = headDue.UnixNano()
 	case !l.exhausted:
 		// Messages beyond the lease exist (or may): leave a hint so they're found.
 		b.Set(dueKey(l.Shard, now, l.Recipient, l.Messages[len(l.Messages)-1].Seq), nil, nil)
-		newHint = now.UnixNano()
+		c.newHint = now.UnixNano()
 	}
-	if err := q.db.Commit(b, sync); err != nil {
-		for _, bk := range movedBuckets {
+	return c
+}
+
+// endCompletion applies c's counts once its batch is committed and ends the
+// lease; when the batch was not committed it undoes what was counted ahead
+// and leaves fresh records held for reclaim to move to R.
+func (q *Queue) endCompletion(c completing, committed bool) {
+	l := c.l
+	s := q.shards[l.Shard]
+	if !committed {
+		for _, bk := range c.movedBuckets {
 			q.inR[bk].Add(-1)
 		}
-		return err
+		if l.hasFresh() {
+			// The fresh records are still in F behind the cursor: keep them
+			// held and let reclaim move them to R.
+			s.mu.Lock()
+			if e, ok := s.mu.leased[l.Recipient]; ok && e.token == l.token {
+				e.committing, e.expires = false, time.Time{}
+				s.mu.leased[l.Recipient] = e
+				s.mu.reclaimAt = math.MinInt64
+			}
+			s.mu.Unlock()
+			return
+		}
+		q.unlease(s, l.Recipient, l.token)
+		return
 	}
-	committed = true
-	if newHint >= 0 {
-		s.lowerTo(newHint)
+	if c.newHint >= 0 {
+		s.lowerTo(c.newHint)
 	}
-	if ackedR > 0 {
-		q.inR[inRBucket(l.Recipient)].Add(-int32(ackedR))
+	if c.ackedR > 0 {
+		q.inR[inRBucket(l.Recipient)].Add(-int32(c.ackedR))
 	}
-	q.depthMsgs.Add(-acked)
-	q.depthBytes.Add(movedDelta - ackedBytes)
-	s.msgs.Add(-acked)
-	return nil
+	q.depthMsgs.Add(-c.acked)
+	q.depthBytes.Add(c.movedDelta - c.ackedBytes)
+	s.msgs.Add(-c.acked)
+	q.unlease(s, l.Recipient, l.token)
 }
 
 // Release ends a lease without changing anything: its messages are due again now.
