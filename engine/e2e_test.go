@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"go.uber.org/goleak"
 
 	"github.com/heraldhq/herald/engine"
@@ -312,20 +311,8 @@ func TestDeliveredCampaignLeavesNoTombstones(t *testing.T) {
 	h.enqueue(users, 1, "camp-t", time.Hour)
 	h.drain(time.Minute)
 	h.checkDelivered(users, 1, "camp-t")
-	if err := h.db.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	levels, err := h.db.SSTables(pebble.WithProperties())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dels uint64
-	for _, l := range levels {
-		for _, tb := range l {
-			dels += tb.Properties.NumDeletions
-		}
-	}
-	if dels != 0 {
-		t.Fatalf("%d tombstones after a campaign of %d messages was delivered", dels, len(users))
+	tables, dels := testutil.FlushedTombstones(t, h.db.DB)
+	if tables == 0 || dels != 0 {
+		t.Fatalf("%d flushed tables hold %d tombstones after a campaign of %d messages was delivered", tables, dels, len(users))
 	}
 }

@@ -851,21 +851,7 @@ func TestAckedFreshRecordsLeaveNoTombstones(t *testing.T) {
 			acked += len(l.Messages)
 		}
 	}
-	if err := e.db.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	levels, err := e.db.SSTables(pebble.WithProperties())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tables int
-	var dels uint64
-	for _, l := range levels {
-		for _, tb := range l {
-			tables++
-			dels += tb.Properties.NumDeletions
-		}
-	}
+	tables, dels := testutil.FlushedTombstones(t, e.db.DB)
 	if tables == 0 || dels != 0 {
 		t.Fatalf("%d flushed tables hold %d tombstones after every record was acked", tables, dels)
 	}

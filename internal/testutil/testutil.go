@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // RepoRoot returns the directory holding go.mod.
@@ -108,4 +110,24 @@ func AssertNoPlaintext(t testing.TB, dir string, needles ...string) {
 		}
 		return nil
 	})
+}
+
+// FlushedTombstones flushes db's memtable and returns how many tables it
+// holds and how many point tombstones they carry (the tables' properties).
+func FlushedTombstones(t testing.TB, db *pebble.DB) (tables int, tombstones uint64) {
+	t.Helper()
+	if err := db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	levels, err := db.SSTables(pebble.WithProperties())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range levels {
+		for _, tb := range l {
+			tables++
+			tombstones += tb.Properties.NumDeletions
+		}
+	}
+	return tables, tombstones
 }
