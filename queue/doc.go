@@ -6,9 +6,10 @@
 // recipient's messages live in one shard, in one FIFO. Keys (prefix 'q'):
 //
 //	q F epoch(4) shard(2) seq(8)         → fresh record: rcpt(16) + header + sealed payload
+//	q F epoch(4) FFFF expires(8) firstseq(8) → expiry index: one entry per batch, refs (shard, rcpt, seq)
 //	q R shard(2) rcpt(16) seq(8)         → record in the per-recipient range: header + sealed payload
 //	q D shard(2) due(8) rcpt(16) seq(8)  → wake-up hint for a recipient with records in R
-//	q X expires(8) firstseq(8)           → expiry index: one entry per batch, refs (shard, rcpt, seq)
+//	q X expires(8) firstseq(8)           → expiry index of data written before it moved into F (read only)
 //	q Z seq(8)                           → dead letters (records that failed to open)
 //	q S                                  → sequence ceiling (reserved in blocks)
 //
@@ -29,6 +30,16 @@
 // there. Whether a recipient has records in R is answered without a read by a
 // fixed-size table of per-bucket counts (never short of the truth); a
 // non-zero bucket costs one seek.
+//
+// # The expiry index
+//
+// A batch's expiry entry sits at the end of its epoch's F range (epoch of its
+// first sequence number), after every shard's records: a flushed table of
+// enqueue data then ends in the epoch its records grow in, instead of
+// stretching to an index range of its own over every record written later,
+// so Pebble moves such tables down the LSM instead of rewriting them. Expire
+// merges the epochs' entries (sorted by expiry inside each epoch) with the
+// old X range, reading only epochs whose in-memory lower bound is due.
 //
 // # Invariants
 //
@@ -53,7 +64,12 @@
 //     every lease expiring: the records are still on disk and come back.
 //   - Memory does not grow with queue depth: the depth counters are two integers,
 //     the R bucket counts a fixed 1 MiB table, the cursor one integer per shard,
-//     and the lease table is bounded by what consumers hold.
+//     and the lease table is bounded by what consumers hold. The expiry bounds
+//     take one map entry per epoch with live index entries (one per 65,536
+//     messages enqueued within the TTL, a few bytes each).
+//   - An expiry bound is never above an entry of its epoch: Enqueue lowers it
+//     after its commit, and Expire raises it only from a view opened after it
+//     read the bound, and only if no Enqueue noted the epoch since.
 //   - Payloads (bodies, phone numbers) are sealed; recipients appear only as
 //     HMACs (in keys, and in F values) (design invariant 6).
 package queue

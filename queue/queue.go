@@ -2,12 +2,14 @@ package queue
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,6 +111,23 @@ type Queue struct {
 	// recipient has nothing in R, so a fresh record can be leased straight from
 	// F without a read. Fixed size: memory does not grow with the queue.
 	inR []atomic.Int32
+
+	// expMu guards expBounds: for every epoch whose F range holds expiry-index
+	// entries, a lower bound on their expiry times, so Expire reads only the
+	// epochs with something due. One entry per 65,536 sequence numbers issued
+	// within the TTL, not per message. Enqueue lowers a bound after its commit
+	// and bumps the epoch's gen (from expGen, never reused); Expire raises or
+	// drops a bound only if the gen it read before opening its view is
+	// unchanged, so an entry it could not see is never hidden behind a bound
+	// it computed without it.
+	expMu     sync.Mutex
+	expBounds map[uint32]expBound
+	expGen    uint64
+}
+
+type expBound struct {
+	min uint64 // unix nanos as stored in keys: no entry of the epoch expires earlier
+	gen uint64
 }
 
 const inRBuckets = 1 << 18
@@ -231,7 +250,7 @@ func Open(opts Options) (*Queue, error) {
 		opts.Logger = slog.Default()
 	}
 	q := &Queue{opts: opts, db: opts.DB, sealer: opts.Sealer, inR: make([]atomic.Int32, inRBuckets),
-		committing: map[uint64]struct{}{}}
+		committing: map[uint64]struct{}{}, expBounds: map[uint32]expBound{}}
 	for i := 0; i < opts.Shards; i++ {
 		s := &shard{id: i}
 		s.mu.leased = make(map[Recipient]leaseEntry)
@@ -331,7 +350,7 @@ func (q *Queue) settle() error {
 }
 
 // recount scans the record ranges (F and R) once at open: O(depth) keys, O(1)
-// memory. It also rebuilds the R bucket counts.
+// memory. It also rebuilds the R bucket counts and the expiry bounds.
 func (q *Queue) recount() error {
 	var n, bytesTotal int64
 	for _, kind := range []byte{kRecord, kFresh} {
@@ -342,6 +361,13 @@ func (q *Queue) recount() error {
 		}
 		for it.First(); it.Valid(); it.Next() {
 			k := it.Key()
+			if kind == kFresh && isExpiryKey(k) {
+				// Entries sort by expiry within their epoch: the first is the bound.
+				if e := binary.BigEndian.Uint32(k[2:6]); !hasBound(q.expBounds, e) {
+					q.expBounds[e] = expBound{min: entryExpiry(k)}
+				}
+				continue
+			}
 			n++
 			bytesTotal += int64(len(k) + len(it.Value()))
 			switch {
@@ -466,11 +492,54 @@ func dueKey(shard int, due time.Time, r Recipient, seq uint64) []byte {
 // that share an expiry time, listed in its value as refs (shard, rcpt, seq).
 // One entry per batch instead of one per message halves the index writes, and
 // acks need not touch it: at expiry, refs whose record is gone are skipped.
+//
+// The entry lives at the end of its first message's epoch in F (after every
+// shard's records of that epoch: shards stop at 4096), not in a range of its
+// own: a flushed table that holds the newest records then ends inside the
+// epoch they grow in, instead of spanning every record written later up to a
+// separate index range, so tables of enqueue data rarely overlap and move down
+// the LSM without a rewrite. Expire merges the epochs' entries, which are
+// sorted by expiry within each epoch.
 func expiryKey(exp time.Time, firstSeq uint64) []byte {
-	k := make([]byte, 0, 18)
-	k = append(k, pfx, kExpiry)
+	k := appendExpiryPrefix(make([]byte, 0, expiryKeyLen), uint32(firstSeq>>epochBits))
 	k = binary.BigEndian.AppendUint64(k, uint64(exp.UnixNano()))
 	return binary.BigEndian.AppendUint64(k, firstSeq)
+}
+
+// appendExpiryPrefix appends the prefix of an epoch's expiry entries.
+func appendExpiryPrefix(k []byte, epoch uint32) []byte {
+	k = append(k, pfx, kFresh)
+	k = binary.BigEndian.AppendUint32(k, epoch)
+	return binary.BigEndian.AppendUint16(k, expiryMark)
+}
+
+const (
+	expiryMark   = 0xFFFF
+	expiryKeyLen = 2 + 4 + 2 + 8 + 8
+)
+
+// isExpiryKey reports whether an F key is an expiry entry, not a record.
+func isExpiryKey(k []byte) bool {
+	return len(k) == expiryKeyLen && binary.BigEndian.Uint16(k[6:8]) == expiryMark
+}
+
+// entryExpiry returns the expiry time in an expiry entry's key (either layout).
+func entryExpiry(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-16 : len(k)-8]) }
+
+func hasBound(m map[uint32]expBound, e uint32) bool { _, ok := m[e]; return ok }
+
+// noteExpiry records, after an Enqueue committed an expiry entry in epoch,
+// that the epoch has an entry expiring at exp.
+func (q *Queue) noteExpiry(epoch uint32, exp uint64) {
+	q.expMu.Lock()
+	q.expGen++
+	b, ok := q.expBounds[epoch]
+	if !ok || exp < b.min {
+		b.min = exp
+	}
+	b.gen = q.expGen
+	q.expBounds[epoch] = b
+	q.expMu.Unlock()
 }
 
 const refLen = 2 + 16 + 8
@@ -639,6 +708,9 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	}
 	if err := q.db.Commit(b, true); err != nil {
 		return err
+	}
+	for exp, g := range byExp {
+		q.noteExpiry(uint32(g.first>>epochBits), uint64(exp))
 	}
 	q.depthMsgs.Add(int64(len(msgs)))
 	q.depthBytes.Add(added)
@@ -1487,20 +1559,17 @@ func (q *Queue) Extend(l *Lease) error {
 // Expire removes up to limit messages whose ExpiresAt is at or before now,
 // oldest first, and returns them (payloads opened when they still open). Leased
 // recipients are skipped: their holder sees the expiry, or the next scan does.
+//
+// It merges the expiry entries of every epoch whose bound is due (and the
+// legacy X range) in expiry order: each epoch's entries are sorted, so only
+// the epochs with something due are read, and each only up to now.
 func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message, error) {
 	if q.closed.Load() {
 		return nil, ErrClosed
 	}
-	lo := []byte{pfx, kExpiry}
-	hi := binary.BigEndian.AppendUint64(append([]byte(nil), lo...), uint64(now.UnixNano())+1)
-	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
-	}
-	defer it.Close()
 	// Fresh records are moved by Lease scans and reclaims: keep those out
 	// while this sweep decides and commits (a record moved under it would
-	// outlive its expiry entry).
+	// outlive its expiry entry). This also serialises sweeps.
 	for _, s := range q.shards {
 		s.scanMu.Lock()
 	}
@@ -1514,6 +1583,33 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 			return nil, err
 		}
 	}
+	now64 := uint64(now.UnixNano())
+	// The bounds are read before the view is opened (see expBounds).
+	q.expMu.Lock()
+	srcs := make(expHeap, 0, 8)
+	for e, bd := range q.expBounds {
+		if bd.min <= now64 {
+			srcs = append(srcs, &expSource{epoch: e, gen: bd.gen, at: bd.min})
+		}
+	}
+	q.expMu.Unlock()
+	srcs = append(srcs, &expSource{legacy: true})
+	all := slices.Clone(srcs)
+	heap.Init(&srcs)
+	lo := []byte{pfx, kFresh}
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	defer it.Close()
+	llo := []byte{pfx, kExpiry}
+	lhi := binary.BigEndian.AppendUint64(append([]byte(nil), llo...), now64+1)
+	lit, err := q.db.NewIter(&pebble.IterOptions{LowerBound: llo, UpperBound: lhi})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	defer lit.Close()
+
 	b := q.db.NewBatch()
 	var out []Message
 	var removedBytes int64
@@ -1533,101 +1629,118 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 			q.unlease(q.shards[k.sh], k.r, token)
 		}
 	}()
-	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+	for srcs.Len() > 0 && len(out) < limit {
 		if err := ctx.Err(); err != nil {
 			break
 		}
-		xk := append([]byte(nil), it.Key()...)
-		refs := it.Value()
-		var keep []byte // refs not handled now: leased, or past the limit
-		for off := 0; off+refLen <= len(refs); off += refLen {
-			ref := refs[off : off+refLen]
-			sh := int(binary.BigEndian.Uint16(ref[:2]))
-			var r Recipient
-			copy(r[:], ref[2:18])
-			seq := binary.BigEndian.Uint64(ref[18:26])
-			if sh >= len(q.shards) {
-				continue
-			}
-			if len(out) >= limit {
-				keep = append(keep, ref...)
-				continue
-			}
-			s := q.shards[sh]
-			tk := takenKey{sh, r}
-			if _, mine := taken[tk]; !mine {
-				s.mu.Lock()
-				e, leased := s.mu.leased[r]
-				if leased && e.held(q.opts.Now()) { // leases run on the queue's clock
-					s.mu.Unlock()
+		src := srcs[0]
+		if src.started {
+			refs := src.val
+			var keep []byte // refs not handled now: leased, or past the limit
+			for off := 0; off+refLen <= len(refs); off += refLen {
+				ref := refs[off : off+refLen]
+				sh := int(binary.BigEndian.Uint16(ref[:2]))
+				var r Recipient
+				copy(r[:], ref[2:18])
+				seq := binary.BigEndian.Uint64(ref[18:26])
+				if sh >= len(q.shards) {
+					continue
+				}
+				if len(out) >= limit {
 					keep = append(keep, ref...)
 					continue
 				}
-				// Take the recipient for the rest of this sweep (no Lease can
-				// read a record we are deleting). A timed-out lease whose holder
-				// may still be working is revoked by this: its late Complete
-				// fails (ErrUnknownLease) instead of writing back a record
-				// deleted here or counting it twice.
-				token := q.leaseToken.Add(1)
-				s.mu.leased[r] = leaseEntry{token: token, committing: true}
-				s.mu.Unlock()
-				taken[tk] = token
-			}
-			rk := recordKey(sh, r, seq)
-			v, ok, err := q.db.GetCopy(rk)
-			if err != nil {
-				b.Close()
-				return nil, err
-			}
-			rec := v
-			if ok {
-				rBuckets = append(rBuckets, inRBucket(r))
-			} else {
-				// Not in R: still fresh, or acked long ago.
-				rk = freshKey(sh, seq)
-				if v, ok, err = q.db.GetCopy(rk); err != nil {
+				s := q.shards[sh]
+				tk := takenKey{sh, r}
+				if _, mine := taken[tk]; !mine {
+					s.mu.Lock()
+					e, leased := s.mu.leased[r]
+					if leased && e.held(q.opts.Now()) { // leases run on the queue's clock
+						s.mu.Unlock()
+						keep = append(keep, ref...)
+						continue
+					}
+					// Take the recipient for the rest of this sweep (no Lease can
+					// read a record we are deleting). A timed-out lease whose holder
+					// may still be working is revoked by this: its late Complete
+					// fails (ErrUnknownLease) instead of writing back a record
+					// deleted here or counting it twice.
+					token := q.leaseToken.Add(1)
+					s.mu.leased[r] = leaseEntry{token: token, committing: true}
+					s.mu.Unlock()
+					taken[tk] = token
+				}
+				rk := recordKey(sh, r, seq)
+				v, ok, err := q.db.GetCopy(rk)
+				if err != nil {
 					b.Close()
 					return nil, err
 				}
-				if !ok {
-					continue
+				rec := v
+				if ok {
+					rBuckets = append(rBuckets, inRBucket(r))
+				} else {
+					// Not in R: still fresh, or acked long ago.
+					rk = freshKey(sh, seq)
+					if v, ok, err = q.db.GetCopy(rk); err != nil {
+						b.Close()
+						return nil, err
+					}
+					if !ok {
+						continue
+					}
+					var fr Recipient
+					if fr, rec, err = splitFresh(v); err == nil && fr != r {
+						continue // not this reference's record (cannot happen: seqs are unique)
+					}
 				}
-				var fr Recipient
-				if fr, rec, err = splitFresh(v); err == nil && fr != r {
-					continue // not this reference's record (cannot happen: seqs are unique)
+				m, _, derr := q.decodeRecord(rec, true)
+				m.Seq = seq
+				if derr != nil {
+					q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
+				}
+				deleteRecord(b, rk)
+				if !woken[r] {
+					woken[r] = true
+					b.Set(dueKey(sh, now, r, seq), nil, nil)
+				}
+				removedBytes += int64(len(rk) + len(v))
+				perShard[sh]++
+				out = append(out, m)
+			}
+			if len(keep) == 0 {
+				b.Delete(src.key, nil)
+			} else {
+				src.leave(src.at)
+				if len(keep) != len(refs) {
+					b.Set(src.key, keep, nil)
 				}
 			}
-			m, _, derr := q.decodeRecord(rec, true)
-			m.Seq = seq
-			if derr != nil {
-				q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
-			}
-			deleteRecord(b, rk)
-			if !woken[r] {
-				woken[r] = true
-				b.Set(dueKey(sh, now, r, seq), nil, nil)
-			}
-			removedBytes += int64(len(rk) + len(v))
-			perShard[sh]++
-			out = append(out, m)
 		}
-		if len(keep) == 0 {
-			b.Delete(xk, nil)
-		} else if len(keep) != len(refs) {
-			b.Set(xk, keep, nil)
+		ok, err := src.next(it, lit, now64)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		if ok {
+			heap.Fix(&srcs, 0)
+		} else {
+			heap.Pop(&srcs)
 		}
 	}
-	if err := it.Error(); err != nil {
+	for _, src := range srcs { // stopped early: their current entries stay
+		if src.started {
+			src.leave(src.at)
+		}
+	}
+	if !b.Empty() {
+		if err := q.db.Commit(b, true); err != nil {
+			return nil, err
+		}
+	} else {
 		b.Close()
-		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
-	if b.Empty() {
-		b.Close()
-		return out, nil
-	}
-	if err := q.db.Commit(b, true); err != nil {
-		return nil, err
-	}
+	q.raiseExpiryBounds(all)
 	for _, bk := range rBuckets {
 		q.inR[bk].Add(-1)
 	}
@@ -1640,6 +1753,114 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 		q.shards[sh].msgs.Add(-n)
 	}
 	return out, nil
+}
+
+// expSource is one sorted run of expiry entries that Expire merges: an
+// epoch's entries in F, or the legacy X range.
+type expSource struct {
+	epoch   uint32
+	legacy  bool
+	gen     uint64 // the epoch's bound gen when the sweep read it
+	started bool   // positioned at least once: key, val and at are an entry's
+	at      uint64 // the current entry's expiry; before started, the epoch's bound
+	key     []byte
+	val     []byte
+	// left: the smallest expiry among the entries the sweep leaves in place.
+	left    uint64
+	hasLeft bool
+}
+
+func (s *expSource) leave(at uint64) {
+	if !s.hasLeft || at < s.left {
+		s.left, s.hasLeft = at, true
+	}
+}
+
+// next moves s to its next entry due at now (the first, when not started).
+// It returns false when there is none: the source is done.
+func (s *expSource) next(it, lit *pebble.Iterator, now uint64) (bool, error) {
+	var ok bool
+	if s.legacy {
+		if s.started {
+			ok = lit.Next()
+		} else {
+			ok = lit.First()
+		}
+		for ok && len(lit.Key()) != 18 { // not an entry: leave it alone
+			ok = lit.Next()
+		}
+	} else {
+		prefix := appendExpiryPrefix(make([]byte, 0, expiryKeyLen), s.epoch)
+		if s.started {
+			ok = it.SeekGE(append(s.key, 0))
+		} else {
+			ok = it.SeekGE(prefix)
+		}
+		ok = ok && bytes.HasPrefix(it.Key(), prefix) && len(it.Key()) == expiryKeyLen
+	}
+	s.started = true
+	if !ok {
+		if err := it.Error(); err != nil {
+			return false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+		}
+		if err := lit.Error(); err != nil {
+			return false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+		}
+		s.key, s.val = nil, nil
+		return false, nil
+	}
+	cur := it
+	if s.legacy {
+		cur = lit
+	}
+	at := entryExpiry(cur.Key())
+	if at > now {
+		s.leave(at)
+		s.key, s.val = nil, nil
+		return false, nil
+	}
+	s.key = append(s.key[:0], cur.Key()...)
+	s.val = append(s.val[:0], cur.Value()...)
+	s.at = at
+	return true, nil
+}
+
+// expHeap orders sources by their current entry's expiry (or bound).
+type expHeap []*expSource
+
+func (h expHeap) Len() int           { return len(h) }
+func (h expHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h expHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expHeap) Push(x any)        { *h = append(*h, x.(*expSource)) }
+func (h *expHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// raiseExpiryBounds records what a sweep learned about the epochs it read:
+// the earliest entry each still holds, or that it holds none. An epoch that
+// an Enqueue noted since the sweep read its bound keeps the bound it has (a
+// lower bound still: entries were only removed or added with their own note).
+func (q *Queue) raiseExpiryBounds(srcs []*expSource) {
+	q.expMu.Lock()
+	defer q.expMu.Unlock()
+	for _, s := range srcs {
+		if s.legacy || !s.started {
+			continue
+		}
+		cur, ok := q.expBounds[s.epoch]
+		if !ok || cur.gen != s.gen {
+			continue
+		}
+		if s.hasLeft {
+			cur.min = s.left
+			q.expBounds[s.epoch] = cur
+		} else {
+			delete(q.expBounds, s.epoch)
+		}
+	}
 }
 
 // Close stops the queue; safe to call twice. It does not close the shared DB.
