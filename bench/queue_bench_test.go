@@ -24,7 +24,35 @@ type Enqueuer interface {
 	Enqueue(ctx context.Context, recipients []string, payloads [][]byte) error
 }
 
-type heraldEnqueuer struct{ q *queue.Queue }
+type heraldEnqueuer struct {
+	q  *queue.Queue
+	db *pebble.DB
+}
+
+func (h heraldEnqueuer) store() *pebble.DB { return h.db }
+func (r *rawPebble) store() *pebble.DB     { return r.db }
+
+// storeWork is what e's Pebble store has done so far in the background
+// (ok false for implementations without one): the deterministic side of the
+// throughput figure, comparable across runs on a noisy machine.
+type storeWork struct {
+	flushed, compacted uint64 // table bytes written by flushes, by finished compactions
+	compactions, moves int64  // compactions started (a move rewrites nothing)
+}
+
+func storeBytes(e Enqueuer) (w storeWork, ok bool) {
+	s, ok := e.(interface{ store() *pebble.DB })
+	if !ok {
+		return w, false
+	}
+	m := s.store().Metrics()
+	for _, l := range m.Levels {
+		w.flushed += l.TableBytesFlushed
+		w.compacted += l.TableBytesCompacted
+	}
+	w.compactions, w.moves = m.Compact.Count+m.Compact.NumInProgress, m.Compact.MoveCount
+	return w, true
+}
 
 func (h heraldEnqueuer) Enqueue(ctx context.Context, rcpts []string, payloads [][]byte) error {
 	exp := time.Now().Add(time.Hour)
@@ -94,7 +122,7 @@ func openAll(b *testing.B) (map[string]Enqueuer, func()) {
 		b.Fatal(err)
 	}
 	return map[string]Enqueuer{
-			"herald":     heraldEnqueuer{q},
+			"herald":     heraldEnqueuer{q, db.DB},
 			"raw-pebble": &rawPebble{db: raw},
 			"raw-kv":     &rawPebble{db: rawKV.DB},
 			"naive":      &baseline.NaiveQueue{DB: naive, Sealer: sealer},
@@ -122,6 +150,7 @@ func BenchmarkEnqueue(b *testing.B) {
 					e := impls[impl]
 					rc, pl := payloads(batch * producers)
 					warm(b, e, batch)
+					w0, lsm := storeBytes(e)
 					var done atomic.Int64
 					b.ResetTimer()
 					var wg sync.WaitGroup
@@ -142,6 +171,13 @@ func BenchmarkEnqueue(b *testing.B) {
 					}
 					wg.Wait()
 					b.ReportMetric(float64(done.Load())/b.Elapsed().Seconds(), "msgs/s")
+					if w, _ := storeBytes(e); lsm {
+						// Background work that landed in the timed part.
+						n := float64(done.Load())
+						b.ReportMetric(float64(w.flushed-w0.flushed)/n, "flushed_B/msg")
+						b.ReportMetric(float64(w.compacted-w0.compacted)/n, "compacted_B/msg")
+						b.ReportMetric(float64(w.compactions-w0.compactions-(w.moves-w0.moves)), "rewrites")
+					}
 				})
 			}
 		}
@@ -258,7 +294,7 @@ func BenchmarkMixed(b *testing.B) {
 		}(s)
 	}
 	var prod sync.WaitGroup
-	e := heraldEnqueuer{q}
+	e := heraldEnqueuer{q: q}
 	for p := 0; p < 8; p++ {
 		prod.Add(1)
 		go func(p int) {
