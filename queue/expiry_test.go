@@ -199,6 +199,42 @@ func TestExpiryIndexStaysInItsEpoch(t *testing.T) {
 	}
 }
 
+// TestExpireKeepsTheBoundOfAnEntryItCouldNotSee: an Enqueue that commits
+// after a sweep opened its view (and notes its epoch) must not lose its entry
+// when that sweep drops the epoch's bound (it emptied the epoch as it saw it)
+// or raises it (to an entry that expires later).
+func TestExpireKeepsTheBoundOfAnEntryItCouldNotSee(t *testing.T) {
+	for _, raise := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raise=%v", raise), func(t *testing.T) {
+			e := openEnv(t, t.TempDir(), nil, newClock(), nil)
+			defer e.close()
+			ctx := context.Background()
+			past := e.clock.Now().Add(-time.Minute)
+			batch := []Message{msg("seen", "1", past)}
+			if raise {
+				batch = append(batch, msg("later", "3", e.clock.Now().Add(time.Hour)))
+			}
+			if err := e.q.Enqueue(ctx, batch); err != nil {
+				t.Fatal(err)
+			}
+			e.q.afterExpireView = func() {
+				e.q.afterExpireView = nil
+				if err := e.q.Enqueue(ctx, []Message{msg("unseen", "2", past)}); err != nil {
+					t.Error(err)
+				}
+			}
+			got, err := e.q.Expire(ctx, e.clock.Now(), 100)
+			if err != nil || len(got) != 1 || got[0].ID != "seen" {
+				t.Fatalf("first sweep: %v %+v", err, got)
+			}
+			got, err = e.q.Expire(ctx, e.clock.Now(), 100)
+			if err != nil || len(got) != 1 || got[0].ID != "unseen" {
+				t.Fatalf("the entry committed under the first sweep was lost: %v %+v", err, got)
+			}
+		})
+	}
+}
+
 // TestExpireNeverLosesAConcurrentEntry: producers enqueue already-expired
 // messages while sweeps run (and raise or drop bounds); when they are done,
 // sweeps find every message — no bound was raised past an entry its sweep

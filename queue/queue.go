@@ -123,6 +123,9 @@ type Queue struct {
 	expMu     sync.Mutex
 	expBounds map[uint32]expBound
 	expGen    uint64
+	// afterExpireView, when set (tests only), runs in Expire right after it
+	// opened its view: what an Enqueue committed then is not in it.
+	afterExpireView func()
 }
 
 type expBound struct {
@@ -363,7 +366,8 @@ func (q *Queue) recount() error {
 			k := it.Key()
 			if kind == kFresh && isExpiryKey(k) {
 				// Entries sort by expiry within their epoch: the first is the bound.
-				if e := binary.BigEndian.Uint32(k[2:6]); !hasBound(q.expBounds, e) {
+				e := binary.BigEndian.Uint32(k[2:6])
+				if _, seen := q.expBounds[e]; !seen {
 					q.expBounds[e] = expBound{min: entryExpiry(k)}
 				}
 				continue
@@ -525,8 +529,6 @@ func isExpiryKey(k []byte) bool {
 
 // entryExpiry returns the expiry time in an expiry entry's key (either layout).
 func entryExpiry(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(k)-16 : len(k)-8]) }
-
-func hasBound(m map[uint32]expBound, e uint32) bool { _, ok := m[e]; return ok }
 
 // noteExpiry records, after an Enqueue committed an expiry entry in epoch,
 // that the epoch has an entry expiring at exp.
@@ -1609,6 +1611,9 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 		return nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	defer lit.Close()
+	if q.afterExpireView != nil {
+		q.afterExpireView()
+	}
 
 	b := q.db.NewBatch()
 	var out []Message
@@ -1629,103 +1634,116 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 			q.unlease(q.shards[k.sh], k.r, token)
 		}
 	}()
-	for srcs.Len() > 0 && len(out) < limit {
-		if err := ctx.Err(); err != nil {
-			break
-		}
-		src := srcs[0]
-		if src.started {
-			refs := src.val
-			var keep []byte // refs not handled now: leased, or past the limit
-			for off := 0; off+refLen <= len(refs); off += refLen {
-				ref := refs[off : off+refLen]
-				sh := int(binary.BigEndian.Uint16(ref[:2]))
-				var r Recipient
-				copy(r[:], ref[2:18])
-				seq := binary.BigEndian.Uint64(ref[18:26])
-				if sh >= len(q.shards) {
-					continue
-				}
-				if len(out) >= limit {
-					keep = append(keep, ref...)
-					continue
-				}
-				s := q.shards[sh]
-				tk := takenKey{sh, r}
-				if _, mine := taken[tk]; !mine {
-					s.mu.Lock()
-					e, leased := s.mu.leased[r]
-					if leased && e.held(q.opts.Now()) { // leases run on the queue's clock
-						s.mu.Unlock()
-						keep = append(keep, ref...)
-						continue
-					}
-					// Take the recipient for the rest of this sweep (no Lease can
-					// read a record we are deleting). A timed-out lease whose holder
-					// may still be working is revoked by this: its late Complete
-					// fails (ErrUnknownLease) instead of writing back a record
-					// deleted here or counting it twice.
-					token := q.leaseToken.Add(1)
-					s.mu.leased[r] = leaseEntry{token: token, committing: true}
-					s.mu.Unlock()
-					taken[tk] = token
-				}
-				rk := recordKey(sh, r, seq)
-				v, ok, err := q.db.GetCopy(rk)
-				if err != nil {
-					b.Close()
-					return nil, err
-				}
-				rec := v
-				if ok {
-					rBuckets = append(rBuckets, inRBucket(r))
-				} else {
-					// Not in R: still fresh, or acked long ago.
-					rk = freshKey(sh, seq)
-					if v, ok, err = q.db.GetCopy(rk); err != nil {
-						b.Close()
-						return nil, err
-					}
-					if !ok {
-						continue
-					}
-					var fr Recipient
-					if fr, rec, err = splitFresh(v); err == nil && fr != r {
-						continue // not this reference's record (cannot happen: seqs are unique)
-					}
-				}
-				m, _, derr := q.decodeRecord(rec, true)
-				m.Seq = seq
-				if derr != nil {
-					q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
-				}
-				deleteRecord(b, rk)
-				if !woken[r] {
-					woken[r] = true
-					b.Set(dueKey(sh, now, r, seq), nil, nil)
-				}
-				removedBytes += int64(len(rk) + len(v))
-				perShard[sh]++
-				out = append(out, m)
-			}
-			if len(keep) == 0 {
-				b.Delete(src.key, nil)
-			} else {
-				src.leave(src.at)
-				if len(keep) != len(refs) {
-					b.Set(src.key, keep, nil)
-				}
-			}
-		}
-		ok, err := src.next(it, lit, now64)
+	// advance moves the first source to its next due entry (its first, when
+	// it has not started), or drops it when it has none.
+	advance := func() error {
+		ok, err := srcs[0].next(it, lit, now64)
 		if err != nil {
-			b.Close()
-			return nil, err
+			return err
 		}
 		if ok {
 			heap.Fix(&srcs, 0)
 		} else {
 			heap.Pop(&srcs)
+		}
+		return nil
+	}
+	for srcs.Len() > 0 && len(out) < limit {
+		if err := ctx.Err(); err != nil {
+			break
+		}
+		src := srcs[0]
+		if !src.started {
+			if err := advance(); err != nil {
+				b.Close()
+				return nil, err
+			}
+			continue
+		}
+		refs := src.val
+		var keep []byte // refs not handled now: leased, or past the limit
+		for off := 0; off+refLen <= len(refs); off += refLen {
+			ref := refs[off : off+refLen]
+			sh := int(binary.BigEndian.Uint16(ref[:2]))
+			var r Recipient
+			copy(r[:], ref[2:18])
+			seq := binary.BigEndian.Uint64(ref[18:26])
+			if sh >= len(q.shards) {
+				continue
+			}
+			if len(out) >= limit {
+				keep = append(keep, ref...)
+				continue
+			}
+			s := q.shards[sh]
+			tk := takenKey{sh, r}
+			if _, mine := taken[tk]; !mine {
+				s.mu.Lock()
+				e, leased := s.mu.leased[r]
+				if leased && e.held(q.opts.Now()) { // leases run on the queue's clock
+					s.mu.Unlock()
+					keep = append(keep, ref...)
+					continue
+				}
+				// Take the recipient for the rest of this sweep (no Lease can
+				// read a record we are deleting). A timed-out lease whose holder
+				// may still be working is revoked by this: its late Complete
+				// fails (ErrUnknownLease) instead of writing back a record
+				// deleted here or counting it twice.
+				token := q.leaseToken.Add(1)
+				s.mu.leased[r] = leaseEntry{token: token, committing: true}
+				s.mu.Unlock()
+				taken[tk] = token
+			}
+			rk := recordKey(sh, r, seq)
+			v, ok, err := q.db.GetCopy(rk)
+			if err != nil {
+				b.Close()
+				return nil, err
+			}
+			rec := v
+			if ok {
+				rBuckets = append(rBuckets, inRBucket(r))
+			} else {
+				// Not in R: still fresh, or acked long ago.
+				rk = freshKey(sh, seq)
+				if v, ok, err = q.db.GetCopy(rk); err != nil {
+					b.Close()
+					return nil, err
+				}
+				if !ok {
+					continue
+				}
+				var fr Recipient
+				if fr, rec, err = splitFresh(v); err == nil && fr != r {
+					continue // not this reference's record (cannot happen: seqs are unique)
+				}
+			}
+			m, _, derr := q.decodeRecord(rec, true)
+			m.Seq = seq
+			if derr != nil {
+				q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
+			}
+			deleteRecord(b, rk)
+			if !woken[r] {
+				woken[r] = true
+				b.Set(dueKey(sh, now, r, seq), nil, nil)
+			}
+			removedBytes += int64(len(rk) + len(v))
+			perShard[sh]++
+			out = append(out, m)
+		}
+		if len(keep) == 0 {
+			b.Delete(src.key, nil)
+		} else {
+			src.leave(src.at)
+			if len(keep) != len(refs) {
+				b.Set(src.key, keep, nil)
+			}
+		}
+		if err := advance(); err != nil {
+			b.Close()
+			return nil, err
 		}
 	}
 	for _, src := range srcs { // stopped early: their current entries stay
