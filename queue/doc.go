@@ -67,9 +67,11 @@
 //     and the lease table is bounded by what consumers hold. The expiry bounds
 //     take one map entry per epoch with live index entries (one per 65,536
 //     messages enqueued within the TTL, a few bytes each).
-//   - An expiry bound is never above an entry of its epoch: Enqueue lowers it
-//     after its commit, and Expire raises it only from a view opened after it
-//     read the bound, and only if no Enqueue noted the epoch since.
+//   - An expiry bound never stays above an entry of its epoch: Enqueue lowers
+//     it right after its commit (a sweep in between may pass the new entry
+//     over once; the next one finds it), and Expire raises it only from a view
+//     opened after it read the bound, and only if no Enqueue noted the epoch
+//     since.
 //   - Payloads (bodies, phone numbers) are sealed; recipients appear only as
 //     HMACs (in keys, and in F values) (design invariant 6).
 package queue
