@@ -319,3 +319,44 @@ func TestExpireNeverLosesAConcurrentEntry(t *testing.T) {
 		t.Fatalf("depth %d after every message expired", n)
 	}
 }
+
+// TestOpenSkipsTheExpiryIndex: entries stay until their TTL, acked or not,
+// so an epoch may hold far more of them than records. Open's scans of F
+// (recount, settle) seek past each epoch's entries instead of stepping
+// through them, and still learn the epoch's bound.
+func TestOpenSkipsTheExpiryIndex(t *testing.T) {
+	dir := t.TempDir()
+	clock := newClock()
+	e := openEnv(t, dir, nil, clock, nil)
+	ctx := context.Background()
+	exp := clock.Now().Add(time.Hour)
+	for i := 0; i < 500; i++ { // one entry each, all acked
+		if err := e.q.Enqueue(ctx, []Message{msg(fmt.Sprintf("a%d", i), fmt.Sprint(i), exp)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range leaseAll(t, e.q, 1) {
+		ackAll(t, e.q, l)
+	}
+	skipEpoch(t, e.q)
+	if err := e.q.Enqueue(ctx, []Message{msg("k1", "1", exp.Add(time.Minute)), msg("k2", "2", exp)}); err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	e = openEnv(t, dir, nil, clock, nil)
+	defer e.close()
+	if n, _ := e.q.Depth(); n != 2 {
+		t.Fatalf("depth %d, want 2", n)
+	}
+	// Two records, two epochs' skips, and what the iterators count around them.
+	if e.q.openSteps > 20 {
+		t.Fatalf("Open stepped over %d keys for 2 records and 501 index entries", e.q.openSteps)
+	}
+	if len(e.q.expBounds) != 2 {
+		t.Fatalf("bounds %v, want one per epoch", e.q.expBounds)
+	}
+	got, err := e.q.Expire(ctx, exp.Add(time.Hour), 1000)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("expire after reopen: %v %+v", err, got)
+	}
+}
