@@ -144,6 +144,9 @@ func TestExpireStopsMidEntryAndResumes(t *testing.T) {
 			t.Fatal(err)
 		}
 		total += len(ms)
+		if b := e.q.expBounds[0]; i < 3 && b.min != uint64(exp.UnixNano()) {
+			t.Fatalf("after sweep %d the bound is %d, want the kept entry's expiry %d", i, b.min, exp.UnixNano())
+		}
 	}
 	if total != 10 || len(e.q.expBounds) != 0 {
 		t.Fatalf("expired %d of 10, bounds left %v", total, e.q.expBounds)
