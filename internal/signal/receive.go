@@ -1,8 +1,6 @@
 package signal
 
 import (
-	"crypto/ecdh"
-
 	"go.mau.fi/libsignal/ecc"
 	"go.mau.fi/libsignal/kdf"
 	"go.mau.fi/libsignal/keys/chain"
@@ -13,7 +11,7 @@ import (
 )
 
 // The recipient half of X3DH and of the first ratchet step, for the
-// simulator's devices, computed with crypto/ecdh: what the library's
+// simulator's devices, computed with our X25519 (x25519.go): what the library's
 // Builder.processV3 and the DH ratchet of Cipher.DecryptWithState do when a
 // PreKeySignalMessage opens a new session.
 //
@@ -22,8 +20,8 @@ import (
 // crypto/ecdh and so derives a public key it throws away: two X25519 ladders
 // per DH and per key generation where one does. A cold recipient device made
 // ~19 ladders (keys, X3DH, ratchet) where 9 suffice, and the simulator shares
-// the cores with the engine in every end-to-end figure. Here keys are
-// generated once with crypto/ecdh and kept parsed (newEphemeral); DH is one
+// the cores with the engine in every end-to-end figure. Here a key is
+// generated with one fixed-base multiplication (newEphemeral) and a DH is one
 // ladder (agree, createChain in x3dh.go, shared with the sender's half).
 //
 // TestAcceptSessionMatchesLibrary proves the state after X3DH byte-identical
@@ -34,7 +32,7 @@ import (
 // x3dhReceive is Builder.processV3 from "initialize our session" on: the
 // receiver's X3DH into st (a fresh state), with the one-time prekey otk (nil
 // if the message names none).
-func (d *Device) x3dhReceive(st *record.State, m *protocol.PreKeySignalMessage, otk *ecdh.PrivateKey) ([]byte, error) {
+func (d *Device) x3dhReceive(st *record.State, m *protocol.PreKeySignalMessage, otk *privKey) ([]byte, error) {
 	steps := []dhStep{{d.signedDH, m.IdentityKey().PublicKey()}, {d.identityDH, m.BaseKey()}, {d.signedDH, m.BaseKey()}}
 	if otk != nil {
 		steps = append(steps, dhStep{otk, m.BaseKey()})
@@ -57,7 +55,7 @@ func (d *Device) x3dhReceive(st *record.State, m *protocol.PreKeySignalMessage, 
 // ratchetReceive is the DH ratchet step of getOrCreateChainKey for a ratchet
 // key st has no receiving chain for, our current sending ratchet key being
 // ourRatchet, with ours as the new sending ratchet key.
-func ratchetReceive(st *record.State, rootKey []byte, ourRatchet *ecdh.PrivateKey, their ecc.ECPublicKeyable, ours ephemeral) error {
+func ratchetReceive(st *record.State, rootKey []byte, ourRatchet *privKey, their ecc.ECPublicKeyable, ours ephemeral) error {
 	r1, recvChain, err := createChain(rootKey, ourRatchet, their)
 	if err != nil {
 		return err
@@ -84,7 +82,7 @@ func (d *Device) acceptSession(addr string, m *protocol.PreKeySignalMessage) ([]
 		m.SignedPreKeyID() != d.signed.ID() {
 		return nil, false
 	}
-	var otk *ecdh.PrivateKey
+	var otk *privKey
 	pkID := m.PreKeyID()
 	hasPreKey := pkID != nil && !pkID.IsEmpty
 	if hasPreKey {

@@ -3,7 +3,6 @@ package signal
 import (
 	"bytes"
 	"context"
-	"crypto/ecdh"
 	"crypto/hmac"
 	"encoding/base64"
 	"errors"
@@ -42,9 +41,9 @@ type Device struct {
 	preKeyBudget int
 	sessions     map[string]*record.Session
 	identities   map[string]*identity.Key
-	// The private keys above parsed for crypto/ecdh (receive.go).
-	identityDH, signedDH *ecdh.PrivateKey
-	preKeyDH             map[uint32]*ecdh.PrivateKey
+	// The private keys above as DH scalars (receive.go).
+	identityDH, signedDH *privKey
+	preKeyDH             map[uint32]*privKey
 	slow                 bool // tests: always the library's full decrypt path
 	fastSteps            int  // decrypts chainStep did (tests)
 	fastPreKeys          int  // of which PreKeySignalMessages (preKeyStep; tests)
@@ -65,8 +64,8 @@ func NewDevice(id uint32, preKeyBudget int) (*Device, error) {
 // reinstalled app would.
 func (d *Device) Reinstall() error {
 	// Keys as keyhelper.GenerateIdentityKeyPair and GenerateSignedPreKey make
-	// them, generated through crypto/ecdh (receive.go: one X25519 per key
-	// instead of the library's two, and the private keys kept parsed for DH).
+	// them, each with one fixed-base multiplication (x25519.go) instead of the
+	// library's two ladders, the private keys kept for DH (receive.go).
 	ik, err := newEphemeral()
 	if err != nil {
 		return err
@@ -83,7 +82,7 @@ func (d *Device) Reinstall() error {
 	d.identity, d.regID, d.signed = kp, newRegistrationID(), spk
 	d.identityDH, d.signedDH = ik.dh, sk.dh
 	d.preKeys = map[uint32]*record.PreKey{}
-	d.preKeyDH = map[uint32]*ecdh.PrivateKey{}
+	d.preKeyDH = map[uint32]*privKey{}
 	d.nextPreKey = 1 // id 0 means "no prekey" in every libsignal
 	d.sessions = map[string]*record.Session{}
 	d.identities = map[string]*identity.Key{}

@@ -3,7 +3,6 @@ package signal
 import (
 	"bytes"
 	"context"
-	"crypto/ecdh"
 	"fmt"
 	"maps"
 	mathrand "math/rand/v2"
@@ -133,7 +132,7 @@ func TestChainStepMatchesLibrary(t *testing.T) {
 }
 
 // TestAcceptSessionMatchesLibrary: a device opening a session on its own path
-// (acceptSession: X3DH and the first ratchet step with crypto/ecdh) ends where
+// (acceptSession: X3DH and the first ratchet step with our X25519) ends where
 // the library's path ends. The X3DH state is compared byte for byte with the
 // library's Builder.Process on a twin; the ratchet step's random new key
 // cannot match, so its receiving chain and counters are compared and its
@@ -171,7 +170,7 @@ func TestAcceptSessionMatchesLibrary(t *testing.T) {
 				if _, err := session.NewBuilder(ds, ds, ds, ds, addr, Serializer).Process(context.Background(), libRec, m); err != nil {
 					t.Fatal(err)
 				}
-				var otk *ecdh.PrivateKey
+				var otk *privKey
 				if oneTime {
 					otk = fast.preKeyDH[m.PreKeyID().Value]
 				}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/ecdh"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -38,9 +37,8 @@ type Identity struct {
 	KeyPair        *identity.KeyPair
 	RegistrationID uint32
 
-	dhOnce sync.Once // the private key parsed for crypto/ecdh (x3dh.go)
-	dh     *ecdh.PrivateKey
-	dhErr  error
+	dhOnce sync.Once // the private key as a DH scalar (x3dh.go)
+	dh     *privKey
 }
 
 // NewIdentity generates a fresh identity.

@@ -2,9 +2,6 @@ package signal
 
 import (
 	"bytes"
-	"crypto/ecdh"
-	"crypto/rand"
-	"fmt"
 
 	"go.mau.fi/libsignal/ecc"
 	"go.mau.fi/libsignal/kdf"
@@ -16,76 +13,55 @@ import (
 	"go.mau.fi/libsignal/state/record"
 )
 
-// The sender half of X3DH and the first ratchet step, computed with
-// crypto/ecdh and written into the library's exported record types.
+// The sender half of X3DH and the first ratchet step, computed with our
+// X25519 (x25519.go) and written into the library's exported record types.
 //
 // What the library's session.Builder.ProcessBundle does, with three costs
 // removed: it verifies the signed prekey's signature again (DecodeBundle
 // already did), and its kdf.CalculateSharedSecret derives a public key it
 // then discards (two scalar multiplications per DH where one does). So a cold
-// send costs exactly 2 key generations + 5 DH + 1 XEdDSA verification.
-// TestX3DHMatchesLibrary proves the resulting session byte-identical to the
-// library's for the same ephemeral keys; the interop tests prove recipients
-// (Go and JavaScript libsignal) accept it.
+// send costs exactly 2 key generations (fixed-base) + 5 DH + 1 XEdDSA
+// verification. TestX3DHMatchesLibrary proves the resulting session
+// byte-identical to the library's for the same ephemeral keys; the interop
+// tests prove recipients (Go and JavaScript libsignal) accept it.
 
-var x25519 = ecdh.X25519()
-
-// dhKey returns the identity's private key parsed for crypto/ecdh (once).
-func (id *Identity) dhKey() (*ecdh.PrivateKey, error) {
+// dhKey returns the identity's private key as a DH scalar.
+func (id *Identity) dhKey() (*privKey, error) {
 	id.dhOnce.Do(func() {
-		priv := id.KeyPair.PrivateKey().Serialize()
-		id.dh, id.dhErr = x25519.NewPrivateKey(priv[:])
+		k := privKey(id.KeyPair.PrivateKey().Serialize())
+		id.dh = &k
 	})
-	return id.dh, id.dhErr
+	return id.dh, nil
 }
 
 // ephemeral is a fresh X25519 key pair in both forms.
 type ephemeral struct {
-	dh   *ecdh.PrivateKey
+	dh   *privKey
 	pair *ecc.ECKeyPair
 }
 
 // newEphemeral makes an X25519 key pair as ecc.GenerateKeyPair does (random,
-// clamped private key: an identity key also signs, with XEdDSA, which needs
-// the clamped scalar), keeping the parsed crypto/ecdh key. One ladder.
+// clamped private key), its public key by a fixed-base multiplication.
 func newEphemeral() (ephemeral, error) {
-	var priv [32]byte
-	if _, err := rand.Read(priv[:]); err != nil {
-		return ephemeral{}, err
-	}
-	priv[0] &= 248
-	priv[31] &= 127
-	priv[31] |= 64
-	k, err := x25519.NewPrivateKey(priv[:])
+	k, err := newPrivKey()
 	if err != nil {
 		return ephemeral{}, err
 	}
 	return ephemeralFrom(k), nil
 }
 
-func ephemeralFrom(k *ecdh.PrivateKey) ephemeral {
-	var priv, pub [32]byte
-	copy(priv[:], k.Bytes())
-	copy(pub[:], k.PublicKey().Bytes())
-	return ephemeral{dh: k, pair: ecc.NewECKeyPair(ecc.NewDjbECPublicKey(pub), ecc.NewDjbECPrivateKey(priv))}
+func ephemeralFrom(k *privKey) ephemeral {
+	return ephemeral{dh: k, pair: ecc.NewECKeyPair(ecc.NewDjbECPublicKey(k.publicKey()), ecc.NewDjbECPrivateKey(*k))}
 }
 
-func dh(priv *ecdh.PrivateKey, pub ecc.ECPublicKeyable) ([]byte, error) {
+func dh(priv *privKey, pub ecc.ECPublicKeyable) ([]byte, error) {
 	raw := pub.PublicKey()
-	p, err := x25519.NewPublicKey(raw[:])
-	if err != nil {
-		return nil, err
-	}
-	s, err := priv.ECDH(p)
-	if err != nil {
-		return nil, fmt.Errorf("signal: X25519 agreement: %w", err)
-	}
-	return s, nil
+	return priv.agree(&raw)
 }
 
 // dhStep is one agreement of X3DH: our private key with their public key.
 type dhStep struct {
-	priv *ecdh.PrivateKey
+	priv *privKey
 	pub  ecc.ECPublicKeyable
 }
 
@@ -111,7 +87,7 @@ func agree(steps ...dhStep) (rootKey, chainKey []byte, err error) {
 
 // createChain is root.Key.CreateChain with one DH: the next root key and a
 // chain key from DH(our, their) salted with the current root key.
-func createChain(rootKey []byte, our *ecdh.PrivateKey, their ecc.ECPublicKeyable) (newRoot, chainKey []byte, err error) {
+func createChain(rootKey []byte, our *privKey, their ecc.ECPublicKeyable) (newRoot, chainKey []byte, err error) {
 	shared, err := dh(our, their)
 	if err != nil {
 		return nil, nil, err

@@ -59,7 +59,7 @@ func libraryBuild(t *testing.T, id *Identity, user string, b *prekey.Bundle) *re
 }
 
 // TestX3DHMatchesLibrary: for the same bundle and ephemeral keys, the session
-// Herald builds with crypto/ecdh is byte-identical to the one the library's
+// Herald builds with its own X25519 is byte-identical to the one the library's
 // key agreement yields (with and without a one-time prekey); and sessions from
 // Herald's path and from the library's ProcessBundle are received identically
 // by the recipient: every message of each decrypts, in order.
@@ -82,7 +82,7 @@ func TestX3DHMatchesLibrary(t *testing.T) {
 				t.Fatal(err)
 			}
 			if want := libraryX3DH(t, id, b, base, rk); !bytes.Equal(ours.Serialize(), want.Serialize()) {
-				t.Fatal("the session built with crypto/ecdh differs from the library's for the same keys")
+				t.Fatal("the session built with our X25519 differs from the library's for the same keys")
 			}
 		})
 	}
