@@ -121,6 +121,7 @@ type Engine struct {
 	m        *metrics.Metrics
 	log      *slog.Logger
 	pool     *ants.Pool
+	prep     *ants.Pool // the per-run goroutines of prepareMany (work.go)
 	slots    chan struct{}
 	wake     []chan struct{}
 	breaker  *breaker
@@ -186,8 +187,16 @@ func New(opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Long-lived goroutines keep the stacks Pebble's reads and the encrypt
+	// step grew; a fresh goroutine per run grew its stack again every time.
+	prep, err := ants.NewPool(opts.Workers*opts.GroupsPerTask, ants.WithNonblocking(true),
+		ants.WithExpiryDuration(time.Minute), ants.WithLogger(antsLogger{opts.Logger}))
+	if err != nil {
+		pool.Release()
+		return nil, err
+	}
 	e := &Engine{opts: opts, db: opts.DB, q: opts.Queue, store: opts.Sessions, m: opts.Metrics, log: opts.Logger,
-		pool: pool, slots: make(chan struct{}, opts.Workers*opts.GroupsPerTask),
+		pool: pool, prep: prep, slots: make(chan struct{}, opts.Workers*opts.GroupsPerTask),
 		breaker: &breaker{threshold: opts.BreakerThreshold, cooldown: opts.BreakerCooldown}}
 	for i := 0; i < opts.Queue.Shards(); i++ {
 		e.wake = append(e.wake, make(chan struct{}, 1))
@@ -275,6 +284,7 @@ func (e *Engine) Close() error {
 	e.wg.Wait()
 	e.workers.Wait()
 	e.pool.Release()
+	e.prep.Release()
 	e.statuses.close()
 	return nil
 }

@@ -219,10 +219,13 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 	var wg sync.WaitGroup
 	for i := 1; i < len(runs); i++ {
 		wg.Add(1)
-		go func(i int) {
+		f := func() {
 			defer wg.Done()
 			one(i)
-		}(i)
+		}
+		if e.prep.Submit(f) != nil { // the pool is full (or closing)
+			go f()
+		}
 	}
 	one(0)
 	wg.Wait()
