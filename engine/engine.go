@@ -122,6 +122,7 @@ type Engine struct {
 	log      *slog.Logger
 	pool     *ants.Pool
 	prep     *ants.Pool // the per-run goroutines of prepareMany (work.go)
+	merged   sync.Pool  // *pebble.Batch: prepareMany's commit batches, reset for reuse
 	slots    chan struct{}
 	wake     []chan struct{}
 	breaker  *breaker

@@ -150,6 +150,23 @@ func Open(opts Options) (db *DB, err error) {
 // closes it. A storage fault returns ErrStorage and poisons the handle.
 func (d *DB) Commit(b *pebble.Batch, sync bool) (err error) {
 	defer b.Close()
+	return d.commit(b, sync)
+}
+
+// CommitReuse is Commit for a batch the caller recycles: after a commit that
+// succeeded b is reset (empty, its buffer kept) and still the caller's, and
+// reused is true; after a failure b is closed (Pebble does not reuse a batch
+// that met an error) and reused is false.
+func (d *DB) CommitReuse(b *pebble.Batch, sync bool) (reused bool, err error) {
+	if err := d.commit(b, sync); err != nil {
+		b.Close()
+		return false, err
+	}
+	b.Reset()
+	return true, nil
+}
+
+func (d *DB) commit(b *pebble.Batch, sync bool) (err error) {
 	if e := d.failed.Load(); e != nil {
 		return *e
 	}
