@@ -64,9 +64,38 @@ type run struct {
 	outcomes []queue.Outcome
 	extra    *pebble.Batch
 	ups      []update
-	stopped  map[string]bool     // sender → later messages must wait (order)
-	devices  map[string][]uint32 // sender → device list prepare settled on (transmit reuses it)
+	stopped  map[string]bool // sender → later messages must wait (order); nil until one must
+	devices  senderDevices   // sender → device list prepare settled on (transmit reuses it)
 	failAll  bool
+}
+
+// senderDevices maps a sender to a device list. A run almost always has one
+// sender: a slice searched in order, where a map allocated ~450 B per run.
+type senderDevices []struct {
+	sender string
+	devs   []uint32
+}
+
+func (m *senderDevices) set(sender string, devs []uint32) {
+	for i := range *m {
+		if (*m)[i].sender == sender {
+			(*m)[i].devs = devs
+			return
+		}
+	}
+	*m = append(*m, struct {
+		sender string
+		devs   []uint32
+	}{sender, devs})
+}
+
+func (m senderDevices) get(sender string) ([]uint32, bool) {
+	for _, e := range m {
+		if e.sender == sender {
+			return e.devs, true
+		}
+	}
+	return nil, false
 }
 
 func (r *run) ack(it *item) {
@@ -95,6 +124,9 @@ func (r *run) retry(it *item, at time.Time, count bool, reason string) {
 	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, RetryAt: at, CountAttempt: count})
 	if it.ob != nil {
 		it.putOutbox(r.extra)
+	}
+	if r.stopped == nil {
+		r.stopped = map[string]bool{}
 	}
 	r.stopped[it.p.From] = true
 	if reason != "" {
@@ -139,7 +171,7 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 
 // begin opens a run for g and settles expired, undecodable and shaped messages.
 func (e *Engine) begin(g *group) *run {
-	r := &run{e: e, g: g, now: e.opts.Now(), extra: e.db.NewBatch(), stopped: map[string]bool{}, devices: map[string][]uint32{}}
+	r := &run{e: e, g: g, now: e.opts.Now(), extra: e.db.NewBatch()}
 	// Expired, undecodable and shaped messages first.
 	for _, it := range g.items {
 		switch {
@@ -466,7 +498,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			advanced = append(advanced, bd.DeviceID)
 		}
 	}
-	r.devices[sender] = devs // a copy of its own (Devices copies; PutDevices copies what it keeps)
+	r.devices.set(sender, devs) // a copy of its own (Devices copies; PutDevices copies what it keeps)
 	for _, d := range devs {
 		rec := sessions[d]
 		if rec == nil {
@@ -543,7 +575,7 @@ func (e *Engine) transmit(ctx context.Context, r *run) {
 		if it.done || r.stopped[it.p.From] || it.ob == nil {
 			continue
 		}
-		devs, ok := r.devices[it.p.From]
+		devs, ok := r.devices.get(it.p.From)
 		var err error
 		if !ok {
 			devs, _, err = e.store.Devices(it.p.From, g.lease.Recipient)

@@ -196,7 +196,8 @@ func (s *Store) Advance(b *pebble.Batch, biz string, r Recipient, device uint32,
 	}
 	ck := st.SenderChainKey()
 	v := make([]byte, 0, chainRecordLen)
-	v = append(v, st.SenderRatchetKey().Serialize()...)
+	rk := serialize33(st.SenderRatchetKey())
+	v = append(v, rk[:]...)
 	v = binary.BigEndian.AppendUint32(v, ck.Index())
 	v = append(v, ck.Key()...)
 	b.Set(key('C', biz, &r, device), s.sealer.Seal(nil, v), nil)
