@@ -22,6 +22,8 @@
 // encrypt step, the recipient's X3DH, first ratchet step and chain step. Each
 // is held to the library by a differential test (x3dh_test.go,
 // encrypt_test.go, recipient_test.go); a recipient takes the library's own
-// path for anything else. The independent check is the JavaScript libsignal
+// path for anything else. X25519 is our own (x25519.go): key pairs by a
+// fixed-base multiplication, DH by the RFC 7748 ladder, both checked against
+// crypto/ecdh (x25519_test.go). The independent check is the JavaScript libsignal
 // conformance suite (conformance_test.go, engine/conformance_test.go).
 package signal
