@@ -57,7 +57,7 @@ func DecodeBundle(user string, d platform.DeviceBundle) (*prekey.Bundle, error) 
 	}
 	var sig64 [64]byte
 	copy(sig64[:], sig)
-	if !ecc.VerifySignature(ik, spk.Serialize(), sig64) {
+	if !verifyXEdDSA(ik.PublicKey(), spk.Serialize(), sig64) {
 		return nil, bad("signature", errors.New("does not verify against the identity key"))
 	}
 	preKeyID := optional.NewEmptyUint32()

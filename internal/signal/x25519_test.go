@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"testing"
+
+	"go.mau.fi/libsignal/ecc"
 )
 
 // TestX25519MatchesCryptoECDH: the fixed-base public key and the ladder give
@@ -105,6 +107,86 @@ func BenchmarkAgree(b *testing.B) {
 	b.Run("impl=crypto-ecdh", func(b *testing.B) {
 		for b.Loop() {
 			ref.ECDH(peer.PublicKey())
+		}
+	})
+}
+
+// TestVerifyXEdDSAMatchesLibrary: verifyXEdDSA answers as ecc.VerifySignature
+// for valid signatures, altered messages and signatures (every bit of the
+// signature's last byte, the sign bit included), the wrong key, keys with the
+// top bit set, u = -1 and random bytes.
+func TestVerifyXEdDSAMatchesLibrary(t *testing.T) {
+	check := func(what string, pub [32]byte, msg []byte, sig [64]byte) bool {
+		t.Helper()
+		lib := ecc.VerifySignature(ecc.NewDjbECPublicKey(pub), msg, sig)
+		if got := verifyXEdDSA(pub, msg, sig); got != lib {
+			t.Fatalf("%s: verifyXEdDSA %v, library %v", what, got, lib)
+		}
+		return lib
+	}
+	valid := 0
+	for i := 0; i < 100; i++ {
+		kp, err := ecc.GenerateKeyPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := make([]byte, 1+i%64)
+		rand.Read(msg)
+		sig := ecc.CalculateSignature(kp.PrivateKey(), msg)
+		pub := kp.PublicKey().PublicKey()
+		if check("valid", pub, msg, sig) {
+			valid++
+		}
+		bad := bytes.Clone(msg)
+		bad[0] ^= 1
+		check("altered message", pub, bad, sig)
+		for bit := 0; bit < 8; bit++ {
+			s := sig
+			s[63] ^= 1 << bit
+			check("altered signature", pub, msg, s)
+		}
+		s := sig
+		s[0] ^= 0x40
+		check("altered R", pub, msg, s)
+		top := pub
+		top[31] |= 0x80
+		check("top bit set", top, msg, sig)
+		other, _ := ecc.GenerateKeyPair()
+		check("other key", other.PublicKey().PublicKey(), msg, sig)
+		var rp [32]byte
+		var rs [64]byte
+		rand.Read(rp[:])
+		rand.Read(rs[:])
+		check("random", rp, msg, rs)
+	}
+	if valid != 100 {
+		t.Fatalf("%d of 100 valid signatures verified", valid)
+	}
+	// u = p - 1 (= -1): y = 0 by the inversion of zero.
+	minusOne := [32]byte{0xec}
+	for i := 1; i < 31; i++ {
+		minusOne[i] = 0xff
+	}
+	minusOne[31] = 0x7f
+	var sig [64]byte
+	rand.Read(sig[:])
+	check("u = -1", minusOne, []byte("m"), sig)
+}
+
+// BenchmarkVerify: verifyXEdDSA against the library's ecc.VerifySignature.
+func BenchmarkVerify(b *testing.B) {
+	kp, _ := ecc.GenerateKeyPair()
+	msg := make([]byte, 33)
+	sig := ecc.CalculateSignature(kp.PrivateKey(), msg)
+	pub := kp.PublicKey().PublicKey()
+	b.Run("impl=ours", func(b *testing.B) {
+		for b.Loop() {
+			verifyXEdDSA(pub, msg, sig)
+		}
+	})
+	b.Run("impl=library", func(b *testing.B) {
+		for b.Loop() {
+			ecc.VerifySignature(kp.PublicKey(), msg, sig)
 		}
 	})
 }
