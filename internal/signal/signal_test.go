@@ -317,3 +317,62 @@ func TestAdvanceStoresOnlyTheChain(t *testing.T) {
 	}
 	db.Close()
 }
+
+// TestAdvanceAfterEvictionReloadsTheSameState: Advance no longer caches; a
+// session the cache dropped between Session and Advance is read back from
+// the committed records at the state the encryption left it in. With a
+// one-entry cache and two devices taking turns, every Session of one device
+// follows the other's, so every round reloads from Pebble; the devices must
+// decrypt every message, in order.
+func TestAdvanceAfterEvictionReloadsTheSameState(t *testing.T) {
+	db, err := kv.Open(kv.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	sl, _ := seal.New(seal.TestKey(1))
+	st, err := NewStore(db, sl, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := st.Identity("15550001111")
+	r := Recipient{9}
+	devs := map[uint32]*Device{}
+	for d := uint32(1); d <= 2; d++ {
+		devs[d], _ = NewDevice(d, 10)
+		built := mkSession(t, id, "1555", devs[d], nil, false)
+		b := db.NewBatch()
+		st.PutSession(b, id.Phone, r, d, built.Record)
+		if err := db.Commit(b, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for round := 0; round < 6; round++ {
+		for d := uint32(1); d <= 2; d++ {
+			rec, err := st.Session(id.Phone, r, d)
+			if err != nil || rec == nil {
+				t.Fatalf("round %d device %d: %v", round, d, err)
+			}
+			if want := uint32(2 * round); rec.SessionState().SenderChainKey().Index() != want {
+				t.Fatalf("round %d device %d: chain index %d, want %d", round, d, rec.SessionState().SenderChainKey().Index(), want)
+			}
+			msgs := [][]byte{[]byte(fmt.Sprintf("r%d-a", round)), []byte(fmt.Sprintf("r%d-b", round))}
+			cts, err := EncryptBatch(rec, msgs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The other device's Session (next turn) evicts this one before
+			// its advance is committed here: Advance must not depend on the cache.
+			b := db.NewBatch()
+			st.Advance(b, id.Phone, r, d, rec)
+			if err := db.Commit(b, true); err != nil {
+				t.Fatal(err)
+			}
+			for i, c := range cts {
+				if pt, err := devs[d].Decrypt(id.Phone, c.Type, c.Body); err != nil || !bytes.Equal(pt, msgs[i]) {
+					t.Fatalf("round %d device %d message %d: %q %v", round, d, i, pt, err)
+				}
+			}
+		}
+	}
+}

@@ -177,13 +177,17 @@ func (s *Store) applyChain(biz string, r Recipient, device uint32, rec *record.S
 // whose newest versions are deletions walks every one of them (a benchmark
 // that rebuilt one session per iteration spent 80 % of its time there).
 func (s *Store) PutSession(b *pebble.Batch, biz string, r Recipient, device uint32, rec *record.Session) {
-	b.Set([]byte(cacheKey(biz, r, device)), s.sealer.Seal(nil, rec.Serialize()), nil)
+	ck := cacheKey(biz, r, device)
+	b.Set([]byte(ck), s.sealer.Seal(nil, rec.Serialize()), nil)
 	s.Advance(b, biz, r, device, rec)
+	s.cache.Add(ck, rec)
 }
 
 // Advance writes into b what encrypting with rec changed — its sending chain
-// key — and caches rec. Encryption changes nothing else in a session
-// (EncryptBatch), so this replaces rewriting the whole record (~1 KB of JSON
+// key. rec is the record Session returned, which the cache holds (advanced in
+// place); if the cache dropped it meanwhile, the next Session reads the
+// committed records, which hold the same state. Encryption changes nothing
+// else in a session (EncryptBatch), so this replaces rewriting the whole record (~1 KB of JSON
 // serialized, compressed and sealed per device per message, and as many
 // bytes through the WAL, memtable and compactions) with ~100 sealed bytes.
 // Session reads the session record and then applies the chain record.
@@ -191,7 +195,6 @@ func (s *Store) Advance(b *pebble.Batch, biz string, r Recipient, device uint32,
 	st := rec.SessionState()
 	if st == nil || !st.HasSenderChain() {
 		b.Delete(key('C', biz, &r, device), nil) // nothing to advance (not a sender's session)
-		s.cache.Add(cacheKey(biz, r, device), rec)
 		return
 	}
 	ck := st.SenderChainKey()
@@ -201,7 +204,6 @@ func (s *Store) Advance(b *pebble.Batch, biz string, r Recipient, device uint32,
 	v = binary.BigEndian.AppendUint32(v, ck.Index())
 	v = append(v, ck.Key()...)
 	b.Set(key('C', biz, &r, device), s.sealer.Seal(nil, v), nil)
-	s.cache.Add(cacheKey(biz, r, device), rec)
 }
 
 // DeleteSession removes a device's session (a reset) in b and from the cache.
