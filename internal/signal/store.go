@@ -28,12 +28,12 @@ type Recipient = [seal.LookupLen]byte
 type Store struct {
 	db     *kv.DB
 	sealer *seal.Sealer
-	cache  *lru.Cache[string, *record.Session]
+	cache  *lru.Cache[cacheID, *record.Session]
 	// devs caches device lists like cache does sessions: written through
 	// when a list is written into a batch (the worker's own view, as with
 	// sessions), dropped by Forget when that batch fails to commit. One
 	// worker per recipient at a time (the queue lease) owns both.
-	devs *lru.Cache[string, []uint32]
+	devs *lru.Cache[cacheID, []uint32] // device 0
 
 	idMu sync.Mutex
 	ids  map[string]*Identity
@@ -44,11 +44,11 @@ func NewStore(db *kv.DB, sealer *seal.Sealer, cacheSessions int) (*Store, error)
 	if cacheSessions <= 0 {
 		cacheSessions = 100_000
 	}
-	c, err := lru.New[string, *record.Session](cacheSessions)
+	c, err := lru.New[cacheID, *record.Session](cacheSessions)
 	if err != nil {
 		return nil, err
 	}
-	d, err := lru.New[string, []uint32](cacheSessions)
+	d, err := lru.New[cacheID, []uint32](cacheSessions)
 	if err != nil {
 		return nil, err
 	}
@@ -112,8 +112,16 @@ func (s *Store) Identity(phone string) (*Identity, error) {
 	return id, nil
 }
 
-func cacheKey(biz string, r Recipient, device uint32) string {
-	return string(key('S', biz, &r, device))
+// cacheID is the caches' key: comparable, so a lookup builds and allocates
+// nothing (a string of the Pebble key did, per device per message).
+type cacheID struct {
+	biz    string
+	r      Recipient
+	device uint32
+}
+
+func cacheKey(biz string, r Recipient, device uint32) cacheID {
+	return cacheID{biz, r, device}
 }
 
 // Session returns the session record for (business, recipient, device), or
@@ -124,7 +132,7 @@ func (s *Store) Session(biz string, r Recipient, device uint32) (*record.Session
 	if rec, ok := s.cache.Get(ck); ok {
 		return rec, nil
 	}
-	v, ok, err := s.db.GetCopy([]byte(ck))
+	v, ok, err := s.db.GetCopy(key('S', biz, &r, device))
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -177,10 +185,9 @@ func (s *Store) applyChain(biz string, r Recipient, device uint32, rec *record.S
 // whose newest versions are deletions walks every one of them (a benchmark
 // that rebuilt one session per iteration spent 80 % of its time there).
 func (s *Store) PutSession(b *pebble.Batch, biz string, r Recipient, device uint32, rec *record.Session) {
-	ck := cacheKey(biz, r, device)
-	b.Set([]byte(ck), s.sealer.Seal(nil, rec.Serialize()), nil)
+	b.Set(key('S', biz, &r, device), s.sealer.Seal(nil, rec.Serialize()), nil)
 	s.Advance(b, biz, r, device, rec)
-	s.cache.Add(ck, rec)
+	s.cache.Add(cacheKey(biz, r, device), rec)
 }
 
 // Advance writes into b what encrypting with rec changed — its sending chain
@@ -208,10 +215,9 @@ func (s *Store) Advance(b *pebble.Batch, biz string, r Recipient, device uint32,
 
 // DeleteSession removes a device's session (a reset) in b and from the cache.
 func (s *Store) DeleteSession(b *pebble.Batch, biz string, r Recipient, device uint32) {
-	ck := cacheKey(biz, r, device)
-	b.Delete([]byte(ck), nil)
+	b.Delete(key('S', biz, &r, device), nil)
 	b.Delete(key('C', biz, &r, device), nil)
-	s.cache.Remove(ck)
+	s.cache.Remove(cacheKey(biz, r, device))
 }
 
 // Forget drops cached sessions of a recipient whose batch failed to commit, so
@@ -220,17 +226,16 @@ func (s *Store) Forget(biz string, r Recipient, devices []uint32) {
 	for _, d := range devices {
 		s.cache.Remove(cacheKey(biz, r, d))
 	}
-	s.devs.Remove(string(key('V', biz, &r, 0)))
+	s.devs.Remove(cacheKey(biz, r, 0))
 }
 
 // Devices returns the recipient's known device ids for this business, or
 // ok=false when the devices were never queried.
 func (s *Store) Devices(biz string, r Recipient) (devs []uint32, ok bool, err error) {
-	k := key('V', biz, &r, 0)
-	if d, hit := s.devs.Get(string(k)); hit {
+	if d, hit := s.devs.Get(cacheKey(biz, r, 0)); hit {
 		return append([]uint32(nil), d...), true, nil
 	}
-	v, ok, err := s.db.GetCopy(k)
+	v, ok, err := s.db.GetCopy(key('V', biz, &r, 0))
 	if err != nil || !ok {
 		return nil, false, err
 	}
@@ -240,13 +245,13 @@ func (s *Store) Devices(biz string, r Recipient) (devs []uint32, ok bool, err er
 	for i := 0; i < len(v); i += 4 {
 		devs = append(devs, binary.BigEndian.Uint32(v[i:]))
 	}
-	s.devs.Add(string(k), append([]uint32(nil), devs...))
+	s.devs.Add(cacheKey(biz, r, 0), append([]uint32(nil), devs...))
 	return devs, true, nil
 }
 
 // PutDevices records the recipient's device ids in b.
 func (s *Store) PutDevices(b *pebble.Batch, biz string, r Recipient, devs []uint32) {
-	s.devs.Add(string(key('V', biz, &r, 0)), append([]uint32(nil), devs...))
+	s.devs.Add(cacheKey(biz, r, 0), append([]uint32(nil), devs...))
 	v := make([]byte, 0, 4*len(devs))
 	for _, d := range devs {
 		v = binary.BigEndian.AppendUint32(v, d)
@@ -271,7 +276,7 @@ func (s *Store) PutTrustedIdentity(b *pebble.Batch, biz string, r Recipient, dev
 // ForgetRecipient deletes everything kept about a recipient for a business
 // (sessions, identities, devices): used by retention once nothing is pending.
 func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
-	s.devs.Remove(string(key('V', biz, &r, 0)))
+	s.devs.Remove(cacheKey(biz, r, 0))
 	for _, kind := range []byte{'S', 'C', 'K', 'V'} {
 		lo := key(kind, biz, &r, 0)
 		b.DeleteRange(lo, kv.PrefixEnd(lo), nil)
@@ -284,6 +289,6 @@ func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
 // ForgetDevices deletes the recipient's device list in b, so the next attempt
 // re-queries the platform (stale_devices).
 func (s *Store) ForgetDevices(b *pebble.Batch, biz string, r Recipient) {
-	s.devs.Remove(string(key('V', biz, &r, 0)))
+	s.devs.Remove(cacheKey(biz, r, 0))
 	b.Delete(key('V', biz, &r, 0), nil)
 }
