@@ -133,6 +133,7 @@ type Statuses struct {
 	flushReq chan chan struct{}
 	done     chan struct{}
 	counters *lru.Cache[string, *Counters]
+	batch    *pebble.Batch // apply's batch, reset and kept between rounds (the loop is the only user)
 	closeMu  sync.Mutex
 	closed   bool
 }
@@ -195,8 +196,16 @@ func (s *Statuses) close() {
 	<-s.done
 }
 
+// maxKeptStatusBatch bounds the buffer of the batch apply keeps.
+const maxKeptStatusBatch = 4 << 20
+
 func (s *Statuses) loop() {
 	defer close(s.done)
+	defer func() {
+		if s.batch != nil {
+			s.batch.Close()
+		}
+	}()
 	for {
 		select {
 		case sb, ok := <-s.in:
@@ -269,7 +278,11 @@ func (s *Statuses) loadCounters(cid string) (*Counters, error) {
 }
 
 func (s *Statuses) apply(ups []update) {
-	b := s.db.NewBatch()
+	b := s.batch
+	if b == nil {
+		b = s.db.NewBatch()
+	}
+	s.batch = nil // given back below only after a commit that succeeded
 	recs := map[string]*MessageStatus{}
 	touched := map[string]*Counters{}
 	var changes []StatusChange
@@ -375,12 +388,20 @@ func (s *Statuses) apply(ups []update) {
 		s.hook(b, changes)
 	}
 	if b.Empty() {
-		b.Close()
+		s.batch = b
 		return
 	}
 	// Statuses are reports: a crash may lose the last few, and the engine
 	// re-derives them (a retransmission is answered "accepted" again).
-	if err := s.db.Commit(b, false); err != nil {
+	large := len(b.Repr()) > maxKeptStatusBatch // a round holds up to 8,192 updates (~1 MB)
+	reused, err := s.db.CommitReuse(b, false)
+	switch {
+	case reused && large:
+		b.Close()
+	case reused:
+		s.batch = b
+	}
+	if err != nil {
 		s.log.Error("engine: status write failed", "err", err)
 		for cid := range touched {
 			s.counters.Remove(cid)

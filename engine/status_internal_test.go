@@ -1,13 +1,19 @@
 package engine
 
 import (
+	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	json "github.com/goccy/go-json"
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/metrics"
 )
 
 // TestQueuedRecordsSameBytesAsMarshal: Put's spliced record is byte for byte
@@ -32,4 +38,83 @@ func TestQueuedRecordsSameBytesAsMarshal(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestStatusesKeepTheirBatchAndSurviveAFailedCommit: apply keeps its batch
+// between rounds (reset: a round writes only its own records), and after a
+// commit that fails (fsync error, the handle poisoned) it has given the
+// batch up, drops the counters it touched, and the next round fails the
+// same way.
+func TestStatusesKeepTheirBatchAndSurviveAFailedCommit(t *testing.T) {
+	toggle := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData || op.Kind == errorfs.OpFileSyncTo {
+			return errorfs.ErrInjected
+		}
+		return nil
+	})}
+	db, err := kv.Open(kv.Options{Dir: t.TempDir(), FS: errorfs.Wrap(vfs.Default, toggle)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s := &Statuses{db: db, log: slog.New(slog.DiscardHandler), m: metrics.New()}
+	s.counters, _ = lru.New[string, *Counters](16)
+	now := time.Unix(1764115200, 0)
+	enqueue := func(ids ...string) {
+		b := db.NewBatch()
+		for _, id := range ids {
+			NewStatusRecord(b, id, "biz", "pn", "cmp", now)
+		}
+		if err := db.Commit(b, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status := func(id string) string {
+		v, ok, err := db.GetCopy(statusKey(id))
+		if err != nil || !ok {
+			return "missing"
+		}
+		var rec MessageStatus
+		json.Unmarshal(v, &rec)
+		return rec.Status
+	}
+
+	enqueue("m1", "m2")
+	s.apply([]update{{id: "m1", status: heraldtype.StatusSent, at: now}})
+	kept := s.batch
+	if kept == nil || !kept.Empty() {
+		t.Fatal("apply did not keep its batch, reset")
+	}
+	s.apply([]update{{id: "m2", status: heraldtype.StatusSent, at: now}})
+	if s.batch != kept {
+		t.Fatal("the second round did not reuse the kept batch")
+	}
+	if status("m1") != "sent" || status("m2") != "sent" {
+		t.Fatalf("statuses %s %s, want sent sent", status("m1"), status("m2"))
+	}
+	if c, _ := s.loadCounters("cmp"); c.Sent != 2 {
+		t.Fatalf("counters say %d sent, want 2", c.Sent)
+	}
+
+	enqueue("m3")
+	// Statuses commit without fsync, so the fault is met by a synced write
+	// first, which poisons the handle; apply's commit then fails.
+	toggle.On()
+	b := db.NewBatch()
+	b.Set([]byte("x"), []byte("y"), nil)
+	if err := db.Commit(b, true); err == nil {
+		t.Fatal("the injected fsync error did not fail the commit")
+	}
+	s.apply([]update{{id: "m3", status: heraldtype.StatusSent, at: now}})
+	if s.batch != nil {
+		t.Fatal("a batch whose commit failed was kept")
+	}
+	if _, cached := s.counters.Get("cmp"); cached {
+		t.Fatal("counters touched by the failed round are still cached")
+	}
+	s.apply([]update{{id: "m2", status: heraldtype.StatusDelivered, at: now}}) // fails again, no panic
+	if s.batch != nil {
+		t.Fatal("a batch whose commit failed was kept (second round)")
+	}
+	toggle.Off()
 }
