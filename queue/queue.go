@@ -92,6 +92,10 @@ type Queue struct {
 	seq    atomic.Uint64
 	closed atomic.Bool
 	shards []*shard
+	// batches holds Enqueue's and CompleteMany's batches, reset after their
+	// commit for the next call (a fresh one of the call's size each time was
+	// the ingest path's largest allocation).
+	batches sync.Pool
 
 	// seqMu guards the sequence numbers of Enqueue calls still committing.
 	// Batches commit in any order, so a scan of fresh records may only pass
@@ -136,6 +140,10 @@ type expBound struct {
 }
 
 const inRBuckets = 1 << 18
+
+// maxKeptBatch bounds the buffer of an Enqueue batch kept for reuse (an
+// upload's batches of 1,000 records are ~300 KB).
+const maxKeptBatch = 4 << 20
 
 func inRBucket(r Recipient) int { return int(binary.BigEndian.Uint32(r[4:8]) & (inRBuckets - 1)) }
 
@@ -648,11 +656,14 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	if extra != nil {
 		size += len(extra.Repr())
 	}
-	b := q.db.NewBatchWithSize(size)
+	b, _ := q.batches.Get().(*pebble.Batch)
+	if b == nil {
+		b = q.db.NewBatchWithSize(size)
+	}
 	q.seqMu.Lock()
 	if err := q.reserveSeqs(uint64(len(msgs))); err != nil {
 		q.seqMu.Unlock()
-		b.Close()
+		q.batches.Put(b) // still empty
 		return err
 	}
 	last := q.seq.Add(uint64(len(msgs)))
@@ -723,7 +734,15 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	if extra != nil {
 		b.Apply(extra, nil)
 	}
-	if err := q.db.Commit(b, true); err != nil {
+	large := len(b.Repr()) > maxKeptBatch
+	reused, err := q.db.CommitReuse(b, true)
+	switch {
+	case reused && large:
+		b.Close()
+	case reused:
+		q.batches.Put(b)
+	}
+	if err != nil {
 		return err
 	}
 	for exp, g := range byExp {
@@ -1356,7 +1375,10 @@ func (q *Queue) CompleteMany(ctx context.Context, cs []Completion, sync bool) []
 			size += len(c.Extra.Repr())
 		}
 	}
-	b := q.db.NewBatchWithSize(size + 64*len(cs))
+	b, _ := q.batches.Get().(*pebble.Batch)
+	if b == nil {
+		b = q.db.NewBatchWithSize(size + 64*len(cs))
+	}
 	pending := make([]completing, 0, len(cs))
 	for i, c := range cs {
 		if !q.holdForCommit(c.Lease) {
@@ -1369,10 +1391,17 @@ func (q *Queue) CompleteMany(ctx context.Context, cs []Completion, sync bool) []
 		pending = append(pending, q.writeOutcomes(b, c.Lease, c.Outcomes, now))
 	}
 	if len(pending) == 0 {
-		b.Close()
+		q.batches.Put(b) // still empty
 		return errs
 	}
-	err := q.db.Commit(b, sync)
+	large := len(b.Repr()) > maxKeptBatch
+	reused, err := q.db.CommitReuse(b, sync)
+	switch {
+	case reused && large:
+		b.Close()
+	case reused:
+		q.batches.Put(b)
+	}
 	for _, p := range pending {
 		q.endCompletion(p, err == nil)
 	}
