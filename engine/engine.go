@@ -121,7 +121,7 @@ type Engine struct {
 	m        *metrics.Metrics
 	log      *slog.Logger
 	pool     *ants.Pool
-	prep     *ants.Pool // the per-run goroutines of prepareMany (work.go)
+	prep     *ants.Pool // the per-run goroutines of a task (prepareMany, transmit: work.go)
 	merged   sync.Pool  // *pebble.Batch: prepareMany's commit batches, reset for reuse
 	slots    chan struct{}
 	wake     []chan struct{}
@@ -188,8 +188,9 @@ func New(opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Long-lived goroutines keep the stacks Pebble's reads and the encrypt
-	// step grew; a fresh goroutine per run grew its stack again every time.
+	// Long-lived goroutines keep the stacks Pebble's reads, the encrypt step
+	// and the platform client grew; a fresh goroutine per run grew its stack
+	// again every time.
 	prep, err := ants.NewPool(opts.Workers*opts.GroupsPerTask, ants.WithNonblocking(true),
 		ants.WithExpiryDuration(time.Minute), ants.WithLogger(antsLogger{opts.Logger}))
 	if err != nil {

@@ -152,10 +152,13 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 	var wg sync.WaitGroup
 	for _, r := range runs[1:] {
 		wg.Add(1)
-		go func(r *run) {
+		f := func() {
 			defer wg.Done()
 			e.transmit(ctx, r)
-		}(r)
+		}
+		if e.prep.Submit(f) != nil { // the pool is full (or closing)
+			go f()
+		}
 	}
 	e.transmit(ctx, runs[0])
 	wg.Wait()
