@@ -14,6 +14,7 @@ targets=(
   "./internal/signal FuzzDecrypt"
   "./internal/signal FuzzDecodeBundle"
   "./internal/signal FuzzParsePreKeyMessage"
+  "./internal/signal FuzzVerifyXEdDSA"
   "./internal/api FuzzSendMessage"
   "./internal/api FuzzCampaignJSON"
   "./internal/api FuzzCampaignNDJSON"

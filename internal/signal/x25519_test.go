@@ -190,3 +190,26 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	})
 }
+
+// FuzzVerifyXEdDSA: on any key, message and signature, verifyXEdDSA answers
+// as the library's ecc.VerifySignature (seeded with a valid signature, so
+// mutations around one are explored).
+func FuzzVerifyXEdDSA(f *testing.F) {
+	kp, _ := ecc.GenerateKeyPair()
+	msg := []byte("signed prekey")
+	sig := ecc.CalculateSignature(kp.PrivateKey(), msg)
+	pub := kp.PublicKey().PublicKey()
+	f.Add(pub[:], msg, sig[:])
+	f.Fuzz(func(t *testing.T, p, m, s []byte) {
+		if len(p) != 32 || len(s) != 64 {
+			return
+		}
+		var pk [32]byte
+		var sg [64]byte
+		copy(pk[:], p)
+		copy(sg[:], s)
+		if got, lib := verifyXEdDSA(pk, m, sg), ecc.VerifySignature(ecc.NewDjbECPublicKey(pk), m, sg); got != lib {
+			t.Fatalf("verifyXEdDSA %v, library %v (key %x, sig %x)", got, lib, pk, sg)
+		}
+	})
+}
