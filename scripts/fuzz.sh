@@ -15,6 +15,7 @@ targets=(
   "./internal/signal FuzzDecodeBundle"
   "./internal/signal FuzzParsePreKeyMessage"
   "./internal/signal FuzzVerifyXEdDSA"
+  "./internal/signal FuzzX25519"
   "./internal/api FuzzSendMessage"
   "./internal/api FuzzCampaignJSON"
   "./internal/api FuzzCampaignNDJSON"

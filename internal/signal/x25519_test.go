@@ -213,3 +213,34 @@ func FuzzVerifyXEdDSA(f *testing.F) {
 		}
 	})
 }
+
+// FuzzX25519: on any scalar and point, the ladder and the fixed-base public
+// key give what crypto/ecdh gives, errors included (an all-zero result).
+func FuzzX25519(f *testing.F) {
+	f.Add(bytes.Repeat([]byte{7}, 32), append([]byte{9}, make([]byte, 31)...))
+	f.Add(bytes.Repeat([]byte{0xff}, 32), bytes.Repeat([]byte{0xff}, 32))
+	f.Fuzz(func(t *testing.T, scalar, point []byte) {
+		if len(scalar) != 32 || len(point) != 32 {
+			return
+		}
+		curve := ecdh.X25519()
+		ref, err := curve.NewPrivateKey(scalar)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := privKey(scalar)
+		if pub := k.publicKey(); !bytes.Equal(pub[:], ref.PublicKey().Bytes()) {
+			t.Fatalf("public key of %x: %x, crypto/ecdh %x", scalar, pub, ref.PublicKey().Bytes())
+		}
+		peer, err := curve.NewPublicKey(point)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, werr := ref.ECDH(peer)
+		p := [32]byte(point)
+		got, gerr := k.agree(&p)
+		if (werr != nil) != (gerr != nil) || !bytes.Equal(got, want) {
+			t.Fatalf("X25519(%x, %x): %x %v, crypto/ecdh %x %v", scalar, point, got, gerr, want, werr)
+		}
+	})
+}
