@@ -133,7 +133,7 @@ type Statuses struct {
 	flushReq chan chan struct{}
 	done     chan struct{}
 	counters *lru.Cache[string, *Counters]
-	batch    *pebble.Batch // apply's batch, reset and kept between rounds (the loop is the only user)
+	batches  *kv.BatchPool // apply's batches, reset and kept between rounds
 	closeMu  sync.Mutex
 	closed   bool
 }
@@ -141,6 +141,7 @@ type Statuses struct {
 func newStatuses(db *kv.DB, log *slog.Logger, m *metrics.Metrics, onChange func([]StatusChange)) *Statuses {
 	c, _ := lru.New[string, *Counters](10_000)
 	s := &Statuses{db: db, log: log, m: m, onChange: onChange, in: make(chan statusBatch, 1024),
+		batches:  kv.NewBatchPool(db, 4<<20), // a round holds up to 8,192 updates (~1 MB)
 		flushReq: make(chan chan struct{}), done: make(chan struct{}), counters: c}
 	go s.loop()
 	return s
@@ -196,16 +197,8 @@ func (s *Statuses) close() {
 	<-s.done
 }
 
-// maxKeptStatusBatch bounds the buffer of the batch apply keeps.
-const maxKeptStatusBatch = 4 << 20
-
 func (s *Statuses) loop() {
 	defer close(s.done)
-	defer func() {
-		if s.batch != nil {
-			s.batch.Close()
-		}
-	}()
 	for {
 		select {
 		case sb, ok := <-s.in:
@@ -278,11 +271,7 @@ func (s *Statuses) loadCounters(cid string) (*Counters, error) {
 }
 
 func (s *Statuses) apply(ups []update) {
-	b := s.batch
-	if b == nil {
-		b = s.db.NewBatch()
-	}
-	s.batch = nil // given back below only after a commit that succeeded
+	b := s.batches.Get(0)
 	recs := map[string]*MessageStatus{}
 	touched := map[string]*Counters{}
 	var changes []StatusChange
@@ -388,20 +377,12 @@ func (s *Statuses) apply(ups []update) {
 		s.hook(b, changes)
 	}
 	if b.Empty() {
-		s.batch = b
+		s.batches.PutUnused(b)
 		return
 	}
 	// Statuses are reports: a crash may lose the last few, and the engine
 	// re-derives them (a retransmission is answered "accepted" again).
-	large := len(b.Repr()) > maxKeptStatusBatch // a round holds up to 8,192 updates (~1 MB)
-	reused, err := s.db.CommitReuse(b, false)
-	switch {
-	case reused && large:
-		b.Close()
-	case reused:
-		s.batch = b
-	}
-	if err != nil {
+	if err := s.batches.Commit(b, false); err != nil {
 		s.log.Error("engine: status write failed", "err", err)
 		for cid := range touched {
 			s.counters.Remove(cid)

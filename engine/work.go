@@ -288,24 +288,13 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 		// The runs' batches are copied into one, kept for the next task
 		// (allocating a buffer of a task's size each time was 12 % of the
 		// warm phase's allocated bytes).
-		all, _ := e.merged.Get().(*pebble.Batch)
-		if all == nil {
-			all = e.db.NewBatchWithSize(size)
-		}
+		all := e.merged.Get(size)
 		for _, i := range ok {
 			all.Apply(out[i].b, nil)
 			out[i].b.Close()
 		}
-		large := len(all.Repr()) > maxKeptBatch
-		var reused bool
 		// Invariant 2: ciphertexts and the sessions that produced them, durably, before the wire.
-		reused, err = e.db.CommitReuse(all, true)
-		switch {
-		case reused && large:
-			all.Close()
-		case reused:
-			e.merged.Put(all)
-		}
+		err = e.merged.Commit(all, true)
 	}
 	if err != nil {
 		for _, i := range ok {
@@ -318,9 +307,6 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 		}
 	}
 }
-
-// maxKeptBatch bounds the buffer of a batch prepareMany keeps for reuse.
-const maxKeptBatch = 1 << 20
 
 // prepareInto writes r's ciphertexts and advanced sessions into b; forget
 // drops from the cache what b holds, for when b never commits.

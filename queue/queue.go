@@ -95,7 +95,7 @@ type Queue struct {
 	// batches holds Enqueue's and CompleteMany's batches, reset after their
 	// commit for the next call (a fresh one of the call's size each time was
 	// the ingest path's largest allocation).
-	batches sync.Pool
+	batches *kv.BatchPool
 
 	// seqMu guards the sequence numbers of Enqueue calls still committing.
 	// Batches commit in any order, so a scan of fresh records may only pass
@@ -140,10 +140,6 @@ type expBound struct {
 }
 
 const inRBuckets = 1 << 18
-
-// maxKeptBatch bounds the buffer of an Enqueue batch kept for reuse (an
-// upload's batches of 1,000 records are ~300 KB).
-const maxKeptBatch = 4 << 20
 
 func inRBucket(r Recipient) int { return int(binary.BigEndian.Uint32(r[4:8]) & (inRBuckets - 1)) }
 
@@ -263,7 +259,8 @@ func Open(opts Options) (*Queue, error) {
 		opts.Logger = slog.Default()
 	}
 	q := &Queue{opts: opts, db: opts.DB, sealer: opts.Sealer, inR: make([]atomic.Int32, inRBuckets),
-		committing: map[uint64]struct{}{}, expBounds: map[uint32]expBound{}}
+		committing: map[uint64]struct{}{}, expBounds: map[uint32]expBound{},
+		batches: kv.NewBatchPool(opts.DB, 4<<20)} // an upload's batch of 1,000 records is ~300 KB
 	for i := 0; i < opts.Shards; i++ {
 		s := &shard{id: i}
 		s.mu.leased = make(map[Recipient]leaseEntry)
@@ -656,14 +653,11 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	if extra != nil {
 		size += len(extra.Repr())
 	}
-	b, _ := q.batches.Get().(*pebble.Batch)
-	if b == nil {
-		b = q.db.NewBatchWithSize(size)
-	}
+	b := q.batches.Get(size)
 	q.seqMu.Lock()
 	if err := q.reserveSeqs(uint64(len(msgs))); err != nil {
 		q.seqMu.Unlock()
-		q.batches.Put(b) // still empty
+		q.batches.PutUnused(b)
 		return err
 	}
 	last := q.seq.Add(uint64(len(msgs)))
@@ -734,15 +728,7 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	if extra != nil {
 		b.Apply(extra, nil)
 	}
-	large := len(b.Repr()) > maxKeptBatch
-	reused, err := q.db.CommitReuse(b, true)
-	switch {
-	case reused && large:
-		b.Close()
-	case reused:
-		q.batches.Put(b)
-	}
-	if err != nil {
+	if err := q.batches.Commit(b, true); err != nil {
 		return err
 	}
 	for exp, g := range byExp {
@@ -1375,10 +1361,7 @@ func (q *Queue) CompleteMany(ctx context.Context, cs []Completion, sync bool) []
 			size += len(c.Extra.Repr())
 		}
 	}
-	b, _ := q.batches.Get().(*pebble.Batch)
-	if b == nil {
-		b = q.db.NewBatchWithSize(size + 64*len(cs))
-	}
+	b := q.batches.Get(size + 64*len(cs))
 	pending := make([]completing, 0, len(cs))
 	for i, c := range cs {
 		if !q.holdForCommit(c.Lease) {
@@ -1391,17 +1374,10 @@ func (q *Queue) CompleteMany(ctx context.Context, cs []Completion, sync bool) []
 		pending = append(pending, q.writeOutcomes(b, c.Lease, c.Outcomes, now))
 	}
 	if len(pending) == 0 {
-		q.batches.Put(b) // still empty
+		q.batches.PutUnused(b)
 		return errs
 	}
-	large := len(b.Repr()) > maxKeptBatch
-	reused, err := q.db.CommitReuse(b, sync)
-	switch {
-	case reused && large:
-		b.Close()
-	case reused:
-		q.batches.Put(b)
-	}
+	err := q.batches.Commit(b, sync)
 	for _, p := range pending {
 		q.endCompletion(p, err == nil)
 	}

@@ -1,7 +1,9 @@
 package kv
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -55,6 +57,73 @@ func TestCommitReuse(t *testing.T) {
 	b2.Set([]byte("d"), []byte("4"), nil)
 	if reused, err := db.CommitReuse(b2, true); !errors.Is(err, ErrStorage) || reused {
 		t.Fatalf("poisoned handle: reused %v, %v", reused, err)
+	}
+	toggle.Off()
+}
+
+// TestBatchPool: every batch Get hands out is empty, whether kept from an
+// earlier commit, too large to keep, or new, so each commit writes exactly
+// its own keys; a commit on a poisoned handle fails without panic and the
+// pool goes on handing out empty batches.
+func TestBatchPool(t *testing.T) {
+	toggle := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData || op.Kind == errorfs.OpFileSyncTo {
+			return errorfs.ErrInjected
+		}
+		return nil
+	})}
+	opts := quiet()
+	opts.Dir, opts.FS = t.TempDir(), errorfs.Wrap(vfs.Default, toggle)
+	db, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	p := NewBatchPool(db, 1<<10)
+	big := bytes.Repeat([]byte{'v'}, 2<<10) // past what the pool keeps
+	for i := 0; i < 200; i++ {
+		b := p.Get(64)
+		if !b.Empty() {
+			t.Fatalf("round %d: Get handed out a batch holding %d bytes", i, len(b.Repr()))
+		}
+		if i%7 == 3 {
+			p.PutUnused(b)
+			continue
+		}
+		v := []byte(fmt.Sprint(i))
+		if i%5 == 0 {
+			v = big
+		}
+		b.Set([]byte(fmt.Sprintf("k%03d", i)), v, nil)
+		if err := p.Commit(b, i%2 == 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	it, _ := db.NewIter(nil)
+	for it.First(); it.Valid(); it.Next() {
+		n++
+	}
+	it.Close()
+	if want := 200 - 200/7 - 1; n != want { // rounds 3, 10, ... wrote nothing
+		t.Fatalf("%d keys written, want %d", n, want)
+	}
+
+	toggle.On()
+	b := p.Get(0)
+	b.Set([]byte("lost"), []byte("x"), nil)
+	if err := p.Commit(b, true); !errors.Is(err, ErrStorage) {
+		t.Fatalf("failed fsync: %v, want ErrStorage", err)
+	}
+	for i := 0; i < 3; i++ {
+		b := p.Get(0)
+		if !b.Empty() {
+			t.Fatal("after a failed commit Get handed out a non-empty batch")
+		}
+		b.Set([]byte("after"), []byte("x"), nil)
+		if err := p.Commit(b, false); !errors.Is(err, ErrStorage) {
+			t.Fatalf("poisoned handle: %v, want ErrStorage", err)
+		}
 	}
 	toggle.Off()
 }

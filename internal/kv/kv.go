@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -164,6 +165,48 @@ func (d *DB) CommitReuse(b *pebble.Batch, sync bool) (reused bool, err error) {
 	}
 	b.Reset()
 	return true, nil
+}
+
+// BatchPool keeps committed batches, reset, for the next writer: a hot path
+// that made a batch of its size every time allocated its whole buffer again
+// (Pebble's own pool drops what grew past 1 MiB and hands small ones out).
+// Safe for concurrent use.
+type BatchPool struct {
+	db   *DB
+	max  int // a batch whose contents were larger is not kept
+	pool sync.Pool
+}
+
+// NewBatchPool keeps batches of d whose contents were at most maxBytes.
+func NewBatchPool(d *DB, maxBytes int) *BatchPool {
+	return &BatchPool{db: d, max: maxBytes}
+}
+
+// Get returns a kept batch, or a new one with room for size bytes.
+func (p *BatchPool) Get(size int) *pebble.Batch {
+	if b, _ := p.pool.Get().(*pebble.Batch); b != nil {
+		return b
+	}
+	return p.db.NewBatchWithSize(size)
+}
+
+// PutUnused gives back a batch from Get that nothing was written to.
+func (p *BatchPool) PutUnused(b *pebble.Batch) {
+	p.pool.Put(b)
+}
+
+// Commit commits b as DB.Commit does, then keeps it (reset) unless the
+// commit failed (closed) or it was larger than the pool keeps (closed).
+func (p *BatchPool) Commit(b *pebble.Batch, sync bool) error {
+	large := len(b.Repr()) > p.max
+	reused, err := p.db.CommitReuse(b, sync)
+	switch {
+	case reused && large:
+		b.Close()
+	case reused:
+		p.pool.Put(b)
+	}
+	return err
 }
 
 func (d *DB) commit(b *pebble.Batch, sync bool) (err error) {
