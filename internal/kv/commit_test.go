@@ -10,10 +10,9 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
-// TestCommitReuse: a reused batch commits again with only its new writes; a
-// commit that fails on fsync says so (ErrStorage, not reused), and the
-// poisoned handle fails a reused batch fast.
-func TestCommitReuse(t *testing.T) {
+// fsyncFaultDB opens a DB whose fsyncs fail while the toggle is on.
+func fsyncFaultDB(t *testing.T) (*DB, *errorfs.Toggle) {
+	t.Helper()
 	toggle := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
 		if op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData || op.Kind == errorfs.OpFileSyncTo {
 			return errorfs.ErrInjected
@@ -26,7 +25,15 @@ func TestCommitReuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	t.Cleanup(func() { db.Close() })
+	return db, toggle
+}
+
+// TestCommitReuse: a reused batch commits again with only its new writes; a
+// commit that fails on fsync says so (ErrStorage, not reused), and the
+// poisoned handle fails a reused batch fast.
+func TestCommitReuse(t *testing.T) {
+	db, toggle := fsyncFaultDB(t)
 
 	b := db.NewBatch()
 	b.Set([]byte("a"), []byte("1"), nil)
@@ -66,19 +73,7 @@ func TestCommitReuse(t *testing.T) {
 // its own keys; a commit on a poisoned handle fails without panic and the
 // pool goes on handing out empty batches.
 func TestBatchPool(t *testing.T) {
-	toggle := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData || op.Kind == errorfs.OpFileSyncTo {
-			return errorfs.ErrInjected
-		}
-		return nil
-	})}
-	opts := quiet()
-	opts.Dir, opts.FS = t.TempDir(), errorfs.Wrap(vfs.Default, toggle)
-	db, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db, toggle := fsyncFaultDB(t)
 	p := NewBatchPool(db, 1<<10)
 	big := bytes.Repeat([]byte{'v'}, 2<<10) // past what the pool keeps
 	for i := 0; i < 200; i++ {
