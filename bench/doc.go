@@ -12,14 +12,17 @@
 //     encryption), with the simulator in its own process so each side's CPU
 //     time is measured separately. Knobs (environment): HERALD_BENCH_N
 //     (recipients, default 5000), HERALD_BENCH_PER_RECIPIENT (messages per
-//     recipient, default 1), HERALD_BENCH_PROFILE=FILE (engine CPU profile
+//     recipient, default 1), HERALD_BENCH_WARM_PASSES (warm campaigns to the
+//     same recipients, one after another, default 1: a longer warm window
+//     for no more cold work), HERALD_BENCH_PROFILE=FILE (engine CPU profile
 //     of the warm phase, or of HERALD_BENCH_PROFILE_PHASE=cold),
 //     HERALD_BENCH_MEMPROFILE=P (allocations at the end of each phase, in
 //     P.cold and P.warm), HERALD_BENCH_SIM_PROFILE=FILE (the simulator
 //     process's CPU profile, whole run). It also reports
 //     cold_crypto_fraction: the cold phase's unavoidable crypto at this
 //     machine's rates (mean of start of run and after the cold phase) over
-//     both processes' CPU time, and the engine's page faults per message
+//     both processes' CPU time (and cold_crypto_fraction_strict, with key
+//     generations at the fixed-base rate), and the engine's page faults per message
 //     (a first-touch fault costs 11–15 µs on the reference VM).
 //
 // Suites take any implementation of a small interface (Enqueuer, Deliverer),
