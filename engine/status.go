@@ -1,9 +1,8 @@
 package engine
 
 import (
-	"bytes"
+	"encoding/binary"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -75,30 +74,30 @@ func NewStatusRecord(b *pebble.Batch, id, businessID, phoneNumberID, campaignID 
 }
 
 // QueuedRecords writes the "queued" status records of one business, number
-// and campaign: the JSON of MessageStatus, of which only the time varies, is
-// marshalled once and the time spliced in (an upload writes a million).
+// and campaign: the record (statusrec.go), of which only the time varies, is
+// encoded once and the time spliced in (an upload writes a million).
 type QueuedRecords struct {
 	head, tail []byte
 	key, val   []byte
 }
 
-// tsMark is a timestamp whose digits occur nowhere else in the record.
-const tsMark = -918273645546372819
-
 // NewQueuedRecords prepares the records for one business, number and campaign.
 func NewQueuedRecords(businessID, phoneNumberID, campaignID string) *QueuedRecords {
+	// appendStatus's layout with one history entry: everything before the
+	// entry's time is the head, everything after it the tail. The record
+	// without history ends in its count, 0 (one byte); with one entry it is 1.
 	rec := MessageStatus{BusinessID: businessID, PhoneNumberID: phoneNumberID, CampaignID: campaignID,
-		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: tsMark, Status: heraldtype.StatusQueued}}}
-	v, _ := json.Marshal(rec)
-	mark := []byte(`"ts":` + strconv.FormatInt(tsMark, 10))
-	i := bytes.LastIndex(v, mark)
-	return &QueuedRecords{head: v[:i+len(`"ts":`)], tail: v[i+len(mark):]}
+		Status: heraldtype.StatusQueued}
+	head := appendStatus(nil, &rec)
+	head[len(head)-1] = 1
+	tail := binary.AppendVarint(appendStr(nil, heraldtype.StatusQueued), 0)
+	return &QueuedRecords{head: head, tail: tail}
 }
 
 // Put adds message id's record, queued at now, to b. Not for concurrent use
 // (Set copies; the buffers are reused).
 func (q *QueuedRecords) Put(b *pebble.Batch, id string, now time.Time) {
-	q.val = append(strconv.AppendInt(append(q.val[:0], q.head...), now.Unix(), 10), q.tail...)
+	q.val = append(binary.AppendVarint(append(q.val[:0], q.head...), now.Unix()), q.tail...)
 	q.key = append(append(q.key[:0], "eM"...), id...)
 	b.Set(q.key, q.val, nil)
 }
@@ -287,7 +286,7 @@ func (s *Statuses) apply(ups []update) {
 				continue // unknown id (e.g. an event for a message past retention)
 			}
 			rec = &MessageStatus{}
-			if json.Unmarshal(v, rec) != nil {
+			if decodeStatus(v, rec) != nil {
 				continue
 			}
 			recs[u.id] = rec
@@ -365,8 +364,9 @@ func (s *Statuses) apply(ups []update) {
 				CampaignID: rec.CampaignID, Status: st, Code: u.code, TS: u.at.Unix(), Recipient: u.recipient})
 		}
 	}
+	var v []byte
 	for id, rec := range recs {
-		v, _ := json.Marshal(rec)
+		v = appendStatus(v[:0], rec) // Set copies
 		b.Set(statusKey(id), v, nil)
 	}
 	for cid, c := range touched {
@@ -407,8 +407,8 @@ func (e *Engine) MessageStatus(id string) (*MessageStatus, error) {
 		return nil, ErrNotFound
 	}
 	var rec MessageStatus
-	if err := json.Unmarshal(v, &rec); err != nil {
-		return nil, fmt.Errorf("engine: status record corrupt: %w", err)
+	if err := decodeStatus(v, &rec); err != nil {
+		return nil, err
 	}
 	return &rec, nil
 }

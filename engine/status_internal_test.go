@@ -1,7 +1,11 @@
 package engine
 
 import (
+	"bytes"
+	"errors"
 	"log/slog"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,22 +14,24 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	json "github.com/goccy/go-json"
 	lru "github.com/hashicorp/golang-lru/v2"
+	"pgregory.net/rapid"
 
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 )
 
-// TestQueuedRecordsSameBytesAsMarshal: Put's spliced record is byte for byte
-// what marshalling the struct gives, for awkward ids and times too.
-func TestQueuedRecordsSameBytesAsMarshal(t *testing.T) {
+// TestQueuedRecordsSameBytesAsEncode: Put's spliced record is byte for byte
+// what appendStatus gives for the same record, for awkward ids and times too.
+func TestQueuedRecordsSameBytesAsEncode(t *testing.T) {
 	for _, c := range []struct{ biz, pn, cid string }{
-		{"biz1", "15550001", "cmp_00ff"}, {"b", "p", ""}, {`q"uo\te`, "ünï", "<&>"},
+		{"biz1", "15550001", "cmp_00ff"}, {"b", "p", ""}, {`q"uo\te`, "ünï", "<&>"}, {strings.Repeat("x", 300), "p", "c"},
 	} {
 		q := NewQueuedRecords(c.biz, c.pn, c.cid)
-		for _, ts := range []int64{0, 1, 1764115200, -5, 1 << 40} {
-			want, _ := json.Marshal(MessageStatus{BusinessID: c.biz, PhoneNumberID: c.pn, CampaignID: c.cid,
-				Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: ts, Status: heraldtype.StatusQueued}}})
+		for _, ts := range []int64{0, 1, 1764115200, -5, 1 << 40, -1 << 62} {
+			rec := MessageStatus{BusinessID: c.biz, PhoneNumberID: c.pn, CampaignID: c.cid,
+				Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: ts, Status: heraldtype.StatusQueued}}}
+			want := appendStatus(nil, &rec)
 			b := new(pebble.Batch)
 			q.Put(b, "wamid.X", time.Unix(ts, 0))
 			r := b.Reader()
@@ -33,11 +39,86 @@ func TestQueuedRecordsSameBytesAsMarshal(t *testing.T) {
 			if !ok || err != nil {
 				t.Fatalf("batch: %v %v", ok, err)
 			}
-			if string(k) != "eMwamid.X" || string(v) != string(want) {
-				t.Fatalf("%+v ts %d:\n got %s %s\nwant %s", c, ts, k, v, want)
+			if string(k) != "eMwamid.X" || !bytes.Equal(v, want) {
+				t.Fatalf("%+v ts %d:\n got %s %x\nwant %x", c, ts, k, v, want)
+			}
+			var back MessageStatus
+			if err := decodeStatus(v, &back); err != nil || !reflect.DeepEqual(back, rec) {
+				t.Fatalf("%+v ts %d: decoded %+v %v, want %+v", c, ts, back, err, rec)
 			}
 		}
 	}
+}
+
+// TestStatusRecordRoundTripAndLegacyJSON: any record decodes to itself; the
+// JSON records written before session 8 still decode; truncated, padded and
+// unknown forms are errors, never a partial record.
+func TestStatusRecordRoundTripAndLegacyJSON(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		rec := MessageStatus{
+			BusinessID: rapid.String().Draw(t, "b"), PhoneNumberID: rapid.String().Draw(t, "p"),
+			CampaignID: rapid.String().Draw(t, "c"), Status: rapid.String().Draw(t, "s"),
+			Code: rapid.Int().Draw(t, "code"),
+		}
+		for i, n := 0, rapid.IntRange(0, maxHistory+2).Draw(t, "n"); i < n; i++ {
+			rec.History = append(rec.History, StatusHistory{TS: rapid.Int64().Draw(t, "ts"),
+				Status: rapid.String().Draw(t, "hs"), Code: rapid.Int().Draw(t, "hc")})
+		}
+		v := appendStatus(nil, &rec)
+		var back MessageStatus
+		if err := decodeStatus(v, &back); err != nil || !reflect.DeepEqual(back, rec) {
+			t.Fatalf("binary: %+v %v, want %+v", back, err, rec)
+		}
+		// The same record as JSON (the pre-s8 form). JSON drops an empty
+		// history's nil-ness and invalid UTF-8, so compare what JSON keeps.
+		j, _ := json.Marshal(rec)
+		var fromJSON, want MessageStatus
+		json.Unmarshal(j, &want)
+		if err := decodeStatus(j, &fromJSON); err != nil || !reflect.DeepEqual(fromJSON, want) {
+			t.Fatalf("JSON: %+v %v, want %+v", fromJSON, err, want)
+		}
+		// Every proper prefix, and any trailing byte, is an error.
+		for cut := 0; cut < len(v); cut++ {
+			if err := decodeStatus(v[:cut], &back); err == nil {
+				t.Fatalf("prefix of %d of %d bytes decoded: %+v", cut, len(v), back)
+			} else if !errors.Is(err, errStatusRec) || back.BusinessID != "" || back.History != nil {
+				t.Fatalf("prefix %d: %v, record %+v", cut, err, back)
+			}
+		}
+		if err := decodeStatus(append(v, 0), &back); err == nil {
+			t.Fatal("a trailing byte decoded")
+		}
+	})
+	for _, bad := range [][]byte{nil, {0x02}, []byte("[1]"), []byte("{bad json")} {
+		var rec MessageStatus
+		if err := decodeStatus(bad, &rec); !errors.Is(err, errStatusRec) {
+			t.Fatalf("%q: %v, want errStatusRec", bad, err)
+		}
+	}
+}
+
+// FuzzDecodeStatus: decoding any bytes never panics, and what decodes
+// re-encodes to a record that decodes the same (an empty history is an
+// empty history: JSON's [] and the binary form's nil are the same record;
+// the first crasher the fuzzer found, kept in testdata).
+func FuzzDecodeStatus(f *testing.F) {
+	rec := MessageStatus{BusinessID: "biz", PhoneNumberID: "pn", CampaignID: "cmp", Status: "sent",
+		History: []StatusHistory{{TS: 1764115200, Status: "queued"}, {TS: 1764115201, Status: "sent"}}}
+	f.Add(appendStatus(nil, &rec))
+	j, _ := json.Marshal(rec)
+	f.Add(j)
+	f.Fuzz(func(t *testing.T, v []byte) {
+		var a, b MessageStatus
+		if decodeStatus(v, &a) != nil {
+			return
+		}
+		if len(a.History) == 0 {
+			a.History = nil
+		}
+		if err := decodeStatus(appendStatus(nil, &a), &b); err != nil || !reflect.DeepEqual(a, b) {
+			t.Fatalf("%+v re-encoded decodes to %+v (%v)", a, b, err)
+		}
+	})
 }
 
 // TestStatusesSurviveAFailedCommit: rounds through apply's kept batches write
@@ -74,7 +155,7 @@ func TestStatusesSurviveAFailedCommit(t *testing.T) {
 			return "missing"
 		}
 		var rec MessageStatus
-		json.Unmarshal(v, &rec)
+		decodeStatus(v, &rec)
 		return rec.Status
 	}
 
@@ -115,4 +196,41 @@ func TestStatusesSurviveAFailedCommit(t *testing.T) {
 	}
 	s.apply([]update{{id: "m1", status: heraldtype.StatusDelivered, at: now}}) // fails again, no panic
 	toggle.Off()
+}
+
+// TestStatusesUpgradeLegacyJSONRecords: a status record in the JSON form of
+// earlier versions moves forward like any other and is written back binary,
+// its history kept; the counters count it.
+func TestStatusesUpgradeLegacyJSONRecords(t *testing.T) {
+	db, err := kv.Open(kv.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s := &Statuses{db: db, log: slog.New(slog.DiscardHandler), m: metrics.New(), batches: kv.NewBatchPool(db, 4<<20)}
+	s.counters, _ = lru.New[string, *Counters](16)
+	legacy, _ := json.Marshal(MessageStatus{BusinessID: "biz", PhoneNumberID: "pn", CampaignID: "cmp",
+		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: 1764115200, Status: heraldtype.StatusQueued}}})
+	b := db.NewBatch()
+	b.Set(statusKey("old"), legacy, nil)
+	if err := db.Commit(b, true); err != nil {
+		t.Fatal(err)
+	}
+	s.apply([]update{{id: "old", status: heraldtype.StatusSent, at: time.Unix(1764115260, 0)}})
+	v, ok, err := db.GetCopy(statusKey("old"))
+	if err != nil || !ok || v[0] != statusRecV1 {
+		t.Fatalf("record not rewritten in the binary form: %q %v %v", v, ok, err)
+	}
+	var rec MessageStatus
+	if err := decodeStatus(v, &rec); err != nil {
+		t.Fatal(err)
+	}
+	want := MessageStatus{BusinessID: "biz", PhoneNumberID: "pn", CampaignID: "cmp", Status: heraldtype.StatusSent,
+		History: []StatusHistory{{TS: 1764115200, Status: heraldtype.StatusQueued}, {TS: 1764115260, Status: heraldtype.StatusSent}}}
+	if !reflect.DeepEqual(rec, want) {
+		t.Fatalf("upgraded record %+v, want %+v", rec, want)
+	}
+	if c, _ := s.loadCounters("cmp"); c.Sent != 1 {
+		t.Fatalf("counters say %d sent, want 1", c.Sent)
+	}
 }

@@ -9,6 +9,7 @@ targets=(
   "./heraldtype FuzzDecodePayload"
   "./queue FuzzDecodeRecord"
   "./engine FuzzDecodeOutbox"
+  "./engine FuzzDecodeStatus"
   "./internal/platform FuzzResults"
   "./internal/platform FuzzEvents"
   "./internal/signal FuzzDecrypt"
