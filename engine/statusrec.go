@@ -105,16 +105,13 @@ func (r *statusReader) uint() uint64 {
 	return x
 }
 
+// varint is binary.Varint's zig-zag decoding of a uvarint.
 func (r *statusReader) varint() int64 {
-	if r.err != nil {
-		return 0
+	ux := r.uint()
+	x := int64(ux >> 1)
+	if ux&1 != 0 {
+		x = ^x
 	}
-	x, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.err = errShort
-		return 0
-	}
-	r.b = r.b[n:]
 	return x
 }
 
