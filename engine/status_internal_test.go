@@ -121,6 +121,13 @@ func FuzzDecodeStatus(f *testing.F) {
 	})
 }
 
+// statusesOn is a status writer on db whose apply the test calls itself (no loop).
+func statusesOn(db *kv.DB) *Statuses {
+	s := &Statuses{db: db, log: slog.New(slog.DiscardHandler), m: metrics.New(), batches: kv.NewBatchPool(db, 4<<20)}
+	s.counters, _ = lru.New[string, *Counters](16)
+	return s
+}
+
 // TestStatusesSurviveAFailedCommit: rounds through apply's kept batches write
 // only their own records (the statuses and counters add up), and after a
 // commit that fails (the handle poisoned by an fsync error) apply drops the
@@ -137,8 +144,7 @@ func TestStatusesSurviveAFailedCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	s := &Statuses{db: db, log: slog.New(slog.DiscardHandler), m: metrics.New(), batches: kv.NewBatchPool(db, 4<<20)}
-	s.counters, _ = lru.New[string, *Counters](16)
+	s := statusesOn(db)
 	now := time.Unix(1764115200, 0)
 	enqueue := func(ids ...string) {
 		b := db.NewBatch()
@@ -207,8 +213,7 @@ func TestStatusesUpgradeLegacyJSONRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	s := &Statuses{db: db, log: slog.New(slog.DiscardHandler), m: metrics.New(), batches: kv.NewBatchPool(db, 4<<20)}
-	s.counters, _ = lru.New[string, *Counters](16)
+	s := statusesOn(db)
 	legacy, _ := json.Marshal(MessageStatus{BusinessID: "biz", PhoneNumberID: "pn", CampaignID: "cmp",
 		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: 1764115200, Status: heraldtype.StatusQueued}}})
 	b := db.NewBatch()

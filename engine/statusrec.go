@@ -62,7 +62,7 @@ func decodeStatus(v []byte, rec *MessageStatus) error {
 	r := statusReader{b: v[1:]}
 	*rec = MessageStatus{BusinessID: r.str(), PhoneNumberID: r.str(), CampaignID: r.str(), Status: r.str(), Code: r.int()}
 	n := r.uint()
-	if r.err == nil && n > uint64(len(r.b)) { // each entry takes at least 3 bytes
+	if r.err == nil && n > uint64(len(r.b))/3 { // an entry takes at least 3 bytes: a larger count is corrupt (and must not size an allocation)
 		r.err = errStatusRec
 	}
 	if r.err == nil && n > 0 {

@@ -71,7 +71,9 @@ type run struct {
 
 // senderDevices maps a sender to a device list. A run almost always has one
 // sender: a slice searched in order, where a map allocated ~450 B per run.
-type senderDevices []struct {
+type senderDevices []senderDevs
+
+type senderDevs struct {
 	sender string
 	devs   []uint32
 }
@@ -83,10 +85,7 @@ func (m *senderDevices) set(sender string, devs []uint32) {
 			return
 		}
 	}
-	*m = append(*m, struct {
-		sender string
-		devs   []uint32
-	}{sender, devs})
+	*m = append(*m, senderDevs{sender, devs})
 }
 
 func (m senderDevices) get(sender string) ([]uint32, bool) {

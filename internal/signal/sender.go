@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 
 	lcipher "go.mau.fi/libsignal/cipher"
 	"go.mau.fi/libsignal/ecc"
@@ -36,9 +35,6 @@ type Identity struct {
 	Phone          string
 	KeyPair        *identity.KeyPair
 	RegistrationID uint32
-
-	dhOnce sync.Once // the private key as a DH scalar (x3dh.go)
-	dh     *privKey
 }
 
 // NewIdentity generates a fresh identity.

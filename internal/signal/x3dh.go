@@ -25,15 +25,6 @@ import (
 // byte-identical to the library's for the same ephemeral keys; the interop
 // tests prove recipients (Go and JavaScript libsignal) accept it.
 
-// dhKey returns the identity's private key as a DH scalar.
-func (id *Identity) dhKey() (*privKey, error) {
-	id.dhOnce.Do(func() {
-		k := privKey(id.KeyPair.PrivateKey().Serialize())
-		id.dh = &k
-	})
-	return id.dh, nil
-}
-
 // ephemeral is a fresh X25519 key pair in both forms.
 type ephemeral struct {
 	dh   *privKey
@@ -103,11 +94,8 @@ func createChain(rootKey []byte, our *privKey, their ecc.ECPublicKeyable) (newRo
 // x3dhSession builds the sender's session from a bundle whose signature was
 // verified (DecodeBundle), with the given ephemeral base and ratchet keys.
 func x3dhSession(id *Identity, b *prekey.Bundle, base, ratchetKey ephemeral) (*record.Session, error) {
-	ik, err := id.dhKey()
-	if err != nil {
-		return nil, err
-	}
-	steps := []dhStep{{ik, b.SignedPreKey()}, {base.dh, b.IdentityKey().PublicKey()}, {base.dh, b.SignedPreKey()}}
+	ik := privKey(id.KeyPair.PrivateKey().Serialize())
+	steps := []dhStep{{&ik, b.SignedPreKey()}, {base.dh, b.IdentityKey().PublicKey()}, {base.dh, b.SignedPreKey()}}
 	if b.PreKey() != nil {
 		steps = append(steps, dhStep{base.dh, b.PreKey()})
 	}
