@@ -12,6 +12,7 @@ targets=(
   "./engine FuzzDecodeStatus"
   "./internal/platform FuzzResults"
   "./internal/platform FuzzEvents"
+  "./internal/platform FuzzDecodeMessagesResponse"
   "./internal/signal FuzzDecrypt"
   "./internal/signal FuzzDecodeBundle"
   "./internal/signal FuzzParsePreKeyMessage"

@@ -106,6 +106,12 @@ func NewClient(opts ClientOptions) (*Client, error) {
 
 // do POSTs body to path and decodes a 200 answer into out.
 func (c *Client) do(ctx context.Context, path string, body []byte, out any) error {
+	return c.doWith(ctx, path, body, func(b []byte) error { return json.Unmarshal(b, out) })
+}
+
+// doWith POSTs body to path and hands a 200 answer's body to decode (valid
+// only during the call).
+func (c *Client) doWith(ctx context.Context, path string, body []byte, decode func([]byte) error) error {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -134,7 +140,7 @@ func (c *Client) do(ctx context.Context, path string, body []byte, out any) erro
 		}
 		return e
 	}
-	if err := json.Unmarshal(resp.Body(), out); err != nil {
+	if err := decode(resp.Body()); err != nil {
 		return &RequestError{Status: st, Retryable: true, Msg: "answer is not the contract's JSON: " + err.Error()}
 	}
 	return nil
@@ -169,20 +175,22 @@ func (c *Client) QueryKeys(ctx context.Context, users []string) (*KeysResponse, 
 // retryable "unavailable" so nothing is silently taken as delivered.
 func (c *Client) SendNow(ctx context.Context, envs []Envelope) ([]Result, error) {
 	// The body is only read during do (fasthttp sends synchronously), so its
-	// buffer goes back to the pool after; answers are decoded with
-	// encoding/json, which copies what it keeps.
+	// buffer goes back to the pool after; the answer is decoded into strings
+	// of its own (or the envelopes').
 	bp := bodyPool.Get().(*[]byte)
 	body := AppendMessagesRequest((*bp)[:0], envs)
-	// One result per envelope is the usual answer: room for them up front
-	// (encoding/json appends into the slice's capacity).
-	r := MessagesResponse{Results: make([]Result, 0, len(envs))}
-	err := c.do(ctx, "/v1/messages", body, &r)
+	// One result per envelope is the usual answer: room for them up front.
+	results := make([]Result, 0, len(envs))
+	err := c.doWith(ctx, "/v1/messages", body, func(b []byte) (err error) {
+		results, err = DecodeMessagesResponse(b, envs, results)
+		return err
+	})
 	*bp = body
 	bodyPool.Put(bp)
 	if err != nil {
 		return nil, err
 	}
-	return MatchResults(envs, r.Results), nil
+	return MatchResults(envs, results), nil
 }
 
 var bodyPool = sync.Pool{New: func() any { return new([]byte) }}
