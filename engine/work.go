@@ -218,19 +218,11 @@ func (e *Engine) finish(ctx context.Context, runs []*run) {
 		if err != nil {
 			g := runs[i].g
 			e.log.Warn("engine: completing a lease failed; the messages come back", "err", err)
-			e.store.Forget(g.items[0].p.From, g.lease.Recipient, allDevices)
+			e.store.Forget(g.items[0].p.From, g.lease.Recipient)
 		}
 		runs[i].extra.Close()
 	}
 }
-
-var allDevices = func() []uint32 {
-	out := make([]uint32, 127)
-	for i := range out {
-		out[i] = uint32(i + 1)
-	}
-	return out
-}()
 
 // prepareMany makes sure every live message of the runs has a stored
 // ciphertext for every device that still needs one, building sessions from
@@ -325,26 +317,21 @@ func (e *Engine) prepareInto(ctx context.Context, r *run, b *pebble.Batch) (forg
 	if len(senders) == 0 {
 		return func() {}, nil
 	}
-	type touched struct {
-		sender string
-		devs   []uint32
-	}
-	var advanced []touched
+	var advanced []string // senders whose cached state b's writes changed
 	forget = func() {
-		for _, t := range advanced {
-			e.store.Forget(t.sender, g.lease.Recipient, t.devs)
+		for _, s := range advanced {
+			e.store.Forget(s, g.lease.Recipient)
 		}
 	}
 	start := time.Now()
 	for _, s := range senders {
 		items := bySender[s]
-		devs, err := e.prepareSender(ctx, r, b, s, items)
-		if err != nil {
+		if err := e.prepareSender(ctx, r, b, s, items); err != nil {
 			forget()
-			e.store.Forget(s, g.lease.Recipient, allDevices)
+			e.store.Forget(s, g.lease.Recipient)
 			return nil, err
 		}
-		advanced = append(advanced, touched{s, devs})
+		advanced = append(advanced, s)
 	}
 	e.m.EncryptSeconds.Observe(time.Since(start).Seconds())
 	return forget, nil
@@ -352,20 +339,20 @@ func (e *Engine) prepareInto(ctx context.Context, r *run, b *pebble.Batch) (forg
 
 var errUnknownUser = errors.New("engine: recipient unknown to the platform")
 
-func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sender string, items []*item) ([]uint32, error) {
+func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sender string, items []*item) error {
 	g := r.g
 	rcpt := g.lease.Recipient
 	user := items[0].p.To
 	id, err := e.store.Identity(sender)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, it := range items {
 		var v []byte
 		ok := false
 		if !it.msg.FirstLease { // handed out before: a ciphertext may be stored (invariant 2)
 			if v, ok, err = e.db.GetCopy(outboxKey(it.msg.Seq)); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		it.ob = &outbox{}
@@ -387,33 +374,33 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			b.Set(keptKey(it.msg.ID), rec, nil)
 		}
 	}
-	devs, known, err := e.store.Devices(sender, rcpt)
+	peer, err := e.store.Peer(sender, rcpt)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	sessions := map[uint32]*record.Session{}
-	var missing, advanced []uint32 // advanced: devices whose session this batch writes
-	for _, d := range devs {
-		rec, err := e.store.Session(sender, rcpt, d)
-		if err != nil {
-			e.log.Warn("engine: unreadable session; resetting it", "err", err)
+	devs, known := peer.Devices, peer.Known
+	var sessions devSessions
+	var missing []uint32
+	for i, d := range devs {
+		if peer.Errs != nil && peer.Errs[i] != nil {
+			e.log.Warn("engine: unreadable session; resetting it", "err", peer.Errs[i])
 		}
-		if rec == nil {
+		if rec := peer.Sessions[i]; rec == nil {
 			missing = append(missing, d)
 		} else {
-			sessions[d] = rec
+			sessions.set(d, rec)
 		}
 	}
 	// decrypt_failed receipts: that device's session is reset before anything else.
 	for _, it := range items {
 		d := it.p.ResetDevice
-		if d == 0 || sessions[d] == nil {
+		if d == 0 || sessions.get(d) == nil {
 			continue
 		}
 		st := it.ob.get(d)
 		if st.typ == "" && !st.accepted {
 			e.store.DeleteSession(b, sender, rcpt, d)
-			delete(sessions, d)
+			sessions.del(d)
 			missing = append(missing, d)
 			e.m.SessionResets.Inc()
 			for _, later := range items {
@@ -426,20 +413,20 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 	if !known || len(missing) > 0 {
 		bundles, err := e.keys.get(ctx, user)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if bundles == nil {
 			for _, it := range items {
 				r.fail(it, heraldtype.CodeUndeliverable)
 				e.signal(Signal{Kind: "unknown_user", BusinessPhone: sender, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
 			}
-			return nil, nil
+			return nil
 		}
 		if !known {
 			devs = devs[:0]
 			for _, d := range bundles.Devices {
 				devs = append(devs, d.DeviceID)
-				if sessions[d.DeviceID] == nil {
+				if sessions.get(d.DeviceID) == nil {
 					missing = append(missing, d.DeviceID)
 				}
 			}
@@ -447,7 +434,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		}
 		strict := e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)
 		for _, bd := range bundles.Devices {
-			if !contains(missing, bd.DeviceID) || sessions[bd.DeviceID] != nil {
+			if !contains(missing, bd.DeviceID) || sessions.get(bd.DeviceID) != nil {
 				continue
 			}
 			pb, err := signal.DecodeBundle(user, bd)
@@ -457,7 +444,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			}
 			known, err := e.store.TrustedIdentity(sender, rcpt, bd.DeviceID)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			built, err := signal.BuildSession(id, pb, known, strict)
 			if errors.Is(err, signal.ErrIdentityChanged) {
@@ -467,10 +454,10 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 						r.fail(it, heraldtype.CodeIdentityChanged)
 					}
 				}
-				return advanced, nil // sessions built for earlier devices are in b
+				return nil // sessions built for earlier devices are in b
 			}
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if built.IdentityChanged {
 				// The identity_changed event: counted, logged (no number), and
@@ -479,16 +466,15 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 				e.log.Warn("engine: identity_changed: a recipient device has a new identity key; trusting it", "device", bd.DeviceID)
 				e.signal(Signal{Kind: "identity_changed", BusinessPhone: sender, PhoneNumberID: items[0].p.PhoneNumberID, At: r.now})
 			}
-			sessions[bd.DeviceID] = built.Record
+			sessions.set(bd.DeviceID, built.Record)
 			e.store.PutTrustedIdentity(b, sender, rcpt, bd.DeviceID, built.IdentityKey)
 			// The whole new session; encryptions below only advance it.
 			e.store.PutSession(b, sender, rcpt, bd.DeviceID, built.Record)
-			advanced = append(advanced, bd.DeviceID)
 		}
 	}
 	r.devices.set(sender, devs) // a copy of its own (Devices copies; PutDevices copies what it keeps)
 	for _, d := range devs {
-		rec := sessions[d]
+		rec := sessions.get(d)
 		if rec == nil {
 			continue
 		}
@@ -514,22 +500,55 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		}
 		cts, err := signal.EncryptBatch(rec, pts)
 		if err != nil {
-			return advanced, err
+			return err
 		}
 		for i, st := range targets {
 			st.typ, st.ct = cts[i].Type, cts[i].Body
 		}
 		e.store.Advance(b, sender, rcpt, d, rec)
-		if !contains(advanced, d) {
-			advanced = append(advanced, d)
-		}
 	}
 	for _, it := range items {
 		if !it.done {
 			it.putOutbox(b)
 		}
 	}
-	return advanced, nil
+	return nil
+}
+
+// devSessions holds a recipient's sessions by device while a run prepares
+// it: a handful of devices, searched in order (a map allocated per message).
+type devSessions struct {
+	devs []uint32
+	recs []*record.Session
+}
+
+func (s *devSessions) get(d uint32) *record.Session {
+	for i, x := range s.devs {
+		if x == d {
+			return s.recs[i]
+		}
+	}
+	return nil
+}
+
+func (s *devSessions) set(d uint32, rec *record.Session) {
+	for i, x := range s.devs {
+		if x == d {
+			s.recs[i] = rec
+			return
+		}
+	}
+	s.devs, s.recs = append(s.devs, d), append(s.recs, rec)
+}
+
+func (s *devSessions) del(d uint32) {
+	for i, x := range s.devs {
+		if x == d {
+			s.devs = append(s.devs[:i], s.devs[i+1:]...)
+			s.recs = append(s.recs[:i], s.recs[i+1:]...)
+			return
+		}
+	}
 }
 
 func contains(s []uint32, v uint32) bool {

@@ -128,7 +128,7 @@ func BenchmarkWarmEncrypt(b *testing.B) {
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
 					if cache == "cold" {
-						st.Forget(id.Phone, r, []uint32{1})
+						st.Forget(id.Phone, r)
 					}
 					rec, err := st.Session(id.Phone, r, 1)
 					if err != nil || rec == nil {

@@ -221,7 +221,7 @@ func TestDeviceListCache(t *testing.T) {
 	b := db.NewBatch()
 	st.PutDevices(b, "biz", r, []uint32{1, 2})
 	db.Commit(b, false)
-	st.Forget("biz", r, nil) // next read from Pebble
+	st.Forget("biz", r) // next read from Pebble
 	if d, ok := get(); !ok || fmt.Sprint(d) != "[1 2]" {
 		t.Fatalf("after commit: %v %v", d, ok)
 	}
@@ -237,7 +237,7 @@ func TestDeviceListCache(t *testing.T) {
 		t.Fatalf("the writer does not see its own list: %v", d)
 	}
 	b.Close()
-	st.Forget("biz", r, nil)
+	st.Forget("biz", r)
 	if d, _ := get(); fmt.Sprint(d) != "[1 2]" {
 		t.Fatalf("after a failed batch and Forget: %v", d)
 	}
@@ -301,7 +301,7 @@ func TestAdvanceStoresOnlyTheChain(t *testing.T) {
 	b = db.NewBatch()
 	st.PutSession(b, id.Phone, r, 1, rebuilt.Record)
 	db.Commit(b, true)
-	st.Forget(id.Phone, r, []uint32{1})
+	st.Forget(id.Phone, r)
 	rec, err = st.Session(id.Phone, r, 1)
 	if err != nil || rec.SessionState().SenderChainKey().Index() != 0 {
 		t.Fatalf("rebuilt session reloaded at chain index %d (%v), want 0", rec.SessionState().SenderChainKey().Index(), err)
@@ -311,7 +311,7 @@ func TestAdvanceStoresOnlyTheChain(t *testing.T) {
 	b = db.NewBatch()
 	b.Set(key('C', id.Phone, &r, 1), []byte("garbage"), nil)
 	db.Commit(b, true)
-	st.Forget(id.Phone, r, []uint32{1})
+	st.Forget(id.Phone, r)
 	if _, err := st.Session(id.Phone, r, 1); err == nil || !strings.Contains(err.Error(), "chain record unreadable") {
 		t.Fatalf("corrupt chain record: got %v", err)
 	}
@@ -331,48 +331,116 @@ func TestAdvanceAfterEvictionReloadsTheSameState(t *testing.T) {
 	}
 	defer db.Close()
 	sl, _ := seal.New(seal.TestKey(1))
-	st, err := NewStore(db, sl, 1)
+	st, err := NewStore(db, sl, 1) // one recipient cached
 	if err != nil {
 		t.Fatal(err)
 	}
 	id, _ := st.Identity("15550001111")
-	r := Recipient{9}
-	devs := map[uint32]*Device{}
-	for d := uint32(1); d <= 2; d++ {
-		devs[d], _ = NewDevice(d, 10)
-		built := mkSession(t, id, "1555", devs[d], nil, false)
-		b := db.NewBatch()
-		st.PutSession(b, id.Phone, r, d, built.Record)
-		if err := db.Commit(b, true); err != nil {
-			t.Fatal(err)
+	// Two recipients with two devices each, taking turns: every turn finds
+	// its recipient evicted by the other's.
+	type target struct {
+		r   Recipient
+		dev uint32
+	}
+	var targets []target
+	devs := map[target]*Device{}
+	for _, r := range []Recipient{{9}, {10}} {
+		for d := uint32(1); d <= 2; d++ {
+			tg := target{r, d}
+			targets = append(targets, tg)
+			devs[tg], _ = NewDevice(d, 10)
+			built := mkSession(t, id, "1555", devs[tg], nil, false)
+			b := db.NewBatch()
+			st.PutSession(b, id.Phone, r, d, built.Record)
+			if err := db.Commit(b, true); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	for round := 0; round < 6; round++ {
-		for d := uint32(1); d <= 2; d++ {
-			rec, err := st.Session(id.Phone, r, d)
+		for _, tg := range targets {
+			rec, err := st.Session(id.Phone, tg.r, tg.dev)
 			if err != nil || rec == nil {
-				t.Fatalf("round %d device %d: %v", round, d, err)
+				t.Fatalf("round %d %v: %v", round, tg, err)
 			}
 			if want := uint32(2 * round); rec.SessionState().SenderChainKey().Index() != want {
-				t.Fatalf("round %d device %d: chain index %d, want %d", round, d, rec.SessionState().SenderChainKey().Index(), want)
+				t.Fatalf("round %d %v: chain index %d, want %d", round, tg, rec.SessionState().SenderChainKey().Index(), want)
 			}
 			msgs := [][]byte{[]byte(fmt.Sprintf("r%d-a", round)), []byte(fmt.Sprintf("r%d-b", round))}
 			cts, err := EncryptBatch(rec, msgs)
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The other device's Session (next turn) evicts this one before
+			// The other recipient's Session (next turn) evicts this one before
 			// its advance is committed here: Advance must not depend on the cache.
+			st.Session(id.Phone, Recipient{byte(19 - tg.r[0])}, 1)
 			b := db.NewBatch()
-			st.Advance(b, id.Phone, r, d, rec)
+			st.Advance(b, id.Phone, tg.r, tg.dev, rec)
 			if err := db.Commit(b, true); err != nil {
 				t.Fatal(err)
 			}
 			for i, c := range cts {
-				if pt, err := devs[d].Decrypt(id.Phone, c.Type, c.Body); err != nil || !bytes.Equal(pt, msgs[i]) {
-					t.Fatalf("round %d device %d message %d: %q %v", round, d, i, pt, err)
+				if pt, err := devs[tg].Decrypt(id.Phone, c.Type, c.Body); err != nil || !bytes.Equal(pt, msgs[i]) {
+					t.Fatalf("round %d %v message %d: %q %v", round, tg, i, pt, err)
 				}
 			}
 		}
+	}
+}
+
+// Peer answers for every listed device, in order, from one cache entry: a
+// stored session, nil for a device without one, and an error (with nil) for
+// one whose stored record cannot be read — also once the entry was dropped.
+func TestPeerOfARecipient(t *testing.T) {
+	st, db := newStore(t, t.TempDir())
+	defer db.Close()
+	id, _ := st.Identity("15550001111")
+	r := Recipient{7}
+	for _, d := range []uint32{1, 3} {
+		dev, _ := NewDevice(d, 10)
+		b := db.NewBatch()
+		st.PutSession(b, id.Phone, r, d, mkSession(t, id, "1555", dev, nil, false).Record)
+		db.Commit(b, true)
+	}
+	if p, err := st.Peer(id.Phone, r); err != nil || p.Known || len(p.Devices) != 0 || len(p.Sessions) != 0 {
+		t.Fatalf("devices never queried: %+v %v", p, err)
+	}
+	b := db.NewBatch()
+	b.Set(key('S', id.Phone, &r, 4), []byte("garbage"), nil)
+	st.PutDevices(b, id.Phone, r, []uint32{1, 2, 3, 4})
+	db.Commit(b, true)
+	for _, cached := range []bool{true, false} {
+		if !cached {
+			st.Forget(id.Phone, r)
+		}
+		p, err := st.Peer(id.Phone, r)
+		if err != nil || !p.Known || fmt.Sprint(p.Devices) != "[1 2 3 4]" {
+			t.Fatalf("cached=%v: %+v %v", cached, p, err)
+		}
+		recs, errs := p.Sessions, p.Errs
+		if len(recs) != 4 || recs[0] == nil || recs[1] != nil || recs[2] == nil || recs[3] != nil {
+			t.Fatalf("cached=%v: %v", cached, recs)
+		}
+		if errs == nil || errs[0] != nil || errs[1] != nil || errs[2] != nil || errs[3] == nil {
+			t.Fatalf("cached=%v: errors %v", cached, errs)
+		}
+		one, _ := st.Session(id.Phone, r, 3)
+		if one != recs[2] {
+			t.Fatalf("cached=%v: Session and Sessions disagree", cached)
+		}
+	}
+	b = db.NewBatch()
+	st.PutDevices(b, id.Phone, r, []uint32{1, 3})
+	db.Commit(b, true)
+	if p, err := st.Peer(id.Phone, r); err != nil || p.Errs != nil || p.Sessions[0] == nil || p.Sessions[1] == nil {
+		t.Fatalf("no error, no Errs: %+v %v", p, err)
+	}
+	// A corrupt device list is the caller's error.
+	b = db.NewBatch()
+	b.Set(key('V', id.Phone, &r, 0), []byte{1, 2, 3}, nil)
+	db.Commit(b, true)
+	st.Forget(id.Phone, r)
+	if _, err := st.Peer(id.Phone, r); err == nil {
+		t.Fatal("a corrupt device list read as one")
 	}
 }

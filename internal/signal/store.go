@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
-	lru "github.com/hashicorp/golang-lru/v2"
 	"go.mau.fi/libsignal/ecc"
 	"go.mau.fi/libsignal/kdf"
 	"go.mau.fi/libsignal/keys/chain"
@@ -28,31 +27,28 @@ type Recipient = [seal.LookupLen]byte
 type Store struct {
 	db     *kv.DB
 	sealer *seal.Sealer
-	cache  *lru.Cache[cacheID, *record.Session]
-	// devs caches device lists like cache does sessions: written through
-	// when a list is written into a batch (the worker's own view, as with
-	// sessions), dropped by Forget when that batch fails to commit. One
-	// worker per recipient at a time (the queue lease) owns both.
-	devs *lru.Cache[cacheID, []uint32] // device 0
+	// peers caches recipients' device lists and sessions, written through
+	// when they are written into a batch (the worker's own view), dropped by
+	// Forget when that batch fails to commit. One worker per recipient at a
+	// time (the queue lease) owns a recipient's entry.
+	peers peerCache
 
 	idMu sync.Mutex
 	ids  map[string]*Identity
 }
 
-// NewStore makes a store; cacheSessions bounds the hot-session cache (default 100,000).
-func NewStore(db *kv.DB, sealer *seal.Sealer, cacheSessions int) (*Store, error) {
-	if cacheSessions <= 0 {
-		cacheSessions = 100_000
+// NewStore makes a store; cacheRecipients bounds the hot-state cache, in
+// recipients (each with its device list and its devices' sessions; default
+// 50,000: ~100,000 sessions at 1–3 devices per recipient).
+func NewStore(db *kv.DB, sealer *seal.Sealer, cacheRecipients int) (*Store, error) {
+	if cacheRecipients <= 0 {
+		cacheRecipients = 50_000
 	}
-	c, err := lru.New[cacheID, *record.Session](cacheSessions)
+	pc, err := newPeerCache(cacheRecipients)
 	if err != nil {
 		return nil, err
 	}
-	d, err := lru.New[cacheID, []uint32](cacheSessions)
-	if err != nil {
-		return nil, err
-	}
-	return &Store{db: db, sealer: sealer, cache: c, devs: d, ids: map[string]*Identity{}}, nil
+	return &Store{db: db, sealer: sealer, peers: pc, ids: map[string]*Identity{}}, nil
 }
 
 func key(kind byte, biz string, r *Recipient, device uint32) []byte {
@@ -112,24 +108,34 @@ func (s *Store) Identity(phone string) (*Identity, error) {
 	return id, nil
 }
 
-// cacheID is the caches' key: comparable, so a lookup builds and allocates
-// nothing (a string of the Pebble key did, per device per message).
-type cacheID struct {
-	biz    string
-	r      Recipient
-	device uint32
-}
-
-func cacheKey(biz string, r Recipient, device uint32) cacheID {
-	return cacheID{biz, r, device}
-}
-
 // Session returns the session record for (business, recipient, device), or
 // nil when there is none. The record is shared with the cache: only the worker
 // holding the recipient's lease may touch it.
 func (s *Store) Session(biz string, r Recipient, device uint32) (*record.Session, error) {
-	ck := cacheKey(biz, r, device)
-	if rec, ok := s.cache.Get(ck); ok {
+	p := s.peers.get(biz, r)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return s.sessionLocked(p, biz, r, device)
+}
+
+// sessionsLocked appends the sessions of devs to out, in order; errs (nil
+// when every one could be read) has the reason of each nil for an unreadable one.
+func (s *Store) sessionsLocked(p *peer, biz string, r Recipient, devs []uint32, out []*record.Session) (sessions []*record.Session, errs []error) {
+	for i, d := range devs {
+		rec, err := s.sessionLocked(p, biz, r, d)
+		if err != nil {
+			if errs == nil {
+				errs = make([]error, len(devs))
+			}
+			errs[i] = err
+		}
+		out = append(out, rec)
+	}
+	return out, errs
+}
+
+func (s *Store) sessionLocked(p *peer, biz string, r Recipient, device uint32) (*record.Session, error) {
+	if rec := p.session(device); rec != nil {
 		return rec, nil
 	}
 	v, ok, err := s.db.GetCopy(key('S', biz, &r, device))
@@ -147,7 +153,7 @@ func (s *Store) Session(biz string, r Recipient, device uint32) (*record.Session
 	if err := s.applyChain(biz, r, device, rec); err != nil {
 		return nil, err
 	}
-	s.cache.Add(ck, rec)
+	p.setSession(device, rec)
 	return rec, nil
 }
 
@@ -187,7 +193,10 @@ func (s *Store) applyChain(biz string, r Recipient, device uint32, rec *record.S
 func (s *Store) PutSession(b *pebble.Batch, biz string, r Recipient, device uint32, rec *record.Session) {
 	b.Set(key('S', biz, &r, device), s.sealer.Seal(nil, rec.Serialize()), nil)
 	s.Advance(b, biz, r, device, rec)
-	s.cache.Add(cacheKey(biz, r, device), rec)
+	p := s.peers.get(biz, r)
+	p.mu.Lock()
+	p.setSession(device, rec)
+	p.mu.Unlock()
 }
 
 // Advance writes into b what encrypting with rec changed — its sending chain
@@ -217,23 +226,57 @@ func (s *Store) Advance(b *pebble.Batch, biz string, r Recipient, device uint32,
 func (s *Store) DeleteSession(b *pebble.Batch, biz string, r Recipient, device uint32) {
 	b.Delete(key('S', biz, &r, device), nil)
 	b.Delete(key('C', biz, &r, device), nil)
-	s.cache.Remove(cacheKey(biz, r, device))
+	if p := s.peers.peek(biz, r); p != nil {
+		p.mu.Lock()
+		p.dropSession(device)
+		p.mu.Unlock()
+	}
 }
 
-// Forget drops cached sessions of a recipient whose batch failed to commit, so
-// the next attempt reloads what is really on disk.
-func (s *Store) Forget(biz string, r Recipient, devices []uint32) {
-	for _, d := range devices {
-		s.cache.Remove(cacheKey(biz, r, d))
-	}
-	s.devs.Remove(cacheKey(biz, r, 0))
+// Forget drops what is cached of a recipient whose batch failed to commit
+// (its device list and sessions), so the next attempt reloads what is really
+// on disk.
+func (s *Store) Forget(biz string, r Recipient) {
+	s.peers.remove(biz, r)
 }
 
 // Devices returns the recipient's known device ids for this business, or
 // ok=false when the devices were never queried.
 func (s *Store) Devices(biz string, r Recipient) (devs []uint32, ok bool, err error) {
-	if d, hit := s.devs.Get(cacheKey(biz, r, 0)); hit {
-		return append([]uint32(nil), d...), true, nil
+	p := s.peers.get(biz, r)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return s.devicesLocked(p, biz, r)
+}
+
+// Peer is what a worker needs of a recipient before it encrypts.
+type Peer struct {
+	Devices []uint32 // the known device ids (a copy)
+	Known   bool     // false: the devices were never queried (Devices is empty)
+	// Sessions holds each device's session, in Devices order (nil: none, or
+	// unreadable with the reason in Errs, which is nil when all could be read).
+	Sessions []*record.Session
+	Errs     []error
+}
+
+// Peer returns the recipient's devices and their sessions — Devices and
+// Sessions in one cache lookup.
+func (s *Store) Peer(biz string, r Recipient) (Peer, error) {
+	p := s.peers.get(biz, r)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	devs, known, err := s.devicesLocked(p, biz, r)
+	if err != nil {
+		return Peer{}, err
+	}
+	out := Peer{Devices: devs, Known: known, Sessions: make([]*record.Session, 0, len(devs))}
+	out.Sessions, out.Errs = s.sessionsLocked(p, biz, r, devs, out.Sessions)
+	return out, nil
+}
+
+func (s *Store) devicesLocked(p *peer, biz string, r Recipient) (devs []uint32, ok bool, err error) {
+	if p.known {
+		return append([]uint32(nil), p.devs...), true, nil
 	}
 	v, ok, err := s.db.GetCopy(key('V', biz, &r, 0))
 	if err != nil || !ok {
@@ -245,13 +288,16 @@ func (s *Store) Devices(biz string, r Recipient) (devs []uint32, ok bool, err er
 	for i := 0; i < len(v); i += 4 {
 		devs = append(devs, binary.BigEndian.Uint32(v[i:]))
 	}
-	s.devs.Add(cacheKey(biz, r, 0), append([]uint32(nil), devs...))
+	p.devs, p.known = append([]uint32(nil), devs...), true
 	return devs, true, nil
 }
 
 // PutDevices records the recipient's device ids in b.
 func (s *Store) PutDevices(b *pebble.Batch, biz string, r Recipient, devs []uint32) {
-	s.devs.Add(cacheKey(biz, r, 0), append([]uint32(nil), devs...))
+	p := s.peers.get(biz, r)
+	p.mu.Lock()
+	p.devs, p.known = append([]uint32(nil), devs...), true
+	p.mu.Unlock()
 	v := make([]byte, 0, 4*len(devs))
 	for _, d := range devs {
 		v = binary.BigEndian.AppendUint32(v, d)
@@ -276,19 +322,20 @@ func (s *Store) PutTrustedIdentity(b *pebble.Batch, biz string, r Recipient, dev
 // ForgetRecipient deletes everything kept about a recipient for a business
 // (sessions, identities, devices): used by retention once nothing is pending.
 func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
-	s.devs.Remove(cacheKey(biz, r, 0))
+	s.peers.remove(biz, r)
 	for _, kind := range []byte{'S', 'C', 'K', 'V'} {
 		lo := key(kind, biz, &r, 0)
 		b.DeleteRange(lo, kv.PrefixEnd(lo), nil)
-	}
-	for d := uint32(1); d <= 127; d++ {
-		s.cache.Remove(cacheKey(biz, r, d))
 	}
 }
 
 // ForgetDevices deletes the recipient's device list in b, so the next attempt
 // re-queries the platform (stale_devices).
 func (s *Store) ForgetDevices(b *pebble.Batch, biz string, r Recipient) {
-	s.devs.Remove(cacheKey(biz, r, 0))
+	if p := s.peers.peek(biz, r); p != nil {
+		p.mu.Lock()
+		p.devs, p.known = nil, false
+		p.mu.Unlock()
+	}
 	b.Delete(key('V', biz, &r, 0), nil)
 }
