@@ -53,9 +53,9 @@ type Config struct {
 	MasterKeys string
 	// Shards of the queue; default 16 (fixed for a data directory).
 	Shards int
-	// Workers of the engine's pool; default 512.
+	// Workers of the engine's pool; default 32.
 	Workers int
-	// GroupsPerTask: recipient groups per engine task; default 8.
+	// GroupsPerTask: recipient groups per engine task; default 128.
 	GroupsPerTask int
 	// MaxQueuedBytes: backpressure high-water mark; default 8 GiB.
 	MaxQueuedBytes int64
