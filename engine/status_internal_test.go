@@ -123,7 +123,7 @@ func FuzzDecodeStatus(f *testing.F) {
 
 // statusesOn is a status writer on db whose apply the test calls itself (no loop).
 func statusesOn(db *kv.DB) *Statuses {
-	s := &Statuses{db: db, log: slog.New(slog.DiscardHandler), m: metrics.New(), batches: kv.NewBatchPool(db, 4<<20)}
+	s := &Statuses{db: db, log: slog.New(slog.DiscardHandler), m: metrics.New(), batches: kv.NewBatchPool(db, 4<<20), now: time.Now}
 	s.counters, _ = lru.New[string, *Counters](16)
 	return s
 }
@@ -237,5 +237,134 @@ func TestStatusesUpgradeLegacyJSONRecords(t *testing.T) {
 	}
 	if c, _ := s.loadCounters("cmp"); c.Sent != 1 {
 		t.Fatalf("counters say %d sent, want 1", c.Sent)
+	}
+}
+
+func openStatusDB(t *testing.T) *kv.DB {
+	t.Helper()
+	db, err := kv.Open(kv.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// TestFreshSentWritesWhatTheReadWould: the engine's "sent" for a message on
+// its first lease carries the queued record, and the writer's result — the
+// stored record, the counters, the reported changes — is what reading the
+// stored queued record gives. The fresh side has no stored record at all, so
+// it cannot have read one.
+func TestFreshSentWritesWhatTheReadWould(t *testing.T) {
+	t0, t1 := time.Unix(1764115200, 0), time.Unix(1764115263, 0)
+	type result struct {
+		rec     []byte
+		c       Counters
+		changes []StatusChange
+	}
+	run := func(fresh bool, campaign string) result {
+		db := openStatusDB(t)
+		s := statusesOn(db)
+		var changes []StatusChange
+		s.onChange = func(c []StatusChange) { changes = append(changes, c...) }
+		u := update{id: "m1", status: heraldtype.StatusSent, at: t1, recipient: "1555"}
+		if fresh {
+			u.queued = &queuedStatus{"biz", "pn", campaign, t0.Unix()}
+		} else {
+			b := db.NewBatch()
+			NewStatusRecord(b, "m1", "biz", "pn", campaign, t0)
+			db.Commit(b, true)
+		}
+		s.apply([]update{u})
+		v, _, _ := db.GetCopy(statusKey("m1"))
+		var c Counters
+		if campaign != "" {
+			cc, _ := s.loadCounters(campaign)
+			c = *cc
+		}
+		return result{v, c, changes}
+	}
+	for _, campaign := range []string{"cmp", ""} {
+		read, fresh := run(false, campaign), run(true, campaign)
+		if len(read.rec) == 0 || !reflect.DeepEqual(read, fresh) {
+			t.Fatalf("campaign %q:\nread  %+v\nfresh %+v", campaign, read, fresh)
+		}
+	}
+}
+
+// TestFreshSentAfterAnOvertakingEvent: a delivered receipt applied before the
+// engine's fresh "sent" (in an earlier round or earlier in the same one)
+// makes that "sent" read the stored record: the status stays delivered and
+// nothing is counted twice. The other order is the ordinary one.
+func TestFreshSentAfterAnOvertakingEvent(t *testing.T) {
+	t0 := time.Unix(1764115200, 0)
+	for _, tc := range []struct {
+		name   string
+		rounds [][]string // "d": the receipt, "s": the engine's fresh sent
+	}{
+		{"receipt first, separate rounds", [][]string{{"d"}, {"s"}}},
+		{"receipt first, one round", [][]string{{"d", "s"}}},
+		{"sent first, one round", [][]string{{"s", "d"}}},
+		{"sent first, separate rounds", [][]string{{"s"}, {"d"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := openStatusDB(t)
+			s := statusesOn(db)
+			b := db.NewBatch()
+			NewStatusRecord(b, "m1", "biz", "pn", "cmp", t0)
+			db.Commit(b, true)
+			for i, round := range tc.rounds {
+				var ups []update
+				for _, what := range round {
+					at := t0.Add(time.Duration(i+1) * time.Second)
+					if what == "d" {
+						ups = append(ups, update{id: "m1", status: heraldtype.StatusDelivered, at: at})
+					} else {
+						ups = append(ups, update{id: "m1", status: heraldtype.StatusSent, at: at,
+							queued: &queuedStatus{"biz", "pn", "cmp", t0.Unix()}})
+					}
+				}
+				s.apply(ups)
+			}
+			v, _, _ := db.GetCopy(statusKey("m1"))
+			var rec MessageStatus
+			if err := decodeStatus(v, &rec); err != nil || rec.Status != heraldtype.StatusDelivered {
+				t.Fatalf("status %q (%v), want delivered", rec.Status, err)
+			}
+			if c, _ := s.loadCounters("cmp"); c.Sent != 1 || c.Delivered != 1 {
+				t.Fatalf("counters %d sent, %d delivered; want 1, 1", c.Sent, c.Delivered)
+			}
+			if len(s.over.at) != 0 {
+				t.Fatalf("overtaken ids left: %v", s.over.at)
+			}
+		})
+	}
+}
+
+// TestOvertakenForgetsAfterItsHorizon: an id whose fresh "sent" never comes
+// is forgotten after overtakenFor, and a re-added id keeps its newer time.
+func TestOvertakenForgetsAfterItsHorizon(t *testing.T) {
+	var o overtaken
+	t0 := time.Unix(1764115200, 0)
+	o.add("a", t0)
+	o.add("b", t0.Add(time.Minute))
+	o.add("a", t0.Add(5*time.Minute)) // again, later
+	o.expire(t0.Add(overtakenFor + 30*time.Second))
+	if _, ok := o.at["a"]; !ok {
+		t.Fatal("a, re-added within the horizon, was forgotten")
+	}
+	if _, ok := o.at["b"]; !ok {
+		t.Fatal("b forgotten before its horizon")
+	}
+	o.expire(t0.Add(overtakenFor + 2*time.Minute))
+	if _, ok := o.at["b"]; ok {
+		t.Fatal("b outlived its horizon")
+	}
+	if !o.take("a") || o.take("a") {
+		t.Fatal("take: once, then gone")
+	}
+	o.expire(t0.Add(time.Hour))
+	if len(o.fifo) != 0 || len(o.at) != 0 {
+		t.Fatalf("left: %v %v", o.fifo, o.at)
 	}
 }

@@ -718,7 +718,13 @@ func (e *Engine) resetDevice(r *run, it *item, dev uint32) {
 // for a grace period, never past its TTL, in case a decrypt_failed receipt comes.
 func (e *Engine) sent(r *run, it *item) {
 	r.ack(it)
-	r.ups = append(r.ups, update{id: it.msg.ID, status: heraldtype.StatusSent, at: r.now, recipient: it.p.To})
+	u := update{id: it.msg.ID, status: heraldtype.StatusSent, at: r.now, recipient: it.p.To}
+	if it.msg.FirstLease && it.p.ResetDevice == 0 {
+		// Enqueued by this process and never handed out before: its status
+		// record is the queued one the API wrote with it (Statuses.apply).
+		u.queued = &queuedStatus{it.p.BusinessID, it.p.PhoneNumberID, it.p.CampaignID, it.p.TS}
+	}
+	r.ups = append(r.ups, u)
 	keep := r.now.Add(e.opts.SentGrace)
 	if keep.After(it.msg.ExpiresAt) {
 		keep = it.msg.ExpiresAt

@@ -75,7 +75,7 @@ type Payload struct {
 	To            string // recipient digits
 	CampaignID    string
 	Body          string
-	TS            int64 // accepted, unix seconds
+	TS            int64 // accepted, unix seconds: also the time of its "queued" status (the engine relies on it)
 	// ResetDevice, when non-zero, targets one device whose session must be reset
 	// first (a decrypt_failed retry receipt); only that device gets the message.
 	ResetDevice uint32
