@@ -111,18 +111,25 @@ func newHerald(b *testing.B, simURL string) *heraldDeliverer {
 	}
 	sealer, _ := seal.New(seal.TestKey(1))
 	var eng *engine.Engine
-	h.q, _ = queue.Open(queue.Options{DB: h.db, Sealer: sealer, Notify: func(s int) {
+	shards, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_SHARDS"))
+	h.q, _ = queue.Open(queue.Options{DB: h.db, Sealer: sealer, Shards: shards, Notify: func(s int) {
 		if eng != nil {
 			eng.Notify(s)
 		}
 	}})
-	client, _ := platform.NewClient(platform.ClientOptions{BaseURL: simURL, Secret: "sekret"})
+	co := platform.ClientOptions{BaseURL: simURL, Secret: "sekret"}
+	co.MaxBatch, _ = strconv.Atoi(os.Getenv("HERALD_BENCH_MAX_BATCH"))
+	if v, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_LINGER_US")); v > 0 {
+		co.Linger = time.Duration(v) * time.Microsecond
+	}
+	client, _ := platform.NewClient(co)
 	store, _ := signal.NewStore(h.db, sealer, 0)
 	eo := engine.Options{DB: h.db, Queue: h.q, Sessions: store, Sealer: sealer, Transport: client,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
 	// Engine knobs to explore (defaults otherwise).
 	eo.GroupsPerTask, _ = strconv.Atoi(os.Getenv("HERALD_BENCH_GROUPS_PER_TASK"))
 	eo.Workers, _ = strconv.Atoi(os.Getenv("HERALD_BENCH_WORKERS"))
+	eo.LeaseRecipients, _ = strconv.Atoi(os.Getenv("HERALD_BENCH_LEASE_RECIPIENTS"))
 	eng, err = engine.New(eo)
 	if err != nil {
 		b.Fatal(err)

@@ -444,3 +444,46 @@ func TestPeerOfARecipient(t *testing.T) {
 		t.Fatal("a corrupt device list read as one")
 	}
 }
+
+// A recipient without a stored device list is remembered as such (a read of
+// an absent key is the most expensive point read): the next lookups answer
+// from the cache until the list is written through the store or the entry is
+// forgotten. A list written behind the store's back shows how it answers.
+func TestDevicesRemembersAbsence(t *testing.T) {
+	st, db := newStore(t, t.TempDir())
+	defer db.Close()
+	r := Recipient{5}
+	behindTheBack := func(devs ...byte) {
+		b := db.NewBatch()
+		b.Set(key('V', "biz", &r, 0), []byte{0, 0, 0, devs[0]}, nil)
+		db.Commit(b, true)
+	}
+	if _, ok, err := st.Devices("biz", r); ok || err != nil {
+		t.Fatalf("a list before any was written: %v %v", ok, err)
+	}
+	behindTheBack(4)
+	if _, ok, _ := st.Devices("biz", r); ok {
+		t.Fatal("the absence was read again")
+	}
+	if p, _ := st.Peer("biz", r); p.Known {
+		t.Fatal("Peer read the absence again")
+	}
+	st.Forget("biz", r)
+	if d, ok, _ := st.Devices("biz", r); !ok || fmt.Sprint(d) != "[4]" {
+		t.Fatalf("after Forget: %v %v", d, ok)
+	}
+	// Written through the store: known at once.
+	b := db.NewBatch()
+	st.ForgetDevices(b, "biz", r) // deleted: absent without a read
+	db.Commit(b, true)
+	behindTheBack(6)
+	if _, ok, _ := st.Devices("biz", r); ok {
+		t.Fatal("ForgetDevices did not leave the list absent")
+	}
+	b = db.NewBatch()
+	st.PutDevices(b, "biz", r, []uint32{1, 2})
+	db.Commit(b, true)
+	if d, ok, _ := st.Devices("biz", r); !ok || fmt.Sprint(d) != "[1 2]" {
+		t.Fatalf("after PutDevices: %v %v", d, ok)
+	}
+}

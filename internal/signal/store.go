@@ -278,9 +278,16 @@ func (s *Store) devicesLocked(p *peer, biz string, r Recipient) (devs []uint32, 
 	if p.known {
 		return append([]uint32(nil), p.devs...), true, nil
 	}
+	if p.noDevs {
+		return nil, false, nil
+	}
 	v, ok, err := s.db.GetCopy(key('V', biz, &r, 0))
-	if err != nil || !ok {
+	if err != nil {
 		return nil, false, err
+	}
+	if !ok {
+		p.noDevs = true
+		return nil, false, nil
 	}
 	if len(v)%4 != 0 {
 		return nil, false, errors.New("signal: device list corrupt")
@@ -296,7 +303,7 @@ func (s *Store) devicesLocked(p *peer, biz string, r Recipient) (devs []uint32, 
 func (s *Store) PutDevices(b *pebble.Batch, biz string, r Recipient, devs []uint32) {
 	p := s.peers.get(biz, r)
 	p.mu.Lock()
-	p.devs, p.known = append([]uint32(nil), devs...), true
+	p.devs, p.known, p.noDevs = append([]uint32(nil), devs...), true, false
 	p.mu.Unlock()
 	v := make([]byte, 0, 4*len(devs))
 	for _, d := range devs {
@@ -334,7 +341,7 @@ func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
 func (s *Store) ForgetDevices(b *pebble.Batch, biz string, r Recipient) {
 	if p := s.peers.peek(biz, r); p != nil {
 		p.mu.Lock()
-		p.devs, p.known = nil, false
+		p.devs, p.known, p.noDevs = nil, false, true
 		p.mu.Unlock()
 	}
 	b.Delete(key('V', biz, &r, 0), nil)
