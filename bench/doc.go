@@ -18,7 +18,11 @@
 //     of the warm phase, or of HERALD_BENCH_PROFILE_PHASE=cold),
 //     HERALD_BENCH_MEMPROFILE=P (allocations at the end of each phase, in
 //     P.cold and P.warm), HERALD_BENCH_SIM_PROFILE=FILE (the simulator
-//     process's CPU profile, whole run). It also reports
+//     process's CPU profile, whole run); engine and client settings, zero
+//     or unset for the defaults: HERALD_BENCH_WORKERS,
+//     HERALD_BENCH_GROUPS_PER_TASK, HERALD_BENCH_LEASE_RECIPIENTS,
+//     HERALD_BENCH_SHARDS, HERALD_BENCH_MAX_BATCH (envelopes per platform
+//     request), HERALD_BENCH_LINGER_US (a partial request's wait). It also reports
 //     cold_crypto_fraction: the cold phase's unavoidable crypto at this
 //     machine's rates (mean of start of run and after the cold phase) over
 //     both processes' CPU time (and cold_crypto_fraction_strict, with key
