@@ -144,8 +144,14 @@ func (q *queuedStatus) record() *MessageStatus {
 // queued record an event moved is remembered (overtaken) until its "sent"
 // comes, and that "sent" reads the stored record as any other update does.
 // An id the engine never sends a fresh "sent" for (it retried the message
-// instead) is forgotten after overtakenFor.
-const overtakenFor = 10 * time.Minute
+// instead) is forgotten after overtakenFor, and at most overtakenMax ids are
+// kept (the oldest go first): the "sent" follows its transmission within one
+// task (platform requests time out after 10 s), so only a flood of receipts
+// faster than the writer could push a live id out.
+const (
+	overtakenFor = 10 * time.Minute
+	overtakenMax = 100_000
+)
 
 type overtaken struct {
 	at   map[string]time.Time
@@ -163,6 +169,20 @@ func (o *overtaken) add(id string, now time.Time) {
 	}
 	o.at[id] = now
 	o.fifo = append(o.fifo, overtakenEntry{id, now})
+	if len(o.fifo) > overtakenMax {
+		o.drop(len(o.fifo) - overtakenMax)
+	}
+}
+
+// drop forgets the n oldest entries of the fifo (an id re-added since keeps
+// its newer entry).
+func (o *overtaken) drop(n int) {
+	for _, e := range o.fifo[:n] {
+		if at, ok := o.at[e.id]; ok && at.Equal(e.at) {
+			delete(o.at, e.id)
+		}
+	}
+	o.fifo = append(o.fifo[:0], o.fifo[n:]...)
 }
 
 // take reports whether id is remembered, forgetting it.
@@ -177,13 +197,11 @@ func (o *overtaken) take(id string) bool {
 // expire forgets ids remembered before now − overtakenFor.
 func (o *overtaken) expire(now time.Time) {
 	i := 0
-	for ; i < len(o.fifo) && now.Sub(o.fifo[i].at) > overtakenFor; i++ {
-		if at, ok := o.at[o.fifo[i].id]; ok && at.Equal(o.fifo[i].at) {
-			delete(o.at, o.fifo[i].id)
-		}
+	for i < len(o.fifo) && now.Sub(o.fifo[i].at) > overtakenFor {
+		i++
 	}
 	if i > 0 {
-		o.fifo = append(o.fifo[:0], o.fifo[i:]...)
+		o.drop(i)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -366,5 +367,15 @@ func TestOvertakenForgetsAfterItsHorizon(t *testing.T) {
 	o.expire(t0.Add(time.Hour))
 	if len(o.fifo) != 0 || len(o.at) != 0 {
 		t.Fatalf("left: %v %v", o.fifo, o.at)
+	}
+	// Bounded: past overtakenMax the oldest go, the newest stay.
+	for i := range overtakenMax + 10 {
+		o.add(strconv.Itoa(i), t0)
+	}
+	if len(o.fifo) != overtakenMax || len(o.at) != overtakenMax {
+		t.Fatalf("%d in the fifo, %d remembered; want %d", len(o.fifo), len(o.at), overtakenMax)
+	}
+	if o.take("9") || !o.take(strconv.Itoa(overtakenMax+9)) {
+		t.Fatal("the oldest should have gone, the newest stayed")
 	}
 }
