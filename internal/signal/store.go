@@ -259,8 +259,8 @@ type Peer struct {
 	Errs     []error
 }
 
-// Peer returns the recipient's devices and their sessions — Devices and
-// Sessions in one cache lookup.
+// Peer returns the recipient's devices and their sessions — what Devices and
+// a Session per device return — in one cache lookup.
 func (s *Store) Peer(biz string, r Recipient) (Peer, error) {
 	p := s.peers.get(biz, r)
 	p.mu.Lock()
