@@ -116,10 +116,11 @@ type update struct {
 	code      int
 	at        time.Time
 	recipient string
-	// queued, when set, is the record the message was enqueued with, as the
-	// engine knows it: the writer takes it instead of reading the stored one
-	// (see fresh).
-	queued *queuedStatus
+	// fresh: queued is the record the message was enqueued with, as the
+	// engine knows it, and the writer takes it instead of reading the stored
+	// one (see overtaken). A value, not a pointer: one per message sent.
+	fresh  bool
+	queued queuedStatus
 }
 
 // queuedStatus is a message's "queued" record as the API wrote it in the
@@ -130,7 +131,7 @@ type queuedStatus struct {
 	ts                                    int64
 }
 
-func (q *queuedStatus) record() *MessageStatus {
+func (q queuedStatus) record() *MessageStatus {
 	return &MessageStatus{BusinessID: q.businessID, PhoneNumberID: q.phoneNumberID, CampaignID: q.campaignID,
 		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: q.ts, Status: heraldtype.StatusQueued}}}
 }
@@ -373,10 +374,10 @@ func (s *Statuses) apply(ups []update) {
 	for _, u := range ups {
 		// A fresh "sent" is the last the engine sends while the id can be
 		// remembered as overtaken: forget it either way.
-		overtook := u.queued != nil && s.over.take(u.id)
+		overtook := u.fresh && s.over.take(u.id)
 		rec, ok := recs[u.id]
 		if !ok {
-			if u.queued != nil && !overtook {
+			if u.fresh && !overtook {
 				rec = u.queued.record()
 			} else {
 				v, found, err := s.db.GetCopy(statusKey(u.id))
@@ -391,7 +392,7 @@ func (s *Statuses) apply(ups []update) {
 			recs[u.id] = rec
 		}
 		from, to := heraldtype.Rank(rec.Status), heraldtype.Rank(u.status)
-		if u.queued == nil && from == 0 && to >= heraldtype.Rank(heraldtype.StatusDelivered) {
+		if !u.fresh && from == 0 && to >= heraldtype.Rank(heraldtype.StatusDelivered) {
 			// An event overtook the engine's "sent": if that is a fresh one
 			// still to come, it must read what this writes.
 			s.over.add(u.id, now)

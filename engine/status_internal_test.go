@@ -209,11 +209,7 @@ func TestStatusesSurviveAFailedCommit(t *testing.T) {
 // earlier versions moves forward like any other and is written back binary,
 // its history kept; the counters count it.
 func TestStatusesUpgradeLegacyJSONRecords(t *testing.T) {
-	db, err := kv.Open(kv.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openStatusDB(t)
 	s := statusesOn(db)
 	legacy, _ := json.Marshal(MessageStatus{BusinessID: "biz", PhoneNumberID: "pn", CampaignID: "cmp",
 		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: 1764115200, Status: heraldtype.StatusQueued}}})
@@ -270,7 +266,7 @@ func TestFreshSentWritesWhatTheReadWould(t *testing.T) {
 		s.onChange = func(c []StatusChange) { changes = append(changes, c...) }
 		u := update{id: "m1", status: heraldtype.StatusSent, at: t1, recipient: "1555"}
 		if fresh {
-			u.queued = &queuedStatus{"biz", "pn", campaign, t0.Unix()}
+			u.fresh, u.queued = true, queuedStatus{"biz", "pn", campaign, t0.Unix()}
 		} else {
 			b := db.NewBatch()
 			NewStatusRecord(b, "m1", "biz", "pn", campaign, t0)
@@ -322,7 +318,7 @@ func TestFreshSentAfterAnOvertakingEvent(t *testing.T) {
 						ups = append(ups, update{id: "m1", status: heraldtype.StatusDelivered, at: at})
 					} else {
 						ups = append(ups, update{id: "m1", status: heraldtype.StatusSent, at: at,
-							queued: &queuedStatus{"biz", "pn", "cmp", t0.Unix()}})
+							fresh: true, queued: queuedStatus{"biz", "pn", "cmp", t0.Unix()}})
 					}
 				}
 				s.apply(ups)

@@ -722,7 +722,7 @@ func (e *Engine) sent(r *run, it *item) {
 	if it.msg.FirstLease && it.p.ResetDevice == 0 {
 		// Enqueued by this process and never handed out before: its status
 		// record is the queued one the API wrote with it (Statuses.apply).
-		u.queued = &queuedStatus{it.p.BusinessID, it.p.PhoneNumberID, it.p.CampaignID, it.p.TS}
+		u.fresh, u.queued = true, queuedStatus{it.p.BusinessID, it.p.PhoneNumberID, it.p.CampaignID, it.p.TS}
 	}
 	r.ups = append(r.ups, u)
 	keep := r.now.Add(e.opts.SentGrace)

@@ -318,12 +318,11 @@ func TestAdvanceStoresOnlyTheChain(t *testing.T) {
 	db.Close()
 }
 
-// TestAdvanceAfterEvictionReloadsTheSameState: Advance no longer caches; a
-// session the cache dropped between Session and Advance is read back from
-// the committed records at the state the encryption left it in. With a
-// one-entry cache and two devices taking turns, every Session of one device
-// follows the other's, so every round reloads from Pebble; the devices must
-// decrypt every message, in order.
+// TestAdvanceAfterEvictionReloadsTheSameState: Advance does not depend on
+// the cache; a session the cache dropped between Session and Advance is read
+// back from the committed records at the state the encryption left it in.
+// With a one-recipient cache and two recipients taking turns, every turn
+// reloads from Pebble; the devices must decrypt every message, in order.
 func TestAdvanceAfterEvictionReloadsTheSameState(t *testing.T) {
 	db, err := kv.Open(kv.Options{Dir: t.TempDir()})
 	if err != nil {
