@@ -473,6 +473,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		}
 	}
 	r.devices.set(sender, devs) // a copy of its own (Devices copies; PutDevices copies what it keeps)
+	var adv []signal.Advanced
 	for _, d := range devs {
 		rec := sessions.get(d)
 		if rec == nil {
@@ -505,7 +506,12 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		for i, st := range targets {
 			st.typ, st.ct = cts[i].Type, cts[i].Body
 		}
-		e.store.Advance(b, sender, rcpt, d, rec)
+		adv = append(adv, signal.Advanced{Device: d, Session: rec})
+	}
+	if len(adv) > 0 {
+		if err := e.store.Advance(b, sender, rcpt, adv...); err != nil {
+			return err
+		}
 	}
 	for _, it := range items {
 		if !it.done {

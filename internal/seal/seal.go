@@ -114,6 +114,51 @@ func (s *Sealer) Seal(dst, plaintext []byte) []byte {
 	return dst
 }
 
+// SealRandom seals plaintext that does not compress (ciphertexts, keys) as
+// Seal does, in the same format, without trying to: the S2 block it encrypts
+// holds plaintext as one literal (S2's encoder searched ~0.6 KB of Signal
+// ciphertext per message for matches it never found, ~2 % of the engine's
+// CPU). Open reads both alike.
+func (s *Sealer) SealRandom(dst, plaintext []byte) []byte {
+	aead := s.aeads[s.current]
+	var hdr [headerLen]byte
+	hdr[0] = version
+	binary.BigEndian.PutUint32(hdr[1:5], s.current)
+	if _, err := rand.Read(hdr[5:]); err != nil {
+		panic("seal: no randomness: " + err.Error())
+	}
+	dst = append(dst, hdr[:]...)
+	// The block is sealed in place at the end of dst.
+	start := len(dst)
+	dst = appendLiteralBlock(dst, plaintext)
+	return aead.Seal(dst[:start], hdr[5:], dst[start:], hdr[:5])
+}
+
+// appendLiteralBlock appends an S2 (Snappy) block holding src as literals:
+// the uncompressed length (varint), then one literal element — a tag byte
+// whose low bits are 0 and upper six bits are the length-1 when it is below
+// 60, or 60–63 followed by the length-1 in 1–4 bytes, little endian.
+func appendLiteralBlock(dst, src []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(src)))
+	if len(src) == 0 {
+		return dst
+	}
+	n := uint32(len(src) - 1)
+	switch {
+	case n < 60:
+		dst = append(dst, byte(n)<<2)
+	case n < 1<<8:
+		dst = append(dst, 60<<2, byte(n))
+	case n < 1<<16:
+		dst = append(dst, 61<<2, byte(n), byte(n>>8))
+	case n < 1<<24:
+		dst = append(dst, 62<<2, byte(n), byte(n>>8), byte(n>>16))
+	default:
+		dst = append(dst, 63<<2, byte(n), byte(n>>8), byte(n>>16), byte(n>>24))
+	}
+	return append(dst, src...)
+}
+
 var compPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // Open authenticates, decrypts and decompresses a sealed record.

@@ -2,11 +2,15 @@ package seal
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/s2"
 )
 
 func TestSealOpenRoundTrip(t *testing.T) {
@@ -22,6 +26,39 @@ func TestSealOpenRoundTrip(t *testing.T) {
 	got, err := s.Open(rec)
 	if err != nil || !bytes.Equal(got, msg) {
 		t.Fatalf("open: %v %q", err, got)
+	}
+}
+
+// SealRandom's literal-only S2 block opens like Seal's, at every length
+// where the literal's length encoding changes (1 to 4 extra bytes), and a
+// record it seals is as private and as tamper-evident.
+func TestSealRandomRoundTrip(t *testing.T) {
+	s, _ := New(TestKey(1))
+	// tag: the literal's tag bytes (the shortest form of its length).
+	for _, c := range []struct{ n, tag int }{{0, 0}, {1, 1}, {60, 1}, {61, 2}, {256, 2}, {257, 3},
+		{1 << 16, 3}, {1<<16 + 1, 4}, {1 << 24, 4}, {1<<24 + 1, 5}} {
+		n := c.n
+		msg := make([]byte, n)
+		rand.Read(msg)
+		rec := s.SealRandom(make([]byte, 3, 8), msg)[3:] // appends after what dst holds
+		if want := headerLen + len(binary.AppendUvarint(nil, uint64(n))) + c.tag + n + 16; len(rec) != want {
+			t.Fatalf("%d bytes: record of %d, want %d", n, len(rec), want)
+		}
+		if n >= 16 && bytes.Contains(rec, msg[:16]) {
+			t.Fatalf("%d bytes: sealed record contains plaintext", n)
+		}
+		got, err := s.Open(rec)
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("%d bytes: open: %v", n, err)
+		}
+		// The block is one S2 itself decodes as the plaintext.
+		if blk, err := s2.Decode(nil, appendLiteralBlock(nil, msg)); err != nil || !bytes.Equal(blk, msg) {
+			t.Fatalf("%d bytes: S2 reads the literal block as %d bytes: %v", n, len(blk), err)
+		}
+		rec[len(rec)-1] ^= 1
+		if _, err := s.Open(rec); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("%d bytes: tampered record opened: %v", n, err)
+		}
 	}
 }
 

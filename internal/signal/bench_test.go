@@ -141,7 +141,7 @@ func BenchmarkWarmEncrypt(b *testing.B) {
 					// the chain record, sealed, in a batch committed to Pebble
 					// (without fsync: the engine shares one fsync per group).
 					wb := db.NewBatch()
-					st.Advance(wb, id.Phone, r, 1, rec)
+					st.Advance(wb, id.Phone, r, Advanced{1, rec})
 					db.Commit(wb, false)
 				}
 				b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "encryptions/s")

@@ -13,8 +13,9 @@
 //   - Private keys (identity, ratchet state) reach Pebble only sealed.
 //   - Only one goroutine works on one (business, recipient) at a time — the
 //     engine's lease guarantees it — so cached records need no lock of their own.
-//   - An encryption is persisted as its sending chain key (Store.Advance); a
-//     session is written whole only when built (Store.PutSession).
+//   - An encryption is persisted as its sending chain key (Store.Advance), in
+//     one chain record per recipient that carries over the devices a write does
+//     not advance; a session is written whole only when built (Store.PutSession).
 //
 // The hot paths on both sides are written from the library's exported types
 // rather than through its session.Cipher and Builder (which format every

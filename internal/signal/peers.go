@@ -32,6 +32,36 @@ type peer struct {
 	// on every message sent to it.
 	noDevs bool
 	sess   []peerSession
+	// The recipient's chain record (Store.chainsLocked), once read.
+	chainsLoaded bool
+	chainsBad    bool // unreadable
+	chains       []chainEntry
+}
+
+func (p *peer) chain(d uint32) *chainEntry {
+	for i := range p.chains {
+		if p.chains[i].device == d {
+			return &p.chains[i]
+		}
+	}
+	return nil
+}
+
+func (p *peer) setChain(c chainEntry) {
+	if e := p.chain(c.device); e != nil {
+		*e = c
+		return
+	}
+	p.chains = append(p.chains, c)
+}
+
+func (p *peer) dropChain(d uint32) {
+	for i := range p.chains {
+		if p.chains[i].device == d {
+			p.chains = append(p.chains[:i], p.chains[i+1:]...)
+			return
+		}
+	}
 }
 
 type peerSession struct {

@@ -266,7 +266,7 @@ func TestAdvanceStoresOnlyTheChain(t *testing.T) {
 	for round := 0; round < 3; round++ {
 		cts, _ := EncryptBatch(built.Record, [][]byte{[]byte("a"), []byte("b")})
 		b := db.NewBatch()
-		st.Advance(b, id.Phone, r, 1, built.Record)
+		st.Advance(b, id.Phone, r, Advanced{1, built.Record})
 		db.Commit(b, true)
 		for _, c := range cts {
 			if _, err := dev.Decrypt(id.Phone, c.Type, c.Body); err != nil {
@@ -276,7 +276,7 @@ func TestAdvanceStoresOnlyTheChain(t *testing.T) {
 	}
 	want := built.Record.SessionState().SenderChainKey()
 	// Invariant 6: the chain key is a secret; the record holding it is sealed.
-	raw, ok, err := db.GetCopy(key('C', id.Phone, &r, 1))
+	raw, ok, err := db.GetCopy(key('H', id.Phone, &r, 0))
 	if err != nil || !ok || bytes.Contains(raw, want.Key()) {
 		t.Fatalf("chain record missing or not sealed (%v, found %v)", err, ok)
 	}
@@ -309,7 +309,7 @@ func TestAdvanceStoresOnlyTheChain(t *testing.T) {
 
 	// A corrupt chain record is an error (the engine then resets the session).
 	b = db.NewBatch()
-	b.Set(key('C', id.Phone, &r, 1), []byte("garbage"), nil)
+	b.Set(key('H', id.Phone, &r, 0), []byte("garbage"), nil)
 	db.Commit(b, true)
 	st.Forget(id.Phone, r)
 	if _, err := st.Session(id.Phone, r, 1); err == nil || !strings.Contains(err.Error(), "chain record unreadable") {
@@ -374,7 +374,7 @@ func TestAdvanceAfterEvictionReloadsTheSameState(t *testing.T) {
 			// its advance is committed here: Advance must not depend on the cache.
 			st.Session(id.Phone, Recipient{byte(19 - tg.r[0])}, 1)
 			b := db.NewBatch()
-			st.Advance(b, id.Phone, tg.r, tg.dev, rec)
+			st.Advance(b, id.Phone, tg.r, Advanced{tg.dev, rec})
 			if err := db.Commit(b, true); err != nil {
 				t.Fatal(err)
 			}
@@ -484,5 +484,113 @@ func TestDevicesRemembersAbsence(t *testing.T) {
 	db.Commit(b, true)
 	if d, ok, _ := st.Devices("biz", r); !ok || fmt.Sprint(d) != "[1 2]" {
 		t.Fatalf("after PutDevices: %v %v", d, ok)
+	}
+}
+
+// One chain record holds every device's chain, and a write carries over the
+// devices it does not advance: a device that left the device list (its
+// session kept) and comes back after its recipient's other devices were
+// written many times continues its own chain — the next message decrypts,
+// in order, which it would not if its entry had been dropped (the session
+// record alone is behind: a reused chain index). Devices are advanced one
+// at a time through cold caches, so the carried entries come from Pebble.
+func TestChainRecordCarriesOverDevicesNotAdvanced(t *testing.T) {
+	dir := t.TempDir()
+	st, db := newStore(t, dir)
+	id, _ := st.Identity("15550001111")
+	r := Recipient{8}
+	devs := map[uint32]*Device{}
+	b := db.NewBatch()
+	for _, d := range []uint32{1, 2} {
+		devs[d], _ = NewDevice(d, 10)
+		st.PutSession(b, id.Phone, r, d, mkSession(t, id, "1555", devs[d], nil, false).Record)
+	}
+	st.PutDevices(b, id.Phone, r, []uint32{1, 2})
+	db.Commit(b, true)
+	send := func(d uint32, text string) {
+		t.Helper()
+		rec, err := st.Session(id.Phone, r, d)
+		if err != nil || rec == nil {
+			t.Fatalf("device %d: %v", d, err)
+		}
+		cts, _ := EncryptBatch(rec, [][]byte{[]byte(text)})
+		b := db.NewBatch()
+		if err := st.Advance(b, id.Phone, r, Advanced{d, rec}); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Commit(b, true); err != nil {
+			t.Fatal(err)
+		}
+		if pt, err := devs[d].Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil || string(pt) != text {
+			t.Fatalf("device %d %q: %q %v", d, text, pt, err)
+		}
+		st.Forget(id.Phone, r) // the next turn reads everything back
+	}
+	for i := 0; i < 3; i++ {
+		send(1, fmt.Sprint("both listed ", i))
+		send(2, fmt.Sprint("both listed ", i))
+	}
+	b = db.NewBatch()
+	st.PutDevices(b, id.Phone, r, []uint32{1}) // device 2 leaves
+	db.Commit(b, true)
+	for i := 0; i < 4; i++ {
+		send(1, fmt.Sprint("device 2 away ", i))
+	}
+	b = db.NewBatch()
+	st.PutDevices(b, id.Phone, r, []uint32{1, 2}) // and comes back
+	db.Commit(b, true)
+	st.Forget(id.Phone, r)
+	if rec, _ := st.Session(id.Phone, r, 2); rec.SessionState().SenderChainKey().Index() != 3 {
+		t.Fatalf("device 2 back at chain index %d, want 3", rec.SessionState().SenderChainKey().Index())
+	}
+	send(2, "back")
+	send(1, "after")
+	db.Close()
+}
+
+// An unreadable chain record cannot be carried over: Advance deletes the
+// stored sessions of the devices it does not advance (their chain position
+// is lost; a session behind its chain would reuse message keys), keeps the
+// ones it advances, and writes a record that reads again.
+func TestUnreadableChainRecordDropsTheOtherSessions(t *testing.T) {
+	st, db := newStore(t, t.TempDir())
+	defer db.Close()
+	id, _ := st.Identity("15550001111")
+	r := Recipient{9}
+	b := db.NewBatch()
+	for _, d := range []uint32{1, 2, 3} {
+		dev, _ := NewDevice(d, 10)
+		st.PutSession(b, id.Phone, r, d, mkSession(t, id, "1555", dev, nil, false).Record)
+	}
+	b.Set(key('H', id.Phone, &r, 0), []byte("garbage"), nil)
+	db.Commit(b, true)
+	st.Forget(id.Phone, r)
+	if _, err := st.Session(id.Phone, r, 2); err == nil || !strings.Contains(err.Error(), "chain record unreadable") {
+		t.Fatalf("a session read under an unreadable chain record: %v", err)
+	}
+	// The engine resets device 2 (a new session), encrypts and advances it.
+	dev2, _ := NewDevice(2, 10)
+	rebuilt := mkSession(t, id, "1555", dev2, nil, false)
+	b = db.NewBatch()
+	st.PutSession(b, id.Phone, r, 2, rebuilt.Record)
+	cts, _ := EncryptBatch(rebuilt.Record, [][]byte{[]byte("fresh")})
+	if err := st.Advance(b, id.Phone, r, Advanced{2, rebuilt.Record}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Commit(b, true); err != nil {
+		t.Fatal(err)
+	}
+	st.Forget(id.Phone, r)
+	for _, d := range []uint32{1, 3} {
+		if rec, err := st.Session(id.Phone, r, d); rec != nil || err != nil {
+			t.Fatalf("device %d: session kept (%v) under a lost chain", d, err)
+		}
+	}
+	rec, err := st.Session(id.Phone, r, 2)
+	if err != nil || rec == nil || rec.SessionState().SenderChainKey().Index() != 1 {
+		t.Fatalf("the advanced device: %v %v", rec, err)
+	}
+	if pt, err := dev2.Decrypt(id.Phone, cts[0].Type, cts[0].Body); err != nil || string(pt) != "fresh" {
+		t.Fatalf("%q %v", pt, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -150,85 +151,197 @@ func (s *Store) sessionLocked(p *peer, biz string, r Recipient, device uint32) (
 	if err != nil {
 		return nil, fmt.Errorf("signal: session record corrupt: %w", err)
 	}
-	if err := s.applyChain(biz, r, device, rec); err != nil {
+	if err := s.chainsLocked(p, biz, r); err != nil {
 		return nil, err
+	}
+	if p.chainsBad {
+		return nil, errChainsUnreadable
+	}
+	if c := p.chain(device); c != nil {
+		c.apply(rec)
 	}
 	p.setSession(device, rec)
 	return rec, nil
 }
 
-// A chain record ('C', next to the session's 'S') holds what an encryption
-// changes in a session: the sending chain's ratchet public key (which chain),
-// its index and its key. Sealed: a chain key decrypts messages.
-const chainRecordLen = 33 + 4 + 32
+// The chain record ('H', one per recipient) holds what encryptions change in
+// the recipient's sessions: per device, the sending chain's index and key,
+// and which chain that is (the first bytes of its ratchet public key). One
+// record for all of a recipient's devices is one write per message instead
+// of one per device. Sealed: a chain key decrypts messages.
+//
+// Every write carries over the entries of devices it did not advance: a
+// device that leaves the device list keeps its session, and its session
+// record alone is behind its chain; were its entry dropped, its next message
+// would reuse a chain index (a message key used twice).
+type chainEntry struct {
+	device uint32
+	fp     [chainFPLen]byte
+	index  uint32
+	key    [32]byte
+}
 
-// applyChain moves rec's sending chain forward to its stored chain record, if
-// that record belongs to rec's sending chain and is ahead of it.
-func (s *Store) applyChain(biz string, r Recipient, device uint32, rec *record.Session) error {
-	v, ok, err := s.db.GetCopy(key('C', biz, &r, device))
-	if err != nil || !ok {
-		return err
-	}
-	plain, err := s.sealer.Open(v)
-	if err != nil || len(plain) != chainRecordLen {
-		return fmt.Errorf("signal: session chain record unreadable (%d bytes): %v", len(plain), err)
-	}
+const (
+	chainFPLen    = 8
+	chainEntryLen = 4 + chainFPLen + 4 + 32
+)
+
+var errChainsUnreadable = errors.New("signal: session chain record unreadable")
+
+// chainFP identifies a sending chain by its ratchet public key.
+func chainFP(st *record.State) (fp [chainFPLen]byte) {
+	k := st.SenderRatchetKey().PublicKey()
+	copy(fp[:], k[:])
+	return fp
+}
+
+// apply moves rec's sending chain forward to the entry, if the entry belongs
+// to rec's sending chain (not to a session the device had before) and is
+// ahead of it.
+func (c *chainEntry) apply(rec *record.Session) {
 	st := rec.SessionState()
-	if st == nil || !st.HasSenderChain() || !bytes.Equal(plain[:33], st.SenderRatchetKey().Serialize()) {
-		return nil // a chain of another session (PutSession rewrites it; kept safe anyway)
+	if st == nil || !st.HasSenderChain() || chainFP(st) != c.fp || c.index < st.SenderChainKey().Index() {
+		return
 	}
-	idx := binary.BigEndian.Uint32(plain[33:37])
-	if idx < st.SenderChainKey().Index() {
+	st.SetSenderChainKey(chain.NewKey(kdf.DeriveSecrets, bytes.Clone(c.key[:]), c.index))
+}
+
+// chainsLocked reads the recipient's chain record into p, once. An
+// unreadable record leaves p.chainsBad set: no stored session of the
+// recipient can be trusted to be at its latest chain position.
+func (s *Store) chainsLocked(p *peer, biz string, r Recipient) error {
+	if p.chainsLoaded {
 		return nil
 	}
-	st.SetSenderChainKey(chain.NewKey(kdf.DeriveSecrets, bytes.Clone(plain[37:]), idx))
+	v, ok, err := s.db.GetCopy(key('H', biz, &r, 0))
+	if err != nil {
+		return err
+	}
+	p.chainsLoaded, p.chains, p.chainsBad = true, nil, false
+	if !ok {
+		return nil
+	}
+	plain, err := s.sealer.Open(v)
+	if err != nil || len(plain)%chainEntryLen != 0 {
+		p.chainsBad = true
+		return nil
+	}
+	for i := 0; i < len(plain); i += chainEntryLen {
+		var c chainEntry
+		c.device = binary.BigEndian.Uint32(plain[i:])
+		copy(c.fp[:], plain[i+4:])
+		c.index = binary.BigEndian.Uint32(plain[i+4+chainFPLen:])
+		copy(c.key[:], plain[i+8+chainFPLen:])
+		p.chains = append(p.chains, c)
+	}
 	return nil
 }
 
 // PutSession writes the whole of rec into b (sealed) and caches it: for a
-// session just built. After an encryption, Advance is enough. The chain
-// record is rewritten to match rather than deleted: a point read of a key
-// whose newest versions are deletions walks every one of them (a benchmark
-// that rebuilt one session per iteration spent 80 % of its time there).
+// session just built. After an encryption, Advance is enough. A chain entry
+// the device had for an earlier session is left to the next Advance, which
+// replaces it (it names another chain, so nothing applies it meanwhile).
 func (s *Store) PutSession(b *pebble.Batch, biz string, r Recipient, device uint32, rec *record.Session) {
 	b.Set(key('S', biz, &r, device), s.sealer.Seal(nil, rec.Serialize()), nil)
-	s.Advance(b, biz, r, device, rec)
 	p := s.peers.get(biz, r)
 	p.mu.Lock()
 	p.setSession(device, rec)
+	p.dropChain(device)
 	p.mu.Unlock()
 }
 
-// Advance writes into b what encrypting with rec changed — its sending chain
-// key. rec is the record Session returned, which the cache holds (advanced in
-// place); if the cache dropped it meanwhile, the next Session reads the
-// committed records, which hold the same state. Encryption changes nothing
-// else in a session (EncryptBatch), so this replaces rewriting the whole record (~1 KB of JSON
-// serialized, compressed and sealed per device per message, and as many
-// bytes through the WAL, memtable and compactions) with ~100 sealed bytes.
-// Session reads the session record and then applies the chain record.
-func (s *Store) Advance(b *pebble.Batch, biz string, r Recipient, device uint32, rec *record.Session) {
-	st := rec.SessionState()
-	if st == nil || !st.HasSenderChain() {
-		b.Delete(key('C', biz, &r, device), nil) // nothing to advance (not a sender's session)
-		return
-	}
-	ck := st.SenderChainKey()
-	v := make([]byte, 0, chainRecordLen)
-	rk := serialize33(st.SenderRatchetKey())
-	v = append(v, rk[:]...)
-	v = binary.BigEndian.AppendUint32(v, ck.Index())
-	v = append(v, ck.Key()...)
-	b.Set(key('C', biz, &r, device), s.sealer.Seal(nil, v), nil)
+// Advanced is a device's session that encryptions moved forward.
+type Advanced struct {
+	Device  uint32
+	Session *record.Session
 }
 
-// DeleteSession removes a device's session (a reset) in b and from the cache.
+// Advance writes into b what encrypting with the recipient's sessions changed
+// — their sending chain keys — as the recipient's one chain record: the
+// entries of adv, and those of its other devices carried over as stored. Call
+// it once per recipient and batch, with every session the batch advanced.
+// The sessions are those Peer or Session returned, which the cache holds
+// (advanced in place); if the cache dropped the recipient meanwhile, the
+// other devices' entries are read back from Pebble, where they are as the
+// last commit left them, and the next Peer reads the committed records, which
+// hold the same state. Encryption changes nothing else in a session
+// (EncryptBatch), so this replaces rewriting the whole record (~1 KB of JSON
+// serialized, compressed and sealed per device per message).
+//
+// An unreadable chain record cannot be carried over: the stored sessions of
+// the recipient's other devices are deleted with it (their chain position is
+// lost, and a session behind its chain would reuse message keys).
+func (s *Store) Advance(b *pebble.Batch, biz string, r Recipient, adv ...Advanced) error {
+	p := s.peers.get(biz, r)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := s.chainsLocked(p, biz, r); err != nil {
+		return err
+	}
+	if p.chainsBad {
+		if err := s.dropOtherSessionsLocked(b, p, biz, r, adv); err != nil {
+			return err
+		}
+		p.chains, p.chainsBad = nil, false
+	}
+	for _, a := range adv {
+		st := a.Session.SessionState()
+		if st == nil || !st.HasSenderChain() {
+			p.dropChain(a.Device) // nothing to advance (not a sender's session)
+			continue
+		}
+		ck := st.SenderChainKey()
+		c := chainEntry{device: a.Device, fp: chainFP(st), index: ck.Index()}
+		copy(c.key[:], ck.Key())
+		p.setChain(c)
+	}
+	if len(p.chains) == 0 {
+		b.Delete(key('H', biz, &r, 0), nil)
+		return nil
+	}
+	plain := make([]byte, 0, len(p.chains)*chainEntryLen)
+	for _, c := range p.chains {
+		plain = binary.BigEndian.AppendUint32(plain, c.device)
+		plain = append(plain, c.fp[:]...)
+		plain = binary.BigEndian.AppendUint32(plain, c.index)
+		plain = append(plain, c.key[:]...)
+	}
+	b.Set(key('H', biz, &r, 0), s.sealer.SealRandom(nil, plain), nil)
+	return nil
+}
+
+// dropOtherSessionsLocked deletes in b every stored session of the recipient
+// but those of adv, and drops them from the cache.
+func (s *Store) dropOtherSessionsLocked(b *pebble.Batch, p *peer, biz string, r Recipient, adv []Advanced) error {
+	lo := key('S', biz, &r, 0)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) != len(lo)+4 {
+			continue
+		}
+		d := binary.BigEndian.Uint32(k[len(lo):])
+		if !slices.ContainsFunc(adv, func(a Advanced) bool { return a.Device == d }) {
+			b.Delete(bytes.Clone(k), nil)
+			p.dropSession(d)
+		}
+	}
+	return it.Error()
+}
+
+// DeleteSession removes a device's session (a reset) in b and from the
+// cache. Its chain entry, if any, names a chain no later session has: the
+// next Advance drops it.
 func (s *Store) DeleteSession(b *pebble.Batch, biz string, r Recipient, device uint32) {
 	b.Delete(key('S', biz, &r, device), nil)
-	b.Delete(key('C', biz, &r, device), nil)
 	if p := s.peers.peek(biz, r); p != nil {
 		p.mu.Lock()
 		p.dropSession(device)
+		p.dropChain(device)
 		p.mu.Unlock()
 	}
 }
@@ -330,7 +443,7 @@ func (s *Store) PutTrustedIdentity(b *pebble.Batch, biz string, r Recipient, dev
 // (sessions, identities, devices): used by retention once nothing is pending.
 func (s *Store) ForgetRecipient(b *pebble.Batch, biz string, r Recipient) {
 	s.peers.remove(biz, r)
-	for _, kind := range []byte{'S', 'C', 'K', 'V'} {
+	for _, kind := range []byte{'S', 'H', 'K', 'V'} {
 		lo := key(kind, biz, &r, 0)
 		b.DeleteRange(lo, kv.PrefixEnd(lo), nil)
 	}
