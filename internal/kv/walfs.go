@@ -57,6 +57,13 @@ func isWAL(name string) bool { return strings.HasSuffix(name, ".log") }
 func (fs *walFS) Unwrap() vfs.FS { return fs.FS }
 
 func (fs *walFS) Create(name string, cat vfs.DiskWriteCategory) (vfs.File, error) {
+	if isTable(name) {
+		f, err := fs.FS.Create(name, cat)
+		if err != nil {
+			return nil, err
+		}
+		return newTableFile(f), nil
+	}
 	if !isWAL(name) {
 		return fs.FS.Create(name, cat)
 	}
