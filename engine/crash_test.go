@@ -184,6 +184,10 @@ type noTransport struct{}
 func (noTransport) QueryKeys(context.Context, []string) (*platform.KeysResponse, error) {
 	return nil, fmt.Errorf("no transport")
 }
-func (noTransport) Send(context.Context, []platform.Envelope) ([]platform.Result, error) {
-	return nil, fmt.Errorf("no transport")
+func (noTransport) SendEach(_ context.Context, envs []platform.Envelope) ([]platform.Result, []error) {
+	errs := make([]error, len(envs))
+	for i := range errs {
+		errs[i] = fmt.Errorf("no transport")
+	}
+	return nil, errs
 }

@@ -23,10 +23,11 @@ import (
 // fault-injecting wrapper in tests).
 type Transport interface {
 	QueryKeys(ctx context.Context, users []string) (*platform.KeysResponse, error)
-	// Send may not keep envs after it returns: the engine reuses the slice
-	// (the ciphertexts the envelopes point to stay valid until the results
-	// are in).
-	Send(ctx context.Context, envs []platform.Envelope) ([]platform.Result, error)
+	// SendEach returns a result or an error (of the request it went in) for
+	// each envelope, in order. It may not keep envs after it returns: the
+	// engine reuses the slice (the ciphertexts the envelopes point to stay
+	// valid until the results are in).
+	SendEach(ctx context.Context, envs []platform.Envelope) ([]platform.Result, []error)
 }
 
 // Shaper paces dispatch (throughput per phone number, pair rate). Shape

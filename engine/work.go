@@ -148,19 +148,7 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 		runs[i] = e.begin(g)
 	}
 	e.prepareMany(ctx, runs)
-	var wg sync.WaitGroup
-	for _, r := range runs[1:] {
-		wg.Add(1)
-		f := func() {
-			defer wg.Done()
-			e.transmit(ctx, r)
-		}
-		if e.prep.Submit(f) != nil { // the pool is full (or closing)
-			go f()
-		}
-	}
-	e.transmit(ctx, runs[0])
-	wg.Wait()
+	e.transmitMany(ctx, runs)
 	ups := runs[0].ups
 	for _, r := range runs[1:] {
 		ups = append(ups, r.ups...)
@@ -572,80 +560,139 @@ func (e *Engine) signal(s Signal) {
 	}
 }
 
-// envBufs holds transmit's envelope slices (a run is usually one message).
+// envBufs holds transmitMany's envelope slices.
 var envBufs = sync.Pool{New: func() any { return new([]platform.Envelope) }}
 
-// transmit sends the prepared messages in waves: a message goes out only after
-// the one before it (same sender) was accepted by every device.
-func (e *Engine) transmit(ctx context.Context, r *run) {
-	g := r.g
-	buf := envBufs.Get().(*[]platform.Envelope) // Send copies what it keeps
+// sending is one message of a run going out in a transmit round: its
+// envelopes are envs[from:to] of the round's request.
+type sending struct {
+	r        *run
+	it       *item
+	devs     []uint32
+	from, to int
+	waiting  bool // a device has no session yet
+}
+
+// transmitMany sends the runs' prepared messages, a run's messages one after
+// another (a message goes only once the one before it is decided, so a retry
+// never lets a later message overtake it) and the runs side by side: round k
+// sends the k-th message of every run still going, all of them in one
+// Transport.SendEach (the platform client packs them into shared requests),
+// instead of a goroutine per run and a wait per message.
+func (e *Engine) transmitMany(ctx context.Context, runs []*run) {
+	buf := envBufs.Get().(*[]platform.Envelope) // SendEach copies what it keeps
 	defer func() {
 		clear((*buf)[:cap(*buf)])
 		envBufs.Put(buf)
 	}()
-	for _, it := range g.items {
-		if it.done || r.stopped[it.p.From] || it.ob == nil {
-			continue
-		}
-		devs, ok := r.devices.get(it.p.From)
-		var err error
-		if !ok {
-			devs, _, err = e.store.Devices(it.p.From, g.lease.Recipient)
-		}
-		if err != nil || len(devs) == 0 {
-			r.retry(it, r.backoff(it, 0), true, "no_devices")
-			continue
-		}
-		if it.p.ResetDevice != 0 {
-			devs = []uint32{it.p.ResetDevice}
-		}
+	next := make([]int, len(runs)) // each run's next item to look at
+	var round []sending
+	for {
 		envs := (*buf)[:0]
-		waiting := false
-		for _, d := range devs {
-			st := it.ob.get(d)
-			if st.accepted {
-				continue
+		round = round[:0]
+		for i, r := range runs {
+			for next[i] < len(r.g.items) {
+				it := r.g.items[next[i]]
+				next[i]++
+				var s sending
+				var ok bool
+				if s, envs, ok = e.envelopes(r, it, envs); !ok {
+					continue
+				}
+				round = append(round, s)
+				break // the run's next message waits for this one
 			}
-			if st.typ == "" {
-				waiting = true // no session for this device yet
-				continue
-			}
-			envs = append(envs, platform.Envelope{ID: it.msg.ID, From: it.p.From, To: it.p.To, DeviceID: d,
-				Type: st.typ, Raw: st.ct})
 		}
 		*buf = envs
+		if len(round) == 0 {
+			return
+		}
+		var res []platform.Result
+		var errs []error
 		if len(envs) > 0 {
 			start := time.Now()
-			res, err := e.opts.Transport.Send(ctx, envs)
+			res, errs = e.opts.Transport.SendEach(ctx, envs)
 			e.m.TransmitSecs.Observe(time.Since(start).Seconds())
-			if err != nil {
-				e.breaker.failure(time.Now())
-				var re *platform.RequestError
-				after := time.Duration(0)
-				if errors.As(err, &re) {
-					after = re.RetryAfter
-					e.m.PlatformErrors.WithLabelValues("http_" + strconv.Itoa(re.Status)).Inc()
-				}
-				r.retry(it, r.backoff(it, after), true, "request")
-				continue
-			}
-			e.breaker.success()
-			if e.results(r, it, res) {
-				continue // decided (failed or retry)
+		}
+		for _, s := range round {
+			e.transmitted(s, res, errs)
+		}
+	}
+}
+
+// envelopes appends to envs the message's envelopes for the devices that
+// have not accepted it (envs[s.from:s.to]); ok is false when the message is
+// not to be sent now (decided, held back for order, or retried here).
+func (e *Engine) envelopes(r *run, it *item, envs []platform.Envelope) (s sending, _ []platform.Envelope, ok bool) {
+	if it.done || r.stopped[it.p.From] || it.ob == nil {
+		return s, envs, false
+	}
+	devs, ok := r.devices.get(it.p.From)
+	var err error
+	if !ok {
+		devs, _, err = e.store.Devices(it.p.From, r.g.lease.Recipient)
+	}
+	if err != nil || len(devs) == 0 {
+		r.retry(it, r.backoff(it, 0), true, "no_devices")
+		return s, envs, false
+	}
+	if it.p.ResetDevice != 0 {
+		devs = []uint32{it.p.ResetDevice}
+	}
+	s = sending{r: r, it: it, devs: devs, from: len(envs)}
+	for _, d := range devs {
+		st := it.ob.get(d)
+		if st.accepted {
+			continue
+		}
+		if st.typ == "" {
+			s.waiting = true // no session for this device yet
+			continue
+		}
+		envs = append(envs, platform.Envelope{ID: it.msg.ID, From: it.p.From, To: it.p.To, DeviceID: d,
+			Type: st.typ, Raw: st.ct})
+	}
+	s.to = len(envs)
+	return s, envs, true
+}
+
+// transmitted applies the outcome of a message's envelopes in a round.
+func (e *Engine) transmitted(s sending, res []platform.Result, errs []error) {
+	r, it := s.r, s.it
+	if s.to > s.from {
+		var err error
+		for _, x := range errs[s.from:s.to] {
+			if x != nil {
+				err = x
+				break
 			}
 		}
-		complete := !waiting
-		for _, d := range devs {
-			if !it.ob.get(d).accepted {
-				complete = false
+		if err != nil {
+			e.breaker.failure(time.Now())
+			var re *platform.RequestError
+			after := time.Duration(0)
+			if errors.As(err, &re) {
+				after = re.RetryAfter
+				e.m.PlatformErrors.WithLabelValues("http_" + strconv.Itoa(re.Status)).Inc()
 			}
+			r.retry(it, r.backoff(it, after), true, "request")
+			return
 		}
-		if complete {
-			e.sent(r, it)
-		} else if !it.done {
-			r.retry(it, r.now, true, "pending_devices")
+		e.breaker.success()
+		if e.results(r, it, res[s.from:s.to]) {
+			return // decided (failed or retry)
 		}
+	}
+	complete := !s.waiting
+	for _, d := range s.devs {
+		if !it.ob.get(d).accepted {
+			complete = false
+		}
+	}
+	if complete {
+		e.sent(r, it)
+	} else if !it.done {
+		r.retry(it, r.now, true, "pending_devices")
 	}
 }
 

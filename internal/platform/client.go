@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gojson "github.com/goccy/go-json"
@@ -63,14 +64,24 @@ type Client struct {
 
 type pendingEnv struct {
 	env  Envelope
-	done chan<- sendResult
+	call *sendCall
 	idx  int
 }
 
-type sendResult struct {
-	idx int
-	res Result
-	err error
+// sendCall is one SendEach waiting for its envelopes' results, which the
+// request goroutines write into its slices by index (each index once).
+type sendCall struct {
+	res     []Result
+	errs    []error
+	waiting atomic.Int64
+	done    chan struct{} // closed with the last result
+}
+
+func (c *sendCall) set(idx int, res Result, err error) {
+	c.res[idx], c.errs[idx] = res, err
+	if c.waiting.Add(-1) == 0 {
+		close(c.done)
+	}
 }
 
 // NewClient validates opts and builds a client.
@@ -241,22 +252,33 @@ func checked(e Envelope, res Result, ok bool) Result {
 // partial batch waits at most Linger) and waits for their results, in order.
 // A whole-request failure comes back as err (a *RequestError).
 func (c *Client) Send(ctx context.Context, envs []Envelope) ([]Result, error) {
+	res, errs := c.SendEach(ctx, envs)
+	for _, err := range errs {
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// SendEach is Send reporting each envelope's own outcome: errs[i] is the
+// error of the request envs[i] went in (nil when it has a result), so a caller
+// sending many messages at once learns which ones a failed request held.
+// When ctx ends first it returns ctx.Err() for every envelope (results that
+// come later are dropped).
+func (c *Client) SendEach(ctx context.Context, envs []Envelope) ([]Result, []error) {
 	if len(envs) == 0 {
 		return nil, nil
 	}
-	var done chan sendResult
-	if len(envs) <= doneCap {
-		done = donePool.Get().(chan sendResult)
-	} else {
-		done = make(chan sendResult, len(envs))
-	}
+	call := &sendCall{res: make([]Result, len(envs)), errs: make([]error, len(envs)), done: make(chan struct{})}
+	call.waiting.Store(int64(len(envs)))
 	c.mu.Lock()
 	if c.mu.closed {
 		c.mu.Unlock()
-		return nil, ErrClientClosed
+		return nil, fill(len(envs), ErrClientClosed)
 	}
 	for i, e := range envs {
-		c.mu.pending = append(c.mu.pending, pendingEnv{env: e, done: done, idx: i})
+		c.mu.pending = append(c.mu.pending, pendingEnv{env: e, call: call, idx: i})
 		if len(c.mu.pending) >= c.opts.MaxBatch {
 			c.flushLocked()
 		}
@@ -270,31 +292,21 @@ func (c *Client) Send(ctx context.Context, envs []Envelope) ([]Result, error) {
 		})
 	}
 	c.mu.Unlock()
-
-	out := make([]Result, len(envs))
-	var firstErr error
-	for range envs {
-		select {
-		case r := <-done:
-			if r.err != nil && firstErr == nil {
-				firstErr = r.err
-			}
-			out[r.idx] = r.res
-		case <-ctx.Done():
-			return nil, ctx.Err() // done is dropped: results may still come
-		}
+	select {
+	case <-call.done:
+		return call.res, call.errs
+	case <-ctx.Done():
+		return nil, fill(len(envs), ctx.Err()) // call is dropped: its results may still come
 	}
-	if cap(done) == doneCap {
-		donePool.Put(done) // every result was received: nothing else sends on it
-	}
-	return out, firstErr
 }
 
-// doneCap is the capacity of the pooled result channels (a message has at
-// most a few devices; larger sends get a channel of their own).
-const doneCap = 8
-
-var donePool = sync.Pool{New: func() any { return make(chan sendResult, doneCap) }}
+func fill(n int, err error) []error {
+	errs := make([]error, n)
+	for i := range errs {
+		errs[i] = err
+	}
+	return errs
+}
 
 // flushLocked hands the pending batch to a sender goroutine. c.mu is held.
 func (c *Client) flushLocked() {
@@ -318,9 +330,9 @@ func (c *Client) flushLocked() {
 		cancel()
 		for i, p := range batch {
 			if err != nil {
-				p.done <- sendResult{idx: p.idx, err: err}
+				p.call.set(p.idx, Result{}, err)
 			} else {
-				p.done <- sendResult{idx: p.idx, res: res[i]}
+				p.call.set(p.idx, res[i], nil)
 			}
 		}
 		envPool.put(envs)
