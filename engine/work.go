@@ -230,8 +230,17 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 		forget, err := e.prepareInto(ctx, runs[i], b)
 		out[i] = prepared{b, forget, err}
 	}
+	// A run that may wait (for bundles: a device without a cached session,
+	// a reset) goes to the pool; the others need only the CPU and are
+	// prepared here, one after another, while those wait (a pool
+	// goroutine per run was ~3 % of the warm engine's CPU).
 	var wg sync.WaitGroup
-	for i := 1; i < len(runs); i++ {
+	var inline []int
+	for i, r := range runs {
+		if e.cached(r) {
+			inline = append(inline, i)
+			continue
+		}
 		wg.Add(1)
 		f := func() {
 			defer wg.Done()
@@ -241,7 +250,9 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 			go f()
 		}
 	}
-	one(0)
+	for _, i := range inline {
+		one(i)
+	}
 	wg.Wait()
 	var ok []int // runs with writes to commit
 	size := 0
@@ -285,6 +296,21 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 			}
 		}
 	}
+}
+
+// cached reports whether preparing r needs no bundle: every message's
+// sender has the recipient's device list and a session for each device in
+// the cache, and none asks for a session reset.
+func (e *Engine) cached(r *run) bool {
+	for _, it := range r.g.items {
+		if it.done || r.stopped[it.p.From] {
+			continue
+		}
+		if it.p.ResetDevice != 0 || !e.store.Cached(it.p.From, r.g.lease.Recipient) {
+			return false
+		}
+	}
+	return true
 }
 
 // prepareInto writes r's ciphertexts and advanced sessions into b; forget

@@ -594,3 +594,43 @@ func TestUnreadableChainRecordDropsTheOtherSessions(t *testing.T) {
 		t.Fatalf("%q %v", pt, err)
 	}
 }
+
+// Cached is true only when Peer needs neither Pebble nor the platform: the
+// device list and a session for every listed device are in the cache.
+func TestCachedMeansNothingToFetch(t *testing.T) {
+	st, db := newStore(t, t.TempDir())
+	defer db.Close()
+	id, _ := st.Identity("15550001111")
+	r := Recipient{4}
+	if st.Cached(id.Phone, r) {
+		t.Fatal("an unknown recipient is cached")
+	}
+	b := db.NewBatch()
+	st.PutDevices(b, id.Phone, r, []uint32{1, 2})
+	dev, _ := NewDevice(1, 10)
+	st.PutSession(b, id.Phone, r, 1, mkSession(t, id, "1555", dev, nil, false).Record)
+	db.Commit(b, true)
+	if st.Cached(id.Phone, r) {
+		t.Fatal("cached with device 2 lacking a session")
+	}
+	b = db.NewBatch()
+	dev2, _ := NewDevice(2, 10)
+	st.PutSession(b, id.Phone, r, 2, mkSession(t, id, "1555", dev2, nil, false).Record)
+	db.Commit(b, true)
+	if !st.Cached(id.Phone, r) {
+		t.Fatal("not cached with every device's session")
+	}
+	b = db.NewBatch()
+	st.DeleteSession(b, id.Phone, r, 2)
+	db.Commit(b, true)
+	if st.Cached(id.Phone, r) {
+		t.Fatal("cached after a session reset")
+	}
+	st.Forget(id.Phone, r)
+	if st.Cached(id.Phone, r) {
+		t.Fatal("cached after Forget")
+	}
+	if _, err := st.Peer(id.Phone, r); err != nil || st.Cached(id.Phone, r) {
+		t.Fatalf("a reloaded recipient missing device 2's session: %v", err)
+	}
+}

@@ -362,6 +362,27 @@ func (s *Store) Devices(biz string, r Recipient) (devs []uint32, ok bool, err er
 	return s.devicesLocked(p, biz, r)
 }
 
+// Cached reports whether the recipient's device list and a session for each
+// of its devices are in the cache: Peer would answer without reading Pebble,
+// and with nothing to fetch from the platform.
+func (s *Store) Cached(biz string, r Recipient) bool {
+	p := s.peers.peek(biz, r)
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.known || len(p.devs) == 0 {
+		return false
+	}
+	for _, d := range p.devs {
+		if p.session(d) == nil {
+			return false
+		}
+	}
+	return true
+}
+
 // Peer is what a worker needs of a recipient before it encrypts.
 type Peer struct {
 	Devices []uint32 // the known device ids (a copy)
