@@ -125,6 +125,7 @@ type Engine struct {
 	pool     *ants.Pool
 	prep     *ants.Pool    // the per-run goroutines of a task (prepareMany, transmit: work.go)
 	merged   *kv.BatchPool // prepareMany's commit batches, reset for reuse
+	runBufs  *kv.BatchPool // prepareMany's per-run batches, applied to a merged one then reset
 	slots    chan struct{}
 	wake     []chan struct{}
 	breaker  *breaker
@@ -200,7 +201,7 @@ func New(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{opts: opts, db: opts.DB, q: opts.Queue, store: opts.Sessions, m: opts.Metrics, log: opts.Logger,
-		pool: pool, prep: prep, merged: kv.NewBatchPool(opts.DB, 1<<20), slots: make(chan struct{}, opts.Workers*opts.GroupsPerTask),
+		pool: pool, prep: prep, merged: kv.NewBatchPool(opts.DB, 1<<20), runBufs: kv.NewBatchPool(opts.DB, 64<<10), slots: make(chan struct{}, opts.Workers*opts.GroupsPerTask),
 		breaker: &breaker{threshold: opts.BreakerThreshold, cooldown: opts.BreakerCooldown}}
 	for i := 0; i < opts.Queue.Shards(); i++ {
 		e.wake = append(e.wake, make(chan struct{}, 1))

@@ -149,8 +149,12 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 	}
 	e.prepareMany(ctx, runs)
 	e.transmitMany(ctx, runs)
-	ups := runs[0].ups
-	for _, r := range runs[1:] {
+	n := 0
+	for _, r := range runs {
+		n += len(r.ups)
+	}
+	ups := make([]update, 0, n)
+	for _, r := range runs {
 		ups = append(ups, r.ups...)
 	}
 	// Statuses first, then the acks (see Statuses.submitWait): after a crash
@@ -226,7 +230,7 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 	}
 	out := make([]prepared, len(runs))
 	one := func(i int) {
-		b := e.db.NewBatch()
+		b := e.runBufs.Get(0)
 		forget, err := e.prepareInto(ctx, runs[i], b)
 		out[i] = prepared{b, forget, err}
 	}
@@ -259,10 +263,10 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 	for i, p := range out {
 		switch {
 		case p.err != nil:
-			p.b.Close()
+			e.runBufs.Put(p.b)
 			e.prepareFailed(runs[i], p.err)
 		case p.b.Empty():
-			p.b.Close()
+			e.runBufs.Put(p.b)
 		default:
 			ok = append(ok, i)
 			size += len(p.b.Repr())
@@ -273,7 +277,7 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 	}
 	var err error
 	if len(ok) == 1 { // a lone batch is committed as it is
-		err = e.db.Commit(out[ok[0]].b, true)
+		err = e.runBufs.Commit(out[ok[0]].b, true)
 	} else {
 		// The runs' batches are copied into one, kept for the next task
 		// (allocating a buffer of a task's size each time was 12 % of the
@@ -281,7 +285,7 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 		all := e.merged.Get(size)
 		for _, i := range ok {
 			all.Apply(out[i].b, nil)
-			out[i].b.Close()
+			e.runBufs.Put(out[i].b)
 		}
 		// Invariant 2: ciphertexts and the sessions that produced them, durably, before the wire.
 		err = e.merged.Commit(all, true)
@@ -612,7 +616,7 @@ func (e *Engine) transmitMany(ctx context.Context, runs []*run) {
 		envBufs.Put(buf)
 	}()
 	next := make([]int, len(runs)) // each run's next item to look at
-	var round []sending
+	round := make([]sending, 0, len(runs))
 	for {
 		envs := (*buf)[:0]
 		round = round[:0]

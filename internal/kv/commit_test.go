@@ -69,13 +69,14 @@ func TestCommitReuse(t *testing.T) {
 }
 
 // TestBatchPool: every batch Get hands out is empty, whether kept from an
-// earlier commit, too large to keep, or new, so each commit writes exactly
-// its own keys; a commit on a poisoned handle fails without panic and the
+// earlier commit, given back written but uncommitted (Put), too large to
+// keep, or new, so each commit writes exactly its own keys; a commit on a poisoned handle fails without panic and the
 // pool goes on handing out empty batches.
 func TestBatchPool(t *testing.T) {
 	db, toggle := fsyncFaultDB(t)
 	p := NewBatchPool(db, 1<<10)
 	big := bytes.Repeat([]byte{'v'}, 2<<10) // past what the pool keeps
+	dropped := 0
 	for i := 0; i < 200; i++ {
 		b := p.Get(64)
 		if !b.Empty() {
@@ -90,6 +91,11 @@ func TestBatchPool(t *testing.T) {
 			v = big
 		}
 		b.Set([]byte(fmt.Sprintf("k%03d", i)), v, nil)
+		if i%11 == 6 { // written, then given back uncommitted (small or large)
+			p.Put(b)
+			dropped++
+			continue
+		}
 		if err := p.Commit(b, i%2 == 0); err != nil {
 			t.Fatal(err)
 		}
@@ -100,7 +106,7 @@ func TestBatchPool(t *testing.T) {
 		n++
 	}
 	it.Close()
-	if want := 200 - 200/7 - 1; n != want { // rounds 3, 10, ... wrote nothing
+	if want := 200 - 200/7 - 1 - dropped; n != want { // rounds 3, 10, ... wrote nothing
 		t.Fatalf("%d keys written, want %d", n, want)
 	}
 

@@ -195,6 +195,18 @@ func (p *BatchPool) PutUnused(b *pebble.Batch) {
 	p.pool.Put(b)
 }
 
+// Put gives back a batch from Get that was written to but will not be
+// committed (its contents were applied to another batch, or dropped): reset
+// and kept, or closed when it was larger than the pool keeps.
+func (p *BatchPool) Put(b *pebble.Batch) {
+	if len(b.Repr()) > p.max {
+		b.Close()
+		return
+	}
+	b.Reset()
+	p.pool.Put(b)
+}
+
 // Commit commits b as DB.Commit does, then keeps it (reset) unless the
 // commit failed (closed) or it was larger than the pool keeps (closed).
 func (p *BatchPool) Commit(b *pebble.Batch, sync bool) error {

@@ -119,6 +119,28 @@ func (s *Sealer) SealRandom(dst, plaintext []byte) []byte {
 	return aead.Seal(dst[:start], hdr[5:], dst[start:], hdr[:5])
 }
 
+// SealedRandomLen is the length of SealRandom's record of n bytes.
+func SealedRandomLen(n int) int {
+	tag := 1
+	switch m := n - 1; {
+	case n == 0:
+		tag = 0
+	case m >= 1<<24:
+		tag = 5
+	case m >= 1<<16:
+		tag = 4
+	case m >= 1<<8:
+		tag = 3
+	case m >= 60:
+		tag = 2
+	}
+	varint := 1
+	for v := uint64(n); v >= 0x80; v >>= 7 {
+		varint++
+	}
+	return headerLen + varint + tag + n + 16
+}
+
 // header appends a new record's header (version, the sealing key's id, a
 // fresh nonce) to dst, and returns the key's AEAD and the header.
 func (s *Sealer) header(dst []byte) (cipher.AEAD, [headerLen]byte, []byte) {

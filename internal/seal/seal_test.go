@@ -41,7 +41,11 @@ func TestSealRandomRoundTrip(t *testing.T) {
 		msg := make([]byte, n)
 		rand.Read(msg)
 		rec := s.SealRandom(make([]byte, 3, 8), msg)[3:] // appends after what dst holds
-		if want := headerLen + len(binary.AppendUvarint(nil, uint64(n))) + c.tag + n + 16; len(rec) != want {
+		want := headerLen + len(binary.AppendUvarint(nil, uint64(n))) + c.tag + n + 16
+		if got := SealedRandomLen(n); got != want {
+			t.Fatalf("%d bytes: SealedRandomLen %d, want %d", n, got, want)
+		}
+		if len(rec) != want {
 			t.Fatalf("%d bytes: record of %d, want %d", n, len(rec), want)
 		}
 		if n >= 16 && bytes.Contains(rec, msg[:16]) {

@@ -53,7 +53,22 @@ func NewStore(db *kv.DB, sealer *seal.Sealer, cacheRecipients int) (*Store, erro
 }
 
 func key(kind byte, biz string, r *Recipient, device uint32) []byte {
-	k := make([]byte, 0, 3+len(biz)+16+4)
+	return appendKey(make([]byte, 0, keyLen(biz, r, device)), kind, biz, r, device)
+}
+
+// keyLen is len(key(kind, biz, r, device)).
+func keyLen(biz string, r *Recipient, device uint32) int {
+	n := 3 + len(biz)
+	if r != nil {
+		n += len(r)
+	}
+	if device != 0 {
+		n += 4
+	}
+	return n
+}
+
+func appendKey(k []byte, kind byte, biz string, r *Recipient, device uint32) []byte {
 	k = append(k, 's', kind, byte(len(biz)))
 	k = append(k, biz...)
 	if r != nil {
@@ -299,15 +314,22 @@ func (s *Store) Advance(b *pebble.Batch, biz string, r Recipient, adv ...Advance
 		b.Delete(key('H', biz, &r, 0), nil)
 		return nil
 	}
-	plain := make([]byte, 0, len(p.chains)*chainEntryLen)
+	var stack [4 * chainEntryLen]byte // a recipient rarely has more devices
+	plain := stack[:0]
 	for _, c := range p.chains {
 		plain = binary.BigEndian.AppendUint32(plain, c.device)
 		plain = append(plain, c.fp[:]...)
 		plain = binary.BigEndian.AppendUint32(plain, c.index)
 		plain = append(plain, c.key[:]...)
 	}
-	b.Set(key('H', biz, &r, 0), s.sealer.SealRandom(nil, plain), nil)
-	return nil
+	// Key and sealed record are written straight into the batch.
+	op := b.SetDeferred(keyLen(biz, &r, 0), seal.SealedRandomLen(len(plain)))
+	k := appendKey(op.Key[:0], 'H', biz, &r, 0)
+	v := s.sealer.SealRandom(op.Value[:0], plain)
+	if len(k) != len(op.Key) || &k[0] != &op.Key[0] || len(v) != len(op.Value) || &v[0] != &op.Value[0] {
+		panic("signal: chain record size mismatch")
+	}
+	return op.Finish()
 }
 
 // dropOtherSessionsLocked deletes in b every stored session of the recipient
