@@ -22,7 +22,8 @@
 //     or unset for the defaults: HERALD_BENCH_WORKERS,
 //     HERALD_BENCH_GROUPS_PER_TASK, HERALD_BENCH_LEASE_RECIPIENTS,
 //     HERALD_BENCH_SHARDS, HERALD_BENCH_MAX_BATCH (envelopes per platform
-//     request), HERALD_BENCH_LINGER_US (a partial request's wait). It also reports
+//     request), HERALD_BENCH_LINGER_US (a partial request's wait),
+//     HERALD_BENCH_MEMTABLE_MB (Pebble's memtable size). It also reports
 //     cold_crypto_fraction: the cold phase's unavoidable crypto at this
 //     machine's rates (mean of start of run and after the cold phase) over
 //     both processes' CPU time (and cold_crypto_fraction_strict, with key

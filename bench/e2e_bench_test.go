@@ -105,7 +105,8 @@ type heraldDeliverer struct {
 func newHerald(b *testing.B, simURL string) *heraldDeliverer {
 	h := &heraldDeliverer{}
 	var err error
-	h.db, err = kv.Open(kv.Options{Dir: b.TempDir()})
+	mt, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_MEMTABLE_MB"))
+	h.db, err = kv.Open(kv.Options{Dir: b.TempDir(), MemTableBytes: uint64(mt) << 20})
 	if err != nil {
 		b.Fatal(err)
 	}
