@@ -145,10 +145,11 @@ func (h *heraldDeliverer) Deliver(ctx context.Context, msgs []baseline.Message) 
 	now := time.Now()
 	batch := make([]queue.Message, 0, 1024)
 	sb := h.db.NewBatch()
+	statuses := engine.NewQueuedRecords("b", "pn", "c") // once per campaign, as the campaign API does
 	for i, m := range msgs {
 		p := heraldtype.Payload{BusinessID: "b", PhoneNumberID: "pn", From: "15550001111", To: m.To, CampaignID: "c", Body: m.Body, TS: now.Unix()}
 		batch = append(batch, queue.Message{ID: m.ID, Recipient: m.To, Payload: p.Encode(nil), ExpiresAt: now.Add(time.Hour)})
-		engine.NewStatusRecord(sb, m.ID, "b", "pn", "c", now)
+		statuses.Put(sb, m.ID, now)
 		if len(batch) == cap(batch) || i == len(msgs)-1 {
 			if err := h.q.EnqueueWith(ctx, batch, sb); err != nil {
 				return err
