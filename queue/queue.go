@@ -1363,21 +1363,36 @@ func (q *Queue) CompleteMany(ctx context.Context, cs []Completion, sync bool) []
 	}
 	b := q.batches.Get(size + 64*len(cs))
 	pending := make([]completing, 0, len(cs))
+	// Each completion's writes go into a batch of their own, and the batches
+	// into b with writes of a kind together (kv.ApplyGrouped: cheaper
+	// memtable inserts than the kinds alternating completion by completion).
+	srcs := make([]*pebble.Batch, 0, 2*len(cs))
+	owns := make([]*pebble.Batch, 0, len(cs))
 	for i, c := range cs {
 		if !q.holdForCommit(c.Lease) {
 			errs[i] = ErrUnknownLease
 			continue
 		}
 		if c.Extra != nil {
-			b.Apply(c.Extra, nil)
+			srcs = append(srcs, c.Extra)
 		}
-		pending = append(pending, q.writeOutcomes(b, c.Lease, c.Outcomes, now))
+		own := q.batches.Get(64)
+		pending = append(pending, q.writeOutcomes(own, c.Lease, c.Outcomes, now))
+		srcs, owns = append(srcs, own), append(owns, own)
 	}
 	if len(pending) == 0 {
 		q.batches.PutUnused(b)
 		return errs
 	}
-	err := q.batches.Commit(b, sync)
+	err := kv.ApplyGrouped(b, srcs)
+	for _, o := range owns {
+		q.batches.Put(o)
+	}
+	if err == nil {
+		err = q.batches.Commit(b, sync)
+	} else {
+		q.batches.Put(b)
+	}
 	for _, p := range pending {
 		q.endCompletion(p, err == nil)
 	}
