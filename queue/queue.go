@@ -1363,11 +1363,13 @@ func (q *Queue) CompleteMany(ctx context.Context, cs []Completion, sync bool) []
 	}
 	b := q.batches.Get(size + 64*len(cs))
 	pending := make([]completing, 0, len(cs))
-	// Each completion's writes go into a batch of their own, and the batches
-	// into b with writes of a kind together (kv.ApplyGrouped: cheaper
-	// memtable inserts than the kinds alternating completion by completion).
-	srcs := make([]*pebble.Batch, 0, 2*len(cs))
-	owns := make([]*pebble.Batch, 0, len(cs))
+	// The queue's own writes go into one batch, after the completions'
+	// extras, and all into b with writes of a kind together (kv.ApplyGrouped:
+	// cheaper memtable inserts than the kinds alternating completion by
+	// completion). The extras hold no queue keys, so nothing of one key is
+	// reordered.
+	srcs := make([]*pebble.Batch, 0, len(cs)+1)
+	own := q.batches.Get(64 * len(cs))
 	for i, c := range cs {
 		if !q.holdForCommit(c.Lease) {
 			errs[i] = ErrUnknownLease
@@ -1376,18 +1378,15 @@ func (q *Queue) CompleteMany(ctx context.Context, cs []Completion, sync bool) []
 		if c.Extra != nil {
 			srcs = append(srcs, c.Extra)
 		}
-		own := q.batches.Get(64)
 		pending = append(pending, q.writeOutcomes(own, c.Lease, c.Outcomes, now))
-		srcs, owns = append(srcs, own), append(owns, own)
 	}
 	if len(pending) == 0 {
+		q.batches.PutUnused(own)
 		q.batches.PutUnused(b)
 		return errs
 	}
-	err := kv.ApplyGrouped(b, srcs)
-	for _, o := range owns {
-		q.batches.Put(o)
-	}
+	err := kv.ApplyGrouped(b, append(srcs, own))
+	q.batches.Put(own)
 	if err == nil {
 		err = q.batches.Commit(b, sync)
 	} else {

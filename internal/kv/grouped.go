@@ -1,6 +1,10 @@
 package kv
 
-import "github.com/cockroachdb/pebble/v2"
+import (
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+)
 
 // ApplyGrouped appends the writes of srcs to dst grouped by the first two
 // bytes of their keys (their kind of record), the groups in the order they
@@ -17,13 +21,14 @@ import "github.com/cockroachdb/pebble/v2"
 // batch holding anything but sets and point deletions (a range deletion
 // spans kinds) is applied as it is.
 func ApplyGrouped(dst *pebble.Batch, srcs []*pebble.Batch) error {
-	type write struct {
-		kind       pebble.InternalKeyKind
-		key, value []byte
-		group      int
-	}
-	var ws []write
-	var prefixes [][2]byte
+	wp := writesPool.Get().(*[]write)
+	defer func() {
+		clear(*wp) // no references into the sources stay pooled
+		*wp = (*wp)[:0]
+		writesPool.Put(wp)
+	}()
+	ws := (*wp)[:0]
+	prefixes := make([][2]byte, 0, 8)
 	for _, b := range srcs {
 		r := b.Reader()
 		for {
@@ -60,6 +65,7 @@ func ApplyGrouped(dst *pebble.Batch, srcs []*pebble.Batch) error {
 			ws = append(ws, write{kind, k, v, g})
 		}
 	}
+	*wp = ws
 	for g := range prefixes {
 		for _, w := range ws {
 			if w.group != g {
@@ -81,3 +87,11 @@ func ApplyGrouped(dst *pebble.Batch, srcs []*pebble.Batch) error {
 	}
 	return nil
 }
+
+type write struct {
+	kind       pebble.InternalKeyKind
+	key, value []byte
+	group      int
+}
+
+var writesPool = sync.Pool{New: func() any { return new([]write) }}
