@@ -86,7 +86,7 @@ func New(keys ...Key) (*Sealer, error) {
 	m := hmac.New(sha256.New, first.Raw[:])
 	m.Write([]byte("herald lookup v1"))
 	s.macKey = m.Sum(nil)
-	s.macPool.New = func() any { return hmac.New(sha256.New, s.macKey) }
+	s.macPool.New = func() any { return &macState{h: hmac.New(sha256.New, s.macKey)} }
 	return s, nil
 }
 
@@ -203,11 +203,9 @@ func (s *Sealer) Open(record []byte) ([]byte, error) {
 
 // Lookup returns the keyed HMAC used in place of a phone number inside index keys.
 func (s *Sealer) Lookup(value string) [LookupLen]byte {
-	m := s.macPool.Get().(hashWriter)
-	m.Reset()
-	m.Write([]byte(value))
-	var sum [32]byte
-	m.Sum(sum[:0])
+	m := s.macPool.Get().(*macState)
+	m.buf = append(m.buf[:0], value...) // the hash's Write would take a copy of its own per call
+	sum := m.sum(m.buf)
 	s.macPool.Put(m)
 	var out [LookupLen]byte
 	copy(out[:], sum[:LookupLen])
@@ -216,13 +214,25 @@ func (s *Sealer) Lookup(value string) [LookupLen]byte {
 
 // MAC returns a full keyed HMAC-SHA256 of value (for hashed tokens and the like).
 func (s *Sealer) MAC(value []byte) [32]byte {
-	m := s.macPool.Get().(hashWriter)
-	m.Reset()
-	m.Write(value)
-	var sum [32]byte
-	m.Sum(sum[:0])
+	m := s.macPool.Get().(*macState)
+	sum := m.sum(value)
 	s.macPool.Put(m)
 	return sum
+}
+
+// macState is a pooled HMAC with room for its input and output, so a
+// lookup allocates nothing.
+type macState struct {
+	h   hashWriter
+	buf []byte
+	out [32]byte
+}
+
+func (m *macState) sum(value []byte) [32]byte {
+	m.h.Reset()
+	m.h.Write(value)
+	m.h.Sum(m.out[:0])
+	return m.out
 }
 
 type hashWriter interface {

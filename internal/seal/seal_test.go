@@ -2,7 +2,9 @@ package seal
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"os"
@@ -135,4 +137,25 @@ func FuzzOpen(f *testing.F) {
 	f.Fuzz(func(t *testing.T, rec []byte) {
 		_, _ = s.Open(rec) // must never panic
 	})
+}
+
+// Lookup is HMAC-SHA256 under the derived lookup key, truncated, and MAC
+// the same in full; a lookup allocates nothing (one per message enqueued).
+func TestLookupIsTheKeyedHMAC(t *testing.T) {
+	s, _ := New(TestKey(1))
+	k := TestKey(1)
+	m := hmac.New(sha256.New, k.Raw[:])
+	m.Write([]byte("herald lookup v1"))
+	want := hmac.New(sha256.New, m.Sum(nil))
+	want.Write([]byte("15550001111"))
+	sum := want.Sum(nil)
+	if got := s.Lookup("15550001111"); !bytes.Equal(got[:], sum[:LookupLen]) {
+		t.Fatalf("Lookup %x, want %x", got, sum[:LookupLen])
+	}
+	if got := s.MAC([]byte("15550001111")); !bytes.Equal(got[:], sum) {
+		t.Fatalf("MAC %x, want %x", got, sum)
+	}
+	if n := testing.AllocsPerRun(100, func() { s.Lookup("15550001111") }); n != 0 && !raceEnabled {
+		t.Fatalf("Lookup allocates %v times", n)
+	}
 }
