@@ -1,8 +1,10 @@
 // Package engine moves messages from the queue to the platform: one dispatcher
-// per shard leases due recipients and hands each recipient's run of messages to
-// a worker on an ants pool; the worker fetches missing bundles, batch-encrypts
-// for every device, persists ciphertexts and advanced sessions in one fsync'd
-// Pebble batch, and only then transmits.
+// per shard leases due recipients and hands them, in tasks of many recipients'
+// runs of messages, to workers on an ants pool; a task fetches missing bundles
+// (runs that must wait for them on a pool of their own), batch-encrypts for
+// every device, persists all its runs' ciphertexts and advanced sessions in
+// one fsync'd Pebble batch, and only then transmits, the k-th message of
+// every run in one round.
 //
 // Invariants (design invariants 1-5):
 //   - Ciphertext before wire: a session advances only in the batch that stores

@@ -123,7 +123,7 @@ type Engine struct {
 	m        *metrics.Metrics
 	log      *slog.Logger
 	pool     *ants.Pool
-	prep     *ants.Pool    // the per-run goroutines of a task (prepareMany, transmit: work.go)
+	prep     *ants.Pool    // the goroutines of a task's runs that may wait for bundles (prepareMany: work.go)
 	merged   *kv.BatchPool // prepareMany's commit batches, reset for reuse
 	runBufs  *kv.BatchPool // prepareMany's per-run batches, applied to a merged one then reset
 	slots    chan struct{}
