@@ -121,22 +121,13 @@ func (s *Sealer) SealRandom(dst, plaintext []byte) []byte {
 
 // SealedRandomLen is the length of SealRandom's record of n bytes.
 func SealedRandomLen(n int) int {
-	tag := 1
-	switch m := n - 1; {
-	case n == 0:
-		tag = 0
-	case m >= 1<<24:
-		tag = 5
-	case m >= 1<<16:
-		tag = 4
-	case m >= 1<<8:
-		tag = 3
-	case m >= 60:
-		tag = 2
-	}
 	varint := 1
 	for v := uint64(n); v >= 0x80; v >>= 7 {
 		varint++
+	}
+	tag := 0
+	if n > 0 {
+		tag = 1 + literalLenBytes(n)
 	}
 	return headerLen + varint + tag + n + 16
 }
@@ -156,26 +147,41 @@ func (s *Sealer) header(dst []byte) (cipher.AEAD, [headerLen]byte, []byte) {
 // appendLiteralBlock appends an S2 (Snappy) block holding src as literals:
 // the uncompressed length (varint), then one literal element — a tag byte
 // whose low bits are 0 and upper six bits are the length-1 when it is below
-// 60, or 60–63 followed by the length-1 in 1–4 bytes, little endian.
+// 60, or 59 + the count of bytes that follow holding the length-1, little
+// endian (literalLenBytes).
 func appendLiteralBlock(dst, src []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(src)))
 	if len(src) == 0 {
 		return dst
 	}
-	n := uint32(len(src) - 1)
-	switch {
-	case n < 60:
-		dst = append(dst, byte(n)<<2)
-	case n < 1<<8:
-		dst = append(dst, 60<<2, byte(n))
-	case n < 1<<16:
-		dst = append(dst, 61<<2, byte(n), byte(n>>8))
-	case n < 1<<24:
-		dst = append(dst, 62<<2, byte(n), byte(n>>8), byte(n>>16))
-	default:
-		dst = append(dst, 63<<2, byte(n), byte(n>>8), byte(n>>16), byte(n>>24))
+	m := uint32(len(src) - 1)
+	e := literalLenBytes(len(src))
+	if e == 0 {
+		dst = append(dst, byte(m)<<2)
+	} else {
+		dst = append(dst, byte(59+e)<<2)
+		for i := 0; i < e; i++ {
+			dst = append(dst, byte(m>>(8*i)))
+		}
 	}
 	return append(dst, src...)
+}
+
+// literalLenBytes is how many bytes after the tag hold a literal of n bytes'
+// length-1: none below 61 bytes, then the fewest that fit it.
+func literalLenBytes(n int) int {
+	switch m := uint32(n - 1); {
+	case m < 60:
+		return 0
+	case m < 1<<8:
+		return 1
+	case m < 1<<16:
+		return 2
+	case m < 1<<24:
+		return 3
+	default:
+		return 4
+	}
 }
 
 var compPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}

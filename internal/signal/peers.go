@@ -1,6 +1,7 @@
 package signal
 
 import (
+	"slices"
 	"sync"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -56,12 +57,7 @@ func (p *peer) setChain(c chainEntry) {
 }
 
 func (p *peer) dropChain(d uint32) {
-	for i := range p.chains {
-		if p.chains[i].device == d {
-			p.chains = append(p.chains[:i], p.chains[i+1:]...)
-			return
-		}
-	}
+	p.chains = slices.DeleteFunc(p.chains, func(c chainEntry) bool { return c.device == d })
 }
 
 type peerSession struct {
@@ -89,12 +85,7 @@ func (p *peer) setSession(d uint32, rec *record.Session) {
 }
 
 func (p *peer) dropSession(d uint32) {
-	for i := range p.sess {
-		if p.sess[i].device == d {
-			p.sess = append(p.sess[:i], p.sess[i+1:]...)
-			return
-		}
-	}
+	p.sess = slices.DeleteFunc(p.sess, func(s peerSession) bool { return s.device == d })
 }
 
 type peerCache struct {
