@@ -3,8 +3,6 @@ package signal
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"fmt"
 	"testing"
 
@@ -138,31 +136,5 @@ func TestSessionSerializerMatchesLibrary(t *testing.T) {
 	}
 	if _, err := (sessionSerializer{}).Deserialize([]byte("{not json")); err == nil {
 		t.Fatal("garbage decoded")
-	}
-}
-
-func TestHMACMatchesStdlib(t *testing.T) {
-	for _, kl := range []int{0, 1, 32, 63, 64, 65, 100} {
-		for _, dl := range []int{0, 1, 19, 55, 56, 64, 127, 128, 129, 300, 1023, 1024, 1025, 3000} {
-			key, data := bytes.Repeat([]byte{byte(kl + 1)}, kl), make([]byte, dl)
-			for i := range data {
-				data[i] = byte(i*7 + dl)
-			}
-			m := hmac.New(sha256.New, key)
-			m.Write(data)
-			want := m.Sum(nil)
-			// Whole, and split in three parts (the message MAC's shape).
-			var got [32]byte
-			hmacSHA256(&got, key, data)
-			if !bytes.Equal(got[:], want) {
-				t.Fatalf("key %d bytes, data %d bytes: differs from crypto/hmac", kl, dl)
-			}
-			a, b := dl/3, 2*dl/3
-			got = [32]byte{}
-			hmacSHA256(&got, key, data[:a], data[a:b], data[b:])
-			if !bytes.Equal(got[:], want) {
-				t.Fatalf("key %d bytes, data %d bytes in parts: differs from crypto/hmac", kl, dl)
-			}
-		}
 	}
 }

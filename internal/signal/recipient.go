@@ -20,6 +20,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/heraldhq/herald/internal/hmacsha256"
 	"github.com/heraldhq/herald/internal/platform"
 )
 
@@ -297,7 +298,8 @@ func chainStep(st *record.State, m *protocol.SignalMessage) ([]byte, bool) {
 		ck = ck.NextKey()
 	}
 	var okm [96]byte
-	messageKeys(&okm, ck.Key())
+	ckKey := hmacsha256.New(ck.Key())
+	messageKeys(&okm, &ckKey)
 	if !macOK(m, st.RemoteIdentityKey(), st.LocalIdentityKey(), okm[32:64]) {
 		return nil, false
 	}
@@ -324,9 +326,9 @@ func macOK(m *protocol.SignalMessage, sender, receiver *identity.Key, macKey []b
 	ser := appendSignalMessage(buf[:0], m.MessageVersion(), st.RatchetKey, st.Counter, st.PreviousCounter, st.CipherText)
 	var mac [32]byte
 	if m.MessageVersion() >= 3 {
-		hmacSHA256(&mac, macKey, sender.PublicKey().Serialize(), receiver.PublicKey().Serialize(), ser)
+		hmacsha256.Sum(&mac, macKey, sender.PublicKey().Serialize(), receiver.PublicKey().Serialize(), ser)
 	} else {
-		hmacSHA256(&mac, macKey, ser)
+		hmacsha256.Sum(&mac, macKey, ser)
 	}
 	return hmac.Equal(mac[:8], st.Mac)
 }

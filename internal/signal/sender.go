@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -23,6 +21,7 @@ import (
 	"go.mau.fi/libsignal/util/keyhelper"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/heraldhq/herald/internal/hmacsha256"
 	"github.com/heraldhq/herald/internal/platform"
 )
 
@@ -138,8 +137,9 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	if len(ck) != 32 {
 		return Ciphertext{}, fmt.Errorf("sending chain key is %d bytes", len(ck))
 	}
+	ckKey := hmacsha256.New(ck)
 	var okm [96]byte
-	messageKeys(&okm, ck)
+	messageKeys(&okm, &ckKey)
 	cipherKey, macKey, iv := okm[:32], okm[32:64], okm[64:80]
 	blk, err := aes.NewCipher(cipherKey)
 	if err != nil {
@@ -195,7 +195,7 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	// The first 8 bytes of HMAC(mac key, sender identity | receiver identity | SignalMessage).
 	var km [32]byte
 	remote := serialize33(st.RemoteIdentityKey().PublicKey())
-	hmacSHA256(&km, macKey, local[:], remote[:], out[m0:])
+	hmacsha256.Sum(&km, macKey, local[:], remote[:], out[m0:])
 	out = append(out, km[:8]...)
 
 	typ := platform.TypeMsg
@@ -208,7 +208,7 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	}
 	// Next chain key (chain.Key.NextKey): HMAC(ck, 0x02).
 	var next [32]byte
-	hmacSHA256(&next, ck, []byte{0x02})
+	ckKey.Sum(&next, []byte{0x02})
 	st.SetSenderChainKey(chain.NewKey(kdf.DeriveSecrets, next[:], index+1))
 	return Ciphertext{Type: typ, Body: out}, nil
 }
@@ -239,7 +239,9 @@ func serialize33(k ecc.ECPublicKeyable) (out [33]byte) {
 	return out
 }
 
-var zeroSalt [32]byte // HKDF without a salt: HashLen zero bytes
+// zeroSalt is HKDF's extract key without a salt (HashLen zero bytes), its
+// pads hashed once.
+var zeroSalt = hmacsha256.New(make([]byte, 32))
 
 // appendSignalMessage appends a SignalMessage without its MAC as the library's
 // serializer writes it (and MACs it): the version digit, then the protobuf of
@@ -266,59 +268,20 @@ func appendSignalMessage(dst []byte, version int, ratchetKey []byte, counter, pr
 // messageKeys derives a chain key's message keys (chain.Key.MessageKeys) into
 // okm: HKDF-SHA256 of HMAC(ck, 0x01), no salt, info "WhisperMessageKeys", 80
 // bytes — cipher key okm[:32], MAC key okm[32:64], IV okm[64:80].
-func messageKeys(okm *[96]byte, ck []byte) {
-	var seed, prk, km [32]byte
-	hmacSHA256(&seed, ck, []byte{0x01})
-	hmacSHA256(&prk, zeroSalt[:], seed[:])
+func messageKeys(okm *[96]byte, ck *hmacsha256.Key) {
+	var seed, km [32]byte
+	ck.Sum(&seed, []byte{0x01})
+	var prk [32]byte
+	zeroSalt.Sum(&prk, seed[:])
+	prkKey := hmacsha256.New(prk[:])
 	var block []byte
 	var in [32 + len(message.KdfSalt) + 1]byte
 	for i := 0; i < 3; i++ {
 		buf := append(append(append(in[:0], block...), message.KdfSalt...), byte(i+1))
-		hmacSHA256(&km, prk[:], buf)
+		prkKey.Sum(&km, buf)
 		copy(okm[32*i:], km[:])
 		block = okm[32*i : 32*i+32]
 	}
-}
-
-// hmacSHA256 is HMAC-SHA256 (RFC 2104) of the concatenated data parts, for
-// a key of at most one block and at most hmacMaxData bytes, on stack buffers:
-// crypto/hmac allocates two digests and two pads per call, and an encryption
-// makes seven of these. Anything longer goes to crypto/hmac through copies, so
-// no argument escapes and callers' buffers stay on the stack.
-// TestHMACMatchesStdlib checks both paths against crypto/hmac.
-func hmacSHA256(out *[32]byte, key []byte, data ...[]byte) {
-	n := 0
-	for _, d := range data {
-		n += len(d)
-	}
-	if len(key) > sha256.BlockSize || n > hmacMaxData {
-		hmacSlow(out, bytes.Clone(key), bytes.Join(data, nil))
-		return
-	}
-	var in [sha256.BlockSize + hmacMaxData]byte
-	var outer [sha256.BlockSize + sha256.Size]byte
-	for i := 0; i < sha256.BlockSize; i++ {
-		var k byte
-		if i < len(key) {
-			k = key[i]
-		}
-		in[i], outer[i] = k^0x36, k^0x5c
-	}
-	p := sha256.BlockSize
-	for _, d := range data {
-		p += copy(in[p:], d)
-	}
-	inner := sha256.Sum256(in[:p])
-	copy(outer[sha256.BlockSize:], inner[:])
-	*out = sha256.Sum256(outer[:])
-}
-
-const hmacMaxData = 1024
-
-func hmacSlow(out *[32]byte, key, data []byte) {
-	m := hmac.New(sha256.New, key)
-	m.Write(data)
-	copy(out[:], m.Sum(nil))
 }
 
 // libraryStep is the same step from the library's types, for a session of a
