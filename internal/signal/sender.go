@@ -2,9 +2,6 @@ package signal
 
 import (
 	"bytes"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"strconv"
@@ -21,6 +18,7 @@ import (
 	"go.mau.fi/libsignal/util/keyhelper"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/heraldhq/herald/internal/aescbc"
 	"github.com/heraldhq/herald/internal/hmacsha256"
 	"github.com/heraldhq/herald/internal/platform"
 )
@@ -140,11 +138,7 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	ckKey := hmacsha256.New(ck)
 	var okm [96]byte
 	messageKeys(&okm, &ckKey)
-	cipherKey, macKey, iv := okm[:32], okm[32:64], okm[64:80]
-	blk, err := aes.NewCipher(cipherKey)
-	if err != nil {
-		return Ciphertext{}, err
-	}
+	cipherKey, macKey, iv := (*[32]byte)(okm[:32]), okm[32:64], (*[16]byte)(okm[64:80])
 
 	// The whole ciphertext is built in one buffer: the PreKeySignalMessage
 	// wrapper's leading fields while the session is unacknowledged, then the
@@ -153,7 +147,7 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	ratchet := serialize33(st.SenderRatchetKey())
 	var hdr [64]byte // version, ratchet key, counter, previous counter
 	h := appendSignalMessage(hdr[:0], st.Version(), ratchet[:], index, st.PreviousCounter(), nil)
-	pad := aes.BlockSize - len(plaintext)%aes.BlockSize
+	pad := aescbc.BlockSize - len(plaintext)%aescbc.BlockSize
 	bodyLen := len(plaintext) + pad
 	h = protowire.AppendTag(h, 4, protowire.BytesType)
 	h = protowire.AppendVarint(h, uint64(bodyLen))
@@ -161,6 +155,7 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 
 	prekey := st.HasUnacknowledgedPreKeyMessage()
 	var items *record.UnackPreKeyMessageItems
+	var err error
 	out := make([]byte, 0, 96+msgLen+24)
 	local := serialize33(st.LocalIdentityKey().PublicKey())
 	if prekey {
@@ -190,7 +185,7 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	for i := 0; i < pad; i++ {
 		out = append(out, byte(pad)) // PKCS#7 (cipher.EncryptCbc)
 	}
-	cbcEncrypt(blk, iv, out[b0:])
+	aescbc.Encrypt(cipherKey, iv, out[b0:])
 
 	// The first 8 bytes of HMAC(mac key, sender identity | receiver identity | SignalMessage).
 	var km [32]byte
@@ -211,19 +206,6 @@ func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
 	ckKey.Sum(&next, []byte{0x02})
 	st.SetSenderChainKey(chain.NewKey(kdf.DeriveSecrets, next[:], index+1))
 	return Ciphertext{Type: typ, Body: out}, nil
-}
-
-// cbcEncrypt encrypts buf (whole blocks) in place in CBC mode: what
-// cipher.NewCBCEncrypter(blk, iv).CryptBlocks(buf, buf) does, without
-// allocating the mode and its copy of the IV.
-func cbcEncrypt(blk cipher.Block, iv, buf []byte) {
-	prev := iv
-	for i := 0; i < len(buf); i += aes.BlockSize {
-		b := buf[i : i+aes.BlockSize]
-		subtle.XORBytes(b, b, prev)
-		blk.Encrypt(b, b)
-		prev = b
-	}
 }
 
 // serialize33 is k.Serialize() (type byte, then the key) in a value: the
