@@ -12,7 +12,10 @@ import (
 
 // Kept content of sent messages (for decrypt_failed): e K <id> → expires(8) ||
 // sealed payload; index e T <until(8)> <id>.
-func keptKey(id string) []byte { return append([]byte("eK"), id...) }
+// keptPrefix starts a kept copy's key: e K <id>.
+const keptPrefix = "eK"
+
+func keptKey(id string) []byte { return append([]byte(keptPrefix), id...) }
 
 func keptIndexKey(until time.Time, id string) []byte {
 	k := binary.BigEndian.AppendUint64([]byte("eT"), uint64(until.UnixNano()))

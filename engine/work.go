@@ -405,13 +405,18 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			// First preparation: keep a sealed copy for decrypt_failed receipts. It
 			// must be durable before the wire, since a receipt can overtake the
 			// worker's completion.
-			rec := binary.BigEndian.AppendUint64(nil, uint64(it.msg.ExpiresAt.UnixNano()))
 			if it.msg.Sealed != nil {
-				rec = append(rec, it.msg.Sealed...) // already sealed by the queue: same key, same format
+				// Already sealed by the queue (same key, same format): written
+				// straight into the batch.
+				op := b.SetDeferred(len(keptPrefix)+len(it.msg.ID), 8+len(it.msg.Sealed))
+				copy(op.Key[copy(op.Key, keptPrefix):], it.msg.ID)
+				binary.BigEndian.PutUint64(op.Value, uint64(it.msg.ExpiresAt.UnixNano()))
+				copy(op.Value[8:], it.msg.Sealed)
+				op.Finish()
 			} else {
-				rec = e.opts.Sealer.Seal(rec, it.msg.Payload)
+				rec := binary.BigEndian.AppendUint64(nil, uint64(it.msg.ExpiresAt.UnixNano()))
+				b.Set(keptKey(it.msg.ID), e.opts.Sealer.Seal(rec, it.msg.Payload), nil)
 			}
-			b.Set(keptKey(it.msg.ID), rec, nil)
 		}
 	}
 	peer, err := e.store.Peer(sender, rcpt)
