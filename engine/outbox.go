@@ -33,6 +33,9 @@ func (o *outbox) get(dev uint32) *deviceState {
 			return &o.devices[i]
 		}
 	}
+	if o.devices == nil {
+		o.devices = make([]deviceState, 0, 3) // recipients have 1–3 devices
+	}
 	o.devices = append(o.devices, deviceState{device: dev})
 	return &o.devices[len(o.devices)-1]
 }

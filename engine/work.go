@@ -44,9 +44,11 @@ type group struct {
 }
 
 func (e *Engine) newGroup(l *queue.Lease) *group {
-	g := &group{lease: l}
+	g := &group{lease: l, items: make([]*item, 0, len(l.Messages))}
+	its := make([]item, len(l.Messages)) // one allocation for the group's items
 	for i := range l.Messages {
-		it := &item{msg: &l.Messages[i]}
+		it := &its[i]
+		it.msg = &l.Messages[i]
 		p, err := heraldtype.DecodePayload(it.msg.Payload)
 		if err != nil {
 			it.bad = true
@@ -519,13 +521,14 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 	}
 	r.devices.set(sender, devs) // a copy of its own (Devices copies; PutDevices copies what it keeps)
 	var adv []signal.Advanced
+	var pts [][]byte
+	var targets []*deviceState
 	for _, d := range devs {
 		rec := sessions.get(d)
 		if rec == nil {
 			continue
 		}
-		var pts [][]byte
-		var targets []*deviceState
+		pts, targets = pts[:0], targets[:0] // EncryptBatch keeps neither
 		for _, it := range items {
 			if it.done || (it.p.ResetDevice != 0 && it.p.ResetDevice != d) {
 				continue
@@ -567,36 +570,65 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 }
 
 // devSessions holds a recipient's sessions by device while a run prepares
-// it: a handful of devices, searched in order (a map allocated per message).
+// it: a handful of devices, searched in order, in the struct itself (on the
+// caller's stack) up to four and in a slice beyond.
 type devSessions struct {
-	devs []uint32
-	recs []*record.Session
+	small [4]devSession
+	n     int
+	big   []devSession // all of them, once there are more than len(small)
+}
+
+type devSession struct {
+	dev uint32
+	rec *record.Session
+}
+
+func (s *devSessions) list() []devSession {
+	if s.big != nil {
+		return s.big
+	}
+	return s.small[:s.n]
 }
 
 func (s *devSessions) get(d uint32) *record.Session {
-	for i, x := range s.devs {
-		if x == d {
-			return s.recs[i]
+	for _, x := range s.list() {
+		if x.dev == d {
+			return x.rec
 		}
 	}
 	return nil
 }
 
 func (s *devSessions) set(d uint32, rec *record.Session) {
-	for i, x := range s.devs {
-		if x == d {
-			s.recs[i] = rec
+	l := s.list()
+	for i := range l {
+		if l[i].dev == d {
+			l[i].rec = rec
 			return
 		}
 	}
-	s.devs, s.recs = append(s.devs, d), append(s.recs, rec)
+	switch {
+	case s.big != nil:
+		s.big = append(s.big, devSession{d, rec})
+	case s.n < len(s.small):
+		s.small[s.n] = devSession{d, rec}
+		s.n++
+	default:
+		s.big = append(append(make([]devSession, 0, 2*len(s.small)), s.small[:]...), devSession{d, rec})
+	}
 }
 
 func (s *devSessions) del(d uint32) {
-	for i, x := range s.devs {
-		if x == d {
-			s.devs = append(s.devs[:i], s.devs[i+1:]...)
-			s.recs = append(s.recs[:i], s.recs[i+1:]...)
+	l := s.list()
+	for i := range l {
+		if l[i].dev == d {
+			copy(l[i:], l[i+1:])
+			l[len(l)-1] = devSession{}
+			if s.big != nil {
+				s.big = s.big[:len(s.big)-1]
+			} else {
+				s.n--
+			}
 			return
 		}
 	}

@@ -102,15 +102,25 @@ func DecodePayload(b []byte) (Payload, error) {
 		return p, ErrBadPayload
 	}
 	b = b[1:]
-	fields := []*string{&p.BusinessID, &p.PhoneNumberID, &p.From, &p.To, &p.CampaignID, &p.Body}
-	for _, f := range fields {
-		n, k := binary.Uvarint(b)
-		if k <= 0 || uint64(len(b)-k) < n {
+	// Two allocations per decode instead of six: the five short fields are
+	// substrings of one string, the body has its own (a short field kept
+	// for long, e.g. as a cache key, then holds ~100 bytes, not the body).
+	var bounds [6][2]int
+	at := 0
+	for i := range bounds {
+		n, k := binary.Uvarint(b[at:])
+		if k <= 0 || uint64(len(b)-at-k) < n {
 			return p, ErrBadPayload
 		}
-		*f = string(b[k : k+int(n)])
-		b = b[k+int(n):]
+		bounds[i] = [2]int{at + k, at + k + int(n)}
+		at += k + int(n)
 	}
+	head := string(b[:bounds[4][1]])
+	for i, f := range [...]*string{&p.BusinessID, &p.PhoneNumberID, &p.From, &p.To, &p.CampaignID} {
+		*f = head[bounds[i][0]:bounds[i][1]]
+	}
+	p.Body = string(b[bounds[5][0]:bounds[5][1]])
+	b = b[at:]
 	ts, k := binary.Varint(b)
 	if k <= 0 {
 		return p, ErrBadPayload

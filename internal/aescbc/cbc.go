@@ -23,10 +23,13 @@ func Encrypt(key *[32]byte, iv *[16]byte, buf []byte) {
 }
 
 func encryptStdlib(key *[32]byte, iv *[16]byte, buf []byte) {
-	blk, err := aes.NewCipher(key[:])
+	// Copies: crypto/aes's arguments escape, and the caller's key and IV
+	// live on its stack.
+	k, v := *key, *iv
+	blk, err := aes.NewCipher(k[:])
 	if err != nil {
 		panic(err) // a 32-byte key is always valid
 	}
 	n := len(buf) &^ (BlockSize - 1)
-	cipher.NewCBCEncrypter(blk, iv[:]).CryptBlocks(buf[:n], buf[:n])
+	cipher.NewCBCEncrypter(blk, v[:]).CryptBlocks(buf[:n], buf[:n])
 }
