@@ -25,7 +25,13 @@ type deviceState struct {
 
 // outboxKey is keyed by the queue entry, not the message id: a decrypt_failed
 // resend shares its id with the original, which may still be queued.
-func outboxKey(seq uint64) []byte { return binary.BigEndian.AppendUint64([]byte("eO"), seq) }
+func outboxKey(seq uint64) []byte { return appendOutboxKey(nil, seq) }
+
+// appendOutboxKey appends seq's outbox key to dst (a stack buffer on hot
+// paths: Pebble's batch copies the key).
+func appendOutboxKey(dst []byte, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(dst, "eO"...), seq)
+}
 
 func (o *outbox) get(dev uint32) *deviceState {
 	for i := range o.devices {

@@ -17,9 +17,10 @@ const keptPrefix = "eK"
 
 func keptKey(id string) []byte { return append([]byte(keptPrefix), id...) }
 
-func keptIndexKey(until time.Time, id string) []byte {
-	k := binary.BigEndian.AppendUint64([]byte("eT"), uint64(until.UnixNano()))
-	return append(k, id...)
+func keptIndexKey(until time.Time, id string) []byte { return appendKeptIndexKey(nil, until, id) }
+
+func appendKeptIndexKey(dst []byte, until time.Time, id string) []byte {
+	return append(binary.BigEndian.AppendUint64(append(dst, "eT"...), uint64(until.UnixNano())), id...)
 }
 
 const retentionBatch = 1000

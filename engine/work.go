@@ -41,11 +41,19 @@ func (it *item) putOutbox(b *pebble.Batch) {
 type group struct {
 	lease *queue.Lease
 	items []*item
+	// A one-message group's item and list, in the group's own allocation.
+	item1  [1]item
+	items1 [1]*item
 }
 
 func (e *Engine) newGroup(l *queue.Lease) *group {
-	g := &group{lease: l, items: make([]*item, 0, len(l.Messages))}
-	its := make([]item, len(l.Messages)) // one allocation for the group's items
+	g := &group{lease: l}
+	var its []item
+	if len(l.Messages) == 1 {
+		g.items, its = g.items1[:0], g.item1[:]
+	} else {
+		g.items, its = make([]*item, 0, len(l.Messages)), make([]item, len(l.Messages))
+	}
 	for i := range l.Messages {
 		it := &its[i]
 		it.msg = &l.Messages[i]
@@ -67,6 +75,10 @@ type run struct {
 	outcomes []queue.Outcome
 	extra    *pebble.Batch
 	ups      []update
+	// Room for a one-message run's outcome and update (the campaign case),
+	// in the run's own allocation.
+	outcome1 [1]queue.Outcome
+	up1      [1]update
 	stopped  map[string]bool // sender → later messages must wait (order); nil until one must
 	devices  senderDevices   // sender → device list prepare settled on (transmit reuses it)
 	failAll  bool
@@ -109,7 +121,8 @@ func (r *run) ack(it *item) {
 	// and no tombstone goes down the LSM. Otherwise (written before, or
 	// rewritten in this run) a plain delete.
 	if it.msg.FirstLease && it.obSets <= 1 {
-		r.extra.SingleDelete(outboxKey(it.msg.Seq), nil)
+		var kb [16]byte
+		r.extra.SingleDelete(appendOutboxKey(kb[:0], it.msg.Seq), nil)
 	} else {
 		r.extra.Delete(outboxKey(it.msg.Seq), nil)
 	}
@@ -169,6 +182,7 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 // begin opens a run for g and settles expired, undecodable and shaped messages.
 func (e *Engine) begin(g *group) *run {
 	r := &run{e: e, g: g, now: e.opts.Now(), extra: e.db.NewBatch()}
+	r.outcomes, r.ups = r.outcome1[:0], r.up1[:0]
 	// Expired, undecodable and shaped messages first.
 	for _, it := range g.items {
 		switch {
@@ -523,6 +537,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 	var adv []signal.Advanced
 	var pts [][]byte
 	var targets []*deviceState
+	var cts []signal.Ciphertext
 	for _, d := range devs {
 		rec := sessions.get(d)
 		if rec == nil {
@@ -547,7 +562,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		if len(pts) == 0 {
 			continue
 		}
-		cts, err := signal.EncryptBatch(rec, pts)
+		cts, err = signal.AppendEncrypted(cts[:0], rec, pts)
 		if err != nil {
 			return err
 		}
@@ -873,5 +888,6 @@ func (e *Engine) sent(r *run, it *item) {
 	}
 	// The kept copy was written before the wire (prepareSender); from now on
 	// the retention sweeper deletes it at keep.
-	r.extra.Set(keptIndexKey(keep, it.msg.ID), nil, nil)
+	var kb [64]byte
+	r.extra.Set(appendKeptIndexKey(kb[:0], keep, it.msg.ID), nil, nil)
 }

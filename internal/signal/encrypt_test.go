@@ -105,6 +105,12 @@ func TestEncryptWithoutSendingChainIsAnError(t *testing.T) {
 	if _, err := EncryptBatch(rec, [][]byte{[]byte("x")}); err == nil {
 		t.Fatal("a fresh record has no sending chain: want an error")
 	}
+	// AppendEncrypted leaves what dst held, and only that.
+	dst := []Ciphertext{{Type: "msg", Body: []byte("earlier")}}
+	got, err := AppendEncrypted(dst, rec, [][]byte{[]byte("x")})
+	if err == nil || len(got) != 1 || string(got[0].Body) != "earlier" {
+		t.Fatalf("AppendEncrypted on error = %d ciphertexts, %v; want the one it was given and an error", len(got), err)
+	}
 }
 
 // TestSessionSerializerMatchesLibrary: session records encode to the same

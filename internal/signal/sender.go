@@ -111,15 +111,21 @@ type Ciphertext struct {
 // whole ciphertext with fmt before any logger can drop it (~10 % of the warm
 // path). TestEncryptMatchesLibraryCipher proves the output byte-identical.
 func EncryptBatch(rec *record.Session, plaintexts [][]byte) ([]Ciphertext, error) {
-	out := make([]Ciphertext, len(plaintexts))
-	for i, pt := range plaintexts {
+	return AppendEncrypted(make([]Ciphertext, 0, len(plaintexts)), rec, plaintexts)
+}
+
+// AppendEncrypted is EncryptBatch appending to dst (a caller encrypting for
+// several devices reuses one list). On an error it returns dst as it was.
+func AppendEncrypted(dst []Ciphertext, rec *record.Session, plaintexts [][]byte) ([]Ciphertext, error) {
+	n := len(dst)
+	for _, pt := range plaintexts {
 		c, err := encryptStep(rec, pt)
 		if err != nil {
-			return nil, fmt.Errorf("signal: encrypt: %w", err)
+			return dst[:n], fmt.Errorf("signal: encrypt: %w", err)
 		}
-		out[i] = c
+		dst = append(dst, c)
 	}
-	return out, nil
+	return dst, nil
 }
 
 func encryptStep(rec *record.Session, plaintext []byte) (Ciphertext, error) {
