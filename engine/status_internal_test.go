@@ -18,6 +18,7 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/queue"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 )
@@ -247,11 +248,11 @@ func openStatusDB(t *testing.T) *kv.DB {
 	return db
 }
 
-// TestFreshSentWritesWhatTheReadWould: the engine's "sent" for a message on
-// its first lease carries the queued record, and the writer's result — the
-// stored record, the counters, the reported changes — is what reading the
-// stored queued record gives. The fresh side has no stored record at all, so
-// it cannot have read one.
+// TestFreshSentWritesWhatTheReadWould: the engine's "sent" or "failed" for a
+// message on its first lease carries the queued record, and the writer's
+// result — the stored record, the counters, the reported changes — is what
+// reading the stored queued record gives. The fresh side has no stored
+// record at all, so it cannot have read one.
 func TestFreshSentWritesWhatTheReadWould(t *testing.T) {
 	t0, t1 := time.Unix(1764115200, 0), time.Unix(1764115263, 0)
 	type result struct {
@@ -259,12 +260,12 @@ func TestFreshSentWritesWhatTheReadWould(t *testing.T) {
 		c       Counters
 		changes []StatusChange
 	}
-	run := func(fresh bool, campaign string) result {
+	run := func(fresh bool, campaign, status string, code int) result {
 		db := openStatusDB(t)
 		s := statusesOn(db)
 		var changes []StatusChange
 		s.onChange = func(c []StatusChange) { changes = append(changes, c...) }
-		u := update{id: "m1", status: heraldtype.StatusSent, at: t1, recipient: "1555"}
+		u := update{id: "m1", status: status, code: code, at: t1, recipient: "1555"}
 		if fresh {
 			u.fresh, u.queued = true, queuedStatus{"biz", "pn", campaign, t0.Unix()}
 		} else {
@@ -282,9 +283,14 @@ func TestFreshSentWritesWhatTheReadWould(t *testing.T) {
 		return result{v, c, changes}
 	}
 	for _, campaign := range []string{"cmp", ""} {
-		read, fresh := run(false, campaign), run(true, campaign)
-		if len(read.rec) == 0 || !reflect.DeepEqual(read, fresh) {
-			t.Fatalf("campaign %q:\nread  %+v\nfresh %+v", campaign, read, fresh)
+		for _, st := range []struct {
+			status string
+			code   int
+		}{{heraldtype.StatusSent, 0}, {heraldtype.StatusFailed, heraldtype.CodeUndeliverable}} {
+			read, fresh := run(false, campaign, st.status, st.code), run(true, campaign, st.status, st.code)
+			if len(read.rec) == 0 || !reflect.DeepEqual(read, fresh) {
+				t.Fatalf("campaign %q, %s:\nread  %+v\nfresh %+v", campaign, st.status, read, fresh)
+			}
 		}
 	}
 }
@@ -373,5 +379,27 @@ func TestOvertakenForgetsAfterItsHorizon(t *testing.T) {
 	}
 	if o.take("9") || !o.take(strconv.Itoa(overtakenMax+9)) {
 		t.Fatal("the oldest should have gone, the newest stayed")
+	}
+}
+
+// TestWithQueuedOnlyForFirstLeases: only a decoded message on its first
+// lease, not a retransmission, carries its queued record; anything else
+// makes the writer read the stored one.
+func TestWithQueuedOnlyForFirstLeases(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		it    item
+		fresh bool
+	}{
+		{"first lease", item{msg: &queue.Message{FirstLease: true}}, true},
+		{"handed out before", item{msg: &queue.Message{}}, false},
+		{"retransmission", item{msg: &queue.Message{FirstLease: true}, p: heraldtype.Payload{ResetDevice: 2}}, false},
+		{"undecodable payload", item{msg: &queue.Message{FirstLease: true}, bad: true}, false},
+	} {
+		var u update
+		u.withQueued(&tc.it)
+		if u.fresh != tc.fresh {
+			t.Errorf("%s: fresh %v, want %v", tc.name, u.fresh, tc.fresh)
+		}
 	}
 }

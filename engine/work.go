@@ -131,7 +131,20 @@ func (r *run) ack(it *item) {
 func (r *run) fail(it *item, code int) {
 	r.ack(it)
 	r.extra.Delete(keptKey(it.msg.ID), nil)
-	r.ups = append(r.ups, update{id: it.msg.ID, status: heraldtype.StatusFailed, code: code, at: r.now, recipient: it.p.To})
+	u := update{id: it.msg.ID, status: heraldtype.StatusFailed, code: code, at: r.now, recipient: it.p.To}
+	u.withQueued(it)
+	r.ups = append(r.ups, u)
+}
+
+// withQueued gives u the message's queued record when nothing but the
+// status writer can have changed it since the API wrote it: the message is
+// on its first lease (enqueued by this process, never handed out before),
+// is not a retransmission, and its payload was decoded. The writer then
+// skips a point read (Statuses.apply; the "fresh" comment in status.go).
+func (u *update) withQueued(it *item) {
+	if it.msg.FirstLease && it.p.ResetDevice == 0 && !it.bad {
+		u.fresh, u.queued = true, queuedStatus{it.p.BusinessID, it.p.PhoneNumberID, it.p.CampaignID, it.p.TS}
+	}
 }
 
 func (r *run) retry(it *item, at time.Time, count bool, reason string) {
@@ -876,11 +889,7 @@ func (e *Engine) resetDevice(r *run, it *item, dev uint32) {
 func (e *Engine) sent(r *run, it *item) {
 	r.ack(it)
 	u := update{id: it.msg.ID, status: heraldtype.StatusSent, at: r.now, recipient: it.p.To}
-	if it.msg.FirstLease && it.p.ResetDevice == 0 {
-		// Enqueued by this process and never handed out before: its status
-		// record is the queued one the API wrote with it (Statuses.apply).
-		u.fresh, u.queued = true, queuedStatus{it.p.BusinessID, it.p.PhoneNumberID, it.p.CampaignID, it.p.TS}
-	}
+	u.withQueued(it)
 	r.ups = append(r.ups, u)
 	keep := r.now.Add(e.opts.SentGrace)
 	if keep.After(it.msg.ExpiresAt) {
