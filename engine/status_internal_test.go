@@ -18,9 +18,9 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/heraldhq/herald/heraldtype"
-	"github.com/heraldhq/herald/queue"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
+	"github.com/heraldhq/herald/queue"
 )
 
 // TestQueuedRecordsSameBytesAsEncode: Put's spliced record is byte for byte
