@@ -75,13 +75,23 @@ func AppendPlaintext(dst []byte, p *Plaintext) []byte {
 // one: quote, backslash and control characters escaped (\b \f \n \r \t
 // short, others \u00XX), <, > and & escaped for HTML safety, U+2028 and
 // U+2029 escaped, invalid UTF-8 replaced by \ufffd.
+// jsonSafe: the ASCII bytes a JSON string carries as they are (encoding/json
+// with HTML escaping: not a control byte, quote, backslash, <, > or &). A
+// table lookup per byte instead of six comparisons.
+var jsonSafe = func() (t [utf8.RuneSelf]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+	}
+	return t
+}()
+
 func appendJSONString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
 		if b := s[i]; b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+			if jsonSafe[b] {
 				i++
 				continue
 			}
