@@ -11,14 +11,13 @@ import (
 )
 
 // Kept content of sent messages (for decrypt_failed): e K <id> → expires(8) ||
-// sealed payload; index e T <until(8)> <id>.
-// keptPrefix starts a kept copy's key: e K <id>.
+// sealed payload (keptPrefix starts the key); index e T <until(8)> <id>.
 const keptPrefix = "eK"
 
 func keptKey(id string) []byte { return append([]byte(keptPrefix), id...) }
 
-func keptIndexKey(until time.Time, id string) []byte { return appendKeptIndexKey(nil, until, id) }
-
+// appendKeptIndexKey appends the kept index key of id, kept until until, to
+// dst (a stack buffer on the hot path: Pebble's batch copies the key).
 func appendKeptIndexKey(dst []byte, until time.Time, id string) []byte {
 	return append(binary.BigEndian.AppendUint64(append(dst, "eT"...), uint64(until.UnixNano())), id...)
 }

@@ -556,7 +556,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		if rec == nil {
 			continue
 		}
-		pts, targets = pts[:0], targets[:0] // EncryptBatch keeps neither
+		pts, targets = pts[:0], targets[:0] // AppendEncrypted keeps neither
 		for _, it := range items {
 			if it.done || (it.p.ResetDevice != 0 && it.p.ResetDevice != d) {
 				continue
