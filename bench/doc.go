@@ -27,8 +27,10 @@
 //     cold_crypto_fraction: the cold phase's unavoidable crypto at this
 //     machine's rates (mean of start of run and after the cold phase) over
 //     both processes' CPU time (and cold_crypto_fraction_strict, with key
-//     generations at the fixed-base rate), and the engine's page faults per message
-//     (a first-touch fault costs 11–15 µs on the reference VM).
+//     generations at the fixed-base rate), the engine's page faults per message
+//     (a first-touch fault costs 11–15 µs on the reference VM), and
+//     PHASE_engine_per_sim: the engine's CPU over the simulator's, which moves
+//     far less with the machine's speed than either does.
 //
 // Suites take any implementation of a small interface (Enqueuer, Deliverer),
 // so a new implementation is measured by adding one line.

@@ -269,6 +269,12 @@ func BenchmarkEndToEnd(b *testing.B) {
 				b.ReportMetric(float64(count)/el.Seconds(), phase+"_msgs/s")
 				b.ReportMetric(float64(self.Microseconds())/float64(count), phase+"_engine_cpu_µs/msg")
 				b.ReportMetric(float64(simc.Microseconds())/float64(count), phase+"_sim_cpu_µs/msg")
+				if simc > 0 {
+					// The engine's CPU over the simulator's: both move with
+					// the machine's speed (this VM's drifts by ~50 %), their
+					// ratio much less, so it compares runs of different minutes.
+					b.ReportMetric(float64(self)/float64(simc), phase+"_engine_per_sim")
+				}
 				b.ReportMetric(float64(selfFaults()-faultsBefore)/float64(count), phase+"_engine_faults/msg")
 				// Heap bytes allocated per message (the whole process, so the
 				// bench's own enqueueing too): machine-independent, unlike CPU time.
