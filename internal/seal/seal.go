@@ -14,9 +14,7 @@ package seal
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -27,6 +25,8 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/s2"
+
+	"github.com/heraldhq/herald/internal/hmacsha256"
 )
 
 // Errors returned by Open. ErrCorrupt means the record cannot be trusted (tampered,
@@ -53,8 +53,7 @@ type Key struct {
 type Sealer struct {
 	current uint32
 	aeads   map[uint32]cipher.AEAD
-	macKey  []byte
-	macPool sync.Pool
+	mac     hmacsha256.Key // the lookup key, its pads hashed once
 }
 
 // New builds a Sealer from keys; the key with the highest id seals new records.
@@ -83,10 +82,9 @@ func New(keys ...Key) (*Sealer, error) {
 			first = k
 		}
 	}
-	m := hmac.New(sha256.New, first.Raw[:])
-	m.Write([]byte("herald lookup v1"))
-	s.macKey = m.Sum(nil)
-	s.macPool.New = func() any { return &macState{h: hmac.New(sha256.New, s.macKey)} }
+	var lookupKey [32]byte
+	hmacsha256.Sum(&lookupKey, first.Raw[:], []byte("herald lookup v1"))
+	s.mac.Init(lookupKey[:])
 	return s, nil
 }
 
@@ -208,11 +206,10 @@ func (s *Sealer) Open(record []byte) ([]byte, error) {
 }
 
 // Lookup returns the keyed HMAC used in place of a phone number inside index keys.
+// It allocates nothing for values up to 32 bytes (numbers; one per message enqueued).
 func (s *Sealer) Lookup(value string) [LookupLen]byte {
-	m := s.macPool.Get().(*macState)
-	m.buf = append(m.buf[:0], value...) // the hash's Write would take a copy of its own per call
-	sum := m.sum(m.buf)
-	s.macPool.Put(m)
+	var sum [32]byte
+	s.mac.Sum(&sum, []byte(value))
 	var out [LookupLen]byte
 	copy(out[:], sum[:LookupLen])
 	return out
@@ -220,31 +217,9 @@ func (s *Sealer) Lookup(value string) [LookupLen]byte {
 
 // MAC returns a full keyed HMAC-SHA256 of value (for hashed tokens and the like).
 func (s *Sealer) MAC(value []byte) [32]byte {
-	m := s.macPool.Get().(*macState)
-	sum := m.sum(value)
-	s.macPool.Put(m)
+	var sum [32]byte
+	s.mac.Sum(&sum, value)
 	return sum
-}
-
-// macState is a pooled HMAC with room for its input and output, so a
-// lookup allocates nothing.
-type macState struct {
-	h   hashWriter
-	buf []byte
-	out [32]byte
-}
-
-func (m *macState) sum(value []byte) [32]byte {
-	m.h.Reset()
-	m.h.Write(value)
-	m.h.Sum(m.out[:0])
-	return m.out
-}
-
-type hashWriter interface {
-	Write([]byte) (int, error)
-	Sum([]byte) []byte
-	Reset()
 }
 
 // LoadKeys reads master keys from the environment variable envName (when set) or
