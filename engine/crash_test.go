@@ -19,7 +19,9 @@ import (
 	"github.com/heraldhq/herald/internal/platform/sim"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/signal"
+	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/queue"
+	"github.com/heraldhq/herald/ratelimit"
 )
 
 // crashChild is a whole engine in a child process: queue, sessions, engine,
@@ -44,7 +46,30 @@ func crashChild() {
 	}
 	client, _ := platform.NewClient(platform.ClientOptions{BaseURL: url, Secret: "sekret"})
 	store, _ := signal.NewStore(db, sealer, 0)
-	eng, err = engine.New(engine.Options{DB: db, Queue: q, Sessions: store, Sealer: sealer, Transport: client,
+	// The real limiter (its pair rate is restored from nothing after a
+	// restart: at most a burst more per recipient, as in production).
+	tenants, err := tenant.Open(db, sealer)
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	if tenants.Count() == 0 {
+		if _, _, err := tenants.NewBusiness("Acme", []string{"15550001111"}, "unlimited", 100_000, false); err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+	}
+	biz := tenants.All()[0]
+	var pnID string
+	for pn := range biz.PhoneNumbers {
+		pnID = pn
+	}
+	lim, err := ratelimit.New(ratelimit.Options{DB: db, Sealer: sealer, Tenants: tenants})
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	eng, err = engine.New(engine.Options{DB: db, Queue: q, Sessions: store, Sealer: sealer, Transport: client, Shaper: lim,
 		BackoffBase: 10 * time.Millisecond, BackoffCap: 200 * time.Millisecond, IdlePoll: 10 * time.Millisecond,
 		LeaseRecipients: 64})
 	if err != nil {
@@ -52,7 +77,7 @@ func crashChild() {
 		os.Exit(1)
 	}
 	if n, _ := strconv.Atoi(os.Getenv("HERALD_SEED")); n > 0 {
-		h := &harness{db: db, q: q, t: &testing.T{}}
+		h := &harness{db: db, q: q, t: &testing.T{}, now: time.Now, bizID: biz.ID, pnID: pnID}
 		var users []string
 		for i := 0; i < n; i++ {
 			users = append(users, fmt.Sprintf("1666%07d", 5000+i))

@@ -18,8 +18,10 @@ import (
 	"github.com/heraldhq/herald/internal/platform/sim"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/signal"
+	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/internal/testutil"
 	"github.com/heraldhq/herald/queue"
+	"github.com/heraldhq/herald/ratelimit"
 )
 
 func TestMain(m *testing.M) {
@@ -52,6 +54,13 @@ type harness struct {
 	client *platform.Client
 	ids    heraldtype.IDGen
 	trans  engine.Transport
+	now    func() time.Time
+	// The business every enqueued message is from (a real tenant when the
+	// harness runs the real limiter).
+	tenants *tenant.Store
+	lim     *ratelimit.Limiter
+	bizID   string
+	pnID    string
 
 	mu      sync.Mutex
 	changes []engine.StatusChange
@@ -69,6 +78,15 @@ type harnessOpts struct {
 	// via, when set, puts something between the client and the simulator:
 	// it gets the simulator's URL and returns the one the client uses.
 	via func(simURL string) string
+	// The harness runs the real ratelimit.Limiter (throughput and pair rate,
+	// a paused business holds) unless noLimiter says why it may not; policy
+	// tunes it (zero values: the production defaults) and mps is the
+	// business's throughput (default 100,000: the unlimited tier's).
+	noLimiter string
+	policy    ratelimit.Policy
+	mps       int
+	// clock, when set, is the queue's, the engine's and the limiter's clock.
+	clock *testutil.Clock
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -83,8 +101,36 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		t.Fatal(err)
 	}
 	h.sealer, _ = seal.New(seal.TestKey(1))
+	h.now = time.Now
+	if o.clock != nil {
+		h.now = o.clock.Now
+	}
+	h.bizID, h.pnID = "biz1", "pn1"
+	var shaper engine.Shaper
+	if o.noLimiter == "" {
+		if h.tenants, err = tenant.Open(h.db, h.sealer); err != nil {
+			t.Fatal(err)
+		}
+		mps := o.mps
+		if mps == 0 {
+			mps = 100_000
+		}
+		b, _, err := h.tenants.NewBusiness("Acme", []string{"15550001111"}, "unlimited", mps, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.bizID = b.ID
+		for pn := range b.PhoneNumbers {
+			h.pnID = pn
+		}
+		h.lim, err = ratelimit.New(ratelimit.Options{DB: h.db, Sealer: h.sealer, Tenants: h.tenants, Policy: o.policy, Now: h.now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		shaper = h.lim
+	}
 	var eng *engine.Engine
-	h.q, err = queue.Open(queue.Options{DB: h.db, Sealer: h.sealer, Shards: 8, Notify: func(s int) {
+	h.q, err = queue.Open(queue.Options{DB: h.db, Sealer: h.sealer, Shards: 8, Now: h.now, Notify: func(s int) {
 		if eng != nil {
 			eng.Notify(s)
 		}
@@ -123,7 +169,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	store, _ := signal.NewStore(h.db, h.sealer, 0)
 	eo := engine.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})), DB: h.db, Queue: h.q, Sessions: store, Sealer: h.sealer, Transport: h.trans,
 		BackoffBase: 20 * time.Millisecond, BackoffCap: 300 * time.Millisecond, IdlePoll: 10 * time.Millisecond,
-		BreakerCooldown: 100 * time.Millisecond,
+		BreakerCooldown: 100 * time.Millisecond, Shaper: shaper, Now: h.now,
 		OnStatus: func(cs []engine.StatusChange) {
 			h.mu.Lock()
 			h.changes = append(h.changes, cs...)
@@ -154,6 +200,9 @@ func (h *harness) close() {
 	if h.sim != nil {
 		h.sim.Close()
 	}
+	if h.lim != nil {
+		h.lim.Close()
+	}
 	h.q.Close()
 	h.db.Close()
 }
@@ -161,17 +210,17 @@ func (h *harness) close() {
 // enqueue submits, for each recipient index, n messages (as the API would: a
 // status record in the same durable batch). It returns the message ids by recipient.
 func (h *harness) enqueue(users []string, n int, campaign string, ttl time.Duration) map[string][]string {
-	now := time.Now()
+	now := h.now()
 	out := map[string][]string{}
 	b := h.db.NewBatch()
 	var msgs []queue.Message
 	for round := 0; round < n; round++ {
 		for _, u := range users {
 			id := h.ids.New(now)
-			p := heraldtype.Payload{BusinessID: "biz1", PhoneNumberID: "pn1", From: "15550001111", To: u, CampaignID: campaign,
+			p := heraldtype.Payload{BusinessID: h.bizID, PhoneNumberID: h.pnID, From: "15550001111", To: u, CampaignID: campaign,
 				Body: fmt.Sprintf("Hello %s, message %d ✓", u, round), TS: now.Unix()}
 			msgs = append(msgs, queue.Message{ID: id, Recipient: u, Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)})
-			engine.NewStatusRecord(b, id, "biz1", "pn1", campaign, now)
+			engine.NewStatusRecord(b, id, h.bizID, h.pnID, campaign, now)
 			out[u] = append(out[u], id)
 		}
 	}
@@ -266,7 +315,11 @@ func TestEndToEndManyRecipientsMultiDevice(t *testing.T) {
 }
 
 func TestPerRecipientOrderWithManyMessages(t *testing.T) {
-	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 2, DevicesMax: 3, UnknownShare: -1, ThrottleRate: 0.2}})
+	// The real limiter with a fast pair rate (40 messages per recipient at
+	// the default one per 6 s would take 4 minutes): shaping, retries after
+	// throttling and order all at once.
+	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 2, DevicesMax: 3, UnknownShare: -1, ThrottleRate: 0.2},
+		policy: ratelimit.Policy{PairInterval: 5 * time.Millisecond, PairBurst: 4}})
 	users := h.users(100, 20)
 	h.enqueue(users, 40, "camp-o", time.Hour)
 	h.drain(2 * time.Minute)

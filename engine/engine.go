@@ -30,11 +30,14 @@ type Transport interface {
 	SendEach(ctx context.Context, envs []platform.Envelope) ([]platform.Result, []error)
 }
 
-// Shaper paces dispatch (throughput per phone number, pair rate). Shape
-// returns the earliest time the next message from phoneNumberID to recipient
-// may go, reserving it when that is now or earlier.
+// Shaper paces dispatch (throughput per phone number, pair rate, a paused
+// business). Shape returns the earliest time the next message from
+// phoneNumberID to recipient may go, reserving it when that is now or
+// earlier. Release gives back a reservation Shape made for a message that
+// then did not go (retried, held behind an earlier one, failed).
 type Shaper interface {
 	Shape(phoneNumberID, recipient string, now time.Time) time.Time
+	Release(phoneNumberID, recipient string, now time.Time)
 }
 
 // NoLimit is the Shaper that never delays.
@@ -42,6 +45,9 @@ type NoLimit struct{}
 
 // Shape implements Shaper.
 func (NoLimit) Shape(string, string, time.Time) time.Time { return time.Time{} }
+
+// Release implements Shaper.
+func (NoLimit) Release(string, string, time.Time) {}
 
 // Directory answers per-business settings the engine needs.
 type Directory interface {

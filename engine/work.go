@@ -29,6 +29,14 @@ type item struct {
 	// encoded once per message.
 	plaintext []byte
 	obSets    int // outbox writes for this message in this run
+	// held: an earlier message of the same sender to this recipient was
+	// delayed or retried in this run, so this one waits behind it (order,
+	// invariant 3) with no outcome: it stays queued as it was.
+	held bool
+	// shaped: the Shaper reserved a slot for this message in this run; a
+	// message that then does not go gives it back (invariant 9).
+	shaped bool
+	sent   bool
 }
 
 // putOutbox writes the item's outbox record into b, counting the write.
@@ -79,7 +87,6 @@ type run struct {
 	// in the run's own allocation.
 	outcome1 [1]queue.Outcome
 	up1      [1]update
-	stopped  map[string]bool // sender → later messages must wait (order); nil until one must
 	devices  senderDevices   // sender → device list prepare settled on (transmit reuses it)
 	failAll  bool
 }
@@ -153,12 +160,37 @@ func (r *run) retry(it *item, at time.Time, count bool, reason string) {
 	if it.ob != nil {
 		it.putOutbox(r.extra)
 	}
-	if r.stopped == nil {
-		r.stopped = map[string]bool{}
-	}
-	r.stopped[it.p.From] = true
+	r.holdAfter(it)
 	if reason != "" {
 		r.e.m.Retries.WithLabelValues(reason).Inc()
+	}
+}
+
+// holdAfter holds the messages after it from the same sender (order): a
+// delay or a retry of it holds only it and what follows it, never the
+// messages before it, which go (invariant 9).
+func (r *run) holdAfter(it *item) {
+	after := false
+	for _, o := range r.g.items {
+		if o == it {
+			after = true
+			continue
+		}
+		if after && !o.done && o.p.From == it.p.From {
+			o.held = true
+		}
+	}
+}
+
+// releaseUnsent gives back the Shaper's reservations of messages that did not
+// go in this run (retried, held, failed), so a later attempt is not charged
+// twice for one message.
+func (e *Engine) releaseUnsent(r *run) {
+	for _, it := range r.g.items {
+		if it.shaped && !it.sent {
+			e.opts.Shaper.Release(it.p.PhoneNumberID, it.p.To, r.now)
+			it.shaped = false
+		}
 	}
 }
 
@@ -178,6 +210,9 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 	}
 	e.prepareMany(ctx, runs)
 	e.transmitMany(ctx, runs)
+	for _, r := range runs {
+		e.releaseUnsent(r)
+	}
 	n := 0
 	for _, r := range runs {
 		n += len(r.ups)
@@ -204,10 +239,14 @@ func (e *Engine) begin(g *group) *run {
 			r.fail(it, heraldtype.CodePlatformRejected)
 		case !it.msg.ExpiresAt.After(r.now):
 			r.fail(it, heraldtype.CodeExpired)
-		case r.stopped[it.p.From]:
+		case it.held:
 		default:
 			if at := e.opts.Shaper.Shape(it.p.PhoneNumberID, it.p.To, r.now); at.After(r.now) {
+				// This message and the later ones of its sender wait; the
+				// earlier ones, which took their slots, go.
 				r.retry(it, at, false, "")
+			} else {
+				it.shaped = true
 			}
 		}
 	}
@@ -223,7 +262,7 @@ func (e *Engine) prepareFailed(r *run, err error) {
 	}
 	e.log.Warn("engine: could not prepare ciphertexts; will retry", "err", err)
 	for _, it := range r.g.items {
-		if !it.done && !r.stopped[it.p.From] {
+		if !it.done && !it.held {
 			r.retry(it, r.backoff(it, 0), true, "prepare")
 		}
 	}
@@ -347,7 +386,7 @@ func (e *Engine) prepareMany(ctx context.Context, runs []*run) {
 // the cache, and none asks for a session reset.
 func (e *Engine) cached(r *run) bool {
 	for _, it := range r.g.items {
-		if it.done || r.stopped[it.p.From] {
+		if it.done || it.held {
 			continue
 		}
 		if it.p.ResetDevice != 0 || !e.store.Cached(it.p.From, r.g.lease.Recipient) {
@@ -370,7 +409,7 @@ func (e *Engine) prepareInto(ctx context.Context, r *run, b *pebble.Batch) (adva
 	}
 	var bySender []senderItems
 	for _, it := range g.items {
-		if it.done || r.stopped[it.p.From] {
+		if it.done || it.held {
 			continue
 		}
 		i := 0
@@ -741,7 +780,7 @@ func (e *Engine) transmitMany(ctx context.Context, runs []*run) {
 // have not accepted it (envs[s.from:s.to]); ok is false when the message is
 // not to be sent now (decided, held back for order, or retried here).
 func (e *Engine) envelopes(r *run, it *item, envs []platform.Envelope) (s sending, _ []platform.Envelope, ok bool) {
-	if it.done || r.stopped[it.p.From] || it.ob == nil {
+	if it.done || it.held || it.ob == nil {
 		return s, envs, false
 	}
 	devs, ok := r.devices.get(it.p.From)
@@ -888,6 +927,7 @@ func (e *Engine) resetDevice(r *run, it *item, dev uint32) {
 // for a grace period, never past its TTL, in case a decrypt_failed receipt comes.
 func (e *Engine) sent(r *run, it *item) {
 	r.ack(it)
+	it.sent = true
 	u := update{id: it.msg.ID, status: heraldtype.StatusSent, at: r.now, recipient: it.p.To}
 	u.withQueued(it)
 	r.ups = append(r.ups, u)

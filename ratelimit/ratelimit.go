@@ -98,6 +98,7 @@ type Limiter struct {
 	buckets map[string]*bucket // phone_number_id → throughput bucket
 	pairs   *lru.Cache[[16]byte, *bucket]
 	pairMu  sync.Mutex
+	rated   map[string]rating // phone_number_id → last quality rating for dispatch
 }
 
 type bizState struct {
@@ -130,7 +131,7 @@ func New(opts Options) (*Limiter, error) {
 		return nil, err
 	}
 	return &Limiter{opts: opts, pol: opts.Policy, biz: map[string]*bizState{}, phones: map[string]*phoneState{},
-		buckets: map[string]*bucket{}, pairs: c}, nil
+		buckets: map[string]*bucket{}, pairs: c, rated: map[string]rating{}}, nil
 }
 
 // Close persists signal windows.
@@ -354,21 +355,43 @@ func (bk *bucket) take(now time.Time, rate, burst float64) time.Time {
 	}
 	bk.tokens = math.Min(burst, bk.tokens+now.Sub(bk.last).Seconds()*rate)
 	bk.last = now
-	if bk.tokens >= 1 {
-		bk.tokens--
+	// Refills in steps of 1/rate seconds leave float error (0.333… × 3 is
+	// 0.999…): a token short by less than tokenSlack is a whole one. Without
+	// the slack the wait rounded to 0 ns, the caller saw "not later than now"
+	// and sent without taking a token (found by TestPairRateProperty).
+	if bk.tokens >= 1-tokenSlack {
+		bk.tokens = math.Max(0, bk.tokens-1)
 		return time.Time{}
 	}
-	return now.Add(time.Duration((1 - bk.tokens) / rate * float64(time.Second)))
+	wait := time.Duration(math.Ceil((1 - bk.tokens) / rate * float64(time.Second)))
+	return now.Add(max(wait, time.Nanosecond))
 }
 
-// Shape implements engine.Shaper: throughput per phone number, then pair rate.
+const tokenSlack = 1e-9
+
+// PauseRecheck is how long a message of a paused business (admin pause, or
+// quality low) waits on disk before dispatch looks at its business again
+// (Shape's answer while paused). A held recipient costs one lease per
+// PauseRecheck; after a resume its messages go within this time.
+const PauseRecheck = 30 * time.Second
+
+// qualityEvery bounds how often dispatch re-rates a phone number's quality
+// (Shape runs per message; a rating sums a week of hourly buckets).
+const qualityEvery = 5 * time.Second
+
+// Shape implements engine.Shaper: a paused business holds everything (its
+// messages wait on disk, their TTL still counting), then throughput per
+// phone number, then pair rate.
 func (l *Limiter) Shape(pn, recipient string, now time.Time) time.Time {
 	b, err := l.opts.Tenants.ByPhoneNumberID(pn)
 	if err != nil {
 		return time.Time{}
 	}
+	if b.Paused || l.restricted(pn, now) {
+		return now.Add(PauseRecheck)
+	}
 	// Pair rate first (it reserves nothing from the phone's throughput when it defers).
-	pair := l.opts.Sealer.Lookup("pair:" + b.ID + ":" + recipient)
+	pair := l.pairKey(b.ID, recipient)
 	l.pairMu.Lock()
 	pb, ok := l.pairs.Get(pair)
 	if !ok {
@@ -397,6 +420,57 @@ func (l *Limiter) Shape(pn, recipient string, now time.Time) time.Time {
 		l.pairMu.Unlock()
 	}
 	return at
+}
+
+// Release implements engine.Shaper: the message Shape let go did not go, so
+// its pair-rate and throughput tokens are given back.
+func (l *Limiter) Release(pn, recipient string, now time.Time) {
+	b, err := l.opts.Tenants.ByPhoneNumberID(pn)
+	if err != nil {
+		return
+	}
+	pair := l.pairKey(b.ID, recipient)
+	l.pairMu.Lock()
+	if pb, ok := l.pairs.Get(pair); ok {
+		pb.give(l.pol.PairBurst)
+	}
+	l.pairMu.Unlock()
+	rate := float64(b.MPS)
+	l.mu.Lock()
+	if tb, ok := l.buckets[pn]; ok {
+		tb.give(math.Max(1, rate/10))
+	}
+	l.mu.Unlock()
+}
+
+// give returns one token, never above burst.
+func (bk *bucket) give(burst float64) {
+	bk.tokens = math.Min(burst, bk.tokens+1)
+}
+
+func (l *Limiter) pairKey(biz, recipient string) [16]byte {
+	return l.opts.Sealer.Lookup("pair:" + biz + ":" + recipient)
+}
+
+// restricted reports whether pn's quality is low (its business is then
+// paused for dispatch as for admission), re-rated at most every qualityEvery.
+func (l *Limiter) restricted(pn string, now time.Time) bool {
+	l.mu.Lock()
+	r, ok := l.rated[pn]
+	l.mu.Unlock()
+	if ok && now.Sub(r.at) < qualityEvery && !now.Before(r.at) {
+		return r.low
+	}
+	low := l.quality(pn, now).Quality == "low"
+	l.mu.Lock()
+	l.rated[pn] = rating{at: now, low: low}
+	l.mu.Unlock()
+	return low
+}
+
+type rating struct {
+	at  time.Time
+	low bool
 }
 
 var _ engine.Shaper = (*Limiter)(nil)

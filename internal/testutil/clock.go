@@ -1,0 +1,45 @@
+package testutil
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Clock is an injected clock for tests: it moves only when told to.
+type Clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// NewClock returns a clock that reads t until advanced.
+func NewClock(t time.Time) *Clock { return &Clock{t: t} }
+
+// Now is the clock's time (pass it as an Options.Now).
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// Advance moves the clock forward by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// Eventually polls cond (every 5 ms) until it holds or timeout passes, then
+// fails the test with the message. It is the one way tests wait for
+// something another goroutine does.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", timeout, fmt.Sprintf(format, args...))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
