@@ -87,7 +87,7 @@ type run struct {
 	// in the run's own allocation.
 	outcome1 [1]queue.Outcome
 	up1      [1]update
-	devices  senderDevices   // sender → device list prepare settled on (transmit reuses it)
+	devices  senderDevices // sender → device list prepare settled on (transmit reuses it)
 	failAll  bool
 }
 
