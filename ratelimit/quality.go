@@ -26,6 +26,29 @@ type hourBucket struct {
 type phoneState struct {
 	Buckets [hours]hourBucket `json:"b"`
 	Since   map[string]int64  `json:"since"` // flag → unix seconds it was first raised
+	// The last admission batch refused for enumeration (integrity view).
+	Refused *refusal `json:"refused,omitempty"`
+}
+
+type refusal struct {
+	At    int64   `json:"at"` // unix seconds
+	Share float64 `json:"share"`
+	Count int64   `json:"count"` // batches refused since the first of this streak
+	First int64   `json:"first"`
+}
+
+// refuseBatch records a batch refused for sequential enumeration.
+func (l *Limiter) refuseBatch(pn string, now time.Time, share float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ps := l.phone(pn)
+	r := ps.Refused
+	if r == nil || now.Unix()-r.At > int64(l.pol.QualityWindow/time.Second) {
+		r = &refusal{First: now.Unix()}
+	}
+	r.At, r.Share = now.Unix(), share
+	r.Count++
+	ps.Refused = r
 }
 
 func (l *Limiter) phone(pn string) *phoneState {
@@ -101,6 +124,9 @@ type Flag struct {
 	Value     float64 `json:"value"`
 	Threshold float64 `json:"threshold"`
 	Since     string  `json:"since"`
+	// Refused counts admission batches refused for this flag (they were not
+	// enqueued).
+	Refused int64 `json:"refused_batches,omitempty"`
 }
 
 // QualityView is a phone number's rating and its reasons.
@@ -138,6 +164,12 @@ func (l *Limiter) quality(pn string, now time.Time) QualityView {
 	}
 	clear := func(name string) { delete(ps.Since, name) }
 	p := l.pol
+	if r := ps.Refused; r != nil && now.Unix()-r.At <= int64(p.QualityWindow/time.Second) {
+		// Refused batches are not sent, so they lower no rating; the view
+		// says why uploads are refused.
+		v.Flags = append(v.Flags, Flag{Name: "sequential_enumeration", Value: r.Share, Threshold: p.SequentialMax,
+			Since: time.Unix(r.First, 0).UTC().Format(time.RFC3339), Refused: r.Count})
+	}
 	if t.SeqSamples >= p.MinSample {
 		if seq := t.SeqWeight / float64(t.SeqSamples); seq > p.SequentialMax {
 			raise("sequential_enumeration", seq, p.SequentialMax)

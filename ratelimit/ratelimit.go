@@ -8,6 +8,7 @@ import (
 	"math"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,7 +41,11 @@ type Policy struct {
 	UnknownMax      float64       // share of unknown users flagged; default 0.2
 	SequentialMax   float64       // share of an upload in consecutive runs flagged; default 0.5
 	SequentialRun   int           // run length that counts as enumeration; default 5
-	UpgradeShare    float64       // used share of the tier (7 days) to move up; default 0.5
+	// SequentialBatchMin: an admission batch of at least this many
+	// recipients whose sequential share passes SequentialMax is refused
+	// whole, before any of it is enqueued; default 20.
+	SequentialBatchMin int
+	UpgradeShare       float64 // used share of the tier (7 days) to move up; default 0.5
 }
 
 func (p *Policy) defaults() {
@@ -66,6 +71,9 @@ func (p *Policy) defaults() {
 	}
 	if p.SequentialRun == 0 {
 		p.SequentialRun = 5
+	}
+	if p.SequentialBatchMin == 0 {
+		p.SequentialBatchMin = 20
 	}
 	d(&p.PairBurst, 3)
 	d(&p.ReportsMedium, 0.003)
@@ -214,33 +222,48 @@ func (l *Limiter) expireLocked(b *pebble.Batch, biz string, s *bizState, now tim
 }
 
 // Admit implements api.Admitter. It is exact at the tier boundary: one
-// business's admissions are serialized and durable before they return.
-func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now time.Time) ([]int, error) {
+// business's admissions are serialized and durable before they return. A
+// batch that shows sequential enumeration is refused whole (CodeRestricted,
+// reason naming the flag) before anything of it is counted or enqueued; the
+// integrity view then shows the flag.
+func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now time.Time) ([]int, string, error) {
 	codes := make([]int, len(recipients))
-	if b.Paused || l.quality(pn, now).Quality == "low" {
+	restrict := func(reason string) ([]int, string, error) {
 		for i := range codes {
 			codes[i] = CodeRestricted
 		}
-		return codes, nil
+		return codes, reason, nil
+	}
+	if b.Paused {
+		return restrict("business is paused")
+	}
+	if q := l.quality(pn, now); q.Quality == "low" {
+		return restrict("restricted for low quality: " + flagNames(q.Flags))
+	}
+	seq := sequentialShare(recipients, l.pol.SequentialRun)
+	if len(recipients) >= l.pol.SequentialBatchMin && seq > l.pol.SequentialMax {
+		l.refuseBatch(pn, now, seq)
+		return restrict(fmt.Sprintf("refused as sequential_enumeration: %.0f%% of this batch of %d recipients are runs of consecutive numbers (threshold %.0f%%)",
+			seq*100, len(recipients), l.pol.SequentialMax*100))
 	}
 	limit := int64(tenant.Tiers[b.Tier])
 	if limit < 0 {
 		// Unlimited tier: there is no cap to hold exactly, so no per-recipient
 		// lookups (they dominated ingest). Admissions are counted and uploads
 		// still checked for enumeration; unique_recipients_24h is not kept.
-		l.recordAdmission(pn, now, int64(len(recipients)), 0, sequentialShare(recipients, l.pol.SequentialRun))
-		return codes, nil
+		l.recordAdmission(pn, now, int64(len(recipients)), 0, seq)
+		return codes, "", nil
 	}
 	s := l.bizState(b.ID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := l.loadLocked(b.ID, s); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	batch := l.opts.DB.NewBatch()
 	if err := l.expireLocked(batch, b.ID, s, now); err != nil {
 		batch.Close()
-		return nil, err
+		return nil, "", err
 	}
 	cut := now.Add(-l.pol.Window).UnixNano()
 	nowNS := now.UnixNano()
@@ -254,7 +277,7 @@ func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now 
 		v, ok, err := l.opts.DB.GetCopy(lastKey(b.ID, h))
 		if err != nil {
 			batch.Close()
-			return nil, err
+			return nil, "", err
 		}
 		var last int64
 		if ok && len(v) == 8 {
@@ -293,7 +316,7 @@ func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now 
 	// Durable before the caller's enqueue: WAL order keeps a crash from
 	// keeping an enqueue whose admission it lost.
 	if err := l.opts.DB.Commit(batch, false); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	admitted := int64(0)
 	for _, c := range codes {
@@ -301,8 +324,23 @@ func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now 
 			admitted++
 		}
 	}
-	l.recordAdmission(pn, now, admitted, firsts, sequentialShare(recipients, l.pol.SequentialRun))
-	return codes, nil
+	l.recordAdmission(pn, now, admitted, firsts, seq)
+	reason := ""
+	if admitted < int64(len(codes)) {
+		reason = "messaging tier limit reached: no more new unique recipients in the moving 24 h window"
+	}
+	return codes, reason, nil
+}
+
+func flagNames(fs []Flag) string {
+	names := make([]string, 0, len(fs))
+	for _, f := range fs {
+		names = append(names, f.Name)
+	}
+	if len(names) == 0 {
+		return "quality low"
+	}
+	return strings.Join(names, ", ")
 }
 
 // UniqueRecipients returns the business's count in the current window.

@@ -74,7 +74,7 @@ func TestTierBoundaryIsExact(t *testing.T) {
 	f := newFixture(t, t.TempDir(), "250")
 	defer f.close()
 	nums := randomNumbers(300, 1)
-	codes, err := f.l.Admit(f.b, f.pn, nums, f.now)
+	codes, _, err := f.l.Admit(f.b, f.pn, nums, f.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,12 +82,12 @@ func TestTierBoundaryIsExact(t *testing.T) {
 		t.Fatalf("tier 250: admitted %d, refused %d", ok, tier)
 	}
 	// Returning recipients are always allowed; new ones are not.
-	codes, _ = f.l.Admit(f.b, f.pn, append(nums[:10:10], randomNumbers(5, 2)...), f.now.Add(time.Hour))
+	codes, _, _ = f.l.Admit(f.b, f.pn, append(nums[:10:10], randomNumbers(5, 2)...), f.now.Add(time.Hour))
 	if ok, tier := admitted(codes); ok != 10 || tier != 5 {
 		t.Fatalf("after the limit: %d returning allowed, %d new refused", ok, tier)
 	}
 	// The window moves: 24h after the first contacts, room opens again.
-	codes, _ = f.l.Admit(f.b, f.pn, randomNumbers(300, 3), f.now.Add(24*time.Hour+time.Minute))
+	codes, _, _ = f.l.Admit(f.b, f.pn, randomNumbers(300, 3), f.now.Add(24*time.Hour+time.Minute))
 	if ok, _ := admitted(codes); ok != 240 { // the 10 refreshed at +1h still count
 		t.Fatalf("after the window moved: admitted %d, want 240", ok)
 	}
@@ -104,7 +104,7 @@ func TestTierConcurrentUploadsCannotOvershoot(t *testing.T) {
 		go func(g int) {
 			defer wg.Done()
 			for i := 0; i < 5; i++ {
-				codes, err := f.l.Admit(f.b, f.pn, randomNumbers(20, uint64(100+g*10+i)), f.now)
+				codes, _, err := f.l.Admit(f.b, f.pn, randomNumbers(20, uint64(100+g*10+i)), f.now)
 				if err != nil {
 					t.Error(err)
 					return
@@ -129,7 +129,7 @@ func TestTierSurvivesRestart(t *testing.T) {
 	f.close()
 	f = newFixture(t, dir, "250")
 	defer f.close()
-	codes, _ := f.l.Admit(f.b, f.pn, randomNumbers(100, 10), f.now.Add(time.Minute))
+	codes, _, _ := f.l.Admit(f.b, f.pn, randomNumbers(100, 10), f.now.Add(time.Minute))
 	if ok, _ := admitted(codes); ok != 50 {
 		t.Fatalf("after restart: admitted %d, want 50", ok)
 	}
@@ -143,7 +143,7 @@ func TestPausedAndLowQualityAreRestricted(t *testing.T) {
 	defer f.close()
 	paused := true
 	b, _ := f.ten.Update(f.b.ID, nil, nil, &paused)
-	codes, _ := f.l.Admit(b, f.pn, []string{"15550000001"}, f.now)
+	codes, _, _ := f.l.Admit(b, f.pn, []string{"15550000001"}, f.now)
 	if codes[0] != CodeRestricted {
 		t.Fatalf("paused business admitted: %v", codes)
 	}
@@ -156,13 +156,42 @@ func TestSequentialEnumerationIsFlagged(t *testing.T) {
 	for i := 0; i < 500; i++ {
 		seq = append(seq, fmt.Sprintf("1555%07d", 1000+i))
 	}
-	f.l.Admit(f.b, f.pn, seq, f.now)
+	// One batch that enumerates is refused whole, before anything of it is
+	// counted, with the flag named; the integrity view says why.
+	codes, reason, err := f.l.Admit(f.b, f.pn, seq, f.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range codes {
+		if c != CodeRestricted {
+			t.Fatalf("line %d of an enumerating batch admitted (code %d)", i, c)
+		}
+	}
+	if !strings.Contains(reason, "sequential_enumeration") {
+		t.Fatalf("reason does not name the flag: %q", reason)
+	}
+	if n, _ := f.l.UniqueRecipients(f.b.ID, f.now); n != 0 {
+		t.Fatalf("a refused batch counted %d recipients against the tier", n)
+	}
 	v := f.l.quality(f.pn, f.now)
-	if v.Quality != "low" || len(v.Flags) == 0 || v.Flags[0].Name != "sequential_enumeration" || v.Flags[0].Value < 0.99 {
-		t.Fatalf("enumeration not flagged: %+v", v)
+	if len(v.Flags) == 0 || v.Flags[0].Name != "sequential_enumeration" || v.Flags[0].Refused != 1 {
+		t.Fatalf("refusal not in the integrity view: %+v", v)
+	}
+	// A clean batch right after is admitted.
+	if codes, _, _ := f.l.Admit(f.b, f.pn, randomNumbers(50, 77), f.now); codes[0] != 0 {
+		t.Fatalf("clean batch after a refused one: %v", codes[:3])
+	}
+	// Enumeration spread over batches too small to judge alone still lowers
+	// the quality rating.
+	for k := 0; k+10 <= len(seq); k += 10 {
+		f.l.Admit(f.b, f.pn, seq[k:k+10], f.now)
+	}
+	v = f.l.quality(f.pn, f.now)
+	if v.Quality != "low" {
+		t.Fatalf("enumeration in small batches not rated low: %+v", v)
 	}
 	// Low quality pauses new campaigns and moves the tier down.
-	codes, _ := f.l.Admit(f.b, f.pn, []string{"15559999999"}, f.now)
+	codes, _, _ = f.l.Admit(f.b, f.pn, []string{"15559999999"}, f.now)
 	if codes[0] != CodeRestricted {
 		t.Fatal("low quality did not restrict admission")
 	}
@@ -339,7 +368,7 @@ func TestFirstContactShareIsFlagged(t *testing.T) {
 		t.Fatalf("all first contacts: %+v", q)
 	}
 	// Medium restricts nothing.
-	if codes, _ := f.l.Admit(f.b, f.pn, []string{"15551112222"}, f.now); codes[0] != 0 {
+	if codes, _, _ := f.l.Admit(f.b, f.pn, []string{"15551112222"}, f.now); codes[0] != 0 {
 		t.Fatalf("medium quality restricted admission: %v", codes)
 	}
 }
@@ -366,13 +395,15 @@ func TestLowQualityAtTheLowestTierPauses(t *testing.T) {
 	for i := 0; i < 240; i++ {
 		seq = append(seq, fmt.Sprintf("1555%07d", 5000+i))
 	}
-	f.l.Admit(f.b, f.pn, seq, f.now)
+	for k := 0; k+10 <= len(seq); k += 10 { // batches too small to be refused alone
+		f.l.Admit(f.b, f.pn, seq[k:k+10], f.now)
+	}
 	ch := f.l.EvaluateTiers(f.now)
 	b, _ := f.ten.Get(f.b.ID)
 	if len(ch) != 1 || !b.Paused || b.Tier != "250" {
 		t.Fatalf("low quality at tier 250: %v, paused %v, tier %s", ch, b.Paused, b.Tier)
 	}
-	if codes, _ := f.l.Admit(b, f.pn, []string{"15559990000"}, f.now); codes[0] != CodeRestricted {
+	if codes, _, _ := f.l.Admit(b, f.pn, []string{"15559990000"}, f.now); codes[0] != CodeRestricted {
 		t.Fatalf("paused business admitted: %v", codes)
 	}
 }

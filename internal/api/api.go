@@ -39,9 +39,11 @@ import (
 
 // Admitter is the integrity limiter's admission check (package ratelimit).
 type Admitter interface {
-	// Admit decides for recipients (normalized numbers) of one phone number;
-	// it returns one code per recipient, 0 meaning admitted.
-	Admit(b *tenant.Business, phoneNumberID string, recipients []string, now time.Time) ([]int, error)
+	// Admit decides for recipients (normalized numbers) of one phone number
+	// (one admission batch, judged before any of it is enqueued); it returns
+	// one code per recipient, 0 meaning admitted, and the reason for the
+	// refused ones (the error message the client sees).
+	Admit(b *tenant.Business, phoneNumberID string, recipients []string, now time.Time) (codes []int, reason string, err error)
 	// Integrity is the GET /v1/{phone_number_id}/integrity view.
 	Integrity(b *tenant.Business, phoneNumberID string, now time.Time) any
 }

@@ -228,9 +228,10 @@ func (a *admitter) flush() error {
 	}
 	now := a.s.opts.Now()
 	codes := make([]int, len(a.tos))
+	reason := ""
 	if a.s.opts.Admitter != nil {
 		var err error
-		if codes, err = a.s.opts.Admitter.Admit(a.b, a.pn, a.tos, now); err != nil {
+		if codes, reason, err = a.s.opts.Admitter.Admit(a.b, a.pn, a.tos, now); err != nil {
 			return err
 		}
 	}
@@ -240,7 +241,7 @@ func (a *admitter) flush() error {
 	from := a.b.PhoneNumbers[a.pn]
 	for i, to := range a.tos {
 		if codes[i] != 0 {
-			a.reject(a.lines[i], a.inputs[i], rerr(codes[i], "%s", admissionText(codes[i])))
+			a.reject(a.lines[i], a.inputs[i], rerr(codes[i], "%s", admissionText(codes[i], reason)))
 			continue
 		}
 		id := a.s.nextID(a.pn, now)

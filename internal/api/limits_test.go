@@ -448,3 +448,40 @@ func faultyFS(on *atomic.Bool, errno syscall.Errno) vfs.FS {
 		return nil
 	}))
 }
+
+// TestEnumeratingBatchIsRefusedBeforeEnqueue: a campaign upload whose
+// admission batch walks consecutive numbers is refused line by line (131048,
+// the flag named) before any of it is enqueued; the clean batch uploaded
+// before it stays accepted, and the integrity view says why.
+func TestEnumeratingBatchIsRefusedBeforeEnqueue(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "unlimited")
+	var body strings.Builder
+	body.WriteString(`{"name":"enum","template":{"body":"hi"}}` + "\n")
+	for i := 0; i < 2048; i++ { // one whole clean batch first
+		fmt.Fprintf(&body, `{"to":"1555%07d"}`+"\n", (i*7919+104729)%10_000_000)
+	}
+	for i := 0; i < 300; i++ { // then 300 consecutive numbers
+		fmt.Fprintf(&body, `{"to":"1777%07d"}`+"\n", 1000+i)
+	}
+	code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, body.String(), "application/x-ndjson")
+	if code != 200 {
+		t.Fatalf("upload: %d %v", code, out)
+	}
+	if out["accepted"] != float64(2048) || out["rejected_count"] != float64(300) {
+		t.Fatalf("want the clean 2048 accepted and the 300 refused: %v", out)
+	}
+	rej := out["rejected"].([]any)
+	first := rej[0].(map[string]any)
+	if first["code"] != float64(131048) || !strings.Contains(first["message"].(string), "sequential_enumeration") || first["line"] != float64(2050) {
+		t.Fatalf("refusal does not name the flag or the line: %v", first)
+	}
+	code, out = e.do("GET", "/v1/"+a.PNs[0]+"/integrity", a.Token, "", "")
+	flags, _ := out["flags"].([]any)
+	if code != 200 || len(flags) == 0 || flags[0].(map[string]any)["name"] != "sequential_enumeration" {
+		t.Fatalf("integrity view: %d %v", code, out)
+	}
+	if d := e.depth(); d > 2048 {
+		t.Fatalf("queue holds %d messages: part of the refused batch was enqueued", d)
+	}
+}

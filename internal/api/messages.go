@@ -123,14 +123,14 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	}
 	now := s.opts.Now()
 	if s.opts.Admitter != nil {
-		codes, err := s.opts.Admitter.Admit(b, pn, []string{to}, now)
+		codes, reason, err := s.opts.Admitter.Admit(b, pn, []string{to}, now)
 		if err != nil {
 			s.storageError(ctx, err)
 			return
 		}
 		if codes[0] != 0 {
 			s.opts.Metrics.Rejected.WithLabelValues(fmt.Sprint(codes[0])).Inc()
-			fail(ctx, admissionStatus(codes[0]), codes[0], "OAuthException", admissionText(codes[0]), "")
+			fail(ctx, admissionStatus(codes[0]), codes[0], "OAuthException", admissionText(codes[0], reason), "")
 			return
 		}
 	}
@@ -159,7 +159,10 @@ func admissionStatus(code int) int {
 	return 429
 }
 
-func admissionText(code int) string {
+func admissionText(code int, reason string) string {
+	if reason != "" {
+		return reason
+	}
 	switch code {
 	case CodeTier:
 		return "messaging tier limit reached: no more new unique recipients in the moving 24 h window"
