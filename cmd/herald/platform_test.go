@@ -2,9 +2,14 @@ package main
 
 import (
 	"context"
+	"io"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 // A profile path that cannot be created is a configuration error naming the
@@ -17,4 +22,50 @@ func TestPlatformBadCPUProfilePathNamesTheSetting(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "invalid setting cpuprofile") {
 		t.Fatalf("want an error naming cpuprofile, got %v", err)
 	}
+}
+
+// TestServeOnABusyPortExitsOneNamingTheSetting: a --listen address in use
+// stops the start with exit code 1 and a message naming the setting (it used
+// to panic in the cleanup of the failed start).
+func TestServeOnABusyPortExitsOneNamingTheSetting(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	stderr := captureStderr(t, func() {
+		root := &cobra.Command{Use: "herald", SilenceUsage: true, SilenceErrors: true}
+		if code := run(context.Background(), root, []string{"serve", "--data", t.TempDir(), "--listen", ln.Addr().String()}); code != 1 {
+			t.Errorf("exit code %d, want 1", code)
+		}
+	})
+	if !strings.Contains(stderr, "invalid setting listen") {
+		t.Fatalf("stderr does not name the setting: %q", stderr)
+	}
+	// A flag the program does not know is a usage error: exit 2.
+	stderr = captureStderr(t, func() {
+		root := &cobra.Command{Use: "herald", SilenceUsage: true, SilenceErrors: true}
+		if code := run(context.Background(), root, []string{"serve", "--lissten", "x"}); code != 2 {
+			t.Errorf("unknown flag: exit code %d, want 2", code)
+		}
+	})
+	if !strings.Contains(stderr, "lissten") {
+		t.Fatalf("unknown flag not named: %q", stderr)
+	}
+}
+
+func captureStderr(t *testing.T, f func()) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stderr
+	os.Stderr = w
+	done := make(chan string)
+	go func() { b, _ := io.ReadAll(r); done <- string(b) }()
+	f()
+	os.Stderr = old
+	w.Close()
+	return <-done
 }

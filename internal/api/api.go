@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -192,11 +193,17 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		s.platformEvents(ctx)
 		return
 	case len(parts) >= 2 && parts[0] == "admin" && parts[1] == "v1":
+		if unknownQuery(ctx) {
+			return
+		}
 		s.admin(ctx, method, parts[2:])
 		return
 	}
 	if len(parts) < 2 || parts[0] != "v1" {
 		notFound(ctx)
+		return
+	}
+	if unknownQuery(ctx) {
 		return
 	}
 	b, err := s.authenticate(ctx)
@@ -220,6 +227,23 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	default:
 		notFound(ctx)
 	}
+}
+
+// unknownQuery answers 400 (code 100, the parameters named) when the request
+// carries query parameters: no route of the business or admin API takes one
+// yet, and a parameter a server ignores (say ?dry_run=true) does what the
+// client did not ask for.
+func unknownQuery(ctx *fasthttp.RequestCtx) bool {
+	args := ctx.QueryArgs()
+	if args.Len() == 0 {
+		return false
+	}
+	var names []string
+	for k := range args.All() {
+		names = append(names, strconv.Quote(string(k)))
+	}
+	badRequest(ctx, CodeInvalidParam, "unknown query parameter "+strings.Join(names, ", "), "")
+	return true
 }
 
 func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenant.Business, error) {

@@ -199,6 +199,7 @@ func TestSingleMessageValidationChangesNothing(t *testing.T) {
 		{"no product", `{"to":"15550000001","text":{"body":"x"}}`, 400, 100},
 		{"not json", `hello`, 400, 100},
 		{"trailing data", msgBody("15550000001", "x") + `{}`, 400, 100},
+		{"recipient_type group", `{"messaging_product":"whatsapp","recipient_type":"group","to":"15550000001","text":{"body":"x"}}`, 400, 100},
 	}
 	for _, tc := range cases {
 		code, out := e.do("POST", path, a.Token, tc.body, "")
@@ -212,9 +213,9 @@ func TestSingleMessageValidationChangesNothing(t *testing.T) {
 	if e.depth() != 0 {
 		t.Fatalf("rejected requests enqueued %d messages", e.depth())
 	}
-	// Unknown fields are ignored.
-	if code, out := e.do("POST", path, a.Token, `{"messaging_product":"whatsapp","to":"15550000001","text":{"body":"x"},"preview_url":true,"whatever":{"a":1}}`, ""); code != 200 {
-		t.Fatalf("unknown fields: %d %v", code, out)
+	// The Cloud API's own optional fields are known and accepted.
+	if code, out := e.do("POST", path, a.Token, `{"messaging_product":"whatsapp","recipient_type":"individual","to":"15550000001","text":{"body":"x","preview_url":true}}`, ""); code != 200 {
+		t.Fatalf("Cloud API fields: %d %v", code, out)
 	}
 	// Oversized body: refused after at most the 4 MiB prefetch, never buffered whole.
 	conn, err := net.Dial("tcp", e.n.Addr())
@@ -406,5 +407,44 @@ func TestMetricsHaveNoNumbers(t *testing.T) {
 			t.Fatalf("%s: %v", p, err)
 		}
 		r.Body.Close()
+	}
+}
+
+// TestUnknownFieldsAndParametersAreRefused: a field or query parameter Herald
+// does not know is refused (400, code 100, named), never ignored: a campaign
+// posted with ?dry_run=true and a send_at it did not understand used to be
+// sent at once. Nothing is enqueued.
+func TestUnknownFieldsAndParametersAreRefused(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	pn := a.PNs[0]
+	cases := []struct {
+		name, method, path, token, body, ct, want string
+	}{
+		{"message field", "POST", "/v1/" + pn + "/messages", a.Token, `{"messaging_product":"whatsapp","to":"15550000001","text":{"body":"x"},"whatever":{"a":1}}`, "", `"whatever"`},
+		{"nested field", "POST", "/v1/" + pn + "/messages", a.Token, `{"messaging_product":"whatsapp","to":"15550000001","text":{"body":"x","bdy":"y"}}`, "", `"bdy"`},
+		{"campaign header", "POST", "/v1/" + pn + "/campaigns", a.Token, `{"name":"c","template":{"body":"hi"},"sent_at":"2030-01-01T00:00:00Z","recipients":[{"to":"15550000001"}]}`, "", `"sent_at"`},
+		{"ndjson header", "POST", "/v1/" + pn + "/campaigns", a.Token, `{"name":"c","template":{"body":"hi"},"quiet":true}` + "\n" + `{"to":"15550000001"}` + "\n", "application/x-ndjson", `"quiet"`},
+		{"query on a campaign", "POST", "/v1/" + pn + "/campaigns?dry_runn=true", a.Token, `{"name":"c","template":{"body":"hi"},"recipients":[{"to":"15550000001"}]}`, "", `"dry_runn"`},
+		{"query on a message", "POST", "/v1/" + pn + "/messages?x=1", a.Token, msgBody("15550000001", "x"), "", `"x"`},
+		{"webhook field", "PUT", "/v1/" + pn + "/webhook", a.Token, `{"url":"https://example.com/h","secret":"s","extra":1}`, "", `"extra"`},
+		{"admin field", "POST", "/admin/v1/businesses", "admin-token-for-tests", `{"name":"B","phone_numbers":["15550002002"],"tier":"2k","color":"red"}`, "", `"color"`},
+		{"admin query", "GET", "/admin/v1/businesses?page=2", "admin-token-for-tests", "", "", `"page"`},
+	}
+	for _, tc := range cases {
+		code, out := e.do(tc.method, tc.path, tc.token, tc.body, tc.ct)
+		msg, _ := out["error"].(map[string]any)["message"].(string)
+		if code != 400 || errCode(out) != 100 || !strings.Contains(msg, tc.want) {
+			t.Errorf("%s: got %d/%d %q, want 400/100 naming %s", tc.name, code, errCode(out), msg, tc.want)
+		}
+	}
+	// A recipient line with an unknown field is refused alone, by line.
+	code, out := e.do("POST", "/v1/"+pn+"/campaigns", a.Token, `{"name":"c","template":{"body":"hi"}}`+"\n"+`{"to":"15550000001","var":{"a":"b"}}`+"\n"+`{"to":"15550000002"}`+"\n", "application/x-ndjson")
+	rej, _ := out["rejected"].([]any)
+	if code != 200 || out["accepted"] != float64(1) || len(rej) != 1 || !strings.Contains(rej[0].(map[string]any)["message"].(string), `"var"`) {
+		t.Fatalf("recipient line with an unknown field: %d %v", code, out)
+	}
+	if e.depth() > 1 {
+		t.Fatalf("refused requests enqueued: depth %d", e.depth())
 	}
 }

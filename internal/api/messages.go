@@ -1,10 +1,13 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"reflect"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -19,10 +22,14 @@ import (
 
 type textBody struct {
 	Body string `json:"body"`
+	// PreviewURL is the Cloud API's link-preview switch: known, accepted,
+	// without effect (Herald renders no previews).
+	PreviewURL *bool `json:"preview_url"`
 }
 
 type sendRequest struct {
 	MessagingProduct string    `json:"messaging_product"`
+	RecipientType    string    `json:"recipient_type"` // Cloud API: "individual" (the only kind)
 	To               string    `json:"to"`
 	Type             string    `json:"type"`
 	Text             *textBody `json:"text"`
@@ -63,23 +70,57 @@ func validBody(body string) *reqError {
 	return nil
 }
 
-// decodeStrict decodes JSON, turning type errors into clear messages. Unknown
-// fields are ignored; invalid UTF-8 anywhere in the input is refused (the
-// standard decoder would silently replace it).
+// decodeStrict decodes one JSON object into v. It refuses, with a message
+// that says what the client sent wrong (never a Go type): a field v does not
+// have (named), a value of the wrong kind, data after the object, bytes that
+// are not UTF-8.
 func decodeStrict(b []byte, v any) *reqError {
 	if !utf8.Valid(b) {
 		return rerr(CodeBadBody, "request is not valid UTF-8")
 	}
-	// json.Unmarshal (not a Decoder per line: that allocates its buffers each
-	// time) also refuses data after the object.
-	if err := json.Unmarshal(b, v); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return rerr(CodeInvalidParam, "field %q must be %s, got %s", te.Field, te.Type.String(), te.Value)
+			if te.Field == "" {
+				return rerr(CodeInvalidParam, "the body must be %s, got %s", kindName(te.Type), te.Value)
+			}
+			return rerr(CodeInvalidParam, "field %q must be %s, got %s", te.Field, kindName(te.Type), te.Value)
 		}
-		return rerr(CodeInvalidParam, "body is not valid JSON: %v", err)
+		if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return rerr(CodeInvalidParam, "unknown field %s", name)
+		}
+		if errors.Is(err, io.EOF) {
+			return rerr(CodeInvalidParam, "the body is empty: a JSON object is required")
+		}
+		return rerr(CodeInvalidParam, "body is not valid JSON: %s", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if rest := bytes.TrimSpace(b[dec.InputOffset():]); len(rest) > 0 {
+		return rerr(CodeInvalidParam, "body is not valid JSON: data after the object")
 	}
 	return nil
+}
+
+// kindName names a JSON kind the way a client thinks of it.
+func kindName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Pointer:
+		return kindName(t.Elem())
+	default:
+		return "an object"
+	}
 }
 
 func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
@@ -89,6 +130,10 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	}
 	if req.MessagingProduct != "whatsapp" {
 		badRequest(ctx, CodeInvalidParam, `messaging_product must be "whatsapp"`, "")
+		return
+	}
+	if req.RecipientType != "" && req.RecipientType != "individual" {
+		badRequest(ctx, CodeInvalidParam, `recipient_type must be "individual"`, "")
 		return
 	}
 	if req.Type != "" && req.Type != "text" {

@@ -150,9 +150,13 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, &ConfigError{"data", err.Error()}
 	}
 	n = &Node{cfg: cfg, Metrics: metrics.New(), serveErr: make(chan error, 1), stop: make(chan struct{})}
+	// A failed start closes what it opened. The node is held here, not read
+	// from the named result: "return nil, err" has set that to nil by the
+	// time this runs (a busy --listen port used to panic here).
+	built := n
 	defer func() {
 		if err != nil {
-			n.Close()
+			built.Close()
 		}
 	}()
 	keys, created, err := seal.LoadKeys(filepath.Join(cfg.DataDir, "master.key"), cfg.MasterKeys)

@@ -94,9 +94,10 @@ type Sender struct {
 		// tombstones of everything already delivered.
 		cursor map[string][]byte
 	}
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	started atomic.Bool
 }
 
 func cfgKey(pn string) []byte { return append([]byte("wH"), pn...) }
@@ -192,6 +193,7 @@ func (s *Sender) Notify([]engine.StatusChange) {
 
 // Start runs the delivery loop.
 func (s *Sender) Start() {
+	s.started.Store(true)
 	go func() {
 		defer close(s.done)
 		t := time.NewTicker(500 * time.Millisecond)
@@ -214,11 +216,14 @@ func (s *Sender) Start() {
 	}()
 }
 
-// Close stops the loop; safe to call twice.
+// Close stops the loop; safe to call twice, and before Start (a node whose
+// start failed closes what it built).
 func (s *Sender) Close() {
 	s.once.Do(func() {
 		close(s.stop)
-		<-s.done
+		if s.started.Load() {
+			<-s.done
+		}
 	})
 }
 
