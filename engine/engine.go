@@ -256,7 +256,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		defer e.wg.Done()
 		t := time.NewTicker(e.opts.RetentionInterval)
 		defer t.Stop()
-		lastPurge := time.Now()
+		lastPurge := e.opts.Now()
 		for {
 			select {
 			case <-ctx.Done():
@@ -265,8 +265,8 @@ func (e *Engine) Start(ctx context.Context) error {
 				if _, err := e.RetentionOnce(ctx); err != nil && ctx.Err() == nil {
 					e.log.Error("engine: retention sweep failed", "err", err)
 				}
-				if e.opts.PurgeInterval > 0 && time.Since(lastPurge) >= e.opts.PurgeInterval {
-					lastPurge = time.Now()
+				if now := e.opts.Now(); e.opts.PurgeInterval > 0 && now.Sub(lastPurge) >= e.opts.PurgeInterval {
+					lastPurge = now
 					e.purging.Store(true)
 					if err := e.db.Purge(ctx); err != nil && ctx.Err() == nil {
 						e.log.Error("engine: purge failed", "err", err)
@@ -306,6 +306,16 @@ func (e *Engine) Flush() { e.statuses.Flush() }
 // BreakerOpen reports whether the platform circuit breaker is open.
 func (e *Engine) BreakerOpen() bool { return e.breaker.open() }
 
+// Ready reports why the engine cannot deliver now (for /readyz): the
+// platform's breaker is open after consecutive failed requests. nil when
+// it can.
+func (e *Engine) Ready() error {
+	if e.breaker.open() {
+		return errors.New("the platform is unreachable: its circuit breaker is open after repeated failed requests; messages wait on disk")
+	}
+	return nil
+}
+
 // InFlight is the number of recipient groups being worked on.
 func (e *Engine) InFlight() int64 { return e.inflight.Load() }
 
@@ -325,11 +335,12 @@ func (e *Engine) dispatchLoop(ctx context.Context, shard int) {
 		if err != nil {
 			fails++
 			e.log.Warn("engine: dispatch round failed", "shard", shard, "err", err)
-			wait := Backoff(time.Now(), min(fails, 8), 10*time.Millisecond, 2*time.Second, 0, time.Time{}, jitter())
+			now := e.opts.Now()
+			wait := Backoff(now, min(fails, 8), 10*time.Millisecond, 2*time.Second, 0, time.Time{}, jitter())
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(time.Until(wait)):
+			case <-time.After(wait.Sub(now)):
 			}
 			continue
 		}

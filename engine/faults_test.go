@@ -284,3 +284,41 @@ func TestFailedPreparationDoesNotHoldBackItsTask(t *testing.T) {
 		t.Fatalf("want 39 sent and the bad recipient's message expired: %+v", c)
 	}
 }
+
+// madeUpCodes answers every envelope with an error code the contract does not
+// have, a different one each time.
+type madeUpCodes struct {
+	engine.Transport
+	n atomic.Int64
+}
+
+func (m *madeUpCodes) SendEach(ctx context.Context, envs []platform.Envelope) ([]platform.Result, []error) {
+	res := make([]platform.Result, len(envs))
+	for i, e := range envs {
+		res[i] = platform.Result{ID: e.ID, DeviceID: e.DeviceID, Status: "error", Code: fmt.Sprintf("made_up_%d", m.n.Add(1))}
+	}
+	return res, make([]error, len(envs))
+}
+
+// TestPlatformErrorLabelsAreBounded: codes outside the contract count as
+// "other" in herald_platform_errors_total (a label per string a platform
+// invents would grow the metric without a bound); such a message fails as
+// rejected by the platform.
+func TestPlatformErrorLabelsAreBounded(t *testing.T) {
+	m := metrics.New()
+	h := newHarness(t, harnessOpts{sim: sim.Options{UnknownShare: -1},
+		wrap:   func(tr engine.Transport) engine.Transport { return &madeUpCodes{Transport: tr} },
+		engine: func(o *engine.Options) { o.Metrics = m }})
+	users := h.users(10, 30)
+	h.enqueue(users, 1, "camp-made-up", time.Hour)
+	h.drain(time.Minute)
+	if n := promtest.CollectAndCount(m.PlatformErrors); n != 1 {
+		t.Fatalf("%d label values for platform errors, want 1 (other)", n)
+	}
+	if v := promtest.ToFloat64(m.PlatformErrors.WithLabelValues("other")); v < 30 {
+		t.Fatalf("other = %v, want at least one per message", v)
+	}
+	if c, _ := h.eng.CampaignCounters("camp-made-up"); c.Failed != 30 || c.Failures[fmt.Sprint(heraldtype.CodePlatformRejected)] != 30 {
+		t.Fatalf("made-up codes must fail as rejected: %+v", c)
+	}
+}

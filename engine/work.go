@@ -258,7 +258,7 @@ func (e *Engine) begin(g *group) *run {
 func (e *Engine) prepareFailed(r *run, err error) {
 	var re *platform.RequestError
 	if errors.As(err, &re) {
-		e.breaker.failure(time.Now())
+		e.breaker.failure(e.opts.Now())
 	}
 	e.log.Warn("engine: could not prepare ciphertexts; will retry", "err", err)
 	for _, it := range r.g.items {
@@ -824,7 +824,7 @@ func (e *Engine) transmitted(s sending, res []platform.Result, errs []error) {
 			}
 		}
 		if err != nil {
-			e.breaker.failure(time.Now())
+			e.breaker.failure(e.opts.Now())
 			var re *platform.RequestError
 			after := time.Duration(0)
 			if errors.As(err, &re) {
@@ -862,7 +862,7 @@ func (e *Engine) results(r *run, it *item, res []platform.Result) bool {
 			st.accepted = true
 			continue
 		}
-		e.m.PlatformErrors.WithLabelValues(x.Code).Inc()
+		e.m.PlatformErrors.WithLabelValues(errorLabel(x.Code)).Inc()
 		switch x.Code {
 		case platform.CodeUnknownUser:
 			e.signal(Signal{Kind: "unknown_user", BusinessPhone: it.p.From, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
@@ -899,6 +899,17 @@ func (e *Engine) results(r *run, it *item, res []platform.Result) bool {
 	}
 	r.retry(it, at, true, "platform")
 	return true
+}
+
+// errorLabel is a platform error code as a metric label: the contract's
+// codes, and "other" for anything a platform makes up (a label per distinct
+// string would let a platform grow the metric without a bound).
+func errorLabel(code string) string {
+	switch code {
+	case platform.CodeUnknownUser, platform.CodeStaleDevices, platform.CodeBadMessage, platform.CodeThrottled, platform.CodeUnavailable:
+		return code
+	}
+	return "other"
 }
 
 // resetDevice drops a device's session and every unsent ciphertext made with it

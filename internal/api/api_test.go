@@ -448,3 +448,60 @@ func TestUnknownFieldsAndParametersAreRefused(t *testing.T) {
 		t.Fatalf("refused requests enqueued: depth %d", e.depth())
 	}
 }
+
+// doIdem is do with an Idempotency-Key; it returns the replay header too.
+func (e *env) doIdem(path, token, key, body string) (int, map[string]any, string) {
+	e.t.Helper()
+	req, _ := http.NewRequest("POST", e.base+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	json.Unmarshal(raw, &out)
+	return resp.StatusCode, out, resp.Header.Get("Idempotent-Replayed")
+}
+
+// TestSingleSendIdempotencyKey: a single send retried with the same
+// Idempotency-Key (a client that timed out) is accepted once: the retry gets
+// the first answer, the same message id, and nothing more is enqueued. The
+// same key with another body is a conflict; another business's same key is
+// its own.
+func TestSingleSendIdempotencyKey(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	b := e.business("B", "15550001002", "10k")
+	pathA, pathB := "/v1/"+a.PNs[0]+"/messages", "/v1/"+b.PNs[0]+"/messages"
+	body := msgBody("15550000001", "your code is 1234")
+	code, first, replayed := e.doIdem(pathA, a.Token, "k-1", body)
+	if code != 200 || replayed != "" {
+		t.Fatalf("first send: %d %v %q", code, first, replayed)
+	}
+	id := first["messages"].([]any)[0].(map[string]any)["id"]
+	code, again, replayed := e.doIdem(pathA, a.Token, "k-1", body)
+	if code != 200 || replayed != "true" || again["messages"].([]any)[0].(map[string]any)["id"] != id {
+		t.Fatalf("retry: %d %v %q (want the first answer, id %v)", code, again, replayed, id)
+	}
+	if code, out, _ := e.doIdem(pathA, a.Token, "k-1", msgBody("15550000001", "another text")); code != 409 || errCode(out) != 100 {
+		t.Fatalf("same key, other body: %d %v", code, out)
+	}
+	// B's same key is B's: a new message, not A's answer.
+	code, outB, replayed := e.doIdem(pathB, b.Token, "k-1", body)
+	if code != 200 || replayed != "" || outB["messages"].([]any)[0].(map[string]any)["id"] == id {
+		t.Fatalf("another business's same key: %d %v %q", code, outB, replayed)
+	}
+	e.waitDrained()
+	code, st := e.do("GET", "/v1/messages/"+id.(string), a.Token, "", "")
+	if code != 200 {
+		t.Fatalf("status: %d %v", code, st)
+	}
+	// Exactly two messages were ever accepted (A's once, B's once).
+	if got := promtest.ToFloat64(e.n.Metrics.Accepted); got != 2 {
+		t.Fatalf("accepted %v messages, want 2", got)
+	}
+}

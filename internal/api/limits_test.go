@@ -485,3 +485,37 @@ func TestEnumeratingBatchIsRefusedBeforeEnqueue(t *testing.T) {
 		t.Fatalf("queue holds %d messages: part of the refused batch was enqueued", d)
 	}
 }
+
+// TestReadyzSaysWhyWhileThePlatformIsUnreachable: /readyz answers 503 with
+// the reason while the platform does not answer (/healthz stays 200), and
+// 200 with the simulator.
+func TestReadyzSaysWhyWhileThePlatformIsUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	e := start(t, func(c *node.Config) { c.PlatformURL, c.PlatformSecret = dead, "sekret" })
+	get := func(path string) (int, string) {
+		resp, err := http.Get(e.base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "platform is unreachable") {
+		t.Fatalf("readyz with the platform down: %d %s", code, body)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Fatalf("healthz must stay 200: %d", code)
+	}
+	ok := start(t)
+	resp, err := http.Get(ok.base + "/readyz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("readyz with the simulator: %v %v", resp, err)
+	}
+	resp.Body.Close()
+}

@@ -3,6 +3,8 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/valyala/fasthttp"
 
 	"github.com/heraldhq/herald/engine"
@@ -124,9 +127,46 @@ func kindName(t reflect.Type) string {
 }
 
 func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
-	var req sendRequest
-	if !s.readJSON(ctx, &req) {
+	idem := string(ctx.Request.Header.Peek("Idempotency-Key"))
+	if len(idem) > 200 {
+		badRequest(ctx, CodeInvalidParam, "Idempotency-Key must be at most 200 characters", "")
 		return
+	}
+	raw, ok := s.readBody(ctx)
+	if !ok {
+		return
+	}
+	var req sendRequest
+	if e := decodeStrict(raw, &req); e != nil {
+		badRequest(ctx, e.code, e.msg, "")
+		return
+	}
+	reqHash := sha256.Sum256(raw)
+	if idem != "" {
+		// Held first, then looked up: a retry that raced the first attempt
+		// either waits out its answer (409) or finds it remembered.
+		k := b.ID + "\x00msg\x00" + idem
+		s.idemMu.Lock()
+		if s.idemActive[k] {
+			s.idemMu.Unlock()
+			fail(ctx, 409, CodeConflict, "OAuthException", "a message with this Idempotency-Key is being accepted", "")
+			return
+		}
+		s.idemActive[k] = true
+		s.idemMu.Unlock()
+		defer func() { s.idemMu.Lock(); delete(s.idemActive, k); s.idemMu.Unlock() }()
+		prev, found, same := s.sentOnce(b.ID, idem, reqHash)
+		if found && !same {
+			fail(ctx, 409, CodeConflict, "OAuthException", "this Idempotency-Key was used for a different message", "send the same body again, or use a new key")
+			return
+		}
+		if found {
+			ctx.Response.Header.Set("Idempotent-Replayed", "true")
+			ctx.SetStatusCode(200)
+			ctx.SetContentType("application/json")
+			ctx.SetBody(prev)
+			return
+		}
 	}
 	if req.MessagingProduct != "whatsapp" {
 		badRequest(ctx, CodeInvalidParam, `messaging_product must be "whatsapp"`, "")
@@ -184,16 +224,51 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	batch := s.opts.DB.NewBatch()
 	engine.NewStatusRecord(batch, id, b.ID, pn, "", now)
 	msg := queue.Message{ID: id, Recipient: to, Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)}
+	answer, _ := json.Marshal(map[string]any{
+		"messaging_product": "whatsapp",
+		"contacts":          []map[string]string{{"input": req.To, "wa_id": to}},
+		"messages":          []map[string]string{{"id": id}},
+	})
+	if idem != "" {
+		// The answer is remembered in the enqueue's own batch: a retry after
+		// a timeout finds it exactly when the message was accepted.
+		s.rememberSent(batch, b.ID, idem, reqHash, answer, now)
+	}
 	if err := s.opts.Queue.EnqueueWith(context.Background(), []queue.Message{msg}, batch); err != nil {
 		s.storageError(ctx, err)
 		return
 	}
 	s.opts.Metrics.Accepted.Inc()
-	writeJSON(ctx, 200, map[string]any{
-		"messaging_product": "whatsapp",
-		"contacts":          []map[string]string{{"input": req.To, "wa_id": to}},
-		"messages":          []map[string]string{{"id": id}},
-	})
+	ctx.SetStatusCode(200)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(answer)
+}
+
+// sentIdemKey is where a single send's Idempotency-Key answer lives (beside
+// the campaigns' keys, in a namespace of its own).
+func sentIdemKey(biz, key string) []byte { return idemKey(biz, "\x01msg\x00"+key) }
+
+// sentOnce returns the remembered answer to a single send with this key
+// (within idemTTL), and whether the request body was the same.
+func (s *Server) sentOnce(biz, key string, reqHash [32]byte) (answer []byte, found, same bool) {
+	raw, ok, err := s.opts.DB.GetCopy(sentIdemKey(biz, key))
+	if err != nil || !ok {
+		return nil, false, false
+	}
+	v, err := s.opts.Sealer.Open(raw) // the answer holds the recipient's number
+	if err != nil || len(v) < 8+32 {
+		return nil, false, false
+	}
+	if s.opts.Now().Sub(time.UnixMilli(int64(binary.BigEndian.Uint64(v)))) > idemTTL {
+		return nil, false, false
+	}
+	return v[40:], true, [32]byte(v[8:40]) == reqHash
+}
+
+func (s *Server) rememberSent(b *pebble.Batch, biz, key string, reqHash [32]byte, answer []byte, now time.Time) {
+	v := binary.BigEndian.AppendUint64(make([]byte, 0, 40+len(answer)), uint64(now.UnixMilli()))
+	v = append(append(v, reqHash[:]...), answer...)
+	b.Set(sentIdemKey(biz, key), s.opts.Sealer.Seal(nil, v), nil)
 }
 
 func admissionStatus(code int) int {

@@ -88,6 +88,8 @@ type Config struct {
 type Node struct {
 	cfg      Config
 	ln       net.Listener
+	// platformErr is the last platform probe's failure (nil: it answered).
+	platformErr atomic.Pointer[error]
 	db       *kv.DB
 	Sealer   *seal.Sealer
 	Queue    *queue.Queue
@@ -247,7 +249,7 @@ func New(cfg Config) (n *Node, err error) {
 	n.Metrics.GaugeFunc("purges_completed", "Purges completed since start.", func() float64 { _, done := eng.Purging(); return float64(done) })
 	ao := api.Options{DB: n.db, Queue: n.Queue, Engine: eng, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
-		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout}
+		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, Ready: n.ready}
 	if cfg.MinFreeBytes == 0 {
 		cfg.MinFreeBytes = 256 << 20
 	}
@@ -281,6 +283,52 @@ func New(cfg Config) (n *Node, err error) {
 		}
 	}
 	return n, nil
+}
+
+// PlatformProbeInterval is how often the node checks that the platform
+// answers (for /readyz), with a key query for no users.
+const PlatformProbeInterval = 5 * time.Second
+
+// probePlatform checks the platform once now, then every
+// PlatformProbeInterval until the node stops.
+func (n *Node) probePlatform(ctx context.Context) {
+	probe := func() {
+		pctx, cancel := context.WithTimeout(ctx, PlatformProbeInterval)
+		defer cancel()
+		err := n.client.Ping(pctx)
+		if err != nil {
+			n.platformErr.Store(&err)
+		} else {
+			n.platformErr.Store(nil)
+		}
+	}
+	probe()
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		t := time.NewTicker(PlatformProbeInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-n.stop:
+				return
+			case <-t.C:
+				probe()
+			}
+		}
+	}()
+}
+
+// ready is /readyz beyond storage: the platform answers and the engine's
+// breaker is closed; the error says which is not so.
+func (n *Node) ready() error {
+	if p := n.platformErr.Load(); p != nil {
+		return fmt.Errorf("the platform is unreachable: %v; messages wait on disk", *p)
+	}
+	if n.Engine != nil {
+		return n.Engine.Ready()
+	}
+	return nil
 }
 
 // spaceGuard is the disk-space watermark: it re-reads the free space at most
@@ -361,6 +409,7 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.Webhooks.Start()
+	n.probePlatform(ctx)
 	go func() { n.serveErr <- n.API.Serve(n.ln) }()
 	if n.Limits != nil {
 		n.bg.Add(1)

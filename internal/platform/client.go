@@ -164,6 +164,18 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
+// Ping checks that the platform answers: a key query for no users. A
+// transport failure, 401/403 (the secret is not accepted), 429 or 5xx is an
+// error; any other answer means the platform is there.
+func (c *Client) Ping(ctx context.Context) error {
+	err := c.doWith(ctx, "/v1/keys/query", []byte(`{"users":[]}`), func([]byte) error { return nil })
+	var re *RequestError
+	if errors.As(err, &re) && re.Status >= 400 && re.Status < 500 && re.Status != 401 && re.Status != 403 && re.Status != 429 {
+		return nil
+	}
+	return err
+}
+
 // QueryKeys fetches bundles for users, in requests of at most 1000 users.
 func (c *Client) QueryKeys(ctx context.Context, users []string) (*KeysResponse, error) {
 	all := &KeysResponse{}
