@@ -86,21 +86,21 @@ type Config struct {
 
 // Node is a running (or ready to run) Herald server.
 type Node struct {
-	cfg      Config
-	ln       net.Listener
+	cfg Config
+	ln  net.Listener
 	// platformErr is the last platform probe's failure (nil: it answered).
 	platformErr atomic.Pointer[error]
-	db       *kv.DB
-	Sealer   *seal.Sealer
-	Queue    *queue.Queue
-	Engine   *engine.Engine
-	Tenants  *tenant.Store
-	Webhooks *webhook.Sender
-	Limits   *ratelimit.Limiter
-	API      *api.Server
-	Sim      *sim.Server
-	Metrics  *metrics.Metrics
-	client   *platform.Client
+	db          *kv.DB
+	Sealer      *seal.Sealer
+	Queue       *queue.Queue
+	Engine      *engine.Engine
+	Tenants     *tenant.Store
+	Webhooks    *webhook.Sender
+	Limits      *ratelimit.Limiter
+	API         *api.Server
+	Sim         *sim.Server
+	Metrics     *metrics.Metrics
+	client      *platform.Client
 
 	AdminToken string
 	// DemoToken and DemoPhoneNumberID are set when this start created the demo business.
