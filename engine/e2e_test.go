@@ -220,7 +220,7 @@ func (h *harness) enqueue(users []string, n int, campaign string, ttl time.Durat
 			p := heraldtype.Payload{BusinessID: h.bizID, PhoneNumberID: h.pnID, From: "15550001111", To: u, CampaignID: campaign,
 				Body: fmt.Sprintf("Hello %s, message %d ✓", u, round), TS: now.Unix()}
 			msgs = append(msgs, queue.Message{ID: id, Recipient: u, Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)})
-			engine.NewStatusRecord(b, id, h.bizID, h.pnID, campaign, now)
+			engine.NewStatusRecord(b, id, h.bizID, h.pnID, campaign, now, now.Add(ttl))
 			out[u] = append(out[u], id)
 		}
 	}

@@ -25,6 +25,9 @@ type MessageStatus struct {
 	Status        string          `json:"s"`
 	Code          int             `json:"code,omitempty"`
 	History       []StatusHistory `json:"h"`
+	// Expires is the message's expiry (unix seconds; 0 in records written
+	// before session 12).
+	Expires int64 `json:"x,omitempty"`
 }
 
 // StatusHistory is one step of a message's status history.
@@ -61,6 +64,9 @@ type StatusChange struct {
 	// Recipient is the recipient's number, known only for transitions the
 	// engine itself makes (not persisted with the status).
 	Recipient string
+	// Expires is the message's expiry (unix seconds; 0 when unknown): what
+	// reports the recipient's number is kept no longer (invariant 11).
+	Expires int64
 }
 
 // statusKey: e M <id>; countersKey: e c <campaign>.
@@ -70,8 +76,8 @@ func countersKey(cid string) []byte { return append([]byte("ec"), cid...) }
 // NewStatusRecord is the record the API writes, in the enqueue batch, for a
 // newly accepted message. now must be the payload's TS (the engine's first
 // "sent" rebuilds this record from the payload instead of reading it).
-func NewStatusRecord(b *pebble.Batch, id, businessID, phoneNumberID, campaignID string, now time.Time) {
-	NewQueuedRecords(businessID, phoneNumberID, campaignID).Put(b, id, now)
+func NewStatusRecord(b *pebble.Batch, id, businessID, phoneNumberID, campaignID string, now, expires time.Time) {
+	NewQueuedRecords(businessID, phoneNumberID, campaignID).Put(b, id, now, expires)
 }
 
 // QueuedRecords writes the "queued" status records of one business, number
@@ -90,15 +96,17 @@ func NewQueuedRecords(businessID, phoneNumberID, campaignID string) *QueuedRecor
 	rec := MessageStatus{BusinessID: businessID, PhoneNumberID: phoneNumberID, CampaignID: campaignID,
 		Status: heraldtype.StatusQueued}
 	head := appendStatus(nil, &rec)
+	head = head[:len(head)-1] // Expires (0: one byte) goes after the history
 	head[len(head)-1] = 1
 	tail := binary.AppendVarint(appendStr(nil, heraldtype.StatusQueued), 0)
 	return &QueuedRecords{head: head, tail: tail}
 }
 
-// Put adds message id's record, queued at now, to b. Not for concurrent use
-// (Set copies; the buffers are reused).
-func (q *QueuedRecords) Put(b *pebble.Batch, id string, now time.Time) {
+// Put adds message id's record, queued at now and expiring at expires, to b.
+// Not for concurrent use (Set copies; the buffers are reused).
+func (q *QueuedRecords) Put(b *pebble.Batch, id string, now, expires time.Time) {
 	q.val = append(binary.AppendVarint(append(q.val[:0], q.head...), now.Unix()), q.tail...)
+	q.val = binary.AppendVarint(q.val, expires.Unix())
 	q.key = append(append(q.key[:0], "eM"...), id...)
 	b.Set(q.key, q.val, nil)
 }
@@ -128,12 +136,12 @@ type update struct {
 // the payload's TS (both are the accept time in seconds).
 type queuedStatus struct {
 	businessID, phoneNumberID, campaignID string
-	ts                                    int64
+	ts, expires                           int64
 }
 
 func (q queuedStatus) record() *MessageStatus {
 	return &MessageStatus{BusinessID: q.businessID, PhoneNumberID: q.phoneNumberID, CampaignID: q.campaignID,
-		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: q.ts, Status: heraldtype.StatusQueued}}}
+		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: q.ts, Status: heraldtype.StatusQueued}}, Expires: q.expires}
 }
 
 // The engine's "sent" for a message on its first lease (enqueued by this
@@ -466,7 +474,7 @@ func (s *Statuses) apply(ups []update) {
 				st = rankNames[r]
 			}
 			changes = append(changes, StatusChange{MessageID: u.id, BusinessID: rec.BusinessID, PhoneNumberID: rec.PhoneNumberID,
-				CampaignID: rec.CampaignID, Status: st, Code: u.code, TS: u.at.Unix(), Recipient: u.recipient})
+				CampaignID: rec.CampaignID, Status: st, Code: u.code, TS: u.at.Unix(), Recipient: u.recipient, Expires: rec.Expires})
 		}
 	}
 	var v []byte

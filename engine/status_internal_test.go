@@ -32,10 +32,10 @@ func TestQueuedRecordsSameBytesAsEncode(t *testing.T) {
 		q := NewQueuedRecords(c.biz, c.pn, c.cid)
 		for _, ts := range []int64{0, 1, 1764115200, -5, 1 << 40, -1 << 62} {
 			rec := MessageStatus{BusinessID: c.biz, PhoneNumberID: c.pn, CampaignID: c.cid,
-				Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: ts, Status: heraldtype.StatusQueued}}}
+				Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: ts, Status: heraldtype.StatusQueued}}, Expires: ts/2 + 86400}
 			want := appendStatus(nil, &rec)
 			b := new(pebble.Batch)
-			q.Put(b, "wamid.X", time.Unix(ts, 0))
+			q.Put(b, "wamid.X", time.Unix(ts, 0), time.Unix(ts/2+86400, 0))
 			r := b.Reader()
 			_, k, v, ok, err := r.Next()
 			if !ok || err != nil {
@@ -151,7 +151,7 @@ func TestStatusesSurviveAFailedCommit(t *testing.T) {
 	enqueue := func(ids ...string) {
 		b := db.NewBatch()
 		for _, id := range ids {
-			NewStatusRecord(b, id, "biz", "pn", "cmp", now)
+			NewStatusRecord(b, id, "biz", "pn", "cmp", now, now.Add(time.Hour))
 		}
 		if err := db.Commit(b, true); err != nil {
 			t.Fatal(err)
@@ -221,7 +221,7 @@ func TestStatusesUpgradeLegacyJSONRecords(t *testing.T) {
 	}
 	s.apply([]update{{id: "old", status: heraldtype.StatusSent, at: time.Unix(1764115260, 0)}})
 	v, ok, err := db.GetCopy(statusKey("old"))
-	if err != nil || !ok || v[0] != statusRecV1 {
+	if err != nil || !ok || v[0] != statusRecV2 {
 		t.Fatalf("record not rewritten in the binary form: %q %v %v", v, ok, err)
 	}
 	var rec MessageStatus
@@ -267,10 +267,10 @@ func TestFreshSentWritesWhatTheReadWould(t *testing.T) {
 		s.onChange = func(c []StatusChange) { changes = append(changes, c...) }
 		u := update{id: "m1", status: status, code: code, at: t1, recipient: "1555"}
 		if fresh {
-			u.fresh, u.queued = true, queuedStatus{"biz", "pn", campaign, t0.Unix()}
+			u.fresh, u.queued = true, queuedStatus{"biz", "pn", campaign, t0.Unix(), t0.Unix() + 3600}
 		} else {
 			b := db.NewBatch()
-			NewStatusRecord(b, "m1", "biz", "pn", campaign, t0)
+			NewStatusRecord(b, "m1", "biz", "pn", campaign, t0, t0.Add(time.Hour))
 			db.Commit(b, true)
 		}
 		s.apply([]update{u})
@@ -314,7 +314,7 @@ func TestFreshSentAfterAnOvertakingEvent(t *testing.T) {
 			db := openStatusDB(t)
 			s := statusesOn(db)
 			b := db.NewBatch()
-			NewStatusRecord(b, "m1", "biz", "pn", "cmp", t0)
+			NewStatusRecord(b, "m1", "biz", "pn", "cmp", t0, t0.Add(time.Hour))
 			db.Commit(b, true)
 			for i, round := range tc.rounds {
 				var ups []update
@@ -324,7 +324,7 @@ func TestFreshSentAfterAnOvertakingEvent(t *testing.T) {
 						ups = append(ups, update{id: "m1", status: heraldtype.StatusDelivered, at: at})
 					} else {
 						ups = append(ups, update{id: "m1", status: heraldtype.StatusSent, at: at,
-							fresh: true, queued: queuedStatus{"biz", "pn", "cmp", t0.Unix()}})
+							fresh: true, queued: queuedStatus{"biz", "pn", "cmp", t0.Unix(), t0.Unix() + 3600}})
 					}
 				}
 				s.apply(ups)

@@ -15,18 +15,24 @@ import (
 //	0x01 | str BusinessID | str PhoneNumberID | str CampaignID | str Status |
 //	varint Code | uvarint len(History) | { varint TS | str Status | varint Code }…
 //
-// where str is a uvarint length and the bytes. Records written before are the
-// JSON of MessageStatus (always starting with '{'); decodeStatus reads both,
-// so existing data directories need no migration.
+// where str is a uvarint length and the bytes. Form 0x02 (session 12) is the
+// same followed by varint Expires (the message's expiry, unix seconds: the
+// webhook outbox keeps the number a status reports no longer than that).
+// Records written before are the JSON of MessageStatus (always starting with
+// '{') or form 0x01; decodeStatus reads all three, so existing data
+// directories need no migration.
 
-const statusRecV1 = 0x01
+const (
+	statusRecV1 = 0x01
+	statusRecV2 = 0x02
+)
 
 // errStatusRec is a status record that is neither form.
 var errStatusRec = errors.New("engine: status record corrupt")
 
 // appendStatus appends rec's binary record to dst.
 func appendStatus(dst []byte, rec *MessageStatus) []byte {
-	dst = append(dst, statusRecV1)
+	dst = append(dst, statusRecV2)
 	dst = appendStr(dst, rec.BusinessID)
 	dst = appendStr(dst, rec.PhoneNumberID)
 	dst = appendStr(dst, rec.CampaignID)
@@ -38,7 +44,7 @@ func appendStatus(dst []byte, rec *MessageStatus) []byte {
 		dst = appendStr(dst, h.Status)
 		dst = binary.AppendVarint(dst, int64(h.Code))
 	}
-	return dst
+	return binary.AppendVarint(dst, rec.Expires)
 }
 
 func appendStr(dst []byte, s string) []byte {
@@ -56,7 +62,7 @@ func decodeStatus(v []byte, rec *MessageStatus) error {
 		}
 		return nil
 	}
-	if len(v) == 0 || v[0] != statusRecV1 {
+	if len(v) == 0 || (v[0] != statusRecV1 && v[0] != statusRecV2) {
 		return fmt.Errorf("%w: unknown form", errStatusRec)
 	}
 	r := statusReader{b: v[1:]}
@@ -70,6 +76,9 @@ func decodeStatus(v []byte, rec *MessageStatus) error {
 		for i := uint64(0); i < n && r.err == nil; i++ {
 			rec.History = append(rec.History, StatusHistory{TS: r.varint(), Status: r.str(), Code: r.int()})
 		}
+	}
+	if r.err == nil && v[0] == statusRecV2 {
+		rec.Expires = r.varint()
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.err = fmt.Errorf("%w: %d trailing bytes", errStatusRec, len(r.b))

@@ -150,7 +150,7 @@ func (r *run) fail(it *item, code int) {
 // skips a point read (Statuses.apply; the "fresh" comment in status.go).
 func (u *update) withQueued(it *item) {
 	if it.msg.FirstLease && it.p.ResetDevice == 0 && !it.bad {
-		u.fresh, u.queued = true, queuedStatus{it.p.BusinessID, it.p.PhoneNumberID, it.p.CampaignID, it.p.TS}
+		u.fresh, u.queued = true, queuedStatus{it.p.BusinessID, it.p.PhoneNumberID, it.p.CampaignID, it.p.TS, it.msg.ExpiresAt.Unix()}
 	}
 }
 

@@ -251,7 +251,7 @@ func (a *admitter) flush() error {
 		if a.statuses == nil {
 			a.statuses = engine.NewQueuedRecords(a.b.ID, a.pn, a.cid)
 		}
-		a.statuses.Put(batch, id, now)
+		a.statuses.Put(batch, id, now, now.Add(a.ttl))
 	}
 	a.lines, a.tos, a.inputs, a.bodies = a.lines[:0], a.tos[:0], a.inputs[:0], a.bodies[:0]
 	if len(msgs) == 0 {

@@ -222,7 +222,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	id := s.nextID(pn, now)
 	p := heraldtype.Payload{BusinessID: b.ID, PhoneNumberID: pn, From: b.PhoneNumbers[pn], To: to, Body: req.Text.Body, TS: now.Unix()}
 	batch := s.opts.DB.NewBatch()
-	engine.NewStatusRecord(batch, id, b.ID, pn, "", now)
+	engine.NewStatusRecord(batch, id, b.ID, pn, "", now, now.Add(ttl))
 	msg := queue.Message{ID: id, Recipient: to, Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)}
 	answer, _ := json.Marshal(map[string]any{
 		"messaging_product": "whatsapp",
