@@ -26,6 +26,17 @@ func (s *Server) putWebhook(ctx *fasthttp.RequestCtx, b *tenant.Business, pn str
 	writeJSON(ctx, 200, map[string]any{"success": true, "phone_number_id": pn, "url": c.URL})
 }
 
+// getWebhook shows a phone number's webhook (never its secret), its backlog
+// and its last failed delivery.
+func (s *Server) getWebhook(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
+	st, ok := s.opts.Webhooks.State(pn)
+	if !ok {
+		fail(ctx, 404, CodeInvalidParam, "OAuthException", "no webhook is set for this phone number", "")
+		return
+	}
+	writeJSON(ctx, 200, st)
+}
+
 func (s *Server) getIntegrity(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
 	if s.opts.Admitter != nil {
 		writeJSON(ctx, 200, s.opts.Admitter.Integrity(b, pn, s.opts.Now()))

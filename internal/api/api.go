@@ -222,6 +222,8 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		s.withPhone(ctx, b, parts[1], s.postCampaign)
 	case len(parts) == 3 && parts[2] == "webhook" && method == "PUT":
 		s.withPhone(ctx, b, parts[1], s.putWebhook)
+	case len(parts) == 3 && parts[2] == "webhook" && method == "GET":
+		s.withPhone(ctx, b, parts[1], s.getWebhook)
 	case len(parts) == 3 && parts[2] == "integrity" && method == "GET":
 		s.withPhone(ctx, b, parts[1], s.getIntegrity)
 	default:

@@ -375,9 +375,22 @@ func TestWebhooksAreSignedAndDelivered(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	mu.Lock()
-	defer mu.Unlock()
 	if got[id+"/sent"] != "15550000001" || bad != 0 {
+		mu.Unlock()
 		t.Fatalf("sent webhook: %v bad %d", got, bad)
+	}
+	mu.Unlock()
+	// GET shows the webhook without its secret, and its backlog.
+	code, st := e.do("GET", "/v1/"+a.PNs[0]+"/webhook", a.Token, "", "")
+	if code != 200 || st["url"] != fmt.Sprintf("http://%s/hook", ln.Addr()) || st["secret"] != nil || st["backlog"] == nil {
+		t.Fatalf("GET webhook: %d %v", code, st)
+	}
+	b := e.business("B", "15550001002", "10k")
+	if code, _ := e.do("GET", "/v1/"+b.PNs[0]+"/webhook", b.Token, "", ""); code != 404 {
+		t.Fatalf("GET of a webhook never set: %d", code)
+	}
+	if code, _ := e.do("GET", "/v1/"+a.PNs[0]+"/webhook", b.Token, "", ""); code != 404 {
+		t.Fatalf("GET of another business's webhook: %d", code)
 	}
 }
 

@@ -27,6 +27,7 @@ type Metrics struct {
 	EncryptSeconds prometheus.Histogram
 	TransmitSecs   prometheus.Histogram
 	WebhookPosts   *prometheus.CounterVec // result
+	WebhookDropped *prometheus.CounterVec // reason: expired, backlog_full, unreadable
 }
 
 // New registers every collector on a fresh registry.
@@ -65,6 +66,7 @@ func New() *Metrics {
 		EncryptSeconds: h("encrypt_seconds", "Time to encrypt one recipient group (all devices, all messages)."),
 		TransmitSecs:   h("transmit_seconds", "Time for one transmit wave to come back from the platform."),
 		WebhookPosts:   v("webhook_posts_total", "Webhook deliveries, by result.", "result"),
+		WebhookDropped: v("webhook_dropped_total", "Webhook statuses dropped undelivered, by reason (expired: past their message's TTL; backlog_full: the phone number's outbox was at its cap).", "reason"),
 	}
 }
 

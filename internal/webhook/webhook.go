@@ -74,6 +74,16 @@ type Options struct {
 	BackoffBase, BackoffCap time.Duration
 	// Timeout per POST; default 10s.
 	Timeout time.Duration
+	// MaxBacklog caps one phone number's undelivered statuses; beyond it
+	// new ones are dropped (counted); default 100,000.
+	MaxBacklog int
+	// EntryTTL keeps a status whose message's expiry is unknown at most
+	// this long after it happened; default 30 days (the longest TTL).
+	EntryTTL time.Duration
+	// SweepInterval between sweeps of expired statuses; default 1 minute.
+	SweepInterval time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
 }
 
 // Sender owns webhook configs and their outboxes.
@@ -88,6 +98,8 @@ type Sender struct {
 		configs map[string]Config    // phone_number_id → config
 		retryAt map[string]time.Time // phone_number_id → next attempt
 		fails   map[string]int
+		backlog map[string]int       // phone_number_id → undelivered statuses
+		lastErr map[string]lastError // phone_number_id → the last failed attempt
 		// cursor: the key after the last delivered entry. Entries get their
 		// sequence from the single status writer, which commits in sequence
 		// order, so nothing can appear behind it; starting there skips the
@@ -99,6 +111,27 @@ type Sender struct {
 	once    sync.Once
 	started atomic.Bool
 }
+
+type lastError struct {
+	msg string
+	at  time.Time
+}
+
+// State is a phone number's webhook as its business may see it (never the
+// secret).
+type State struct {
+	URL           string     `json:"url"`
+	Backlog       int        `json:"backlog"`
+	LastError     string     `json:"last_error,omitempty"`
+	LastErrorAt   *time.Time `json:"last_error_at,omitempty"`
+	NextAttemptAt *time.Time `json:"next_attempt_at,omitempty"`
+}
+
+// entryMark starts an outbox value: the entry's expiry (unix seconds, 8
+// bytes) follows in the clear, then the sealed entry, so a sweep drops
+// expired entries without opening them. Values without it (written before
+// session 12) are delivered as before and never swept.
+const entryMark = 0xE1
 
 func cfgKey(pn string) []byte { return append([]byte("wH"), pn...) }
 func outKey(pn string, seq uint64) []byte {
@@ -121,6 +154,18 @@ func New(opts Options) (*Sender, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Second
 	}
+	if opts.MaxBacklog == 0 {
+		opts.MaxBacklog = 100_000
+	}
+	if opts.EntryTTL == 0 {
+		opts.EntryTTL = heraldtype.MaxTTL
+	}
+	if opts.SweepInterval == 0 {
+		opts.SweepInterval = time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -128,7 +173,8 @@ func New(opts Options) (*Sender, error) {
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	s.mu.configs, s.mu.retryAt, s.mu.fails = map[string]Config{}, map[string]time.Time{}, map[string]int{}
 	s.mu.cursor = map[string][]byte{}
-	s.seq.Store(uint64(time.Now().UnixNano()))
+	s.mu.backlog, s.mu.lastErr = map[string]int{}, map[string]lastError{}
+	s.seq.Store(uint64(time.Now().UnixNano())) // a sequence start, not a time: the wall clock only makes it grow across restarts
 	it, err := opts.DB.NewIter(&pebble.IterOptions{LowerBound: []byte("wH"), UpperBound: []byte("wI")})
 	if err != nil {
 		return nil, err
@@ -143,7 +189,70 @@ func New(opts Options) (*Sender, error) {
 		gojson.Unmarshal(plain, &c)
 		s.mu.configs[string(it.Key()[2:])] = c
 	}
+	if err := s.countBacklog(); err != nil {
+		return nil, err
+	}
+	if opts.Metrics != nil {
+		opts.Metrics.GaugeFunc("webhook_backlog", "Statuses waiting in webhook outboxes (all phone numbers).", func() float64 {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			n := 0
+			for _, b := range s.mu.backlog {
+				n += b
+			}
+			return float64(n)
+		})
+	}
 	return s, nil
+}
+
+// countBacklog counts the stored outbox entries of each phone number.
+func (s *Sender) countBacklog() error {
+	it, err := s.opts.DB.NewIter(&pebble.IterOptions{LowerBound: []byte("wQ"), UpperBound: []byte("wR")})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		if pn, ok := outKeyPN(it.Key()); ok {
+			s.mu.backlog[pn]++
+		}
+	}
+	return it.Error()
+}
+
+// outKeyPN is the phone number id of an outbox key.
+func outKeyPN(k []byte) (string, bool) {
+	if len(k) < 3 || len(k) < 3+int(k[2])+8 {
+		return "", false
+	}
+	return string(k[3 : 3+int(k[2])]), true
+}
+
+// State reports pn's webhook, its backlog and its last failure.
+func (s *Sender) State(pn string) (State, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.mu.configs[pn]
+	if !ok {
+		return State{}, false
+	}
+	st := State{URL: c.URL, Backlog: s.mu.backlog[pn]}
+	if le, ok := s.mu.lastErr[pn]; ok {
+		at := le.at.UTC()
+		st.LastError, st.LastErrorAt = le.msg, &at
+	}
+	if r, ok := s.mu.retryAt[pn]; ok && st.Backlog > 0 {
+		r = r.UTC()
+		st.NextAttemptAt = &r
+	}
+	return st, true
+}
+
+func (s *Sender) dropped(reason string, n int) {
+	if s.opts.Metrics != nil && n > 0 {
+		s.opts.Metrics.WebhookDropped.WithLabelValues(reason).Add(float64(n))
+	}
 }
 
 // Set stores a phone number's webhook.
@@ -165,12 +274,21 @@ func (s *Sender) Set(pn string, c Config) error {
 }
 
 // Hook is engine.Options.StatusHook: it queues the changes of phone numbers
-// that have a webhook into the status batch.
+// that have a webhook into the status batch. Each entry keeps its message's
+// expiry (or EntryTTL after the status when that is unknown): past it, it is
+// dropped undelivered (invariant 11: it holds the recipient's number). A
+// phone number's outbox holds at most MaxBacklog entries; more are dropped
+// and counted.
 func (s *Sender) Hook(b *pebble.Batch, changes []engine.StatusChange) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	full := 0
 	for _, c := range changes {
 		if _, ok := s.mu.configs[c.PhoneNumberID]; !ok {
+			continue
+		}
+		if s.mu.backlog[c.PhoneNumberID] >= s.opts.MaxBacklog {
+			full++
 			continue
 		}
 		e := Entry{ID: c.MessageID, Status: c.Status, Timestamp: strconv.FormatInt(c.TS, 10), RecipientID: c.Recipient,
@@ -179,8 +297,64 @@ func (s *Sender) Hook(b *pebble.Batch, changes []engine.StatusChange) {
 			Entry
 			B string `json:"b"`
 		}{e, c.BusinessID})
-		b.Set(outKey(c.PhoneNumberID, s.seq.Add(1)), s.opts.Sealer.Seal(nil, v), nil)
+		exp := c.Expires
+		if exp == 0 {
+			exp = time.Unix(c.TS, 0).Add(s.opts.EntryTTL).Unix()
+		}
+		val := binary.BigEndian.AppendUint64([]byte{entryMark}, uint64(exp))
+		b.Set(outKey(c.PhoneNumberID, s.seq.Add(1)), s.opts.Sealer.Seal(val, v), nil)
+		s.mu.backlog[c.PhoneNumberID]++
 	}
+	s.dropped("backlog_full", full)
+}
+
+// entryExpiry reads an outbox value's expiry and its sealed part; legacy
+// values have no expiry (0).
+func entryExpiry(v []byte) (exp int64, sealed []byte) {
+	if len(v) >= 9 && v[0] == entryMark {
+		return int64(binary.BigEndian.Uint64(v[1:9])), v[9:]
+	}
+	return 0, v
+}
+
+// Sweep deletes every outbox entry past its expiry, delivered or not (the
+// endpoint may be down for good), and returns how many it dropped.
+func (s *Sender) Sweep() (int, error) {
+	now := s.opts.Now().Unix()
+	it, err := s.opts.DB.NewIter(&pebble.IterOptions{LowerBound: []byte("wQ"), UpperBound: []byte("wR")})
+	if err != nil {
+		return 0, err
+	}
+	b := s.opts.DB.NewBatch()
+	per := map[string]int{}
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		if exp, _ := entryExpiry(it.Value()); exp != 0 && exp <= now {
+			b.Delete(append([]byte(nil), it.Key()...), nil)
+			if pn, ok := outKeyPN(it.Key()); ok {
+				per[pn]++
+			}
+			n++
+		}
+	}
+	if err := it.Close(); err != nil {
+		b.Close()
+		return 0, err
+	}
+	if n == 0 {
+		b.Close()
+		return 0, nil
+	}
+	if err := s.opts.DB.Commit(b, false); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	for pn, k := range per {
+		s.mu.backlog[pn] = max(0, s.mu.backlog[pn]-k)
+	}
+	s.mu.Unlock()
+	s.dropped("expired", n)
+	return n, nil
 }
 
 // Notify wakes the sender (engine.Options.OnStatus).
@@ -198,12 +372,18 @@ func (s *Sender) Start() {
 		defer close(s.done)
 		t := time.NewTicker(500 * time.Millisecond)
 		defer t.Stop()
+		sweep := time.NewTicker(s.opts.SweepInterval)
+		defer sweep.Stop()
 		for {
 			select {
 			case <-s.stop:
 				return
 			case <-s.wake:
 			case <-t.C:
+			case <-sweep.C:
+				if _, err := s.Sweep(); err != nil {
+					s.opts.Logger.Warn("webhook: sweep of expired statuses failed", "err", err)
+				}
 			}
 			for s.RunOnce(context.Background()) > 0 {
 				select {
@@ -230,7 +410,7 @@ func (s *Sender) Close() {
 // RunOnce posts at most one batch per phone number that is due; it returns
 // how many statuses it delivered.
 func (s *Sender) RunOnce(ctx context.Context) int {
-	now := time.Now()
+	now := s.opts.Now()
 	s.mu.Lock()
 	var due []string
 	for pn := range s.mu.configs {
@@ -261,11 +441,18 @@ func (s *Sender) deliver(pn string, now time.Time) int {
 	var keys [][]byte
 	var entries []Entry
 	biz := ""
+	expired, unreadable := 0, 0
 	for it.First(); it.Valid() && len(entries) < s.opts.BatchSize; it.Next() {
 		keys = append(keys, append([]byte(nil), it.Key()...))
-		plain, err := s.opts.Sealer.Open(it.Value())
+		exp, sealed := entryExpiry(it.Value())
+		if exp != 0 && exp <= now.Unix() {
+			expired++ // past its message's TTL: dropped with the batch, unsent
+			continue
+		}
+		plain, err := s.opts.Sealer.Open(sealed)
 		if err != nil {
-			continue // unreadable: dropped with the batch
+			unreadable++ // dropped with the batch
+			continue
 		}
 		var e struct {
 			Entry
@@ -279,6 +466,12 @@ func (s *Sender) deliver(pn string, now time.Time) int {
 	it.Close()
 	if len(keys) == 0 {
 		return 0
+	}
+	if len(entries) == 0 { // nothing left to send in this batch
+		s.remove(pn, keys)
+		s.dropped("expired", expired)
+		s.dropped("unreadable", unreadable)
+		return len(keys)
 	}
 	s.mu.Lock()
 	cfg := s.mu.configs[pn]
@@ -295,6 +488,14 @@ func (s *Sender) deliver(pn string, now time.Time) int {
 	req.SetBodyRaw(body)
 	err = s.client.DoTimeout(req, resp, s.opts.Timeout)
 	if err != nil || resp.StatusCode() < 200 || resp.StatusCode() >= 300 {
+		msg := ""
+		if err != nil {
+			msg = "request failed: " + err.Error()
+		} else {
+			msg = "endpoint answered HTTP " + strconv.Itoa(resp.StatusCode())
+		}
+		// Retried with capped backoff while the entries live: each is
+		// dropped at its expiry (deliver above, or Sweep).
 		s.mu.Lock()
 		s.mu.fails[pn]++
 		d := s.opts.BackoffBase << min(s.mu.fails[pn], 20)
@@ -302,25 +503,38 @@ func (s *Sender) deliver(pn string, now time.Time) int {
 			d = s.opts.BackoffCap
 		}
 		s.mu.retryAt[pn] = now.Add(d)
+		s.mu.lastErr[pn] = lastError{msg: msg, at: now}
 		s.mu.Unlock()
 		if s.opts.Metrics != nil {
 			s.opts.Metrics.WebhookPosts.WithLabelValues("failed").Inc()
 		}
 		return 0
 	}
-	b := s.opts.DB.NewBatch()
-	for _, k := range keys {
-		b.Delete(k, nil)
-	}
-	s.opts.DB.Commit(b, false)
+	s.remove(pn, keys)
+	s.dropped("expired", expired)
+	s.dropped("unreadable", unreadable)
 	s.mu.Lock()
 	delete(s.mu.fails, pn)
-	s.mu.cursor[pn] = append(append([]byte(nil), keys[len(keys)-1]...), 0) // just past the last delivered key
 	s.mu.Unlock()
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.WebhookPosts.WithLabelValues("ok").Inc()
 	}
 	return len(entries)
+}
+
+// remove deletes delivered (or dropped) entries and moves pn's cursor past them.
+func (s *Sender) remove(pn string, keys [][]byte) {
+	b := s.opts.DB.NewBatch()
+	for _, k := range keys {
+		b.Delete(k, nil)
+	}
+	if err := s.opts.DB.Commit(b, false); err != nil {
+		return
+	}
+	s.mu.Lock()
+	s.mu.cursor[pn] = append(append([]byte(nil), keys[len(keys)-1]...), 0) // just past the last removed key
+	s.mu.backlog[pn] = max(0, s.mu.backlog[pn]-len(keys))
+	s.mu.Unlock()
 }
 
 // Sign returns "sha256=<hex HMAC-SHA256(secret, body)>".
