@@ -65,9 +65,40 @@ func (e *Engine) RetentionOnce(ctx context.Context) (int, error) {
 		n++
 	}
 	it.Close()
+	if n > 0 {
+		if err := e.db.Commit(b, true); err != nil {
+			return removed, err
+		}
+		removed += n
+	} else {
+		b.Close()
+	}
+	m, err := e.sweepStatuses(now)
+	return removed + m, err
+}
+
+// sweepStatuses deletes status records whose message expired more than
+// StatusGrace ago (index e X), at most retentionBatch per call.
+func (e *Engine) sweepStatuses(now time.Time) (int, error) {
+	hi := appendStatusExpiryKey(nil, now.Unix()+1, "")
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte("eX"), UpperBound: hi})
+	if err != nil {
+		return 0, err
+	}
+	b := e.db.NewBatch()
+	n := 0
+	for it.First(); it.Valid() && n < retentionBatch; it.Next() {
+		k := it.Key()
+		if len(k) > 10 {
+			b.Delete(statusKey(string(k[10:])), nil)
+		}
+		b.Delete(append([]byte(nil), k...), nil)
+		n++
+	}
+	it.Close()
 	if n == 0 {
 		b.Close()
-		return removed, nil
+		return 0, nil
 	}
-	return removed + n, e.db.Commit(b, true)
+	return n, e.db.Commit(b, false)
 }

@@ -69,8 +69,23 @@ type StatusChange struct {
 	Expires int64
 }
 
-// statusKey: e M <id>; countersKey: e c <campaign>.
+// statusKey: e M <id>; countersKey: e c <campaign>; statusExpiryKey: e X
+// <until(8), unix seconds> <id>, the index the retention sweep deletes status
+// records by.
 func statusKey(id string) []byte    { return append([]byte("eM"), id...) }
+
+// DeleteCounters deletes a campaign's counters in b (the campaign's records
+// reached their retention).
+func DeleteCounters(b *pebble.Batch, campaignID string) { b.Delete(countersKey(campaignID), nil) }
+
+// StatusGrace is how long a message's status record outlives the message
+// (its final status, failed/expired included, can be read and reported);
+// then only the campaign counters remain (invariant 5).
+const StatusGrace = time.Hour
+
+func appendStatusExpiryKey(dst []byte, until int64, id string) []byte {
+	return append(binary.BigEndian.AppendUint64(append(dst, "eX"...), uint64(until)), id...)
+}
 func countersKey(cid string) []byte { return append([]byte("ec"), cid...) }
 
 // NewStatusRecord is the record the API writes, in the enqueue batch, for a
@@ -109,6 +124,8 @@ func (q *QueuedRecords) Put(b *pebble.Batch, id string, now, expires time.Time) 
 	q.val = binary.AppendVarint(q.val, expires.Unix())
 	q.key = append(append(q.key[:0], "eM"...), id...)
 	b.Set(q.key, q.val, nil)
+	q.key = appendStatusExpiryKey(q.key[:0], expires.Add(StatusGrace).Unix(), id)
+	b.Set(q.key, nil, nil)
 }
 
 // statusBatch is a submission; done (if set) is closed once it is committed.

@@ -465,9 +465,14 @@ func TestUnknownFieldsAndParametersAreRefused(t *testing.T) {
 // doIdem is do with an Idempotency-Key; it returns the replay header too.
 func (e *env) doIdem(path, token, key, body string) (int, map[string]any, string) {
 	e.t.Helper()
+	return e.doIdemCT(path, token, key, body, "application/json")
+}
+
+func (e *env) doIdemCT(path, token, key, body, ct string) (int, map[string]any, string) {
+	e.t.Helper()
 	req, _ := http.NewRequest("POST", e.base+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", ct)
 	req.Header.Set("Idempotency-Key", key)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

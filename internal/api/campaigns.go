@@ -73,6 +73,9 @@ type Campaign struct {
 	Rejected      int    `json:"rejected"`
 	CreatedMS     int64  `json:"created_ms"`
 	UploadedMS    int64  `json:"uploaded_ms,omitempty"`
+	// ExpiresMS is when the campaign's last message expires (upload + TTL):
+	// the record and its counters are deleted StatusGrace after it.
+	ExpiresMS int64 `json:"expires_ms,omitempty"`
 }
 
 func campaignKey(id string) []byte { return append([]byte("eC"), id...) }
@@ -264,6 +267,8 @@ func (a *admitter) flush() error {
 		a.prog.Result.Accepted += a.inflightN + len(msgs)
 		v, _ := json.Marshal(a.prog)
 		batch.Set(a.progKey, a.s.opts.Sealer.Seal(nil, v), nil)
+		// The progress lists rejected numbers: gone with the answer's TTL.
+		setForgetAt(batch, idemExpiry(time.UnixMilli(a.prog.CreatedMS), a.ttl), a.progKey)
 	}
 	// Batches commit in order, one at a time, each overlapping the parsing of
 	// the next (sealing and the group-committed fsync run on the other core).
@@ -383,6 +388,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 		return
 	}
 	camp.Accepted, camp.Rejected, camp.UploadedMS = res.Accepted, res.RejectedCount, s.opts.Now().UnixMilli()
+	camp.ExpiresMS = camp.UploadedMS + a.ttl.Milliseconds()
 	if res.Accepted > 0 || err == nil {
 		if werr := s.saveCampaign(&camp); werr != nil && err == nil {
 			err = werr
@@ -403,7 +409,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	}
 	body, _ := json.Marshal(res)
 	if idem != "" {
-		s.rememberIdempotent(b.ID, idem, body, a.progKey)
+		s.rememberIdempotent(b.ID, idem, body, a.progKey, idemExpiry(time.UnixMilli(camp.CreatedMS), a.ttl))
 	}
 	ctx.SetStatusCode(200)
 	ctx.SetContentType("application/json")
@@ -594,11 +600,13 @@ func (s *Server) idempotent(biz, key string) ([]byte, bool) {
 }
 
 // rememberIdempotent stores the final answer (sealed) and drops the progress
-// record in one batch.
-func (s *Server) rememberIdempotent(biz, key string, body, progKey []byte) {
+// record in one batch; the answer is deleted at forgetAt.
+func (s *Server) rememberIdempotent(biz, key string, body, progKey []byte, forgetAt time.Time) {
 	v := binary.BigEndian.AppendUint64(nil, uint64(s.opts.Now().UnixMilli()))
 	b := s.opts.DB.NewBatch()
-	b.Set(idemKey(biz, key), s.opts.Sealer.Seal(nil, append(v, body...)), nil)
+	k := idemKey(biz, key)
+	b.Set(k, s.opts.Sealer.Seal(nil, append(v, body...)), nil)
+	setForgetAt(b, forgetAt, k)
 	b.Delete(progKey, nil)
 	if err := s.opts.DB.Commit(b, true); err != nil {
 		s.opts.Logger.Warn("api: could not remember an idempotent answer; a retry will resume instead", "err", err)

@@ -232,7 +232,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	if idem != "" {
 		// The answer is remembered in the enqueue's own batch: a retry after
 		// a timeout finds it exactly when the message was accepted.
-		s.rememberSent(batch, b.ID, idem, reqHash, answer, now)
+		s.rememberSent(batch, b.ID, idem, reqHash, answer, now, idemExpiry(now, ttl))
 	}
 	if err := s.opts.Queue.EnqueueWith(context.Background(), []queue.Message{msg}, batch); err != nil {
 		s.storageError(ctx, err)
@@ -265,10 +265,12 @@ func (s *Server) sentOnce(biz, key string, reqHash [32]byte) (answer []byte, fou
 	return v[40:], true, [32]byte(v[8:40]) == reqHash
 }
 
-func (s *Server) rememberSent(b *pebble.Batch, biz, key string, reqHash [32]byte, answer []byte, now time.Time) {
+func (s *Server) rememberSent(b *pebble.Batch, biz, key string, reqHash [32]byte, answer []byte, now, forgetAt time.Time) {
 	v := binary.BigEndian.AppendUint64(make([]byte, 0, 40+len(answer)), uint64(now.UnixMilli()))
 	v = append(append(v, reqHash[:]...), answer...)
-	b.Set(sentIdemKey(biz, key), s.opts.Sealer.Seal(nil, v), nil)
+	k := sentIdemKey(biz, key)
+	b.Set(k, s.opts.Sealer.Seal(nil, v), nil)
+	setForgetAt(b, forgetAt, k) // the answer holds the recipient's number
 }
 
 func admissionStatus(code int) int {

@@ -2,14 +2,22 @@ package api_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/node"
 	"github.com/heraldhq/herald/internal/testutil"
 )
@@ -82,4 +90,143 @@ func TestPrivacyScanAfterCampaign(t *testing.T) {
 		}
 	}
 	testutil.AssertNoPlaintext(t, dataDir, needles...)
+}
+
+// prefixCounts counts the records under each two-byte key prefix.
+func prefixCounts(t *testing.T, db *kv.DB) map[string]int {
+	t.Helper()
+	it, err := db.NewIter(&pebble.IterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	out := map[string]int{}
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		out[string(k[:min(2, len(k))])]++
+	}
+	return out
+}
+
+// TestPhoneNumbersLeaveWithTheirMessages (invariant 11): a campaign and a
+// single send with Idempotency-Keys, rejected lines, and a webhook endpoint
+// that keeps failing leave numbers in idempotent answers, upload progress,
+// the webhook outbox and status records. Past the messages' TTL (an injected
+// clock) and the retention sweeps, no record under any prefix holds or opens
+// to a phone number, and every prefix is back to its count before the
+// campaign except those named below (counters and keyed HMACs).
+func TestPhoneNumbersLeaveWithTheirMessages(t *testing.T) {
+	clock := testutil.NewClock(time.Now())
+	e := start(t, func(c *node.Config) { c.Now = clock.Now; c.RetentionInterval = time.Hour })
+	a := e.business("A", "15550001001", "unlimited")
+	pn := a.PNs[0]
+	hook, _ := failingEndpoint(t)
+	if code, out := e.do("PUT", "/v1/"+pn+"/webhook", a.Token, fmt.Sprintf(`{"url":%q,"secret":"whsecret123"}`, hook), ""); code != 200 {
+		t.Fatalf("webhook: %d %v", code, out)
+	}
+	db := e.n.DB()
+	before := prefixCounts(t, db)
+	var numbers []string
+	var sb strings.Builder
+	sb.WriteString(`{"name":"ttl","template":{"body":"hi {{name}}"},"ttl_seconds":60}` + "\n")
+	for i := 0; i < 20; i++ {
+		n := fmt.Sprintf("1555%07d", 42424+i*7919)
+		numbers = append(numbers, n)
+		fmt.Fprintf(&sb, `{"to":%q,"vars":{"name":"N%d"}}`+"\n", n, i)
+	}
+	numbers = append(numbers, "15559876543")
+	sb.WriteString(`{"to":"15559876543","vars":{}}` + "\n") // rejected: its number is in the answer
+	if code, out, _ := e.doIdemCT("/v1/"+pn+"/campaigns", a.Token, "camp-key", sb.String(), "application/x-ndjson"); code != 200 || out["accepted"] != float64(20) {
+		t.Fatalf("campaign: %d %v", code, out)
+	}
+	numbers = append(numbers, "15557654321")
+	if code, out, _ := e.doIdem("/v1/"+pn+"/messages", a.Token, "msg-key",
+		`{"messaging_product":"whatsapp","to":"15557654321","text":{"body":"x"},"ttl_seconds":60}`); code != 200 {
+		t.Fatalf("single: %d %v", code, out)
+	}
+	e.waitDrained()
+	scan := func() (found []string) {
+		it, err := db.NewIter(&pebble.IterOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer it.Close()
+		opened := 0
+		for it.First(); it.Valid(); it.Next() {
+			v := it.Value()
+			texts := [][]byte{it.Key(), v}
+			for _, off := range []int{0, 8, 9} { // sealed at the start, or after an 8-byte time or a mark and a time
+				if len(v) > off {
+					if p, err := e.n.Sealer.Open(v[off:]); err == nil {
+						texts = append(texts, p)
+						opened++
+					}
+				}
+			}
+			for _, n := range numbers {
+				for _, x := range texts {
+					if bytes.Contains(x, []byte(n)) {
+						found = append(found, fmt.Sprintf("%q holds %s", it.Key()[:min(2, len(it.Key()))], n))
+					}
+				}
+			}
+		}
+		if opened == 0 {
+			t.Fatal("the scan opened no sealed record: it would prove nothing")
+		}
+		return found
+	}
+	if found := scan(); len(found) == 0 {
+		t.Fatal("before the TTL no record holds a number: the scan cannot see them")
+	}
+	clock.Advance(60*time.Second + engine.StatusGrace + time.Minute)
+	for {
+		n, err := e.n.Engine.RetentionOnce(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	e.n.Engine.Flush()
+	if _, err := e.n.API.RetentionOnce(clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.n.Webhooks.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range scan() {
+		t.Errorf("past the TTL: %s", f)
+	}
+	// What may stay: keyed HMACs and counters, each named with its reason.
+	mayGrow := map[string]string{
+		"rL": "last contact per recipient: keyed HMAC, for the tier's moving 24 h",
+		"rE": "its expiry index: keyed HMAC",
+		"rC": "the business's unique-recipient count",
+		"rW": "hourly quality counters",
+		"qS": "the queue's sequence ceiling",
+	}
+	after := prefixCounts(t, db)
+	for p, n := range after {
+		if n > before[p] && mayGrow[p] == "" && !strings.HasPrefix(p, "s") {
+			t.Errorf("prefix %q: %d records before the campaign, %d after its TTL", p, before[p], n)
+		}
+	}
+}
+
+// failingEndpoint is a webhook receiver that always answers 500.
+func failingEndpoint(t *testing.T) (string, *atomic.Int64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var posts atomic.Int64
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		w.WriteHeader(500)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + "/hook", &posts
 }

@@ -77,6 +77,13 @@ type Config struct {
 	PurgeInterval time.Duration
 	// NoLimits disables integrity limits (benchmarks of the bare pipeline).
 	NoLimits bool
+	// Now is the one clock of the node: the queue, the engine, the limits,
+	// the API and the webhook sender read it; default time.Now. Tests inject
+	// one to move past TTLs.
+	Now func() time.Time
+	// RetentionInterval between the API's retention sweeps (idempotent
+	// answers, upload progress, campaign records); default 10 s.
+	RetentionInterval time.Duration
 	// NoDemoBusiness skips creating a demo business on first start.
 	NoDemoBusiness bool
 	// Out receives the human-readable start-up lines; default os.Stdout.
@@ -151,6 +158,12 @@ func New(cfg Config) (n *Node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, &ConfigError{"data", err.Error()}
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.RetentionInterval <= 0 {
+		cfg.RetentionInterval = 10 * time.Second
+	}
 	n = &Node{cfg: cfg, Metrics: metrics.New(), serveErr: make(chan error, 1), stop: make(chan struct{})}
 	// A failed start closes what it opened. The node is held here, not read
 	// from the named result: "return nil, err" has set that to nil by the
@@ -179,7 +192,7 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	var eng *engine.Engine
 	n.Queue, err = queue.Open(queue.Options{DB: n.db, Sealer: n.Sealer, Shards: cfg.Shards, MaxQueuedBytes: cfg.MaxQueuedBytes,
-		Logger: cfg.Logger, Notify: func(s int) {
+		Logger: cfg.Logger, Now: cfg.Now, Notify: func(s int) {
 			if eng != nil {
 				eng.Notify(s)
 			}
@@ -193,7 +206,7 @@ func New(cfg Config) (n *Node, err error) {
 	if n.Tenants, err = tenant.Open(n.db, n.Sealer); err != nil {
 		return nil, err
 	}
-	if n.Webhooks, err = webhook.New(webhook.Options{DB: n.db, Sealer: n.Sealer, Metrics: n.Metrics, Logger: cfg.Logger}); err != nil {
+	if n.Webhooks, err = webhook.New(webhook.Options{DB: n.db, Sealer: n.Sealer, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now}); err != nil {
 		return nil, err
 	}
 	store, err := signal.NewStore(n.db, n.Sealer, 0)
@@ -220,14 +233,14 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	if !cfg.NoLimits {
-		n.Limits, err = ratelimit.New(ratelimit.Options{DB: n.db, Sealer: n.Sealer, Tenants: n.Tenants})
+		n.Limits, err = ratelimit.New(ratelimit.Options{DB: n.db, Sealer: n.Sealer, Tenants: n.Tenants, Now: cfg.Now})
 		if err != nil {
 			return nil, err
 		}
 	}
 	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, Sealer: n.Sealer, Transport: n.client,
 		Directory: n.Tenants, Metrics: n.Metrics, Workers: cfg.Workers, GroupsPerTask: cfg.GroupsPerTask, Logger: cfg.Logger,
-		StatusHook: n.Webhooks.Hook, OnStatus: n.Webhooks.Notify, PurgeInterval: cfg.PurgeInterval}
+		StatusHook: n.Webhooks.Hook, OnStatus: n.Webhooks.Notify, PurgeInterval: cfg.PurgeInterval, Now: cfg.Now}
 	if n.Limits != nil {
 		eo.Shaper = n.Limits
 		eo.OnSignal = n.Limits.Signal
@@ -249,7 +262,7 @@ func New(cfg Config) (n *Node, err error) {
 	n.Metrics.GaugeFunc("purges_completed", "Purges completed since start.", func() float64 { _, done := eng.Purging(); return float64(done) })
 	ao := api.Options{DB: n.db, Queue: n.Queue, Engine: eng, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
-		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, Ready: n.ready}
+		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, Ready: n.ready, Now: cfg.Now}
 	if cfg.MinFreeBytes == 0 {
 		cfg.MinFreeBytes = 256 << 20
 	}
@@ -410,6 +423,22 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.Webhooks.Start()
 	n.probePlatform(ctx)
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		t := time.NewTicker(n.cfg.RetentionInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-n.stop:
+				return
+			case <-t.C:
+				if _, err := n.API.RetentionOnce(n.cfg.Now()); err != nil {
+					n.cfg.Logger.Error("node: retention sweep of API records failed", "err", err)
+				}
+			}
+		}
+	}()
 	go func() { n.serveErr <- n.API.Serve(n.ln) }()
 	if n.Limits != nil {
 		n.bg.Add(1)
@@ -422,7 +451,7 @@ func (n *Node) Start(ctx context.Context) error {
 				case <-n.stop:
 					return
 				case <-t.C:
-					for _, c := range n.Limits.EvaluateTiers(time.Now()) {
+					for _, c := range n.Limits.EvaluateTiers(n.cfg.Now()) {
 						n.cfg.Logger.Warn("ratelimit: tier change", "change", c)
 					}
 					n.Limits.Close() // persists the signal windows
