@@ -72,7 +72,7 @@ type StatusChange struct {
 // statusKey: e M <id>; countersKey: e c <campaign>; statusExpiryKey: e X
 // <until(8), unix seconds> <id>, the index the retention sweep deletes status
 // records by.
-func statusKey(id string) []byte    { return append([]byte("eM"), id...) }
+func statusKey(id string) []byte { return append([]byte("eM"), id...) }
 
 // DeleteCounters deletes a campaign's counters in b (the campaign's records
 // reached their retention).
