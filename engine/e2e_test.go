@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -367,5 +368,41 @@ func TestDeliveredCampaignLeavesNoTombstones(t *testing.T) {
 	tables, dels := testutil.FlushedTombstones(t, h.db.DB)
 	if tables == 0 || dels != 0 {
 		t.Fatalf("%d flushed tables hold %d tombstones after a campaign of %d messages was delivered", tables, dels, len(users))
+	}
+}
+
+// TestStaleDevicesDeliverOnceToEachCurrentDevice: a recipient gains a device,
+// then loses one. The platform answers stale_devices; the engine queries the
+// devices again and each message reaches every device the user has when it
+// goes, exactly once: not the removed one after its removal, the new one
+// from its arrival on.
+func TestStaleDevicesDeliverOnceToEachCurrentDevice(t *testing.T) {
+	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 2, DevicesMax: 2, UnknownShare: -1}})
+	u := h.users(321, 1)[0]
+	send := func() string {
+		id := h.enqueue([]string{u}, 1, "camp-dev", time.Hour)[u][0]
+		h.drain(time.Minute)
+		return id
+	}
+	m1 := send()
+	added := h.sim.AddDevice(u)
+	m2 := send()
+	h.sim.RemoveDevice(u, 1)
+	m3 := send()
+	got := h.sim.Delivered(u)
+	want := map[uint32][]string{1: {m1, m2}, 2: {m1, m2, m3}, added: {m2, m3}}
+	for d, ids := range want {
+		have := append([]string(nil), got[d]...)
+		sort.Strings(have)
+		if fmt.Sprint(have) != fmt.Sprint(ids) {
+			t.Errorf("device %d received %v, want %v", d, have, ids)
+		}
+	}
+	st := h.sim.Stats()
+	if st.Stale < 2 || st.Duplicates != 0 || len(st.Failures) != 0 || st.OrderingViolations != 0 {
+		t.Fatalf("simulator: %+v (want stale_devices answered, nothing twice, no failure)", st)
+	}
+	if c, _ := h.eng.CampaignCounters("camp-dev"); c.Sent != 3 {
+		t.Fatalf("counters %+v", c)
 	}
 }

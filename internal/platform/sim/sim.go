@@ -112,6 +112,13 @@ type userShard struct {
 type simUser struct {
 	mu      sync.Mutex
 	devices map[uint32]*simDevice
+	// list is the user's current device ids once AddDevice or RemoveDevice
+	// changed them (nil: 1..DeviceCount's hash-derived count). epoch counts
+	// those changes; told[sender] is the epoch a sender last knew (set at its
+	// first envelope, and when it was answered stale_devices).
+	list  []uint32
+	epoch int
+	told  map[string]int
 }
 
 type simDevice struct {
@@ -266,10 +273,65 @@ func (s *Server) Registered(u string) bool {
 	return float64(hash("unknown:"+u)%10000)/10000 >= s.opts.UnknownShare
 }
 
-// DeviceCount returns how many devices a registered user has.
-func (s *Server) DeviceCount(u string) int {
+// DeviceCount returns how many devices a registered user has now.
+func (s *Server) DeviceCount(u string) int { return len(s.Devices(u)) }
+
+// initialDevices is a user's device count before any change.
+func (s *Server) initialDevices(u string) int {
 	span := s.opts.DevicesMax - s.opts.DevicesMin + 1
 	return s.opts.DevicesMin + int(hash("devices:"+u)%uint64(span))
+}
+
+// Devices returns a registered user's current device ids.
+func (s *Server) Devices(u string) []uint32 {
+	su := s.user(u)
+	su.mu.Lock()
+	defer su.mu.Unlock()
+	return append([]uint32(nil), s.devicesLocked(su, u)...)
+}
+
+func (s *Server) devicesLocked(su *simUser, u string) []uint32 {
+	if su.list != nil {
+		return su.list
+	}
+	n := s.initialDevices(u)
+	ids := make([]uint32, n)
+	for i := range ids {
+		ids[i] = uint32(i + 1)
+	}
+	return ids
+}
+
+// AddDevice gives a user a new device (the next free id) and returns its id:
+// senders learn of it through a stale_devices answer to their next envelope.
+func (s *Server) AddDevice(u string) uint32 {
+	su := s.user(u)
+	su.mu.Lock()
+	defer su.mu.Unlock()
+	ids := s.devicesLocked(su, u)
+	id := uint32(1)
+	for _, d := range ids {
+		id = max(id, d+1)
+	}
+	su.list = append(append([]uint32(nil), ids...), id)
+	su.epoch++
+	return id
+}
+
+// RemoveDevice takes a device from a user: envelopes to it are answered
+// stale_devices from now on.
+func (s *Server) RemoveDevice(u string, id uint32) {
+	su := s.user(u)
+	su.mu.Lock()
+	defer su.mu.Unlock()
+	var keep []uint32
+	for _, d := range s.devicesLocked(su, u) {
+		if d != id {
+			keep = append(keep, d)
+		}
+	}
+	su.list = append([]uint32{}, keep...)
+	su.epoch++
 }
 
 func (s *Server) user(u string) *simUser {
@@ -380,7 +442,7 @@ func (s *Server) keysQuery(ctx *fasthttp.RequestCtx) {
 		su := s.user(u)
 		su.mu.Lock()
 		ub := platform.UserBundles{User: u}
-		for id := uint32(1); id <= uint32(s.DeviceCount(u)); id++ {
+		for _, id := range s.devicesLocked(su, u) {
 			d, err := s.deviceLocked(su, id)
 			if err != nil {
 				su.mu.Unlock()
@@ -440,14 +502,28 @@ func (s *Server) envelope(e platform.Envelope) platform.Result {
 		res.Code = platform.CodeUnknownUser
 		return res
 	}
-	if e.DeviceID < 1 || int(e.DeviceID) > s.DeviceCount(e.To) {
+	su := s.user(e.To)
+	su.mu.Lock()
+	defer su.mu.Unlock()
+	if su.told == nil {
+		su.told = map[string]int{}
+	}
+	told, known := su.told[e.From]
+	if !known {
+		su.told[e.From], told = su.epoch, su.epoch
+	}
+	current := false
+	for _, d := range s.devicesLocked(su, e.To) {
+		current = current || d == e.DeviceID
+	}
+	if !current || told < su.epoch {
+		// A removed device, or the device list changed since this sender
+		// last learned it: it must query keys again.
+		su.told[e.From] = su.epoch
 		s.count(func(st *Stats) { st.Stale++ })
 		res.Code = platform.CodeStaleDevices
 		return res
 	}
-	su := s.user(e.To)
-	su.mu.Lock()
-	defer su.mu.Unlock()
 	d, err := s.deviceLocked(su, e.DeviceID)
 	if err != nil {
 		res.Code = platform.CodeUnavailable
