@@ -120,6 +120,7 @@ func (h *harness) checkDeliveredIn(users []string, n int) {
 	if st.Decrypted != want || len(st.Failures) != 0 || st.OrderingViolations != 0 || st.Mismatches != 0 {
 		h.t.Fatalf("want %d decrypted in order, exactly once per device; got %+v", want, st)
 	}
+	h.checkBodies(users)
 }
 
 // TestPausedBusinessHoldsQueuedMessages: pausing a business holds what is

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -54,7 +55,8 @@ func start(t *testing.T, tweak ...func(*node.Config)) *env {
 // users of prefix 1555, 1-2 devices, all registered).
 func testConfig(dir string) node.Config {
 	return node.Config{DataDir: dir, Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard,
-		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1}}
+		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1,
+			RecordBodies: true}}
 }
 
 func (e *env) do(method, path, token, body, ct string) (int, map[string]any) {
@@ -521,5 +523,37 @@ func TestSingleSendIdempotencyKey(t *testing.T) {
 	// Exactly two messages were ever accepted (A's once, B's once).
 	if got := promtest.ToFloat64(e.n.Metrics.Accepted); got != 2 {
 		t.Fatalf("accepted %v messages, want 2", got)
+	}
+}
+
+// TestCampaignBodiesReachEveryDeviceFilledIn: every device of every recipient
+// decrypts exactly the body its template and variables make, once, in
+// order (the simulator's record of what it decrypted).
+func TestCampaignBodiesReachEveryDeviceFilledIn(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	var sb strings.Builder
+	sb.WriteString(`{"name":"bodies","template":{"body":"Hi {{name}}, your code is {{code}}."}}` + "\n")
+	want := map[string]string{}
+	for i := 0; i < 30; i++ {
+		n := fmt.Sprintf("1555%07d", 7000+i*31)
+		name, code := fmt.Sprintf("Ana-%d", i), fmt.Sprintf("%04d", i*37)
+		fmt.Fprintf(&sb, `{"to":%q,"vars":{"name":%q,"code":%q}}`+"\n", n, name, code)
+		want[n] = "Hi " + name + ", your code is " + code + "."
+	}
+	if code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, sb.String(), "application/x-ndjson"); code != 200 || out["accepted"] != float64(30) {
+		t.Fatalf("campaign: %d %v", code, out)
+	}
+	e.waitDrained()
+	for n, body := range want {
+		got := e.n.Sim.Received(n)
+		for _, d := range e.n.Sim.Devices(n) {
+			if len(got[d]) != 1 || got[d][0].BodySHA != sha256.Sum256([]byte(body)) {
+				t.Fatalf("device %d of a recipient: %d messages decrypted, want one with the body %q", d, len(got[d]), body)
+			}
+		}
+	}
+	if st := e.n.Sim.Stats(); st.OrderingViolations != 0 || st.Mismatches != 0 || len(st.Failures) != 0 {
+		t.Fatalf("simulator: %+v", st)
 	}
 }

@@ -9,6 +9,7 @@ package sim
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -51,6 +52,11 @@ type Options struct {
 	ReadShare float64
 	// ReportRate: share of delivered messages answered with a spam report.
 	ReportRate float64
+	// RecordBodies keeps, for every device, the id and the SHA-256 of the
+	// body of each message it decrypted, in order (Received; tests). Off by
+	// default: a million users' histories are memory a load test does not
+	// need.
+	RecordBodies bool
 	// Faults.
 	LatencyMS         int     // added to every /v1/messages request
 	ThrottleRate      float64 // per envelope: throttled
@@ -132,6 +138,15 @@ type simDevice struct {
 	// receipted: ids this device sent a decrypt_failed for; their redelivery
 	// comes after later messages by design and is not an ordering violation.
 	receipted map[string]bool
+	// received: what it decrypted, in order (Options.RecordBodies).
+	received []Received
+}
+
+// Received is one message a device decrypted: its id, sender and the
+// SHA-256 of its body.
+type Received struct {
+	ID, From string
+	BodySHA  [32]byte
 }
 
 // New validates options and starts listening (not serving: call Serve or Start).
@@ -599,6 +614,8 @@ func (s *Server) envelope(e platform.Envelope) platform.Result {
 		d.receipted[e.ID] = true
 		evs = []platform.Event{{Type: platform.EventDecryptFailed, ID: e.ID, User: e.To, DeviceID: e.DeviceID, TS: now}}
 		s.count(func(st *Stats) { st.Decrypted-- })
+	} else if s.opts.RecordBodies && m.Text != nil {
+		d.received = append(d.received, Received{ID: e.ID, From: e.From, BodySHA: sha256.Sum256([]byte(m.Text.Body))})
 	}
 	s.queueEvents(evs)
 	res.Status = platform.StatusAccepted
@@ -705,6 +722,19 @@ func (s *Server) Run(ctx context.Context) error {
 	s.Start()
 	<-ctx.Done()
 	return s.Close()
+}
+
+// Received returns, for a user, what each device decrypted, in the order it
+// did (Options.RecordBodies).
+func (s *Server) Received(user string) map[uint32][]Received {
+	su := s.user(user)
+	su.mu.Lock()
+	defer su.mu.Unlock()
+	out := map[uint32][]Received{}
+	for id, d := range su.devices {
+		out[id] = append([]Received(nil), d.received...)
+	}
+	return out
 }
 
 // Delivered returns, for a user, the message ids each device has received (tests).
