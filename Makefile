@@ -4,7 +4,7 @@ PKGS := ./...
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./queue/... ./engine/... ./ratelimit/... ./internal/...
 
-.PHONY: test vet fmtcheck build bench bench-queue bench-e2e fuzz crash e2e check
+.PHONY: test vet fmtcheck build bench bench-queue bench-e2e fuzz crash e2e check mutants
 
 test: vet fmtcheck
 	$(GO) test -race -count=1 $(RACE_PKGS)
@@ -46,6 +46,11 @@ bench-e2e:
 fuzz:
 	./scripts/fuzz_classify_test.sh
 	./scripts/fuzz.sh
+
+# Deliberate bugs (mutants/*.patch), each applied to a fresh copy of the tree:
+# fails unless the tests the patch names fail on it. MUTANTS=regexp picks some.
+mutants:
+	./scripts/mutants.sh
 
 crash:
 	HERALD_CRASH_KILLS=$${KILLS:-50} $(GO) test -count=1 -timeout 30m -run Crash -v ./queue/ ./engine/ ./crash/

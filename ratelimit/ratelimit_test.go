@@ -407,3 +407,33 @@ func TestLowQualityAtTheLowestTierPauses(t *testing.T) {
 		t.Fatalf("paused business admitted: %v", codes)
 	}
 }
+
+// TestTokenShortByFloatErrorIsAWholeToken: refills in steps of 1/rate leave
+// float error (three thirds make 0.999…). Such a bucket grants the token and
+// takes it; a bucket really short says when, strictly after now. Before,
+// the wait rounded to 0 ns: the caller read "not later than now" and sent
+// without a token, twice in the same instant (found by TestPairRateProperty).
+func TestTokenShortByFloatErrorIsAWholeToken(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	rate, burst := 1.0/3, 2.0
+	var bk bucket
+	if !bk.take(t0, rate, burst).IsZero() || !bk.take(t0.Add(time.Second), rate, burst).IsZero() {
+		t.Fatal("a fresh bucket of 2 refused its tokens")
+	}
+	at := bk.take(t0.Add(time.Second), rate, burst)
+	if !at.After(t0.Add(time.Second)) {
+		t.Fatalf("an empty bucket said %v", at)
+	}
+	granted := 0
+	for i := 0; i < 2; i++ {
+		switch at := bk.take(t0.Add(3*time.Second), rate, burst); {
+		case at.IsZero():
+			granted++
+		case !at.After(t0.Add(3 * time.Second)):
+			t.Fatalf("a wait of %v: not later than now, and no token taken", at.Sub(t0.Add(3*time.Second)))
+		}
+	}
+	if granted != 1 {
+		t.Fatalf("%d tokens granted at +3 s, want 1 (0.333 + 2 × 0.333)", granted)
+	}
+}

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 t=${FUZZTIME:-20s}
 targets=(
   "./internal/seal FuzzOpen"
+  "./internal/seal FuzzSealRoundTrip"
   "./heraldtype FuzzDecodePayload"
   "./queue FuzzDecodeRecord"
   "./engine FuzzDecodeOutbox"

@@ -557,3 +557,30 @@ func TestCampaignBodiesReachEveryDeviceFilledIn(t *testing.T) {
 		t.Fatalf("simulator: %+v", st)
 	}
 }
+
+// TestCampaignIdempotencyKeysAreTheBusinesss: two businesses uploading with
+// the same Idempotency-Key each get their own campaign; neither is answered
+// with the other's (which would also say whom the other wrote to).
+func TestCampaignIdempotencyKeysAreTheBusinesss(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	b := e.business("B", "15550001002", "10k")
+	up := func(pn, token, to string) (int, map[string]any, string) {
+		return e.doIdemCT("/v1/"+pn+"/campaigns", token, "same-key", `{"name":"c","template":{"body":"hi"}}`+"\n"+`{"to":"`+to+`"}`+"\n"+`{"to":"123"}`+"\n", "application/x-ndjson")
+	}
+	code, outA, _ := up(a.PNs[0], a.Token, "15550000011")
+	if code != 200 {
+		t.Fatalf("A: %d %v", code, outA)
+	}
+	code, outB, replayed := up(b.PNs[0], b.Token, "15550000022")
+	if code != 200 || replayed != "" || outB["campaign_id"] == outA["campaign_id"] {
+		t.Fatalf("B got A's answer: %d %v (replayed %q)", code, outB, replayed)
+	}
+	// Each business's retry replays its own.
+	if _, again, replayed := up(a.PNs[0], a.Token, "15550000011"); replayed != "true" || again["campaign_id"] != outA["campaign_id"] {
+		t.Fatalf("A's retry: %v %q", again, replayed)
+	}
+	if code, _ := e.do("GET", "/v1/campaigns/"+outA["campaign_id"].(string), b.Token, "", ""); code != 404 {
+		t.Fatalf("B reads A's campaign: %d", code)
+	}
+}

@@ -49,12 +49,27 @@ func FuzzResults(f *testing.F) {
 	})
 }
 
+// FuzzEvents: any body signed with the secret verifies; signed with another
+// secret, or with the body changed, it does not; decoding never panics.
 func FuzzEvents(f *testing.F) {
-	f.Add([]byte(`{"events":[{"type":"delivered","id":"x","user":"1555","device_id":1,"ts":1}]}`))
-	f.Fuzz(func(t *testing.T, body []byte) {
+	f.Add([]byte(`{"events":[{"type":"delivered","id":"x","user":"1555","device_id":1,"ts":1}]}`), byte(1))
+	f.Fuzz(func(t *testing.T, body []byte, flip byte) {
 		var evs Events
 		_ = json.Unmarshal(body, &evs)
-		_ = Verify([]byte("s"), body, Sign([]byte("s"), body))
+		sig := Sign([]byte("s"), body)
+		if !Verify([]byte("s"), body, sig) {
+			t.Fatal("a body signed with the secret does not verify")
+		}
+		if Verify([]byte("t"), body, sig) {
+			t.Fatal("a signature under another secret verifies")
+		}
+		if len(body) > 0 {
+			changed := append([]byte(nil), body...)
+			changed[int(flip)%len(changed)] ^= 0x01
+			if Verify([]byte("s"), changed, sig) {
+				t.Fatal("a changed body verifies")
+			}
+		}
 	})
 }
 
