@@ -76,13 +76,31 @@ func crashChild() {
 		fmt.Println("error", err)
 		os.Exit(1)
 	}
+	// HERALD_SEED users, HERALD_ROUND k: enqueue round k's campaign (two
+	// messages per user in round 0, one after), once: a marker written after
+	// the enqueue is durable says it was done. Rounds after the first reach
+	// recipients whose sessions this process reads back from disk (invariant 2).
 	if n, _ := strconv.Atoi(os.Getenv("HERALD_SEED")); n > 0 {
-		h := &harness{db: db, q: q, t: &testing.T{}, now: time.Now, bizID: biz.ID, pnID: pnID}
-		var users []string
-		for i := 0; i < n; i++ {
-			users = append(users, fmt.Sprintf("1666%07d", 5000+i))
+		round := os.Getenv("HERALD_ROUND")
+		marker := []byte("zz-round-" + round)
+		if _, done, _ := db.GetCopy(marker); !done {
+			h := &harness{db: db, q: q, t: &testing.T{}, now: time.Now, bizID: biz.ID, pnID: pnID}
+			var users []string
+			for i := 0; i < n; i++ {
+				users = append(users, fmt.Sprintf("1666%07d", 5000+i))
+			}
+			per := 1
+			if round == "0" {
+				per = 2
+			}
+			h.enqueue(users, per, "camp-crash-"+round, time.Hour)
+			b := db.NewBatch()
+			b.Set(marker, nil, nil)
+			if err := db.Commit(b, true); err != nil {
+				fmt.Println("error", err)
+				os.Exit(1)
+			}
 		}
-		h.enqueue(users, 2, "camp-crash", time.Hour)
 		fmt.Println("seeded")
 	}
 	eng.Start(context.Background())
@@ -116,10 +134,16 @@ func TestCrashDuringCampaignLosesNothingAndNeverReusesACounter(t *testing.T) {
 	s.Start()
 	defer s.Close()
 	dir := t.TempDir()
-	run := func(seed int, untilDrained bool) bool {
+	// run starts a child that first enqueues round (unless round < 0), then
+	// kills it at a random moment after that (or waits until it drained);
+	// it reports whether the child drained instead of being killed.
+	run := func(round int, untilDrained bool) bool {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), "HERALD_ENGINE_CRASH_CHILD=1", "HERALD_DIR="+dir, "HERALD_SIM_URL="+s.URL(),
-			fmt.Sprintf("HERALD_SEED=%d", seed))
+			fmt.Sprintf("HERALD_SEED=%d", users), fmt.Sprintf("HERALD_ROUND=%d", round))
+		if round < 0 {
+			cmd.Env = append(cmd.Env, "HERALD_SEED=0")
+		}
 		out, _ := cmd.StdoutPipe()
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -135,11 +159,9 @@ func TestCrashDuringCampaignLosesNothingAndNeverReusesACounter(t *testing.T) {
 		defer func() { cmd.Process.Signal(syscall.SIGKILL); cmd.Wait() }()
 		randomKill := func() <-chan time.Time { return time.After(time.Duration(50+rand.IntN(400)) * time.Millisecond) }
 		kill := randomKill()
-		if seed > 0 {
-			kill = time.After(3 * time.Minute) // first let the seed be accepted
-		}
-		if untilDrained {
-			kill = time.After(3 * time.Minute)
+		seeded := round < 0
+		if !seeded || untilDrained {
+			kill = time.After(3 * time.Minute) // first let the round be accepted
 		}
 		for {
 			select {
@@ -150,41 +172,49 @@ func TestCrashDuringCampaignLosesNothingAndNeverReusesACounter(t *testing.T) {
 				if strings.HasPrefix(l, "error") {
 					t.Fatalf("child: %s", l)
 				}
-				if l == "seeded" && !untilDrained {
-					kill = randomKill()
+				if l == "seeded" {
+					seeded = true
+					if !untilDrained {
+						kill = randomKill()
+					}
 				}
-				if l == "drained" && seed == 0 {
+				if l == "drained" && seeded {
 					return true
 				}
 			case <-kill:
+				if !seeded {
+					t.Fatal("the child did not accept its round within 3 minutes")
+				}
 				return false
 			}
 		}
 	}
-	// The first run seeds (accepted = durable before "seeded"); then kill at random moments.
+	// Each run enqueues a round to the same recipients (sessions of the
+	// rounds before come from disk), then dies at a random moment.
+	made := 0
 	for i := 0; i < kills; i++ {
-		seed := 0
-		if i == 0 {
-			seed = users
-		}
-		if run(seed, false) {
-			break
+		if !run(i, false) {
+			made++
 		}
 	}
-	if !run(0, true) {
+	if !run(-1, true) {
 		t.Fatalf("not drained after the kills; sim %+v", s.Stats())
 	}
+	rounds := kills
 	var want int64
 	registered := 0
 	for i := 0; i < users; i++ {
 		u := fmt.Sprintf("1666%07d", 5000+i)
 		if s.Registered(u) {
 			registered++
-			want += int64(2 * s.DeviceCount(u))
+			want += int64((2 + rounds - 1) * s.DeviceCount(u))
 		}
 	}
 	st := s.Stats()
-	t.Logf("survived %d kills; sim %+v", kills, st)
+	t.Logf("%d runs, %d of them killed (the others drained first), %d rounds to the same %d users; sim %+v", kills, made, rounds, users, st)
+	if made == 0 {
+		t.Fatal("no run was killed: the test proved nothing about crashes")
+	}
 	if st.Decrypted != want || len(st.Failures) != 0 || st.OrderingViolations != 0 || st.Mismatches != 0 {
 		t.Fatalf("want %d decrypted, no failures (no reused counter), no ordering violations; got %+v", want, st)
 	}
@@ -198,9 +228,15 @@ func TestCrashDuringCampaignLosesNothingAndNeverReusesACounter(t *testing.T) {
 	store, _ := signal.NewStore(db, sealer, 0)
 	eng, _ := engine.New(engine.Options{DB: db, Queue: q, Sessions: store, Sealer: sealer, Transport: noTransport{}})
 	defer eng.Close()
-	c, _ := eng.CampaignCounters("camp-crash")
-	if c.Sent != int64(2*registered) || c.Failed != int64(2*(users-registered)) {
-		t.Fatalf("counters after crashes: %+v (want sent %d failed %d)", c, 2*registered, 2*(users-registered))
+	for r := 0; r < rounds; r++ {
+		per := 1
+		if r == 0 {
+			per = 2
+		}
+		c, _ := eng.CampaignCounters(fmt.Sprintf("camp-crash-%d", r))
+		if c.Sent != int64(per*registered) || c.Failed != int64(per*(users-registered)) {
+			t.Fatalf("round %d's counters after crashes: %+v (want sent %d failed %d)", r, c, per*registered, per*(users-registered))
+		}
 	}
 }
 

@@ -122,7 +122,10 @@ func TestCrashLosesNoAcknowledgedEnqueue(t *testing.T) {
 		}
 		cmd.Wait()
 	}
-	t.Logf("survived %d kills; %d acknowledged messages", kills, len(acked))
+	t.Logf("%d children killed with SIGKILL; %d acknowledged messages", kills, len(acked))
+	if len(acked) == 0 {
+		t.Fatal("nothing was acknowledged before the kills: the test proved nothing")
+	}
 
 	e := openEnv(t, dir, nil, newClock(), nil)
 	defer e.close()
@@ -132,6 +135,14 @@ func TestCrashLosesNoAcknowledgedEnqueue(t *testing.T) {
 		prev := ""
 		for _, m := range l.Messages {
 			seen[m.ID]++
+			// The record is the one acknowledged: its payload (the id, as
+			// the child wrote it) and its recipient, not only its id.
+			if string(m.Payload) != m.ID {
+				t.Fatalf("message %s came back with payload %q", m.ID, m.Payload)
+			}
+			if want, ok := acked[m.ID]; ok && l.Recipient != e.q.RecipientKey(want) {
+				t.Fatalf("message %s came back for another recipient than the one acknowledged", m.ID)
+			}
 			if m.ID <= prev {
 				t.Fatalf("recipient order broken: %s after %s", m.ID, prev)
 			}

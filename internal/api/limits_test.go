@@ -149,9 +149,11 @@ func TestDiskWatermarkRefusesWith507(t *testing.T) {
 	})
 	a := e.business("A", "15550001001", "10k")
 	msg := "/v1/" + a.PNs[0] + "/messages"
-	if code, out := e.do("POST", msg, a.Token, msgBody("15550000001", "before"), ""); code != 200 {
+	code, out := e.do("POST", msg, a.Token, msgBody("15550000001", "before"), "")
+	if code != 200 {
 		t.Fatalf("with space: %d %v", code, out)
 	}
+	firstID := out["messages"].([]any)[0].(map[string]any)["id"].(string)
 	free.Store(10 << 20)
 	waitCode(t, e, msg, a.Token, 507)
 	accepted := promtest.ToFloat64(e.n.Metrics.Accepted)
@@ -168,7 +170,10 @@ func TestDiskWatermarkRefusesWith507(t *testing.T) {
 	if n := promtest.ToFloat64(e.n.Metrics.Accepted); n != accepted {
 		t.Fatalf("%v messages accepted below the watermark", n-accepted)
 	}
-	e.waitDrained() // what was accepted before is still delivered
+	e.waitDrained() // what was accepted before is still delivered:
+	if code, st := e.do("GET", "/v1/messages/"+firstID, a.Token, "", ""); code != 200 || st["status"] == "queued" || st["status"] == "failed" {
+		t.Fatalf("the message accepted before the watermark: %d %v", code, st)
+	}
 	free.Store(100 << 30)
 	waitCode(t, e, msg, a.Token, 200)
 }

@@ -96,13 +96,18 @@ func StartListening(t testing.TB, timeout time.Duration, name string, args ...st
 }
 
 // AssertNoPlaintext fails the test if any file under dir contains a needle.
+// It also fails when it read nothing (a wrong or empty directory would make
+// the scan prove nothing).
 func AssertNoPlaintext(t testing.TB, dir string, needles ...string) {
 	t.Helper()
+	files, size := 0, 0
 	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
 		if err != nil || info.IsDir() {
 			return nil
 		}
 		b, _ := os.ReadFile(p)
+		files++
+		size += len(b)
 		for _, n := range needles {
 			if strings.Contains(string(b), n) {
 				t.Errorf("%s holds %q in the clear", p, n)
@@ -110,6 +115,9 @@ func AssertNoPlaintext(t testing.TB, dir string, needles ...string) {
 		}
 		return nil
 	})
+	if files == 0 || size == 0 {
+		t.Fatalf("the plaintext scan of %s read %d files, %d bytes: it proves nothing", dir, files, size)
+	}
 }
 
 // FlushedTombstones flushes db's memtable and returns how many tables it
