@@ -92,6 +92,9 @@ type harnessOpts struct {
 	mps       int
 	// clock, when set, is the queue's, the engine's and the limiter's clock.
 	clock *testutil.Clock
+	// identityCheck: the business refuses recipients whose identity key
+	// changed (the tenant store is the engine's Directory).
+	identityCheck bool
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -112,6 +115,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	h.bizID, h.pnID = "biz1", "pn1"
 	var shaper engine.Shaper
+	var directory engine.Directory
 	if o.noLimiter == "" {
 		if h.tenants, err = tenant.Open(h.db, h.sealer); err != nil {
 			t.Fatal(err)
@@ -123,7 +127,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		var b *tenant.Business
 		if all := h.tenants.All(); len(all) > 0 { // a data directory reopened
 			b = all[0]
-		} else if b, _, err = h.tenants.NewBusiness("Acme", []string{"15550001111"}, "unlimited", mps, false); err != nil {
+		} else if b, _, err = h.tenants.NewBusiness("Acme", []string{"15550001111"}, "unlimited", mps, o.identityCheck); err != nil {
 			t.Fatal(err)
 		}
 		h.bizID = b.ID
@@ -135,6 +139,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 			t.Fatal(err)
 		}
 		shaper = h.lim
+		directory = h.tenants
 	}
 	var eng *engine.Engine
 	h.q, err = queue.Open(queue.Options{DB: h.db, Sealer: h.sealer, Shards: 8, Now: h.now, Notify: func(s int) {
@@ -177,7 +182,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	store, _ := signal.NewStore(h.db, h.sealer, 0)
 	eo := engine.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})), DB: h.db, Queue: h.q, Sessions: store, Sealer: h.sealer, Transport: h.trans,
 		BackoffBase: 20 * time.Millisecond, BackoffCap: 300 * time.Millisecond, IdlePoll: 10 * time.Millisecond,
-		BreakerCooldown: 100 * time.Millisecond, Shaper: shaper, Now: h.now,
+		BreakerCooldown: 100 * time.Millisecond, Shaper: shaper, Now: h.now, Directory: directory,
 		OnStatus: func(cs []engine.StatusChange) {
 			h.mu.Lock()
 			h.changes = append(h.changes, cs...)

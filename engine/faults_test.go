@@ -322,3 +322,32 @@ func TestPlatformErrorLabelsAreBounded(t *testing.T) {
 		t.Fatalf("made-up codes must fail as rejected: %+v", c)
 	}
 }
+
+// TestIdentityCheckRefusesChangedIdentities: with identity_check on, a
+// device that reinstalls (a new identity key) is not trusted: messages that
+// would need a session with the new key fail with the identity-changed code,
+// nothing reaches the new identity, and the rest is delivered.
+func TestIdentityCheckRefusesChangedIdentities(t *testing.T) {
+	var h *harness
+	m := metrics.New()
+	opts := sim.Options{ReinstallRate: 0.05, DevicesMin: 1, DevicesMax: 2, UnknownShare: -1}
+	opts.EventsURL = eventsReceiver(t, &h)
+	opts.EventInterval = 10 * time.Millisecond
+	h = newHarness(t, harnessOpts{sim: opts, identityCheck: true, engine: func(o *engine.Options) {
+		roomForResets(o)
+		o.Metrics = m
+	}})
+	users := h.users(3000, 200)
+	h.enqueue(users, 2, "camp-id", time.Hour)
+	h.drain(2 * time.Minute)
+	c, _ := h.eng.CampaignCounters("camp-id")
+	if c.Sent+c.Failed != 400 || c.Failed == 0 || c.Failures[fmt.Sprint(heraldtype.CodeIdentityChanged)] != c.Failed {
+		t.Fatalf("want every message sent or failed with %d, some failed: %+v (sim %+v)", heraldtype.CodeIdentityChanged, c, h.sim.Stats())
+	}
+	if promtest.ToFloat64(m.IdentityChange) == 0 {
+		t.Fatal("no identity change counted")
+	}
+	if st := h.sim.Stats(); st.OrderingViolations != 0 || st.Mismatches != 0 {
+		t.Fatalf("simulator: %+v", st)
+	}
+}
