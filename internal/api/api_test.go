@@ -18,6 +18,7 @@ import (
 	"github.com/heraldhq/herald/internal/node"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/testutil"
 	"github.com/heraldhq/herald/internal/webhook"
 )
 
@@ -608,5 +609,66 @@ func TestCampaignIdempotencyKeysAreTheBusinesss(t *testing.T) {
 	}
 	if code, _ := e.do("GET", "/v1/campaigns/"+outA["campaign_id"].(string), b.Token, "", ""); code != 404 {
 		t.Fatalf("B reads A's campaign: %d", code)
+	}
+}
+
+// TestWebhooksCarryOnlyTheirBusinesssStatuses: two businesses with webhooks
+// each send; each endpoint receives its own business's statuses and never a
+// status of the other's messages.
+func TestWebhooksCarryOnlyTheirBusinesssStatuses(t *testing.T) {
+	e := start(t)
+	type sink struct {
+		mu  sync.Mutex
+		ids map[string]bool
+	}
+	serve := func(secret string) (*sink, string) {
+		k := &sink{ids: map[string]bool{}}
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			if r.Header.Get("X-Hub-Signature-256") != webhook.Sign(secret, body) {
+				w.WriteHeader(401)
+				return
+			}
+			sts, _ := webhook.ParsePayload(body)
+			k.mu.Lock()
+			for _, s := range sts {
+				k.ids[s.ID] = true
+			}
+			k.mu.Unlock()
+		})}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return k, "http://" + ln.Addr().String() + "/hook"
+	}
+	a := e.business("A", "15550001001", "10k")
+	b := e.business("B", "15550001002", "10k")
+	sa, ua := serve("secret-of-a")
+	sb, ub := serve("secret-of-b")
+	e.do("PUT", "/v1/"+a.PNs[0]+"/webhook", a.Token, fmt.Sprintf(`{"url":%q,"secret":"secret-of-a"}`, ua), "")
+	e.do("PUT", "/v1/"+b.PNs[0]+"/webhook", b.Token, fmt.Sprintf(`{"url":%q,"secret":"secret-of-b"}`, ub), "")
+	mine := map[string]map[string]bool{"A": {}, "B": {}}
+	for i := 0; i < 5; i++ {
+		for name, biz := range map[string]business{"A": a, "B": b} {
+			_, out := e.do("POST", "/v1/"+biz.PNs[0]+"/messages", biz.Token, msgBody(fmt.Sprintf("1555000%04d", 100+i), "x"), "")
+			mine[name][out["messages"].([]any)[0].(map[string]any)["id"].(string)] = true
+		}
+	}
+	e.waitDrained()
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		sa.mu.Lock()
+		defer sa.mu.Unlock()
+		sb.mu.Lock()
+		defer sb.mu.Unlock()
+		return len(sa.ids) >= 5 && len(sb.ids) >= 5
+	}, "both endpoints get their statuses")
+	for name, k := range map[string]*sink{"A": sa, "B": sb} {
+		k.mu.Lock()
+		for id := range k.ids {
+			if !mine[name][id] {
+				t.Errorf("%s's webhook received a status of a message that is not %s's", name, name)
+			}
+		}
+		k.mu.Unlock()
 	}
 }
