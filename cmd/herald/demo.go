@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"sort"
 	"sync"
@@ -106,7 +107,8 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 	if so.Prefix == "" {
 		so.Prefix = "1555"
 	}
-	n, err := node.New(node.Config{DataDir: dir, Listen: "127.0.0.1:0", Sim: so, NoDemoBusiness: true, Out: io.Discard})
+	n, err := node.New(node.Config{DataDir: dir, Listen: "127.0.0.1:0", Sim: so, NoDemoBusiness: true, Out: io.Discard,
+		WebhookAllow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}) // the demo's own webhook sink listens on loopback
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,7 +27,7 @@ func logger(level string) (*slog.Logger, error) {
 
 func serveCmd() *cobra.Command {
 	var cfg node.Config
-	var level, devices, pprofAddr string
+	var level, devices, pprofAddr, webhookAllow string
 	var restartDelay time.Duration
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -40,6 +42,9 @@ func serveCmd() *cobra.Command {
 			}
 			if cfg.MasterKeys == "" {
 				cfg.MasterKeys = os.Getenv("HERALD_MASTER_KEY")
+			}
+			if cfg.WebhookAllow, err = parseCIDRs(webhookAllow); err != nil {
+				return fmt.Errorf("invalid setting webhook-allow: %v", err)
 			}
 			if pprofAddr != "" {
 				if err := servePprof(pprofAddr); err != nil {
@@ -68,6 +73,7 @@ func serveCmd() *cobra.Command {
 	f.DurationVar(&restartDelay, "restart-delay", 5*time.Second, "after a storage failure, reopen the data directory in process this often until it succeeds")
 	f.StringVar(&pprofAddr, "pprof", "", "serve Go's net/http/pprof on this loopback address (profiling; empty: off)")
 	f.BoolVar(&cfg.NoLimits, "no-limits", false, "disable integrity limits (benchmarks only)")
+	f.StringVar(&webhookAllow, "webhook-allow", "", "address ranges webhooks may reach besides public ones, CIDR[,CIDR] (e.g. 127.0.0.0/8 for a webhook on this machine)")
 	f.BoolVar(&cfg.NoDemoBusiness, "no-demo-business", false, "do not create a demo business in an empty data directory")
 	f.StringVar(&level, "log-level", "warn", "log level: debug, info, warn, error")
 	f.IntVar(&cfg.Sim.Users, "sim-users", 1_000_000, "built-in simulator: number of users")
@@ -91,4 +97,25 @@ func servePprof(addr string) error {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	go http.Serve(ln, mux)
 	return nil
+}
+
+// parseCIDRs reads "CIDR[,CIDR]" (a bare address is its own /32 or /128).
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			a, aerr := netip.ParseAddr(f)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is not a CIDR range such as 127.0.0.0/8", f)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }

@@ -16,7 +16,7 @@ func (s *Server) putWebhook(ctx *fasthttp.RequestCtx, b *tenant.Business, pn str
 		return
 	}
 	if err := s.opts.Webhooks.Set(pn, c); err != nil {
-		if errors.Is(err, webhook.ErrInvalid) {
+		if errors.Is(err, webhook.ErrInvalid) || errors.Is(err, webhook.ErrForbiddenAddress) {
 			badRequest(ctx, CodeInvalidParam, err.Error(), "")
 			return
 		}

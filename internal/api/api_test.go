@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -56,7 +57,8 @@ func start(t *testing.T, tweak ...func(*node.Config)) *env {
 // users of prefix 1555, 1-2 devices, all registered).
 func testConfig(dir string) node.Config {
 	return node.Config{DataDir: dir, Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard,
-		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1,
+		WebhookAllow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, // the tests' webhook endpoints listen on loopback
+		AdminToken:   "admin-token-for-tests", Sim: sim.Options{Users: 100_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1,
 			RecordBodies: true}}
 }
 

@@ -84,13 +84,44 @@ func idemKey(biz, key string) []byte { return append([]byte("tK"+biz+"\x00"), ke
 
 const idemTTL = 24 * time.Hour
 
+// Bounds of a recipient's template variables (what a template expands to is
+// bounded by the body limit: expansion stops as soon as it passes it).
+const (
+	maxVars        = 100
+	maxVarName     = 64
+	maxVarChars    = 4096
+	maxBodyChars   = 4096
+	maxBodyUTF8Len = 4 * maxBodyChars // a body of 4096 characters is at most this many bytes
+)
+
+// checkVars refuses more or larger variables than a message could use.
+func checkVars(vars map[string]string) *reqError {
+	if len(vars) > maxVars {
+		return rerr(CodeInvalidParam, "vars has %d entries; at most %d are allowed", len(vars), maxVars)
+	}
+	for k, v := range vars {
+		if len(k) > maxVarName {
+			return rerr(CodeInvalidParam, "a variable name is %d bytes; at most %d are allowed", len(k), maxVarName)
+		}
+		if n := utf8.RuneCountInString(v); n > maxVarChars {
+			return rerr(CodeBadBody, "variable %q is %d characters; at most %d are allowed", k, n, maxVarChars)
+		}
+	}
+	return nil
+}
+
 // fillTemplate substitutes {{var}} placeholders in one pass: values are
-// inserted literally, so a value containing "{{x}}" is never expanded.
+// inserted literally, so a value containing "{{x}}" is never expanded. It
+// stops as soon as the text passes the body limit (a template of 800
+// placeholders and a 4 MiB value used to expand to gigabytes).
 func fillTemplate(tpl string, vars map[string]string) (string, *reqError) {
 	if !strings.Contains(tpl, "{{") {
 		return tpl, nil
 	}
 	var sb strings.Builder
+	tooLong := func() *reqError {
+		return rerr(CodeBadBody, "the template expands to more than %d characters for this recipient", maxBodyChars)
+	}
 	for {
 		i := strings.Index(tpl, "{{")
 		if i < 0 {
@@ -108,8 +139,14 @@ func fillTemplate(tpl string, vars map[string]string) (string, *reqError) {
 			return "", rerr(CodeMissingVar, "template variable %q has no value for this recipient", name)
 		}
 		sb.WriteString(tpl[:i])
+		if sb.Len()+len(v) > maxBodyUTF8Len {
+			return "", tooLong()
+		}
 		sb.WriteString(v)
 		tpl = tpl[i+j+2:]
+	}
+	if sb.Len() > maxBodyUTF8Len {
+		return "", tooLong()
 	}
 	return sb.String(), nil
 }
@@ -198,6 +235,10 @@ func (a *admitter) add(line int, raw []byte) error {
 	to, err := tenant.NormalizePhone(r.To)
 	if err != nil {
 		a.reject(line, r.To, rerr(CodeBadPhone, "%v", err))
+		return nil
+	}
+	if e := checkVars(r.Vars); e != nil {
+		a.reject(line, r.To, e)
 		return nil
 	}
 	body, e := fillTemplate(a.tpl, r.Vars)

@@ -524,3 +524,45 @@ func TestReadyzSaysWhyWhileThePlatformIsUnreachable(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestTemplateExpansionIsBounded: a template of 819 placeholders and a
+// recipient whose variable is 4 MiB (8 GB expanded, before) is refused for
+// that line with the limit named, quickly and without the memory; too many
+// or too large variables are refused as well; other lines go on.
+func TestTemplateExpansionIsBounded(t *testing.T) {
+	e := start(t, func(c *node.Config) {})
+	a := e.business("A", "15550001001", "unlimited")
+	huge := strings.Repeat("x", 4<<20)
+	var sb strings.Builder
+	sb.WriteString(`{"name":"t","template":{"body":"` + strings.Repeat("{{a}}", 819) + `"}}` + "\n")
+	fmt.Fprintf(&sb, `{"to":"15550000001","vars":{"a":%q}}`+"\n", huge[:4000]) // 819 × 4,000 characters
+	sb.WriteString(`{"to":"15550000002","vars":{"a":"ok"}}` + "\n")
+	var many strings.Builder
+	many.WriteString(`{"to":"15550000003","vars":{`)
+	for i := 0; i < 150; i++ {
+		if i > 0 {
+			many.WriteString(",")
+		}
+		fmt.Fprintf(&many, `"v%d":"x"`, i)
+	}
+	many.WriteString("}}\n")
+	sb.WriteString(many.String())
+	code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, sb.String(), "application/x-ndjson")
+	if code != 200 || out["accepted"] != float64(1) {
+		t.Fatalf("upload: %d %v", code, out)
+	}
+	msgs := map[float64]string{}
+	for _, r := range out["rejected"].([]any) {
+		rj := r.(map[string]any)
+		msgs[rj["line"].(float64)] = rj["message"].(string)
+	}
+	if !strings.Contains(msgs[2], "expands to more than 4096") || !strings.Contains(msgs[4], "at most 100") {
+		t.Fatalf("refusals do not name the limit: %v", msgs)
+	}
+	// JSON uploads take whole bodies: the 4 MiB value goes there.
+	body := fmt.Sprintf(`{"name":"t","template":{"body":"{{a}}{{a}}"},"recipients":[{"to":"15550000004","vars":{"a":%q}}]}`, huge)
+	code, out = e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, body, "")
+	if code != 200 || out["accepted"] != float64(0) || !strings.Contains(fmt.Sprint(out["rejected"]), "at most 4096") {
+		t.Fatalf("a 4 MiB variable: %d %v", code, out)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,6 +82,10 @@ type Config struct {
 	// the API and the webhook sender read it; default time.Now. Tests inject
 	// one to move past TTLs.
 	Now func() time.Time
+	// WebhookAllow lists the address ranges webhooks may reach besides
+	// public ones (--webhook-allow; e.g. 127.0.0.0/8 for a webhook on this
+	// machine). Empty: loopback, private, link-local and metadata refused.
+	WebhookAllow []netip.Prefix
 	// RetentionInterval between the API's retention sweeps (idempotent
 	// answers, upload progress, campaign records); default 10 s.
 	RetentionInterval time.Duration
@@ -206,7 +211,8 @@ func New(cfg Config) (n *Node, err error) {
 	if n.Tenants, err = tenant.Open(n.db, n.Sealer); err != nil {
 		return nil, err
 	}
-	if n.Webhooks, err = webhook.New(webhook.Options{DB: n.db, Sealer: n.Sealer, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now}); err != nil {
+	if n.Webhooks, err = webhook.New(webhook.Options{DB: n.db, Sealer: n.Sealer, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now,
+		Allow: cfg.WebhookAllow}); err != nil {
 		return nil, err
 	}
 	store, err := signal.NewStore(n.db, n.Sealer, 0)

@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"sync"
@@ -84,14 +86,26 @@ type Options struct {
 	SweepInterval time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Allow lists address ranges webhooks may reach besides public ones
+	// (--webhook-allow); loopback, private, link-local, multicast and
+	// metadata destinations are refused otherwise.
+	Allow []netip.Prefix
+	// MaxReplyBytes of an endpoint's answer are read at most; default 4 KiB.
+	MaxReplyBytes int
+	// Concurrency: endpoints posted to at once; default 16 (a slow endpoint
+	// holds one of them, never the others' deliveries).
+	Concurrency int
 }
 
 // Sender owns webhook configs and their outboxes.
 type Sender struct {
-	opts   Options
-	client *fasthttp.Client
-	seq    atomic.Uint64
-	wake   chan struct{}
+	opts     Options
+	guard    guard
+	slots    chan struct{}  // deliveries in flight (Concurrency)
+	inflight sync.WaitGroup // the loop's deliveries, waited for by Close
+	client   *fasthttp.Client
+	seq      atomic.Uint64
+	wake     chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -99,6 +113,7 @@ type Sender struct {
 		retryAt map[string]time.Time // phone_number_id → next attempt
 		fails   map[string]int
 		backlog map[string]int       // phone_number_id → undelivered statuses
+		busy    map[string]bool      // phone_number_id → a delivery in flight
 		lastErr map[string]lastError // phone_number_id → the last failed attempt
 		// cursor: the key after the last delivered entry. Entries get their
 		// sequence from the single status writer, which commits in sequence
@@ -152,7 +167,13 @@ func New(opts Options) (*Sender, error) {
 		opts.BackoffCap = 5 * time.Minute
 	}
 	if opts.Timeout == 0 {
-		opts.Timeout = 10 * time.Second
+		opts.Timeout = 5 * time.Second
+	}
+	if opts.MaxReplyBytes == 0 {
+		opts.MaxReplyBytes = 4 << 10
+	}
+	if opts.Concurrency == 0 {
+		opts.Concurrency = 16
 	}
 	if opts.MaxBacklog == 0 {
 		opts.MaxBacklog = 100_000
@@ -169,11 +190,15 @@ func New(opts Options) (*Sender, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Sender{opts: opts, client: &fasthttp.Client{ReadTimeout: opts.Timeout, WriteTimeout: opts.Timeout},
+	g := guard{allow: opts.Allow}
+	s := &Sender{opts: opts, guard: g, client: &fasthttp.Client{ReadTimeout: opts.Timeout, WriteTimeout: opts.Timeout,
+		MaxResponseBodySize: opts.MaxReplyBytes, MaxConnsPerHost: 4,
+		Dial: func(addr string) (net.Conn, error) { return g.dial(addr, opts.Timeout) }},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	s.mu.configs, s.mu.retryAt, s.mu.fails = map[string]Config{}, map[string]time.Time{}, map[string]int{}
 	s.mu.cursor = map[string][]byte{}
-	s.mu.backlog, s.mu.lastErr = map[string]int{}, map[string]lastError{}
+	s.mu.backlog, s.mu.lastErr, s.mu.busy = map[string]int{}, map[string]lastError{}, map[string]bool{}
+	s.slots = make(chan struct{}, opts.Concurrency)
 	s.seq.Store(uint64(time.Now().UnixNano())) // a sequence start, not a time: the wall clock only makes it grow across restarts
 	it, err := opts.DB.NewIter(&pebble.IterOptions{LowerBound: []byte("wH"), UpperBound: []byte("wI")})
 	if err != nil {
@@ -258,6 +283,9 @@ func (s *Sender) dropped(reason string, n int) {
 // Set stores a phone number's webhook.
 func (s *Sender) Set(pn string, c Config) error {
 	if err := c.Validate(); err != nil {
+		return err
+	}
+	if err := s.guard.checkURL(c.URL); err != nil {
 		return err
 	}
 	v, _ := gojson.Marshal(c)
@@ -381,17 +409,19 @@ func (s *Sender) Start() {
 			case <-s.wake:
 			case <-t.C:
 			case <-sweep.C:
-				if _, err := s.Sweep(); err != nil {
-					s.opts.Logger.Warn("webhook: sweep of expired statuses failed", "err", err)
-				}
+				func() {
+					defer s.recoverPanic("sweep")
+					if _, err := s.Sweep(); err != nil {
+						s.opts.Logger.Warn("webhook: sweep of expired statuses failed", "err", err)
+					}
+				}()
 			}
-			for s.RunOnce(context.Background()) > 0 {
-				select {
-				case <-s.stop:
-					return
-				default:
+			// A delivery that sent something wakes the loop for its next batch.
+			s.dispatch(func(n int) {
+				if n > 0 {
+					s.Notify(nil)
 				}
-			}
+			}, &s.inflight)
 		}
 	}()
 }
@@ -404,26 +434,70 @@ func (s *Sender) Close() {
 		if s.started.Load() {
 			<-s.done
 		}
+		s.inflight.Wait()
 	})
 }
 
-// RunOnce posts at most one batch per phone number that is due; it returns
-// how many statuses it delivered.
+// RunOnce posts at most one batch per phone number that is due and waits for
+// them; it returns how many statuses it delivered (tests, and the node's
+// shutdown).
 func (s *Sender) RunOnce(ctx context.Context) int {
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	s.dispatch(func(n int) { total.Add(int64(n)) }, &wg)
+	wg.Wait()
+	return int(total.Load())
+}
+
+// dispatch starts a delivery for every due phone number that has none in
+// flight, each in a goroutine of its own (at most Concurrency at once): a slow
+// endpoint holds its own slot for at most Timeout, never another's batches.
+// done gets each delivery's count.
+func (s *Sender) dispatch(done func(int), wg *sync.WaitGroup) {
 	now := s.opts.Now()
 	s.mu.Lock()
 	var due []string
 	for pn := range s.mu.configs {
-		if now.After(s.mu.retryAt[pn]) {
+		if now.After(s.mu.retryAt[pn]) && !s.mu.busy[pn] && s.mu.backlog[pn] > 0 {
 			due = append(due, pn)
 		}
 	}
 	s.mu.Unlock()
-	total := 0
 	for _, pn := range due {
-		total += s.deliver(pn, now)
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			return // all slots busy: the next round starts the rest
+		}
+		s.mu.Lock()
+		s.mu.busy[pn] = true
+		s.mu.Unlock()
+		wg.Add(1)
+		go func() {
+			n := 0
+			defer func() {
+				s.mu.Lock()
+				delete(s.mu.busy, pn)
+				s.mu.Unlock()
+				<-s.slots
+				wg.Done()
+				done(n)
+			}()
+			defer s.recoverPanic("deliver")
+			n = s.deliver(pn, now)
+		}()
 	}
-	return total
+}
+
+// recoverPanic keeps a panic in one delivery (a peer's answer Herald did not
+// expect) from stopping the process: logged and counted, the loop goes on.
+func (s *Sender) recoverPanic(where string) {
+	if r := recover(); r != nil {
+		s.opts.Logger.Error("webhook: recovered from a panic", "where", where, "panic", fmt.Sprint(r))
+		if s.opts.Metrics != nil {
+			s.opts.Metrics.Panics.WithLabelValues("webhook_" + where).Inc()
+		}
+	}
 }
 
 func (s *Sender) deliver(pn string, now time.Time) int {
@@ -487,6 +561,9 @@ func (s *Sender) deliver(pn string, now time.Time) int {
 	req.Header.Set("X-Hub-Signature-256", Sign(cfg.Secret, body))
 	req.SetBodyRaw(body)
 	err = s.client.DoTimeout(req, resp, s.opts.Timeout)
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) && resp.StatusCode() >= 200 && resp.StatusCode() < 300 {
+		err = nil // a 2xx is an acknowledgement; what it says past MaxReplyBytes is not read
+	}
 	if err != nil || resp.StatusCode() < 200 || resp.StatusCode() >= 300 {
 		msg := ""
 		if err != nil {

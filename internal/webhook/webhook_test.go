@@ -2,7 +2,11 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"net"
+	"net/netip"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,7 +44,8 @@ func newSender(t *testing.T, clock *testutil.Clock, tweak func(*Options)) (*Send
 	}
 	sealer, _ := seal.New(seal.TestKey(1))
 	m := metrics.New()
-	o := Options{DB: db, Sealer: sealer, Metrics: m, Now: clock.Now, BackoffBase: time.Second, BackoffCap: time.Minute}
+	o := Options{DB: db, Sealer: sealer, Metrics: m, Now: clock.Now, BackoffBase: time.Second, BackoffCap: time.Minute,
+		Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}} // the test endpoints listen on loopback
 	if tweak != nil {
 		tweak(&o)
 	}
@@ -169,5 +174,114 @@ func TestWebhookBacklogIsBounded(t *testing.T) {
 	}
 	if st, _ := s2.State("pn1"); st.Backlog != 5 {
 		t.Fatalf("backlog after reopening: %d", st.Backlog)
+	}
+}
+
+// TestWebhookDestinationsAreGuarded: without an allow-list, loopback,
+// private, link-local, unspecified and metadata destinations are refused
+// when the webhook is set, and URLs with credentials always; at dial time a
+// name resolving to loopback is refused too (DNS rebinding).
+func TestWebhookDestinationsAreGuarded(t *testing.T) {
+	clock := testutil.NewClock(time.Unix(1_800_000_000, 0))
+	s, _, _ := newSender(t, clock, func(o *Options) { o.Allow = nil })
+	for _, u := range []string{"http://127.0.0.1:8080/admin", "http://localhost/x", "http://169.254.169.254/latest/meta-data",
+		"http://metadata.google.internal/computeMetadata/v1/", "http://[::1]/x", "http://0.0.0.0/x", "http://10.1.2.3/x",
+		"http://192.168.0.1/x", "http://[fe80::1]/x", "http://100.64.0.1/x"} {
+		if err := s.Set("pn1", Config{URL: u, Secret: "secret-123"}); err == nil {
+			t.Errorf("%s was accepted as a webhook", u)
+		}
+	}
+	err := s.Set("pn1", Config{URL: "https://user:hunter2@example.com/hook", Secret: "secret-123"})
+	if err == nil || !strings.Contains(err.Error(), "credentials") || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("credentials in the URL: %v", err)
+	}
+	if err := s.Set("pn1", Config{URL: "https://example.com/hook", Secret: "secret-123"}); err != nil {
+		t.Fatalf("a public name: %v", err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	if c, err := s.guard.dial(net.JoinHostPort("localhost", port), time.Second); err == nil {
+		c.Close()
+		t.Fatal("the dialer connected to a name resolving to loopback")
+	} else if !errors.Is(err, ErrForbiddenAddress) {
+		t.Fatalf("dial error: %v", err)
+	}
+	// With the operator's allow-list, loopback is reachable.
+	allowed := guard{allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+	c, err := allowed.dial(net.JoinHostPort("localhost", port), time.Second)
+	if err != nil {
+		t.Fatalf("allowed loopback: %v", err)
+	}
+	c.Close()
+}
+
+// hostileEndpoint answers every request with the given raw bytes (status
+// line and headers, perhaps a lying Content-Length) and then a stream of
+// zeros until the client goes.
+func hostileEndpoint(t *testing.T, head string, stream int) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				c.SetReadDeadline(time.Now().Add(time.Second))
+				c.Read(buf)
+				c.Write([]byte(head))
+				zeros := make([]byte, 64<<10)
+				for sent := 0; sent < stream; sent += len(zeros) {
+					if _, err := c.Write(zeros); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String() + "/hook"
+}
+
+// TestHostileWebhookRepliesCannotHurtHerald: a 2xx with a Content-Length of
+// a petabyte (it panicked the process in fasthttp's body read, again after
+// every restart) or a 300 MB body is read no further than MaxReplyBytes: the
+// statuses count as delivered, nothing panics, the heap does not grow.
+func TestHostileWebhookRepliesCannotHurtHerald(t *testing.T) {
+	for name, ep := range map[string]struct {
+		head   string
+		stream int
+	}{
+		"petabyte content-length": {"HTTP/1.1 200 OK\r\nContent-Length: 1125899906842624\r\n\r\n", 0},
+		"300 MB body":             {"HTTP/1.1 200 OK\r\nContent-Length: 314572800\r\n\r\n", 300 << 20},
+		"chunked forever":         {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000\r\n", 300 << 20},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t0 := time.Unix(1_800_000_000, 0)
+			clock := testutil.NewClock(t0)
+			s, db, _ := newSender(t, clock, nil)
+			if err := s.Set("pn1", Config{URL: hostileEndpoint(t, ep.head, ep.stream), Secret: "secret-123"}); err != nil {
+				t.Fatal(err)
+			}
+			queue(t, s, db, engine.StatusChange{MessageID: "m1", PhoneNumberID: "pn1", Status: "sent", TS: t0.Unix()})
+			var before runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			n := s.RunOnce(context.Background())
+			var after runtime.MemStats
+			runtime.ReadMemStats(&after)
+			if n != 1 {
+				t.Fatalf("a 2xx answer did not count as delivered (%d)", n)
+			}
+			if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 16<<20 {
+				t.Fatalf("the heap grew by %d MB reading a hostile answer", grew>>20)
+			}
+		})
 	}
 }
