@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/panjf2000/ants/v2"
 
 	"github.com/heraldhq/herald/internal/kv"
@@ -145,6 +146,9 @@ type Engine struct {
 	running   bool
 	closed    bool
 
+	seenEvents *lru.Cache[[32]byte, time.Time] // events handled recently (replays ignored)
+	resends    *lru.Cache[string, int]         // decrypt_failed resends per message and device
+
 	inflight atomic.Int64
 	purging  atomic.Bool // a purge is running (see Purging)
 	purges   atomic.Int64
@@ -213,6 +217,8 @@ func New(opts Options) (*Engine, error) {
 		e.wake = append(e.wake, make(chan struct{}, 1))
 	}
 	e.keys = newKeyBatcher(opts.Transport, opts.KeyLinger)
+	e.seenEvents, _ = lru.New[[32]byte, time.Time](eventMemory)
+	e.resends, _ = lru.New[string, int](eventMemory)
 	e.statuses = newStatuses(opts.DB, opts.Logger, opts.Metrics, opts.OnStatus)
 	e.statuses.hook = opts.StatusHook
 	return e, nil
@@ -302,6 +308,9 @@ func (e *Engine) Close() error {
 
 // Flush waits until every status transition made so far is written.
 func (e *Engine) Flush() { e.statuses.Flush() }
+
+// Metrics is the engine's metrics.
+func (e *Engine) Metrics() *metrics.Metrics { return e.m }
 
 // BreakerOpen reports whether the platform circuit breaker is open.
 func (e *Engine) BreakerOpen() bool { return e.breaker.open() }

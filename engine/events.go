@@ -2,7 +2,10 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/heraldhq/herald/heraldtype"
@@ -14,16 +17,31 @@ import (
 // statuses; decrypt_failed resets that device's session and retransmits the
 // message to it (re-encrypted); report is a quality signal. Unknown or stale
 // events are ignored. The caller has checked the platform's signature.
+//
+// Events are not trusted to be fresh or unique: an event identical to one
+// handled in the last EventReplayWindow is ignored (a replayed signed body
+// would otherwise reset a session and resend each time), a timestamp more
+// than EventSkew in the future or older than the longest TTL is ignored, and
+// a message is resent to one device after decrypt_failed at most MaxResets
+// times.
 func (e *Engine) HandleEvents(ctx context.Context, evs []platform.Event) error {
 	now := e.opts.Now()
 	var ups []update
 	var resend []queue.Message
 	for _, ev := range evs {
-		e.m.Events.WithLabelValues(eventLabel(ev.Type)).Inc()
+		if e.replayed(ev, now) {
+			e.m.Events.WithLabelValues("ignored_replay").Inc()
+			continue
+		}
 		at := now
 		if ev.TS > 0 {
 			at = time.Unix(ev.TS, 0)
+			if at.After(now.Add(EventSkew)) || at.Before(now.Add(-heraldtype.MaxTTL)) {
+				e.m.Events.WithLabelValues("ignored_ts").Inc()
+				continue
+			}
 		}
+		e.m.Events.WithLabelValues(eventLabel(ev.Type)).Inc()
 		switch ev.Type {
 		case platform.EventDelivered:
 			ups = append(ups, update{id: ev.ID, status: heraldtype.StatusDelivered, at: at, recipient: ev.User})
@@ -32,6 +50,10 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []platform.Event) error {
 		case platform.EventReport:
 			e.signal(Signal{Kind: "report", BusinessPhone: ev.Business, Reason: ev.Reason, At: now})
 		case platform.EventDecryptFailed:
+			if !e.countResend(ev) {
+				e.m.Events.WithLabelValues("ignored_resends_exhausted").Inc()
+				continue
+			}
 			m, ok, err := e.retransmission(ev, now)
 			if err != nil {
 				return err
@@ -78,4 +100,38 @@ func (e *Engine) retransmission(ev platform.Event, now time.Time) (queue.Message
 	p.ResetDevice = ev.DeviceID
 	e.m.Retries.WithLabelValues("decrypt_failed").Inc()
 	return queue.Message{ID: ev.ID, Recipient: p.To, Payload: p.Encode(nil), ExpiresAt: exp}, true, nil
+}
+
+// EventReplayWindow is how long an event is remembered to ignore its
+// replays; EventSkew how far in the future an event's ts may be.
+const (
+	EventReplayWindow = time.Hour
+	EventSkew         = 5 * time.Minute
+	eventMemory       = 200_000 // events remembered at most (the oldest go first)
+)
+
+// replayed reports whether an identical event was handled within
+// EventReplayWindow, and remembers this one.
+func (e *Engine) replayed(ev platform.Event, now time.Time) bool {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%d\x00%d\x00%s\x00%s", ev.Type, ev.ID, ev.User, ev.DeviceID, ev.TS, ev.Business, ev.Reason)
+	var k [32]byte
+	h.Sum(k[:0])
+	if at, ok := e.seenEvents.Get(k); ok && now.Sub(at) < EventReplayWindow {
+		return true
+	}
+	e.seenEvents.Add(k, now)
+	return false
+}
+
+// countResend counts a decrypt_failed resend of a message to a device and
+// reports whether it is within MaxResets.
+func (e *Engine) countResend(ev platform.Event) bool {
+	k := ev.ID + "\x00" + strconv.FormatUint(uint64(ev.DeviceID), 10)
+	n, _ := e.resends.Get(k)
+	if n >= e.opts.MaxResets {
+		return false
+	}
+	e.resends.Add(k, n+1)
+	return true
 }

@@ -351,3 +351,41 @@ func TestIdentityCheckRefusesChangedIdentities(t *testing.T) {
 		t.Fatalf("simulator: %+v", st)
 	}
 }
+
+// TestReplayedEventsAreIgnored: the same signed decrypt_failed replayed many
+// times resets the session and resends once (it used to do so every time);
+// distinct receipts for one message and device stop at MaxResets; events
+// with a ts far in the future are ignored.
+func TestReplayedEventsAreIgnored(t *testing.T) {
+	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 1, DevicesMax: 1, UnknownShare: -1}})
+	u := h.users(77, 1)[0]
+	id := h.enqueue([]string{u}, 1, "camp-replay", time.Hour)[u][0]
+	h.drain(time.Minute)
+	resets := func() float64 { return promtest.ToFloat64(h.eng.Metrics().SessionResets) }
+	before := resets()
+	ev := platform.Event{Type: platform.EventDecryptFailed, ID: id, User: u, DeviceID: 1, TS: time.Now().Unix()}
+	for i := 0; i < 20; i++ {
+		if err := h.eng.HandleEvents(context.Background(), []platform.Event{ev}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.drain(time.Minute)
+	if got := resets() - before; got != 1 {
+		t.Fatalf("20 replays of one receipt reset the session %v times, want 1", got)
+	}
+	// Distinct receipts (another ts) for the same message and device: capped.
+	for i := 1; i <= 10; i++ {
+		ev.TS = time.Now().Unix() - int64(i)
+		h.eng.HandleEvents(context.Background(), []platform.Event{ev})
+		h.drain(time.Minute)
+	}
+	if got := resets() - before; got > 3 {
+		t.Fatalf("%v resets for one message and device, want at most MaxResets (3)", got)
+	}
+	// A read in the far future is ignored.
+	h.eng.HandleEvents(context.Background(), []platform.Event{{Type: platform.EventRead, ID: id, User: u, DeviceID: 1, TS: time.Now().Add(24 * time.Hour).Unix()}})
+	h.eng.Flush()
+	if st, _ := h.eng.MessageStatus(id); st.Status == heraldtype.StatusRead {
+		t.Fatal("an event dated tomorrow changed the status")
+	}
+}

@@ -69,6 +69,8 @@ func serveCmd() *cobra.Command {
 	f.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", 8<<30, "backpressure: refuse new messages above this many queued bytes")
 	f.Int64Var(&cfg.MinFreeBytes, "min-free-disk", 256<<20, "refuse new messages (507) when the data directory's disk has fewer free bytes (-1: off)")
 	f.DurationVar(&cfg.StallTimeout, "stall-timeout", 30*time.Second, "cut off an upload that sends nothing for this long")
+	f.DurationVar(&cfg.HeaderTimeout, "header-timeout", 10*time.Second, "cut off a request whose line and headers take longer")
+	f.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", 1024, "open connections one client address may hold")
 	f.DurationVar(&cfg.PurgeInterval, "purge-interval", time.Hour, "flush + compact the database this often so deleted and expired records leave the disk even sealed (negative: never)")
 	f.DurationVar(&restartDelay, "restart-delay", 5*time.Second, "after a storage failure, reopen the data directory in process this often until it succeeds")
 	f.StringVar(&pprofAddr, "pprof", "", "serve Go's net/http/pprof on this loopback address (profiling; empty: off)")

@@ -75,6 +75,11 @@ type Options struct {
 	// ReadTimeout bounds reading one whole request, headers and body (a
 	// million-recipient upload takes seconds); default 5 minutes.
 	ReadTimeout time.Duration
+	// HeaderTimeout: a request whose line and headers take longer is cut
+	// off (slowloris); default 10 s.
+	HeaderTimeout time.Duration
+	// MaxConnsPerIP caps one client address's open connections; default 1,024.
+	MaxConnsPerIP int
 	// StallTimeout: a streaming upload that sends nothing for this long is cut
 	// off (slowloris); default 30 seconds.
 	StallTimeout time.Duration
@@ -135,6 +140,12 @@ func New(opts Options) (*Server, error) {
 	if opts.StallTimeout <= 0 {
 		opts.StallTimeout = 30 * time.Second
 	}
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = 10 * time.Second
+	}
+	if opts.MaxConnsPerIP <= 0 {
+		opts.MaxConnsPerIP = 1024
+	}
 	s := &Server{opts: opts, idGen: map[string]*heraldtype.IDGen{}, idemActive: map[string]bool{}}
 	s.metrics = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(opts.Metrics.Registry, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{
@@ -142,7 +153,15 @@ func New(opts Options) (*Server, error) {
 		Name:               "herald",
 		StreamRequestBody:  true,
 		MaxRequestBodySize: 4 << 20, // prefetch; larger bodies stream
-		ReadTimeout:        opts.ReadTimeout,
+		// The line and headers must come within HeaderTimeout; then every
+		// read of the body, the first bytes fasthttp reads before the
+		// handler included, must make progress within StallTimeout (the
+		// handler's stallReader goes on from there, never past ReadTimeout).
+		ReadTimeout: opts.HeaderTimeout,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return fasthttp.RequestConfig{ReadTimeout: opts.StallTimeout}
+		},
+		MaxConnsPerIP: opts.MaxConnsPerIP,
 		WriteTimeout:       time.Minute,
 		IdleTimeout:        2 * time.Minute,
 		ReadBufferSize:     16 << 10,
@@ -353,9 +372,36 @@ func (r *stallReader) Read(p []byte) (int, error) {
 
 var errStalled = errors.New("api: upload stalled")
 
+// Bounds of a platform events post: it is read only once its signature
+// header is there, and never past these.
+const (
+	maxEventsBody = 4 << 20
+	maxEventsPost = 10_000
+)
+
 func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
-	body, ok := s.readBody(ctx)
-	if !ok {
+	// Refused before a byte of the body is read: no signature, or a body
+	// larger than an events post may be (10 concurrent unsigned 32 MiB posts
+	// took 490 MB before).
+	if len(ctx.Request.Header.Peek("X-Platform-Signature")) == 0 {
+		ctx.SetConnectionClose()
+		fail(ctx, 401, CodeBadSignature, "OAuthException", "missing X-Platform-Signature", "")
+		return
+	}
+	if cl := ctx.Request.Header.ContentLength(); cl > maxEventsBody {
+		ctx.SetConnectionClose()
+		fail(ctx, 413, CodeTooLarge, "OAuthException", "events body too large", fmt.Sprintf("limit %d bytes", maxEventsBody))
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(s.bodyReader(ctx), maxEventsBody+1))
+	if err != nil {
+		ctx.SetConnectionClose()
+		badRequest(ctx, CodeInvalidParam, "could not read the request body", err.Error())
+		return
+	}
+	if len(body) > maxEventsBody {
+		ctx.SetConnectionClose()
+		fail(ctx, 413, CodeTooLarge, "OAuthException", "events body too large", fmt.Sprintf("limit %d bytes", maxEventsBody))
 		return
 	}
 	if !platform.Verify([]byte(s.opts.PlatformSecret), body, string(ctx.Request.Header.Peek("X-Platform-Signature"))) {
@@ -365,6 +411,10 @@ func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
 	var evs platform.Events
 	if err := json.Unmarshal(body, &evs); err != nil {
 		badRequest(ctx, CodeInvalidParam, "events body is not {\"events\":[...]}", err.Error())
+		return
+	}
+	if len(evs.Events) > maxEventsPost {
+		fail(ctx, 413, CodeTooLarge, "OAuthException", fmt.Sprintf("%d events in one post; at most %d", len(evs.Events), maxEventsPost), "")
 		return
 	}
 	if err := s.opts.Engine.HandleEvents(context.Background(), evs.Events); err != nil {

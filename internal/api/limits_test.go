@@ -22,6 +22,7 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/heraldhq/herald/internal/node"
+	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/testutil"
 )
 
@@ -52,7 +53,7 @@ func closedByServer(t *testing.T, c net.Conn, limit time.Duration) string {
 // headers one byte at a time is disconnected at ReadTimeout, and the server
 // keeps serving everyone else meanwhile.
 func TestSlowlorisHeadersAreCutOff(t *testing.T) {
-	e := start(t, func(c *node.Config) { c.ReadTimeout = time.Second })
+	e := start(t, func(c *node.Config) { c.HeaderTimeout = time.Second })
 	a := e.business("A", "15550001001", "10k")
 	c := rawConn(t, e)
 	done := make(chan struct{})
@@ -564,5 +565,81 @@ func TestTemplateExpansionIsBounded(t *testing.T) {
 	code, out = e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, body, "")
 	if code != 200 || out["accepted"] != float64(0) || !strings.Contains(fmt.Sprint(out["rejected"]), "at most 4096") {
 		t.Fatalf("a 4 MiB variable: %d %v", code, out)
+	}
+}
+
+// TestUnsignedOrHugeEventsAreRefusedUnread: an events post without a
+// signature is refused before its body is read (the connection is closed;
+// the server does not wait for the 32 MiB it announced), one announcing more
+// than 4 MiB too, and more than 10,000 events in one signed post is 413.
+func TestUnsignedOrHugeEventsAreRefusedUnread(t *testing.T) {
+	e := start(t, func(c *node.Config) { c.PlatformSecret = "events-secret-for-tests" })
+	for _, hdr := range []string{"", "X-Platform-Signature: sha256=00\r\n"} {
+		c := rawConn(t, e)
+		fmt.Fprintf(c, "POST /v1/platform/events HTTP/1.1\r\nHost: x\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", hdr, 32<<20)
+		c.Write(make([]byte, 16<<10)) // then nothing more (the server pre-reads at most 8 KiB before the handler)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		status := make([]byte, 12)
+		if _, err := io.ReadFull(c, status); err != nil {
+			t.Fatalf("no answer before the body (header %q): %v", hdr, err)
+		}
+		want := "413"
+		if hdr == "" {
+			want = "401"
+		}
+		if string(status[9:12]) != want {
+			t.Fatalf("header %q: %q, want %s", hdr, status, want)
+		}
+	}
+	var sb strings.Builder
+	sb.WriteString(`{"events":[`)
+	for i := 0; i < 10_001; i++ {
+		if i > 0 {
+			sb.WriteString(",")
+		}
+		sb.WriteString(`{"type":"delivered","id":"x","user":"1","device_id":1}`)
+	}
+	sb.WriteString("]}")
+	req, _ := http.NewRequest("POST", e.base+"/v1/platform/events", strings.NewReader(sb.String()))
+	req.Header.Set("X-Platform-Signature", platform.Sign([]byte("events-secret-for-tests"), []byte(sb.String())))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 413 {
+		t.Fatalf("10,001 events: %d", resp.StatusCode)
+	}
+}
+
+// TestSlowBodyIsCutOff: a request that sends 7 of the 100 bytes it announced
+// and then nothing is cut off after the stall timeout (it held a connection
+// for 5 minutes before), and a client address cannot hold more than
+// MaxConnsPerIP connections.
+func TestSlowBodyIsCutOff(t *testing.T) {
+	e := start(t, func(c *node.Config) { c.StallTimeout = 500 * time.Millisecond; c.MaxConnsPerIP = 4 })
+	a := e.business("A", "15550001001", "10k")
+	c := rawConn(t, e)
+	fmt.Fprintf(c, "POST /v1/%s/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"to\":", a.PNs[0], a.Token)
+	start := time.Now()
+	closedByServer(t, c, 10*time.Second)
+	if d := time.Since(start); d > 8*time.Second {
+		t.Fatalf("a stalled body held the connection for %v", d)
+	}
+	var conns []net.Conn
+	for i := 0; i < 6; i++ {
+		conns = append(conns, rawConn(t, e))
+	}
+	refused := 0
+	for _, c := range conns {
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		b := make([]byte, 12)
+		if _, err := io.ReadFull(c, b); err != nil || string(b[9:12]) != "200" {
+			refused++
+		}
+	}
+	if refused < 2 {
+		t.Fatalf("6 connections from one address with a cap of 4: %d refused", refused)
 	}
 }

@@ -72,8 +72,10 @@ type Config struct {
 	// FS is the filesystem under the database; default the OS (tests wrap it
 	// in Pebble's errorfs).
 	FS vfs.FS
-	// ReadTimeout and StallTimeout of the API (see api.Options).
-	ReadTimeout, StallTimeout time.Duration
+	// ReadTimeout, StallTimeout, HeaderTimeout and MaxConnsPerIP of the API
+	// (see api.Options).
+	ReadTimeout, StallTimeout, HeaderTimeout time.Duration
+	MaxConnsPerIP                            int
 	// PurgeInterval between physical purges of deleted data (engine.Options).
 	PurgeInterval time.Duration
 	// NoLimits disables integrity limits (benchmarks of the bare pipeline).
@@ -268,7 +270,8 @@ func New(cfg Config) (n *Node, err error) {
 	n.Metrics.GaugeFunc("purges_completed", "Purges completed since start.", func() float64 { _, done := eng.Purging(); return float64(done) })
 	ao := api.Options{DB: n.db, Queue: n.Queue, Engine: eng, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
-		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, Ready: n.ready, Now: cfg.Now}
+		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, HeaderTimeout: cfg.HeaderTimeout, MaxConnsPerIP: cfg.MaxConnsPerIP,
+		Ready: n.ready, Now: cfg.Now}
 	if cfg.MinFreeBytes == 0 {
 		cfg.MinFreeBytes = 256 << 20
 	}

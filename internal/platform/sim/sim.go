@@ -605,7 +605,7 @@ func (s *Server) envelope(e platform.Envelope) platform.Result {
 	if roll(s.opts.ReportRate) {
 		evs = append(evs, platform.Event{Type: platform.EventReport, Business: e.From, User: e.To, Reason: "spam", TS: now})
 	}
-	if roll(s.opts.DecryptFailedRate) {
+	if !d.receipted[e.ID] && roll(s.opts.DecryptFailedRate) { // one retry receipt per message and device
 		// The device "loses" the message: drop its session and send a retry receipt.
 		s.count(func(st *Stats) { st.Injected["decrypt_failed"]++ })
 		delete(d.seen, e.ID)
