@@ -161,11 +161,11 @@ func New(opts Options) (*Server, error) {
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
 			return fasthttp.RequestConfig{ReadTimeout: opts.StallTimeout}
 		},
-		MaxConnsPerIP: opts.MaxConnsPerIP,
-		WriteTimeout:       time.Minute,
-		IdleTimeout:        2 * time.Minute,
-		ReadBufferSize:     16 << 10,
-		Logger:             fasthttpLogger{opts.Logger},
+		MaxConnsPerIP:  opts.MaxConnsPerIP,
+		WriteTimeout:   time.Minute,
+		IdleTimeout:    2 * time.Minute,
+		ReadBufferSize: 16 << 10,
+		Logger:         fasthttpLogger{opts.Logger},
 	}
 	return s, nil
 }
