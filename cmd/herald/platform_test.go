@@ -69,3 +69,28 @@ func captureStderr(t *testing.T, f func()) string {
 	w.Close()
 	return <-done
 }
+
+// TestSecretFiles: --admin-token-file that cannot be read stops the start
+// with exit 1 naming the setting.
+func TestSecretFiles(t *testing.T) {
+	stderr := captureStderr(t, func() {
+		root := &cobra.Command{Use: "herald", SilenceUsage: true, SilenceErrors: true}
+		if code := run(context.Background(), root, []string{"serve", "--data", t.TempDir(), "--listen", "127.0.0.1:0", "--admin-token-file", filepath.Join(t.TempDir(), "nope")}); code != 1 {
+			t.Errorf("exit code %d, want 1", code)
+		}
+	})
+	if !strings.Contains(stderr, "invalid setting admin-token-file") {
+		t.Fatalf("stderr: %q", stderr)
+	}
+	if v, err := readSecretFile(writeFile(t, "  s3cret-value\n")); err != nil || v != "s3cret-value" {
+		t.Fatalf("readSecretFile: %q %v", v, err)
+	}
+}
+
+func writeFile(t *testing.T, content string) string {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

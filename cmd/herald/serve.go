@@ -27,7 +27,7 @@ func logger(level string) (*slog.Logger, error) {
 
 func serveCmd() *cobra.Command {
 	var cfg node.Config
-	var level, devices, pprofAddr, webhookAllow string
+	var level, devices, pprofAddr, webhookAllow, adminTokenFile, secretFile, metricsListen string
 	var restartDelay time.Duration
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -43,6 +43,17 @@ func serveCmd() *cobra.Command {
 			if cfg.MasterKeys == "" {
 				cfg.MasterKeys = os.Getenv("HERALD_MASTER_KEY")
 			}
+			if adminTokenFile != "" {
+				if cfg.AdminToken, err = readSecretFile(adminTokenFile); err != nil {
+					return fmt.Errorf("invalid setting admin-token-file: %v", err)
+				}
+			}
+			if secretFile != "" {
+				if cfg.PlatformSecret, err = readSecretFile(secretFile); err != nil {
+					return fmt.Errorf("invalid setting platform-secret-file: %v", err)
+				}
+			}
+			cfg.MetricsListen = metricsListen
 			if cfg.WebhookAllow, err = parseCIDRs(webhookAllow); err != nil {
 				return fmt.Errorf("invalid setting webhook-allow: %v", err)
 			}
@@ -62,7 +73,10 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "API listen address")
 	f.StringVar(&cfg.PlatformURL, "platform", "", "platform base URL (empty: start the built-in simulator)")
 	f.StringVar(&cfg.PlatformSecret, "platform-secret", "", "secret shared with the platform")
-	f.StringVar(&cfg.AdminToken, "admin-token", "", "admin API token (default: <data>/admin-token, generated)")
+	f.StringVar(&cfg.AdminToken, "admin-token", "", "admin API token (default: <data>/admin-token, generated); prefer --admin-token-file, which keeps it out of ps")
+	f.StringVar(&adminTokenFile, "admin-token-file", "", "read the admin API token from this file")
+	f.StringVar(&secretFile, "platform-secret-file", "", "read the platform secret from this file")
+	f.StringVar(&metricsListen, "metrics-listen", "", "serve /metrics on this address only (not on the API's)")
 	f.IntVar(&cfg.Shards, "shards", 16, "queue shards (power of two; fixed for a data directory)")
 	f.IntVar(&cfg.Workers, "workers", 32, "engine worker pool size (concurrent tasks)")
 	f.IntVar(&cfg.GroupsPerTask, "groups-per-task", 128, "recipient groups one engine task works on together (one fsync'd commit, one status round trip)")
@@ -120,4 +134,18 @@ func parseCIDRs(s string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// readSecretFile reads a secret kept in a file (one line; surrounding space
+// trimmed), so it stays out of the process list.
+func readSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return v, nil
 }

@@ -75,6 +75,8 @@ type Options struct {
 	// ReadTimeout bounds reading one whole request, headers and body (a
 	// million-recipient upload takes seconds); default 5 minutes.
 	ReadTimeout time.Duration
+	// NoMetrics: /metrics is served elsewhere (--metrics-listen), not here.
+	NoMetrics bool
 	// HeaderTimeout: a request whose line and headers take longer is cut
 	// off (slowloris); default 10 s.
 	HeaderTimeout time.Duration
@@ -176,6 +178,15 @@ func (f fasthttpLogger) Printf(format string, args ...any) {
 	f.l.Debug("fasthttp", "msg", fmt.Sprintf(format, args...))
 }
 
+// MetricsHandler serves /metrics (and nothing else) for a listener of its own.
+func (s *Server) MetricsHandler(ctx *fasthttp.RequestCtx) {
+	if string(ctx.Path()) != "/metrics" {
+		ctx.SetStatusCode(404)
+		return
+	}
+	s.metrics(ctx)
+}
+
 // Serve serves on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
 
@@ -205,7 +216,7 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	case path == "/readyz":
 		s.readyz(ctx)
 		return
-	case path == "/metrics" && method == "GET":
+	case path == "/metrics" && method == "GET" && !s.opts.NoMetrics:
 		s.metrics(ctx)
 		return
 	case path == "/v1/platform/events" && method == "POST":
@@ -268,12 +279,20 @@ func unknownQuery(ctx *fasthttp.RequestCtx) bool {
 }
 
 func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (*tenant.Business, error) {
-	h := ctx.Request.Header.Peek("Authorization")
-	tok, ok := bytes.CutPrefix(h, []byte("Bearer "))
-	if !ok {
+	tok := bearer(ctx)
+	if tok == "" {
 		return nil, tenant.ErrUnauthorized
 	}
-	return s.opts.Tenants.Authenticate(string(tok))
+	return s.opts.Tenants.Authenticate(tok)
+}
+
+// bearer is the request's bearer token ("" when there is none).
+func bearer(ctx *fasthttp.RequestCtx) string {
+	tok, ok := bytes.CutPrefix(ctx.Request.Header.Peek("Authorization"), []byte("Bearer "))
+	if !ok {
+		return ""
+	}
+	return string(tok)
 }
 
 func (s *Server) withPhone(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string,

@@ -204,6 +204,7 @@ func TestSingleMessageValidationChangesNothing(t *testing.T) {
 		{"no product", `{"to":"15550000001","text":{"body":"x"}}`, 400, 100},
 		{"not json", `hello`, 400, 100},
 		{"trailing data", msgBody("15550000001", "x") + `{}`, 400, 100},
+		{"ttl that overflows", `{"messaging_product":"whatsapp","to":"15550000001","text":{"body":"x"},"ttl_seconds":36028797018964028}`, 400, 131006},
 		{"recipient_type group", `{"messaging_product":"whatsapp","recipient_type":"group","to":"15550000001","text":{"body":"x"}}`, 400, 100},
 	}
 	for _, tc := range cases {

@@ -188,6 +188,7 @@ type admitter struct {
 	skipTo  int // lines up to this one were admitted by an earlier attempt
 
 	statuses *engine.QueuedRecords // the "queued" status record of each message
+	token    string                // the upload's token, checked again at each batch
 
 	inflight  chan error // the enqueue batch being committed, if any
 	inflightN int        // its messages
@@ -269,6 +270,16 @@ func (a *admitter) flush() error {
 	}
 	if err := a.s.spaceOK(); err != nil {
 		return err
+	}
+	// The token and the business as they are now, not as they were when the
+	// upload began: a token revoked mid-upload stops it, a business paused
+	// mid-upload gets its later batches refused.
+	if a.token != "" {
+		b, err := a.s.opts.Tenants.Authenticate(a.token)
+		if err != nil {
+			return errRevoked
+		}
+		a.b = b
 	}
 	now := a.s.opts.Now()
 	codes := make([]int, len(a.tos))
@@ -387,7 +398,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	ndjson := strings.HasPrefix(ct, "application/x-ndjson")
 	now := s.opts.Now()
 	res := &CampaignResult{CampaignID: newCampaignID(), Rejected: []Rejection{}}
-	a := &admitter{s: s, ctx: context.Background(), b: b, pn: pn, cid: res.CampaignID, res: res}
+	a := &admitter{s: s, ctx: context.Background(), b: b, pn: pn, cid: res.CampaignID, res: res, token: bearer(ctx)}
 	camp := Campaign{ID: res.CampaignID, BusinessID: b.ID, PhoneNumberID: pn, CreatedMS: now.UnixMilli()}
 	if idem != "" {
 		a.progKey = progressKey(b.ID, idem)
@@ -439,6 +450,11 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 		s.uploadError(ctx, err, res)
 		return
 	}
+	if errors.Is(err, errRevoked) {
+		ctx.SetConnectionClose()
+		fail(ctx, 401, CodeAuth, "OAuthException", "the token was revoked during the upload; nothing after that was accepted", partialDetails(res))
+		return
+	}
 	if err != nil {
 		if res.Accepted > 0 {
 			// Part of the upload is durably queued: say exactly how much.
@@ -479,6 +495,9 @@ func (s *Server) storageErrorPartial(ctx *fasthttp.RequestCtx, err error, res *C
 	}
 	fail(ctx, 503, CodeInternal, "internal", "storage failed during the upload", details)
 }
+
+// errRevoked: the upload's token was revoked while it was being read.
+var errRevoked = errors.New("api: token revoked during the upload")
 
 // errUploadRead: the request body could not be read to its end (the client
 // stalled, went away, or sent a broken chunked body).
@@ -620,7 +639,7 @@ func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campa
 func (s *Server) saveCampaign(c *Campaign) error {
 	v, _ := json.Marshal(c)
 	b := s.opts.DB.NewBatch()
-	b.Set(campaignKey(c.ID), v, nil)
+	b.Set(campaignKey(c.ID), s.opts.Sealer.Seal(nil, v), nil) // the name is the business's words: sealed
 	return s.opts.DB.Commit(b, true)
 }
 
@@ -691,6 +710,18 @@ func (a *admitter) checkHeader(h *campaignHeader) *reqError {
 	return nil
 }
 
+// decodeCampaign reads a campaign record: sealed JSON, or the clear JSON
+// written before session 12.
+func (s *Server) decodeCampaign(v []byte, c *Campaign) error {
+	if len(v) == 0 || v[0] != '{' {
+		var err error
+		if v, err = s.opts.Sealer.Open(v); err != nil {
+			return err
+		}
+	}
+	return json.Unmarshal(v, c)
+}
+
 func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
 	v, ok, err := s.opts.DB.GetCopy(campaignKey(id))
 	if err != nil {
@@ -698,7 +729,7 @@ func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id st
 		return
 	}
 	var c Campaign
-	if !ok || json.Unmarshal(v, &c) != nil || c.BusinessID != b.ID {
+	if !ok || s.decodeCampaign(v, &c) != nil || c.BusinessID != b.ID {
 		notFound(ctx)
 		return
 	}

@@ -22,6 +22,7 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/heraldhq/herald/internal/node"
+	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/testutil"
 )
@@ -641,5 +642,72 @@ func TestSlowBodyIsCutOff(t *testing.T) {
 	}
 	if refused < 2 {
 		t.Fatalf("6 connections from one address with a cap of 4: %d refused", refused)
+	}
+}
+
+// TestTokenRevokedMidUploadStopsIt: the token is checked again at every
+// admission batch: revoked while an upload streams, the rest is refused (401,
+// saying how much was accepted before), and nothing after the revocation is
+// enqueued.
+func TestTokenRevokedMidUploadStopsIt(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "unlimited")
+	if a.TokID == "" {
+		_, tid := tenant.SplitToken(a.Token)
+		a.TokID = tid
+	}
+	c := rawConn(t, e)
+	fmt.Fprintf(c, "POST /v1/%s/campaigns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n", a.PNs[0], a.Token)
+	chunk := func(s string) { fmt.Fprintf(c, "%x\r\n%s\r\n", len(s), s) }
+	var sb strings.Builder
+	sb.WriteString(`{"name":"r","template":{"body":"hi"}}` + "\n")
+	for i := 0; i < 2048+10; i++ { // one whole batch, and a bit
+		fmt.Fprintf(&sb, `{"to":"1555%07d"}`+"\n", (i*7919+104729)%10_000_000)
+	}
+	chunk(sb.String())
+	// The first batch commits while the next is read (its count comes later).
+	testutil.Eventually(t, 10*time.Second, func() bool { return e.depth() > 0 || e.n.Sim.Stats().Envelopes > 0 }, "the first batch enqueued")
+	if code, out := e.do("DELETE", "/admin/v1/businesses/"+a.ID+"/tokens/"+a.TokID, "admin-token-for-tests", "", ""); code != 200 {
+		t.Fatalf("revoke: %d %v", code, out)
+	}
+	sb.Reset()
+	for i := 0; i < 3000; i++ {
+		fmt.Fprintf(&sb, `{"to":"1556%07d"}`+"\n", (i*7919+104729)%10_000_000)
+	}
+	chunk(sb.String())
+	c.Write([]byte("0\r\n\r\n"))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 401 || !strings.Contains(string(raw), "revoked") || !strings.Contains(string(raw), "first 2048 recipients") {
+		t.Fatalf("after the revocation: %d %s", resp.StatusCode, raw)
+	}
+	if got := promtest.ToFloat64(e.n.Metrics.Accepted); got != 2048 {
+		t.Fatalf("%v accepted, want the 2048 before the revocation", got)
+	}
+}
+
+// TestMetricsOnTheirOwnAddress: with --metrics-listen, /metrics is served
+// there and not on the API (where any client could read it).
+func TestMetricsOnTheirOwnAddress(t *testing.T) {
+	e := start(t, func(c *node.Config) { c.MetricsListen = "127.0.0.1:0" })
+	resp, err := http.Get(e.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Fatalf("/metrics on the API: %d", resp.StatusCode)
+	}
+	resp, err = http.Get("http://" + e.n.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "herald_messages_accepted_total") {
+		t.Fatalf("/metrics on its address: %d", resp.StatusCode)
 	}
 }

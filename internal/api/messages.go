@@ -55,11 +55,12 @@ func validTTL(ttl *int64) (time.Duration, *reqError) {
 	if ttl == nil {
 		return heraldtype.DefaultTTL, nil
 	}
-	d := time.Duration(*ttl) * time.Second
-	if d < heraldtype.MinTTL || d > heraldtype.MaxTTL {
+	// Range-checked in seconds before the multiplication: 36028797018964028
+	// seconds wrapped into range as nanoseconds.
+	if *ttl < int64(heraldtype.MinTTL/time.Second) || *ttl > int64(heraldtype.MaxTTL/time.Second) {
 		return 0, rerr(CodeBadTTL, "ttl_seconds must be between 30 and 2592000 (30 days)")
 	}
-	return d, nil
+	return time.Duration(*ttl) * time.Second, nil
 }
 
 func validBody(body string) *reqError {

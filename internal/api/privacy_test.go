@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -229,4 +231,31 @@ func failingEndpoint(t *testing.T) (string, *atomic.Int64) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return "http://" + ln.Addr().String() + "/hook", &posts
+}
+
+// TestCampaignNamesAndModesArePrivate: a campaign's name is sealed on disk
+// (it was in clear in db/*.sst), the data directory is 0700 and its files
+// 0600, and a directory with looser modes is tightened at start.
+func TestCampaignNamesAndModesArePrivate(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	var dataDir string
+	e := start(t, func(c *node.Config) { c.DataDir = dir; dataDir = dir })
+	a := e.business("A", "15550001001", "10k")
+	if code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, `{"name":"SECRET-LAUNCH-PLAN","template":{"body":"hi"},"recipients":[{"to":"15550000001"}]}`, ""); code != 200 {
+		t.Fatalf("%d %v", code, out)
+	}
+	e.waitDrained()
+	e.n.DB().Flush()
+	testutil.AssertNoPlaintext(t, dataDir, "SECRET-LAUNCH-PLAN")
+	filepath.WalkDir(dataDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		info, _ := d.Info()
+		if perm := info.Mode().Perm(); d.IsDir() && perm&0o077 != 0 || !d.IsDir() && perm&0o077 != 0 {
+			t.Errorf("%s is %v: readable by others", p, perm)
+		}
+		return nil
+	})
 }

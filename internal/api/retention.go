@@ -2,7 +2,6 @@ package api
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -71,7 +70,7 @@ func (s *Server) RetentionOnce(now time.Time) (int, error) {
 	cut := now.Add(-engine.StatusGrace).UnixMilli()
 	for cit.First(); cit.Valid() && n < 2*sweepBatch; cit.Next() {
 		var c Campaign
-		if json.Unmarshal(cit.Value(), &c) != nil || c.ExpiresMS == 0 || c.ExpiresMS > cut {
+		if s.decodeCampaign(cit.Value(), &c) != nil || c.ExpiresMS == 0 || c.ExpiresMS > cut {
 			continue
 		}
 		b.Delete(append([]byte(nil), cit.Key()...), nil)

@@ -19,9 +19,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/valyala/fasthttp"
 
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/api"
@@ -84,6 +86,9 @@ type Config struct {
 	// the API and the webhook sender read it; default time.Now. Tests inject
 	// one to move past TTLs.
 	Now func() time.Time
+	// MetricsListen, when set, serves /metrics on this address and not on
+	// the API's (--metrics-listen).
+	MetricsListen string
 	// WebhookAllow lists the address ranges webhooks may reach besides
 	// public ones (--webhook-allow; e.g. 127.0.0.0/8 for a webhook on this
 	// machine). Empty: loopback, private, link-local and metadata refused.
@@ -102,6 +107,7 @@ type Config struct {
 type Node struct {
 	cfg Config
 	ln  net.Listener
+	mln net.Listener // --metrics-listen
 	// platformErr is the last platform probe's failure (nil: it answered).
 	platformErr atomic.Pointer[error]
 	db          *kv.DB
@@ -163,6 +169,9 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, &ConfigError{"listen", "must be HOST:PORT, e.g. 127.0.0.1:8080"}
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, &ConfigError{"data", err.Error()}
+	}
+	if err := privateDataDir(cfg.DataDir, cfg.Out); err != nil {
 		return nil, &ConfigError{"data", err.Error()}
 	}
 	if cfg.Now == nil {
@@ -272,6 +281,12 @@ func New(cfg Config) (n *Node, err error) {
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
 		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, HeaderTimeout: cfg.HeaderTimeout, MaxConnsPerIP: cfg.MaxConnsPerIP,
 		Ready: n.ready, Now: cfg.Now}
+	if cfg.MetricsListen != "" {
+		if n.mln, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			return nil, &ConfigError{"metrics-listen", err.Error()}
+		}
+		ao.NoMetrics = true
+	}
 	if cfg.MinFreeBytes == 0 {
 		cfg.MinFreeBytes = 256 << 20
 	}
@@ -305,6 +320,38 @@ func New(cfg Config) (n *Node, err error) {
 		}
 	}
 	return n, nil
+}
+
+// privateDataDir makes the data directory and its db/ readable by this user
+// only (0700; the files Herald creates are 0600): a directory with looser
+// modes is tightened, and said so. Files the process creates from now on get
+// no group or other bits (umask 077).
+func privateDataDir(dir string, out io.Writer) error {
+	syscall.Umask(0o077)
+	db := filepath.Join(dir, "db")
+	if err := os.MkdirAll(db, 0o700); err != nil {
+		return err
+	}
+	return filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		want := os.FileMode(0o600)
+		if d.IsDir() {
+			want = 0o700
+		}
+		if info.Mode().Perm()&^want != 0 {
+			if err := os.Chmod(p, want); err != nil {
+				return fmt.Errorf("%s is %v and cannot be made private: %v", p, info.Mode().Perm(), err)
+			}
+			fmt.Fprintf(out, "tightened %s from %v to %v (data is readable by this user only)\n", p, info.Mode().Perm(), want)
+		}
+		return nil
+	})
 }
 
 // PlatformProbeInterval is how often the node checks that the platform
@@ -418,6 +465,14 @@ func adminToken(cfg Config) (string, error) {
 // Addr is the API's address.
 func (n *Node) Addr() string { return n.ln.Addr().String() }
 
+// MetricsAddr is --metrics-listen's address ("" when /metrics is on the API).
+func (n *Node) MetricsAddr() string {
+	if n.mln == nil {
+		return ""
+	}
+	return n.mln.Addr().String()
+}
+
 // URL is the API's base URL.
 func (n *Node) URL() string { return "http://" + n.Addr() }
 
@@ -449,6 +504,10 @@ func (n *Node) Start(ctx context.Context) error {
 		}
 	}()
 	go func() { n.serveErr <- n.API.Serve(n.ln) }()
+	if n.mln != nil {
+		go fasthttp.Serve(n.mln, n.API.MetricsHandler)
+		fmt.Fprintf(n.cfg.Out, "metrics on http://%s/metrics\n", n.mln.Addr())
+	}
 	if n.Limits != nil {
 		n.bg.Add(1)
 		go func() {
@@ -501,6 +560,9 @@ func (n *Node) Close() error {
 			}
 		} else if n.ln != nil {
 			n.ln.Close()
+		}
+		if n.mln != nil {
+			n.mln.Close()
 		}
 		if n.Engine != nil {
 			n.Engine.Close()
