@@ -22,8 +22,8 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/heraldhq/herald/internal/node"
-	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/internal/testutil"
 )
 
