@@ -4,7 +4,7 @@ PKGS := ./...
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./queue/... ./engine/... ./ratelimit/... ./internal/...
 
-.PHONY: test vet fmtcheck build bench bench-queue bench-e2e fuzz crash e2e check mutants
+.PHONY: test vet fmtcheck build bench bench-queue bench-e2e fuzz crash e2e check mutants hostile
 
 test: vet fmtcheck
 	$(GO) test -race -count=1 $(RACE_PKGS)
@@ -51,6 +51,11 @@ fuzz:
 # fails unless the tests the patch names fail on it. MUTANTS=regexp picks some.
 mutants:
 	./scripts/mutants.sh
+
+# Request-level attacks against a real `herald serve` process: it must
+# survive them with its RSS under 400 MB (HOSTILE_SHORT=1: fewer of each).
+hostile:
+	HERALD_HOSTILE=1 HERALD_HOSTILE_SHORT=$${HOSTILE_SHORT:-} $(GO) test -count=1 -v -run Hostile ./hostile/
 
 crash:
 	HERALD_CRASH_KILLS=$${KILLS:-50} $(GO) test -count=1 -timeout 30m -run Crash -v ./queue/ ./engine/ ./crash/
