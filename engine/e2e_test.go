@@ -225,6 +225,11 @@ func (h *harness) closeNow() {
 // enqueue submits, for each recipient index, n messages (as the API would: a
 // status record in the same durable batch). It returns the message ids by recipient.
 func (h *harness) enqueue(users []string, n int, campaign string, ttl time.Duration) map[string][]string {
+	return h.enqueueAs(h.bizID, h.pnID, "15550001111", users, n, campaign, ttl)
+}
+
+// enqueueAs is enqueue for another business of the harness's tenant store.
+func (h *harness) enqueueAs(bizID, pnID, from string, users []string, n int, campaign string, ttl time.Duration) map[string][]string {
 	now := h.now()
 	out := map[string][]string{}
 	b := h.db.NewBatch()
@@ -232,7 +237,7 @@ func (h *harness) enqueue(users []string, n int, campaign string, ttl time.Durat
 	for round := 0; round < n; round++ {
 		for _, u := range users {
 			id := h.ids.New(now)
-			p := heraldtype.Payload{BusinessID: h.bizID, PhoneNumberID: h.pnID, From: "15550001111", To: u, CampaignID: campaign,
+			p := heraldtype.Payload{BusinessID: bizID, PhoneNumberID: pnID, From: from, To: u, CampaignID: campaign,
 				Body: fmt.Sprintf("Hello %s, message %d of %s ✓", u, round, id), TS: now.Unix()}
 			h.mu.Lock()
 			if h.bodies == nil {
@@ -241,8 +246,8 @@ func (h *harness) enqueue(users []string, n int, campaign string, ttl time.Durat
 			h.bodies[id] = p.Body
 			h.sentTo[u] = append(h.sentTo[u], id)
 			h.mu.Unlock()
-			msgs = append(msgs, queue.Message{ID: id, Recipient: u, Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)})
-			engine.NewStatusRecord(b, id, h.bizID, h.pnID, campaign, now, now.Add(ttl))
+			msgs = append(msgs, queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(bizID, u), Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)})
+			engine.NewStatusRecord(b, id, bizID, pnID, campaign, now, now.Add(ttl))
 			out[u] = append(out[u], id)
 		}
 	}

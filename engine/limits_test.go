@@ -267,3 +267,35 @@ func bucketAfter(times []int64, now int64, rate, burst float64, rt interface{ Fa
 	}
 	return math.Min(burst, tokens+float64(now-last)*rate)
 }
+
+// TestOneBusinesssHeldMessagesNeverHoldAnothers: business A queues 50
+// messages to a user, held by its pair rate; business B's message to the
+// same user goes at once (it waited minutes behind A's before: one FIFO per
+// recipient, leased 16 at a time). Order and the pair rate are per
+// (business, recipient).
+func TestOneBusinesssHeldMessagesNeverHoldAnothers(t *testing.T) {
+	clock := testutil.NewClock(t0)
+	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 1, DevicesMax: 2, UnknownShare: -1}, clock: clock, noStart: true})
+	b, _, err := h.tenants.NewBusiness("Other", []string{"15550002222"}, "unlimited", 1000, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pnB string
+	for pn := range b.PhoneNumbers {
+		pnB = pn
+	}
+	u := h.users(55, 1)
+	h.enqueue(u, 50, "camp-a", time.Hour)
+	idB := h.enqueueAs(b.ID, pnB, "15550002222", u, 1, "camp-b", time.Hour)[u[0]][0]
+	h.settle()
+	sent := h.sentAt()
+	if _, ok := sent[idB]; !ok {
+		t.Fatalf("business B's message waits behind business A's held ones (%d of A's sent)", len(sent))
+	}
+	if len(sent) != 3+1 {
+		t.Fatalf("%d sent at once, want A's burst of 3 and B's 1", len(sent))
+	}
+	if st := h.sim.Stats(); st.OrderingViolations != 0 || len(st.Failures) != 0 {
+		t.Fatalf("simulator: %+v", st)
+	}
+}

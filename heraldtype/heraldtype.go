@@ -178,6 +178,13 @@ func (g *IDGen) New(now time.Time) string {
 	return crockford.EncodeToString(raw[:])[:26]
 }
 
+// QueueRecipient is what the queue orders and leases messages by: one
+// business's messages to one user. Order, the pair rate and a held message
+// are per (business, recipient): a message one business holds never holds
+// another business's message to the same user. The engine keys a business's
+// Signal sessions with the user by its HMAC too.
+func QueueRecipient(businessID, to string) string { return businessID + "\x00" + to }
+
 // TTL bounds (design: between 30 s and 30 days, default 30 days).
 const (
 	MinTTL     = 30 * time.Second

@@ -302,7 +302,7 @@ func (a *admitter) flush() error {
 		id := a.s.nextID(a.pn, now)
 		p := heraldtype.Payload{BusinessID: a.b.ID, PhoneNumberID: a.pn, From: from, To: to, CampaignID: a.cid, Body: a.bodies[i], TS: now.Unix()}
 		buf = p.Encode(buf[:0])
-		msgs = append(msgs, queue.Message{ID: id, Recipient: to, Payload: append([]byte(nil), buf...), ExpiresAt: now.Add(a.ttl)})
+		msgs = append(msgs, queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(a.b.ID, to), Payload: append([]byte(nil), buf...), ExpiresAt: now.Add(a.ttl)})
 		if a.statuses == nil {
 			a.statuses = engine.NewQueuedRecords(a.b.ID, a.pn, a.cid)
 		}

@@ -224,7 +224,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	p := heraldtype.Payload{BusinessID: b.ID, PhoneNumberID: pn, From: b.PhoneNumbers[pn], To: to, Body: req.Text.Body, TS: now.Unix()}
 	batch := s.opts.DB.NewBatch()
 	engine.NewStatusRecord(batch, id, b.ID, pn, "", now, now.Add(ttl))
-	msg := queue.Message{ID: id, Recipient: to, Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)}
+	msg := queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(b.ID, to), Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)}
 	answer, _ := json.Marshal(map[string]any{
 		"messaging_product": "whatsapp",
 		"contacts":          []map[string]string{{"input": req.To, "wa_id": to}},
