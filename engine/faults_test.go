@@ -256,7 +256,7 @@ func TestFailedPreparationDoesNotHoldBackItsTask(t *testing.T) {
 	bad := users[17]
 	// The store's device-list key: 's' 'V' len(business) business HMAC(recipient).
 	k := append([]byte{'s', 'V', byte(len("15550001111"))}, "15550001111"...)
-	r := h.q.RecipientKey(bad)
+	r := h.q.RecipientKey(heraldtype.QueueRecipient(h.bizID, bad))
 	k = append(k, r[:]...)
 	b := h.db.NewBatch()
 	b.Set(k, []byte{1, 2, 3}, nil) // not a whole number of 4-byte ids

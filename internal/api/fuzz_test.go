@@ -48,6 +48,8 @@ func FuzzCampaignNDJSON(f *testing.F) {
 	})
 }
 
+// FuzzCampaignJSON: any JSON campaign upload gets a well-formed answer, never
+// a panic or a 5xx.
 func FuzzCampaignJSON(f *testing.F) {
 	n, tok, pn := fuzzNode(f)
 	f.Add([]byte(`{"name":"x","template":{"body":"Hi {{a}}"},"recipients":[{"to":"15550000001","vars":{"a":"b"}}]}`))
@@ -58,6 +60,8 @@ func FuzzCampaignJSON(f *testing.F) {
 	})
 }
 
+// FuzzSendMessage: any single-send body gets a well-formed answer, never a
+// panic or a 5xx.
 func FuzzSendMessage(f *testing.F) {
 	n, tok, pn := fuzzNode(f)
 	f.Add([]byte(`{"messaging_product":"whatsapp","to":"+1 555 000 0001","type":"text","text":{"body":"hi"},"ttl_seconds":60}`))
