@@ -19,7 +19,7 @@ func keptKey(id string) []byte { return append([]byte(keptPrefix), id...) }
 // appendKeptIndexKey appends the kept index key of id, kept until until, to
 // dst (a stack buffer on the hot path: Pebble's batch copies the key).
 func appendKeptIndexKey(dst []byte, until time.Time, id string) []byte {
-	return append(binary.BigEndian.AppendUint64(append(dst, "eT"...), uint64(until.UnixNano())), id...)
+	return append(binary.BigEndian.AppendUint64(append(dst, keptIndexPrefix...), uint64(until.UnixNano())), id...)
 }
 
 const retentionBatch = 1000
@@ -48,40 +48,24 @@ func (e *Engine) RetentionOnce(ctx context.Context) (int, error) {
 		}
 		e.statuses.submit(ups)
 	}
-	lo := []byte("eT")
-	hi := binary.BigEndian.AppendUint64([]byte("eT"), uint64(now.UnixNano())+1)
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	// Kept copies of sent messages past their grace (index e T).
+	n, err := e.sweepIndex(keptIndexPrefix, binary.BigEndian.AppendUint64([]byte(keptIndexPrefix), uint64(now.UnixNano())+1),
+		func(b *pebble.Batch, id string) { b.Delete(keptKey(id), nil) }, true)
 	if err != nil {
 		return removed, err
 	}
-	b := e.db.NewBatch()
-	n := 0
-	for it.First(); it.Valid() && n < retentionBatch; it.Next() {
-		k := it.Key()
-		if len(k) > 10 {
-			b.Delete(keptKey(string(k[10:])), nil)
-		}
-		b.Delete(append([]byte(nil), k...), nil)
-		n++
-	}
-	it.Close()
-	if n > 0 {
-		if err := e.db.Commit(b, true); err != nil {
-			return removed, err
-		}
-		removed += n
-	} else {
-		b.Close()
-	}
+	removed += n
 	m, err := e.sweepStatuses(now)
 	return removed + m, err
 }
 
-// sweepStatuses deletes status records whose message expired more than
-// StatusGrace ago (index e X), at most retentionBatch per call.
-func (e *Engine) sweepStatuses(now time.Time) (int, error) {
-	hi := appendStatusExpiryKey(nil, now.Unix()+1, "")
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte("eX"), UpperBound: hi})
+const keptIndexPrefix = "eT"
+
+// sweepIndex deletes, for each entry of a time index (prefix, then 8 bytes
+// of time, then a message id) below hi, the entry and what del deletes for
+// its id; at most retentionBatch per call.
+func (e *Engine) sweepIndex(prefix string, hi []byte, del func(b *pebble.Batch, id string), sync bool) (int, error) {
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefix), UpperBound: hi})
 	if err != nil {
 		return 0, err
 	}
@@ -89,8 +73,8 @@ func (e *Engine) sweepStatuses(now time.Time) (int, error) {
 	n := 0
 	for it.First(); it.Valid() && n < retentionBatch; it.Next() {
 		k := it.Key()
-		if len(k) > 10 {
-			b.Delete(statusKey(string(k[10:])), nil)
+		if len(k) > len(prefix)+8 {
+			del(b, string(k[len(prefix)+8:]))
 		}
 		b.Delete(append([]byte(nil), k...), nil)
 		n++
@@ -100,5 +84,12 @@ func (e *Engine) sweepStatuses(now time.Time) (int, error) {
 		b.Close()
 		return 0, nil
 	}
-	return n, e.db.Commit(b, false)
+	return n, e.db.Commit(b, sync)
+}
+
+// sweepStatuses deletes status records whose message expired more than
+// StatusGrace ago (index e X), at most retentionBatch per call.
+func (e *Engine) sweepStatuses(now time.Time) (int, error) {
+	return e.sweepIndex("eX", appendStatusExpiryKey(nil, now.Unix()+1, ""),
+		func(b *pebble.Batch, id string) { b.Delete(statusKey(id), nil) }, false)
 }

@@ -121,7 +121,7 @@ func TestHostileRequestsAgainstAServeProcess(t *testing.T) {
 		"HTTP/1.1 200 OK\r\nContent-Length: 1125899906842624\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nContent-Length: 314572800\r\n\r\n",
 	} {
-		hook := hostileEndpoint(t, head, 300<<20)
+		hook := testutil.HostileEndpoint(t, head, 300<<20)
 		if code, out := s.do("PUT", "/v1/"+pn+"/webhook", tok, "", []byte(fmt.Sprintf(`{"url":%q,"secret":"whsecret123"}`, hook))); code != 200 {
 			t.Fatalf("webhook: %d %v", code, out)
 		}
@@ -205,36 +205,4 @@ func TestHostileRequestsAgainstAServeProcess(t *testing.T) {
 	resp.Body.Close()
 	t.Logf("peak RSS over the attacks: %d MB (bound %d MB)", s.peak>>20, rssBound>>20)
 	cmd.Process.Signal(syscall.SIGTERM)
-}
-
-// hostileEndpoint answers every request with head and then up to stream
-// bytes of zeros.
-func hostileEndpoint(t *testing.T, head string, stream int) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				c.SetReadDeadline(time.Now().Add(2 * time.Second))
-				c.Read(buf)
-				c.Write([]byte(head))
-				zeros := make([]byte, 64<<10)
-				for sent := 0; sent < stream; sent += len(zeros) {
-					if _, err := c.Write(zeros); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return "http://" + ln.Addr().String() + "/hook"
 }

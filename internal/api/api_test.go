@@ -64,6 +64,13 @@ func testConfig(dir string) node.Config {
 
 func (e *env) do(method, path, token, body, ct string) (int, map[string]any) {
 	e.t.Helper()
+	code, out, _ := e.doH(method, path, token, body, ct, nil)
+	return code, out
+}
+
+// doH is do with extra request headers; it returns the answer's headers too.
+func (e *env) doH(method, path, token, body, ct string, headers map[string]string) (int, map[string]any, http.Header) {
+	e.t.Helper()
 	req, _ := http.NewRequest(method, e.base+path, strings.NewReader(body))
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -72,6 +79,9 @@ func (e *env) do(method, path, token, body, ct string) (int, map[string]any) {
 		ct = "application/json"
 	}
 	req.Header.Set("Content-Type", ct)
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		e.t.Fatal(err)
@@ -80,7 +90,7 @@ func (e *env) do(method, path, token, body, ct string) (int, map[string]any) {
 	raw, _ := io.ReadAll(resp.Body)
 	var out map[string]any
 	json.Unmarshal(raw, &out)
-	return resp.StatusCode, out
+	return resp.StatusCode, out, resp.Header
 }
 
 func (e *env) business(name, phone, tier string) business {
@@ -502,19 +512,8 @@ func (e *env) doIdem(path, token, key, body string) (int, map[string]any, string
 
 func (e *env) doIdemCT(path, token, key, body, ct string) (int, map[string]any, string) {
 	e.t.Helper()
-	req, _ := http.NewRequest("POST", e.base+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", ct)
-	req.Header.Set("Idempotency-Key", key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	json.Unmarshal(raw, &out)
-	return resp.StatusCode, out, resp.Header.Get("Idempotent-Replayed")
+	code, out, h := e.doH("POST", path, token, body, ct, map[string]string{"Idempotency-Key": key})
+	return code, out, h.Get("Idempotent-Replayed")
 }
 
 // TestSingleSendIdempotencyKey: a single send retried with the same

@@ -207,6 +207,19 @@ type uploadProgress struct {
 
 func progressKey(biz, key string) []byte { return append([]byte("tP"+biz+"\x00"), key...) }
 
+// holdIdem marks an Idempotency-Key as in use by this request; a second
+// request with it meanwhile is answered 409 (ok false). release frees it.
+func (s *Server) holdIdem(ctx *fasthttp.RequestCtx, k, busy string) (release func(), ok bool) {
+	s.idemMu.Lock()
+	defer s.idemMu.Unlock()
+	if s.idemActive[k] {
+		fail(ctx, 409, CodeConflict, "OAuthException", busy, "")
+		return nil, false
+	}
+	s.idemActive[k] = true
+	return func() { s.idemMu.Lock(); delete(s.idemActive, k); s.idemMu.Unlock() }, true
+}
+
 // resuming reports whether line was handled by an earlier attempt of this
 // idempotent upload.
 func (a *admitter) resuming(line int) bool { return line <= a.skipTo }
@@ -383,16 +396,11 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 			ctx.SetBody(prev)
 			return
 		}
-		k := b.ID + "\x00" + idem
-		s.idemMu.Lock()
-		if s.idemActive[k] {
-			s.idemMu.Unlock()
-			fail(ctx, 409, CodeConflict, "OAuthException", "an upload with this Idempotency-Key is in progress", "")
+		release, ok := s.holdIdem(ctx, b.ID+"\x00"+idem, "an upload with this Idempotency-Key is in progress")
+		if !ok {
 			return
 		}
-		s.idemActive[k] = true
-		s.idemMu.Unlock()
-		defer func() { s.idemMu.Lock(); delete(s.idemActive, k); s.idemMu.Unlock() }()
+		defer release()
 	}
 	ct := string(ctx.Request.Header.ContentType())
 	ndjson := strings.HasPrefix(ct, "application/x-ndjson")

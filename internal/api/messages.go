@@ -146,16 +146,11 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	if idem != "" {
 		// Held first, then looked up: a retry that raced the first attempt
 		// either waits out its answer (409) or finds it remembered.
-		k := b.ID + "\x00msg\x00" + idem
-		s.idemMu.Lock()
-		if s.idemActive[k] {
-			s.idemMu.Unlock()
-			fail(ctx, 409, CodeConflict, "OAuthException", "a message with this Idempotency-Key is being accepted", "")
+		release, ok := s.holdIdem(ctx, b.ID+"\x00msg\x00"+idem, "a message with this Idempotency-Key is being accepted")
+		if !ok {
 			return
 		}
-		s.idemActive[k] = true
-		s.idemMu.Unlock()
-		defer func() { s.idemMu.Lock(); delete(s.idemActive, k); s.idemMu.Unlock() }()
+		defer release()
 		prev, found, same := s.sentOnce(b.ID, idem, reqHash)
 		if found && !same {
 			fail(ctx, 409, CodeConflict, "OAuthException", "this Idempotency-Key was used for a different message", "send the same body again, or use a new key")

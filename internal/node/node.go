@@ -372,17 +372,32 @@ func (n *Node) probePlatform(ctx context.Context) {
 		}
 	}
 	probe()
+	n.every("platform probe", PlatformProbeInterval, probe)
+}
+
+// every runs f every interval until the node stops, in a goroutine the node
+// waits for; a panic in f is logged, counted and survived (the next tick
+// runs it again).
+func (n *Node) every(name string, interval time.Duration, f func()) {
 	n.bg.Add(1)
 	go func() {
 		defer n.bg.Done()
-		t := time.NewTicker(PlatformProbeInterval)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
 			case <-n.stop:
 				return
 			case <-t.C:
-				probe()
+				func() {
+					defer func() {
+						if r := recover(); r != nil {
+							n.cfg.Logger.Error("node: recovered from a panic", "loop", name, "panic", fmt.Sprint(r))
+							n.Metrics.Panics.WithLabelValues(name).Inc()
+						}
+					}()
+					f()
+				}()
 			}
 		}
 	}()
@@ -487,45 +502,23 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.Webhooks.Start()
 	n.probePlatform(ctx)
-	n.bg.Add(1)
-	go func() {
-		defer n.bg.Done()
-		t := time.NewTicker(n.cfg.RetentionInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-n.stop:
-				return
-			case <-t.C:
-				if _, err := n.API.RetentionOnce(n.cfg.Now()); err != nil {
-					n.cfg.Logger.Error("node: retention sweep of API records failed", "err", err)
-				}
-			}
+	n.every("api retention", n.cfg.RetentionInterval, func() {
+		if _, err := n.API.RetentionOnce(n.cfg.Now()); err != nil {
+			n.cfg.Logger.Error("node: retention sweep of API records failed", "err", err)
 		}
-	}()
+	})
 	go func() { n.serveErr <- n.API.Serve(n.ln) }()
 	if n.mln != nil {
 		go fasthttp.Serve(n.mln, n.API.MetricsHandler)
 		fmt.Fprintf(n.cfg.Out, "metrics on http://%s/metrics\n", n.mln.Addr())
 	}
 	if n.Limits != nil {
-		n.bg.Add(1)
-		go func() {
-			defer n.bg.Done()
-			t := time.NewTicker(time.Minute)
-			defer t.Stop()
-			for {
-				select {
-				case <-n.stop:
-					return
-				case <-t.C:
-					for _, c := range n.Limits.EvaluateTiers(n.cfg.Now()) {
-						n.cfg.Logger.Warn("ratelimit: tier change", "change", c)
-					}
-					n.Limits.Close() // persists the signal windows
-				}
+		n.every("tiers", time.Minute, func() {
+			for _, c := range n.Limits.EvaluateTiers(n.cfg.Now()) {
+				n.cfg.Logger.Warn("ratelimit: tier change", "change", c)
 			}
-		}()
+			n.Limits.Close() // persists the signal windows
+		})
 	}
 	if n.DemoToken != "" {
 		fmt.Fprintf(n.cfg.Out, "created a demo business: phone_number_id %s, token %s\n", n.DemoPhoneNumberID, n.DemoToken)

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -42,4 +43,37 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format st
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// HostileEndpoint serves, on loopback, a peer that answers every request
+// with head (a status line and headers, perhaps a lying Content-Length) and
+// then up to stream bytes of zeros. It returns its URL.
+func HostileEndpoint(t testing.TB, head string, stream int) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				c.Read(buf)
+				c.Write([]byte(head))
+				zeros := make([]byte, 64<<10)
+				for sent := 0; sent < stream; sent += len(zeros) {
+					if _, err := c.Write(zeros); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String() + "/hook"
 }

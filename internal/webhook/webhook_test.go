@@ -216,39 +216,6 @@ func TestWebhookDestinationsAreGuarded(t *testing.T) {
 	c.Close()
 }
 
-// hostileEndpoint answers every request with the given raw bytes (status
-// line and headers, perhaps a lying Content-Length) and then a stream of
-// zeros until the client goes.
-func hostileEndpoint(t *testing.T, head string, stream int) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				c.SetReadDeadline(time.Now().Add(time.Second))
-				c.Read(buf)
-				c.Write([]byte(head))
-				zeros := make([]byte, 64<<10)
-				for sent := 0; sent < stream; sent += len(zeros) {
-					if _, err := c.Write(zeros); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return "http://" + ln.Addr().String() + "/hook"
-}
-
 // TestHostileWebhookRepliesCannotHurtHerald: a 2xx with a Content-Length of
 // a petabyte (it panicked the process in fasthttp's body read, again after
 // every restart) or a 300 MB body is read no further than MaxReplyBytes: the
@@ -266,7 +233,7 @@ func TestHostileWebhookRepliesCannotHurtHerald(t *testing.T) {
 			t0 := time.Unix(1_800_000_000, 0)
 			clock := testutil.NewClock(t0)
 			s, db, _ := newSender(t, clock, nil)
-			if err := s.Set("pn1", Config{URL: hostileEndpoint(t, ep.head, ep.stream), Secret: "secret-123"}); err != nil {
+			if err := s.Set("pn1", Config{URL: testutil.HostileEndpoint(t, ep.head, ep.stream), Secret: "secret-123"}); err != nil {
 				t.Fatal(err)
 			}
 			queue(t, s, db, engine.StatusChange{MessageID: "m1", PhoneNumberID: "pn1", Status: "sent", TS: t0.Unix()})
