@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+# The source of mutants/*.patch: each m(...) names a deliberate bug (a
+# replacement in one file) and the tests that must catch it. After a change
+# that moves the code a patch touches, run `python3 mutants/gen.py` (all) or
+# `python3 mutants/gen.py NAME...` to write the patches again from the tree.
+import subprocess, sys, os
+os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+M = []
+def m(name, desc, path, old, new, tests, count=1):
+    M.append((name, desc, path, old, new, tests, count))
+
+m("01-enqueue-without-sync", "invariant 1: the queue's enqueue commits without fsync",
+  "queue/queue.go", "	if err := q.batches.Commit(b, true); err != nil {\n		return err\n	}\n	for exp, g := range byExp {",
+  "	if err := q.batches.Commit(b, false); err != nil {\n		return err\n	}\n	for exp, g := range byExp {",
+  ["./queue/ -run 'TestFailedFsyncIsNeverAcknowledged'"])
+m("02-wal-sync-noop", "invariant 1: the WAL's Sync does nothing",
+  "internal/kv/walfs.go", "func (f *walFile) Sync() error                       { return f.inner.Sync() }\nfunc (f *walFile) SyncData() error                   { return f.inner.SyncData() }",
+  "func (f *walFile) Sync() error                       { return nil }\nfunc (f *walFile) SyncData() error                   { return nil }",
+  ["./internal/kv/"])
+m("03-session-advance-discarded", "invariant 2: a session's advance is written to a batch that is then discarded",
+  "engine/work.go", "		if err := e.store.Advance(b, sender, rcpt, adv...); err != nil {",
+  "		if err := e.store.Advance(e.db.NewBatch(), sender, rcpt, adv...); err != nil {",
+  ["./engine/ -run 'TestSessionsReloadedFromDiskEncryptAgain'", "./engine/ -run 'TestCrashDuringCampaignLosesNothingAndNeverReusesACounter'"])
+m("04-idempotency-keys-shared", "tenancy: Idempotency-Keys shared across businesses",
+  "internal/api/campaigns.go", 'func idemKey(biz, key string) []byte { return append([]byte("tK"+biz+"\\x00"), key...) }',
+  'func idemKey(biz, key string) []byte { return append([]byte("tK\\x00"), key...) }',
+  ["./internal/api/ -run 'TestSingleSendIdempotencyKey|TestCampaignIdempotencyKeysAreTheBusinesss'"])
+m("05-getmessage-no-business-check", "invariant 7: GET /v1/messages/{id} without its business check",
+  "internal/api/messages.go", "	if errors.Is(err, engine.ErrNotFound) || (err == nil && st.BusinessID != b.ID) {",
+  "	if errors.Is(err, engine.ErrNotFound) {",
+  ["./internal/api/ -run 'TestTenancyEveryEndpoint'"])
+m("06-shaping-delay-ignored", "invariant 9: the shaping delay is ignored (begin)",
+  "engine/work.go", "			if at := e.opts.Shaper.Shape(it.p.PhoneNumberID, it.p.To, r.now); at.After(r.now) {",
+  "			if at := e.opts.Shaper.Shape(it.p.PhoneNumberID, it.p.To, r.now); false && at.After(r.now) {",
+  ["./engine/ -run 'TestPairRateDeliversEveryMessageInOrder'"])
+m("07-template-variable-dropped", "bodies: a template variable's value is dropped",
+  "internal/api/campaigns.go", "		sb.WriteString(v)\n", "		_ = v\n",
+  ["./internal/api/ -run 'TestCampaignBodiesReachEveryDeviceFilledIn'"])
+m("08-delay-holds-earlier-messages", "invariant 9: a delay holds the messages before it too and their tokens are not given back (the s11 stranding)",
+  "engine/work.go", "		if after && !o.done && o.p.From == it.p.From {\n			o.held = true\n		}\n	}\n}\n\n// releaseUnsent gives back the Shaper's reservations of messages that did not\n// go in this run (retried, held, failed), so a later attempt is not charged\n// twice for one message.\nfunc (e *Engine) releaseUnsent(r *run) {\n",
+  "		if (after || true) && !o.done && o.p.From == it.p.From {\n			o.held = true\n		}\n	}\n}\n\n// releaseUnsent gives back the Shaper's reservations of messages that did not\n// go in this run (retried, held, failed), so a later attempt is not charged\n// twice for one message.\nfunc (e *Engine) releaseUnsent(r *run) {\n	return\n",
+  ["./engine/ -run 'TestPairRateDeliversEveryMessageInOrder'"])
+m("09-paused-business-keeps-sending", "invariant 9 / issue 1.3: a paused business's queued messages are not held",
+  "ratelimit/ratelimit.go", "	if b.Paused || l.restricted(pn, now) {\n		return now.Add(PauseRecheck)", "	if l.restricted(pn, now) {\n		return now.Add(PauseRecheck)",
+  ["./engine/ -run 'TestPausedBusinessHoldsQueuedMessages'"])
+m("10-enumeration-after-the-fact", "integrity: an enumerating batch is admitted and only then flagged",
+  "ratelimit/ratelimit.go", "	if len(recipients) >= l.pol.SequentialBatchMin && seq > l.pol.SequentialMax {",
+  "	if false && len(recipients) >= l.pol.SequentialBatchMin && seq > l.pol.SequentialMax {",
+  ["./internal/api/ -run 'TestEnumeratingBatchIsRefusedBeforeEnqueue'"])
+m("11-api-records-never-expire", "invariant 11: idempotent answers and campaign records are never swept",
+  "internal/api/retention.go", "func (s *Server) RetentionOnce(now time.Time) (int, error) {\n", "func (s *Server) RetentionOnce(now time.Time) (int, error) {\n	now = now.Add(-365 * 24 * time.Hour)\n",
+  ["./internal/api/ -run 'TestPhoneNumbersLeaveWithTheirMessages'"])
+m("12-webhook-expiry-ignored", "invariant 11: webhook statuses are kept past their message's TTL",
+  "internal/webhook/webhook.go", "	if len(v) >= 9 && v[0] == entryMark {\n		return int64(binary.BigEndian.Uint64(v[1:9])), v[9:]",
+  "	if len(v) >= 9 && v[0] == entryMark {\n		return 0, v[9:]",
+  ["./internal/webhook/", "./internal/api/ -run 'TestPhoneNumbersLeaveWithTheirMessages'"])
+m("13-webhook-backlog-unbounded", "invariant 12: a phone number's webhook backlog has no cap",
+  "internal/webhook/webhook.go", "		if s.mu.backlog[c.PhoneNumberID] >= s.opts.MaxBacklog {", "		if false {",
+  ["./internal/webhook/ -run 'TestWebhookBacklogIsBounded'"])
+m("14-unknown-fields-ignored", "invariant 8: unknown fields are ignored",
+  "internal/api/messages.go", "	dec.DisallowUnknownFields()\n", "",
+  ["./internal/api/ -run 'TestUnknownFieldsAndParametersAreRefused'"])
+m("15-stale-devices-not-requeried", "stale_devices: the device list is not queried again",
+  "engine/work.go", "			e.store.ForgetDevices(r.extra, it.p.From, r.g.lease.Recipient)\n", "",
+  ["./engine/ -run 'TestStaleDevicesDeliverOnceToEachCurrentDevice'"])
+m("16-expired-messages-kept", "invariant 5: the retention sweep leaves expired queued messages",
+  "engine/retention.go", "	expired, err := e.q.Expire(ctx, now, retentionBatch)", "	expired, err := e.q.Expire(ctx, now.Add(-365*24*time.Hour), retentionBatch)",
+  ["./engine/ -run 'Retention|TTL|Expire'"])
+m("17-payload-not-sealed", "invariant 6: the queue stores payloads unsealed",
+  "queue/queue.go", "	if sealed == nil {\n		return q.sealer.Seal(dst, m.Payload)\n	}", "	if sealed == nil {\n		return append(dst, m.Payload...)\n	}",
+  ["./queue/ -run 'TestNoPlaintextInDataDir'", "./engine/ -run 'TestDataDirHoldsNoPlaintext'"])
+m("18-recipient-messages-reordered", "invariant 3: a recipient's leased messages are worked in reverse",
+  "engine/work.go", "	for i := range l.Messages {\n		it := &its[i]\n		it.msg = &l.Messages[i]",
+  "	for i := range l.Messages {\n		it := &its[i]\n		it.msg = &l.Messages[len(l.Messages)-1-i]",
+  ["./engine/ -run 'TestPerRecipientOrderWithManyMessages|TestPairRateDelivers'"])
+m("19-readyz-ignores-the-platform", "/readyz answers 200 while the platform is unreachable",
+  "internal/node/node.go", "	if p := n.platformErr.Load(); p != nil {", "	if p := n.platformErr.Load(); false && p != nil {",
+  ["./internal/api/ -run 'TestReadyzSaysWhyWhileThePlatformIsUnreachable'"])
+m("20-platform-error-labels-unbounded", "invariant 12: a platform's made-up codes become metric labels",
+  "engine/work.go", '	return "other"\n}', '	return code\n}',
+  ["./engine/ -run 'TestPlatformErrorLabelsAreBounded'"])
+m("21-single-send-idempotency-forgotten", "a single send's Idempotency-Key answer is not remembered",
+  "internal/api/messages.go", "		s.rememberSent(batch, b.ID, idem, reqHash, answer, now, idemExpiry(now, ttl))\n", "",
+  ["./internal/api/ -run 'TestSingleSendIdempotencyKey'"])
+m("22-webhook-state-not-yours", "invariant 7: GET of a webhook skips the phone number's owner check",
+  "internal/api/api.go", "	case len(parts) == 3 && parts[2] == \"webhook\" && method == \"GET\":\n		s.withPhone(ctx, b, parts[1], s.getWebhook)",
+  "	case len(parts) == 3 && parts[2] == \"webhook\" && method == \"GET\":\n		s.getWebhook(ctx, b, parts[1])",
+  ["./internal/api/ -run 'TestWebhooksAreSignedAndDelivered|TestTenancyEveryEndpoint'"])
+m("23-status-records-never-expire", "invariant 5/11: status records are not indexed for their retention",
+  "engine/status.go", "	q.key = appendStatusExpiryKey(q.key[:0], expires.Add(StatusGrace).Unix(), id)\n	b.Set(q.key, nil, nil)\n", "",
+  ["./internal/api/ -run 'TestPhoneNumbersLeaveWithTheirMessages'"])
+m("24-limiter-token-without-a-wait", "invariant 9: the limiter lets a message go without a token when float refill leaves it just short",
+  "ratelimit/ratelimit.go", "	if bk.tokens >= 1-tokenSlack {", "	if bk.tokens >= 1 {",
+  ["./ratelimit/ -run 'TestTokenShortByFloatErrorIsAWholeToken'", "./engine/ -run 'TestPairRateProperty'"])
+
+m("25-identity-check-ignored", "identity_check: a recipient device's changed identity key is trusted anyway",
+  "engine/work.go", "		strict := e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)",
+  "		strict := false && e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)",
+  ["./engine/ -run 'TestIdentityCheckRefusesChangedIdentities'"])
+
+m("26-webhook-crosses-businesses", "invariant 7: statuses go to whichever webhook is configured first",
+  "internal/webhook/webhook.go", "	s.mu.Lock()\n	cfg := s.mu.configs[pn]\n	s.mu.Unlock()",
+  "	s.mu.Lock()\n	cfg := s.mu.configs[pn]\n	for _, c := range s.mu.configs {\n		if c.URL < cfg.URL {\n			cfg = c\n		}\n	}\n	s.mu.Unlock()",
+  ["./internal/api/ -run 'TestWebhooksCarryOnlyTheirBusinesssStatuses'"])
+
+m("27-webhook-reply-read-whole", "invariant 12: a webhook's reply is read whatever its size",
+  "internal/webhook/webhook.go", "		MaxResponseBodySize: opts.MaxReplyBytes, MaxConnsPerHost: 4,", "		MaxConnsPerHost: 4,",
+  ["./internal/webhook/ -run 'TestHostileWebhookRepliesCannotHurtHerald'"])
+m("28-webhook-ssrf-unguarded", "invariant 12: webhooks may reach loopback, private and metadata addresses",
+  "internal/webhook/dial.go", "func (g guard) allowed(ip netip.Addr) bool {\n", "func (g guard) allowed(ip netip.Addr) bool {\n	return true\n",
+  ["./internal/webhook/ -run 'TestWebhookDestinationsAreGuarded'"])
+m("29-template-expansion-unbounded", "invariant 12: template expansion does not stop at the body limit",
+  "internal/api/campaigns.go", "		if sb.Len()+len(v) > maxBodyUTF8Len {\n			return \"\", tooLong()\n		}\n", "",
+  ["./internal/api/ -run 'TestFillTemplateStopsAtTheLimit|TestTemplateExpansionIsBounded'"])
+m("30-replayed-events-applied", "invariant 12: a replayed signed event is applied again",
+  "engine/events.go", "	if at, ok := e.seenEvents.Get(k); ok && now.Sub(at) < EventReplayWindow {", "	if at, ok := e.seenEvents.Get(k); false && ok && now.Sub(at) < EventReplayWindow {",
+  ["./engine/ -run 'TestReplayedEventsAreIgnored'"])
+
+m("31-one-queue-per-recipient", "invariant 12: one FIFO per recipient across businesses: one business's held messages hold another's",
+  "heraldtype/heraldtype.go", 'func QueueRecipient(businessID, to string) string { return businessID + "\\x00" + to }', 'func QueueRecipient(businessID, to string) string { return to }',
+  ["./engine/ -run 'TestOneBusinesssHeldMessagesNeverHoldAnothers'"])
+
+only = sys.argv[1:] 
+for name, desc, path, old, new, tests, count in M:
+    if only and name not in only: continue
+    src = open(path).read()
+    if src.count(old) < 1:
+        print("NOT FOUND", name); continue
+    open(path,'w').write(src.replace(old, new, 1))
+    diff = subprocess.run(['git','diff','--',path], capture_output=True, text=True).stdout
+    open(path,'w').write(src)
+    hdr = "# mutant: %s\n# %s\n" % (name, desc) + "".join("# test: %s\n" % t for t in tests)
+    open('mutants/%s.patch' % name,'w').write(hdr + diff)
+    print("wrote", name)
+
