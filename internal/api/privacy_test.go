@@ -259,3 +259,33 @@ func TestCampaignNamesAndModesArePrivate(t *testing.T) {
 		return nil
 	})
 }
+
+// TestEveryStoredPrefixIsListed: after a node has done what each record kind
+// is written for (tenants, an idempotent campaign and single send, a
+// webhook that fails, deliveries, the limiter's state), every key in Pebble
+// starts with a prefix of kv.Prefixes, which says who owns it and what it
+// holds in what form.
+func TestEveryStoredPrefixIsListed(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	hook, _ := failingEndpoint(t)
+	e.do("PUT", "/v1/"+a.PNs[0]+"/webhook", a.Token, fmt.Sprintf(`{"url":%q,"secret":"whsecret123"}`, hook), "")
+	e.doIdemCT("/v1/"+a.PNs[0]+"/campaigns", a.Token, "k", `{"name":"c","template":{"body":"hi"}}`+"\n"+`{"to":"15550000001"}`+"\n"+`{"to":"1"}`+"\n", "application/x-ndjson")
+	e.doIdem("/v1/"+a.PNs[0]+"/messages", a.Token, "m", msgBody("15550000002", "x"))
+	e.waitDrained()
+	e.n.Limits.Close() // persists the quality windows
+	counts := prefixCounts(t, e.n.DB())
+	if len(counts) < 15 {
+		t.Fatalf("only %d prefixes written: the scenario does not reach the record kinds", len(counts))
+	}
+	it, err := e.n.DB().NewIter(&pebble.IterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		if !kv.KnownPrefix(it.Key()) {
+			t.Errorf("a record under %q, a prefix kv.Prefixes does not list", it.Key()[:min(2, len(it.Key()))])
+		}
+	}
+}

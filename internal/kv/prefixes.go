@@ -1,0 +1,53 @@
+package kv
+
+// Prefixes lists every key prefix Herald writes in Pebble: its owner, what
+// it holds and in what form. A record under a prefix not listed here fails
+// the API package's TestEveryStoredPrefixIsListed; a new record kind is
+// added here with the form of what it holds (sealed, keyed HMAC, counter or
+// clear) — never a phone number or a body in clear (invariant 6).
+var Prefixes = []Prefix{
+	{"qF", "queue", "fresh records (recipient HMAC + header + sealed payload) and the expiry index inside each epoch", "sealed, HMAC"},
+	{"qR", "queue", "records in the per-recipient range (header + sealed payload)", "sealed, HMAC"},
+	{"qD", "queue", "wake-up hints: due time, recipient HMAC, sequence", "HMAC"},
+	{"qX", "queue", "expiry index written before s7 (read only)", "HMAC"},
+	{"qZ", "queue", "dead letters: records that failed to open", "sealed"},
+	{"qS", "queue", "the sequence ceiling", "counter"},
+	{"qN", "queue", "the shard count of the data directory", "clear setting"},
+	{"eM", "engine (statuses)", "a message's status record and history: business, phone number id, campaign, times, expiry — no number, no body", "clear, no personal data"},
+	{"eX", "engine (statuses)", "the status records' retention index: until, message id", "clear, no personal data"},
+	{"ec", "engine (statuses)", "a campaign's counters", "counter"},
+	{"eO", "engine", "the outbox: ciphertexts per device of a message not yet sent to all", "ciphertext (end-to-end encrypted)"},
+	{"eK", "engine", "the kept copy of a sent message for decrypt_failed (expiry + sealed payload)", "sealed"},
+	{"eT", "engine", "the kept copies' retention index: until, message id", "clear, no personal data"},
+	{"eC", "api", "a campaign record (business, phone number id, name, counts, times)", "sealed"},
+	{"tB", "tenant", "a business (name, tier, mps, phone numbers, token hashes)", "sealed"},
+	{"tK", "api", "an idempotent answer (campaign or single send; lists numbers)", "sealed"},
+	{"tP", "api", "an idempotent upload's progress (lists rejected numbers)", "sealed"},
+	{"tX", "api", "the idempotent answers' and progress records' retention index: until, key", "clear, no personal data (the key is the business's Idempotency-Key)"},
+	{"rL", "ratelimit", "a recipient's last contact in the tier window", "HMAC"},
+	{"rE", "ratelimit", "the tier window's expiry index", "HMAC"},
+	{"rC", "ratelimit", "a business's unique-recipient count and daily peaks", "counter"},
+	{"rW", "ratelimit", "a phone number's hourly quality counters and flags", "counter"},
+	{"sI", "signal", "a business phone number's identity key pair", "sealed"},
+	{"sS", "signal", "a device's Signal session", "sealed"},
+	{"sH", "signal", "a recipient's sending-chain record (what encryptions change)", "sealed"},
+	{"sK", "signal", "a recipient device's trusted identity key", "public key, HMAC"},
+	{"sV", "signal", "a recipient's device list", "HMAC"},
+	{"wH", "webhook", "a phone number's webhook configuration (URL, secret)", "sealed"},
+	{"wQ", "webhook", "the webhook outbox: expiry in clear, then the sealed status (it holds the recipient's number)", "sealed"},
+}
+
+// Prefix is one entry of Prefixes.
+type Prefix struct {
+	Prefix, Owner, Holds, Form string
+}
+
+// KnownPrefix reports whether key starts with a listed prefix.
+func KnownPrefix(key []byte) bool {
+	for _, p := range Prefixes {
+		if len(key) >= len(p.Prefix) && string(key[:len(p.Prefix)]) == p.Prefix {
+			return true
+		}
+	}
+	return false
+}
