@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -72,6 +73,16 @@ func HostileEndpoint(t testing.TB, head string, stream int) string {
 						return
 					}
 				}
+				// Half-close and drain what the client still sends: closing
+				// with unread request bytes makes the kernel answer with a
+				// reset, which can reach the client before it has read the
+				// head above (a flaky "connection reset" instead of the
+				// hostile answer under test).
+				if tc, ok := c.(*net.TCPConn); ok {
+					tc.CloseWrite()
+				}
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				io.Copy(io.Discard, c)
 			}()
 		}
 	}()

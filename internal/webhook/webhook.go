@@ -480,8 +480,8 @@ func (s *Sender) dispatch(done func(int), wg *sync.WaitGroup) {
 				delete(s.mu.busy, pn)
 				s.mu.Unlock()
 				<-s.slots
+				done(n) // before Done: RunOnce reads the total once Wait returns
 				wg.Done()
-				done(n)
 			}()
 			defer s.recoverPanic("deliver")
 			n = s.deliver(pn, now)

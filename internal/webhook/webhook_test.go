@@ -244,7 +244,8 @@ func TestHostileWebhookRepliesCannotHurtHerald(t *testing.T) {
 			var after runtime.MemStats
 			runtime.ReadMemStats(&after)
 			if n != 1 {
-				t.Fatalf("a 2xx answer did not count as delivered (%d)", n)
+				st, _ := s.State("pn1")
+				t.Fatalf("a 2xx answer did not count as delivered (%d): %+v", n, st)
 			}
 			if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 16<<20 {
 				t.Fatalf("the heap grew by %d MB reading a hostile answer", grew>>20)
