@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/heraldhq/herald/internal/kv"
 	"pgregory.net/rapid"
 )
 
@@ -18,13 +20,15 @@ type modelMsg struct {
 	due     time.Time
 	exp     time.Time
 	attempt int
+	owner   string
 }
 
 // TestQueueMatchesModel runs random enqueue/lease/complete/expire/reopen/clock
 // sequences and checks, after every step, that the queue hands out exactly what
 // a plain in-memory FIFO-per-recipient model says is due — no more (a leased or
 // not-yet-due head hides its recipient), no less (no recipient is ever lost by
-// the hint index), in order.
+// the hint index), in order. Each owner's byte count equals what its stored
+// records hold, and is zero when the model holds none of its messages.
 func TestQueueMatchesModel(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
 		dir, err := os.MkdirTemp("", "herald-queue-model-")
@@ -68,14 +72,15 @@ func TestQueueMatchesModel(t *testing.T) {
 					ttl := time.Duration(rapid.IntRange(5, 60).Draw(rt, "ttl")) * time.Second
 					nextID++
 					m := Message{ID: fmt.Sprintf("m%05d", nextID), Recipient: r, Payload: []byte("p"),
-						Due: clock.Now().Add(delay), ExpiresAt: clock.Now().Add(ttl)}
+						Due: clock.Now().Add(delay), ExpiresAt: clock.Now().Add(ttl),
+						Owner: rapid.SampledFrom([]string{"", "biz_a", "biz_b"}).Draw(rt, "owner")}
 					batch = append(batch, m)
 				}
 				if err := e.q.Enqueue(ctx, batch); err != nil {
 					rt.Fatal(err)
 				}
 				for _, m := range batch {
-					model[m.Recipient] = append(model[m.Recipient], modelMsg{id: m.ID, due: m.Due, exp: m.ExpiresAt})
+					model[m.Recipient] = append(model[m.Recipient], modelMsg{id: m.ID, due: m.Due, exp: m.ExpiresAt, owner: m.Owner})
 				}
 			},
 			"lease": func(rt *rapid.T) {
@@ -257,6 +262,18 @@ func TestQueueMatchesModel(t *testing.T) {
 				if n, _ := e.q.Depth(); n != total {
 					rt.Fatalf("depth %d, model %d", n, total)
 				}
+				stored := storedOwnerBytes(rt, e.q)
+				held := map[string]bool{}
+				for _, list := range model {
+					for _, m := range list {
+						held[m.owner] = true
+					}
+				}
+				for _, o := range []string{"", "biz_a", "biz_b"} {
+					if got := e.q.OwnerBytes(o); got != stored[o] || (got != 0) != held[o] {
+						rt.Fatalf("owner %q: counted %d bytes, its records hold %d, the model has its messages: %v", o, got, stored[o], held[o])
+					}
+				}
 			},
 		})
 	})
@@ -277,5 +294,36 @@ func sortedKeys(m map[string]*Lease) []string {
 		out = append(out, k)
 	}
 	sort.Strings(out)
+	return out
+}
+
+// storedOwnerBytes sums, per owner, the encoded records in F and R, read
+// straight from the store.
+func storedOwnerBytes(t interface{ Fatal(...any) }, q *Queue) map[string]int64 {
+	out := map[string]int64{}
+	for _, kind := range []byte{kRecord, kFresh} {
+		lo := []byte{pfx, kind}
+		it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for it.First(); it.Valid(); it.Next() {
+			rec := it.Value()
+			switch {
+			case kind == kFresh && len(it.Key()) == freshKeyLen:
+				_, rec, err = splitFresh(rec)
+			case kind == kRecord && len(it.Key()) == 28:
+			default:
+				continue
+			}
+			if err != nil {
+				continue
+			}
+			if m, _, err := q.decodeRecord(rec, false); err == nil {
+				out[m.Owner] += int64(len(rec))
+			}
+		}
+		it.Close()
+	}
 	return out
 }

@@ -44,6 +44,10 @@ type Message struct {
 	Due time.Time
 	// ExpiresAt is when the message must be gone. Required.
 	ExpiresAt time.Time
+	// Owner is who the message counts against (a business id, at most 255
+	// bytes, stored in the clear: not identifying). OwnerBytes sums the
+	// stored bytes of each owner's queued messages.
+	Owner string
 
 	// Set by the queue.
 	Seq     uint64
@@ -56,7 +60,9 @@ type Message struct {
 	// can keep or rewrite it without sealing the same bytes again.
 	Sealed []byte
 	size   int
+	recLen int  // the record's encoded length, the same in F and R (what OwnerBytes counts)
 	fresh  bool // stored in F (see doc.go), not in R
+	acked  bool // its completion deletes it (set while the completion is written)
 }
 
 // Options configure a Queue. Zero values take the documented defaults.
@@ -108,6 +114,14 @@ type Queue struct {
 	depthBytes atomic.Int64
 	deadCount  atomic.Int64
 	leaseToken atomic.Uint64
+
+	// owners counts each owner's queued record bytes (see Message.Owner).
+	// Exact at rest: rebuilt at Open, moved with every enqueue, ack, expiry
+	// and dead letter. One entry per owner ever seen (businesses: few).
+	owners struct {
+		sync.RWMutex
+		m map[string]*atomic.Int64
+	}
 
 	// inR counts, per bucket of recipients, the records in the per-recipient
 	// range R (never fewer than there are: incremented before a record is
@@ -232,7 +246,8 @@ const (
 	kDead      = 'Z'
 	kSeq       = 'S'
 	kShards    = 'N'
-	recVersion = 1
+	recVersion = 1 // a record without an owner
+	recOwned   = 2 // a record with an owner
 )
 
 // Open opens the queue on opts.DB, recovering the sequence and depth counters.
@@ -261,6 +276,7 @@ func Open(opts Options) (*Queue, error) {
 	q := &Queue{opts: opts, db: opts.DB, sealer: opts.Sealer, inR: make([]atomic.Int32, inRBuckets),
 		committing: map[uint64]struct{}{}, expBounds: map[uint32]expBound{},
 		batches: kv.NewBatchPool(opts.DB, 4<<20)} // an upload's batch of 1,000 records is ~300 KB
+	q.owners.m = map[string]*atomic.Int64{}
 	for i := 0; i < opts.Shards; i++ {
 		s := &shard{id: i}
 		s.mu.leased = make(map[Recipient]leaseEntry)
@@ -364,6 +380,24 @@ func (q *Queue) settle() error {
 	return flush()
 }
 
+// countOwner adds (sign 1) or takes away (sign -1) a stored record's bytes
+// from its owner's count. k is its F or R key, v its value; a record that
+// does not decode counts for no one (it was not counted at Open either).
+func (q *Queue) countOwner(k, v []byte, sign int64) {
+	rec := v
+	if len(k) == freshKeyLen && k[1] == kFresh {
+		var err error
+		if _, rec, err = splitFresh(v); err != nil {
+			return
+		}
+	} else if len(k) != 28 {
+		return
+	}
+	if m, _, err := q.decodeRecord(rec, false); err == nil {
+		q.ownerAdd(m.Owner, sign*int64(m.recLen))
+	}
+}
+
 // recount scans the record ranges (F and R) once at open: O(depth) keys, O(1)
 // memory. It also rebuilds the R bucket counts and the expiry bounds.
 func (q *Queue) recount() error {
@@ -384,6 +418,7 @@ func (q *Queue) recount() error {
 			}
 			n++
 			bytesTotal += int64(len(k) + len(it.Value()))
+			q.countOwner(k, it.Value(), 1)
 			switch {
 			case kind == kRecord && len(k) == 28:
 				q.shards[int(binary.BigEndian.Uint16(k[2:4]))%len(q.shards)].msgs.Add(1)
@@ -421,6 +456,48 @@ func (q *Queue) Shards() int { return len(q.shards) }
 
 // Depth returns the number of queued messages and their stored bytes.
 func (q *Queue) Depth() (msgs, bytes int64) { return q.depthMsgs.Load(), q.depthBytes.Load() }
+
+// OwnerBytes returns the stored record bytes of owner's queued messages.
+func (q *Queue) OwnerBytes(owner string) int64 {
+	q.owners.RLock()
+	c := q.owners.m[owner]
+	q.owners.RUnlock()
+	if c == nil {
+		return 0
+	}
+	return c.Load()
+}
+
+// ownerAdd moves owner's count by delta.
+func (q *Queue) ownerAdd(owner string, delta int64) {
+	if delta == 0 {
+		return
+	}
+	q.owners.RLock()
+	c := q.owners.m[owner]
+	q.owners.RUnlock()
+	if c == nil {
+		q.owners.Lock()
+		if c = q.owners.m[owner]; c == nil {
+			c = new(atomic.Int64)
+			q.owners.m[owner] = c
+		}
+		q.owners.Unlock()
+	}
+	c.Add(delta)
+}
+
+// addOwned adds (sign 1) or takes away (sign -1) msgs' record bytes from
+// their owners' counts, one update per run of one owner.
+func (q *Queue) addOwned(msgs []Message, sign int64) {
+	for i := 0; i < len(msgs); {
+		owner, n := msgs[i].Owner, int64(0)
+		for ; i < len(msgs) && msgs[i].Owner == owner; i++ {
+			n += int64(msgs[i].recLen)
+		}
+		q.ownerAdd(owner, sign*n)
+	}
+}
 
 // ShardDepth returns the number of queued messages in one shard.
 func (q *Queue) ShardDepth(shard int) int64 { return q.shards[shard].msgs.Load() }
@@ -572,12 +649,22 @@ func appendRef(dst []byte, shard int, r Recipient, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(dst, seq)
 }
 
-// encodeRecord: version(1) due(8) expires(8) attempt(4) idLen(1) id sealed.
+// encodeRecord: version(1) due(8) expires(8) attempt(4) [ownerLen(1) owner]
+// idLen(1) id sealed; the owner part only in version 2 (recOwned), written
+// when the message has one.
 func (q *Queue) encodeRecord(dst []byte, m *Message, sealed []byte) []byte {
-	dst = append(dst, recVersion)
+	ver := byte(recVersion)
+	if m.Owner != "" {
+		ver = recOwned
+	}
+	dst = append(dst, ver)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(m.Due.UnixNano()))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(m.ExpiresAt.UnixNano()))
 	dst = binary.BigEndian.AppendUint32(dst, uint32(m.Attempt))
+	if ver == recOwned {
+		dst = append(dst, byte(len(m.Owner)))
+		dst = append(dst, m.Owner...)
+	}
 	dst = append(dst, byte(len(m.ID)))
 	dst = append(dst, m.ID...)
 	if sealed == nil {
@@ -591,18 +678,28 @@ var errCorruptRecord = errors.New("queue: corrupt record")
 // decodeRecord parses a record; open controls whether the payload is unsealed.
 // It returns the sealed payload bytes for cheap rewrites.
 func (q *Queue) decodeRecord(v []byte, open bool) (m Message, sealed []byte, err error) {
-	if len(v) < 22 || v[0] != recVersion {
+	if len(v) < 22 || (v[0] != recVersion && v[0] != recOwned) {
 		return m, nil, errCorruptRecord
 	}
 	m.Due = time.Unix(0, int64(binary.BigEndian.Uint64(v[1:9])))
 	m.ExpiresAt = time.Unix(0, int64(binary.BigEndian.Uint64(v[9:17])))
 	m.Attempt = int(binary.BigEndian.Uint32(v[17:21]))
-	idLen := int(v[21])
-	if len(v) < 22+idLen {
+	at := 21
+	if v[0] == recOwned {
+		n := int(v[at])
+		if n == 0 || len(v) < at+1+n+1 {
+			return m, nil, errCorruptRecord
+		}
+		m.Owner = string(v[at+1 : at+1+n])
+		at += 1 + n
+	}
+	idLen := int(v[at])
+	if len(v) < at+1+idLen {
 		return m, nil, errCorruptRecord
 	}
-	m.ID = string(v[22 : 22+idLen])
-	sealed = v[22+idLen:]
+	m.ID = string(v[at+1 : at+1+idLen])
+	sealed = v[at+1+idLen:]
+	m.recLen = len(v)
 	if open {
 		m.Payload, err = q.sealer.Open(sealed)
 		if err != nil {
@@ -637,8 +734,8 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	now := q.opts.Now()
 	for i := range msgs {
 		m := &msgs[i]
-		if m.Recipient == "" || m.ExpiresAt.IsZero() || len(m.ID) == 0 || len(m.ID) > 255 {
-			return fmt.Errorf("%w: message %d needs a recipient, an id (1-255 bytes) and an expiry", ErrInvalid, i)
+		if m.Recipient == "" || m.ExpiresAt.IsZero() || len(m.ID) == 0 || len(m.ID) > 255 || len(m.Owner) > 255 {
+			return fmt.Errorf("%w: message %d needs a recipient, an id (1-255 bytes), an expiry and an owner of at most 255 bytes", ErrInvalid, i)
 		}
 	}
 	if q.depthBytes.Load() > q.opts.MaxQueuedBytes {
@@ -648,7 +745,7 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	// overhead): no doubling and copying while the records go in.
 	size := 0
 	for i := range msgs {
-		size += len(msgs[i].ID) + len(msgs[i].Payload) + recordOverhead
+		size += len(msgs[i].ID) + len(msgs[i].Owner) + len(msgs[i].Payload) + recordOverhead
 	}
 	if extra != nil {
 		size += len(extra.Repr())
@@ -720,6 +817,7 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 		buf = q.encodeRecord(buf, m, nil)
 		b.Set(fk, buf, nil)
 		m.size = len(fk) + len(buf)
+		m.recLen = len(buf) - 1 - len(Recipient{})
 		added += int64(m.size)
 	}
 	for exp, g := range byExp {
@@ -736,6 +834,7 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	}
 	q.depthMsgs.Add(int64(len(msgs)))
 	q.depthBytes.Add(added)
+	q.addOwned(msgs, 1)
 	for i, n := range perShard {
 		if n != 0 {
 			q.shards[i].msgs.Add(n)
@@ -1295,6 +1394,7 @@ func (q *Queue) collect(it *pebble.Iterator, shardID int, r Recipient, hint []by
 func (q *Queue) deadLetter(b *pebble.Batch, shardID int, key, value []byte, cause error) {
 	seq := keySeq(key)
 	deleteRecord(b, key)
+	q.countOwner(key, value, -1)
 	b.Set(binary.BigEndian.AppendUint64([]byte{pfx, kDead}, seq), value, nil)
 	q.deadCount.Add(1)
 	q.depthMsgs.Add(-1)
@@ -1460,6 +1560,7 @@ func (q *Queue) writeOutcomes(b *pebble.Batch, l *Lease, outcomes []Outcome, now
 	var buf []byte // for rewritten records only: an ack needs none
 	for i := range l.Messages {
 		m := &l.Messages[i]
+		m.acked = false
 		o := outcomeOf(m.Seq)
 		rk := recordKey(l.Shard, l.Recipient, m.Seq)
 		key := rk
@@ -1469,6 +1570,7 @@ func (q *Queue) writeOutcomes(b *pebble.Batch, l *Lease, outcomes []Outcome, now
 		switch {
 		case o != nil && o.Ack:
 			deleteRecord(b, key)
+			m.acked = true
 			c.acked++
 			c.ackedBytes += int64(m.size)
 			if !m.fresh {
@@ -1556,6 +1658,11 @@ func (q *Queue) endCompletion(c completing, committed bool) {
 	}
 	q.depthMsgs.Add(-c.acked)
 	q.depthBytes.Add(c.movedDelta - c.ackedBytes)
+	for i := range l.Messages {
+		if m := &l.Messages[i]; m.acked {
+			q.ownerAdd(m.Owner, -int64(m.recLen))
+		}
+	}
 	s.msgs.Add(-c.acked)
 	q.unlease(s, l.Recipient, l.token)
 }
@@ -1801,6 +1908,7 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 	}
 	q.depthMsgs.Add(-int64(len(out)))
 	q.depthBytes.Add(-removedBytes)
+	q.addOwned(out, -1) // a record that did not open has recLen 0: it was not counted at Open either
 	for sh, n := range perShard {
 		q.shards[sh].msgs.Add(-n)
 	}

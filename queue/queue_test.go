@@ -268,7 +268,9 @@ func TestCorruptRecordIsDeadLettered(t *testing.T) {
 	defer e.close()
 	ctx := context.Background()
 	exp := e.clock.Now().Add(time.Hour)
-	e.q.Enqueue(ctx, []Message{msg("m1", "1555", exp), msg("m2", "1555", exp)})
+	m1, m2 := msg("m1", "1555", exp), msg("m2", "1555", exp)
+	m1.Owner, m2.Owner = "biz_a", "biz_a"
+	e.q.Enqueue(ctx, []Message{m1, m2})
 	// Corrupt m1's sealed payload in place (still a fresh record).
 	r := e.q.RecipientKey("1555")
 	k := freshKey(e.q.ShardOf(r), 1)
@@ -288,6 +290,10 @@ func TestCorruptRecordIsDeadLettered(t *testing.T) {
 	}
 	if len(ls) != 1 || len(ls[0].Messages) != 1 || ls[0].Messages[0].ID != "m2" {
 		t.Fatalf("the good record must still flow: %+v", ls)
+	}
+	// The dead letter no longer counts against its owner.
+	if got, want := e.q.OwnerBytes("biz_a"), storedOwnerBytes(t, e.q)["biz_a"]; got != want || want == 0 {
+		t.Fatalf("owner bytes %d after the dead letter, its stored records hold %d", got, want)
 	}
 }
 

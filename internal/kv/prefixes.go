@@ -6,8 +6,8 @@ package kv
 // added here with the form of what it holds (sealed, keyed HMAC, counter or
 // clear) — never a phone number or a body in clear (invariant 6).
 var Prefixes = []Prefix{
-	{"qF", "queue", "fresh records (recipient HMAC + header + sealed payload) and the expiry index inside each epoch", "sealed, HMAC"},
-	{"qR", "queue", "records in the per-recipient range (header + sealed payload)", "sealed, HMAC"},
+	{"qF", "queue", "fresh records (recipient HMAC + header with the owning business id + sealed payload) and the expiry index inside each epoch", "sealed, HMAC"},
+	{"qR", "queue", "records in the per-recipient range (header with the owning business id + sealed payload)", "sealed, HMAC"},
 	{"qD", "queue", "wake-up hints: due time, recipient HMAC, sequence", "HMAC"},
 	{"qX", "queue", "expiry index written before s7 (read only)", "HMAC"},
 	{"qZ", "queue", "dead letters: records that failed to open", "sealed"},
