@@ -99,7 +99,7 @@ func (e *Engine) retransmission(ev platform.Event, now time.Time) (queue.Message
 	}
 	p.ResetDevice = ev.DeviceID
 	e.m.Retries.WithLabelValues("decrypt_failed").Inc()
-	return queue.Message{ID: ev.ID, Recipient: heraldtype.QueueRecipient(p.BusinessID, p.To), Payload: p.Encode(nil), ExpiresAt: exp}, true, nil
+	return queue.Message{ID: ev.ID, Recipient: heraldtype.QueueRecipient(p.BusinessID, p.To), Payload: p.Encode(nil), ExpiresAt: exp, Owner: p.BusinessID}, true, nil
 }
 
 // EventReplayWindow is how long an event is remembered to ignore its

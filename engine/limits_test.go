@@ -13,6 +13,7 @@ import (
 
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/internal/testutil"
 	"github.com/heraldhq/herald/ratelimit"
 )
@@ -130,7 +131,7 @@ func TestPausedBusinessHoldsQueuedMessages(t *testing.T) {
 	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 1, DevicesMax: 1, UnknownShare: -1}, clock: clock, noStart: true})
 	users := h.users(7, 5)
 	paused := true
-	if _, err := h.tenants.Update(h.bizID, nil, nil, &paused); err != nil {
+	if _, err := h.tenants.Update(h.bizID, tenant.Patch{Paused: &paused}); err != nil {
 		t.Fatal(err)
 	}
 	h.enqueue(users, 2, "camp-paused", time.Hour)
@@ -144,7 +145,7 @@ func TestPausedBusinessHoldsQueuedMessages(t *testing.T) {
 		t.Fatalf("depth %d, want the 10 messages held", d)
 	}
 	paused = false
-	h.tenants.Update(h.bizID, nil, nil, &paused)
+	h.tenants.Update(h.bizID, tenant.Patch{Paused: &paused})
 	clock.Advance(ratelimit.PauseRecheck)
 	h.settle()
 	if s := h.sentAt(); len(s) != 10 {

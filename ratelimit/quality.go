@@ -260,15 +260,15 @@ func (l *Limiter) EvaluateTiers(now time.Time) []string {
 		switch {
 		case worst == "low" && idx == 0 && !b.Paused:
 			paused := true
-			l.opts.Tenants.Update(b.ID, nil, nil, &paused)
+			l.opts.Tenants.Update(b.ID, tenant.Patch{Paused: &paused})
 			changes = append(changes, b.ID+": paused (quality low at the lowest tier)")
 		case worst == "low" && idx > 0:
 			t := tierOrder[idx-1]
-			l.opts.Tenants.Update(b.ID, &t, nil, nil)
+			l.opts.Tenants.Update(b.ID, tenant.Patch{Tier: &t})
 			changes = append(changes, b.ID+": tier down to "+t)
 		case worst != "low" && idx < len(tierOrder)-1 && float64(peak) >= l.pol.UpgradeShare*float64(tenant.Tiers[b.Tier]):
 			t := tierOrder[idx+1]
-			l.opts.Tenants.Update(b.ID, &t, nil, nil)
+			l.opts.Tenants.Update(b.ID, tenant.Patch{Tier: &t})
 			changes = append(changes, b.ID+": tier up to "+t)
 		}
 	}

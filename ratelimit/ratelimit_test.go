@@ -142,7 +142,7 @@ func TestPausedAndLowQualityAreRestricted(t *testing.T) {
 	f := newFixture(t, t.TempDir(), "10k")
 	defer f.close()
 	paused := true
-	b, _ := f.ten.Update(f.b.ID, nil, nil, &paused)
+	b, _ := f.ten.Update(f.b.ID, tenant.Patch{Paused: &paused})
 	codes, _, _ := f.l.Admit(b, f.pn, []string{"15550000001"}, f.now)
 	if codes[0] != CodeRestricted {
 		t.Fatalf("paused business admitted: %v", codes)

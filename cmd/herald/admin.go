@@ -104,7 +104,8 @@ func adminCmd() *cobra.Command {
 		}}
 	bizFlag(revoke)
 	revoke.Flags().StringVar(&tokenID, "token-id", "", "token id")
-	set := &cobra.Command{Use: "set", Short: "Set tier or mps, pause or resume",
+	var maxQueued int64
+	set := &cobra.Command{Use: "set", Short: "Set tier, mps or the share of the queue, pause or resume",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := client()
 			if err != nil {
@@ -116,6 +117,9 @@ func adminCmd() *cobra.Command {
 			}
 			if cmd.Flags().Changed("mps") {
 				patch["mps"] = mps
+			}
+			if cmd.Flags().Changed("max-queued-bytes") {
+				patch["max_queued_bytes"] = maxQueued
 			}
 			if paused && resumed {
 				return errors.New("invalid setting pause/resume: choose one")
@@ -135,6 +139,7 @@ func adminCmd() *cobra.Command {
 	bizFlag(set)
 	set.Flags().StringVar(&tier, "tier", "", "messaging tier")
 	set.Flags().IntVar(&mps, "mps", 0, "messages per second")
+	set.Flags().Int64Var(&maxQueued, "max-queued-bytes", 0, "the business's share of the queue in bytes (0: the server's default share)")
 	set.Flags().BoolVar(&paused, "pause", false, "pause the business")
 	set.Flags().BoolVar(&resumed, "resume", false, "resume the business")
 	show := &cobra.Command{Use: "show", Short: "Show a business",

@@ -81,6 +81,7 @@ func serveCmd() *cobra.Command {
 	f.IntVar(&cfg.Workers, "workers", 32, "engine worker pool size (concurrent tasks)")
 	f.IntVar(&cfg.GroupsPerTask, "groups-per-task", 128, "recipient groups one engine task works on together (one fsync'd commit, one status round trip)")
 	f.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", 8<<30, "backpressure: refuse new messages above this many queued bytes")
+	f.Int64Var(&cfg.QueueShare, "max-queued-bytes-per-business", 0, "a business's default share of the queue, unless the admin API sets its max_queued_bytes (0: a quarter of --max-queued-bytes; -1: none)")
 	f.Int64Var(&cfg.MinFreeBytes, "min-free-disk", 256<<20, "refuse new messages (507) when the data directory's disk has fewer free bytes (-1: off)")
 	f.DurationVar(&cfg.StallTimeout, "stall-timeout", 30*time.Second, "cut off an upload that sends nothing for this long")
 	f.DurationVar(&cfg.HeaderTimeout, "header-timeout", 10*time.Second, "cut off a request whose line and headers take longer")

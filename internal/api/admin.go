@@ -58,6 +58,8 @@ type patchBusiness struct {
 	Tier   *string `json:"tier"`
 	MPS    *int    `json:"mps"`
 	Paused *bool   `json:"paused"`
+	// MaxQueuedBytes: this business's share of the queue; 0 = the default.
+	MaxQueuedBytes *int64 `json:"max_queued_bytes"`
 }
 
 func (s *Server) tenantError(ctx *fasthttp.RequestCtx, err error) {
@@ -71,7 +73,10 @@ func (s *Server) tenantError(ctx *fasthttp.RequestCtx, err error) {
 	}
 }
 
-func businessView(b *tenant.Business) map[string]any {
+// businessView is what the admin API shows of b: never its token hashes.
+// max_queued_bytes is the share in force (the default when none was set),
+// queued_bytes what its queued messages hold now.
+func (s *Server) businessView(b *tenant.Business) map[string]any {
 	pns := make([]map[string]string, 0, len(b.PhoneNumbers))
 	for id := range b.PhoneNumbers {
 		pns = append(pns, map[string]string{"phone_number_id": id})
@@ -80,8 +85,13 @@ func businessView(b *tenant.Business) map[string]any {
 	for id := range b.Tokens {
 		tokens = append(tokens, id)
 	}
+	share := b.MaxQueuedBytes
+	if share == 0 {
+		share = max(s.opts.QueueShare, 0)
+	}
 	return map[string]any{"business_id": b.ID, "name": b.Name, "tier": b.Tier, "mps": b.MPS, "paused": b.Paused,
-		"identity_check": b.IdentityCheck, "phone_numbers": pns, "token_ids": tokens}
+		"identity_check": b.IdentityCheck, "phone_numbers": pns, "token_ids": tokens,
+		"max_queued_bytes": share, "max_queued_bytes_default": b.MaxQueuedBytes == 0, "queued_bytes": s.opts.Queue.OwnerBytes(b.ID)}
 }
 
 // admin serves /admin/v1/... (parts after "admin/v1").
@@ -117,18 +127,18 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method string, parts []string) 
 			s.tenantError(ctx, err)
 			return
 		}
-		writeJSON(ctx, 200, businessView(b))
+		writeJSON(ctx, 200, s.businessView(b))
 	case len(parts) == 2 && parts[0] == "businesses" && method == "PATCH":
 		var req patchBusiness
 		if !s.readJSON(ctx, &req) {
 			return
 		}
-		b, err := s.opts.Tenants.Update(parts[1], req.Tier, req.MPS, req.Paused)
+		b, err := s.opts.Tenants.Update(parts[1], tenant.Patch{Tier: req.Tier, MPS: req.MPS, Paused: req.Paused, MaxQueuedBytes: req.MaxQueuedBytes})
 		if err != nil {
 			s.tenantError(ctx, err)
 			return
 		}
-		writeJSON(ctx, 200, businessView(b))
+		writeJSON(ctx, 200, s.businessView(b))
 	case len(parts) == 3 && parts[0] == "businesses" && parts[2] == "tokens" && method == "POST":
 		tok, id, err := s.opts.Tenants.NewToken(parts[1])
 		if err != nil {

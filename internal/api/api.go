@@ -88,6 +88,9 @@ type Options struct {
 	// SpaceCheck, when set, is asked before admitting new work; an error
 	// wrapping kv.ErrLowSpace refuses it with 507 (the disk-space watermark).
 	SpaceCheck func() error
+	// QueueShare is a business's default share of the queue in stored
+	// bytes (its max_queued_bytes when the admin set none); 0: no share.
+	QueueShare int64
 	// Ready reports readiness beyond storage (e.g. the platform reachable).
 	Ready  func() error
 	Now    func() time.Time
@@ -451,6 +454,37 @@ func (s *Server) spaceOK() error {
 	return s.opts.SpaceCheck()
 }
 
+// shareFull: the business's queued messages fill its share of the queue.
+type shareFull struct{ limit, used int64 }
+
+func (e *shareFull) Error() string {
+	return fmt.Sprintf("this business's share of the queue is full (max_queued_bytes %d, %d queued)", e.limit, e.used)
+}
+
+const shareAdvice = "retry after the Retry-After delay, as earlier messages are sent; an administrator can raise max_queued_bytes"
+
+// recordEstimate is about what a queued message stores beyond its body and
+// recipient: record header, message and business ids, payload fields, seal.
+const recordEstimate = 160
+
+// shareOK refuses adding bytes of new messages when they would take b past
+// its share of the queue (its max_queued_bytes, or the default share).
+// Other businesses' messages are not counted: a business that fills its share
+// gets 429 and no one else does.
+func (s *Server) shareOK(b *tenant.Business, adding int64) error {
+	limit := b.MaxQueuedBytes
+	if limit == 0 {
+		limit = s.opts.QueueShare
+	}
+	if limit <= 0 {
+		return nil
+	}
+	if used := s.opts.Queue.OwnerBytes(b.ID); used+adding > limit {
+		return &shareFull{limit: limit, used: used}
+	}
+	return nil
+}
+
 // storageError maps enqueue/storage failures: disk full 507, backpressure
 // 429, storage 503.
 func (s *Server) storageError(ctx *fasthttp.RequestCtx, err error) {
@@ -459,6 +493,9 @@ func (s *Server) storageError(ctx *fasthttp.RequestCtx, err error) {
 		s.opts.Logger.Debug("api: refusing work: disk full", "err", err)
 		ctx.Response.Header.Set("Retry-After", "30")
 		fail(ctx, 507, CodeInternal, "internal", "Herald's disk is full; nothing was accepted from this request", "retry after the Retry-After delay")
+	case errors.As(err, new(*shareFull)):
+		ctx.Response.Header.Set("Retry-After", "5")
+		fail(ctx, 429, CodeThroughput, "OAuthException", err.Error()+"; nothing was accepted from this request", shareAdvice)
 	case errors.Is(err, queue.ErrFull):
 		ctx.Response.Header.Set("Retry-After", "1")
 		fail(ctx, 429, CodeThroughput, "OAuthException", "Herald is at capacity; nothing was accepted from this request", "retry after the Retry-After delay")

@@ -112,6 +112,12 @@ func errCode(out map[string]any) int {
 	return int(c)
 }
 
+func errMsg(out map[string]any) string {
+	e, _ := out["error"].(map[string]any)
+	m, _ := e["message"].(string)
+	return m
+}
+
 func msgBody(to, text string) string {
 	return fmt.Sprintf(`{"messaging_product":"whatsapp","to":%q,"type":"text","text":{"body":%q}}`, to, text)
 }

@@ -190,9 +190,10 @@ type admitter struct {
 	statuses *engine.QueuedRecords // the "queued" status record of each message
 	token    string                // the upload's token, checked again at each batch
 
-	inflight  chan error // the enqueue batch being committed, if any
-	inflightN int        // its messages
-	failed    error      // a batch failed: nothing after it may commit
+	inflight      chan error // the enqueue batch being committed, if any
+	inflightN     int        // its messages
+	inflightBytes int64      // their estimated stored bytes (not yet in the queue's count)
+	failed        error      // a batch failed: nothing after it may commit
 }
 
 // uploadProgress is the sealed record of an idempotent upload in progress
@@ -294,6 +295,13 @@ func (a *admitter) flush() error {
 		}
 		a.b = b
 	}
+	est := a.inflightBytes
+	for i := range a.tos {
+		est += int64(len(a.tos[i])+len(a.bodies[i])) + recordEstimate
+	}
+	if err := a.s.shareOK(a.b, est); err != nil {
+		return err
+	}
 	now := a.s.opts.Now()
 	codes := make([]int, len(a.tos))
 	reason := ""
@@ -315,7 +323,7 @@ func (a *admitter) flush() error {
 		id := a.s.nextID(a.pn, now)
 		p := heraldtype.Payload{BusinessID: a.b.ID, PhoneNumberID: a.pn, From: from, To: to, CampaignID: a.cid, Body: a.bodies[i], TS: now.Unix()}
 		buf = p.Encode(buf[:0])
-		msgs = append(msgs, queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(a.b.ID, to), Payload: append([]byte(nil), buf...), ExpiresAt: now.Add(a.ttl)})
+		msgs = append(msgs, queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(a.b.ID, to), Payload: append([]byte(nil), buf...), ExpiresAt: now.Add(a.ttl), Owner: a.b.ID})
 		if a.statuses == nil {
 			a.statuses = engine.NewQueuedRecords(a.b.ID, a.pn, a.cid)
 		}
@@ -343,7 +351,7 @@ func (a *admitter) flush() error {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.s.opts.Queue.EnqueueWith(a.ctx, msgs, batch) }()
-	a.inflight, a.inflightN = done, len(msgs)
+	a.inflight, a.inflightN, a.inflightBytes = done, len(msgs), est-a.inflightBytes
 	return nil
 }
 
@@ -358,7 +366,7 @@ func (a *admitter) finish() error {
 	}
 	err := <-a.inflight
 	n := a.inflightN
-	a.inflight, a.inflightN = nil, 0
+	a.inflight, a.inflightN, a.inflightBytes = nil, 0, 0
 	if err != nil {
 		a.failed = err
 		return err
@@ -494,6 +502,11 @@ func (s *Server) storageErrorPartial(ctx *fasthttp.RequestCtx, err error, res *C
 	if kv.NoSpace(err) {
 		ctx.Response.Header.Set("Retry-After", "30")
 		fail(ctx, 507, CodeInternal, "internal", "Herald's disk filled up during the upload", details)
+		return
+	}
+	if errors.As(err, new(*shareFull)) {
+		ctx.Response.Header.Set("Retry-After", "5")
+		fail(ctx, 429, CodeThroughput, "OAuthException", err.Error()+" during the upload", details+"; "+shareAdvice)
 		return
 	}
 	if errors.Is(err, queue.ErrFull) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -709,5 +710,118 @@ func TestMetricsOnTheirOwnAddress(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(string(b), "herald_messages_accepted_total") {
 		t.Fatalf("/metrics on its address: %d", resp.StatusCode)
+	}
+}
+
+// TestOneBusinessCannotTakeAnothersQueueShare: while the platform is down
+// (every request 503, so accepted messages stay queued: the real limiter,
+// queue and retries run), business A fills its default share of the queue (a
+// quarter of --max-queued-bytes) and gets 429 saying so, for single sends
+// and campaigns; business B is not affected. The admin API shows A's share
+// and use, refuses a share that is too small, and a larger share lets A
+// send again. A restart counts the same bytes again.
+func TestOneBusinessCannotTakeAnothersQueueShare(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.MaxQueuedBytes = 1 << 20
+	cfg.Sim.Status503Rate = 1
+	n, err := node.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, n: n, base: n.URL()}
+	a := e.business("A", "15550001001", "10k")
+	b := e.business("B", "15550001002", "10k")
+	rnd := rand.New(rand.NewPCG(1, 2))
+	text := func() string { // little for the compressor to take away
+		const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+		var sb strings.Builder
+		for range 4000 {
+			sb.WriteByte(letters[rnd.IntN(len(letters))])
+		}
+		return sb.String()
+	}
+	var refused map[string]any
+	var hdr http.Header
+	sent := 0
+	for i := 0; i < 1000 && refused == nil; i++ {
+		code, out, h := e.doH("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody(fmt.Sprintf("155500%05d", i), text()), "", nil)
+		switch code {
+		case 200:
+			sent++
+		case 429:
+			refused, hdr = out, h
+		default:
+			t.Fatalf("send %d: %d %v", i, code, out)
+		}
+	}
+	if refused == nil || sent < 10 {
+		t.Fatalf("A was never refused (sent %d)", sent)
+	}
+	msg := errMsg(refused)
+	if errCode(refused) != 130429 || !strings.Contains(msg, "max_queued_bytes 262144") || hdr.Get("Retry-After") == "" {
+		t.Fatalf("the refusal does not say it is the business's share: %v %v", refused, hdr)
+	}
+	view := func(id string) map[string]any {
+		code, out := e.do("GET", "/admin/v1/businesses/"+id, "admin-token-for-tests", "", "")
+		if code != 200 {
+			t.Fatalf("admin view: %d %v", code, out)
+		}
+		return out
+	}
+	va := view(a.ID)
+	used := va["queued_bytes"].(float64)
+	if va["max_queued_bytes"].(float64) != 262144 || va["max_queued_bytes_default"] != true || used > 262144 || used < 262144-16<<10 {
+		t.Fatalf("A's view: %v", va)
+	}
+	// B, with the same default share, is not affected: a single send and a campaign.
+	if code, out := e.do("POST", "/v1/"+b.PNs[0]+"/messages", b.Token, msgBody("15550090001", text()), ""); code != 200 {
+		t.Fatalf("B was refused while A is at its share: %d %v", code, out)
+	}
+	camp := `{"name":"b","template":{"body":"hello"},"recipients":[{"to":"15550090002"},{"to":"15550090003"}]}`
+	if code, out := e.do("POST", "/v1/"+b.PNs[0]+"/campaigns", b.Token, camp, ""); code != 200 || out["accepted"].(float64) != 2 {
+		t.Fatalf("B's campaign: %d %v", code, out)
+	}
+	// A's campaign of the same size as the refused send is refused too,
+	// nothing accepted (a smaller one could still fit).
+	bigCamp := `{"name":"a","template":{"body":"` + text() + `"},"recipients":[{"to":"15550090002"},{"to":"15550090003"}]}`
+	code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, bigCamp, "")
+	if msg := errMsg(out); code != 429 || !strings.Contains(msg, "share of the queue") {
+		t.Fatalf("A's campaign at its share: %d %v", code, out)
+	}
+	if got := view(a.ID)["queued_bytes"].(float64); got != used {
+		t.Fatalf("A's refused campaign queued %v bytes", got-used)
+	}
+	// The admin API: a share too small, or not a number, is refused naming
+	// the field; a larger one lets A send again.
+	for _, bad := range []string{`{"max_queued_bytes":100}`, `{"max_queued_bytes":-5}`, `{"max_queued_bytes":"big"}`} {
+		code, out := e.do("PATCH", "/admin/v1/businesses/"+a.ID, "admin-token-for-tests", bad, "")
+		if msg := errMsg(out); code != 400 || !strings.Contains(msg, "max_queued_bytes") {
+			t.Fatalf("PATCH %s: %d %v", bad, code, out)
+		}
+	}
+	code, out = e.do("PATCH", "/admin/v1/businesses/"+a.ID, "admin-token-for-tests", `{"max_queued_bytes":2097152}`, "")
+	if code != 200 || out["max_queued_bytes"].(float64) != 2097152 || out["max_queued_bytes_default"] != false {
+		t.Fatalf("PATCH: %d %v", code, out)
+	}
+	if code, out := e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("15550080001", text()), ""); code != 200 {
+		t.Fatalf("A with a larger share: %d %v", code, out)
+	}
+	before := view(a.ID)["queued_bytes"].(float64)
+	n.Close()
+	n2, err := node.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Close()
+	e = &env{t: t, n: n2, base: n2.URL()}
+	if after := view(a.ID)["queued_bytes"].(float64); after != before {
+		t.Fatalf("A's queued bytes: %v before the restart, %v after", before, after)
 	}
 }

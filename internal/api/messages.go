@@ -202,6 +202,10 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 		s.storageError(ctx, err)
 		return
 	}
+	if err := s.shareOK(b, int64(len(to)+len(req.Text.Body))+recordEstimate); err != nil {
+		s.storageError(ctx, err)
+		return
+	}
 	now := s.opts.Now()
 	if s.opts.Admitter != nil {
 		codes, reason, err := s.opts.Admitter.Admit(b, pn, []string{to}, now)
@@ -219,7 +223,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	p := heraldtype.Payload{BusinessID: b.ID, PhoneNumberID: pn, From: b.PhoneNumbers[pn], To: to, Body: req.Text.Body, TS: now.Unix()}
 	batch := s.opts.DB.NewBatch()
 	engine.NewStatusRecord(batch, id, b.ID, pn, "", now, now.Add(ttl))
-	msg := queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(b.ID, to), Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)}
+	msg := queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(b.ID, to), Payload: p.Encode(nil), ExpiresAt: now.Add(ttl), Owner: b.ID}
 	answer, _ := json.Marshal(map[string]any{
 		"messaging_product": "whatsapp",
 		"contacts":          []map[string]string{{"input": req.To, "wa_id": to}},

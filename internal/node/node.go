@@ -62,6 +62,10 @@ type Config struct {
 	GroupsPerTask int
 	// MaxQueuedBytes: backpressure high-water mark; default 8 GiB.
 	MaxQueuedBytes int64
+	// QueueShare: a business's default share of the queue (stored bytes),
+	// unless the admin API set its max_queued_bytes; default a quarter of
+	// MaxQueuedBytes, negative: no share.
+	QueueShare int64
 	// Sim configures the embedded simulator (when PlatformURL is empty).
 	Sim sim.Options
 	// MinFreeBytes: below this much free disk space in DataDir the API refuses
@@ -158,6 +162,17 @@ func New(cfg Config) (n *Node, err error) {
 	}
 	if cfg.Shards < 1 || cfg.Shards > 4096 || cfg.Shards&(cfg.Shards-1) != 0 {
 		return nil, &ConfigError{"shards", "must be a power of two between 1 and 4096"}
+	}
+	if cfg.MaxQueuedBytes == 0 {
+		cfg.MaxQueuedBytes = 8 << 30
+	}
+	switch {
+	case cfg.MaxQueuedBytes < 0:
+		return nil, &ConfigError{"max-queued-bytes", "must be positive"}
+	case cfg.QueueShare == 0:
+		cfg.QueueShare = cfg.MaxQueuedBytes / 4
+	case cfg.QueueShare > 0 && cfg.QueueShare < tenant.MinQueuedBytes:
+		return nil, &ConfigError{"max-queued-bytes-per-business", fmt.Sprintf("must be at least %d (or negative: no share)", tenant.MinQueuedBytes)}
 	}
 	if cfg.PlatformURL != "" && cfg.PlatformSecret == "" {
 		return nil, &ConfigError{"platform-secret", "is required with --platform"}
@@ -280,7 +295,7 @@ func New(cfg Config) (n *Node, err error) {
 	ao := api.Options{DB: n.db, Queue: n.Queue, Engine: eng, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
 		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, HeaderTimeout: cfg.HeaderTimeout, MaxConnsPerIP: cfg.MaxConnsPerIP,
-		Ready: n.ready, Now: cfg.Now}
+		Ready: n.ready, Now: cfg.Now, QueueShare: cfg.QueueShare}
 	if cfg.MetricsListen != "" {
 		if n.mln, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
 			return nil, &ConfigError{"metrics-listen", err.Error()}

@@ -34,14 +34,17 @@ var Tiers = map[string]int{"250": 250, "2k": 2000, "10k": 10000, "100k": 100000,
 
 // Business is one tenant.
 type Business struct {
-	ID            string            `json:"id"`
-	Name          string            `json:"name"`
-	Tier          string            `json:"tier"`
-	MPS           int               `json:"mps"`
-	Paused        bool              `json:"paused"`
-	IdentityCheck bool              `json:"identity_check"`
-	PhoneNumbers  map[string]string `json:"phone_numbers"` // phone_number_id → digits
-	Tokens        map[string]string `json:"tokens"`        // token_id → hex(hash)
+	ID            string `json:"id"`
+	Name          string `json:"name"`
+	Tier          string `json:"tier"`
+	MPS           int    `json:"mps"`
+	Paused        bool   `json:"paused"`
+	IdentityCheck bool   `json:"identity_check"`
+	// MaxQueuedBytes is the business's share of the queue (stored record
+	// bytes); 0 means the node's default share.
+	MaxQueuedBytes int64             `json:"max_queued_bytes,omitempty"`
+	PhoneNumbers   map[string]string `json:"phone_numbers"` // phone_number_id → digits
+	Tokens         map[string]string `json:"tokens"`        // token_id → hex(hash)
 }
 
 // Store is safe for concurrent use; it keeps every business in memory (a few
@@ -238,7 +241,23 @@ func (s *Store) IdentityCheck(businessID string) bool {
 }
 
 // Update changes tier, mps or pause state (nil leaves a field alone).
-func (s *Store) Update(id string, tier *string, mps *int, paused *bool) (*Business, error) {
+// Patch is what Update changes: the fields that are set.
+type Patch struct {
+	Tier   *string
+	MPS    *int
+	Paused *bool
+	// MaxQueuedBytes: 0 returns to the default share; otherwise at least
+	// MinQueuedBytes.
+	MaxQueuedBytes *int64
+}
+
+// MinQueuedBytes is the smallest share a business can be given: room for a
+// few hundred messages.
+const MinQueuedBytes = 64 << 10
+
+// Update applies p to business id.
+func (s *Store) Update(id string, p Patch) (*Business, error) {
+	tier, mps, paused := p.Tier, p.MPS, p.Paused
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.byID[id]
@@ -260,6 +279,12 @@ func (s *Store) Update(id string, tier *string, mps *int, paused *bool) (*Busine
 	}
 	if paused != nil {
 		b.Paused = *paused
+	}
+	if q := p.MaxQueuedBytes; q != nil {
+		if *q != 0 && *q < MinQueuedBytes {
+			return nil, fmt.Errorf("%w: max_queued_bytes must be 0 (the default share) or at least %d", ErrInvalid, MinQueuedBytes)
+		}
+		b.MaxQueuedBytes = *q
 	}
 	return b, s.saveLocked(b)
 }

@@ -55,11 +55,11 @@ func TestBusinessLifecycleAndTokens(t *testing.T) {
 		t.Fatal("revoking an unknown token")
 	}
 	tier := "bogus"
-	if _, err := st.Update(b.ID, &tier, nil, nil); !errors.Is(err, ErrInvalid) {
+	if _, err := st.Update(b.ID, Patch{Tier: &tier}); !errors.Is(err, ErrInvalid) {
 		t.Fatal("bad tier accepted")
 	}
 	mps := 5000
-	if _, err := st.Update(b.ID, nil, &mps, nil); !errors.Is(err, ErrInvalid) {
+	if _, err := st.Update(b.ID, Patch{MPS: &mps}); !errors.Is(err, ErrInvalid) {
 		t.Fatal("mps 5000 accepted on tier 250")
 	}
 }
