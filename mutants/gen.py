@@ -119,6 +119,12 @@ m("30-replayed-events-applied", "invariant 12: a replayed signed event is applie
 m("31-one-queue-per-recipient", "invariant 12: one FIFO per recipient across businesses: one business's held messages hold another's",
   "heraldtype/heraldtype.go", 'func QueueRecipient(businessID, to string) string { return businessID + "\\x00" + to }', 'func QueueRecipient(businessID, to string) string { return to }',
   ["./engine/ -run 'TestOneBusinesssHeldMessagesNeverHoldAnothers'"])
+m("32-queue-share-unchecked", "invariant 12: a business may fill the whole queue (no per-business share)",
+  "internal/api/api.go", "	if used := s.opts.Queue.OwnerBytes(b.ID); used+adding > limit {", "	if used := s.opts.Queue.OwnerBytes(b.ID); false && used+adding > limit {",
+  ["./internal/api/ -run 'TestOneBusinessCannotTakeAnothersQueueShare'"])
+m("33-owner-bytes-not-returned", "invariant 12: acknowledged messages still count against their business's share",
+  "queue/queue.go", "			q.ownerAdd(m.Owner, -int64(m.recLen))", "			_ = m",
+  ["./queue/ -run 'TestQueueMatchesModel'"])
 
 only = sys.argv[1:] 
 for name, desc, path, old, new, tests, count in M:
