@@ -3,7 +3,7 @@
 # replacement in one file) and the tests that must catch it. After a change
 # that moves the code a patch touches, run `python3 mutants/gen.py` (all) or
 # `python3 mutants/gen.py NAME...` to write the patches again from the tree.
-import subprocess, sys, os
+import difflib, sys, os
 os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 M = []
 def m(name, desc, path, old, new, tests, count=1):
@@ -132,9 +132,9 @@ for name, desc, path, old, new, tests, count in M:
     src = open(path).read()
     if src.count(old) < 1:
         print("NOT FOUND", name); continue
-    open(path,'w').write(src.replace(old, new, 1))
-    diff = subprocess.run(['git','diff','--',path], capture_output=True, text=True).stdout
-    open(path,'w').write(src)
+    # Against the file as it is now (committed or not): a diff from git would
+    # be against the index and carry uncommitted edits into the patch.
+    diff = ''.join(difflib.unified_diff(src.splitlines(True), src.replace(old, new, 1).splitlines(True), 'a/' + path, 'b/' + path))
     hdr = "# mutant: %s\n# %s\n" % (name, desc) + "".join("# test: %s\n" % t for t in tests)
     open('mutants/%s.patch' % name,'w').write(hdr + diff)
     print("wrote", name)
