@@ -285,16 +285,31 @@ func TestOneBusinesssHeldMessagesNeverHoldAnothers(t *testing.T) {
 	for pn := range b.PhoneNumbers {
 		pnB = pn
 	}
+	// A third business writes to a user of its own at the same time (the
+	// issue's "sat queued for 40 s while the engine was idle").
+	c, _, err := h.tenants.NewBusiness("Third", []string{"15550003333"}, "unlimited", 1000, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pnC string
+	for pn := range c.PhoneNumbers {
+		pnC = pn
+	}
 	u := h.users(55, 1)
+	v := h.users(77, 1)
 	h.enqueue(u, 50, "camp-a", time.Hour)
 	idB := h.enqueueAs(b.ID, pnB, "15550002222", u, 1, "camp-b", time.Hour)[u[0]][0]
+	idC := h.enqueueAs(c.ID, pnC, "15550003333", v, 1, "camp-c", time.Hour)[v[0]][0]
 	h.settle()
 	sent := h.sentAt()
 	if _, ok := sent[idB]; !ok {
 		t.Fatalf("business B's message waits behind business A's held ones (%d of A's sent)", len(sent))
 	}
-	if len(sent) != 3+1 {
-		t.Fatalf("%d sent at once, want A's burst of 3 and B's 1", len(sent))
+	if _, ok := sent[idC]; !ok {
+		t.Fatalf("business C's message to another user waits while A's are held (%d sent)", len(sent))
+	}
+	if len(sent) != 3+1+1 {
+		t.Fatalf("%d sent at once, want A's burst of 3, B's 1 and C's 1", len(sent))
 	}
 	if st := h.sim.Stats(); st.OrderingViolations != 0 || len(st.Failures) != 0 {
 		t.Fatalf("simulator: %+v", st)
