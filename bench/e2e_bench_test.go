@@ -31,6 +31,7 @@ import (
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/signal"
 	"github.com/heraldhq/herald/internal/tenant"
@@ -174,7 +175,7 @@ func (h *heraldDeliverer) Deliver(ctx context.Context, msgs []baseline.Message) 
 	now := time.Now()
 	batch := make([]queue.Message, 0, 1024)
 	sb := h.db.NewBatch()
-	statuses := engine.NewQueuedRecords(h.biz, h.pn, "c") // once per campaign, as the campaign API does
+	statuses := records.NewQueuedRecords(h.biz, h.pn, "c") // once per campaign, as the campaign API does
 	for i, m := range msgs {
 		p := heraldtype.Payload{BusinessID: h.biz, PhoneNumberID: h.pn, From: "15550001111", To: m.To, CampaignID: "c", Body: m.Body, TS: now.Unix()}
 		batch = append(batch, queue.Message{ID: m.ID, Recipient: heraldtype.QueueRecipient(h.biz, m.To), Payload: p.Encode(nil), ExpiresAt: now.Add(time.Hour)})

@@ -90,7 +90,7 @@ func TestEngineInteropWithJavaScriptLibsignal(t *testing.T) {
 		t.Fatal("no bad_message was injected: the reset path went untested")
 	}
 	checkReceived(t, h, base)
-	c, _ := h.eng.CampaignCounters("camp-js")
+	c, _ := h.eng.Statuses().Counters("camp-js")
 	if c.Sent != int64(3*registered) || c.Failed != int64(3*(len(users)-registered)) {
 		t.Fatalf("counters %+v", c)
 	}

@@ -233,7 +233,7 @@ func TestCrashDuringCampaignLosesNothingAndNeverReusesACounter(t *testing.T) {
 		if r == 0 {
 			per = 2
 		}
-		c, _ := eng.CampaignCounters(fmt.Sprintf("camp-crash-%d", r))
+		c, _ := eng.Statuses().Counters(fmt.Sprintf("camp-crash-%d", r))
 		if c.Sent != int64(per*registered) || c.Failed != int64(per*(users-registered)) {
 			t.Fatalf("round %d's counters after crashes: %+v (want sent %d failed %d)", r, c, per*registered, per*(users-registered))
 		}

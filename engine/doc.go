@@ -4,7 +4,8 @@
 // (runs that must wait for them on a pool of their own), batch-encrypts for
 // every device, persists all its runs' ciphertexts and advanced sessions in
 // one fsync'd Pebble batch, and only then transmits, the k-th message of
-// every run in one round.
+// every run in one round. Statuses and campaign counters are kept by
+// internal/records; the engine reports transitions to its writer.
 //
 // Invariants (design invariants 1-5):
 //   - Ciphertext before wire: a session advances only in the batch that stores

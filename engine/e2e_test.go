@@ -18,6 +18,7 @@ import (
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/signal"
 	"github.com/heraldhq/herald/internal/tenant"
@@ -65,7 +66,7 @@ type harness struct {
 	pnID    string
 
 	mu        sync.Mutex
-	changes   []engine.StatusChange
+	changes   []heraldtype.StatusChange
 	closeOnce sync.Once
 	bodies    map[string]string   // message id → body, as enqueued
 	sentTo    map[string][]string // recipient → message ids, in enqueue order
@@ -183,7 +184,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	eo := engine.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})), DB: h.db, Queue: h.q, Sessions: store, Sealer: h.sealer, Transport: h.trans,
 		BackoffBase: 20 * time.Millisecond, BackoffCap: 300 * time.Millisecond, IdlePoll: 10 * time.Millisecond,
 		BreakerCooldown: 100 * time.Millisecond, Shaper: shaper, Now: h.now, Directory: directory,
-		OnStatus: func(cs []engine.StatusChange) {
+		OnStatus: func(cs []heraldtype.StatusChange) {
 			h.mu.Lock()
 			h.changes = append(h.changes, cs...)
 			h.mu.Unlock()
@@ -247,7 +248,7 @@ func (h *harness) enqueueAs(bizID, pnID, from string, users []string, n int, cam
 			h.sentTo[u] = append(h.sentTo[u], id)
 			h.mu.Unlock()
 			msgs = append(msgs, queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(bizID, u), Payload: p.Encode(nil), ExpiresAt: now.Add(ttl)})
-			engine.NewStatusRecord(b, id, bizID, pnID, campaign, now, now.Add(ttl))
+			records.NewStatusRecord(b, id, bizID, pnID, campaign, now, now.Add(ttl))
 			out[u] = append(out[u], id)
 		}
 	}
@@ -297,7 +298,7 @@ func (h *harness) checkDelivered(users []string, n int, campaign string) {
 	h.t.Helper()
 	h.checkDeliveredIn(users, n)
 	_, registered := h.expectedDeliveries(users, n)
-	c, err := h.eng.CampaignCounters(campaign)
+	c, err := h.eng.Statuses().Counters(campaign)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -355,11 +356,11 @@ func TestStatusHistoryAndWebhookFeed(t *testing.T) {
 	ids := h.enqueue(h.users(5, 1), 1, "camp-s", time.Hour)
 	h.drain(30 * time.Second)
 	id := ids[h.sim.UserNumber(5)][0]
-	st, err := h.eng.MessageStatus(id)
+	st, err := h.eng.Statuses().Message(id)
 	if err != nil || st.Status != heraldtype.StatusSent || len(st.History) != 2 {
 		t.Fatalf("status %+v %v", st, err)
 	}
-	if _, err := h.eng.MessageStatus("nope"); err != engine.ErrNotFound {
+	if _, err := h.eng.Statuses().Message("nope"); err != records.ErrNotFound {
 		t.Fatalf("unknown id: %v", err)
 	}
 	h.mu.Lock()
@@ -425,7 +426,7 @@ func TestStaleDevicesDeliverOnceToEachCurrentDevice(t *testing.T) {
 	if st.Stale < 2 || st.Duplicates != 0 || len(st.Failures) != 0 || st.OrderingViolations != 0 {
 		t.Fatalf("simulator: %+v (want stale_devices answered, nothing twice, no failure)", st)
 	}
-	if c, _ := h.eng.CampaignCounters("camp-dev"); c.Sent != 3 {
+	if c, _ := h.eng.Statuses().Counters("camp-dev"); c.Sent != 3 {
 		t.Fatalf("counters %+v", c)
 	}
 }

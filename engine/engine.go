@@ -12,9 +12,11 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/panjf2000/ants/v2"
 
+	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/signal"
 	"github.com/heraldhq/herald/queue"
@@ -53,15 +55,6 @@ func (NoLimit) Release(string, string, time.Time) {}
 // Directory answers per-business settings the engine needs.
 type Directory interface {
 	IdentityCheck(businessID string) bool
-}
-
-// Signal is a quality signal for the rate limiter (reports, unknown users, deliveries).
-type Signal struct {
-	Kind          string // "report", "unknown_user", "delivered"
-	BusinessPhone string
-	PhoneNumberID string
-	Reason        string
-	At            time.Time
 }
 
 // Options configure an Engine. Zero values take the documented defaults.
@@ -113,12 +106,12 @@ type Options struct {
 	Now      func() time.Time
 	Logger   *slog.Logger
 	// OnStatus receives status transitions after they are committed.
-	OnStatus func([]StatusChange)
+	OnStatus func([]heraldtype.StatusChange)
 	// StatusHook adds the caller's writes (webhook outbox) to the batch that
 	// commits status transitions, so they are durable together.
-	StatusHook func(b *pebble.Batch, changes []StatusChange)
+	StatusHook func(b *pebble.Batch, changes []heraldtype.StatusChange)
 	// OnSignal receives quality signals (rate limiter).
-	OnSignal func(Signal)
+	OnSignal func(heraldtype.Signal)
 }
 
 // Engine is the delivery engine.
@@ -136,7 +129,7 @@ type Engine struct {
 	slots    chan struct{}
 	wake     []chan struct{}
 	breaker  *breaker
-	statuses *Statuses
+	statuses *records.Statuses
 	keys     *keyBatcher
 
 	startStop sync.Mutex
@@ -219,8 +212,8 @@ func New(opts Options) (*Engine, error) {
 	e.keys = newKeyBatcher(opts.Transport, opts.KeyLinger)
 	e.seenEvents, _ = lru.New[[32]byte, time.Time](eventMemory)
 	e.resends, _ = lru.New[string, int](eventMemory)
-	e.statuses = newStatuses(opts.DB, opts.Logger, opts.Metrics, opts.OnStatus)
-	e.statuses.hook = opts.StatusHook
+	e.statuses = records.New(records.Options{DB: opts.DB, Logger: opts.Logger, Metrics: opts.Metrics, Now: opts.Now,
+		OnChange: opts.OnStatus, Hook: opts.StatusHook})
 	return e, nil
 }
 
@@ -302,12 +295,16 @@ func (e *Engine) Close() error {
 	e.workers.Wait()
 	e.pool.Release()
 	e.prep.Release()
-	e.statuses.close()
+	e.statuses.Close()
 	return nil
 }
 
 // Flush waits until every status transition made so far is written.
 func (e *Engine) Flush() { e.statuses.Flush() }
+
+// Statuses is the engine's status writer: where messages' statuses and
+// campaigns' counters are read.
+func (e *Engine) Statuses() *records.Statuses { return e.statuses }
 
 // Metrics is the engine's metrics.
 func (e *Engine) Metrics() *metrics.Metrics { return e.m }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/queue"
 )
 
@@ -26,7 +27,7 @@ import (
 // times.
 func (e *Engine) HandleEvents(ctx context.Context, evs []platform.Event) error {
 	now := e.opts.Now()
-	var ups []update
+	var ups []records.Update
 	var resend []queue.Message
 	for _, ev := range evs {
 		if e.replayed(ev, now) {
@@ -44,11 +45,11 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []platform.Event) error {
 		e.m.Events.WithLabelValues(eventLabel(ev.Type)).Inc()
 		switch ev.Type {
 		case platform.EventDelivered:
-			ups = append(ups, update{id: ev.ID, status: heraldtype.StatusDelivered, at: at, recipient: ev.User})
+			ups = append(ups, records.Update{ID: ev.ID, Status: heraldtype.StatusDelivered, At: at, Recipient: ev.User})
 		case platform.EventRead:
-			ups = append(ups, update{id: ev.ID, status: heraldtype.StatusRead, at: at, recipient: ev.User})
+			ups = append(ups, records.Update{ID: ev.ID, Status: heraldtype.StatusRead, At: at, Recipient: ev.User})
 		case platform.EventReport:
-			e.signal(Signal{Kind: "report", BusinessPhone: ev.Business, Reason: ev.Reason, At: now})
+			e.signal(heraldtype.Signal{Kind: "report", BusinessPhone: ev.Business, Reason: ev.Reason, At: now})
 		case platform.EventDecryptFailed:
 			if !e.countResend(ev) {
 				e.m.Events.WithLabelValues("ignored_resends_exhausted").Inc()
@@ -63,7 +64,7 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []platform.Event) error {
 			}
 		}
 	}
-	e.statuses.submit(ups)
+	e.statuses.Submit(ups)
 	if len(resend) > 0 {
 		return e.q.Enqueue(ctx, resend)
 	}

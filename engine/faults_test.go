@@ -106,7 +106,7 @@ func TestFaultsStillDeliverExactlyOnceInOrder(t *testing.T) {
 						break
 					}
 					if time.Now().After(deadline) {
-						c, _ := h.eng.CampaignCounters("camp-f")
+						c, _ := h.eng.Statuses().Counters("camp-f")
 						t.Fatalf("decrypt_failed retransmissions incomplete: %+v; counters %+v", h.sim.Stats(), c)
 					}
 					time.Sleep(20 * time.Millisecond)
@@ -134,7 +134,7 @@ func TestResetsExhaustedFailsWithClearCode(t *testing.T) {
 	users := h.users(10, 5)
 	h.enqueue(users, 1, "camp-x", time.Hour)
 	h.drain(time.Minute)
-	c, _ := h.eng.CampaignCounters("camp-x")
+	c, _ := h.eng.Statuses().Counters("camp-x")
 	if c.Failed != 5 || c.Failures[fmt.Sprint(heraldtype.CodeResetsExhausted)] != 5 {
 		t.Fatalf("want 5 failed with 131054: %+v", c)
 	}
@@ -218,7 +218,7 @@ func TestPlatformAnsweringGarbage(t *testing.T) {
 	if served.Load() < 60 {
 		t.Fatalf("only %d garbage answers served", served.Load())
 	}
-	if c, _ := h.eng.CampaignCounters("camp-g"); c.Sent != 0 {
+	if c, _ := h.eng.Statuses().Counters("camp-g"); c.Sent != 0 {
 		t.Fatalf("garbage answers marked %d messages sent", c.Sent)
 	}
 	if d := h.sim.Stats().Decrypted; d != 0 {
@@ -276,7 +276,7 @@ func TestFailedPreparationDoesNotHoldBackItsTask(t *testing.T) {
 	if st.Decrypted != want || len(st.Failures) != 0 || st.OrderingViolations != 0 {
 		t.Fatalf("want %d decrypted for the 39 good recipients; got %+v", want, st)
 	}
-	c, err := h.eng.CampaignCounters("c-prep")
+	c, err := h.eng.Statuses().Counters("c-prep")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,7 @@ func TestPlatformErrorLabelsAreBounded(t *testing.T) {
 	if v := promtest.ToFloat64(m.PlatformErrors.WithLabelValues("other")); v < 30 {
 		t.Fatalf("other = %v, want at least one per message", v)
 	}
-	if c, _ := h.eng.CampaignCounters("camp-made-up"); c.Failed != 30 || c.Failures[fmt.Sprint(heraldtype.CodePlatformRejected)] != 30 {
+	if c, _ := h.eng.Statuses().Counters("camp-made-up"); c.Failed != 30 || c.Failures[fmt.Sprint(heraldtype.CodePlatformRejected)] != 30 {
 		t.Fatalf("made-up codes must fail as rejected: %+v", c)
 	}
 }
@@ -340,7 +340,7 @@ func TestIdentityCheckRefusesChangedIdentities(t *testing.T) {
 	users := h.users(3000, 200)
 	h.enqueue(users, 2, "camp-id", time.Hour)
 	h.drain(2 * time.Minute)
-	c, _ := h.eng.CampaignCounters("camp-id")
+	c, _ := h.eng.Statuses().Counters("camp-id")
 	if c.Sent+c.Failed != 400 || c.Failed == 0 || c.Failures[fmt.Sprint(heraldtype.CodeIdentityChanged)] != c.Failed {
 		t.Fatalf("want every message sent or failed with %d, some failed: %+v (sim %+v)", heraldtype.CodeIdentityChanged, c, h.sim.Stats())
 	}
@@ -385,7 +385,7 @@ func TestReplayedEventsAreIgnored(t *testing.T) {
 	// A read in the far future is ignored.
 	h.eng.HandleEvents(context.Background(), []platform.Event{{Type: platform.EventRead, ID: id, User: u, DeviceID: 1, TS: time.Now().Add(24 * time.Hour).Unix()}})
 	h.eng.Flush()
-	if st, _ := h.eng.MessageStatus(id); st.Status == heraldtype.StatusRead {
+	if st, _ := h.eng.Statuses().Message(id); st.Status == heraldtype.StatusRead {
 		t.Fatal("an event dated tomorrow changed the status")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/records"
 )
 
 // Kept content of sent messages (for decrypt_failed): e K <id> → expires(8) ||
@@ -37,59 +38,26 @@ func (e *Engine) RetentionOnce(ctx context.Context) (int, error) {
 	removed := len(expired)
 	if len(expired) > 0 {
 		b := e.db.NewBatch()
-		ups := make([]update, 0, len(expired))
+		ups := make([]records.Update, 0, len(expired))
 		for _, m := range expired {
 			b.Delete(outboxKey(m.Seq), nil)
 			b.Delete(keptKey(m.ID), nil)
-			ups = append(ups, update{id: m.ID, status: heraldtype.StatusFailed, code: heraldtype.CodeExpired, at: now})
+			ups = append(ups, records.Update{ID: m.ID, Status: heraldtype.StatusFailed, Code: heraldtype.CodeExpired, At: now})
 		}
 		if err := e.db.Commit(b, true); err != nil {
 			return removed, err
 		}
-		e.statuses.submit(ups)
+		e.statuses.Submit(ups)
 	}
 	// Kept copies of sent messages past their grace (index e T).
-	n, err := e.sweepIndex(keptIndexPrefix, binary.BigEndian.AppendUint64([]byte(keptIndexPrefix), uint64(now.UnixNano())+1),
+	n, err := e.db.SweepIndex(keptIndexPrefix, binary.BigEndian.AppendUint64([]byte(keptIndexPrefix), uint64(now.UnixNano())+1), retentionBatch,
 		func(b *pebble.Batch, id string) { b.Delete(keptKey(id), nil) }, true)
 	if err != nil {
 		return removed, err
 	}
 	removed += n
-	m, err := e.sweepStatuses(now)
+	m, err := e.statuses.Sweep(now, retentionBatch)
 	return removed + m, err
 }
 
 const keptIndexPrefix = "eT"
-
-// sweepIndex deletes, for each entry of a time index (prefix, then 8 bytes
-// of time, then a message id) below hi, the entry and what del deletes for
-// its id; at most retentionBatch per call.
-func (e *Engine) sweepIndex(prefix string, hi []byte, del func(b *pebble.Batch, id string), sync bool) (int, error) {
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefix), UpperBound: hi})
-	if err != nil {
-		return 0, err
-	}
-	b := e.db.NewBatch()
-	n := 0
-	for it.First(); it.Valid() && n < retentionBatch; it.Next() {
-		k := it.Key()
-		if len(k) > len(prefix)+8 {
-			del(b, string(k[len(prefix)+8:]))
-		}
-		b.Delete(append([]byte(nil), k...), nil)
-		n++
-	}
-	it.Close()
-	if n == 0 {
-		b.Close()
-		return 0, nil
-	}
-	return n, e.db.Commit(b, sync)
-}
-
-// sweepStatuses deletes status records whose message expired more than
-// StatusGrace ago (index e X), at most retentionBatch per call.
-func (e *Engine) sweepStatuses(now time.Time) (int, error) {
-	return e.sweepIndex("eX", appendStatusExpiryKey(nil, now.Unix()+1, ""),
-		func(b *pebble.Batch, id string) { b.Delete(statusKey(id), nil) }, false)
-}

@@ -36,7 +36,7 @@ func TestRetentionExpiresUnsentAndForgetsSent(t *testing.T) {
 	}
 	h.eng.Flush()
 	for _, list := range ids {
-		st, err := h.eng.MessageStatus(list[0])
+		st, err := h.eng.Statuses().Message(list[0])
 		if err != nil || st.Status != heraldtype.StatusFailed || st.Code != heraldtype.CodeExpired {
 			t.Fatalf("expired message status: %+v %v", st, err)
 		}
@@ -44,7 +44,7 @@ func TestRetentionExpiresUnsentAndForgetsSent(t *testing.T) {
 	if n, _ := h.q.Depth(); n != 0 {
 		t.Fatalf("queue depth %d after expiry", n)
 	}
-	cs, _ := h.eng.CampaignCounters("camp-ttl")
+	cs, _ := h.eng.Statuses().Counters("camp-ttl")
 	if cs.Failed != 3 || cs.Failures[fmt.Sprint(heraldtype.CodeExpired)] != 3 {
 		t.Fatalf("counters: %+v", cs)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/internal/signal"
 	"github.com/heraldhq/herald/queue"
 )
@@ -82,11 +83,11 @@ type run struct {
 	now      time.Time
 	outcomes []queue.Outcome
 	extra    *pebble.Batch
-	ups      []update
-	// Room for a one-message run's outcome and update (the campaign case),
+	ups      []records.Update
+	// Room for a one-message run's outcome and records.Update (the campaign case),
 	// in the run's own allocation.
 	outcome1 [1]queue.Outcome
-	up1      [1]update
+	up1      [1]records.Update
 	devices  senderDevices // sender → device list prepare settled on (transmit reuses it)
 	failAll  bool
 }
@@ -138,8 +139,8 @@ func (r *run) ack(it *item) {
 func (r *run) fail(it *item, code int) {
 	r.ack(it)
 	r.extra.Delete(keptKey(it.msg.ID), nil)
-	u := update{id: it.msg.ID, status: heraldtype.StatusFailed, code: code, at: r.now, recipient: it.p.To}
-	u.withQueued(it)
+	u := records.Update{ID: it.msg.ID, Status: heraldtype.StatusFailed, Code: code, At: r.now, Recipient: it.p.To}
+	withQueued(&u, it)
 	r.ups = append(r.ups, u)
 }
 
@@ -147,10 +148,10 @@ func (r *run) fail(it *item, code int) {
 // status writer can have changed it since the API wrote it: the message is
 // on its first lease (enqueued by this process, never handed out before),
 // is not a retransmission, and its payload was decoded. The writer then
-// skips a point read (Statuses.apply; the "fresh" comment in status.go).
-func (u *update) withQueued(it *item) {
+// skips a point read (records.Statuses.apply; the "fresh" comment in internal/records/status.go).
+func withQueued(u *records.Update, it *item) {
 	if it.msg.FirstLease && it.p.ResetDevice == 0 && !it.bad {
-		u.fresh, u.queued = true, queuedStatus{it.p.BusinessID, it.p.PhoneNumberID, it.p.CampaignID, it.p.TS, it.msg.ExpiresAt.Unix()}
+		u.Fresh, u.Queued = true, records.Queued{BusinessID: it.p.BusinessID, PhoneNumberID: it.p.PhoneNumberID, CampaignID: it.p.CampaignID, TS: it.p.TS, Expires: it.msg.ExpiresAt.Unix()}
 	}
 }
 
@@ -217,13 +218,13 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 	for _, r := range runs {
 		n += len(r.ups)
 	}
-	ups := make([]update, 0, n)
+	ups := make([]records.Update, 0, n)
 	for _, r := range runs {
 		ups = append(ups, r.ups...)
 	}
-	// Statuses first, then the acks (see Statuses.submitWait): after a crash
+	// Statuses first, then the acks (see records.Statuses.SubmitWait): after a crash
 	// a status is never behind the queue.
-	e.statuses.submitWait(ups)
+	e.statuses.SubmitWait(ups)
 	e.finish(ctx, runs)
 }
 
@@ -531,7 +532,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		if bundles == nil {
 			for _, it := range items {
 				r.fail(it, heraldtype.CodeUndeliverable)
-				e.signal(Signal{Kind: "unknown_user", BusinessPhone: sender, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
+				e.signal(heraldtype.Signal{Kind: "unknown_user", BusinessPhone: sender, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
 			}
 			return nil
 		}
@@ -577,7 +578,7 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 				// signalled to the integrity limits like other recipient events.
 				e.m.IdentityChange.Inc()
 				e.log.Warn("engine: identity_changed: a recipient device has a new identity key; trusting it", "device", bd.DeviceID)
-				e.signal(Signal{Kind: "identity_changed", BusinessPhone: sender, PhoneNumberID: items[0].p.PhoneNumberID, At: r.now})
+				e.signal(heraldtype.Signal{Kind: "identity_changed", BusinessPhone: sender, PhoneNumberID: items[0].p.PhoneNumberID, At: r.now})
 			}
 			sessions.set(bd.DeviceID, built.Record)
 			e.store.PutTrustedIdentity(b, sender, rcpt, bd.DeviceID, built.IdentityKey)
@@ -710,7 +711,7 @@ func contains(s []uint32, v uint32) bool {
 	return false
 }
 
-func (e *Engine) signal(s Signal) {
+func (e *Engine) signal(s heraldtype.Signal) {
 	if e.opts.OnSignal != nil {
 		e.opts.OnSignal(s)
 	}
@@ -865,7 +866,7 @@ func (e *Engine) results(r *run, it *item, res []platform.Result) bool {
 		e.m.PlatformErrors.WithLabelValues(errorLabel(x.Code)).Inc()
 		switch x.Code {
 		case platform.CodeUnknownUser:
-			e.signal(Signal{Kind: "unknown_user", BusinessPhone: it.p.From, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
+			e.signal(heraldtype.Signal{Kind: "unknown_user", BusinessPhone: it.p.From, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
 			r.fail(it, heraldtype.CodeUndeliverable)
 			return true
 		case platform.CodeStaleDevices:
@@ -939,8 +940,8 @@ func (e *Engine) resetDevice(r *run, it *item, dev uint32) {
 func (e *Engine) sent(r *run, it *item) {
 	r.ack(it)
 	it.sent = true
-	u := update{id: it.msg.ID, status: heraldtype.StatusSent, at: r.now, recipient: it.p.To}
-	u.withQueued(it)
+	u := records.Update{ID: it.msg.ID, Status: heraldtype.StatusSent, At: r.now, Recipient: it.p.To}
+	withQueued(&u, it)
 	r.ups = append(r.ups, u)
 	keep := r.now.Add(e.opts.SentGrace)
 	if keep.After(it.msg.ExpiresAt) {

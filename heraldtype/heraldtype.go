@@ -21,6 +21,32 @@ const (
 	StatusFailed    = "failed"
 )
 
+// StatusChange is one status transition, as webhooks report it.
+type StatusChange struct {
+	MessageID     string
+	BusinessID    string
+	PhoneNumberID string
+	CampaignID    string
+	Status        string
+	Code          int
+	TS            int64
+	// Recipient is the recipient's number, known only for transitions the
+	// engine itself makes (not persisted with the status).
+	Recipient string
+	// Expires is the message's expiry (unix seconds; 0 when unknown): what
+	// reports the recipient's number is kept no longer (invariant 11).
+	Expires int64
+}
+
+// Signal is a quality signal for the rate limiter (reports, unknown users, deliveries).
+type Signal struct {
+	Kind          string // "report", "unknown_user", "delivered"
+	BusinessPhone string
+	PhoneNumberID string
+	Reason        string
+	At            time.Time
+}
+
 // Rank orders statuses so they only move forward.
 func Rank(status string) int {
 	switch status {

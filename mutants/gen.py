@@ -26,8 +26,8 @@ m("04-idempotency-keys-shared", "tenancy: Idempotency-Keys shared across busines
   'func idemKey(biz, key string) []byte { return append([]byte("tK\\x00"), key...) }',
   ["./internal/api/ -run 'TestSingleSendIdempotencyKey|TestCampaignIdempotencyKeysAreTheBusinesss'"])
 m("05-getmessage-no-business-check", "invariant 7: GET /v1/messages/{id} without its business check",
-  "internal/api/messages.go", "	if errors.Is(err, engine.ErrNotFound) || (err == nil && st.BusinessID != b.ID) {",
-  "	if errors.Is(err, engine.ErrNotFound) {",
+  "internal/api/messages.go", "	if errors.Is(err, records.ErrNotFound) || (err == nil && st.BusinessID != b.ID) {",
+  "	if errors.Is(err, records.ErrNotFound) {",
   ["./internal/api/ -run 'TestTenancyEveryEndpoint'"])
 m("06-shaping-delay-ignored", "invariant 9: the shaping delay is ignored (begin)",
   "engine/work.go", "			if at := e.opts.Shaper.Shape(it.p.PhoneNumberID, it.p.To, r.now); at.After(r.now) {",
@@ -87,7 +87,7 @@ m("22-webhook-state-not-yours", "invariant 7: GET of a webhook skips the phone n
   "	case len(parts) == 3 && parts[2] == \"webhook\" && method == \"GET\":\n		s.getWebhook(ctx, b, parts[1])",
   ["./internal/api/ -run 'TestWebhooksAreSignedAndDelivered|TestTenancyEveryEndpoint'"])
 m("23-status-records-never-expire", "invariant 5/11: status records are not indexed for their retention",
-  "engine/status.go", "	q.key = appendStatusExpiryKey(q.key[:0], expires.Add(StatusGrace).Unix(), id)\n	b.Set(q.key, nil, nil)\n", "",
+  "internal/records/status.go", "	q.key = appendStatusExpiryKey(q.key[:0], expires.Add(StatusGrace).Unix(), id)\n	b.Set(q.key, nil, nil)\n", "",
   ["./internal/api/ -run 'TestPhoneNumbersLeaveWithTheirMessages'"])
 m("24-limiter-token-without-a-wait", "invariant 9: the limiter lets a message go without a token when float refill leaves it just short",
   "ratelimit/ratelimit.go", "	if bk.tokens >= 1-tokenSlack {", "	if bk.tokens >= 1 {",

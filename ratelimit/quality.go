@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"time"
 
-	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/tenant"
 )
@@ -88,7 +87,7 @@ func (l *Limiter) recordAdmission(pn string, now time.Time, admitted, firsts int
 }
 
 // Signal implements engine.Options.OnSignal (reports, unknown users).
-func (l *Limiter) Signal(s engine.Signal) {
+func (l *Limiter) Signal(s heraldtype.Signal) {
 	pn := s.PhoneNumberID
 	if pn == "" && s.BusinessPhone != "" {
 		pn, _ = l.opts.Tenants.PhoneNumberID(s.BusinessPhone)
@@ -108,7 +107,7 @@ func (l *Limiter) Signal(s engine.Signal) {
 }
 
 // Statuses counts sent messages per phone number (engine.Options.OnStatus).
-func (l *Limiter) Statuses(cs []engine.StatusChange) {
+func (l *Limiter) Statuses(cs []heraldtype.StatusChange) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, c := range cs {

@@ -15,7 +15,6 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	lru "github.com/hashicorp/golang-lru/v2"
 
-	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/tenant"
@@ -510,7 +509,5 @@ type rating struct {
 	at  time.Time
 	low bool
 }
-
-var _ engine.Shaper = (*Limiter)(nil)
 
 func (l *Limiter) String() string { return fmt.Sprintf("ratelimit(%d businesses)", len(l.biz)) }

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/tenant"
@@ -206,19 +206,19 @@ func TestSequentialEnumerationIsFlagged(t *testing.T) {
 func TestSpamReportsLowerQuality(t *testing.T) {
 	f := newFixture(t, t.TempDir(), "10k")
 	defer f.close()
-	var sent []engine.StatusChange
+	var sent []heraldtype.StatusChange
 	for i := 0; i < 1000; i++ {
-		sent = append(sent, engine.StatusChange{PhoneNumberID: f.pn, Status: "sent", TS: f.now.Unix()})
+		sent = append(sent, heraldtype.StatusChange{PhoneNumberID: f.pn, Status: "sent", TS: f.now.Unix()})
 	}
 	f.l.Statuses(sent)
 	for i := 0; i < 5; i++ {
-		f.l.Signal(engine.Signal{Kind: "report", BusinessPhone: "15550001111", At: f.now})
+		f.l.Signal(heraldtype.Signal{Kind: "report", BusinessPhone: "15550001111", At: f.now})
 	}
 	if q := f.l.quality(f.pn, f.now); q.Quality != "medium" || q.Flags[0].Name != "spam_reports" {
 		t.Fatalf("5 reports per 1000 sent: %+v", q)
 	}
 	for i := 0; i < 10; i++ {
-		f.l.Signal(engine.Signal{Kind: "report", BusinessPhone: "15550001111", At: f.now})
+		f.l.Signal(heraldtype.Signal{Kind: "report", BusinessPhone: "15550001111", At: f.now})
 	}
 	if q := f.l.quality(f.pn, f.now); q.Quality != "low" {
 		t.Fatalf("15 reports per 1000 sent: %+v", q)
@@ -237,12 +237,12 @@ func TestNormalCampaignIsNotFlagged(t *testing.T) {
 	f.l.Admit(f.b, f.pn, customers[:1000], f.now)
 	day2 := append(append([]string{}, customers[:700]...), customers[1000:1300]...)
 	f.l.Admit(f.b, f.pn, day2, f.now.Add(20*time.Hour))
-	var sent []engine.StatusChange
+	var sent []heraldtype.StatusChange
 	for i := 0; i < 2000; i++ {
-		sent = append(sent, engine.StatusChange{PhoneNumberID: f.pn, Status: "sent", TS: f.now.Unix()})
+		sent = append(sent, heraldtype.StatusChange{PhoneNumberID: f.pn, Status: "sent", TS: f.now.Unix()})
 	}
 	f.l.Statuses(sent)
-	f.l.Signal(engine.Signal{Kind: "report", PhoneNumberID: f.pn, At: f.now}) // one grumpy user
+	f.l.Signal(heraldtype.Signal{Kind: "report", PhoneNumberID: f.pn, At: f.now}) // one grumpy user
 	if q := f.l.quality(f.pn, f.now.Add(21*time.Hour)); q.Quality != "high" || len(q.Flags) != 0 {
 		t.Fatalf("a normal campaign was flagged: %+v", q)
 	}
@@ -253,7 +253,7 @@ func TestUnknownRecipientShareIsFlagged(t *testing.T) {
 	defer f.close()
 	f.l.Admit(f.b, f.pn, randomNumbers(400, 5), f.now)
 	for i := 0; i < 200; i++ {
-		f.l.Signal(engine.Signal{Kind: "unknown_user", PhoneNumberID: f.pn, At: f.now})
+		f.l.Signal(heraldtype.Signal{Kind: "unknown_user", PhoneNumberID: f.pn, At: f.now})
 	}
 	q := f.l.quality(f.pn, f.now)
 	found := false

@@ -27,11 +27,11 @@ import (
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
-	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/internal/webhook"
@@ -49,14 +49,20 @@ type Admitter interface {
 	Integrity(b *tenant.Business, phoneNumberID string, now time.Time) any
 }
 
+// EventHandler applies the platform's signed events (the engine does).
+type EventHandler interface {
+	HandleEvents(ctx context.Context, evs []platform.Event) error
+}
+
 // Options configure a Server. Zero values take the documented defaults.
 type Options struct {
-	DB       *kv.DB          // required
-	Queue    *queue.Queue    // required
-	Engine   *engine.Engine  // required
-	Tenants  *tenant.Store   // required
-	Webhooks *webhook.Sender // required
-	Sealer   *seal.Sealer    // required
+	DB       *kv.DB            // required
+	Queue    *queue.Queue      // required
+	Events   EventHandler      // required: the platform's events go here (the engine)
+	Statuses *records.Statuses // required: messages' statuses and campaigns' counters
+	Tenants  *tenant.Store     // required
+	Webhooks *webhook.Sender   // required
+	Sealer   *seal.Sealer      // required
 	Metrics  *metrics.Metrics
 	Admitter Admitter // nil: no integrity limits
 	// PlatformSecret verifies /v1/platform/events. Required.
@@ -112,8 +118,8 @@ type Server struct {
 
 // New validates options.
 func New(opts Options) (*Server, error) {
-	if opts.DB == nil || opts.Queue == nil || opts.Engine == nil || opts.Tenants == nil || opts.Webhooks == nil || opts.Sealer == nil {
-		return nil, errors.New("api: Options.DB, Queue, Engine, Tenants, Webhooks and Sealer are required")
+	if opts.DB == nil || opts.Queue == nil || opts.Events == nil || opts.Statuses == nil || opts.Tenants == nil || opts.Webhooks == nil || opts.Sealer == nil {
+		return nil, errors.New("api: Options.DB, Queue, Events, Statuses, Tenants, Webhooks and Sealer are required")
 	}
 	if opts.PlatformSecret == "" || opts.AdminToken == "" {
 		return nil, errors.New("api: Options.PlatformSecret and AdminToken are required")
@@ -439,7 +445,7 @@ func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
 		fail(ctx, 413, CodeTooLarge, "OAuthException", fmt.Sprintf("%d events in one post; at most %d", len(evs.Events), maxEventsPost), "")
 		return
 	}
-	if err := s.opts.Engine.HandleEvents(context.Background(), evs.Events); err != nil {
+	if err := s.opts.Events.HandleEvents(context.Background(), evs.Events); err != nil {
 		s.storageError(ctx, err)
 		return
 	}

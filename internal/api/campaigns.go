@@ -19,9 +19,9 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/queue"
 )
@@ -187,8 +187,8 @@ type admitter struct {
 	line    int // the last line read (every line up to it is admitted, rejected or pending)
 	skipTo  int // lines up to this one were admitted by an earlier attempt
 
-	statuses *engine.QueuedRecords // the "queued" status record of each message
-	token    string                // the upload's token, checked again at each batch
+	statuses *records.QueuedRecords // the "queued" status record of each message
+	token    string                 // the upload's token, checked again at each batch
 
 	inflight      chan error // the enqueue batch being committed, if any
 	inflightN     int        // its messages
@@ -325,7 +325,7 @@ func (a *admitter) flush() error {
 		buf = p.Encode(buf[:0])
 		msgs = append(msgs, queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(a.b.ID, to), Payload: append([]byte(nil), buf...), ExpiresAt: now.Add(a.ttl), Owner: a.b.ID})
 		if a.statuses == nil {
-			a.statuses = engine.NewQueuedRecords(a.b.ID, a.pn, a.cid)
+			a.statuses = records.NewQueuedRecords(a.b.ID, a.pn, a.cid)
 		}
 		a.statuses.Put(batch, id, now, now.Add(a.ttl))
 	}
@@ -754,7 +754,7 @@ func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id st
 		notFound(ctx)
 		return
 	}
-	cnt, err := s.opts.Engine.CampaignCounters(id)
+	cnt, err := s.opts.Statuses.Counters(id)
 	if err != nil {
 		s.storageError(ctx, err)
 		return

@@ -17,8 +17,8 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/valyala/fasthttp"
 
-	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/queue"
 )
@@ -222,7 +222,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	id := s.nextID(pn, now)
 	p := heraldtype.Payload{BusinessID: b.ID, PhoneNumberID: pn, From: b.PhoneNumbers[pn], To: to, Body: req.Text.Body, TS: now.Unix()}
 	batch := s.opts.DB.NewBatch()
-	engine.NewStatusRecord(batch, id, b.ID, pn, "", now, now.Add(ttl))
+	records.NewStatusRecord(batch, id, b.ID, pn, "", now, now.Add(ttl))
 	msg := queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(b.ID, to), Payload: p.Encode(nil), ExpiresAt: now.Add(ttl), Owner: b.ID}
 	answer, _ := json.Marshal(map[string]any{
 		"messaging_product": "whatsapp",
@@ -295,8 +295,8 @@ func admissionText(code int, reason string) string {
 }
 
 func (s *Server) getMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
-	st, err := s.opts.Engine.MessageStatus(id)
-	if errors.Is(err, engine.ErrNotFound) || (err == nil && st.BusinessID != b.ID) {
+	st, err := s.opts.Statuses.Message(id)
+	if errors.Is(err, records.ErrNotFound) || (err == nil && st.BusinessID != b.ID) {
 		notFound(ctx)
 		return
 	}

@@ -18,9 +18,9 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
-	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/node"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/internal/testutil"
 )
 
@@ -181,7 +181,7 @@ func TestPhoneNumbersLeaveWithTheirMessages(t *testing.T) {
 	if found := scan(); len(found) == 0 {
 		t.Fatal("before the TTL no record holds a number: the scan cannot see them")
 	}
-	clock.Advance(60*time.Second + engine.StatusGrace + time.Minute)
+	clock.Advance(60*time.Second + records.StatusGrace + time.Minute)
 	for {
 		n, err := e.n.Engine.RetentionOnce(context.Background())
 		if err != nil {

@@ -5,8 +5,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-
-	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/internal/records"
 )
 
 // The API's records of a message's life that hold phone numbers (idempotent
@@ -39,7 +38,7 @@ const sweepBatch = 1000
 
 // RetentionOnce deletes, at now, the idempotent answers and upload progress
 // whose time has come, and the campaign records (with their counters) whose
-// last message expired more than engine.StatusGrace ago. It returns how
+// last message expired more than records.StatusGrace ago. It returns how
 // many records it deleted. The node runs it periodically.
 func (s *Server) RetentionOnce(now time.Time) (int, error) {
 	hi := binary.BigEndian.AppendUint64([]byte(forgetPrefix), uint64(now.Unix())+1)
@@ -67,14 +66,14 @@ func (s *Server) RetentionOnce(now time.Time) (int, error) {
 		b.Close()
 		return 0, err
 	}
-	cut := now.Add(-engine.StatusGrace).UnixMilli()
+	cut := now.Add(-records.StatusGrace).UnixMilli()
 	for cit.First(); cit.Valid() && n < 2*sweepBatch; cit.Next() {
 		var c Campaign
 		if s.decodeCampaign(cit.Value(), &c) != nil || c.ExpiresMS == 0 || c.ExpiresMS > cut {
 			continue
 		}
 		b.Delete(append([]byte(nil), cit.Key()...), nil)
-		engine.DeleteCounters(b, c.ID)
+		records.DeleteCounters(b, c.ID)
 		n++
 	}
 	if err := cit.Close(); err != nil {

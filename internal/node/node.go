@@ -26,6 +26,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/api"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
@@ -142,6 +143,9 @@ type ConfigError struct{ Setting, Problem string }
 func (e *ConfigError) Error() string {
 	return fmt.Sprintf("invalid setting %s: %s", e.Setting, e.Problem)
 }
+
+// The rate limiter is the engine's Shaper (ratelimit does not import engine).
+var _ engine.Shaper = (*ratelimit.Limiter)(nil)
 
 // New opens storage and builds every component; nothing is served until Start.
 func New(cfg Config) (n *Node, err error) {
@@ -276,7 +280,7 @@ func New(cfg Config) (n *Node, err error) {
 	if n.Limits != nil {
 		eo.Shaper = n.Limits
 		eo.OnSignal = n.Limits.Signal
-		eo.OnStatus = func(cs []engine.StatusChange) {
+		eo.OnStatus = func(cs []heraldtype.StatusChange) {
 			n.Webhooks.Notify(cs)
 			n.Limits.Statuses(cs)
 		}
@@ -292,7 +296,7 @@ func New(cfg Config) (n *Node, err error) {
 		return 0
 	})
 	n.Metrics.GaugeFunc("purges_completed", "Purges completed since start.", func() float64 { _, done := eng.Purging(); return float64(done) })
-	ao := api.Options{DB: n.db, Queue: n.Queue, Engine: eng, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
+	ao := api.Options{DB: n.db, Queue: n.Queue, Events: eng, Statuses: eng.Statuses(), Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
 		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, HeaderTimeout: cfg.HeaderTimeout, MaxConnsPerIP: cfg.MaxConnsPerIP,
 		Ready: n.ready, Now: cfg.Now, QueueShare: cfg.QueueShare}

@@ -28,7 +28,6 @@ import (
 	gojson "github.com/goccy/go-json"
 	"github.com/valyala/fasthttp"
 
-	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
@@ -307,7 +306,7 @@ func (s *Sender) Set(pn string, c Config) error {
 // dropped undelivered (invariant 11: it holds the recipient's number). A
 // phone number's outbox holds at most MaxBacklog entries; more are dropped
 // and counted.
-func (s *Sender) Hook(b *pebble.Batch, changes []engine.StatusChange) {
+func (s *Sender) Hook(b *pebble.Batch, changes []heraldtype.StatusChange) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	full := 0
@@ -386,7 +385,7 @@ func (s *Sender) Sweep() (int, error) {
 }
 
 // Notify wakes the sender (engine.Options.OnStatus).
-func (s *Sender) Notify([]engine.StatusChange) {
+func (s *Sender) Notify([]heraldtype.StatusChange) {
 	select {
 	case s.wake <- struct{}{}:
 	default:

@@ -14,7 +14,7 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 
-	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/seal"
@@ -58,7 +58,7 @@ func newSender(t *testing.T, clock *testutil.Clock, tweak func(*Options)) (*Send
 }
 
 // queue commits status changes for pn as the status writer does.
-func queue(t *testing.T, s *Sender, db *kv.DB, changes ...engine.StatusChange) {
+func queue(t *testing.T, s *Sender, db *kv.DB, changes ...heraldtype.StatusChange) {
 	b := db.NewBatch()
 	s.Hook(b, changes)
 	if err := db.Commit(b, true); err != nil {
@@ -80,8 +80,8 @@ func TestWebhookRefusedIsRetriedUntilTheTTLThenDropped(t *testing.T) {
 	}
 	exp := t0.Add(10 * time.Minute).Unix()
 	queue(t, s, db,
-		engine.StatusChange{MessageID: "m1", PhoneNumberID: "pn1", BusinessID: "b", Status: "sent", TS: t0.Unix(), Recipient: "15550000001", Expires: exp},
-		engine.StatusChange{MessageID: "m2", PhoneNumberID: "pn1", BusinessID: "b", Status: "sent", TS: t0.Unix(), Recipient: "15550000002", Expires: exp})
+		heraldtype.StatusChange{MessageID: "m1", PhoneNumberID: "pn1", BusinessID: "b", Status: "sent", TS: t0.Unix(), Recipient: "15550000001", Expires: exp},
+		heraldtype.StatusChange{MessageID: "m2", PhoneNumberID: "pn1", BusinessID: "b", Status: "sent", TS: t0.Unix(), Recipient: "15550000002", Expires: exp})
 	for i := 0; i < 50; i++ { // 50 rounds within one second: one attempt
 		s.RunOnce(context.Background())
 	}
@@ -127,8 +127,8 @@ func TestWebhookExpiredEntriesAreNotSent(t *testing.T) {
 	s, db, m := newSender(t, clock, nil)
 	url, posts := endpoint(t, 200)
 	s.Set("pn1", Config{URL: url, Secret: "secret-123"})
-	queue(t, s, db, engine.StatusChange{MessageID: "m1", PhoneNumberID: "pn1", Status: "sent", TS: t0.Unix(), Recipient: "15550000001", Expires: t0.Add(time.Minute).Unix()},
-		engine.StatusChange{MessageID: "m2", PhoneNumberID: "pn1", Status: "delivered", TS: t0.Unix()}) // expiry unknown: EntryTTL
+	queue(t, s, db, heraldtype.StatusChange{MessageID: "m1", PhoneNumberID: "pn1", Status: "sent", TS: t0.Unix(), Recipient: "15550000001", Expires: t0.Add(time.Minute).Unix()},
+		heraldtype.StatusChange{MessageID: "m2", PhoneNumberID: "pn1", Status: "delivered", TS: t0.Unix()}) // expiry unknown: EntryTTL
 	clock.Advance(2 * time.Minute)
 	if n := s.RunOnce(context.Background()); n != 1 || posts.Load() != 1 {
 		t.Fatalf("delivered %d in %d posts, want only the live one", n, posts.Load())
@@ -150,11 +150,11 @@ func TestWebhookBacklogIsBounded(t *testing.T) {
 	url, _ := endpoint(t, 503)
 	s.Set("pn1", Config{URL: url, Secret: "secret-123"})
 	s.Set("pn2", Config{URL: url, Secret: "secret-123"})
-	var cs []engine.StatusChange
+	var cs []heraldtype.StatusChange
 	for i := 0; i < 8; i++ {
-		cs = append(cs, engine.StatusChange{MessageID: "m" + string(rune('a'+i)), PhoneNumberID: "pn1", Status: "sent", TS: clock.Now().Unix()})
+		cs = append(cs, heraldtype.StatusChange{MessageID: "m" + string(rune('a'+i)), PhoneNumberID: "pn1", Status: "sent", TS: clock.Now().Unix()})
 	}
-	cs = append(cs, engine.StatusChange{MessageID: "other", PhoneNumberID: "pn2", Status: "sent", TS: clock.Now().Unix()})
+	cs = append(cs, heraldtype.StatusChange{MessageID: "other", PhoneNumberID: "pn2", Status: "sent", TS: clock.Now().Unix()})
 	queue(t, s, db, cs...)
 	if st, _ := s.State("pn1"); st.Backlog != 5 {
 		t.Fatalf("backlog %d, want the cap 5", st.Backlog)
@@ -236,7 +236,7 @@ func TestHostileWebhookRepliesCannotHurtHerald(t *testing.T) {
 			if err := s.Set("pn1", Config{URL: testutil.HostileEndpoint(t, ep.head, ep.stream), Secret: "secret-123"}); err != nil {
 				t.Fatal(err)
 			}
-			queue(t, s, db, engine.StatusChange{MessageID: "m1", PhoneNumberID: "pn1", Status: "sent", TS: t0.Unix()})
+			queue(t, s, db, heraldtype.StatusChange{MessageID: "m1", PhoneNumberID: "pn1", Status: "sent", TS: t0.Unix()})
 			var before runtime.MemStats
 			runtime.GC()
 			runtime.ReadMemStats(&before)

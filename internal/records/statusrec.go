@@ -1,4 +1,4 @@
-package engine
+package records
 
 import (
 	"encoding/binary"
@@ -28,7 +28,7 @@ const (
 )
 
 // errStatusRec is a status record that is neither form.
-var errStatusRec = errors.New("engine: status record corrupt")
+var errStatusRec = errors.New("records: status record corrupt")
 
 // appendStatus appends rec's binary record to dst.
 func appendStatus(dst []byte, rec *MessageStatus) []byte {

@@ -1,4 +1,4 @@
-package engine
+package records
 
 import (
 	"encoding/binary"
@@ -50,23 +50,6 @@ type Counters struct {
 	Failures  map[string]int64 `json:"failures,omitempty"`
 	FirstSent int64            `json:"first_sent_ms,omitempty"`
 	LastDone  int64            `json:"last_done_ms,omitempty"`
-}
-
-// StatusChange is one status transition, as webhooks report it.
-type StatusChange struct {
-	MessageID     string
-	BusinessID    string
-	PhoneNumberID string
-	CampaignID    string
-	Status        string
-	Code          int
-	TS            int64
-	// Recipient is the recipient's number, known only for transitions the
-	// engine itself makes (not persisted with the status).
-	Recipient string
-	// Expires is the message's expiry (unix seconds; 0 when unknown): what
-	// reports the recipient's number is kept no longer (invariant 11).
-	Expires int64
 }
 
 // statusKey: e M <id>; countersKey: e c <campaign>; statusExpiryKey: e X
@@ -130,35 +113,35 @@ func (q *QueuedRecords) Put(b *pebble.Batch, id string, now, expires time.Time) 
 
 // statusBatch is a submission; done (if set) is closed once it is committed.
 type statusBatch struct {
-	ups  []update
+	ups  []Update
 	done chan struct{}
 }
 
-// update is one requested transition.
-type update struct {
-	id        string
-	status    string
-	code      int
-	at        time.Time
-	recipient string
-	// fresh: queued is the record the message was enqueued with, as the
+// Update is one requested transition.
+type Update struct {
+	ID        string
+	Status    string
+	Code      int
+	At        time.Time
+	Recipient string // the recipient's number, for the reports only (never stored)
+	// Fresh: Queued is the record the message was enqueued with, as the
 	// engine knows it, and the writer takes it instead of reading the stored
 	// one (see overtaken). A value, not a pointer: one per message sent.
-	fresh  bool
-	queued queuedStatus
+	Fresh  bool
+	Queued Queued
 }
 
-// queuedStatus is a message's "queued" record as the API wrote it in the
-// enqueue batch: its business, number and campaign, and the time, which is
-// the payload's TS (both are the accept time in seconds).
-type queuedStatus struct {
-	businessID, phoneNumberID, campaignID string
-	ts, expires                           int64
+// Queued is a message's "queued" record as the API wrote it in the enqueue
+// batch: its business, number and campaign, and the time, which is the
+// payload's TS (both are the accept time in seconds).
+type Queued struct {
+	BusinessID, PhoneNumberID, CampaignID string
+	TS, Expires                           int64
 }
 
-func (q queuedStatus) record() *MessageStatus {
-	return &MessageStatus{BusinessID: q.businessID, PhoneNumberID: q.phoneNumberID, CampaignID: q.campaignID,
-		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: q.ts, Status: heraldtype.StatusQueued}}, Expires: q.expires}
+func (q Queued) record() *MessageStatus {
+	return &MessageStatus{BusinessID: q.BusinessID, PhoneNumberID: q.PhoneNumberID, CampaignID: q.CampaignID,
+		Status: heraldtype.StatusQueued, History: []StatusHistory{{TS: q.TS, Status: heraldtype.StatusQueued}}, Expires: q.Expires}
 }
 
 // The engine's "sent" for a message on its first lease (enqueued by this
@@ -239,8 +222,8 @@ type Statuses struct {
 	db       *kv.DB
 	log      *slog.Logger
 	m        *metrics.Metrics
-	onChange func([]StatusChange)
-	hook     func(*pebble.Batch, []StatusChange)
+	onChange func([]heraldtype.StatusChange)
+	hook     func(*pebble.Batch, []heraldtype.StatusChange)
 
 	in       chan statusBatch
 	flushReq chan chan struct{}
@@ -253,16 +236,37 @@ type Statuses struct {
 	closed   bool
 }
 
-func newStatuses(db *kv.DB, log *slog.Logger, m *metrics.Metrics, onChange func([]StatusChange)) *Statuses {
+// Options configure a Statuses writer.
+type Options struct {
+	DB      *kv.DB           // required
+	Metrics *metrics.Metrics // required
+	Logger  *slog.Logger     // default slog.Default()
+	Now     func() time.Time // default time.Now
+	// OnChange receives status transitions after they are committed.
+	OnChange func([]heraldtype.StatusChange)
+	// Hook adds the caller's writes (webhook outbox) to the batch that
+	// commits status transitions, so they are durable together.
+	Hook func(b *pebble.Batch, changes []heraldtype.StatusChange)
+}
+
+// New starts the status writer; Close stops it.
+func New(o Options) *Statuses {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	c, _ := lru.New[string, *Counters](10_000)
-	s := &Statuses{db: db, log: log, m: m, onChange: onChange, in: make(chan statusBatch, 1024),
-		batches:  kv.NewBatchPool(db, 4<<20), // a round holds up to 8,192 updates (~1 MB)
-		flushReq: make(chan chan struct{}), done: make(chan struct{}), counters: c, now: time.Now}
+	s := &Statuses{db: o.DB, log: o.Logger, m: o.Metrics, onChange: o.OnChange, hook: o.Hook, in: make(chan statusBatch, 1024),
+		batches:  kv.NewBatchPool(o.DB, 4<<20), // a round holds up to 8,192 updates (~1 MB)
+		flushReq: make(chan chan struct{}), done: make(chan struct{}), counters: c, now: o.Now}
 	go s.loop()
 	return s
 }
 
-func (s *Statuses) submit(ups []update) {
+// Submit queues ups for the writer and returns at once.
+func (s *Statuses) Submit(ups []Update) {
 	if len(ups) == 0 {
 		return
 	}
@@ -274,10 +278,10 @@ func (s *Statuses) submit(ups []update) {
 	s.in <- statusBatch{ups: ups}
 }
 
-// submitWait returns once ups are committed (WAL order: before anything the
+// SubmitWait returns once ups are committed (WAL order: before anything the
 // caller commits afterwards, so a crash can never keep the later write and
 // lose the status).
-func (s *Statuses) submitWait(ups []update) {
+func (s *Statuses) SubmitWait(ups []Update) {
 	if len(ups) == 0 {
 		return
 	}
@@ -302,7 +306,9 @@ func (s *Statuses) Flush() {
 	}
 }
 
-func (s *Statuses) close() {
+// Close stops the writer once everything submitted is written. Submits after
+// it are dropped.
+func (s *Statuses) Close() {
 	s.closeMu.Lock()
 	if !s.closed {
 		s.closed = true
@@ -385,27 +391,27 @@ func (s *Statuses) loadCounters(cid string) (*Counters, error) {
 	return c, nil
 }
 
-func (s *Statuses) apply(ups []update) {
+func (s *Statuses) apply(ups []Update) {
 	b := s.batches.Get(0)
 	recs := map[string]*MessageStatus{}
 	touched := map[string]*Counters{}
-	var changes []StatusChange
+	var changes []heraldtype.StatusChange
 	report := s.hook != nil || s.onChange != nil // nobody listening: no list
 	if report {
-		changes = make([]StatusChange, 0, len(ups))
+		changes = make([]heraldtype.StatusChange, 0, len(ups))
 	}
 	now := s.now()
 	s.over.expire(now)
 	for _, u := range ups {
 		// A fresh "sent" is the last the engine sends while the id can be
 		// remembered as overtaken: forget it either way.
-		overtook := u.fresh && s.over.take(u.id)
-		rec, ok := recs[u.id]
+		overtook := u.Fresh && s.over.take(u.ID)
+		rec, ok := recs[u.ID]
 		if !ok {
-			if u.fresh && !overtook {
-				rec = u.queued.record()
+			if u.Fresh && !overtook {
+				rec = u.Queued.record()
 			} else {
-				v, found, err := s.db.GetCopy(statusKey(u.id))
+				v, found, err := s.db.GetCopy(statusKey(u.ID))
 				if err != nil || !found {
 					continue // unknown id (e.g. an event for a message past retention)
 				}
@@ -414,42 +420,42 @@ func (s *Statuses) apply(ups []update) {
 					continue
 				}
 			}
-			recs[u.id] = rec
+			recs[u.ID] = rec
 		}
-		from, to := heraldtype.Rank(rec.Status), heraldtype.Rank(u.status)
-		if !u.fresh && from == 0 && to >= heraldtype.Rank(heraldtype.StatusDelivered) {
+		from, to := heraldtype.Rank(rec.Status), heraldtype.Rank(u.Status)
+		if !u.Fresh && from == 0 && to >= heraldtype.Rank(heraldtype.StatusDelivered) {
 			// An event overtook the engine's "sent": if that is a fresh one
 			// still to come, it must read what this writes.
-			s.over.add(u.id, now)
+			s.over.add(u.ID, now)
 		}
 		if rec.Status == heraldtype.StatusFailed || to <= from {
 			continue
 		}
-		if u.status == heraldtype.StatusFailed && from >= heraldtype.Rank(heraldtype.StatusDelivered) {
+		if u.Status == heraldtype.StatusFailed && from >= heraldtype.Rank(heraldtype.StatusDelivered) {
 			continue
 		}
 		var c *Counters
 		if rec.CampaignID != "" {
 			var err error
 			if c, err = s.loadCounters(rec.CampaignID); err != nil {
-				s.log.Error("engine: campaign counters unreadable", "err", err)
+				s.log.Error("records: campaign counters unreadable", "err", err)
 				continue
 			}
 			touched[rec.CampaignID] = c
 		}
-		ms := u.at.UnixMilli()
+		ms := u.At.UnixMilli()
 		// Count every rank passed on the way, so counters stay consistent when an
 		// event overtakes the engine's own "sent".
-		if u.status == heraldtype.StatusFailed {
+		if u.Status == heraldtype.StatusFailed {
 			if c != nil {
 				c.Failed++
 				if c.Failures == nil {
 					c.Failures = map[string]int64{}
 				}
-				c.Failures[strconv.Itoa(u.code)]++
+				c.Failures[strconv.Itoa(u.Code)]++
 				c.LastDone = ms
 			}
-			s.m.Failed.WithLabelValues(strconv.Itoa(u.code)).Inc()
+			s.m.Failed.WithLabelValues(strconv.Itoa(u.Code)).Inc()
 		} else {
 			for r := from + 1; r <= to; r++ {
 				switch r {
@@ -475,23 +481,23 @@ func (s *Statuses) apply(ups []update) {
 				}
 			}
 		}
-		rec.Status, rec.Code = u.status, u.code
-		rec.History = append(rec.History, StatusHistory{TS: u.at.Unix(), Status: u.status, Code: u.code})
+		rec.Status, rec.Code = u.Status, u.Code
+		rec.History = append(rec.History, StatusHistory{TS: u.At.Unix(), Status: u.Status, Code: u.Code})
 		if len(rec.History) > maxHistory {
 			rec.History = append(rec.History[:1], rec.History[len(rec.History)-maxHistory+1:]...)
 		}
 		// Report every status passed (a "delivered" that overtook "sent" reports both).
 		first := to
-		if u.status != heraldtype.StatusFailed {
+		if u.Status != heraldtype.StatusFailed {
 			first = from + 1
 		}
 		for r := first; report && r <= to; r++ {
-			st := u.status
-			if u.status != heraldtype.StatusFailed {
+			st := u.Status
+			if u.Status != heraldtype.StatusFailed {
 				st = rankNames[r]
 			}
-			changes = append(changes, StatusChange{MessageID: u.id, BusinessID: rec.BusinessID, PhoneNumberID: rec.PhoneNumberID,
-				CampaignID: rec.CampaignID, Status: st, Code: u.code, TS: u.at.Unix(), Recipient: u.recipient, Expires: rec.Expires})
+			changes = append(changes, heraldtype.StatusChange{MessageID: u.ID, BusinessID: rec.BusinessID, PhoneNumberID: rec.PhoneNumberID,
+				CampaignID: rec.CampaignID, Status: st, Code: u.Code, TS: u.At.Unix(), Recipient: u.Recipient, Expires: rec.Expires})
 		}
 	}
 	var v []byte
@@ -513,7 +519,7 @@ func (s *Statuses) apply(ups []update) {
 	// Statuses are reports: a crash may lose the last few, and the engine
 	// re-derives them (a retransmission is answered "accepted" again).
 	if err := s.batches.Commit(b, false); err != nil {
-		s.log.Error("engine: status write failed", "err", err)
+		s.log.Error("records: status write failed", "err", err)
 		for cid := range touched {
 			s.counters.Remove(cid)
 		}
@@ -525,11 +531,11 @@ func (s *Statuses) apply(ups []update) {
 }
 
 // ErrNotFound is returned for an unknown message or campaign.
-var ErrNotFound = errors.New("engine: not found")
+var ErrNotFound = errors.New("records: not found")
 
-// MessageStatus returns a message's stored status.
-func (e *Engine) MessageStatus(id string) (*MessageStatus, error) {
-	v, ok, err := e.db.GetCopy(statusKey(id))
+// Message returns a message's stored status.
+func (s *Statuses) Message(id string) (*MessageStatus, error) {
+	v, ok, err := s.db.GetCopy(statusKey(id))
 	if err != nil {
 		return nil, err
 	}
@@ -543,10 +549,10 @@ func (e *Engine) MessageStatus(id string) (*MessageStatus, error) {
 	return &rec, nil
 }
 
-// CampaignCounters returns a campaign's counters (zero when nothing moved yet).
+// Counters returns a campaign's counters (zero when nothing moved yet).
 // It reads what the status writer has committed (it may trail by a batch).
-func (e *Engine) CampaignCounters(campaignID string) (*Counters, error) {
-	v, ok, err := e.db.GetCopy(countersKey(campaignID))
+func (s *Statuses) Counters(campaignID string) (*Counters, error) {
+	v, ok, err := s.db.GetCopy(countersKey(campaignID))
 	if err != nil {
 		return nil, err
 	}
@@ -557,4 +563,13 @@ func (e *Engine) CampaignCounters(campaignID string) (*Counters, error) {
 		}
 	}
 	return c, nil
+}
+
+// Sweep deletes the status records whose message expired more than
+// StatusGrace before now (index e X), at most limit per call; it returns how
+// many it deleted. The campaign counters stay until their campaign record
+// goes (DeleteCounters).
+func (s *Statuses) Sweep(now time.Time, limit int) (int, error) {
+	return s.db.SweepIndex("eX", appendStatusExpiryKey(nil, now.Unix()+1, ""), limit,
+		func(b *pebble.Batch, id string) { b.Delete(statusKey(id), nil) }, false)
 }

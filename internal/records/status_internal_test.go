@@ -1,4 +1,4 @@
-package engine
+package records
 
 import (
 	"bytes"
@@ -20,7 +20,6 @@ import (
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
-	"github.com/heraldhq/herald/queue"
 )
 
 // TestQueuedRecordsSameBytesAsEncode: Put's spliced record is byte for byte
@@ -174,7 +173,7 @@ func TestStatusesSurviveAFailedCommit(t *testing.T) {
 		if i%2 == 1 {
 			to = heraldtype.StatusDelivered
 		}
-		s.apply([]update{{id: id, status: to, at: now}})
+		s.apply([]Update{{ID: id, Status: to, At: now}})
 	}
 	for i, id := range ids {
 		want := "sent"
@@ -198,11 +197,11 @@ func TestStatusesSurviveAFailedCommit(t *testing.T) {
 	if err := db.Commit(b, true); err == nil {
 		t.Fatal("the injected fsync error did not fail the commit")
 	}
-	s.apply([]update{{id: "m7", status: heraldtype.StatusSent, at: now}})
+	s.apply([]Update{{ID: "m7", Status: heraldtype.StatusSent, At: now}})
 	if _, cached := s.counters.Get("cmp"); cached {
 		t.Fatal("counters touched by the failed round are still cached")
 	}
-	s.apply([]update{{id: "m1", status: heraldtype.StatusDelivered, at: now}}) // fails again, no panic
+	s.apply([]Update{{ID: "m1", Status: heraldtype.StatusDelivered, At: now}}) // fails again, no panic
 	toggle.Off()
 }
 
@@ -219,7 +218,7 @@ func TestStatusesUpgradeLegacyJSONRecords(t *testing.T) {
 	if err := db.Commit(b, true); err != nil {
 		t.Fatal(err)
 	}
-	s.apply([]update{{id: "old", status: heraldtype.StatusSent, at: time.Unix(1764115260, 0)}})
+	s.apply([]Update{{ID: "old", Status: heraldtype.StatusSent, At: time.Unix(1764115260, 0)}})
 	v, ok, err := db.GetCopy(statusKey("old"))
 	if err != nil || !ok || v[0] != statusRecV2 {
 		t.Fatalf("record not rewritten in the binary form: %q %v %v", v, ok, err)
@@ -258,22 +257,22 @@ func TestFreshSentWritesWhatTheReadWould(t *testing.T) {
 	type result struct {
 		rec     []byte
 		c       Counters
-		changes []StatusChange
+		changes []heraldtype.StatusChange
 	}
 	run := func(fresh bool, campaign, status string, code int) result {
 		db := openStatusDB(t)
 		s := statusesOn(db)
-		var changes []StatusChange
-		s.onChange = func(c []StatusChange) { changes = append(changes, c...) }
-		u := update{id: "m1", status: status, code: code, at: t1, recipient: "1555"}
+		var changes []heraldtype.StatusChange
+		s.onChange = func(c []heraldtype.StatusChange) { changes = append(changes, c...) }
+		u := Update{ID: "m1", Status: status, Code: code, At: t1, Recipient: "1555"}
 		if fresh {
-			u.fresh, u.queued = true, queuedStatus{"biz", "pn", campaign, t0.Unix(), t0.Unix() + 3600}
+			u.Fresh, u.Queued = true, Queued{"biz", "pn", campaign, t0.Unix(), t0.Unix() + 3600}
 		} else {
 			b := db.NewBatch()
 			NewStatusRecord(b, "m1", "biz", "pn", campaign, t0, t0.Add(time.Hour))
 			db.Commit(b, true)
 		}
-		s.apply([]update{u})
+		s.apply([]Update{u})
 		v, _, _ := db.GetCopy(statusKey("m1"))
 		var c Counters
 		if campaign != "" {
@@ -317,14 +316,14 @@ func TestFreshSentAfterAnOvertakingEvent(t *testing.T) {
 			NewStatusRecord(b, "m1", "biz", "pn", "cmp", t0, t0.Add(time.Hour))
 			db.Commit(b, true)
 			for i, round := range tc.rounds {
-				var ups []update
+				var ups []Update
 				for _, what := range round {
 					at := t0.Add(time.Duration(i+1) * time.Second)
 					if what == "d" {
-						ups = append(ups, update{id: "m1", status: heraldtype.StatusDelivered, at: at})
+						ups = append(ups, Update{ID: "m1", Status: heraldtype.StatusDelivered, At: at})
 					} else {
-						ups = append(ups, update{id: "m1", status: heraldtype.StatusSent, at: at,
-							fresh: true, queued: queuedStatus{"biz", "pn", "cmp", t0.Unix(), t0.Unix() + 3600}})
+						ups = append(ups, Update{ID: "m1", Status: heraldtype.StatusSent, At: at,
+							Fresh: true, Queued: Queued{"biz", "pn", "cmp", t0.Unix(), t0.Unix() + 3600}})
 					}
 				}
 				s.apply(ups)
@@ -379,27 +378,5 @@ func TestOvertakenForgetsAfterItsHorizon(t *testing.T) {
 	}
 	if o.take("9") || !o.take(strconv.Itoa(overtakenMax+9)) {
 		t.Fatal("the oldest should have gone, the newest stayed")
-	}
-}
-
-// TestWithQueuedOnlyForFirstLeases: only a decoded message on its first
-// lease, not a retransmission, carries its queued record; anything else
-// makes the writer read the stored one.
-func TestWithQueuedOnlyForFirstLeases(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		it    item
-		fresh bool
-	}{
-		{"first lease", item{msg: &queue.Message{FirstLease: true}}, true},
-		{"handed out before", item{msg: &queue.Message{}}, false},
-		{"retransmission", item{msg: &queue.Message{FirstLease: true}, p: heraldtype.Payload{ResetDevice: 2}}, false},
-		{"undecodable payload", item{msg: &queue.Message{FirstLease: true}, bad: true}, false},
-	} {
-		var u update
-		u.withQueued(&tc.it)
-		if u.fresh != tc.fresh {
-			t.Errorf("%s: fresh %v, want %v", tc.name, u.fresh, tc.fresh)
-		}
 	}
 }
