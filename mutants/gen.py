@@ -22,7 +22,7 @@ m("03-session-advance-discarded", "invariant 2: a session's advance is written t
   "		if err := e.store.Advance(e.db.NewBatch(), sender, rcpt, adv...); err != nil {",
   ["./engine/ -run 'TestSessionsReloadedFromDiskEncryptAgain'", "./engine/ -run 'TestCrashDuringCampaignLosesNothingAndNeverReusesACounter'"])
 m("04-idempotency-keys-shared", "tenancy: Idempotency-Keys shared across businesses",
-  "internal/api/campaigns.go", 'func idemKey(biz, key string) []byte { return append([]byte("tK"+biz+"\\x00"), key...) }',
+  "internal/records/uploads.go", 'func idemKey(biz, key string) []byte { return append([]byte("tK"+biz+"\\x00"), key...) }',
   'func idemKey(biz, key string) []byte { return append([]byte("tK\\x00"), key...) }',
   ["./internal/api/ -run 'TestSingleSendIdempotencyKey|TestCampaignIdempotencyKeysAreTheBusinesss'"])
 m("05-getmessage-no-business-check", "invariant 7: GET /v1/messages/{id} without its business check",
@@ -48,7 +48,7 @@ m("10-enumeration-after-the-fact", "integrity: an enumerating batch is admitted 
   "	if false && len(recipients) >= l.pol.SequentialBatchMin && seq > l.pol.SequentialMax {",
   ["./internal/api/ -run 'TestEnumeratingBatchIsRefusedBeforeEnqueue'"])
 m("11-api-records-never-expire", "invariant 11: idempotent answers and campaign records are never swept",
-  "internal/api/retention.go", "func (s *Server) RetentionOnce(now time.Time) (int, error) {\n", "func (s *Server) RetentionOnce(now time.Time) (int, error) {\n	now = now.Add(-365 * 24 * time.Hour)\n",
+  "internal/records/uploads.go", "func (u *Uploads) Sweep(now time.Time, limit int) (int, error) {\n", "func (u *Uploads) Sweep(now time.Time, limit int) (int, error) {\n	now = now.Add(-365 * 24 * time.Hour)\n",
   ["./internal/api/ -run 'TestPhoneNumbersLeaveWithTheirMessages'"])
 m("12-webhook-expiry-ignored", "invariant 11: webhook statuses are kept past their message's TTL",
   "internal/webhook/webhook.go", "	if len(v) >= 9 && v[0] == entryMark {\n		return int64(binary.BigEndian.Uint64(v[1:9])), v[9:]",
@@ -80,7 +80,7 @@ m("20-platform-error-labels-unbounded", "invariant 12: a platform's made-up code
   "engine/work.go", '	return "other"\n}', '	return code\n}',
   ["./engine/ -run 'TestPlatformErrorLabelsAreBounded'"])
 m("21-single-send-idempotency-forgotten", "a single send's Idempotency-Key answer is not remembered",
-  "internal/api/messages.go", "		s.rememberSent(batch, b.ID, idem, reqHash, answer, now, idemExpiry(now, ttl))\n", "",
+  "internal/api/messages.go", "		s.opts.Uploads.RememberSent(batch, b.ID, idem, reqHash, answer, now, records.IdemExpiry(now, ttl))\n", "",
   ["./internal/api/ -run 'TestSingleSendIdempotencyKey'"])
 m("22-webhook-state-not-yours", "invariant 7: GET of a webhook skips the phone number's owner check",
   "internal/api/api.go", "	case len(parts) == 3 && parts[2] == \"webhook\" && method == \"GET\":\n		s.withPhone(ctx, b, parts[1], s.getWebhook)",

@@ -60,6 +60,7 @@ type Options struct {
 	Queue    *queue.Queue      // required
 	Events   EventHandler      // required: the platform's events go here (the engine)
 	Statuses *records.Statuses // required: messages' statuses and campaigns' counters
+	Uploads  *records.Uploads  // required: campaign records, idempotent answers, upload progress
 	Tenants  *tenant.Store     // required
 	Webhooks *webhook.Sender   // required
 	Sealer   *seal.Sealer      // required
@@ -118,8 +119,8 @@ type Server struct {
 
 // New validates options.
 func New(opts Options) (*Server, error) {
-	if opts.DB == nil || opts.Queue == nil || opts.Events == nil || opts.Statuses == nil || opts.Tenants == nil || opts.Webhooks == nil || opts.Sealer == nil {
-		return nil, errors.New("api: Options.DB, Queue, Events, Statuses, Tenants, Webhooks and Sealer are required")
+	if opts.DB == nil || opts.Queue == nil || opts.Events == nil || opts.Statuses == nil || opts.Uploads == nil || opts.Tenants == nil || opts.Webhooks == nil || opts.Sealer == nil {
+		return nil, errors.New("api: Options.DB, Queue, Events, Statuses, Uploads, Tenants, Webhooks and Sealer are required")
 	}
 	if opts.PlatformSecret == "" || opts.AdminToken == "" {
 		return nil, errors.New("api: Options.PlatformSecret and AdminToken are required")

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -62,27 +61,6 @@ type CampaignResult struct {
 	RejectedCount     int         `json:"rejected_count"`
 	RejectedTruncated bool        `json:"rejected_truncated,omitempty"`
 }
-
-// Campaign is the stored campaign record (e C <id>).
-type Campaign struct {
-	ID            string `json:"id"`
-	BusinessID    string `json:"business_id"`
-	PhoneNumberID string `json:"phone_number_id"`
-	Name          string `json:"name"`
-	Accepted      int    `json:"accepted"`
-	Rejected      int    `json:"rejected"`
-	CreatedMS     int64  `json:"created_ms"`
-	UploadedMS    int64  `json:"uploaded_ms,omitempty"`
-	// ExpiresMS is when the campaign's last message expires (upload + TTL):
-	// the record and its counters are deleted StatusGrace after it.
-	ExpiresMS int64 `json:"expires_ms,omitempty"`
-}
-
-func campaignKey(id string) []byte { return append([]byte("eC"), id...) }
-
-func idemKey(biz, key string) []byte { return append([]byte("tK"+biz+"\x00"), key...) }
-
-const idemTTL = 24 * time.Hour
 
 // Bounds of a recipient's template variables (what a template expands to is
 // bounded by the body limit: expansion stops as soon as it passes it).
@@ -182,10 +160,10 @@ type admitter struct {
 	// Idempotent uploads: every enqueue batch also records how far the upload
 	// got (same Pebble batch), so a retry after a crash or a broken connection
 	// resumes after the last durable line instead of enqueueing it twice.
-	prog    *uploadProgress // nil: no Idempotency-Key
-	progKey []byte
-	line    int // the last line read (every line up to it is admitted, rejected or pending)
-	skipTo  int // lines up to this one were admitted by an earlier attempt
+	prog   *uploadProgress // nil: no Idempotency-Key
+	idem   string          // the Idempotency-Key
+	line   int             // the last line read (every line up to it is admitted, rejected or pending)
+	skipTo int             // lines up to this one were admitted by an earlier attempt
 
 	statuses *records.QueuedRecords // the "queued" status record of each message
 	token    string                 // the upload's token, checked again at each batch
@@ -205,8 +183,6 @@ type uploadProgress struct {
 	Lines      int            `json:"lines"`  // every line up to this one is admitted or rejected
 	Result     CampaignResult `json:"result"` // the answer so far
 }
-
-func progressKey(biz, key string) []byte { return append([]byte("tP"+biz+"\x00"), key...) }
 
 // holdIdem marks an Idempotency-Key as in use by this request; a second
 // request with it meanwhile is answered 409 (ok false). release frees it.
@@ -339,9 +315,8 @@ func (a *admitter) flush() error {
 		a.prog.Result = *a.res
 		a.prog.Result.Accepted += a.inflightN + len(msgs)
 		v, _ := json.Marshal(a.prog)
-		batch.Set(a.progKey, a.s.opts.Sealer.Seal(nil, v), nil)
 		// The progress lists rejected numbers: gone with the answer's TTL.
-		setForgetAt(batch, idemExpiry(time.UnixMilli(a.prog.CreatedMS), a.ttl), a.progKey)
+		a.s.opts.Uploads.PutProgress(batch, a.b.ID, a.idem, v, records.IdemExpiry(time.UnixMilli(a.prog.CreatedMS), a.ttl))
 	}
 	// Batches commit in order, one at a time, each overlapping the parsing of
 	// the next (sealing and the group-committed fsync run on the other core).
@@ -397,7 +372,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 		return
 	}
 	if idem != "" {
-		if prev, ok := s.idempotent(b.ID, idem); ok {
+		if prev, ok := s.opts.Uploads.Answer(b.ID, idem); ok {
 			ctx.Response.Header.Set("Idempotent-Replayed", "true")
 			ctx.SetStatusCode(200)
 			ctx.SetContentType("application/json")
@@ -415,11 +390,11 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	now := s.opts.Now()
 	res := &CampaignResult{CampaignID: newCampaignID(), Rejected: []Rejection{}}
 	a := &admitter{s: s, ctx: context.Background(), b: b, pn: pn, cid: res.CampaignID, res: res, token: bearer(ctx)}
-	camp := Campaign{ID: res.CampaignID, BusinessID: b.ID, PhoneNumberID: pn, CreatedMS: now.UnixMilli()}
+	camp := records.Campaign{ID: res.CampaignID, BusinessID: b.ID, PhoneNumberID: pn, CreatedMS: now.UnixMilli()}
 	if idem != "" {
-		a.progKey = progressKey(b.ID, idem)
+		a.idem = idem
 		a.prog = &uploadProgress{CampaignID: res.CampaignID, CreatedMS: camp.CreatedMS}
-		prev, err := s.loadProgress(a.progKey)
+		prev, err := s.loadProgress(b.ID, idem)
 		if err != nil {
 			s.storageError(ctx, err)
 			return
@@ -458,7 +433,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	camp.Accepted, camp.Rejected, camp.UploadedMS = res.Accepted, res.RejectedCount, s.opts.Now().UnixMilli()
 	camp.ExpiresMS = camp.UploadedMS + a.ttl.Milliseconds()
 	if res.Accepted > 0 || err == nil {
-		if werr := s.saveCampaign(&camp); werr != nil && err == nil {
+		if werr := s.opts.Uploads.SaveCampaign(&camp); werr != nil && err == nil {
 			err = werr
 		}
 	}
@@ -482,7 +457,9 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	}
 	body, _ := json.Marshal(res)
 	if idem != "" {
-		s.rememberIdempotent(b.ID, idem, body, a.progKey, idemExpiry(time.UnixMilli(camp.CreatedMS), a.ttl))
+		if err := s.opts.Uploads.RememberAnswer(b.ID, idem, body, records.IdemExpiry(time.UnixMilli(camp.CreatedMS), a.ttl)); err != nil {
+			s.opts.Logger.Warn("api: could not remember an idempotent answer; a retry will resume instead", "err", err)
+		}
 	}
 	ctx.SetStatusCode(200)
 	ctx.SetContentType("application/json")
@@ -536,7 +513,7 @@ func (s *Server) uploadError(ctx *fasthttp.RequestCtx, err error, res *CampaignR
 	badRequest(ctx, CodeInvalidParam, "could not read the upload to its end: "+err.Error(), partialDetails(res))
 }
 
-func (s *Server) campaignJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campaign) (*reqError, error) {
+func (s *Server) campaignJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *records.Campaign) (*reqError, error) {
 	raw, ok := s.readBody(ctx)
 	if !ok {
 		return nil, errResponded
@@ -573,7 +550,7 @@ var errResponded = errors.New("api: response already written")
 // streamNDJSON reads the header line, then one recipient per line, admitting
 // and enqueueing in batches as it goes: memory stays bounded whatever the
 // number of recipients.
-func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campaign) (*reqError, error) {
+func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *records.Campaign) (*reqError, error) {
 	br := bufio.NewReaderSize(s.bodyReader(ctx), 64<<10)
 	line := 0
 	max := s.opts.MaxLineBytes
@@ -657,52 +634,11 @@ func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *Campa
 	}
 }
 
-func (s *Server) saveCampaign(c *Campaign) error {
-	v, _ := json.Marshal(c)
-	b := s.opts.DB.NewBatch()
-	b.Set(campaignKey(c.ID), s.opts.Sealer.Seal(nil, v), nil) // the name is the business's words: sealed
-	return s.opts.DB.Commit(b, true)
-}
-
-func (s *Server) idempotent(biz, key string) ([]byte, bool) {
-	raw, ok, err := s.opts.DB.GetCopy(idemKey(biz, key))
-	if err != nil || !ok {
-		return nil, false
-	}
-	v, err := s.opts.Sealer.Open(raw) // the answer lists rejected inputs: numbers
-	if err != nil || len(v) < 8 {
-		return nil, false
-	}
-	at := time.UnixMilli(int64(binary.BigEndian.Uint64(v)))
-	if s.opts.Now().Sub(at) > idemTTL {
-		return nil, false
-	}
-	return v[8:], true
-}
-
-// rememberIdempotent stores the final answer (sealed) and drops the progress
-// record in one batch; the answer is deleted at forgetAt.
-func (s *Server) rememberIdempotent(biz, key string, body, progKey []byte, forgetAt time.Time) {
-	v := binary.BigEndian.AppendUint64(nil, uint64(s.opts.Now().UnixMilli()))
-	b := s.opts.DB.NewBatch()
-	k := idemKey(biz, key)
-	b.Set(k, s.opts.Sealer.Seal(nil, append(v, body...)), nil)
-	setForgetAt(b, forgetAt, k)
-	b.Delete(progKey, nil)
-	if err := s.opts.DB.Commit(b, true); err != nil {
-		s.opts.Logger.Warn("api: could not remember an idempotent answer; a retry will resume instead", "err", err)
-	}
-}
-
 // loadProgress returns the progress of an idempotent upload that broke off,
 // or nil.
-func (s *Server) loadProgress(k []byte) (*uploadProgress, error) {
-	raw, ok, err := s.opts.DB.GetCopy(k)
-	if err != nil || !ok {
-		return nil, err
-	}
-	v, err := s.opts.Sealer.Open(raw)
-	if err != nil {
+func (s *Server) loadProgress(biz, key string) (*uploadProgress, error) {
+	v, err := s.opts.Uploads.Progress(biz, key)
+	if err != nil || v == nil {
 		return nil, err
 	}
 	var p uploadProgress
@@ -731,27 +667,14 @@ func (a *admitter) checkHeader(h *campaignHeader) *reqError {
 	return nil
 }
 
-// decodeCampaign reads a campaign record: sealed JSON, or the clear JSON
-// written before session 12.
-func (s *Server) decodeCampaign(v []byte, c *Campaign) error {
-	if len(v) == 0 || v[0] != '{' {
-		var err error
-		if v, err = s.opts.Sealer.Open(v); err != nil {
-			return err
-		}
-	}
-	return json.Unmarshal(v, c)
-}
-
 func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
-	v, ok, err := s.opts.DB.GetCopy(campaignKey(id))
-	if err != nil {
-		s.storageError(ctx, err)
+	c, err := s.opts.Uploads.Campaign(id)
+	if errors.Is(err, records.ErrNotFound) || (err == nil && c.BusinessID != b.ID) {
+		notFound(ctx)
 		return
 	}
-	var c Campaign
-	if !ok || s.decodeCampaign(v, &c) != nil || c.BusinessID != b.ID {
-		notFound(ctx)
+	if err != nil {
+		s.storageError(ctx, err)
 		return
 	}
 	cnt, err := s.opts.Statuses.Counters(id)

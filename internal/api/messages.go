@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/valyala/fasthttp"
 
 	"github.com/heraldhq/herald/heraldtype"
@@ -151,7 +149,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 			return
 		}
 		defer release()
-		prev, found, same := s.sentOnce(b.ID, idem, reqHash)
+		prev, found, same := s.opts.Uploads.SentAnswer(b.ID, idem, reqHash)
 		if found && !same {
 			fail(ctx, 409, CodeConflict, "OAuthException", "this Idempotency-Key was used for a different message", "send the same body again, or use a new key")
 			return
@@ -232,7 +230,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	if idem != "" {
 		// The answer is remembered in the enqueue's own batch: a retry after
 		// a timeout finds it exactly when the message was accepted.
-		s.rememberSent(batch, b.ID, idem, reqHash, answer, now, idemExpiry(now, ttl))
+		s.opts.Uploads.RememberSent(batch, b.ID, idem, reqHash, answer, now, records.IdemExpiry(now, ttl))
 	}
 	if err := s.opts.Queue.EnqueueWith(context.Background(), []queue.Message{msg}, batch); err != nil {
 		s.storageError(ctx, err)
@@ -242,35 +240,6 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	ctx.SetStatusCode(200)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(answer)
-}
-
-// sentIdemKey is where a single send's Idempotency-Key answer lives (beside
-// the campaigns' keys, in a namespace of its own).
-func sentIdemKey(biz, key string) []byte { return idemKey(biz, "\x01msg\x00"+key) }
-
-// sentOnce returns the remembered answer to a single send with this key
-// (within idemTTL), and whether the request body was the same.
-func (s *Server) sentOnce(biz, key string, reqHash [32]byte) (answer []byte, found, same bool) {
-	raw, ok, err := s.opts.DB.GetCopy(sentIdemKey(biz, key))
-	if err != nil || !ok {
-		return nil, false, false
-	}
-	v, err := s.opts.Sealer.Open(raw) // the answer holds the recipient's number
-	if err != nil || len(v) < 8+32 {
-		return nil, false, false
-	}
-	if s.opts.Now().Sub(time.UnixMilli(int64(binary.BigEndian.Uint64(v)))) > idemTTL {
-		return nil, false, false
-	}
-	return v[40:], true, [32]byte(v[8:40]) == reqHash
-}
-
-func (s *Server) rememberSent(b *pebble.Batch, biz, key string, reqHash [32]byte, answer []byte, now, forgetAt time.Time) {
-	v := binary.BigEndian.AppendUint64(make([]byte, 0, 40+len(answer)), uint64(now.UnixMilli()))
-	v = append(append(v, reqHash[:]...), answer...)
-	k := sentIdemKey(biz, key)
-	b.Set(k, s.opts.Sealer.Seal(nil, v), nil)
-	setForgetAt(b, forgetAt, k) // the answer holds the recipient's number
 }
 
 func admissionStatus(code int) int {

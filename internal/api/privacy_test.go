@@ -192,7 +192,7 @@ func TestPhoneNumbersLeaveWithTheirMessages(t *testing.T) {
 		}
 	}
 	e.n.Engine.Flush()
-	if _, err := e.n.API.RetentionOnce(clock.Now()); err != nil {
+	if _, err := e.n.Uploads.Sweep(clock.Now(), 1000); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.n.Webhooks.Sweep(); err != nil {

@@ -32,6 +32,7 @@ import (
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/records"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/signal"
 	"github.com/heraldhq/herald/internal/tenant"
@@ -123,9 +124,11 @@ type Node struct {
 	Webhooks    *webhook.Sender
 	Limits      *ratelimit.Limiter
 	API         *api.Server
-	Sim         *sim.Server
-	Metrics     *metrics.Metrics
-	client      *platform.Client
+	// Uploads: campaign records, idempotent answers and upload progress.
+	Uploads *records.Uploads
+	Sim     *sim.Server
+	Metrics *metrics.Metrics
+	client  *platform.Client
 
 	AdminToken string
 	// DemoToken and DemoPhoneNumberID are set when this start created the demo business.
@@ -296,7 +299,8 @@ func New(cfg Config) (n *Node, err error) {
 		return 0
 	})
 	n.Metrics.GaugeFunc("purges_completed", "Purges completed since start.", func() float64 { _, done := eng.Purging(); return float64(done) })
-	ao := api.Options{DB: n.db, Queue: n.Queue, Events: eng, Statuses: eng.Statuses(), Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
+	n.Uploads = records.NewUploads(n.db, n.Sealer, cfg.Now)
+	ao := api.Options{DB: n.db, Queue: n.Queue, Events: eng, Statuses: eng.Statuses(), Uploads: n.Uploads, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
 		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, HeaderTimeout: cfg.HeaderTimeout, MaxConnsPerIP: cfg.MaxConnsPerIP,
 		Ready: n.ready, Now: cfg.Now, QueueShare: cfg.QueueShare}
@@ -521,9 +525,9 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.Webhooks.Start()
 	n.probePlatform(ctx)
-	n.every("api retention", n.cfg.RetentionInterval, func() {
-		if _, err := n.API.RetentionOnce(n.cfg.Now()); err != nil {
-			n.cfg.Logger.Error("node: retention sweep of API records failed", "err", err)
+	n.every("upload records retention", n.cfg.RetentionInterval, func() {
+		if _, err := n.Uploads.Sweep(n.cfg.Now(), 1000); err != nil {
+			n.cfg.Logger.Error("node: retention sweep of upload records failed", "err", err)
 		}
 	})
 	go func() { n.serveErr <- n.API.Serve(n.ln) }()

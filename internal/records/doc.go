@@ -1,9 +1,13 @@
 // Package records keeps the records of a message's life that outlive its
-// delivery: its status and status history, its campaign's counters, and
-// their retention. The engine reports transitions to one writer (Statuses);
-// the API writes the "queued" record in the same batch that enqueues the
-// message (NewStatusRecord, QueuedRecords) and reads statuses and counters
-// back (Message, Counters).
+// delivery, and their retention:
+//   - Statuses: each message's status and history, each campaign's counters.
+//     The engine reports transitions to one writer; the API writes the
+//     "queued" record in the same batch that enqueues the message
+//     (NewStatusRecord, QueuedRecords) and reads statuses and counters back
+//     (Message, Counters).
+//   - Uploads: campaign records, the answers remembered for Idempotency-Keys
+//     (campaigns and single sends) and the progress of uploads that broke
+//     off (uploads.go lists their keys).
 //
 // Keys (see internal/kv/prefixes.go):
 //
@@ -22,8 +26,12 @@
 //     committed (WAL order), so a crash never keeps an ack and loses its
 //     status.
 //   - Nothing outlives its TTL (design invariant 11): a status record is
-//     indexed at its message's expiry + StatusGrace and Sweep deletes it then;
-//     the counters go with their campaign record (DeleteCounters).
+//     indexed at its message's expiry + StatusGrace and Statuses.Sweep
+//     deletes it then; the counters go with their campaign record, StatusGrace
+//     after its last message's expiry (Uploads.Sweep). Answers and progress,
+//     which list phone numbers, go when their messages expire, at most
+//     IdemTTL after they were made. Every record kind with a TTL has a time
+//     index beside it, swept in bounded batches (kv.SweepIndex).
 //   - Reports carry what the store does not keep: a transition the engine
 //     makes names the recipient (for webhooks, whose outbox seals it and
 //     expires with the message); the stored record never holds it.

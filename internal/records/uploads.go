@@ -1,0 +1,233 @@
+package records
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	json "github.com/goccy/go-json"
+
+	"github.com/heraldhq/herald/internal/kv"
+	"github.com/heraldhq/herald/internal/seal"
+)
+
+// The records an upload leaves behind: the campaign record, and for
+// requests with an Idempotency-Key the remembered answer and the progress of
+// an upload that broke off. Answers and progress list phone numbers (contacts,
+// rejected inputs), so they are sealed and deleted when the messages they
+// answer for expire, never later than IdemTTL (invariant 11).
+//
+//	e C <campaign id>                     → campaign record (sealed JSON; clear JSON before s12)
+//	t K <business> 0 <key>                → campaign answer: sent ms(8) || body (sealed)
+//	t K <business> 0 0x01 msg 0 <key>     → single-send answer: sent ms(8) || SHA-256 of the request || body (sealed)
+//	t P <business> 0 <key>                → upload progress (sealed, the API's JSON)
+//	t X <until(8), unix s> <record key>   → when each answer or progress record goes
+
+// IdemTTL is how long an Idempotency-Key is remembered at most.
+const IdemTTL = 24 * time.Hour
+
+// Campaign is the stored campaign record (e C <id>).
+type Campaign struct {
+	ID            string `json:"id"`
+	BusinessID    string `json:"business_id"`
+	PhoneNumberID string `json:"phone_number_id"`
+	Name          string `json:"name"`
+	Accepted      int    `json:"accepted"`
+	Rejected      int    `json:"rejected"`
+	CreatedMS     int64  `json:"created_ms"`
+	UploadedMS    int64  `json:"uploaded_ms,omitempty"`
+	// ExpiresMS is when the campaign's last message expires (upload + TTL):
+	// the record and its counters are deleted StatusGrace after it.
+	ExpiresMS int64 `json:"expires_ms,omitempty"`
+}
+
+// Uploads reads and writes the records uploads and single sends leave.
+type Uploads struct {
+	db     *kv.DB
+	sealer *seal.Sealer
+	now    func() time.Time
+}
+
+// NewUploads returns the upload records of db; now is the clock.
+func NewUploads(db *kv.DB, sealer *seal.Sealer, now func() time.Time) *Uploads {
+	return &Uploads{db: db, sealer: sealer, now: now}
+}
+
+func campaignKey(id string) []byte { return append([]byte("eC"), id...) }
+
+func idemKey(biz, key string) []byte { return append([]byte("tK"+biz+"\x00"), key...) }
+
+// sentIdemKey is where a single send's answer lives (beside the campaigns'
+// keys, in a namespace of its own).
+func sentIdemKey(biz, key string) []byte { return idemKey(biz, "\x01msg\x00"+key) }
+
+func progressKey(biz, key string) []byte { return append([]byte("tP"+biz+"\x00"), key...) }
+
+const forgetPrefix = "tX"
+
+func forgetKey(until time.Time, key []byte) []byte {
+	k := binary.BigEndian.AppendUint64([]byte(forgetPrefix), uint64(until.Unix()))
+	return append(k, key...)
+}
+
+// IdemExpiry is when an idempotent answer or upload progress made at created
+// for messages living ttl is forgotten: the earlier of the two.
+func IdemExpiry(created time.Time, ttl time.Duration) time.Time {
+	if ttl <= 0 || ttl > IdemTTL {
+		ttl = IdemTTL
+	}
+	return created.Add(ttl)
+}
+
+// SaveCampaign writes c (sealed: the name is the business's words), fsync'd.
+func (u *Uploads) SaveCampaign(c *Campaign) error {
+	v, _ := json.Marshal(c)
+	b := u.db.NewBatch()
+	b.Set(campaignKey(c.ID), u.sealer.Seal(nil, v), nil)
+	return u.db.Commit(b, true)
+}
+
+// Campaign reads campaign id; ErrNotFound when there is none (or it does
+// not open).
+func (u *Uploads) Campaign(id string) (*Campaign, error) {
+	v, ok, err := u.db.GetCopy(campaignKey(id))
+	if err != nil {
+		return nil, err
+	}
+	var c Campaign
+	if !ok || u.decodeCampaign(v, &c) != nil {
+		return nil, ErrNotFound
+	}
+	return &c, nil
+}
+
+// decodeCampaign reads a campaign record: sealed JSON, or the clear JSON
+// written before session 12.
+func (u *Uploads) decodeCampaign(v []byte, c *Campaign) error {
+	if len(v) == 0 || v[0] != '{' {
+		var err error
+		if v, err = u.sealer.Open(v); err != nil {
+			return err
+		}
+	}
+	return json.Unmarshal(v, c)
+}
+
+// Answer returns the remembered answer to business biz's upload with
+// Idempotency-Key key, if it is younger than IdemTTL.
+func (u *Uploads) Answer(biz, key string) ([]byte, bool) {
+	raw, ok, err := u.db.GetCopy(idemKey(biz, key))
+	if err != nil || !ok {
+		return nil, false
+	}
+	v, err := u.sealer.Open(raw)
+	if err != nil || len(v) < 8 {
+		return nil, false
+	}
+	if u.now().Sub(time.UnixMilli(int64(binary.BigEndian.Uint64(v)))) > IdemTTL {
+		return nil, false
+	}
+	return v[8:], true
+}
+
+// RememberAnswer stores an upload's final answer (sealed), to be deleted at
+// forgetAt, and drops its progress record, in one fsync'd batch.
+func (u *Uploads) RememberAnswer(biz, key string, body []byte, forgetAt time.Time) error {
+	v := binary.BigEndian.AppendUint64(nil, uint64(u.now().UnixMilli()))
+	b := u.db.NewBatch()
+	k := idemKey(biz, key)
+	b.Set(k, u.sealer.Seal(nil, append(v, body...)), nil)
+	b.Set(forgetKey(forgetAt, k), nil, nil)
+	b.Delete(progressKey(biz, key), nil)
+	return u.db.Commit(b, true)
+}
+
+// SentAnswer returns the remembered answer to a single send with this key
+// (within IdemTTL), and whether the request (its SHA-256) was the same.
+func (u *Uploads) SentAnswer(biz, key string, reqHash [32]byte) (answer []byte, found, same bool) {
+	raw, ok, err := u.db.GetCopy(sentIdemKey(biz, key))
+	if err != nil || !ok {
+		return nil, false, false
+	}
+	v, err := u.sealer.Open(raw) // the answer holds the recipient's number
+	if err != nil || len(v) < 8+32 {
+		return nil, false, false
+	}
+	if u.now().Sub(time.UnixMilli(int64(binary.BigEndian.Uint64(v)))) > IdemTTL {
+		return nil, false, false
+	}
+	return v[40:], true, [32]byte(v[8:40]) == reqHash
+}
+
+// RememberSent adds a single send's answer to b, the batch that enqueues its
+// message: a retry after a timeout finds it exactly when the message was
+// accepted. It is deleted at forgetAt.
+func (u *Uploads) RememberSent(b *pebble.Batch, biz, key string, reqHash [32]byte, answer []byte, now, forgetAt time.Time) {
+	v := binary.BigEndian.AppendUint64(make([]byte, 0, 40+len(answer)), uint64(now.UnixMilli()))
+	v = append(append(v, reqHash[:]...), answer...)
+	k := sentIdemKey(biz, key)
+	b.Set(k, u.sealer.Seal(nil, v), nil)
+	b.Set(forgetKey(forgetAt, k), nil, nil)
+}
+
+// Progress returns the progress record (the caller's JSON) of business biz's
+// upload with key that broke off, or nil.
+func (u *Uploads) Progress(biz, key string) ([]byte, error) {
+	raw, ok, err := u.db.GetCopy(progressKey(biz, key))
+	if err != nil || !ok {
+		return nil, err
+	}
+	v, err := u.sealer.Open(raw)
+	if err != nil {
+		return nil, fmt.Errorf("records: upload progress record does not open: %w", err)
+	}
+	return v, nil
+}
+
+// PutProgress adds the progress record v of business biz's upload with key
+// to b (the batch that enqueues the lines it counts), to be deleted at
+// forgetAt: it lists rejected numbers.
+func (u *Uploads) PutProgress(b *pebble.Batch, biz, key string, v []byte, forgetAt time.Time) {
+	k := progressKey(biz, key)
+	b.Set(k, u.sealer.Seal(nil, v), nil)
+	b.Set(forgetKey(forgetAt, k), nil, nil)
+}
+
+// Sweep deletes, at now, the answers and progress records whose time has
+// come, and the campaign records (with their counters) whose last message
+// expired more than StatusGrace ago: at most limit of each per call. It
+// returns how many records it deleted. The node runs it periodically.
+func (u *Uploads) Sweep(now time.Time, limit int) (int, error) {
+	hi := binary.BigEndian.AppendUint64([]byte(forgetPrefix), uint64(now.Unix())+1)
+	n, err := u.db.SweepIndex(forgetPrefix, hi, limit, func(b *pebble.Batch, key string) { b.Delete([]byte(key), nil) }, false)
+	if err != nil {
+		return n, err
+	}
+	// Campaign records: one per upload, few; read whole.
+	it, err := u.db.NewIter(&pebble.IterOptions{LowerBound: []byte("eC"), UpperBound: []byte("eD")})
+	if err != nil {
+		return n, err
+	}
+	b := u.db.NewBatch()
+	cut := now.Add(-StatusGrace).UnixMilli()
+	m := 0
+	for it.First(); it.Valid() && m < limit; it.Next() {
+		var c Campaign
+		if u.decodeCampaign(it.Value(), &c) != nil || c.ExpiresMS == 0 || c.ExpiresMS > cut {
+			continue
+		}
+		b.Delete(append([]byte(nil), it.Key()...), nil)
+		DeleteCounters(b, c.ID)
+		m++
+	}
+	if err := it.Close(); err != nil {
+		b.Close()
+		return n, err
+	}
+	if m == 0 {
+		b.Close()
+		return n, nil
+	}
+	return n + m, u.db.Commit(b, false)
+}
