@@ -10,7 +10,7 @@ def m(name, desc, path, old, new, tests, count=1):
     M.append((name, desc, path, old, new, tests, count))
 
 m("01-enqueue-without-sync", "invariant 1: the queue's enqueue commits without fsync",
-  "queue/queue.go", "	if err := q.batches.Commit(b, true); err != nil {\n		return err\n	}\n	for exp, g := range byExp {",
+  "queue/enqueue.go", "	if err := q.batches.Commit(b, true); err != nil {\n		return err\n	}\n	for exp, g := range byExp {",
   "	if err := q.batches.Commit(b, false); err != nil {\n		return err\n	}\n	for exp, g := range byExp {",
   ["./queue/ -run 'TestFailedFsyncIsNeverAcknowledged'"])
 m("02-wal-sync-noop", "invariant 1: the WAL's Sync does nothing",
@@ -67,7 +67,7 @@ m("16-expired-messages-kept", "invariant 5: the retention sweep leaves expired q
   "engine/retention.go", "	expired, err := e.q.Expire(ctx, now, retentionBatch)", "	expired, err := e.q.Expire(ctx, now.Add(-365*24*time.Hour), retentionBatch)",
   ["./engine/ -run 'Retention|TTL|Expire'"])
 m("17-payload-not-sealed", "invariant 6: the queue stores payloads unsealed",
-  "queue/queue.go", "	if sealed == nil {\n		return q.sealer.Seal(dst, m.Payload)\n	}", "	if sealed == nil {\n		return append(dst, m.Payload...)\n	}",
+  "queue/record.go", "	if sealed == nil {\n		return q.sealer.Seal(dst, m.Payload)\n	}", "	if sealed == nil {\n		return append(dst, m.Payload...)\n	}",
   ["./queue/ -run 'TestNoPlaintextInDataDir'", "./engine/ -run 'TestDataDirHoldsNoPlaintext'"])
 m("18-recipient-messages-reordered", "invariant 3: a recipient's leased messages are worked in reverse",
   "engine/work.go", "	for i := range l.Messages {\n		it := &its[i]\n		it.msg = &l.Messages[i]",
@@ -123,7 +123,7 @@ m("32-queue-share-unchecked", "invariant 12: a business may fill the whole queue
   "internal/api/api.go", "	if used := s.opts.Queue.OwnerBytes(b.ID); used+adding > limit {", "	if used := s.opts.Queue.OwnerBytes(b.ID); false && used+adding > limit {",
   ["./internal/api/ -run 'TestOneBusinessCannotTakeAnothersQueueShare'"])
 m("33-owner-bytes-not-returned", "invariant 12: acknowledged messages still count against their business's share",
-  "queue/queue.go", "			q.ownerAdd(m.Owner, -int64(m.recLen))", "			_ = m",
+  "queue/complete.go", "			q.ownerAdd(m.Owner, -int64(m.recLen))", "			_ = m",
   ["./queue/ -run 'TestQueueMatchesModel'"])
 
 only = sys.argv[1:] 

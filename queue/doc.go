@@ -80,4 +80,16 @@
 //     since.
 //   - Payloads (bodies, phone numbers) are sealed; recipients appear only as
 //     HMACs (in keys, and in F values) (design invariant 6).
+//   - Each owner's byte count equals the sum of its stored records (rebuilt at
+//     Open; every path that writes or deletes a record moves it).
+//
+// # Files
+//
+//	queue.go     types, Open (settle, recount), counters, Close
+//	record.go    keys and the record format
+//	enqueue.go   Enqueue: one fsync'd batch, sequence reservation, expiry bounds
+//	lease.go     Lease: hinted recipients (R), fresh records (F), the mover, reclaim, dead letters
+//	complete.go  Complete/CompleteMany, Release, Extend
+//	expire.go    Expire: the merge of the epochs' expiry entries
+//	owners.go    the per-owner byte counts
 package queue

@@ -1,0 +1,65 @@
+package queue
+
+import (
+	"sync/atomic"
+)
+
+// countOwner adds (sign 1) or takes away (sign -1) a stored record's bytes
+// from its owner's count. k is its F or R key, v its value; a record that
+// does not decode counts for no one (it was not counted at Open either).
+func (q *Queue) countOwner(k, v []byte, sign int64) {
+	rec := v
+	if len(k) == freshKeyLen && k[1] == kFresh {
+		var err error
+		if _, rec, err = splitFresh(v); err != nil {
+			return
+		}
+	} else if len(k) != 28 {
+		return
+	}
+	if m, _, err := q.decodeRecord(rec, false); err == nil {
+		q.ownerAdd(m.Owner, sign*int64(m.recLen))
+	}
+}
+
+// OwnerBytes returns the stored record bytes of owner's queued messages.
+func (q *Queue) OwnerBytes(owner string) int64 {
+	q.owners.RLock()
+	c := q.owners.m[owner]
+	q.owners.RUnlock()
+	if c == nil {
+		return 0
+	}
+	return c.Load()
+}
+
+// ownerAdd moves owner's count by delta.
+func (q *Queue) ownerAdd(owner string, delta int64) {
+	if delta == 0 {
+		return
+	}
+	q.owners.RLock()
+	c := q.owners.m[owner]
+	q.owners.RUnlock()
+	if c == nil {
+		q.owners.Lock()
+		if c = q.owners.m[owner]; c == nil {
+			c = new(atomic.Int64)
+			q.owners.m[owner] = c
+		}
+		q.owners.Unlock()
+	}
+	c.Add(delta)
+}
+
+// addOwned adds (sign 1) or takes away (sign -1) msgs' record bytes from
+// their owners' counts, one update per run of one owner.
+func (q *Queue) addOwned(msgs []Message, sign int64) {
+	for i := 0; i < len(msgs); {
+		owner, n := msgs[i].Owner, int64(0)
+		for ; i < len(msgs) && msgs[i].Owner == owner; i++ {
+			n += int64(msgs[i].recLen)
+		}
+		q.ownerAdd(owner, sign*n)
+	}
+}
