@@ -13,6 +13,7 @@ import (
 	"github.com/panjf2000/ants/v2"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
@@ -185,7 +186,7 @@ func New(opts Options) (*Engine, error) {
 	defD(&opts.IdlePoll, 50*time.Millisecond)
 	defD(&opts.KeyLinger, 5*time.Millisecond)
 	if opts.Now == nil {
-		opts.Now = time.Now
+		opts.Now = clock.Wall
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

@@ -18,7 +18,7 @@ m("02-wal-sync-noop", "invariant 1: the WAL's Sync does nothing",
   "func (f *walFile) Sync() error                       { return nil }\nfunc (f *walFile) SyncData() error                   { return nil }",
   ["./internal/kv/"])
 m("03-session-advance-discarded", "invariant 2: a session's advance is written to a batch that is then discarded",
-  "engine/work.go", "		if err := e.store.Advance(b, sender, rcpt, adv...); err != nil {",
+  "engine/prepare.go", "		if err := e.store.Advance(b, sender, rcpt, adv...); err != nil {",
   "		if err := e.store.Advance(e.db.NewBatch(), sender, rcpt, adv...); err != nil {",
   ["./engine/ -run 'TestSessionsReloadedFromDiskEncryptAgain'", "./engine/ -run 'TestCrashDuringCampaignLosesNothingAndNeverReusesACounter'"])
 m("04-idempotency-keys-shared", "tenancy: Idempotency-Keys shared across businesses",
@@ -61,7 +61,7 @@ m("14-unknown-fields-ignored", "invariant 8: unknown fields are ignored",
   "internal/api/messages.go", "	dec.DisallowUnknownFields()\n", "",
   ["./internal/api/ -run 'TestUnknownFieldsAndParametersAreRefused'"])
 m("15-stale-devices-not-requeried", "stale_devices: the device list is not queried again",
-  "engine/work.go", "			e.store.ForgetDevices(r.extra, it.p.From, r.g.lease.Recipient)\n", "",
+  "engine/transmit.go", "			e.store.ForgetDevices(r.extra, it.p.From, r.g.lease.Recipient)\n", "",
   ["./engine/ -run 'TestStaleDevicesDeliverOnceToEachCurrentDevice'"])
 m("16-expired-messages-kept", "invariant 5: the retention sweep leaves expired queued messages",
   "engine/retention.go", "	expired, err := e.q.Expire(ctx, now, retentionBatch)", "	expired, err := e.q.Expire(ctx, now.Add(-365*24*time.Hour), retentionBatch)",
@@ -77,7 +77,7 @@ m("19-readyz-ignores-the-platform", "/readyz answers 200 while the platform is u
   "internal/node/node.go", "	if p := n.platformErr.Load(); p != nil {", "	if p := n.platformErr.Load(); false && p != nil {",
   ["./internal/api/ -run 'TestReadyzSaysWhyWhileThePlatformIsUnreachable'"])
 m("20-platform-error-labels-unbounded", "invariant 12: a platform's made-up codes become metric labels",
-  "engine/work.go", '	return "other"\n}', '	return code\n}',
+  "engine/transmit.go", '	return "other"\n}', '	return code\n}',
   ["./engine/ -run 'TestPlatformErrorLabelsAreBounded'"])
 m("21-single-send-idempotency-forgotten", "a single send's Idempotency-Key answer is not remembered",
   "internal/api/messages.go", "		s.opts.Uploads.RememberSent(batch, b.ID, idem, reqHash, answer, now, records.IdemExpiry(now, ttl))\n", "",
@@ -94,7 +94,7 @@ m("24-limiter-token-without-a-wait", "invariant 9: the limiter lets a message go
   ["./ratelimit/ -run 'TestTokenShortByFloatErrorIsAWholeToken'", "./engine/ -run 'TestPairRateProperty'"])
 
 m("25-identity-check-ignored", "identity_check: a recipient device's changed identity key is trusted anyway",
-  "engine/work.go", "		strict := e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)",
+  "engine/prepare.go", "		strict := e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)",
   "		strict := false && e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)",
   ["./engine/ -run 'TestIdentityCheckRefusesChangedIdentities'"])
 

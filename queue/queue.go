@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/seal"
 )
@@ -264,7 +265,7 @@ func Open(opts Options) (*Queue, error) {
 		opts.LeaseTimeout = 60 * time.Second
 	}
 	if opts.Now == nil {
-		opts.Now = time.Now
+		opts.Now = clock.Wall
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

@@ -15,6 +15,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	lru "github.com/hashicorp/golang-lru/v2"
 
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/tenant"
@@ -127,7 +128,7 @@ func New(opts Options) (*Limiter, error) {
 		return nil, errors.New("ratelimit: Options.DB, Sealer and Tenants are required")
 	}
 	if opts.Now == nil {
-		opts.Now = time.Now
+		opts.Now = clock.Wall
 	}
 	if opts.PairCache == 0 {
 		opts.PairCache = 1_000_000

@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"go.mau.fi/libsignal/state/record"
 
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/internal/signal"
@@ -83,7 +84,7 @@ func (n *NaiveEngine) one(ctx context.Context, m Message) error {
 	if err != nil || len(devs) == 0 {
 		return err // unknown user: dropped
 	}
-	pt, _ := json.Marshal(platform.Plaintext{ID: m.ID, From: n.ID.Phone, TS: time.Now().Unix(), Type: "text", Text: &platform.TextBody{Body: m.Body}})
+	pt, _ := json.Marshal(platform.Plaintext{ID: m.ID, From: n.ID.Phone, TS: clock.Wall().Unix(), Type: "text", Text: &platform.TextBody{Body: m.Body}})
 	for _, d := range devs {
 		for attempt := 0; ; attempt++ {
 			rec, err := n.load(m.To, d.DeviceID, d)

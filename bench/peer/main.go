@@ -24,6 +24,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivermigrate"
 
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/seal"
 	"github.com/heraldhq/herald/queue"
@@ -81,7 +82,7 @@ func runRiver(ctx context.Context, dsn string, n int) (float64, error) {
 		return 0, err
 	}
 	defer client.Stop(context.Background())
-	start := time.Now()
+	start := clock.Wall()
 	var wg sync.WaitGroup
 	errs := make(chan error, producers)
 	per := n / producers
@@ -124,8 +125,8 @@ func runHerald(ctx context.Context, dir string, n int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	exp := time.Now().Add(time.Hour)
-	start := time.Now()
+	exp := clock.Wall().Add(time.Hour)
+	start := clock.Wall()
 	per := n / producers
 	total := int64(per * producers)
 	var acked atomic.Int64

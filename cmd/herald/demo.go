@@ -17,6 +17,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/node"
 	"github.com/heraldhq/herald/internal/platform/sim"
 	"github.com/heraldhq/herald/internal/webhook"
@@ -41,7 +42,7 @@ func (w *webhookSink) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sts, _ := webhook.ParsePayload(body)
-	now := time.Now()
+	now := clock.Wall()
 	w.mu.Lock()
 	for _, s := range sts {
 		m := w.at[s.Status]
@@ -158,7 +159,7 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 		}
 		pw.Close()
 	}()
-	start := time.Now()
+	start := clock.Wall()
 	var res struct {
 		CampaignID string `json:"campaign_id"`
 		Accepted   int    `json:"accepted"`
@@ -167,7 +168,7 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 	if _, err := c.call("POST", "/v1/"+pn+"/campaigns", pr, "application/x-ndjson", &res); err != nil {
 		return fmt.Errorf("submitting the campaign: %w", err)
 	}
-	accepted := time.Now()
+	accepted := clock.Wall()
 	fmt.Printf("campaign %s: %d accepted, %d rejected in %v (%.0f recipients/s, durable)\n", res.CampaignID, res.Accepted,
 		len(res.Rejected), accepted.Sub(start).Round(time.Millisecond), float64(res.Accepted)/accepted.Sub(start).Seconds())
 
@@ -192,11 +193,11 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	finished := time.Now()
+	finished := clock.Wall()
 	bar.Finish()
 	// Let delivered events and webhooks settle.
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	deadline := clock.Wall().Add(10 * time.Second)
+	for clock.Wall().Before(deadline) {
 		c.jsonCall("GET", "/v1/campaigns/"+res.CampaignID, nil, &st)
 		sink.mu.Lock()
 		got := len(sink.at["sent"])

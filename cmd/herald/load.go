@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/spf13/cobra"
 )
 
@@ -105,7 +106,7 @@ func loadCampaigns(o loadOpts) (*loadReport, error) {
 	ids := make([]string, o.campaigns)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	start := time.Now()
+	start := clock.Wall()
 	for k := 0; k < o.campaigns; k++ {
 		wg.Add(1)
 		go func(k int) {
@@ -146,7 +147,7 @@ func loadCampaigns(o loadOpts) (*loadReport, error) {
 	if o.wait <= 0 {
 		return rep, nil
 	}
-	acceptedAt := time.Now()
+	acceptedAt := clock.Wall()
 	deadline := acceptedAt.Add(o.wait)
 	rep.Failures = map[string]int64{}
 	for {
@@ -168,7 +169,7 @@ func loadCampaigns(o loadOpts) (*loadReport, error) {
 			}
 		}
 		fmt.Fprintf(os.Stderr, "\rdone %d/%d (sent %d, failed %d)   ", done, rep.Accepted, sent, failed)
-		if done >= rep.Accepted || time.Now().After(deadline) {
+		if done >= rep.Accepted || clock.Wall().After(deadline) {
 			rep.Sent, rep.Failed, rep.Failures = sent, failed, failures
 			rep.DeliverSeconds = time.Since(start).Seconds()
 			rep.DeliverPerSec = float64(done) / rep.DeliverSeconds
@@ -185,8 +186,8 @@ func loadSingle(o loadOpts) (*loadReport, error) {
 	h := hdrhistogram.New(1, 60_000_000, 3) // microseconds
 	var mu sync.Mutex
 	var next atomic.Int64
-	stop := time.Now().Add(o.duration)
-	start := time.Now()
+	stop := clock.Wall().Add(o.duration)
+	start := clock.Wall()
 	var wg sync.WaitGroup
 	for w := 0; w < o.clients; w++ {
 		wg.Add(1)
@@ -194,12 +195,12 @@ func loadSingle(o loadOpts) (*loadReport, error) {
 			defer wg.Done()
 			for {
 				i := next.Add(1) - 1
-				if (o.count > 0 && i >= int64(o.count)) || time.Now().After(stop) {
+				if (o.count > 0 && i >= int64(o.count)) || clock.Wall().After(stop) {
 					return
 				}
 				body := fmt.Sprintf(`{"messaging_product":"whatsapp","to":"%s","type":"text","text":{"body":"load %d"},"ttl_seconds":3600}`,
 					user(o, rand.IntN(o.users)), i)
-				t0 := time.Now()
+				t0 := clock.Wall()
 				_, err := c.call("POST", "/v1/"+o.pn+"/messages", strings.NewReader(body), "application/json", nil)
 				d := time.Since(t0)
 				mu.Lock()

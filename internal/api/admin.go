@@ -151,7 +151,7 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method string, parts []string) 
 			s.tenantError(ctx, err)
 			return
 		}
-		writeJSON(ctx, 200, map[string]any{"revoked": parts[3], "at": time.Now().UTC().Format(time.RFC3339)})
+		writeJSON(ctx, 200, map[string]any{"revoked": parts[3], "at": s.opts.Now().UTC().Format(time.RFC3339)})
 	case len(parts) == 3 && parts[0] == "businesses" && parts[2] == "phone_numbers" && method == "POST":
 		var req struct {
 			PhoneNumber string `json:"phone_number"`

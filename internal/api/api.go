@@ -28,6 +28,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
@@ -141,7 +142,7 @@ func New(opts Options) (*Server, error) {
 		opts.MaxRejectedReported = 10_000
 	}
 	if opts.Now == nil {
-		opts.Now = time.Now
+		opts.Now = clock.Wall
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -386,7 +387,7 @@ type stallReader struct {
 }
 
 func (r *stallReader) Read(p []byte) (int, error) {
-	dl := time.Now().Add(r.stall)
+	dl := clock.Wall().Add(r.stall) // a socket deadline: real time
 	if dl.After(r.limit) {
 		dl = r.limit
 	}

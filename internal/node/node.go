@@ -28,6 +28,7 @@ import (
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/api"
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
@@ -197,7 +198,7 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, &ConfigError{"data", err.Error()}
 	}
 	if cfg.Now == nil {
-		cfg.Now = time.Now
+		cfg.Now = clock.Wall
 	}
 	if cfg.RetentionInterval <= 0 {
 		cfg.RetentionInterval = 10 * time.Second
@@ -263,6 +264,9 @@ func New(cfg Config) (n *Node, err error) {
 		so := cfg.Sim
 		so.Secret = secret
 		so.EventsURL = "http://" + n.ln.Addr().String() + "/v1/platform/events"
+		if so.Now == nil {
+			so.Now = cfg.Now // one clock: the events' ts agree with the engine's
+		}
 		if n.Sim, err = sim.New(so); err != nil {
 			return nil, err
 		}
@@ -450,7 +454,7 @@ type spaceGuard struct {
 }
 
 func (g *spaceGuard) check() error {
-	now := time.Now().UnixNano()
+	now := clock.Wall().UnixNano() // throttles a syscall: real time
 	if prev := g.checked.Load(); now-prev > int64(time.Second) && g.checked.CompareAndSwap(prev, now) {
 		b, err := g.free()
 		if err != nil {

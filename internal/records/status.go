@@ -13,6 +13,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 )
@@ -255,7 +256,7 @@ func New(o Options) *Statuses {
 		o.Logger = slog.Default()
 	}
 	if o.Now == nil {
-		o.Now = time.Now
+		o.Now = clock.Wall
 	}
 	c, _ := lru.New[string, *Counters](10_000)
 	s := &Statuses{db: o.DB, log: o.Logger, m: o.Metrics, onChange: o.OnChange, hook: o.Hook, in: make(chan statusBatch, 1024),

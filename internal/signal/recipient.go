@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"go.mau.fi/libsignal/cipher"
 	"go.mau.fi/libsignal/ecc"
@@ -20,6 +19,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/hmacsha256"
 	"github.com/heraldhq/herald/internal/platform"
 )
@@ -77,7 +77,7 @@ func (d *Device) Reinstall() error {
 		return err
 	}
 	sig := ecc.CalculateSignature(kp.PrivateKey(), sk.pair.PublicKey().Serialize())
-	spk := record.NewSignedPreKey(1, time.Now().Unix(), sk.pair, sig, Serializer.SignedPreKeyRecord)
+	spk := record.NewSignedPreKey(1, clock.Wall().Unix(), sk.pair, sig, Serializer.SignedPreKeyRecord)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.identity, d.regID, d.signed = kp, newRegistrationID(), spk

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/heraldhq/herald/internal/clock"
 )
 
 // Clock is an injected clock for tests: it moves only when told to.
@@ -37,9 +39,9 @@ func (c *Clock) Advance(d time.Duration) {
 // something another goroutine does.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := clock.Wall().Add(timeout)
 	for !cond() {
-		if time.Now().After(deadline) {
+		if clock.Wall().After(deadline) {
 			t.Fatalf("not within %v: %s", timeout, fmt.Sprintf(format, args...))
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -64,7 +66,7 @@ func HostileEndpoint(t testing.TB, head string, stream int) string {
 			go func() {
 				defer c.Close()
 				buf := make([]byte, 64<<10)
-				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				c.SetReadDeadline(clock.Wall().Add(2 * time.Second))
 				c.Read(buf)
 				c.Write([]byte(head))
 				zeros := make([]byte, 64<<10)
@@ -81,7 +83,7 @@ func HostileEndpoint(t testing.TB, head string, stream int) string {
 				if tc, ok := c.(*net.TCPConn); ok {
 					tc.CloseWrite()
 				}
-				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				c.SetReadDeadline(clock.Wall().Add(2 * time.Second))
 				io.Copy(io.Discard, c)
 			}()
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/seal"
@@ -184,7 +185,7 @@ func New(opts Options) (*Sender, error) {
 		opts.SweepInterval = time.Minute
 	}
 	if opts.Now == nil {
-		opts.Now = time.Now
+		opts.Now = clock.Wall
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -198,7 +199,7 @@ func New(opts Options) (*Sender, error) {
 	s.mu.cursor = map[string][]byte{}
 	s.mu.backlog, s.mu.lastErr, s.mu.busy = map[string]int{}, map[string]lastError{}, map[string]bool{}
 	s.slots = make(chan struct{}, opts.Concurrency)
-	s.seq.Store(uint64(time.Now().UnixNano())) // a sequence start, not a time: the wall clock only makes it grow across restarts
+	s.seq.Store(uint64(clock.Wall().UnixNano())) // a sequence start, not a time: the wall clock only makes it grow across restarts
 	it, err := opts.DB.NewIter(&pebble.IterOptions{LowerBound: []byte("wH"), UpperBound: []byte("wI")})
 	if err != nil {
 		return nil, err

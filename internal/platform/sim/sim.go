@@ -26,6 +26,7 @@ import (
 	gojson "github.com/goccy/go-json"
 	"github.com/valyala/fasthttp"
 
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/signal"
 )
@@ -67,7 +68,10 @@ type Options struct {
 	DecryptFailedRate float64 // per accepted envelope: a decrypt_failed retry receipt follows
 	RetryAfterMS      int64   // retry_after_ms on throttled/unavailable; default 50
 	EventInterval     time.Duration
-	Logger            *slog.Logger
+	// Now stamps events (ts); default clock.Wall. Herald's node passes its
+	// own clock, so a test's fake clock and the events agree.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Stats are the simulator's counters (GET /v1/stats).
@@ -183,6 +187,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.RetryAfterMS == 0 {
 		opts.RetryAfterMS = 50
+	}
+	if opts.Now == nil {
+		opts.Now = clock.Wall
 	}
 	if opts.EventInterval == 0 {
 		opts.EventInterval = 50 * time.Millisecond
@@ -597,7 +604,7 @@ func (s *Server) envelope(e platform.Envelope) platform.Result {
 		d.last[e.From] = e.ID
 	}
 	s.count(func(st *Stats) { st.Decrypted++ })
-	now := time.Now().Unix()
+	now := s.opts.Now().Unix()
 	evs := []platform.Event{{Type: platform.EventDelivered, ID: e.ID, User: e.To, DeviceID: e.DeviceID, TS: now}}
 	if roll(s.opts.ReadShare) {
 		evs = append(evs, platform.Event{Type: platform.EventRead, ID: e.ID, User: e.To, DeviceID: e.DeviceID, TS: now})
