@@ -148,16 +148,14 @@ type Engine struct {
 	purges   atomic.Int64
 }
 
-// New validates opts and builds an engine; Start runs it.
-func New(opts Options) (*Engine, error) {
-	if opts.DB == nil || opts.Queue == nil || opts.Sessions == nil || opts.Sealer == nil || opts.Transport == nil {
-		return nil, errors.New("engine: Options.DB, Queue, Sessions, Sealer and Transport are required")
+// EnsureDefaults fills the zero fields of o with their defaults (the one
+// place they are written; herald serve's flags take theirs from here).
+func (o *Options) EnsureDefaults() {
+	if o.Shaper == nil {
+		o.Shaper = NoLimit{}
 	}
-	if opts.Shaper == nil {
-		opts.Shaper = NoLimit{}
-	}
-	if opts.Metrics == nil {
-		opts.Metrics = metrics.New()
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
 	}
 	def := func(v *int, d int) {
 		if *v <= 0 {
@@ -169,28 +167,44 @@ func New(opts Options) (*Engine, error) {
 			*v = d
 		}
 	}
-	def(&opts.Workers, 32)
-	def(&opts.GroupsPerTask, 128)
-	def(&opts.LeaseRecipients, 256)
-	def(&opts.LeasePerRecipient, 16)
-	def(&opts.MaxResets, 3)
-	def(&opts.BreakerThreshold, 5)
-	defD(&opts.BackoffBase, 250*time.Millisecond)
-	defD(&opts.BackoffCap, 5*time.Minute)
-	defD(&opts.BreakerCooldown, time.Second)
-	defD(&opts.SentGrace, time.Hour)
-	defD(&opts.RetentionInterval, time.Second)
-	if opts.PurgeInterval == 0 {
-		opts.PurgeInterval = time.Hour
+	def(&o.Workers, 32)
+	def(&o.GroupsPerTask, 128)
+	def(&o.LeaseRecipients, 256)
+	def(&o.LeasePerRecipient, 16)
+	def(&o.MaxResets, 3)
+	def(&o.BreakerThreshold, 5)
+	defD(&o.BackoffBase, 250*time.Millisecond)
+	defD(&o.BackoffCap, 5*time.Minute)
+	defD(&o.BreakerCooldown, time.Second)
+	defD(&o.SentGrace, time.Hour)
+	defD(&o.RetentionInterval, time.Second)
+	if o.PurgeInterval == 0 {
+		o.PurgeInterval = time.Hour
 	}
-	defD(&opts.IdlePoll, 50*time.Millisecond)
-	defD(&opts.KeyLinger, 5*time.Millisecond)
-	if opts.Now == nil {
-		opts.Now = clock.Wall
+	defD(&o.IdlePoll, 50*time.Millisecond)
+	defD(&o.KeyLinger, 5*time.Millisecond)
+	if o.Now == nil {
+		o.Now = clock.Wall
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
+}
+
+// Validate reports what o lacks.
+func (o *Options) Validate() error {
+	if o.DB == nil || o.Queue == nil || o.Sessions == nil || o.Sealer == nil || o.Transport == nil {
+		return errors.New("engine: Options.DB, Queue, Sessions, Sealer and Transport are required")
+	}
+	return nil
+}
+
+// New validates opts and builds an engine; Start runs it.
+func New(opts Options) (*Engine, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	opts.EnsureDefaults()
 	pool, err := ants.NewPool(opts.Workers, ants.WithLogger(antsLogger{opts.Logger}))
 	if err != nil {
 		return nil, err

@@ -33,9 +33,9 @@ func adminCmd() *cobra.Command {
 		return enc.Encode(v)
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&url, "url", "http://127.0.0.1:8080", "Herald base URL")
+	pf.StringVar(&url, "url", "http://"+defaults().Listen, "Herald base URL")
 	pf.StringVar(&token, "admin-token", "", "admin token (default: read <data>/admin-token)")
-	pf.StringVar(&data, "data", "./herald-data", "data directory holding admin-token")
+	pf.StringVar(&data, "data", defaults().DataDir, "data directory holding admin-token")
 
 	var name, tier string
 	var phones []string

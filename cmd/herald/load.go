@@ -76,7 +76,7 @@ func loadCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.url, "url", "http://127.0.0.1:8080", "Herald base URL (loopback unless --allow-remote)")
+	f.StringVar(&o.url, "url", "http://"+defaults().Listen, "Herald base URL (loopback unless --allow-remote)")
 	f.StringVar(&o.token, "token", "", "business token")
 	f.StringVar(&o.pn, "phone-number-id", "", "phone_number_id to send from")
 	f.StringVar(&o.mode, "mode", "campaign", "campaign (NDJSON uploads) or single (POST /messages)")

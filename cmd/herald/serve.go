@@ -69,24 +69,25 @@ func serveCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.DataDir, "data", "./herald-data", "data directory (database, master key, admin token)")
-	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "API listen address")
+	d := defaults()
+	f.StringVar(&cfg.DataDir, "data", d.DataDir, "data directory (database, master key, admin token)")
+	f.StringVar(&cfg.Listen, "listen", d.Listen, "API listen address")
 	f.StringVar(&cfg.PlatformURL, "platform", "", "platform base URL (empty: start the built-in simulator)")
 	f.StringVar(&cfg.PlatformSecret, "platform-secret", "", "secret shared with the platform")
 	f.StringVar(&cfg.AdminToken, "admin-token", "", "admin API token (default: <data>/admin-token, generated); prefer --admin-token-file, which keeps it out of ps")
 	f.StringVar(&adminTokenFile, "admin-token-file", "", "read the admin API token from this file")
 	f.StringVar(&secretFile, "platform-secret-file", "", "read the platform secret from this file")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve /metrics on this address only (not on the API's)")
-	f.IntVar(&cfg.Shards, "shards", 16, "queue shards (power of two; fixed for a data directory)")
-	f.IntVar(&cfg.Workers, "workers", 32, "engine worker pool size (concurrent tasks)")
-	f.IntVar(&cfg.GroupsPerTask, "groups-per-task", 128, "recipient groups one engine task works on together (one fsync'd commit, one status round trip)")
-	f.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", 8<<30, "backpressure: refuse new messages above this many queued bytes")
+	f.IntVar(&cfg.Shards, "shards", d.Shards, "queue shards (power of two; fixed for a data directory)")
+	f.IntVar(&cfg.Workers, "workers", d.Workers, "engine worker pool size (concurrent tasks)")
+	f.IntVar(&cfg.GroupsPerTask, "groups-per-task", d.GroupsPerTask, "recipient groups one engine task works on together (one fsync'd commit, one status round trip)")
+	f.Int64Var(&cfg.MaxQueuedBytes, "max-queued-bytes", d.MaxQueuedBytes, "backpressure: refuse new messages above this many queued bytes")
 	f.Int64Var(&cfg.QueueShare, "max-queued-bytes-per-business", 0, "a business's default share of the queue, unless the admin API sets its max_queued_bytes (0: a quarter of --max-queued-bytes; -1: none)")
-	f.Int64Var(&cfg.MinFreeBytes, "min-free-disk", 256<<20, "refuse new messages (507) when the data directory's disk has fewer free bytes (-1: off)")
-	f.DurationVar(&cfg.StallTimeout, "stall-timeout", 30*time.Second, "cut off an upload that sends nothing for this long")
-	f.DurationVar(&cfg.HeaderTimeout, "header-timeout", 10*time.Second, "cut off a request whose line and headers take longer")
-	f.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", 1024, "open connections one client address may hold")
-	f.DurationVar(&cfg.PurgeInterval, "purge-interval", time.Hour, "flush + compact the database this often so deleted and expired records leave the disk even sealed (negative: never)")
+	f.Int64Var(&cfg.MinFreeBytes, "min-free-disk", d.MinFreeBytes, "refuse new messages (507) when the data directory's disk has fewer free bytes (-1: off)")
+	f.DurationVar(&cfg.StallTimeout, "stall-timeout", d.StallTimeout, "cut off an upload that sends nothing for this long")
+	f.DurationVar(&cfg.HeaderTimeout, "header-timeout", d.HeaderTimeout, "cut off a request whose line and headers take longer")
+	f.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", d.MaxConnsPerIP, "open connections one client address may hold")
+	f.DurationVar(&cfg.PurgeInterval, "purge-interval", d.PurgeInterval, "flush + compact the database this often so deleted and expired records leave the disk even sealed (negative: never)")
 	f.DurationVar(&restartDelay, "restart-delay", 5*time.Second, "after a storage failure, reopen the data directory in process this often until it succeeds")
 	f.StringVar(&pprofAddr, "pprof", "", "serve Go's net/http/pprof on this loopback address (profiling; empty: off)")
 	f.BoolVar(&cfg.NoLimits, "no-limits", false, "disable integrity limits (benchmarks only)")
@@ -149,4 +150,13 @@ func readSecretFile(path string) (string, error) {
 		return "", fmt.Errorf("%s is empty", path)
 	}
 	return v, nil
+}
+
+// defaults is a node configuration with every default filled in, from the
+// one place each is written (node.Config.EnsureDefaults and the Options it
+// asks): the flags of every subcommand show these.
+func defaults() node.Config {
+	var d node.Config
+	d.EnsureDefaults()
+	return d
 }

@@ -118,47 +118,61 @@ type Server struct {
 	idemActive map[string]bool
 }
 
+// EnsureDefaults fills the zero fields of o with their defaults (the one
+// place they are written; herald serve's flags take theirs from here).
+func (o *Options) EnsureDefaults() {
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.MaxBodyBytes == 0 {
+		o.MaxBodyBytes = 32 << 20
+	}
+	if o.MaxLineBytes == 0 {
+		o.MaxLineBytes = 64 << 10
+	}
+	if o.MaxRecipients == 0 {
+		o.MaxRecipients = 5_000_000
+	}
+	if o.MaxRejectedReported == 0 {
+		o.MaxRejectedReported = 10_000
+	}
+	if o.Now == nil {
+		o.Now = clock.Wall
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = 5 * time.Minute
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = 30 * time.Second
+	}
+	if o.HeaderTimeout <= 0 {
+		o.HeaderTimeout = 10 * time.Second
+	}
+	if o.MaxConnsPerIP <= 0 {
+		o.MaxConnsPerIP = 1024
+	}
+}
+
+// Validate reports what o lacks.
+func (o *Options) Validate() error {
+	if o.DB == nil || o.Queue == nil || o.Events == nil || o.Statuses == nil || o.Uploads == nil || o.Tenants == nil || o.Webhooks == nil || o.Sealer == nil {
+		return errors.New("api: Options.DB, Queue, Events, Statuses, Uploads, Tenants, Webhooks and Sealer are required")
+	}
+	if o.PlatformSecret == "" || o.AdminToken == "" {
+		return errors.New("api: Options.PlatformSecret and AdminToken are required")
+	}
+	return nil
+}
+
 // New validates options.
 func New(opts Options) (*Server, error) {
-	if opts.DB == nil || opts.Queue == nil || opts.Events == nil || opts.Statuses == nil || opts.Uploads == nil || opts.Tenants == nil || opts.Webhooks == nil || opts.Sealer == nil {
-		return nil, errors.New("api: Options.DB, Queue, Events, Statuses, Uploads, Tenants, Webhooks and Sealer are required")
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
-	if opts.PlatformSecret == "" || opts.AdminToken == "" {
-		return nil, errors.New("api: Options.PlatformSecret and AdminToken are required")
-	}
-	if opts.Metrics == nil {
-		opts.Metrics = metrics.New()
-	}
-	if opts.MaxBodyBytes == 0 {
-		opts.MaxBodyBytes = 32 << 20
-	}
-	if opts.MaxLineBytes == 0 {
-		opts.MaxLineBytes = 64 << 10
-	}
-	if opts.MaxRecipients == 0 {
-		opts.MaxRecipients = 5_000_000
-	}
-	if opts.MaxRejectedReported == 0 {
-		opts.MaxRejectedReported = 10_000
-	}
-	if opts.Now == nil {
-		opts.Now = clock.Wall
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.ReadTimeout <= 0 {
-		opts.ReadTimeout = 5 * time.Minute
-	}
-	if opts.StallTimeout <= 0 {
-		opts.StallTimeout = 30 * time.Second
-	}
-	if opts.HeaderTimeout <= 0 {
-		opts.HeaderTimeout = 10 * time.Second
-	}
-	if opts.MaxConnsPerIP <= 0 {
-		opts.MaxConnsPerIP = 1024
-	}
+	opts.EnsureDefaults()
 	s := &Server{opts: opts, idGen: map[string]*heraldtype.IDGen{}, idemActive: map[string]bool{}}
 	s.metrics = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(opts.Metrics.Registry, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{

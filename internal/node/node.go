@@ -151,57 +151,80 @@ func (e *ConfigError) Error() string {
 // The rate limiter is the engine's Shaper (ratelimit does not import engine).
 var _ engine.Shaper = (*ratelimit.Limiter)(nil)
 
+// EnsureDefaults fills the zero fields of c with their defaults: the node's
+// own here, the engine's and the API's from their Options (the one place
+// each is written). herald serve's flags show these.
+func (c *Config) EnsureDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = "./herald-data"
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8080"
+	}
+	if c.Shards == 0 {
+		c.Shards = 16
+	}
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+	if c.Logger == nil {
+		c.Logger = defaultLogger()
+	}
+	if c.MaxQueuedBytes == 0 {
+		c.MaxQueuedBytes = 8 << 30
+	}
+	if c.QueueShare == 0 {
+		c.QueueShare = c.MaxQueuedBytes / 4
+	}
+	if c.MinFreeBytes == 0 {
+		c.MinFreeBytes = 256 << 20
+	}
+	if c.Now == nil {
+		c.Now = clock.Wall
+	}
+	if c.RetentionInterval <= 0 {
+		c.RetentionInterval = 10 * time.Second
+	}
+	eo := engine.Options{Workers: c.Workers, GroupsPerTask: c.GroupsPerTask, PurgeInterval: c.PurgeInterval}
+	eo.EnsureDefaults()
+	c.Workers, c.GroupsPerTask, c.PurgeInterval = eo.Workers, eo.GroupsPerTask, eo.PurgeInterval
+	ao := api.Options{ReadTimeout: c.ReadTimeout, StallTimeout: c.StallTimeout, HeaderTimeout: c.HeaderTimeout, MaxConnsPerIP: c.MaxConnsPerIP}
+	ao.EnsureDefaults()
+	c.ReadTimeout, c.StallTimeout, c.HeaderTimeout, c.MaxConnsPerIP = ao.ReadTimeout, ao.StallTimeout, ao.HeaderTimeout, ao.MaxConnsPerIP
+}
+
+// Validate reports the first setting of c that cannot work, as a
+// *ConfigError naming it.
+func (c *Config) Validate() error {
+	switch {
+	case c.Shards < 1 || c.Shards > 4096 || c.Shards&(c.Shards-1) != 0:
+		return &ConfigError{"shards", "must be a power of two between 1 and 4096"}
+	case c.MaxQueuedBytes < 0:
+		return &ConfigError{"max-queued-bytes", "must be positive"}
+	case c.QueueShare > 0 && c.QueueShare < tenant.MinQueuedBytes:
+		return &ConfigError{"max-queued-bytes-per-business", fmt.Sprintf("must be at least %d (or negative: no share)", tenant.MinQueuedBytes)}
+	case c.PlatformURL != "" && c.PlatformSecret == "":
+		return &ConfigError{"platform-secret", "is required with --platform"}
+	case c.PlatformURL != "" && !strings.HasPrefix(c.PlatformURL, "http://") && !strings.HasPrefix(c.PlatformURL, "https://"):
+		return &ConfigError{"platform", "must be an http:// or https:// URL"}
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return &ConfigError{"listen", "must be HOST:PORT, e.g. 127.0.0.1:8080"}
+	}
+	return nil
+}
+
 // New opens storage and builds every component; nothing is served until Start.
 func New(cfg Config) (n *Node, err error) {
-	if cfg.DataDir == "" {
-		cfg.DataDir = "./herald-data"
-	}
-	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:8080"
-	}
-	if cfg.Shards == 0 {
-		cfg.Shards = 16
-	}
-	if cfg.Out == nil {
-		cfg.Out = os.Stdout
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = defaultLogger()
-	}
-	if cfg.Shards < 1 || cfg.Shards > 4096 || cfg.Shards&(cfg.Shards-1) != 0 {
-		return nil, &ConfigError{"shards", "must be a power of two between 1 and 4096"}
-	}
-	if cfg.MaxQueuedBytes == 0 {
-		cfg.MaxQueuedBytes = 8 << 30
-	}
-	switch {
-	case cfg.MaxQueuedBytes < 0:
-		return nil, &ConfigError{"max-queued-bytes", "must be positive"}
-	case cfg.QueueShare == 0:
-		cfg.QueueShare = cfg.MaxQueuedBytes / 4
-	case cfg.QueueShare > 0 && cfg.QueueShare < tenant.MinQueuedBytes:
-		return nil, &ConfigError{"max-queued-bytes-per-business", fmt.Sprintf("must be at least %d (or negative: no share)", tenant.MinQueuedBytes)}
-	}
-	if cfg.PlatformURL != "" && cfg.PlatformSecret == "" {
-		return nil, &ConfigError{"platform-secret", "is required with --platform"}
-	}
-	if cfg.PlatformURL != "" && !strings.HasPrefix(cfg.PlatformURL, "http://") && !strings.HasPrefix(cfg.PlatformURL, "https://") {
-		return nil, &ConfigError{"platform", "must be an http:// or https:// URL"}
-	}
-	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
-		return nil, &ConfigError{"listen", "must be HOST:PORT, e.g. 127.0.0.1:8080"}
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, &ConfigError{"data", err.Error()}
 	}
 	if err := privateDataDir(cfg.DataDir, cfg.Out); err != nil {
 		return nil, &ConfigError{"data", err.Error()}
-	}
-	if cfg.Now == nil {
-		cfg.Now = clock.Wall
-	}
-	if cfg.RetentionInterval <= 0 {
-		cfg.RetentionInterval = 10 * time.Second
 	}
 	n = &Node{cfg: cfg, Metrics: metrics.New(), serveErr: make(chan error, 1), stop: make(chan struct{})}
 	// A failed start closes what it opened. The node is held here, not read
@@ -213,35 +236,17 @@ func New(cfg Config) (n *Node, err error) {
 			built.Close()
 		}
 	}()
-	keys, created, err := seal.LoadKeys(filepath.Join(cfg.DataDir, "master.key"), cfg.MasterKeys)
-	if err != nil {
-		return nil, &ConfigError{"master key", err.Error()}
-	}
-	if created {
-		fmt.Fprintf(cfg.Out, "created master key %s (mode 0600): back it up; without it the data cannot be read\n", filepath.Join(cfg.DataDir, "master.key"))
-	}
-	if n.Sealer, err = seal.New(keys...); err != nil {
-		return nil, err
-	}
-	if n.AdminToken, err = adminToken(cfg); err != nil {
-		return nil, err
-	}
-	if n.db, err = kv.Open(kv.Options{Dir: filepath.Join(cfg.DataDir, "db"), Logger: cfg.Logger, FS: cfg.FS}); err != nil {
+	if err := n.openStorage(); err != nil {
 		return nil, err
 	}
 	var eng *engine.Engine
-	n.Queue, err = queue.Open(queue.Options{DB: n.db, Sealer: n.Sealer, Shards: cfg.Shards, MaxQueuedBytes: cfg.MaxQueuedBytes,
-		Logger: cfg.Logger, Now: cfg.Now, Notify: func(s int) {
-			if eng != nil {
-				eng.Notify(s)
-			}
-		}})
-	if err != nil {
+	if err := n.openQueue(func(s int) {
+		if eng != nil {
+			eng.Notify(s)
+		}
+	}); err != nil {
 		return nil, err
 	}
-	n.Metrics.ShardDepth(cfg.Shards, n.Queue.ShardDepth)
-	n.Metrics.GaugeFunc("queue_bytes", "Stored bytes of queued messages.", func() float64 { _, b := n.Queue.Depth(); return float64(b) })
-	n.Metrics.GaugeFunc("queue_dead_letters", "Records moved to dead letters since start.", func() float64 { return float64(n.Queue.DeadLetters()) })
 	if n.Tenants, err = tenant.Open(n.db, n.Sealer); err != nil {
 		return nil, err
 	}
@@ -249,13 +254,69 @@ func New(cfg Config) (n *Node, err error) {
 		Allow: cfg.WebhookAllow}); err != nil {
 		return nil, err
 	}
-	store, err := signal.NewStore(n.db, n.Sealer, 0)
-	if err != nil {
-		return nil, err
-	}
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, &ConfigError{"listen", err.Error()}
 	}
+	secret, err := n.openPlatform()
+	if err != nil {
+		return nil, err
+	}
+	if !cfg.NoLimits {
+		if n.Limits, err = ratelimit.New(ratelimit.Options{DB: n.db, Sealer: n.Sealer, Tenants: n.Tenants, Now: cfg.Now}); err != nil {
+			return nil, err
+		}
+	}
+	if eng, err = n.newEngine(); err != nil {
+		return nil, err
+	}
+	n.Engine = eng
+	if err := n.newAPI(secret); err != nil {
+		return nil, err
+	}
+	if err := n.demoBusiness(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// openStorage loads the master key, the admin token and the database.
+func (n *Node) openStorage() error {
+	cfg := n.cfg
+	keys, created, err := seal.LoadKeys(filepath.Join(cfg.DataDir, "master.key"), cfg.MasterKeys)
+	if err != nil {
+		return &ConfigError{"master key", err.Error()}
+	}
+	if created {
+		fmt.Fprintf(cfg.Out, "created master key %s (mode 0600): back it up; without it the data cannot be read\n", filepath.Join(cfg.DataDir, "master.key"))
+	}
+	if n.Sealer, err = seal.New(keys...); err != nil {
+		return err
+	}
+	if n.AdminToken, err = adminToken(cfg); err != nil {
+		return err
+	}
+	n.db, err = kv.Open(kv.Options{Dir: filepath.Join(cfg.DataDir, "db"), Logger: cfg.Logger, FS: cfg.FS})
+	return err
+}
+
+// openQueue opens the queue (notify wakes the engine's dispatchers) and its gauges.
+func (n *Node) openQueue(notify func(shard int)) (err error) {
+	cfg := n.cfg
+	n.Queue, err = queue.Open(queue.Options{DB: n.db, Sealer: n.Sealer, Shards: cfg.Shards, MaxQueuedBytes: cfg.MaxQueuedBytes,
+		Logger: cfg.Logger, Now: cfg.Now, Notify: notify})
+	if err != nil {
+		return err
+	}
+	n.Metrics.ShardDepth(cfg.Shards, n.Queue.ShardDepth)
+	n.Metrics.GaugeFunc("queue_bytes", "Stored bytes of queued messages.", func() float64 { _, b := n.Queue.Depth(); return float64(b) })
+	n.Metrics.GaugeFunc("queue_dead_letters", "Records moved to dead letters since start.", func() float64 { return float64(n.Queue.DeadLetters()) })
+	return nil
+}
+
+// openPlatform starts the built-in simulator when no platform is given and
+// makes the platform client; it returns the platform secret.
+func (n *Node) openPlatform() (secret string, err error) {
+	cfg := n.cfg
 	platformURL, secret := cfg.PlatformURL, cfg.PlatformSecret
 	if platformURL == "" {
 		if secret == "" {
@@ -268,18 +329,21 @@ func New(cfg Config) (n *Node, err error) {
 			so.Now = cfg.Now // one clock: the events' ts agree with the engine's
 		}
 		if n.Sim, err = sim.New(so); err != nil {
-			return nil, err
+			return "", err
 		}
 		platformURL = n.Sim.URL()
 	}
-	if n.client, err = platform.NewClient(platform.ClientOptions{BaseURL: platformURL, Secret: secret}); err != nil {
+	n.client, err = platform.NewClient(platform.ClientOptions{BaseURL: platformURL, Secret: secret})
+	return secret, err
+}
+
+// newEngine builds the engine over the queue, the sessions and the platform
+// client, wired to the webhooks and the limits.
+func (n *Node) newEngine() (*engine.Engine, error) {
+	cfg := n.cfg
+	store, err := signal.NewStore(n.db, n.Sealer, 0)
+	if err != nil {
 		return nil, err
-	}
-	if !cfg.NoLimits {
-		n.Limits, err = ratelimit.New(ratelimit.Options{DB: n.db, Sealer: n.Sealer, Tenants: n.Tenants, Now: cfg.Now})
-		if err != nil {
-			return nil, err
-		}
 	}
 	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, Sealer: n.Sealer, Transport: n.client,
 		Directory: n.Tenants, Metrics: n.Metrics, Workers: cfg.Workers, GroupsPerTask: cfg.GroupsPerTask, Logger: cfg.Logger,
@@ -292,10 +356,10 @@ func New(cfg Config) (n *Node, err error) {
 			n.Limits.Statuses(cs)
 		}
 	}
-	if eng, err = engine.New(eo); err != nil {
+	eng, err := engine.New(eo)
+	if err != nil {
 		return nil, err
 	}
-	n.Engine = eng
 	n.Metrics.GaugeFunc("purge_running", "1 while a purge (flush + full compaction) runs.", func() float64 {
 		if running, _ := eng.Purging(); running {
 			return 1
@@ -303,19 +367,23 @@ func New(cfg Config) (n *Node, err error) {
 		return 0
 	})
 	n.Metrics.GaugeFunc("purges_completed", "Purges completed since start.", func() float64 { _, done := eng.Purging(); return float64(done) })
+	return eng, nil
+}
+
+// newAPI builds the API server: its stores, the disk-space watermark, the
+// metrics address.
+func (n *Node) newAPI(secret string) (err error) {
+	cfg := n.cfg
 	n.Uploads = records.NewUploads(n.db, n.Sealer, cfg.Now)
-	ao := api.Options{DB: n.db, Queue: n.Queue, Events: eng, Statuses: eng.Statuses(), Uploads: n.Uploads, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
+	ao := api.Options{DB: n.db, Queue: n.Queue, Events: n.Engine, Statuses: n.Engine.Statuses(), Uploads: n.Uploads, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
 		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, HeaderTimeout: cfg.HeaderTimeout, MaxConnsPerIP: cfg.MaxConnsPerIP,
 		Ready: n.ready, Now: cfg.Now, QueueShare: cfg.QueueShare}
 	if cfg.MetricsListen != "" {
 		if n.mln, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
-			return nil, &ConfigError{"metrics-listen", err.Error()}
+			return &ConfigError{"metrics-listen", err.Error()}
 		}
 		ao.NoMetrics = true
-	}
-	if cfg.MinFreeBytes == 0 {
-		cfg.MinFreeBytes = 256 << 20
 	}
 	if cfg.MinFreeBytes > 0 {
 		free := cfg.FreeSpace
@@ -333,20 +401,25 @@ func New(cfg Config) (n *Node, err error) {
 	if n.Limits != nil {
 		ao.Admitter = n.Limits
 	}
-	if n.API, err = api.New(ao); err != nil {
-		return nil, err
+	n.API, err = api.New(ao)
+	return err
+}
+
+// demoBusiness creates the demo business in an empty data directory (unless
+// NoDemoBusiness).
+func (n *Node) demoBusiness() error {
+	if n.cfg.NoDemoBusiness || n.Tenants.Count() > 0 {
+		return nil
 	}
-	if !cfg.NoDemoBusiness && n.Tenants.Count() == 0 {
-		b, tt, err := n.Tenants.NewBusiness("Demo Business", []string{"15550100000"}, "10k", 1000, false)
-		if err != nil {
-			return nil, err
-		}
-		n.DemoToken, _ = tenant.SplitToken(tt)
-		for id := range b.PhoneNumbers {
-			n.DemoPhoneNumberID = id
-		}
+	b, tt, err := n.Tenants.NewBusiness("Demo Business", []string{"15550100000"}, "10k", 1000, false)
+	if err != nil {
+		return err
 	}
-	return n, nil
+	n.DemoToken, _ = tenant.SplitToken(tt)
+	for id := range b.PhoneNumbers {
+		n.DemoPhoneNumberID = id
+	}
+	return nil
 }
 
 // privateDataDir makes the data directory and its db/ readable by this user

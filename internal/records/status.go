@@ -392,8 +392,11 @@ func (s *Statuses) loadCounters(cid string) (*Counters, error) {
 	return c, nil
 }
 
+// apply makes one round of transitions, in one batch: each moves its
+// message's record forward (or is dropped), counts in its campaign's
+// counters, and is reported to the hook (same batch) and, once committed,
+// to onChange.
 func (s *Statuses) apply(ups []Update) {
-	b := s.batches.Get(0)
 	recs := map[string]*MessageStatus{}
 	touched := map[string]*Counters{}
 	var changes []heraldtype.StatusChange
@@ -404,24 +407,9 @@ func (s *Statuses) apply(ups []Update) {
 	now := s.now()
 	s.over.expire(now)
 	for _, u := range ups {
-		// A fresh "sent" is the last the engine sends while the id can be
-		// remembered as overtaken: forget it either way.
-		overtook := u.Fresh && s.over.take(u.ID)
-		rec, ok := recs[u.ID]
-		if !ok {
-			if u.Fresh && !overtook {
-				rec = u.Queued.record()
-			} else {
-				v, found, err := s.db.GetCopy(statusKey(u.ID))
-				if err != nil || !found {
-					continue // unknown id (e.g. an event for a message past retention)
-				}
-				rec = &MessageStatus{}
-				if decodeStatus(v, rec) != nil {
-					continue
-				}
-			}
-			recs[u.ID] = rec
+		rec := s.record(u, recs)
+		if rec == nil {
+			continue // unknown id (e.g. an event for a message past retention)
 		}
 		from, to := heraldtype.Rank(rec.Status), heraldtype.Rank(u.Status)
 		if !u.Fresh && from == 0 && to >= heraldtype.Rank(heraldtype.StatusDelivered) {
@@ -429,10 +417,7 @@ func (s *Statuses) apply(ups []Update) {
 			// still to come, it must read what this writes.
 			s.over.add(u.ID, now)
 		}
-		if rec.Status == heraldtype.StatusFailed || to <= from {
-			continue
-		}
-		if u.Status == heraldtype.StatusFailed && from >= heraldtype.Rank(heraldtype.StatusDelivered) {
+		if !advances(rec, u, from, to) {
 			continue
 		}
 		var c *Counters
@@ -444,63 +429,120 @@ func (s *Statuses) apply(ups []Update) {
 			}
 			touched[rec.CampaignID] = c
 		}
-		ms := u.At.UnixMilli()
-		// Count every rank passed on the way, so counters stay consistent when an
-		// event overtakes the engine's own "sent".
-		if u.Status == heraldtype.StatusFailed {
-			if c != nil {
-				c.Failed++
-				if c.Failures == nil {
-					c.Failures = map[string]int64{}
-				}
-				c.Failures[strconv.Itoa(u.Code)]++
-				c.LastDone = ms
-			}
-			s.m.Failed.WithLabelValues(strconv.Itoa(u.Code)).Inc()
-		} else {
-			for r := from + 1; r <= to; r++ {
-				switch r {
-				case 1:
-					s.m.Sent.Inc()
-					if c != nil {
-						c.Sent++
-						if c.FirstSent == 0 {
-							c.FirstSent = ms
-						}
-						c.LastDone = ms
-					}
-				case 2:
-					s.m.Delivered.Inc()
-					if c != nil {
-						c.Delivered++
-					}
-				case 3:
-					s.m.Read.Inc()
-					if c != nil {
-						c.Read++
-					}
-				}
-			}
-		}
+		s.count(c, u, from, to)
 		rec.Status, rec.Code = u.Status, u.Code
 		rec.History = append(rec.History, StatusHistory{TS: u.At.Unix(), Status: u.Status, Code: u.Code})
 		if len(rec.History) > maxHistory {
 			rec.History = append(rec.History[:1], rec.History[len(rec.History)-maxHistory+1:]...)
 		}
-		// Report every status passed (a "delivered" that overtook "sent" reports both).
-		first := to
-		if u.Status != heraldtype.StatusFailed {
-			first = from + 1
-		}
-		for r := first; report && r <= to; r++ {
-			st := u.Status
-			if u.Status != heraldtype.StatusFailed {
-				st = rankNames[r]
-			}
-			changes = append(changes, heraldtype.StatusChange{MessageID: u.ID, BusinessID: rec.BusinessID, PhoneNumberID: rec.PhoneNumberID,
-				CampaignID: rec.CampaignID, Status: st, Code: u.Code, TS: u.At.Unix(), Recipient: u.Recipient, Expires: rec.Expires})
+		if report {
+			changes = appendChanges(changes, rec, u, from, to)
 		}
 	}
+	s.write(recs, touched, changes)
+}
+
+// record returns the record u moves: one this round already holds, the
+// queued record a fresh "sent" carries, or the stored one; nil when there is
+// none (or it does not decode).
+func (s *Statuses) record(u Update, recs map[string]*MessageStatus) *MessageStatus {
+	// A fresh "sent" is the last the engine sends while the id can be
+	// remembered as overtaken: forget it either way.
+	overtook := u.Fresh && s.over.take(u.ID)
+	if rec, ok := recs[u.ID]; ok {
+		return rec
+	}
+	var rec *MessageStatus
+	if u.Fresh && !overtook {
+		rec = u.Queued.record()
+	} else {
+		v, found, err := s.db.GetCopy(statusKey(u.ID))
+		if err != nil || !found {
+			return nil
+		}
+		rec = &MessageStatus{}
+		if decodeStatus(v, rec) != nil {
+			return nil
+		}
+	}
+	recs[u.ID] = rec
+	return rec
+}
+
+// advances reports whether u moves rec (at rank from) forward to rank to: a
+// status never goes back, failed is terminal, and a delivered message cannot
+// fail.
+func advances(rec *MessageStatus, u Update, from, to int) bool {
+	if rec.Status == heraldtype.StatusFailed || to <= from {
+		return false
+	}
+	return u.Status != heraldtype.StatusFailed || from < heraldtype.Rank(heraldtype.StatusDelivered)
+}
+
+// count adds u to the metrics and to its campaign's counters c (nil: none):
+// every rank passed on the way, so counters stay consistent when an event
+// overtakes the engine's own "sent".
+func (s *Statuses) count(c *Counters, u Update, from, to int) {
+	ms := u.At.UnixMilli()
+	if u.Status == heraldtype.StatusFailed {
+		if c != nil {
+			c.Failed++
+			if c.Failures == nil {
+				c.Failures = map[string]int64{}
+			}
+			c.Failures[strconv.Itoa(u.Code)]++
+			c.LastDone = ms
+		}
+		s.m.Failed.WithLabelValues(strconv.Itoa(u.Code)).Inc()
+		return
+	}
+	for r := from + 1; r <= to; r++ {
+		switch r {
+		case 1:
+			s.m.Sent.Inc()
+			if c != nil {
+				c.Sent++
+				if c.FirstSent == 0 {
+					c.FirstSent = ms
+				}
+				c.LastDone = ms
+			}
+		case 2:
+			s.m.Delivered.Inc()
+			if c != nil {
+				c.Delivered++
+			}
+		case 3:
+			s.m.Read.Inc()
+			if c != nil {
+				c.Read++
+			}
+		}
+	}
+}
+
+// appendChanges reports every status u passed (a "delivered" that overtook
+// "sent" reports both).
+func appendChanges(changes []heraldtype.StatusChange, rec *MessageStatus, u Update, from, to int) []heraldtype.StatusChange {
+	first := to
+	if u.Status != heraldtype.StatusFailed {
+		first = from + 1
+	}
+	for r := first; r <= to; r++ {
+		st := u.Status
+		if u.Status != heraldtype.StatusFailed {
+			st = rankNames[r]
+		}
+		changes = append(changes, heraldtype.StatusChange{MessageID: u.ID, BusinessID: rec.BusinessID, PhoneNumberID: rec.PhoneNumberID,
+			CampaignID: rec.CampaignID, Status: st, Code: u.Code, TS: u.At.Unix(), Recipient: u.Recipient, Expires: rec.Expires})
+	}
+	return changes
+}
+
+// write commits a round's records, counters and the hook's writes in one
+// batch, then reports the changes.
+func (s *Statuses) write(recs map[string]*MessageStatus, touched map[string]*Counters, changes []heraldtype.StatusChange) {
+	b := s.batches.Get(0)
 	var v []byte
 	for id, rec := range recs {
 		v = appendStatus(v[:0], rec) // Set copies
