@@ -178,51 +178,20 @@ func (e *Engine) forget(rcpt signal.Recipient, senders []string) {
 
 var errUnknownUser = errors.New("engine: recipient unknown to the platform")
 
+// prepareSender makes sure every live message of one sender in r has a
+// ciphertext for every device of the recipient, in b with the sessions it
+// advanced: stored ciphertexts are taken as they are (invariant 2), missing
+// sessions are built from bundles, and the rest is encrypted.
 func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sender string, items []*item) error {
-	g := r.g
-	rcpt := g.lease.Recipient
-	user := items[0].p.To
-	id, err := e.store.Identity(sender)
-	if err != nil {
+	rcpt := r.g.lease.Recipient
+	if err := e.loadOutboxes(b, items); err != nil {
 		return err
-	}
-	for _, it := range items {
-		var v []byte
-		ok := false
-		if !it.msg.FirstLease { // handed out before: a ciphertext may be stored (invariant 2)
-			if v, ok, err = e.db.GetCopy(outboxKey(it.msg.Seq)); err != nil {
-				return err
-			}
-		}
-		it.ob = &outbox{}
-		if ok {
-			if it.ob, err = decodeOutbox(v); err != nil {
-				e.log.Error("engine: corrupt outbox record; encrypting afresh", "id", it.msg.ID)
-				it.ob = &outbox{}
-			}
-		} else {
-			// First preparation: keep a sealed copy for decrypt_failed receipts. It
-			// must be durable before the wire, since a receipt can overtake the
-			// worker's completion.
-			if it.msg.Sealed != nil {
-				// Already sealed by the queue (same key, same format): written
-				// straight into the batch.
-				op := b.SetDeferred(len(keptPrefix)+len(it.msg.ID), 8+len(it.msg.Sealed))
-				copy(op.Key[copy(op.Key, keptPrefix):], it.msg.ID)
-				binary.BigEndian.PutUint64(op.Value, uint64(it.msg.ExpiresAt.UnixNano()))
-				copy(op.Value[8:], it.msg.Sealed)
-				op.Finish()
-			} else {
-				rec := binary.BigEndian.AppendUint64(nil, uint64(it.msg.ExpiresAt.UnixNano()))
-				b.Set(keptKey(it.msg.ID), e.opts.Sealer.Seal(rec, it.msg.Payload), nil)
-			}
-		}
 	}
 	peer, err := e.store.Peer(sender, rcpt)
 	if err != nil {
 		return err
 	}
-	devs, known := peer.Devices, peer.Known
+	devs := peer.Devices
 	var sessions devSessions
 	var missing []uint32
 	for i, d := range devs {
@@ -235,88 +204,168 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 			sessions.set(d, rec)
 		}
 	}
-	// decrypt_failed receipts: that device's session is reset before anything else.
+	missing = e.resetForReceipts(b, sender, rcpt, items, &sessions, missing)
+	if !peer.Known || len(missing) > 0 {
+		var done bool
+		if devs, done, err = e.buildSessions(ctx, r, b, sender, items, devs, peer.Known, &sessions, missing); err != nil || done {
+			return err
+		}
+	}
+	r.devices.set(sender, devs) // a copy of its own (Devices copies; PutDevices copies what it keeps)
+	if err := e.encrypt(b, sender, rcpt, devs, &sessions, items); err != nil {
+		return err
+	}
+	for _, it := range items {
+		if !it.done {
+			it.putOutbox(b)
+		}
+	}
+	return nil
+}
+
+// loadOutboxes gives each item its stored ciphertexts (a message handed out
+// before may have some, invariant 2), or, on its first preparation, writes
+// the sealed copy kept for decrypt_failed receipts into b: it must be durable
+// before the wire, since a receipt can overtake the worker's completion.
+func (e *Engine) loadOutboxes(b *pebble.Batch, items []*item) error {
+	for _, it := range items {
+		var v []byte
+		ok := false
+		var err error
+		if !it.msg.FirstLease {
+			if v, ok, err = e.db.GetCopy(outboxKey(it.msg.Seq)); err != nil {
+				return err
+			}
+		}
+		it.ob = &outbox{}
+		switch {
+		case ok:
+			if it.ob, err = decodeOutbox(v); err != nil {
+				e.log.Error("engine: corrupt outbox record; encrypting afresh", "id", it.msg.ID)
+				it.ob = &outbox{}
+			}
+		case it.msg.Sealed != nil:
+			// Already sealed by the queue (same key, same format): written
+			// straight into the batch.
+			op := b.SetDeferred(len(keptPrefix)+len(it.msg.ID), 8+len(it.msg.Sealed))
+			copy(op.Key[copy(op.Key, keptPrefix):], it.msg.ID)
+			binary.BigEndian.PutUint64(op.Value, uint64(it.msg.ExpiresAt.UnixNano()))
+			copy(op.Value[8:], it.msg.Sealed)
+			op.Finish()
+		default:
+			rec := binary.BigEndian.AppendUint64(nil, uint64(it.msg.ExpiresAt.UnixNano()))
+			b.Set(keptKey(it.msg.ID), e.opts.Sealer.Seal(rec, it.msg.Payload), nil)
+		}
+	}
+	return nil
+}
+
+// resetForReceipts resets, before anything else, the session of each device
+// a decrypt_failed receipt names (unless the receipt's message was already
+// accepted there or has a ciphertext waiting), and drops the unsent
+// ciphertexts for it. It returns missing with those devices added.
+func (e *Engine) resetForReceipts(b *pebble.Batch, sender string, rcpt signal.Recipient, items []*item, sessions *devSessions, missing []uint32) []uint32 {
 	for _, it := range items {
 		d := it.p.ResetDevice
 		if d == 0 || sessions.get(d) == nil {
 			continue
 		}
 		st := it.ob.get(d)
-		if st.typ == "" && !st.accepted {
-			e.store.DeleteSession(b, sender, rcpt, d)
-			sessions.del(d)
-			missing = append(missing, d)
-			e.m.SessionResets.Inc()
-			for _, later := range items {
-				if ls := later.ob.get(d); !ls.accepted {
-					ls.typ, ls.ct = "", nil
-				}
+		if st.typ != "" || st.accepted {
+			continue
+		}
+		e.store.DeleteSession(b, sender, rcpt, d)
+		sessions.del(d)
+		missing = append(missing, d)
+		e.m.SessionResets.Inc()
+		for _, later := range items {
+			if ls := later.ob.get(d); !ls.accepted {
+				ls.typ, ls.ct = "", nil
 			}
 		}
 	}
-	if !known || len(missing) > 0 {
-		bundles, err := e.keys.get(ctx, user)
+	return missing
+}
+
+// buildSessions fetches the recipient's bundles and builds the missing
+// sessions into sessions and b; when the device list was not known it
+// becomes the bundles' (returned). done: the items were decided here (an
+// unknown user, a changed identity under identity_check) and nothing is to
+// be encrypted.
+func (e *Engine) buildSessions(ctx context.Context, r *run, b *pebble.Batch, sender string, items []*item, devs []uint32, known bool,
+	sessions *devSessions, missing []uint32) (_ []uint32, done bool, _ error) {
+	rcpt, user := r.g.lease.Recipient, items[0].p.To
+	bundles, err := e.keys.get(ctx, user)
+	if err != nil {
+		return devs, false, err
+	}
+	if bundles == nil {
+		for _, it := range items {
+			r.fail(it, heraldtype.CodeUndeliverable)
+			e.signal(heraldtype.Signal{Kind: "unknown_user", BusinessPhone: sender, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
+		}
+		return devs, true, nil
+	}
+	if !known {
+		devs = devs[:0]
+		for _, d := range bundles.Devices {
+			devs = append(devs, d.DeviceID)
+			if sessions.get(d.DeviceID) == nil {
+				missing = append(missing, d.DeviceID)
+			}
+		}
+		e.store.PutDevices(b, sender, rcpt, devs)
+	}
+	id, err := e.store.Identity(sender)
+	if err != nil {
+		return devs, false, err
+	}
+	strict := e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)
+	for _, bd := range bundles.Devices {
+		if !contains(missing, bd.DeviceID) || sessions.get(bd.DeviceID) != nil {
+			continue
+		}
+		pb, err := signal.DecodeBundle(user, bd)
 		if err != nil {
-			return err
+			e.log.Warn("engine: bundle rejected", "err", err)
+			continue // device stays without a session; its messages retry
 		}
-		if bundles == nil {
+		trusted, err := e.store.TrustedIdentity(sender, rcpt, bd.DeviceID)
+		if err != nil {
+			return devs, false, err
+		}
+		built, err := signal.BuildSession(id, pb, trusted, strict)
+		if errors.Is(err, signal.ErrIdentityChanged) {
+			e.m.IdentityChange.Inc()
 			for _, it := range items {
-				r.fail(it, heraldtype.CodeUndeliverable)
-				e.signal(heraldtype.Signal{Kind: "unknown_user", BusinessPhone: sender, PhoneNumberID: it.p.PhoneNumberID, At: r.now})
-			}
-			return nil
-		}
-		if !known {
-			devs = devs[:0]
-			for _, d := range bundles.Devices {
-				devs = append(devs, d.DeviceID)
-				if sessions.get(d.DeviceID) == nil {
-					missing = append(missing, d.DeviceID)
+				if !it.done {
+					r.fail(it, heraldtype.CodeIdentityChanged)
 				}
 			}
-			e.store.PutDevices(b, sender, rcpt, devs)
+			return devs, true, nil // sessions built for earlier devices are in b
 		}
-		strict := e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)
-		for _, bd := range bundles.Devices {
-			if !contains(missing, bd.DeviceID) || sessions.get(bd.DeviceID) != nil {
-				continue
-			}
-			pb, err := signal.DecodeBundle(user, bd)
-			if err != nil {
-				e.log.Warn("engine: bundle rejected", "err", err)
-				continue // device stays without a session; its messages retry
-			}
-			known, err := e.store.TrustedIdentity(sender, rcpt, bd.DeviceID)
-			if err != nil {
-				return err
-			}
-			built, err := signal.BuildSession(id, pb, known, strict)
-			if errors.Is(err, signal.ErrIdentityChanged) {
-				e.m.IdentityChange.Inc()
-				for _, it := range items {
-					if !it.done {
-						r.fail(it, heraldtype.CodeIdentityChanged)
-					}
-				}
-				return nil // sessions built for earlier devices are in b
-			}
-			if err != nil {
-				return err
-			}
-			if built.IdentityChanged {
-				// The identity_changed event: counted, logged (no number), and
-				// signalled to the integrity limits like other recipient events.
-				e.m.IdentityChange.Inc()
-				e.log.Warn("engine: identity_changed: a recipient device has a new identity key; trusting it", "device", bd.DeviceID)
-				e.signal(heraldtype.Signal{Kind: "identity_changed", BusinessPhone: sender, PhoneNumberID: items[0].p.PhoneNumberID, At: r.now})
-			}
-			sessions.set(bd.DeviceID, built.Record)
-			e.store.PutTrustedIdentity(b, sender, rcpt, bd.DeviceID, built.IdentityKey)
-			// The whole new session; encryptions below only advance it.
-			e.store.PutSession(b, sender, rcpt, bd.DeviceID, built.Record)
+		if err != nil {
+			return devs, false, err
 		}
+		if built.IdentityChanged {
+			// The identity_changed event: counted, logged (no number), and
+			// signalled to the integrity limits like other recipient events.
+			e.m.IdentityChange.Inc()
+			e.log.Warn("engine: identity_changed: a recipient device has a new identity key; trusting it", "device", bd.DeviceID)
+			e.signal(heraldtype.Signal{Kind: "identity_changed", BusinessPhone: sender, PhoneNumberID: items[0].p.PhoneNumberID, At: r.now})
+		}
+		sessions.set(bd.DeviceID, built.Record)
+		e.store.PutTrustedIdentity(b, sender, rcpt, bd.DeviceID, built.IdentityKey)
+		// The whole new session; encryptions below only advance it.
+		e.store.PutSession(b, sender, rcpt, bd.DeviceID, built.Record)
 	}
-	r.devices.set(sender, devs) // a copy of its own (Devices copies; PutDevices copies what it keeps)
+	return devs, false, nil
+}
+
+// encrypt encrypts, device by device, every live item that has no
+// ciphertext there yet (all of one device's in one call), and writes the
+// advanced sessions into b.
+func (e *Engine) encrypt(b *pebble.Batch, sender string, rcpt signal.Recipient, devs []uint32, sessions *devSessions, items []*item) error {
 	var adv []signal.Advanced
 	var pts [][]byte
 	var targets []*deviceState
@@ -345,8 +394,8 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		if len(pts) == 0 {
 			continue
 		}
-		cts, err = signal.AppendEncrypted(cts[:0], rec, pts)
-		if err != nil {
+		var err error
+		if cts, err = signal.AppendEncrypted(cts[:0], rec, pts); err != nil {
 			return err
 		}
 		for i, st := range targets {
@@ -354,17 +403,10 @@ func (e *Engine) prepareSender(ctx context.Context, r *run, b *pebble.Batch, sen
 		}
 		adv = append(adv, signal.Advanced{Device: d, Session: rec})
 	}
-	if len(adv) > 0 {
-		if err := e.store.Advance(b, sender, rcpt, adv...); err != nil {
-			return err
-		}
+	if len(adv) == 0 {
+		return nil
 	}
-	for _, it := range items {
-		if !it.done {
-			it.putOutbox(b)
-		}
-	}
-	return nil
+	return e.store.Advance(b, sender, rcpt, adv...)
 }
 
 // devSessions holds a recipient's sessions by device while a run prepares

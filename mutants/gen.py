@@ -18,8 +18,8 @@ m("02-wal-sync-noop", "invariant 1: the WAL's Sync does nothing",
   "func (f *walFile) Sync() error                       { return nil }\nfunc (f *walFile) SyncData() error                   { return nil }",
   ["./internal/kv/"])
 m("03-session-advance-discarded", "invariant 2: a session's advance is written to a batch that is then discarded",
-  "engine/prepare.go", "		if err := e.store.Advance(b, sender, rcpt, adv...); err != nil {",
-  "		if err := e.store.Advance(e.db.NewBatch(), sender, rcpt, adv...); err != nil {",
+  "engine/prepare.go", "	return e.store.Advance(b, sender, rcpt, adv...)",
+  "	return e.store.Advance(e.db.NewBatch(), sender, rcpt, adv...)",
   ["./engine/ -run 'TestSessionsReloadedFromDiskEncryptAgain'", "./engine/ -run 'TestCrashDuringCampaignLosesNothingAndNeverReusesACounter'"])
 m("04-idempotency-keys-shared", "tenancy: Idempotency-Keys shared across businesses",
   "internal/records/uploads.go", 'func idemKey(biz, key string) []byte { return append([]byte("tK"+biz+"\\x00"), key...) }',
@@ -94,8 +94,8 @@ m("24-limiter-token-without-a-wait", "invariant 9: the limiter lets a message go
   ["./ratelimit/ -run 'TestTokenShortByFloatErrorIsAWholeToken'", "./engine/ -run 'TestPairRateProperty'"])
 
 m("25-identity-check-ignored", "identity_check: a recipient device's changed identity key is trusted anyway",
-  "engine/prepare.go", "		strict := e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)",
-  "		strict := false && e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)",
+  "engine/prepare.go", "	strict := e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)",
+  "	strict := false && e.opts.Directory != nil && e.opts.Directory.IdentityCheck(items[0].p.BusinessID)",
   ["./engine/ -run 'TestIdentityCheckRefusesChangedIdentities'"])
 
 m("26-webhook-crosses-businesses", "invariant 7: statuses go to whichever webhook is configured first",
