@@ -69,26 +69,9 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 	if q.afterExpireView != nil {
 		q.afterExpireView()
 	}
-
-	b := q.db.NewBatch()
-	var out []Message
-	var removedBytes int64
-	var rBuckets []int
-	perShard := make(map[int]int64)
-	// A removed message may have been its recipient's head, waiting on a retry
-	// time that its successor must not inherit: wake each touched recipient now
-	// (Lease moves the hint to the new head's due time if that is later).
-	woken := map[Recipient]bool{}
-	type takenKey struct {
-		sh int
-		r  Recipient
-	}
-	taken := map[takenKey]uint64{}
-	defer func() {
-		for k, token := range taken {
-			q.unlease(q.shards[k.sh], k.r, token)
-		}
-	}()
+	sw := &expireSweep{q: q, b: q.db.NewBatch(), now: now, limit: limit, perShard: map[int]int64{},
+		woken: map[Recipient]bool{}, taken: map[takenKey]uint64{}}
+	defer sw.unleaseAll()
 	// advance moves the first source to its next due entry (its first, when
 	// it has not started), or drops it when it has none.
 	advance := func() error {
@@ -103,101 +86,15 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 		}
 		return nil
 	}
-	for srcs.Len() > 0 && len(out) < limit {
-		if err := ctx.Err(); err != nil {
-			break
-		}
-		src := srcs[0]
-		if !src.started {
-			if err := advance(); err != nil {
-				b.Close()
+	for srcs.Len() > 0 && len(sw.out) < limit && ctx.Err() == nil {
+		if src := srcs[0]; src.started {
+			if err := sw.entry(src); err != nil {
+				sw.b.Close()
 				return nil, err
-			}
-			continue
-		}
-		refs := src.val
-		var keep []byte // refs not handled now: leased, or past the limit
-		for off := 0; off+refLen <= len(refs); off += refLen {
-			ref := refs[off : off+refLen]
-			sh := int(binary.BigEndian.Uint16(ref[:2]))
-			var r Recipient
-			copy(r[:], ref[2:18])
-			seq := binary.BigEndian.Uint64(ref[18:26])
-			if sh >= len(q.shards) {
-				continue
-			}
-			if len(out) >= limit {
-				keep = append(keep, ref...)
-				continue
-			}
-			s := q.shards[sh]
-			tk := takenKey{sh, r}
-			if _, mine := taken[tk]; !mine {
-				s.mu.Lock()
-				e, leased := s.mu.leased[r]
-				if leased && e.held(q.opts.Now()) { // leases run on the queue's clock
-					s.mu.Unlock()
-					keep = append(keep, ref...)
-					continue
-				}
-				// Take the recipient for the rest of this sweep (no Lease can
-				// read a record we are deleting). A timed-out lease whose holder
-				// may still be working is revoked by this: its late Complete
-				// fails (ErrUnknownLease) instead of writing back a record
-				// deleted here or counting it twice.
-				token := q.leaseToken.Add(1)
-				s.mu.leased[r] = leaseEntry{token: token, committing: true}
-				s.mu.Unlock()
-				taken[tk] = token
-			}
-			rk := recordKey(sh, r, seq)
-			v, ok, err := q.db.GetCopy(rk)
-			if err != nil {
-				b.Close()
-				return nil, err
-			}
-			rec := v
-			if ok {
-				rBuckets = append(rBuckets, inRBucket(r))
-			} else {
-				// Not in R: still fresh, or acked long ago.
-				rk = freshKey(sh, seq)
-				if v, ok, err = q.db.GetCopy(rk); err != nil {
-					b.Close()
-					return nil, err
-				}
-				if !ok {
-					continue
-				}
-				var fr Recipient
-				if fr, rec, err = splitFresh(v); err == nil && fr != r {
-					continue // not this reference's record (cannot happen: seqs are unique)
-				}
-			}
-			m, _, derr := q.decodeRecord(rec, true)
-			m.Seq = seq
-			if derr != nil {
-				q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
-			}
-			deleteRecord(b, rk)
-			if !woken[r] {
-				woken[r] = true
-				b.Set(dueKey(sh, now, r, seq), nil, nil)
-			}
-			removedBytes += int64(len(rk) + len(v))
-			perShard[sh]++
-			out = append(out, m)
-		}
-		if len(keep) == 0 {
-			b.Delete(src.key, nil)
-		} else {
-			src.leave(src.at)
-			if len(keep) != len(refs) {
-				b.Set(src.key, keep, nil)
 			}
 		}
 		if err := advance(); err != nil {
-			b.Close()
+			sw.b.Close()
 			return nil, err
 		}
 	}
@@ -206,27 +103,155 @@ func (q *Queue) Expire(ctx context.Context, now time.Time, limit int) ([]Message
 			src.leave(src.at)
 		}
 	}
-	if !b.Empty() {
-		if err := q.db.Commit(b, true); err != nil {
+	if !sw.b.Empty() {
+		if err := q.db.Commit(sw.b, true); err != nil {
 			return nil, err
 		}
 	} else {
-		b.Close()
+		sw.b.Close()
 	}
 	q.raiseExpiryBounds(all)
-	for _, bk := range rBuckets {
+	sw.counted()
+	return sw.out, nil
+}
+
+// expireSweep is one Expire call's work: what it deletes (in b), takes and
+// returns.
+type expireSweep struct {
+	q            *Queue
+	b            *pebble.Batch
+	now          time.Time
+	limit        int
+	out          []Message
+	removedBytes int64
+	rBuckets     []int
+	perShard     map[int]int64
+	// A removed message may have been its recipient's head, waiting on a
+	// retry time that its successor must not inherit: each touched recipient
+	// is woken now (Lease moves the hint to the new head's due time if that
+	// is later).
+	woken map[Recipient]bool
+	taken map[takenKey]uint64 // recipients held for the rest of the sweep
+}
+
+type takenKey struct {
+	sh int
+	r  Recipient
+}
+
+func (sw *expireSweep) unleaseAll() {
+	for k, token := range sw.taken {
+		sw.q.unlease(sw.q.shards[k.sh], k.r, token)
+	}
+}
+
+// entry removes the records an expiry entry refers to (up to the limit):
+// the entry goes, or keeps the references left (leased recipients, past the
+// limit).
+func (sw *expireSweep) entry(src *expSource) error {
+	refs := src.val
+	var keep []byte
+	for off := 0; off+refLen <= len(refs); off += refLen {
+		ref := refs[off : off+refLen]
+		sh := int(binary.BigEndian.Uint16(ref[:2]))
+		var r Recipient
+		copy(r[:], ref[2:18])
+		seq := binary.BigEndian.Uint64(ref[18:26])
+		if sh >= len(sw.q.shards) {
+			continue
+		}
+		if len(sw.out) >= sw.limit || !sw.take(sh, r) {
+			keep = append(keep, ref...)
+			continue
+		}
+		if err := sw.remove(sh, r, seq); err != nil {
+			return err
+		}
+	}
+	if len(keep) == 0 {
+		sw.b.Delete(src.key, nil)
+	} else {
+		src.leave(src.at)
+		if len(keep) != len(refs) {
+			sw.b.Set(src.key, keep, nil)
+		}
+	}
+	return nil
+}
+
+// take holds recipient r of shard sh for the rest of the sweep (no Lease can
+// read a record being deleted); false when a live lease holds it. A
+// timed-out lease whose holder may still be working is revoked by this: its
+// late Complete fails (ErrUnknownLease) instead of writing back a record
+// deleted here or counting it twice.
+func (sw *expireSweep) take(sh int, r Recipient) bool {
+	tk := takenKey{sh, r}
+	if _, mine := sw.taken[tk]; mine {
+		return true
+	}
+	s := sw.q.shards[sh]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, leased := s.mu.leased[r]; leased && e.held(sw.q.opts.Now()) { // leases run on the queue's clock
+		return false
+	}
+	token := sw.q.leaseToken.Add(1)
+	s.mu.leased[r] = leaseEntry{token: token, committing: true}
+	sw.taken[tk] = token
+	return true
+}
+
+// remove deletes message seq of recipient r, in R or still in F (gone
+// already: acked long ago), and adds it to what the sweep returns.
+func (sw *expireSweep) remove(sh int, r Recipient, seq uint64) error {
+	q := sw.q
+	rk := recordKey(sh, r, seq)
+	v, ok, err := q.db.GetCopy(rk)
+	if err != nil {
+		return err
+	}
+	rec := v
+	if ok {
+		sw.rBuckets = append(sw.rBuckets, inRBucket(r))
+	} else {
+		rk = freshKey(sh, seq)
+		if v, ok, err = q.db.GetCopy(rk); err != nil || !ok {
+			return err
+		}
+		var fr Recipient
+		if fr, rec, err = splitFresh(v); err == nil && fr != r {
+			return nil // not this reference's record (cannot happen: seqs are unique)
+		}
+	}
+	m, _, derr := q.decodeRecord(rec, true)
+	m.Seq = seq
+	if derr != nil {
+		q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
+	}
+	deleteRecord(sw.b, rk)
+	if !sw.woken[r] {
+		sw.woken[r] = true
+		sw.b.Set(dueKey(sh, sw.now, r, seq), nil, nil)
+	}
+	sw.removedBytes += int64(len(rk) + len(v))
+	sw.perShard[sh]++
+	sw.out = append(sw.out, m)
+	return nil
+}
+
+// counted moves the queue's counters by what the committed sweep removed.
+func (sw *expireSweep) counted() {
+	q := sw.q
+	for _, bk := range sw.rBuckets {
 		q.inR[bk].Add(-1)
 	}
-	for sh := range perShard {
-		q.shards[sh].lowerTo(now.UnixNano())
-	}
-	q.depthMsgs.Add(-int64(len(out)))
-	q.depthBytes.Add(-removedBytes)
-	q.addOwned(out, -1) // a record that did not open has recLen 0: it was not counted at Open either
-	for sh, n := range perShard {
+	for sh, n := range sw.perShard {
+		q.shards[sh].lowerTo(sw.now.UnixNano())
 		q.shards[sh].msgs.Add(-n)
 	}
-	return out, nil
+	q.depthMsgs.Add(-int64(len(sw.out)))
+	q.depthBytes.Add(-sw.removedBytes)
+	q.addOwned(sw.out, -1) // a record that did not open has recLen 0: it was not counted at Open either
 }
 
 // expSource is one sorted run of expiry entries that Expire merges: an
