@@ -1,5 +1,3 @@
-// Package heraldtype holds the value types that the API, the engine and the
-// rate limiter share, so none of them imports another.
 package heraldtype
 
 import (

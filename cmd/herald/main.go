@@ -1,4 +1,3 @@
-// Command herald is Herald's one binary: serve, platform, demo, load, admin.
 package main
 
 import (

@@ -99,73 +99,92 @@ func (s *Server) admin(ctx *fasthttp.RequestCtx, method string, parts []string) 
 	if !s.checkAdmin(ctx) {
 		return
 	}
+	if len(parts) < 1 || parts[0] != "businesses" {
+		notFound(ctx)
+		return
+	}
 	switch {
-	case len(parts) == 1 && parts[0] == "businesses" && method == "POST":
-		var req newBusiness
-		if !s.readJSON(ctx, &req) {
-			return
-		}
-		b, tt, err := s.opts.Tenants.NewBusiness(req.Name, req.PhoneNumbers, req.Tier, req.MPS, req.IdentityCheck)
-		if err != nil {
-			s.tenantError(ctx, err)
-			return
-		}
-		tok, tokID := tenant.SplitToken(tt)
-		var pns []string
-		for _, raw := range req.PhoneNumbers {
-			num, _ := tenant.NormalizePhone(raw)
-			for id, n := range b.PhoneNumbers {
-				if n == num {
-					pns = append(pns, id)
-				}
-			}
-		}
-		writeJSON(ctx, 200, map[string]any{"business_id": b.ID, "token": tok, "token_id": tokID, "phone_number_ids": pns})
-	case len(parts) == 2 && parts[0] == "businesses" && method == "GET":
+	case len(parts) == 1 && method == "POST":
+		s.createBusiness(ctx)
+	case len(parts) == 2 && method == "GET":
 		b, err := s.opts.Tenants.Get(parts[1])
 		if err != nil {
 			s.tenantError(ctx, err)
 			return
 		}
 		writeJSON(ctx, 200, s.businessView(b))
-	case len(parts) == 2 && parts[0] == "businesses" && method == "PATCH":
-		var req patchBusiness
-		if !s.readJSON(ctx, &req) {
-			return
-		}
-		b, err := s.opts.Tenants.Update(parts[1], tenant.Patch{Tier: req.Tier, MPS: req.MPS, Paused: req.Paused, MaxQueuedBytes: req.MaxQueuedBytes})
-		if err != nil {
-			s.tenantError(ctx, err)
-			return
-		}
-		writeJSON(ctx, 200, s.businessView(b))
-	case len(parts) == 3 && parts[0] == "businesses" && parts[2] == "tokens" && method == "POST":
+	case len(parts) == 2 && method == "PATCH":
+		s.patchBusiness(ctx, parts[1])
+	case len(parts) == 3 && parts[2] == "tokens" && method == "POST":
 		tok, id, err := s.opts.Tenants.NewToken(parts[1])
 		if err != nil {
 			s.tenantError(ctx, err)
 			return
 		}
 		writeJSON(ctx, 200, map[string]string{"token": tok, "token_id": id})
-	case len(parts) == 4 && parts[0] == "businesses" && parts[2] == "tokens" && method == "DELETE":
+	case len(parts) == 4 && parts[2] == "tokens" && method == "DELETE":
 		if err := s.opts.Tenants.RevokeToken(parts[1], parts[3]); err != nil {
 			s.tenantError(ctx, err)
 			return
 		}
 		writeJSON(ctx, 200, map[string]any{"revoked": parts[3], "at": s.opts.Now().UTC().Format(time.RFC3339)})
-	case len(parts) == 3 && parts[0] == "businesses" && parts[2] == "phone_numbers" && method == "POST":
-		var req struct {
-			PhoneNumber string `json:"phone_number"`
-		}
-		if !s.readJSON(ctx, &req) {
-			return
-		}
-		pn, err := s.opts.Tenants.AddPhoneNumber(parts[1], req.PhoneNumber)
-		if err != nil {
-			s.tenantError(ctx, err)
-			return
-		}
-		writeJSON(ctx, 200, map[string]string{"phone_number_id": pn})
+	case len(parts) == 3 && parts[2] == "phone_numbers" && method == "POST":
+		s.addPhoneNumber(ctx, parts[1])
 	default:
 		notFound(ctx)
 	}
+}
+
+// createBusiness: POST /admin/v1/businesses; the token is shown once.
+func (s *Server) createBusiness(ctx *fasthttp.RequestCtx) {
+	var req newBusiness
+	if !s.readJSON(ctx, &req) {
+		return
+	}
+	b, tt, err := s.opts.Tenants.NewBusiness(req.Name, req.PhoneNumbers, req.Tier, req.MPS, req.IdentityCheck)
+	if err != nil {
+		s.tenantError(ctx, err)
+		return
+	}
+	tok, tokID := tenant.SplitToken(tt)
+	var pns []string
+	for _, raw := range req.PhoneNumbers {
+		num, _ := tenant.NormalizePhone(raw)
+		for id, n := range b.PhoneNumbers {
+			if n == num {
+				pns = append(pns, id)
+			}
+		}
+	}
+	writeJSON(ctx, 200, map[string]any{"business_id": b.ID, "token": tok, "token_id": tokID, "phone_number_ids": pns})
+}
+
+// patchBusiness: PATCH /admin/v1/businesses/{id} (tier, mps, paused, max_queued_bytes).
+func (s *Server) patchBusiness(ctx *fasthttp.RequestCtx, id string) {
+	var req patchBusiness
+	if !s.readJSON(ctx, &req) {
+		return
+	}
+	b, err := s.opts.Tenants.Update(id, tenant.Patch{Tier: req.Tier, MPS: req.MPS, Paused: req.Paused, MaxQueuedBytes: req.MaxQueuedBytes})
+	if err != nil {
+		s.tenantError(ctx, err)
+		return
+	}
+	writeJSON(ctx, 200, s.businessView(b))
+}
+
+// addPhoneNumber: POST /admin/v1/businesses/{id}/phone_numbers.
+func (s *Server) addPhoneNumber(ctx *fasthttp.RequestCtx, id string) {
+	var req struct {
+		PhoneNumber string `json:"phone_number"`
+	}
+	if !s.readJSON(ctx, &req) {
+		return
+	}
+	pn, err := s.opts.Tenants.AddPhoneNumber(id, req.PhoneNumber)
+	if err != nil {
+		s.tenantError(ctx, err)
+		return
+	}
+	writeJSON(ctx, 200, map[string]string{"phone_number_id": pn})
 }

@@ -1,11 +1,3 @@
-// Package api is Herald's business and admin HTTP API on fasthttp, exactly
-// the contract of DESIGN.md, plus /v1/platform/events, /metrics, /healthz and
-// /readyz.
-//
-// Every business handler checks that the token's business owns the phone
-// number, message or campaign it touches; anything else is 404, never another
-// tenant's data (design invariant 7). A rejected request changes nothing; in a
-// bulk upload, a bad line rejects that line only (invariant 8).
 package api
 
 import (
@@ -233,57 +225,82 @@ func (s *Server) nextID(pn string, now time.Time) string {
 func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	path := string(ctx.Path())
 	method := string(ctx.Method())
+	if s.system(ctx, path, method) {
+		return
+	}
 	parts := strings.Split(strings.Trim(path, "/"), "/")
+	switch {
+	case len(parts) >= 2 && parts[0] == "admin" && parts[1] == "v1":
+		if !unknownQuery(ctx) {
+			s.admin(ctx, method, parts[2:])
+		}
+	case len(parts) >= 2 && parts[0] == "v1":
+		if !unknownQuery(ctx) {
+			s.business(ctx, method, parts)
+		}
+	default:
+		notFound(ctx)
+	}
+}
+
+// system serves the routes of no business: health, readiness, metrics and
+// the platform's events. It reports whether path was one.
+func (s *Server) system(ctx *fasthttp.RequestCtx, path, method string) bool {
 	switch {
 	case path == "/healthz":
 		ctx.SetBodyString("ok")
-		return
 	case path == "/readyz":
 		s.readyz(ctx)
-		return
 	case path == "/metrics" && method == "GET" && !s.opts.NoMetrics:
 		s.metrics(ctx)
-		return
 	case path == "/v1/platform/events" && method == "POST":
 		s.platformEvents(ctx)
-		return
-	case len(parts) >= 2 && parts[0] == "admin" && parts[1] == "v1":
-		if unknownQuery(ctx) {
-			return
-		}
-		s.admin(ctx, method, parts[2:])
-		return
+	default:
+		return false
 	}
-	if len(parts) < 2 || parts[0] != "v1" {
-		notFound(ctx)
-		return
-	}
-	if unknownQuery(ctx) {
-		return
-	}
+	return true
+}
+
+// business serves /v1/... for the business the bearer token names.
+func (s *Server) business(ctx *fasthttp.RequestCtx, method string, parts []string) {
 	b, err := s.authenticate(ctx)
 	if err != nil {
 		unauthorized(ctx)
 		return
 	}
-	switch {
-	case len(parts) == 3 && parts[1] == "campaigns" && method == "GET":
-		s.getCampaign(ctx, b, parts[2])
-	case len(parts) == 3 && parts[1] == "messages" && method == "GET":
-		s.getMessage(ctx, b, parts[2])
-	case len(parts) == 3 && parts[2] == "messages" && method == "POST":
-		s.withPhone(ctx, b, parts[1], s.postMessage)
-	case len(parts) == 3 && parts[2] == "campaigns" && method == "POST":
-		s.withPhone(ctx, b, parts[1], s.postCampaign)
-	case len(parts) == 3 && parts[2] == "webhook" && method == "PUT":
-		s.withPhone(ctx, b, parts[1], s.putWebhook)
-	case len(parts) == 3 && parts[2] == "webhook" && method == "GET":
-		s.withPhone(ctx, b, parts[1], s.getWebhook)
-	case len(parts) == 3 && parts[2] == "integrity" && method == "GET":
-		s.withPhone(ctx, b, parts[1], s.getIntegrity)
-	default:
+	if len(parts) != 3 {
 		notFound(ctx)
+		return
 	}
+	switch {
+	case parts[1] == "campaigns" && method == "GET":
+		s.getCampaign(ctx, b, parts[2])
+	case parts[1] == "messages" && method == "GET":
+		s.getMessage(ctx, b, parts[2])
+	default:
+		if h := s.phoneRoute(method, parts[2]); h != nil {
+			s.withPhone(ctx, b, parts[1], h)
+		} else {
+			notFound(ctx)
+		}
+	}
+}
+
+// phoneRoute is the handler of /v1/{phone_number_id}/{what} for method, or nil.
+func (s *Server) phoneRoute(method, what string) func(*fasthttp.RequestCtx, *tenant.Business, string) {
+	switch {
+	case what == "messages" && method == "POST":
+		return s.postMessage
+	case what == "campaigns" && method == "POST":
+		return s.postCampaign
+	case what == "webhook" && method == "PUT":
+		return s.putWebhook
+	case what == "webhook" && method == "GET":
+		return s.getWebhook
+	case what == "integrity" && method == "GET":
+		return s.getIntegrity
+	}
+	return nil
 }
 
 // unknownQuery answers 400 (code 100, the parameters named) when the request

@@ -125,13 +125,9 @@ func msgBody(to, text string) string {
 func (e *env) depth() int64 { n, _ := e.n.Queue.Depth(); return n }
 
 func (e *env) waitDrained() {
-	deadline := time.Now().Add(2 * time.Minute) // loaded CI machines, race detector
-	for e.depth() > 0 || e.n.Engine.InFlight() > 0 {
-		if time.Now().After(deadline) {
-			e.t.Fatal("queue not drained")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// Minutes: loaded CI machines, race detector.
+	testutil.Until(e.t, 2*time.Minute, func() bool { return e.depth() == 0 && e.n.Engine.InFlight() == 0 },
+		func() string { return fmt.Sprintf("queue not drained: %d left", e.depth()) })
 	e.n.Engine.Flush()
 }
 
@@ -407,21 +403,13 @@ func TestWebhooksAreSignedAndDelivered(t *testing.T) {
 	}
 	_, out := e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("15550000001", "x"), "")
 	id := out["messages"].([]any)[0].(map[string]any)["id"].(string)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testutil.Until(t, 20*time.Second, func() bool {
 		mu.Lock()
+		defer mu.Unlock()
 		_, sent := got[id+"/sent"]
 		_, delivered := got[id+"/delivered"]
-		mu.Unlock()
-		if sent && delivered { // no read events: the simulator's read share is off here
-			break
-		}
-		if time.Now().After(deadline) {
-			mu.Lock()
-			t.Fatalf("webhooks: %v (bad %d)", got, bad)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return sent && delivered // no read events: the simulator's read share is off here
+	}, func() string { mu.Lock(); defer mu.Unlock(); return fmt.Sprintf("webhooks: %v (bad %d)", got, bad) })
 	mu.Lock()
 	if got[id+"/sent"] != "15550000001" || bad != 0 {
 		mu.Unlock()

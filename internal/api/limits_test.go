@@ -66,7 +66,7 @@ func TestSlowlorisHeadersAreCutOff(t *testing.T) {
 			if _, err := c.Write([]byte{req[i]}); err != nil {
 				return // cut off: what we want
 			}
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond) // the attack's pace, not a wait
 		}
 	}()
 	// Others are served while the drip goes on.
@@ -185,17 +185,12 @@ func TestDiskWatermarkRefusesWith507(t *testing.T) {
 // at most once a second).
 func waitCode(t *testing.T, e *env, path, token string, want int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; ; i++ {
-		code, out := e.do("POST", path, token, msgBody(fmt.Sprintf("1555000%04d", 5000+i), "probe"), "")
-		if code == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still %d %v, want %d", code, out, want)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	i, code, out := 0, 0, map[string]any(nil)
+	testutil.Until(t, 10*time.Second, func() bool {
+		i++
+		code, out = e.do("POST", path, token, msgBody(fmt.Sprintf("1555000%04d", 5000+i), "probe"), "")
+		return code == want
+	}, func() string { return fmt.Sprintf("still %d %v, want %d", code, out, want) })
 }
 
 // TestENOSPCIsRefusedAndNothingAcceptedIsLost: the disk really fills under
@@ -390,13 +385,7 @@ func TestStorageFaultRecoversInProcess(t *testing.T) {
 		}
 	}()
 	env := func() *env {
-		deadline := time.Now().Add(20 * time.Second)
-		for cur.Load() == nil {
-			if time.Now().After(deadline) {
-				t.Fatal("node did not start")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		testutil.Eventually(t, 20*time.Second, func() bool { return cur.Load() != nil }, "node did not start")
 		n := cur.Load()
 		return &env{t: t, n: n, base: n.URL()}
 	}
@@ -416,20 +405,17 @@ func TestStorageFaultRecoversInProcess(t *testing.T) {
 		t.Fatalf("write under EIO: %d %v, want 503", code, out)
 	}
 	broken.Store(false) // the fault clears
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if starts.Load() >= 2 {
-			e2 := env()
-			if code, _ := e2.do("GET", "/readyz", "", "", ""); code == 200 {
-				e = e2
-				break
-			}
+	testutil.Until(t, 30*time.Second, func() bool {
+		if starts.Load() < 2 {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not back after the fault cleared (starts %d)", starts.Load())
+		e2 := env()
+		if code, _ := e2.do("GET", "/readyz", "", "", ""); code != 200 {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		e = e2
+		return true
+	}, func() string { return fmt.Sprintf("not back after the fault cleared (starts %d)", starts.Load()) })
 	if code, out := e.do("POST", msg, a.Token, msgBody("15550000100", "again"), ""); code != 200 {
 		t.Fatalf("after recovery: %d %v", code, out)
 	}

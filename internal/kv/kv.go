@@ -1,15 +1,3 @@
-// Package kv opens the one Pebble database every Herald component shares and
-// owns the commit seam.
-//
-// Pebble treats a failed WAL write or fsync as fatal (Logger.Fatalf). Herald
-// installs a logger whose Fatalf panics with a sentinel; Commit recovers it and
-// returns ErrStorage, and the handle is poisoned: every later Commit fails fast
-// until the database is reopened. So a storage fault surfaces as an error to the
-// caller (HTTP 503 at the API) and never as an acknowledged write.
-//
-// Key space: each owner uses its own first byte, listed here so prefixes never
-// collide: 'q' queue, 's' signal store, 'e' engine (outbox, statuses, campaigns),
-// 't' tenants, 'r' ratelimit, 'w' webhooks.
 package kv
 
 import (

@@ -1,7 +1,3 @@
-// Package node wires one Herald server: storage, sealing, queue, Signal
-// store, platform client (or the embedded simulator), engine, webhooks,
-// integrity limits and the API. cmd/herald only parses configuration and
-// calls New, Start and Close.
 package node
 
 import (

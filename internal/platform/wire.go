@@ -1,6 +1,3 @@
-// Package platform holds the platform contract of DESIGN.md ("Platform API"):
-// its wire types, Herald's fasthttp client of it, and the signature check on the
-// events it pushes. The simulator that serves it lives in platform/sim.
 package platform
 
 import (

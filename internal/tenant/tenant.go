@@ -1,7 +1,3 @@
-// Package tenant keeps businesses, their phone numbers and API tokens in
-// Pebble (prefix 't'). Tokens are random, shown once, and stored only as a
-// keyed HMAC; lookups compare in constant time. Business records (which hold
-// the business's phone numbers) are sealed.
 package tenant
 
 import (

@@ -1,9 +1,3 @@
-// Package webhook delivers status updates to each business phone number's
-// webhook: batched, Cloud-API-shaped, signed X-Hub-Signature-256, retried
-// with backoff, persisted (sealed: entries carry recipient numbers) in the
-// same batch as the status transitions they report, so a restart drops none,
-// and never in the delivery path: a slow or dead endpoint only grows its own
-// outbox.
 package webhook
 
 import (

@@ -1,9 +1,3 @@
-// Package sim is the platform simulator (`herald platform`): a real, separate
-// fasthttp server speaking the platform contract, whose recipients are real
-// libsignal devices created lazily on first key query (a million users cost
-// nothing until asked for). Every envelope is decrypted; the plaintext JSON is
-// checked against the envelope; (id, device) is delivered once; a device that
-// sees a sender's message ids go backwards counts an ordering violation.
 package sim
 
 import (

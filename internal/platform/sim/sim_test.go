@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/platform/sim"
 	"github.com/heraldhq/herald/internal/signal"
+	"github.com/heraldhq/herald/internal/testutil"
 )
 
 func start(t *testing.T, opts sim.Options) (*sim.Server, *platform.Client) {
@@ -100,16 +102,8 @@ func TestDeliverDedupeAndSignedEvents(t *testing.T) {
 	if st.Decrypted != 2 || st.Duplicates != 2 || len(st.Failures) != 0 || st.Mismatches != 0 {
 		t.Fatalf("stats %+v", st)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		mu.Lock()
-		n := len(got)
-		mu.Unlock()
-		if n == 4 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Until(t, 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 4 },
+		func() string { mu.Lock(); defer mu.Unlock(); return fmt.Sprintf("%d events pushed, want 4", len(got)) })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(got) != 4 || badSig != 0 {
