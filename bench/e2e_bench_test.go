@@ -178,7 +178,7 @@ func (h *heraldDeliverer) Deliver(ctx context.Context, msgs []baseline.Message) 
 	statuses := records.NewQueuedRecords(h.biz, h.pn, "c") // once per campaign, as the campaign API does
 	for i, m := range msgs {
 		p := heraldtype.Payload{BusinessID: h.biz, PhoneNumberID: h.pn, From: "15550001111", To: m.To, CampaignID: "c", Body: m.Body, TS: now.Unix()}
-		batch = append(batch, queue.Message{ID: m.ID, Recipient: heraldtype.QueueRecipient(h.biz, m.To), Payload: p.Encode(nil), ExpiresAt: now.Add(time.Hour)})
+		batch = append(batch, queue.Message{ID: m.ID, Recipient: heraldtype.QueueRecipient(h.biz, m.To), Payload: p.Encode(nil), ExpiresAt: now.Add(time.Hour), Owner: h.biz}) // as the API enqueues: counted against the business
 		statuses.Put(sb, m.ID, now, now.Add(time.Hour))
 		if len(batch) == cap(batch) || i == len(msgs)-1 {
 			if err := h.q.EnqueueWith(ctx, batch, sb); err != nil {

@@ -37,17 +37,7 @@ func TestEngineInteropWithJavaScriptLibsignal(t *testing.T) {
 		users = append(users, fmt.Sprintf("1777%07d", i))
 	}
 	h.enqueue(users, 3, "camp-js", time.Hour)
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		if n, _ := h.q.Depth(); n == 0 && h.eng.InFlight() == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("not drained")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	h.eng.Flush()
+	h.drain(3 * time.Minute)
 	var want int
 	registered := 0
 	for i := range users {

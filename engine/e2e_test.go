@@ -269,17 +269,10 @@ func (h *harness) users(from, n int) []string {
 // drain waits until the queue is empty and every status is written.
 func (h *harness) drain(timeout time.Duration) {
 	h.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if n, _ := h.q.Depth(); n == 0 && h.eng.InFlight() == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			n, _ := h.q.Depth()
-			h.t.Fatalf("queue not drained after %v: %d left; sim %+v", timeout, n, h.sim.Stats())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Until(h.t, timeout, func() bool { n, _ := h.q.Depth(); return n == 0 && h.eng.InFlight() == 0 }, func() string {
+		n, _ := h.q.Depth()
+		return fmt.Sprintf("queue not drained: %d left; sim %+v", n, h.sim.Stats())
+	})
 	h.eng.Flush()
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/testutil"
 )
 
 // eventsReceiver serves /v1/platform/events for a harness: it checks the
@@ -63,10 +64,7 @@ func TestFaultsStillDeliverExactlyOnceInOrder(t *testing.T) {
 		{"decrypt_failed receipts", sim.Options{DecryptFailedRate: 0.1}, nil},
 		{"platform down then back", sim.Options{}, func(h *harness) {
 			h.sim.SetDown(true)
-			time.Sleep(1500 * time.Millisecond)
-			if !h.eng.BreakerOpen() {
-				h.t.Errorf("breaker did not open while the platform was down")
-			}
+			testutil.Eventually(h.t, 30*time.Second, h.eng.BreakerOpen, "the breaker did not open while the platform was down")
 			h.sim.SetDown(false)
 		}},
 	}
@@ -99,19 +97,14 @@ func TestFaultsStillDeliverExactlyOnceInOrder(t *testing.T) {
 			h.drain(2 * time.Minute)
 			if tc.opts.DecryptFailedRate > 0 {
 				// Receipts arrive after "sent": wait for their retransmissions too.
-				deadline := time.Now().Add(time.Minute)
-				for {
-					want, _ := h.expectedDeliveries(users, 2)
-					if h.sim.Stats().Decrypted == want && h.sim.PendingEvents() == 0 {
-						break
-					}
-					if time.Now().After(deadline) {
-						c, _ := h.eng.Statuses().Counters("camp-f")
-						t.Fatalf("decrypt_failed retransmissions incomplete: %+v; counters %+v", h.sim.Stats(), c)
-					}
-					time.Sleep(20 * time.Millisecond)
+				testutil.Until(t, time.Minute, func() bool {
 					h.drain(time.Minute)
-				}
+					want, _ := h.expectedDeliveries(users, 2)
+					return h.sim.Stats().Decrypted == want && h.sim.PendingEvents() == 0
+				}, func() string {
+					c, _ := h.eng.Statuses().Counters("camp-f")
+					return fmt.Sprintf("decrypt_failed retransmissions incomplete: %+v; counters %+v", h.sim.Stats(), c)
+				})
 				if h.sim.Stats().Injected["decrypt_failed"] == 0 {
 					t.Fatal("no decrypt_failed was injected")
 				}
@@ -211,13 +204,8 @@ func TestPlatformAnsweringGarbage(t *testing.T) {
 		users = users[:80]
 	}
 	h.enqueue(users, 2, "camp-g", time.Hour)
-	deadline := time.Now().Add(30 * time.Second)
-	for served.Load() < 60 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if served.Load() < 60 {
-		t.Fatalf("only %d garbage answers served", served.Load())
-	}
+	testutil.Until(t, 30*time.Second, func() bool { return served.Load() >= 60 },
+		func() string { return fmt.Sprintf("only %d garbage answers served", served.Load()) })
 	if c, _ := h.eng.Statuses().Counters("camp-g"); c.Sent != 0 {
 		t.Fatalf("garbage answers marked %d messages sent", c.Sent)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/testutil"
 )
 
 type clock struct{ ns atomic.Int64 }
@@ -128,48 +129,42 @@ func TestExpiredDataLeavesTheDiskEvenSealed(t *testing.T) {
 	c.advance(2 * time.Hour)
 	// Workers may hold some of them (the platform is down): sweep until the
 	// queue is empty and nothing is left to remove.
-	sweepDeadline := time.Now().Add(20 * time.Second)
-	for {
+	removed := 0
+	testutil.Until(t, 20*time.Second, func() bool {
 		n, err := h.eng.RetentionOnce(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d, _ := h.q.Depth(); d == 0 && n == 0 && h.eng.InFlight() == 0 {
-			break
-		}
-		if time.Now().After(sweepDeadline) {
-			d, _ := h.q.Depth()
-			t.Fatalf("expired messages never left the queue: depth %d, removed %d, in flight %d", d, n, h.eng.InFlight())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		removed = n
+		d, _ := h.q.Depth()
+		return d == 0 && n == 0 && h.eng.InFlight() == 0
+	}, func() string {
+		d, _ := h.q.Depth()
+		return fmt.Sprintf("expired messages never left the queue: depth %d, removed %d, in flight %d", d, removed, h.eng.InFlight())
+	})
 	if err := h.db.Purge(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// Pebble's cleaner removes obsolete files in the background.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		found := filesHolding(t, h.dir, needles)
-		if found == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			d, _ := h.q.Depth()
-			filepath.Walk(h.dir, func(p string, info os.FileInfo, err error) error {
-				if err == nil && !info.IsDir() {
-					b, _ := os.ReadFile(p)
-					for i, n := range needles {
-						if bytes.Contains(b, n) {
-							t.Logf("needle %d in %s", i, p)
-						}
+	found := 0
+	testutil.Until(t, 20*time.Second, func() bool {
+		found = filesHolding(t, h.dir, needles)
+		return found == 0
+	}, func() string {
+		d, _ := h.q.Depth()
+		filepath.Walk(h.dir, func(p string, info os.FileInfo, err error) error {
+			if err == nil && !info.IsDir() {
+				b, _ := os.ReadFile(p)
+				for i, n := range needles {
+					if bytes.Contains(b, n) {
+						t.Logf("needle %d in %s", i, p)
 					}
 				}
-				return nil
-			})
-			t.Fatalf("%d sealed records of expired messages still on disk after the purge (depth %d)", found, d)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+			}
+			return nil
+		})
+		return fmt.Sprintf("%d sealed records of expired messages still on disk after the purge (depth %d)", found, d)
+	})
 }
 
 // filesHolding counts needles present in any file under dir.

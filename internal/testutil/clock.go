@@ -35,14 +35,21 @@ func (c *Clock) Advance(d time.Duration) {
 }
 
 // Eventually polls cond (every 5 ms) until it holds or timeout passes, then
-// fails the test with the message. It is the one way tests wait for
-// something another goroutine does.
+// fails the test with the message. It (or Until) is the one way tests wait
+// for something another goroutine or process does.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
+	t.Helper()
+	Until(t, timeout, cond, func() string { return fmt.Sprintf(format, args...) })
+}
+
+// Until is Eventually with a failure message made when it fails (the state
+// that was not reached: depths, counters, what arrived).
+func Until(t testing.TB, timeout time.Duration, cond func() bool, explain func() string) {
 	t.Helper()
 	deadline := clock.Wall().Add(timeout)
 	for !cond() {
 		if clock.Wall().After(deadline) {
-			t.Fatalf("not within %v: %s", timeout, fmt.Sprintf(format, args...))
+			t.Fatalf("not within %v: %s", timeout, explain())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
