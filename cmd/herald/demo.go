@@ -119,82 +119,24 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 	}
 	fmt.Printf("Herald %s (data %s), platform simulator %s: %d users, %d-%d devices each\n",
 		n.URL(), dir, n.Sim.URL(), so.Users, so.DevicesMin, so.DevicesMax)
-
-	admin := newAPIClient(n.URL(), n.AdminToken)
-	var biz struct {
-		BusinessID     string   `json:"business_id"`
-		Token          string   `json:"token"`
-		PhoneNumberIDs []string `json:"phone_number_ids"`
-	}
-	if err := admin.jsonCall("POST", "/admin/v1/businesses", map[string]any{
-		"name": "Demo Co", "phone_numbers": []string{"15550199999"}, "tier": "unlimited", "mps": 1_000_000,
-	}, &biz); err != nil {
-		return fmt.Errorf("creating the demo business: %w", err)
-	}
-	pn := biz.PhoneNumberIDs[0]
-	c := newAPIClient(n.URL(), biz.Token)
-
-	sink := &webhookSink{secret: "demo-webhook-secret", at: map[string]map[string]time.Time{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	c, pn, sink, stop, err := demoBusiness(n)
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: sink}
-	go hs.Serve(ln)
-	defer hs.Close()
-	if err := c.jsonCall("PUT", "/v1/"+pn+"/webhook", map[string]string{"url": "http://" + ln.Addr().String() + "/hook", "secret": sink.secret}, nil); err != nil {
-		return err
-	}
-
-	// Stream an NDJSON campaign: recipients spread over the simulator's users.
-	pr, pw := io.Pipe()
-	go func() {
-		enc := json.NewEncoder(pw)
-		enc.Encode(map[string]any{"name": "demo", "template": map[string]string{"body": "Hi {{name}}, your order #{{order}} has shipped."}, "ttl_seconds": 3600})
-		step := so.Users / recipients
-		for i := 0; i < recipients; i++ {
-			u := i * step
-			enc.Encode(map[string]any{"to": fmt.Sprintf("%s%0*d", so.Prefix, 11-len(so.Prefix), u),
-				"vars": map[string]string{"name": fmt.Sprintf("Customer %d", i), "order": fmt.Sprint(100000 + i)}})
-		}
-		pw.Close()
-	}()
+	defer stop()
 	start := clock.Wall()
-	var res struct {
-		CampaignID string `json:"campaign_id"`
-		Accepted   int    `json:"accepted"`
-		Rejected   []any  `json:"rejected"`
-	}
-	if _, err := c.call("POST", "/v1/"+pn+"/campaigns", pr, "application/x-ndjson", &res); err != nil {
-		return fmt.Errorf("submitting the campaign: %w", err)
+	res, err := demoCampaign(c, pn, so, recipients)
+	if err != nil {
+		return err
 	}
 	accepted := clock.Wall()
 	fmt.Printf("campaign %s: %d accepted, %d rejected in %v (%.0f recipients/s, durable)\n", res.CampaignID, res.Accepted,
 		len(res.Rejected), accepted.Sub(start).Round(time.Millisecond), float64(res.Accepted)/accepted.Sub(start).Seconds())
-
-	bar := progressbar.NewOptions(res.Accepted, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetWidth(30),
-		progressbar.OptionShowCount(), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
-	var st campaignStatus
-	for {
-		if err := c.jsonCall("GET", "/v1/campaigns/"+res.CampaignID, nil, &st); err != nil {
-			return err
-		}
-		done := st.done()
-		bar.Describe(fmt.Sprintf("sent %d delivered %d failed %d", st.Counts["sent"]+st.Counts["delivered"]+st.Counts["read"],
-			st.Counts["delivered"]+st.Counts["read"], st.Counts["failed"]))
-		bar.Set(int(done))
-		if done >= int64(res.Accepted) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			fmt.Println("\ninterrupted: stopping cleanly")
-			return nil
-		case <-time.After(100 * time.Millisecond):
-		}
+	st, ok, err := followCampaign(ctx, c, res.CampaignID, res.Accepted)
+	if err != nil || !ok {
+		return err
 	}
 	finished := clock.Wall()
-	bar.Finish()
 	// Let delivered events and webhooks settle.
 	deadline := clock.Wall().Add(10 * time.Second)
 	for clock.Wall().Before(deadline) {
@@ -207,10 +149,100 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	stats := n.Sim.Stats()
 	fmt.Printf("\n== Summary ==\n")
 	fmt.Printf("throughput: %d messages in %v = %.0f messages/s end to end (accept → sent to every device)\n",
 		res.Accepted, finished.Sub(accepted).Round(time.Millisecond), float64(res.Accepted)/finished.Sub(accepted).Seconds())
+	return demoSummary(st, sink, accepted, n.Sim.Stats())
+}
+
+// demoBusiness creates the demo's business and its webhook sink (stop
+// closes the sink); c is a client with the business's token.
+func demoBusiness(n *node.Node) (c *apiClient, pn string, sink *webhookSink, stop func(), err error) {
+	admin := newAPIClient(n.URL(), n.AdminToken)
+	var biz struct {
+		BusinessID     string   `json:"business_id"`
+		Token          string   `json:"token"`
+		PhoneNumberIDs []string `json:"phone_number_ids"`
+	}
+	if err := admin.jsonCall("POST", "/admin/v1/businesses", map[string]any{
+		"name": "Demo Co", "phone_numbers": []string{"15550199999"}, "tier": "unlimited", "mps": 1_000_000,
+	}, &biz); err != nil {
+		return nil, "", nil, nil, fmt.Errorf("creating the demo business: %w", err)
+	}
+	pn = biz.PhoneNumberIDs[0]
+	c = newAPIClient(n.URL(), biz.Token)
+	sink = &webhookSink{secret: "demo-webhook-secret", at: map[string]map[string]time.Time{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, nil, err
+	}
+	hs := &http.Server{Handler: sink}
+	go hs.Serve(ln)
+	if err := c.jsonCall("PUT", "/v1/"+pn+"/webhook", map[string]string{"url": "http://" + ln.Addr().String() + "/hook", "secret": sink.secret}, nil); err != nil {
+		hs.Close()
+		return nil, "", nil, nil, err
+	}
+	return c, pn, sink, func() { hs.Close() }, nil
+}
+
+// demoResult is the campaign upload's answer.
+type demoResult struct {
+	CampaignID string `json:"campaign_id"`
+	Accepted   int    `json:"accepted"`
+	Rejected   []any  `json:"rejected"`
+}
+
+// demoCampaign streams an NDJSON campaign to recipients spread over the
+// simulator's users.
+func demoCampaign(c *apiClient, pn string, so sim.Options, recipients int) (*demoResult, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		enc := json.NewEncoder(pw)
+		enc.Encode(map[string]any{"name": "demo", "template": map[string]string{"body": "Hi {{name}}, your order #{{order}} has shipped."}, "ttl_seconds": 3600})
+		step := so.Users / recipients
+		for i := 0; i < recipients; i++ {
+			u := i * step
+			enc.Encode(map[string]any{"to": fmt.Sprintf("%s%0*d", so.Prefix, 11-len(so.Prefix), u),
+				"vars": map[string]string{"name": fmt.Sprintf("Customer %d", i), "order": fmt.Sprint(100000 + i)}})
+		}
+		pw.Close()
+	}()
+	var res demoResult
+	if _, err := c.call("POST", "/v1/"+pn+"/campaigns", pr, "application/x-ndjson", &res); err != nil {
+		return nil, fmt.Errorf("submitting the campaign: %w", err)
+	}
+	return &res, nil
+}
+
+// followCampaign shows a progress bar until every accepted message is done
+// (ok) or ctx ends (not ok, nil error: a clean stop).
+func followCampaign(ctx context.Context, c *apiClient, id string, accepted int) (st campaignStatus, ok bool, err error) {
+	bar := progressbar.NewOptions(accepted, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetWidth(30),
+		progressbar.OptionShowCount(), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
+	defer bar.Finish()
+	for {
+		if err := c.jsonCall("GET", "/v1/campaigns/"+id, nil, &st); err != nil {
+			return st, false, err
+		}
+		done := st.done()
+		bar.Describe(fmt.Sprintf("sent %d delivered %d failed %d", st.Counts["sent"]+st.Counts["delivered"]+st.Counts["read"],
+			st.Counts["delivered"]+st.Counts["read"], st.Counts["failed"]))
+		bar.Set(int(done))
+		if done >= int64(accepted) {
+			return st, true, nil
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Println("\ninterrupted: stopping cleanly")
+			return st, false, nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// demoSummary prints the latencies, statuses and the simulator's proof, and
+// fails when the simulator saw a failure.
+func demoSummary(st campaignStatus, sink *webhookSink, accepted time.Time, stats sim.Stats) error {
 	for _, s := range []string{"sent", "delivered"} {
 		h := sink.histogram(s, accepted)
 		if h.TotalCount() > 0 {
@@ -219,15 +251,13 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 		}
 	}
 	fmt.Printf("statuses: sent %d, delivered %d, read %d, failed %d\n", st.Counts["sent"], st.Counts["delivered"], st.Counts["read"], st.Counts["failed"])
-	if len(st.Failures) > 0 {
-		var codes []string
-		for c := range st.Failures {
-			codes = append(codes, c)
-		}
-		sort.Strings(codes)
-		for _, code := range codes {
-			fmt.Printf("  failed with %s: %d\n", code, st.Failures[code])
-		}
+	var codes []string
+	for c := range st.Failures {
+		codes = append(codes, c)
+	}
+	sort.Strings(codes)
+	for _, code := range codes {
+		fmt.Printf("  failed with %s: %d\n", code, st.Failures[code])
 	}
 	fmt.Printf("simulator proof: %d envelopes, %d decrypted by the simulator's libsignal recipients, %d duplicates deduped, %d decrypt failures, %d ordering violations, %d plaintext mismatches\n",
 		stats.Envelopes, stats.Decrypted, stats.Duplicates, len(stats.Failures), stats.OrderingViolations, stats.Mismatches)
