@@ -229,6 +229,20 @@ func (h *harness) enqueue(users []string, n int, campaign string, ttl time.Durat
 	return h.enqueueAs(h.bizID, h.pnID, "15550001111", users, n, campaign, ttl)
 }
 
+// business creates another business (unlimited tier) with one phone
+// number and returns its id and phone number id.
+func (h *harness) business(name, phone string) (id, pn string) {
+	h.t.Helper()
+	b, _, err := h.tenants.NewBusiness(name, []string{phone}, "unlimited", 1000, false)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for p := range b.PhoneNumbers {
+		pn = p
+	}
+	return b.ID, pn
+}
+
 // enqueueAs is enqueue for another business of the harness's tenant store.
 func (h *harness) enqueueAs(bizID, pnID, from string, users []string, n int, campaign string, ttl time.Duration) map[string][]string {
 	now := h.now()

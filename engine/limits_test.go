@@ -277,29 +277,15 @@ func bucketAfter(times []int64, now int64, rate, burst float64, rt interface{ Fa
 func TestOneBusinesssHeldMessagesNeverHoldAnothers(t *testing.T) {
 	clock := testutil.NewClock(t0)
 	h := newHarness(t, harnessOpts{sim: sim.Options{DevicesMin: 1, DevicesMax: 2, UnknownShare: -1}, clock: clock, noStart: true})
-	b, _, err := h.tenants.NewBusiness("Other", []string{"15550002222"}, "unlimited", 1000, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pnB string
-	for pn := range b.PhoneNumbers {
-		pnB = pn
-	}
+	bID, pnB := h.business("Other", "15550002222")
 	// A third business writes to a user of its own at the same time (the
 	// issue's "sat queued for 40 s while the engine was idle").
-	c, _, err := h.tenants.NewBusiness("Third", []string{"15550003333"}, "unlimited", 1000, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pnC string
-	for pn := range c.PhoneNumbers {
-		pnC = pn
-	}
+	cID, pnC := h.business("Third", "15550003333")
 	u := h.users(55, 1)
 	v := h.users(77, 1)
 	h.enqueue(u, 50, "camp-a", time.Hour)
-	idB := h.enqueueAs(b.ID, pnB, "15550002222", u, 1, "camp-b", time.Hour)[u[0]][0]
-	idC := h.enqueueAs(c.ID, pnC, "15550003333", v, 1, "camp-c", time.Hour)[v[0]][0]
+	idB := h.enqueueAs(bID, pnB, "15550002222", u, 1, "camp-b", time.Hour)[u[0]][0]
+	idC := h.enqueueAs(cID, pnC, "15550003333", v, 1, "camp-c", time.Hour)[v[0]][0]
 	h.settle()
 	sent := h.sentAt()
 	if _, ok := sent[idB]; !ok {

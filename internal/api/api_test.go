@@ -42,6 +42,14 @@ func start(t *testing.T, tweak ...func(*node.Config)) *env {
 	for _, f := range tweak {
 		f(&cfg)
 	}
+	e := startNode(t, cfg)
+	t.Cleanup(func() { e.n.Close() })
+	return e
+}
+
+// startNode starts a node of cfg (the caller closes it).
+func startNode(t *testing.T, cfg node.Config) *env {
+	t.Helper()
 	n, err := node.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +57,6 @@ func start(t *testing.T, tweak ...func(*node.Config)) *env {
 	if err := n.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { n.Close() })
 	return &env{t: t, n: n, base: n.URL()}
 }
 

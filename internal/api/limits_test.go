@@ -219,14 +219,8 @@ func storageFault(t *testing.T, errno syscall.Errno, want int) {
 		c.FS, c.Logger = fs, slog.New(slog.NewTextHandler(io.Discard, nil))
 		return c
 	}
-	n, err := node.New(cfg(fs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, n: n, base: n.URL()}
+	e := startNode(t, cfg(fs))
+	n := e.n
 	a := e.business("A", "15550001001", "10k")
 	msg := "/v1/" + a.PNs[0] + "/messages"
 	var ids []string
@@ -711,14 +705,8 @@ func TestOneBusinessCannotTakeAnothersQueueShare(t *testing.T) {
 	cfg := testConfig(dir)
 	cfg.MaxQueuedBytes = 1 << 20
 	cfg.Sim.Status503Rate = 1
-	n, err := node.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, n: n, base: n.URL()}
+	e := startNode(t, cfg)
+	n := e.n
 	a := e.business("A", "15550001001", "10k")
 	b := e.business("B", "15550001002", "10k")
 	rnd := rand.New(rand.NewPCG(1, 2))
@@ -798,15 +786,8 @@ func TestOneBusinessCannotTakeAnothersQueueShare(t *testing.T) {
 	}
 	before := view(a.ID)["queued_bytes"].(float64)
 	n.Close()
-	n2, err := node.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n2.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer n2.Close()
-	e = &env{t: t, n: n2, base: n2.URL()}
+	e = startNode(t, cfg)
+	defer e.n.Close()
 	if after := view(a.ID)["queued_bytes"].(float64); after != before {
 		t.Fatalf("A's queued bytes: %v before the restart, %v after", before, after)
 	}
