@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -67,7 +68,9 @@ func (s *Server) tenantError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.Is(err, tenant.ErrNotFound):
 		notFound(ctx)
 	case errors.Is(err, tenant.ErrInvalid), errors.Is(err, tenant.ErrNumberInUse), errors.Is(err, tenant.ErrBadPhone):
-		badRequest(ctx, CodeInvalidParam, err.Error(), "")
+		// What the client sent wrong, without the package's prefix.
+		msg := strings.TrimPrefix(err.Error(), tenant.ErrInvalid.Error()+": ")
+		badRequest(ctx, CodeInvalidParam, strings.TrimPrefix(msg, "tenant: "), "")
 	default:
 		s.storageError(ctx, err)
 	}

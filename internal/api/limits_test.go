@@ -773,8 +773,8 @@ func TestOneBusinessCannotTakeAnothersQueueShare(t *testing.T) {
 	// the field; a larger one lets A send again.
 	for _, bad := range []string{`{"max_queued_bytes":100}`, `{"max_queued_bytes":-5}`, `{"max_queued_bytes":"big"}`} {
 		code, out := e.do("PATCH", "/admin/v1/businesses/"+a.ID, "admin-token-for-tests", bad, "")
-		if msg := errMsg(out); code != 400 || !strings.Contains(msg, "max_queued_bytes") {
-			t.Fatalf("PATCH %s: %d %v", bad, code, out)
+		if msg := errMsg(out); code != 400 || !strings.Contains(msg, "max_queued_bytes") || strings.HasPrefix(msg, "tenant") {
+			t.Fatalf("PATCH %s: %d %v (the message says what was wrong, not where in Herald)", bad, code, out)
 		}
 	}
 	code, out = e.do("PATCH", "/admin/v1/businesses/"+a.ID, "admin-token-for-tests", `{"max_queued_bytes":2097152}`, "")
