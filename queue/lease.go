@@ -79,20 +79,12 @@ func (q *Queue) leaseHinted(ctx context.Context, s *shard, now time.Time, maxRec
 	}
 	defer it.Close()
 
-	var leases []*Lease
-	var repair *pebble.Batch
-	var repairDues []int64
 	seen := make(map[Recipient]struct{})
 	// Phase 1: walk the due hints and mark up to maxRecipients recipients
-	// leased. Phase 2 reads their records through one iterator opened after
-	// every mark: a view taken before a mark could predate a concurrent
-	// Complete that released that recipient (Complete unleases only after its
-	// commit), and hand out records it already acked or moved.
-	type candidate struct {
-		r     Recipient
-		hint  []byte
-		token uint64
-	}
+	// leased. Phase 2 (collectAll) reads their records through one iterator
+	// opened after every mark: a view taken before a mark could predate a
+	// concurrent Complete that released that recipient (Complete unleases
+	// only after its commit), and hand out records it already acked or moved.
 	var cands []candidate
 	for it.First(); it.Valid() && len(cands) < maxRecipients; it.Next() {
 		if err := ctx.Err(); err != nil {
@@ -131,6 +123,24 @@ func (q *Queue) leaseHinted(ctx context.Context, s *shard, now time.Time, maxRec
 	if len(cands) == 0 {
 		return nil, nil
 	}
+	return q.collectAll(s, cands, now, maxPerRecipient)
+}
+
+// candidate is a recipient leaseHinted marked leased, with the hint it was
+// found through.
+type candidate struct {
+	r     Recipient
+	hint  []byte
+	token uint64
+}
+
+// collectAll reads the marked recipients' due runs into leases, through one
+// iterator opened after every mark, and commits the hint repairs it met.
+// A recipient with nothing due is unleased.
+func (q *Queue) collectAll(s *shard, cands []candidate, now time.Time, maxPerRecipient int) ([]*Lease, error) {
+	var leases []*Lease
+	var repair *pebble.Batch
+	var repairDues []int64
 	rit, err := q.db.NewIter(nil)
 	if err != nil {
 		for _, c := range cands {
@@ -141,7 +151,7 @@ func (q *Queue) leaseHinted(ctx context.Context, s *shard, now time.Time, maxRec
 	defer rit.Close()
 	for i, c := range cands {
 		r, hint, token := c.r, c.hint, c.token
-		l, fix, fixDue, err := q.collect(rit, shardID, r, hint, now, maxPerRecipient)
+		l, fix, fixDue, err := q.collect(rit, s.id, r, hint, now, maxPerRecipient)
 		if err != nil {
 			for _, rest := range cands[i:] {
 				q.unlease(s, rest.r, rest.token)
