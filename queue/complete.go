@@ -253,11 +253,7 @@ func (q *Queue) endCompletion(c completing, committed bool) {
 	}
 	q.depthMsgs.Add(-c.acked)
 	q.depthBytes.Add(c.movedDelta - c.ackedBytes)
-	for i := range l.Messages {
-		if m := &l.Messages[i]; m.acked {
-			q.ownerAdd(m.Owner, -int64(m.recLen))
-		}
-	}
+	q.addOwned(l.Messages, -1, true)
 	s.msgs.Add(-c.acked)
 	q.unlease(s, l.Recipient, l.token)
 }

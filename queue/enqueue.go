@@ -148,7 +148,7 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	}
 	q.depthMsgs.Add(int64(len(msgs)))
 	q.depthBytes.Add(added)
-	q.addOwned(msgs, 1)
+	q.addOwned(msgs, 1, false)
 	for i, n := range perShard {
 		if n != 0 {
 			q.shards[i].msgs.Add(n)

@@ -251,7 +251,7 @@ func (sw *expireSweep) counted() {
 	}
 	q.depthMsgs.Add(-int64(len(sw.out)))
 	q.depthBytes.Add(-sw.removedBytes)
-	q.addOwned(sw.out, -1) // a record that did not open has recLen 0: it was not counted at Open either
+	q.addOwned(sw.out, -1, false) // a record that did not open has recLen 0: it was not counted at Open either
 }
 
 // expSource is one sorted run of expiry entries that Expire merges: an

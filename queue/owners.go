@@ -22,6 +22,25 @@ func (q *Queue) countOwner(k, v []byte, sign int64) {
 	}
 }
 
+// ownerCount is one owner's byte count; name is the owner, shared by every
+// record decoded for it (internOwner).
+type ownerCount struct {
+	name string
+	n    atomic.Int64
+}
+
+// internOwner returns the owner named b, without allocating when it is
+// known (a lease decodes one record per message).
+func (q *Queue) internOwner(b []byte) string {
+	q.owners.RLock()
+	c := q.owners.m[string(b)] // no allocation for the lookup
+	q.owners.RUnlock()
+	if c != nil {
+		return c.name
+	}
+	return string(b)
+}
+
 // OwnerBytes returns the stored record bytes of owner's queued messages.
 func (q *Queue) OwnerBytes(owner string) int64 {
 	q.owners.RLock()
@@ -30,7 +49,7 @@ func (q *Queue) OwnerBytes(owner string) int64 {
 	if c == nil {
 		return 0
 	}
-	return c.Load()
+	return c.n.Load()
 }
 
 // ownerAdd moves owner's count by delta.
@@ -44,22 +63,29 @@ func (q *Queue) ownerAdd(owner string, delta int64) {
 	if c == nil {
 		q.owners.Lock()
 		if c = q.owners.m[owner]; c == nil {
-			c = new(atomic.Int64)
+			c = &ownerCount{name: owner}
 			q.owners.m[owner] = c
 		}
 		q.owners.Unlock()
 	}
-	c.Add(delta)
+	c.n.Add(delta)
 }
 
 // addOwned adds (sign 1) or takes away (sign -1) msgs' record bytes from
-// their owners' counts, one update per run of one owner.
-func (q *Queue) addOwned(msgs []Message, sign int64) {
-	for i := 0; i < len(msgs); {
-		owner, n := msgs[i].Owner, int64(0)
-		for ; i < len(msgs) && msgs[i].Owner == owner; i++ {
-			n += int64(msgs[i].recLen)
+// their owners' counts, one update per run of one owner; with onlyAcked,
+// only the messages a completion deletes.
+func (q *Queue) addOwned(msgs []Message, sign int64, onlyAcked bool) {
+	owner, n := "", int64(0)
+	for i := range msgs {
+		m := &msgs[i]
+		if onlyAcked && !m.acked {
+			continue
 		}
-		q.ownerAdd(owner, sign*n)
+		if m.Owner != owner {
+			q.ownerAdd(owner, sign*n)
+			owner, n = m.Owner, 0
+		}
+		n += int64(m.recLen)
 	}
+	q.ownerAdd(owner, sign*n)
 }

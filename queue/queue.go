@@ -117,7 +117,7 @@ type Queue struct {
 	// and dead letter. One entry per owner ever seen (businesses: few).
 	owners struct {
 		sync.RWMutex
-		m map[string]*atomic.Int64
+		m map[string]*ownerCount
 	}
 
 	// inR counts, per bucket of recipients, the records in the per-recipient
@@ -247,33 +247,47 @@ const (
 	recOwned   = 2 // a record with an owner
 )
 
+// EnsureDefaults fills the zero fields of o with their defaults (the one
+// place they are written; herald serve's flags take theirs from here).
+func (o *Options) EnsureDefaults() {
+	if o.Shards == 0 {
+		o.Shards = 16
+	}
+	if o.MaxQueuedBytes == 0 {
+		o.MaxQueuedBytes = 8 << 30
+	}
+	if o.LeaseTimeout == 0 {
+		o.LeaseTimeout = 60 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = clock.Wall
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Validate reports what o lacks or gets wrong.
+func (o *Options) Validate() error {
+	if o.DB == nil || o.Sealer == nil {
+		return errors.New("queue: Options.DB and Options.Sealer are required")
+	}
+	if o.Shards < 1 || o.Shards > 4096 || o.Shards&(o.Shards-1) != 0 {
+		return fmt.Errorf("queue: Shards must be a power of two between 1 and 4096, got %d", o.Shards)
+	}
+	return nil
+}
+
 // Open opens the queue on opts.DB, recovering the sequence and depth counters.
 func Open(opts Options) (*Queue, error) {
-	if opts.DB == nil || opts.Sealer == nil {
-		return nil, errors.New("queue: Options.DB and Options.Sealer are required")
-	}
-	if opts.Shards == 0 {
-		opts.Shards = 16
-	}
-	if opts.Shards < 1 || opts.Shards > 4096 || opts.Shards&(opts.Shards-1) != 0 {
-		return nil, fmt.Errorf("queue: Shards must be a power of two between 1 and 4096, got %d", opts.Shards)
-	}
-	if opts.MaxQueuedBytes == 0 {
-		opts.MaxQueuedBytes = 8 << 30
-	}
-	if opts.LeaseTimeout == 0 {
-		opts.LeaseTimeout = 60 * time.Second
-	}
-	if opts.Now == nil {
-		opts.Now = clock.Wall
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
 	q := &Queue{opts: opts, db: opts.DB, sealer: opts.Sealer, inR: make([]atomic.Int32, inRBuckets),
 		committing: map[uint64]struct{}{}, expBounds: map[uint32]expBound{},
 		batches: kv.NewBatchPool(opts.DB, 4<<20)} // an upload's batch of 1,000 records is ~300 KB
-	q.owners.m = map[string]*atomic.Int64{}
+	q.owners.m = map[string]*ownerCount{}
 	for i := 0; i < opts.Shards; i++ {
 		s := &shard{id: i}
 		s.mu.leased = make(map[Recipient]leaseEntry)

@@ -181,7 +181,7 @@ func (q *Queue) decodeRecord(v []byte, open bool) (m Message, sealed []byte, err
 		if n == 0 || len(v) < at+1+n+1 {
 			return m, nil, errCorruptRecord
 		}
-		m.Owner = string(v[at+1 : at+1+n])
+		m.Owner = q.internOwner(v[at+1 : at+1+n])
 		at += 1 + n
 	}
 	idLen := int(v[at])

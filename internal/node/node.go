@@ -157,17 +157,14 @@ func (c *Config) EnsureDefaults() {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:8080"
 	}
-	if c.Shards == 0 {
-		c.Shards = 16
-	}
+	qo := queue.Options{Shards: c.Shards, MaxQueuedBytes: c.MaxQueuedBytes}
+	qo.EnsureDefaults()
+	c.Shards, c.MaxQueuedBytes = qo.Shards, qo.MaxQueuedBytes
 	if c.Out == nil {
 		c.Out = os.Stdout
 	}
 	if c.Logger == nil {
 		c.Logger = defaultLogger()
-	}
-	if c.MaxQueuedBytes == 0 {
-		c.MaxQueuedBytes = 8 << 30
 	}
 	if c.QueueShare == 0 {
 		c.QueueShare = c.MaxQueuedBytes / 4

@@ -149,41 +149,47 @@ func outKey(pn string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
+// EnsureDefaults fills the zero fields of o with their defaults (the one
+// place they are written).
+func (o *Options) EnsureDefaults() {
+	if o.BatchSize == 0 {
+		o.BatchSize = 1000
+	}
+	if o.BackoffBase == 0 {
+		o.BackoffBase = time.Second
+	}
+	if o.BackoffCap == 0 {
+		o.BackoffCap = 5 * time.Minute
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 5 * time.Second
+	}
+	if o.MaxReplyBytes == 0 {
+		o.MaxReplyBytes = 4 << 10
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 16
+	}
+	if o.MaxBacklog == 0 {
+		o.MaxBacklog = 100_000
+	}
+	if o.EntryTTL == 0 {
+		o.EntryTTL = heraldtype.MaxTTL
+	}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = time.Minute
+	}
+	if o.Now == nil {
+		o.Now = clock.Wall
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
 // New loads webhook configurations.
 func New(opts Options) (*Sender, error) {
-	if opts.BatchSize == 0 {
-		opts.BatchSize = 1000
-	}
-	if opts.BackoffBase == 0 {
-		opts.BackoffBase = time.Second
-	}
-	if opts.BackoffCap == 0 {
-		opts.BackoffCap = 5 * time.Minute
-	}
-	if opts.Timeout == 0 {
-		opts.Timeout = 5 * time.Second
-	}
-	if opts.MaxReplyBytes == 0 {
-		opts.MaxReplyBytes = 4 << 10
-	}
-	if opts.Concurrency == 0 {
-		opts.Concurrency = 16
-	}
-	if opts.MaxBacklog == 0 {
-		opts.MaxBacklog = 100_000
-	}
-	if opts.EntryTTL == 0 {
-		opts.EntryTTL = heraldtype.MaxTTL
-	}
-	if opts.SweepInterval == 0 {
-		opts.SweepInterval = time.Minute
-	}
-	if opts.Now == nil {
-		opts.Now = clock.Wall
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.EnsureDefaults()
 	g := guard{allow: opts.Allow}
 	s := &Sender{opts: opts, guard: g, client: &fasthttp.Client{ReadTimeout: opts.Timeout, WriteTimeout: opts.Timeout,
 		MaxResponseBodySize: opts.MaxReplyBytes, MaxConnsPerHost: 4,
