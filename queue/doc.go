@@ -13,11 +13,13 @@
 //	q Z seq(8)                           → dead letters (records that failed to open)
 //	q S                                  → sequence ceiling (reserved in blocks)
 //
+//	q O <id(4)>                          → owner table: the id records carry → the owner (a business id)
+//
 // A record's header: version(1) due(8) expires(8) attempt(4), then in version
-// 2 ownerLen(1) owner (the business the message counts against, in the
-// clear), then idLen(1) id. Version 1 records (no owner) are still read.
-// Each owner's record bytes are counted in memory (OwnerBytes), rebuilt by
-// the scan at Open: a business's share of the queue is checked against it.
+// 2 the owner's id (uvarint: the business the message counts against), then
+// idLen(1) id. Version 1 records (no owner) are still read. Each owner's
+// record bytes are counted in memory (OwnerBytes), rebuilt by the scan at
+// Open: a business's share of the queue is checked against it.
 //
 // # Two ranges: F (fresh) and R (per recipient)
 //

@@ -59,7 +59,7 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	// overhead): no doubling and copying while the records go in.
 	size := 0
 	for i := range msgs {
-		size += len(msgs[i].ID) + len(msgs[i].Owner) + len(msgs[i].Payload) + recordOverhead
+		size += len(msgs[i].ID) + len(msgs[i].Payload) + recordOverhead
 	}
 	if extra != nil {
 		size += len(extra.Repr())
@@ -137,11 +137,15 @@ func (q *Queue) EnqueueWith(ctx context.Context, msgs []Message, extra *pebble.B
 	for exp, g := range byExp {
 		b.Set(expiryKey(time.Unix(0, exp), g.first), g.refs, nil)
 	}
+	newOwners := q.writeOwners(b, msgs)
 	if extra != nil {
 		b.Apply(extra, nil)
 	}
 	if err := q.batches.Commit(b, true); err != nil {
 		return err
+	}
+	for _, c := range newOwners {
+		c.durable.Store(true)
 	}
 	for exp, g := range byExp {
 		q.noteExpiry(uint32(g.first>>epochBits), uint64(exp))

@@ -117,7 +117,8 @@ type Queue struct {
 	// and dead letter. One entry per owner ever seen (businesses: few).
 	owners struct {
 		sync.RWMutex
-		m map[string]*ownerCount
+		m    map[string]*ownerCount
+		byID atomic.Pointer[[]*ownerCount] // by the id records carry ([0]: no owner); replaced, never changed, under the lock: read without it
 	}
 
 	// inR counts, per bucket of recipients, the records in the per-recipient
@@ -243,6 +244,7 @@ const (
 	kDead      = 'Z'
 	kSeq       = 'S'
 	kShards    = 'N'
+	kOwner     = 'O'
 	recVersion = 1 // a record without an owner
 	recOwned   = 2 // a record with an owner
 )
@@ -288,6 +290,9 @@ func Open(opts Options) (*Queue, error) {
 		committing: map[uint64]struct{}{}, expBounds: map[uint32]expBound{},
 		batches: kv.NewBatchPool(opts.DB, 4<<20)} // an upload's batch of 1,000 records is ~300 KB
 	q.owners.m = map[string]*ownerCount{}
+	if err := q.loadOwners(); err != nil {
+		return nil, err
+	}
 	for i := 0; i < opts.Shards; i++ {
 		s := &shard{id: i}
 		s.mu.leased = make(map[Recipient]leaseEntry)

@@ -862,3 +862,42 @@ func TestAckedFreshRecordsLeaveNoTombstones(t *testing.T) {
 		t.Fatalf("%d flushed tables hold %d tombstones after every record was acked", tables, dels)
 	}
 }
+
+// TestOwnerCostsAByteAndSurvivesReopen: a record names its owner by a small
+// id (one byte more than a record without one), the owner table is written
+// with the first enqueue that names it, and after a reopen the owner's
+// records decode to its name and count against it again.
+func TestOwnerCostsAByteAndSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	clock := newClock()
+	e := openEnv(t, dir, nil, clock, nil)
+	m := msg("m1", "1555", clock.Now().Add(time.Hour))
+	plain := e.q.encodeRecord(nil, &m, []byte("sealed"))
+	m.Owner = "biz_0123456789abcdef"
+	owned := e.q.encodeRecord(nil, &m, []byte("sealed"))
+	if len(owned) != len(plain)+1 {
+		t.Fatalf("an owner costs %d bytes per record, want 1", len(owned)-len(plain))
+	}
+	m2 := msg("m2", "1556", clock.Now().Add(time.Hour))
+	m2.Owner = "biz_other"
+	if err := e.q.Enqueue(context.Background(), []Message{m, m2}); err != nil {
+		t.Fatal(err)
+	}
+	want := e.q.OwnerBytes(m.Owner)
+	e.close()
+	e = openEnv(t, dir, nil, clock, nil)
+	defer e.close()
+	if got := e.q.OwnerBytes(m.Owner); got != want || got == 0 {
+		t.Fatalf("after a reopen the owner counts %d bytes, before %d", got, want)
+	}
+	ls := leaseAll(t, e.q, 10)
+	owners := map[string]bool{}
+	for _, l := range ls {
+		for _, lm := range l.Messages {
+			owners[lm.Owner] = true
+		}
+	}
+	if !owners[m.Owner] || !owners[m2.Owner] || len(owners) != 2 {
+		t.Fatalf("owners after a reopen: %v", owners)
+	}
+}

@@ -140,9 +140,9 @@ func appendRef(dst []byte, shard int, r Recipient, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(dst, seq)
 }
 
-// encodeRecord: version(1) due(8) expires(8) attempt(4) [ownerLen(1) owner]
-// idLen(1) id sealed; the owner part only in version 2 (recOwned), written
-// when the message has one.
+// encodeRecord: version(1) due(8) expires(8) attempt(4) [owner id (uvarint)]
+// idLen(1) id sealed; the owner id only in version 2 (recOwned), written
+// when the message has an owner (q O <id> names it; see owners.go).
 func (q *Queue) encodeRecord(dst []byte, m *Message, sealed []byte) []byte {
 	ver := byte(recVersion)
 	if m.Owner != "" {
@@ -153,8 +153,7 @@ func (q *Queue) encodeRecord(dst []byte, m *Message, sealed []byte) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, uint64(m.ExpiresAt.UnixNano()))
 	dst = binary.BigEndian.AppendUint32(dst, uint32(m.Attempt))
 	if ver == recOwned {
-		dst = append(dst, byte(len(m.Owner)))
-		dst = append(dst, m.Owner...)
+		dst = binary.AppendUvarint(dst, uint64(q.ownerEntry(m.Owner).id))
 	}
 	dst = append(dst, byte(len(m.ID)))
 	dst = append(dst, m.ID...)
@@ -177,12 +176,16 @@ func (q *Queue) decodeRecord(v []byte, open bool) (m Message, sealed []byte, err
 	m.Attempt = int(binary.BigEndian.Uint32(v[17:21]))
 	at := 21
 	if v[0] == recOwned {
-		n := int(v[at])
-		if n == 0 || len(v) < at+1+n+1 {
+		id, n := binary.Uvarint(v[at:])
+		if n <= 0 || id == 0 || len(v) < at+n+1 {
 			return m, nil, errCorruptRecord
 		}
-		m.Owner = q.internOwner(v[at+1 : at+1+n])
-		at += 1 + n
+		c := q.ownerByID(id)
+		if c == nil {
+			return m, nil, errCorruptRecord
+		}
+		m.Owner = c.name
+		at += n
 	}
 	idLen := int(v[at])
 	if len(v) < at+1+idLen {

@@ -208,6 +208,7 @@ func TestPhoneNumbersLeaveWithTheirMessages(t *testing.T) {
 		"rC": "the business's unique-recipient count",
 		"rW": "hourly quality counters",
 		"qS": "the queue's sequence ceiling",
+		"qO": "the queue's owner table: one business id per business that queued a message",
 	}
 	after := prefixCounts(t, db)
 	for p, n := range after {

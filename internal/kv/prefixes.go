@@ -6,13 +6,14 @@ package kv
 // added here with the form of what it holds (sealed, keyed HMAC, counter or
 // clear) — never a phone number or a body in clear (invariant 6).
 var Prefixes = []Prefix{
-	{"qF", "queue", "fresh records (recipient HMAC + header with the owning business id + sealed payload) and the expiry index inside each epoch", "sealed, HMAC"},
-	{"qR", "queue", "records in the per-recipient range (header with the owning business id + sealed payload)", "sealed, HMAC"},
+	{"qF", "queue", "fresh records (recipient HMAC + header with the owner's id + sealed payload) and the expiry index inside each epoch", "sealed, HMAC"},
+	{"qR", "queue", "records in the per-recipient range (header with the owner's id + sealed payload)", "sealed, HMAC"},
 	{"qD", "queue", "wake-up hints: due time, recipient HMAC, sequence", "HMAC"},
 	{"qX", "queue", "expiry index written before s7 (read only)", "HMAC"},
 	{"qZ", "queue", "dead letters: records that failed to open", "sealed"},
 	{"qS", "queue", "the sequence ceiling", "counter"},
 	{"qN", "queue", "the shard count of the data directory", "clear setting"},
+	{"qO", "queue", "the owner table: the id records carry → the business id", "clear, no personal data"},
 	{"eM", "records", "a message's status record and history: business, phone number id, campaign, times, expiry — no number, no body", "clear, no personal data"},
 	{"eX", "records", "the status records' retention index: until, message id", "clear, no personal data"},
 	{"ec", "records", "a campaign's counters", "counter"},
