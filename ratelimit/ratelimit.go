@@ -122,18 +122,32 @@ type bucket struct {
 	last   time.Time
 }
 
+// EnsureDefaults fills the zero fields of o (its Policy's included) with
+// their defaults (the one place they are written).
+func (o *Options) EnsureDefaults() {
+	if o.Now == nil {
+		o.Now = clock.Wall
+	}
+	if o.PairCache == 0 {
+		o.PairCache = 1_000_000
+	}
+	o.Policy.defaults()
+}
+
+// Validate reports what o lacks.
+func (o *Options) Validate() error {
+	if o.DB == nil || o.Sealer == nil || o.Tenants == nil {
+		return errors.New("ratelimit: Options.DB, Sealer and Tenants are required")
+	}
+	return nil
+}
+
 // New builds a limiter.
 func New(opts Options) (*Limiter, error) {
-	if opts.DB == nil || opts.Sealer == nil || opts.Tenants == nil {
-		return nil, errors.New("ratelimit: Options.DB, Sealer and Tenants are required")
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
-	if opts.Now == nil {
-		opts.Now = clock.Wall
-	}
-	if opts.PairCache == 0 {
-		opts.PairCache = 1_000_000
-	}
-	opts.Policy.defaults()
+	opts.EnsureDefaults()
 	c, err := lru.New[[16]byte, *bucket](opts.PairCache)
 	if err != nil {
 		return nil, err

@@ -10,14 +10,23 @@ import (
 	"github.com/heraldhq/herald/internal/platform/sim"
 )
 
+// simDefaults is the simulator's options with every default filled in
+// (sim.Options.EnsureDefaults, the one place they are written).
+func simDefaults() sim.Options {
+	var d sim.Options
+	d.EnsureDefaults()
+	return d
+}
+
 func simFlags(cmd *cobra.Command, o *sim.Options, devices *string) {
 	f := cmd.Flags()
-	f.IntVar(&o.Users, "users", 1_000_000, "number of simulated users")
-	f.StringVar(&o.Prefix, "prefix", "1555", "user number prefix; user i is prefix + i zero-padded to 11 digits")
-	f.StringVar(devices, "devices", "1-3", "devices per user, MIN-MAX")
-	f.Float64Var(&o.UnknownShare, "unknown-share", 0.02, "share of numbers not registered (unknown_user)")
-	f.IntVar(&o.PreKeys, "prekeys", 100, "one-time prekeys per device before the pool is exhausted")
-	f.Float64Var(&o.ReadShare, "read-share", 0.5, "share of delivered messages reported read")
+	d := simDefaults()
+	f.IntVar(&o.Users, "users", d.Users, "number of simulated users")
+	f.StringVar(&o.Prefix, "prefix", d.Prefix, "user number prefix; user i is prefix + i zero-padded to 11 digits")
+	f.StringVar(devices, "devices", fmt.Sprintf("%d-%d", d.DevicesMin, d.DevicesMax), "devices per user, MIN-MAX")
+	f.Float64Var(&o.UnknownShare, "unknown-share", d.UnknownShare, "share of numbers not registered (unknown_user; negative: none)")
+	f.IntVar(&o.PreKeys, "prekeys", d.PreKeys, "one-time prekeys per device before the pool is exhausted")
+	f.Float64Var(&o.ReadShare, "read-share", d.ReadShare, "share of delivered messages reported read")
 	f.Float64Var(&o.ReportRate, "report-rate", 0, "share of delivered messages reported as spam")
 	f.IntVar(&o.LatencyMS, "latency-ms", 0, "fault: added latency per /v1/messages request")
 	f.Float64Var(&o.ThrottleRate, "throttle-rate", 0, "fault: per envelope, answer throttled")

@@ -94,9 +94,10 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&webhookAllow, "webhook-allow", "", "address ranges webhooks may reach besides public ones, CIDR[,CIDR] (e.g. 127.0.0.0/8 for a webhook on this machine)")
 	f.BoolVar(&cfg.NoDemoBusiness, "no-demo-business", false, "do not create a demo business in an empty data directory")
 	f.StringVar(&level, "log-level", "warn", "log level: debug, info, warn, error")
-	f.IntVar(&cfg.Sim.Users, "sim-users", 1_000_000, "built-in simulator: number of users")
-	f.StringVar(&cfg.Sim.Prefix, "sim-prefix", "1555", "built-in simulator: user number prefix")
-	f.StringVar(&devices, "sim-devices", "1-3", "built-in simulator: devices per user MIN-MAX")
+	sd := simDefaults()
+	f.IntVar(&cfg.Sim.Users, "sim-users", sd.Users, "built-in simulator: number of users")
+	f.StringVar(&cfg.Sim.Prefix, "sim-prefix", sd.Prefix, "built-in simulator: user number prefix")
+	f.StringVar(&devices, "sim-devices", fmt.Sprintf("%d-%d", sd.DevicesMin, sd.DevicesMax), "built-in simulator: devices per user MIN-MAX")
 	return cmd
 }
 

@@ -39,7 +39,7 @@ type Options struct {
 	Prefix string
 	// DevicesMin/DevicesMax: devices per user; default 1-3.
 	DevicesMin, DevicesMax int
-	// UnknownShare of users that are not registered; default 0.02.
+	// UnknownShare of users that are not registered; default 0.02, negative: none.
 	UnknownShare float64
 	// PreKeys per device before the pool is exhausted; default 100.
 	PreKeys int
@@ -147,57 +147,69 @@ type Received struct {
 	BodySHA  [32]byte
 }
 
+// EnsureDefaults fills the zero fields of o with their defaults (the one
+// place they are written; herald serve's and herald platform's flags take
+// theirs from here).
+func (o *Options) EnsureDefaults() {
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:0"
+	}
+	if o.Secret == "" {
+		o.Secret = "platform-secret"
+	}
+	if o.Users == 0 {
+		o.Users = 1_000_000
+	}
+	if o.Prefix == "" {
+		o.Prefix = "1555"
+	}
+	if o.DevicesMin == 0 {
+		o.DevicesMin = 1
+	}
+	if o.DevicesMax == 0 {
+		o.DevicesMax = max(3, o.DevicesMin)
+	}
+	if o.UnknownShare == 0 {
+		o.UnknownShare = 0.02
+	}
+	if o.PreKeys == 0 {
+		o.PreKeys = 100
+	}
+	if o.ReadShare == 0 {
+		o.ReadShare = 0.5
+	}
+	if o.RetryAfterMS == 0 {
+		o.RetryAfterMS = 50
+	}
+	if o.Now == nil {
+		o.Now = clock.Wall
+	}
+	if o.EventInterval == 0 {
+		o.EventInterval = 50 * time.Millisecond
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Validate reports the first setting of o that cannot work.
+func (o *Options) Validate() error {
+	switch {
+	case len(o.Prefix) >= 11 || !digits(o.Prefix):
+		return fmt.Errorf("sim: --prefix must be 1-10 digits, got %q", o.Prefix)
+	case o.DevicesMin < 1 || o.DevicesMax > 127 || o.DevicesMin > o.DevicesMax:
+		return fmt.Errorf("sim: --devices must be MIN-MAX within 1-127, got %d-%d", o.DevicesMin, o.DevicesMax)
+	case o.Users < 1 || float64(o.Users) > pow10(11-len(o.Prefix)):
+		return fmt.Errorf("sim: --users %d does not fit in %d digits after prefix %s", o.Users, 11-len(o.Prefix), o.Prefix)
+	}
+	return nil
+}
+
 // New validates options and starts listening (not serving: call Serve or Start).
 func New(opts Options) (*Server, error) {
-	if opts.Listen == "" {
-		opts.Listen = "127.0.0.1:0"
-	}
-	if opts.Secret == "" {
-		opts.Secret = "platform-secret"
-	}
-	if opts.Users == 0 {
-		opts.Users = 1_000_000
-	}
-	if opts.Prefix == "" {
-		opts.Prefix = "1555"
-	}
-	if opts.DevicesMin == 0 {
-		opts.DevicesMin = 1
-	}
-	if opts.DevicesMax == 0 {
-		opts.DevicesMax = max(3, opts.DevicesMin)
-	}
-	if opts.UnknownShare == 0 {
-		opts.UnknownShare = 0.02
-	}
-	if opts.UnknownShare < 0 {
-		opts.UnknownShare = 0
-	}
-	if opts.PreKeys == 0 {
-		opts.PreKeys = 100
-	}
-	if opts.ReadShare == 0 {
-		opts.ReadShare = 0.5
-	}
-	if opts.RetryAfterMS == 0 {
-		opts.RetryAfterMS = 50
-	}
-	if opts.Now == nil {
-		opts.Now = clock.Wall
-	}
-	if opts.EventInterval == 0 {
-		opts.EventInterval = 50 * time.Millisecond
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	switch {
-	case len(opts.Prefix) >= 11 || !digits(opts.Prefix):
-		return nil, fmt.Errorf("sim: --prefix must be 1-10 digits, got %q", opts.Prefix)
-	case opts.DevicesMin < 1 || opts.DevicesMax > 127 || opts.DevicesMin > opts.DevicesMax:
-		return nil, fmt.Errorf("sim: --devices must be MIN-MAX within 1-127, got %d-%d", opts.DevicesMin, opts.DevicesMax)
-	case opts.Users < 1 || float64(opts.Users) > pow10(11-len(opts.Prefix)):
-		return nil, fmt.Errorf("sim: --users %d does not fit in %d digits after prefix %s", opts.Users, 11-len(opts.Prefix), opts.Prefix)
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
