@@ -10,7 +10,7 @@ targets=(
   "./heraldtype FuzzDecodePayload"
   "./queue FuzzDecodeRecord"
   "./engine FuzzDecodeOutbox"
-  "./engine FuzzDecodeStatus"
+  "./internal/records FuzzDecodeStatus"
   "./internal/platform FuzzResults"
   "./internal/platform FuzzEvents"
   "./internal/platform FuzzDecodeMessagesResponse"
@@ -48,5 +48,8 @@ for tg in "${targets[@]}"; do
     fi
   fi
   execs=$(echo "$out" | grep -oE 'execs: [0-9]+' | tail -1 | grep -oE '[0-9]+' || echo "?")
+  if grep -q 'no fuzz tests to fuzz\|no packages to fuzz\|matched no packages' <<<"$out" || [ "$execs" = "?" ]; then
+    echo "$out" | tail -5; echo "FUZZ TARGET NOT RUN: $2 in $1 (moved or renamed? update scripts/fuzz.sh)"; exit 1
+  fi
   echo "$2 ($1): ok, $execs executions in $t$note"
 done
