@@ -10,8 +10,8 @@ def m(name, desc, path, old, new, tests, count=1):
     M.append((name, desc, path, old, new, tests, count))
 
 m("01-enqueue-without-sync", "invariant 1: the queue's enqueue commits without fsync",
-  "queue/enqueue.go", "	if err := q.batches.Commit(b, true); err != nil {\n		return err\n	}\n	for exp, g := range byExp {",
-  "	if err := q.batches.Commit(b, false); err != nil {\n		return err\n	}\n	for exp, g := range byExp {",
+  "queue/enqueue.go", "	if err := q.batches.Commit(b, true); err != nil {\n		return err\n	}\n	for _, c := range newOwners {",
+  "	if err := q.batches.Commit(b, false); err != nil {\n		return err\n	}\n	for _, c := range newOwners {",
   ["./queue/ -run 'TestFailedFsyncIsNeverAcknowledged'"])
 m("02-wal-sync-noop", "invariant 1: the WAL's Sync does nothing",
   "internal/kv/walfs.go", "func (f *walFile) Sync() error                       { return f.inner.Sync() }\nfunc (f *walFile) SyncData() error                   { return f.inner.SyncData() }",
@@ -83,8 +83,8 @@ m("21-single-send-idempotency-forgotten", "a single send's Idempotency-Key answe
   "internal/api/messages.go", "		s.opts.Uploads.RememberSent(batch, b.ID, idem, reqHash, answer, now, records.IdemExpiry(now, ttl))\n", "",
   ["./internal/api/ -run 'TestSingleSendIdempotencyKey'"])
 m("22-webhook-state-not-yours", "invariant 7: the routes of a phone number skip its owner check",
-  "internal/api/api.go", "			s.withPhone(ctx, b, parts[1], h)",
-  "			h(ctx, b, parts[1])",
+  "internal/api/api.go", "{ s.withPhone(ctx, b, pn, h) }",
+  "{ h(ctx, b, pn) }",
   ["./internal/api/ -run 'TestWebhooksAreSignedAndDelivered|TestTenancyEveryEndpoint'"])
 m("23-status-records-never-expire", "invariant 5/11: status records are not indexed for their retention",
   "internal/records/status.go", "	q.key = appendStatusExpiryKey(q.key[:0], expires.Add(StatusGrace).Unix(), id)\n	b.Set(q.key, nil, nil)\n", "",
@@ -126,16 +126,18 @@ m("33-owner-bytes-not-returned", "invariant 12: acknowledged messages still coun
   "queue/complete.go", "	q.addOwned(l.Messages, -1, true)\n", "",
   ["./queue/ -run 'TestQueueMatchesModel'"])
 
-only = sys.argv[1:] 
+only = sys.argv[1:]
+missing = []
 for name, desc, path, old, new, tests, count in M:
     if only and name not in only: continue
     src = open(path).read()
     if src.count(old) < 1:
-        print("NOT FOUND", name); continue
+        print("NOT FOUND", name); missing.append(name); continue
     # Against the file as it is now (committed or not): a diff from git would
     # be against the index and carry uncommitted edits into the patch.
     diff = ''.join(difflib.unified_diff(src.splitlines(True), src.replace(old, new, 1).splitlines(True), 'a/' + path, 'b/' + path))
     hdr = "# mutant: %s\n# %s\n" % (name, desc) + "".join("# test: %s\n" % t for t in tests)
     open('mutants/%s.patch' % name,'w').write(hdr + diff)
     print("wrote", name)
-
+if missing:
+    sys.exit("the code these mutants change has moved: " + ", ".join(missing))

@@ -97,45 +97,33 @@ func (s *Server) businessView(b *tenant.Business) map[string]any {
 		"max_queued_bytes": share, "max_queued_bytes_default": b.MaxQueuedBytes == 0, "queued_bytes": s.opts.Queue.OwnerBytes(b.ID)}
 }
 
-// admin serves /admin/v1/... (parts after "admin/v1").
-func (s *Server) admin(ctx *fasthttp.RequestCtx, method string, parts []string) {
-	if !s.checkAdmin(ctx) {
+// showBusiness: GET /admin/v1/businesses/{id}.
+func (s *Server) showBusiness(ctx *fasthttp.RequestCtx, id string) {
+	b, err := s.opts.Tenants.Get(id)
+	if err != nil {
+		s.tenantError(ctx, err)
 		return
 	}
-	if len(parts) < 1 || parts[0] != "businesses" {
-		notFound(ctx)
+	writeJSON(ctx, 200, s.businessView(b))
+}
+
+// newToken: POST /admin/v1/businesses/{id}/tokens (the token is shown once).
+func (s *Server) newToken(ctx *fasthttp.RequestCtx, id string) {
+	tok, tokID, err := s.opts.Tenants.NewToken(id)
+	if err != nil {
+		s.tenantError(ctx, err)
 		return
 	}
-	switch {
-	case len(parts) == 1 && method == "POST":
-		s.createBusiness(ctx)
-	case len(parts) == 2 && method == "GET":
-		b, err := s.opts.Tenants.Get(parts[1])
-		if err != nil {
-			s.tenantError(ctx, err)
-			return
-		}
-		writeJSON(ctx, 200, s.businessView(b))
-	case len(parts) == 2 && method == "PATCH":
-		s.patchBusiness(ctx, parts[1])
-	case len(parts) == 3 && parts[2] == "tokens" && method == "POST":
-		tok, id, err := s.opts.Tenants.NewToken(parts[1])
-		if err != nil {
-			s.tenantError(ctx, err)
-			return
-		}
-		writeJSON(ctx, 200, map[string]string{"token": tok, "token_id": id})
-	case len(parts) == 4 && parts[2] == "tokens" && method == "DELETE":
-		if err := s.opts.Tenants.RevokeToken(parts[1], parts[3]); err != nil {
-			s.tenantError(ctx, err)
-			return
-		}
-		writeJSON(ctx, 200, map[string]any{"revoked": parts[3], "at": s.opts.Now().UTC().Format(time.RFC3339)})
-	case len(parts) == 3 && parts[2] == "phone_numbers" && method == "POST":
-		s.addPhoneNumber(ctx, parts[1])
-	default:
-		notFound(ctx)
+	writeJSON(ctx, 200, map[string]string{"token": tok, "token_id": tokID})
+}
+
+// revokeToken: DELETE /admin/v1/businesses/{id}/tokens/{token_id}, at once.
+func (s *Server) revokeToken(ctx *fasthttp.RequestCtx, id, tokenID string) {
+	if err := s.opts.Tenants.RevokeToken(id, tokenID); err != nil {
+		s.tenantError(ctx, err)
+		return
 	}
+	writeJSON(ctx, 200, map[string]any{"revoked": tokenID, "at": s.opts.Now().UTC().Format(time.RFC3339)})
 }
 
 // createBusiness: POST /admin/v1/businesses; the token is shown once.

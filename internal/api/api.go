@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fasthttp/router"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -102,6 +103,7 @@ type Server struct {
 	opts    Options
 	srv     *fasthttp.Server
 	metrics fasthttp.RequestHandler
+	router  *router.Router
 
 	idMu  sync.Mutex
 	idGen map[string]*heraldtype.IDGen
@@ -167,6 +169,7 @@ func New(opts Options) (*Server, error) {
 	opts.EnsureDefaults()
 	s := &Server{opts: opts, idGen: map[string]*heraldtype.IDGen{}, idemActive: map[string]bool{}}
 	s.metrics = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(opts.Metrics.Registry, promhttp.HandlerOpts{}))
+	s.router = s.routes() // after s.metrics: the routes take the handlers as they are now
 	s.srv = &fasthttp.Server{
 		Handler:            s.Handle,
 		Name:               "herald",
@@ -222,85 +225,81 @@ func (s *Server) nextID(pn string, now time.Time) string {
 }
 
 // Handle routes one request.
-func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
-	path := string(ctx.Path())
-	method := string(ctx.Method())
-	if s.system(ctx, path, method) {
-		return
+func (s *Server) Handle(ctx *fasthttp.RequestCtx) { s.router.Handler(ctx) }
+
+// routes builds the router: a path the API does not serve is 404, a method
+// a path does not take is 405 with Allow (both in the error object).
+func (s *Server) routes() *router.Router {
+	r := router.New()
+	r.RedirectTrailingSlash, r.RedirectFixedPath = false, false
+	r.NotFound = notFound
+	r.MethodNotAllowed = func(ctx *fasthttp.RequestCtx) {
+		fail(ctx, 405, CodeInvalidParam, "OAuthException", "this path does not take "+string(ctx.Method())+
+			"; it takes "+string(ctx.Response.Header.Peek("Allow")), "")
 	}
-	parts := strings.Split(strings.Trim(path, "/"), "/")
-	switch {
-	case len(parts) >= 2 && parts[0] == "admin" && parts[1] == "v1":
-		if !unknownQuery(ctx) {
-			s.admin(ctx, method, parts[2:])
+	r.ANY("/healthz", func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("ok") })
+	r.ANY("/readyz", s.readyz)
+	if !s.opts.NoMetrics {
+		r.GET("/metrics", s.metrics)
+	}
+	r.POST("/v1/platform/events", s.platformEvents)
+	// Business API: the bearer token names the business.
+	r.GET("/v1/campaigns/{id}", s.business(s.getCampaign, "id"))
+	r.GET("/v1/messages/{id}", s.business(s.getMessage, "id"))
+	r.POST("/v1/{pn}/messages", s.phone(s.postMessage))
+	r.POST("/v1/{pn}/campaigns", s.phone(s.postCampaign))
+	r.PUT("/v1/{pn}/webhook", s.phone(s.putWebhook))
+	r.GET("/v1/{pn}/webhook", s.phone(s.getWebhook))
+	r.GET("/v1/{pn}/integrity", s.phone(s.getIntegrity))
+	// Admin API.
+	r.POST("/admin/v1/businesses", s.adminOnly(func(ctx *fasthttp.RequestCtx, _ string) { s.createBusiness(ctx) }))
+	r.GET("/admin/v1/businesses/{id}", s.adminOnly(s.showBusiness))
+	r.PATCH("/admin/v1/businesses/{id}", s.adminOnly(s.patchBusiness))
+	r.POST("/admin/v1/businesses/{id}/tokens", s.adminOnly(s.newToken))
+	r.DELETE("/admin/v1/businesses/{id}/tokens/{token_id}", s.adminOnly(func(ctx *fasthttp.RequestCtx, id string) {
+		s.revokeToken(ctx, id, param(ctx, "token_id"))
+	}))
+	r.POST("/admin/v1/businesses/{id}/phone_numbers", s.adminOnly(s.addPhoneNumber))
+	return r
+}
+
+// param is a path parameter of the route.
+func param(ctx *fasthttp.RequestCtx, name string) string {
+	v, _ := ctx.UserValue(name).(string)
+	return v
+}
+
+// business wraps a handler of the business API: no query parameters, a
+// valid token; the handler gets the business and the path parameter named.
+func (s *Server) business(h func(*fasthttp.RequestCtx, *tenant.Business, string), name string) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if unknownQuery(ctx) {
+			return
 		}
-	case len(parts) >= 2 && parts[0] == "v1":
-		if !unknownQuery(ctx) {
-			s.business(ctx, method, parts)
+		b, err := s.authenticate(ctx)
+		if err != nil {
+			unauthorized(ctx)
+			return
 		}
-	default:
-		notFound(ctx)
+		h(ctx, b, param(ctx, name))
 	}
 }
 
-// system serves the routes of no business: health, readiness, metrics and
-// the platform's events. It reports whether path was one.
-func (s *Server) system(ctx *fasthttp.RequestCtx, path, method string) bool {
-	switch {
-	case path == "/healthz":
-		ctx.SetBodyString("ok")
-	case path == "/readyz":
-		s.readyz(ctx)
-	case path == "/metrics" && method == "GET" && !s.opts.NoMetrics:
-		s.metrics(ctx)
-	case path == "/v1/platform/events" && method == "POST":
-		s.platformEvents(ctx)
-	default:
-		return false
-	}
-	return true
+// phone is business for the routes of one phone number: the business must
+// own it (404 otherwise, never another tenant's data).
+func (s *Server) phone(h func(*fasthttp.RequestCtx, *tenant.Business, string)) fasthttp.RequestHandler {
+	return s.business(func(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) { s.withPhone(ctx, b, pn, h) }, "pn")
 }
 
-// business serves /v1/... for the business the bearer token names.
-func (s *Server) business(ctx *fasthttp.RequestCtx, method string, parts []string) {
-	b, err := s.authenticate(ctx)
-	if err != nil {
-		unauthorized(ctx)
-		return
-	}
-	if len(parts) != 3 {
-		notFound(ctx)
-		return
-	}
-	switch {
-	case parts[1] == "campaigns" && method == "GET":
-		s.getCampaign(ctx, b, parts[2])
-	case parts[1] == "messages" && method == "GET":
-		s.getMessage(ctx, b, parts[2])
-	default:
-		if h := s.phoneRoute(method, parts[2]); h != nil {
-			s.withPhone(ctx, b, parts[1], h)
-		} else {
-			notFound(ctx)
+// adminOnly wraps a handler of the admin API: no query parameters, the
+// admin token; the handler gets the {id} path parameter.
+func (s *Server) adminOnly(h func(*fasthttp.RequestCtx, string)) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if unknownQuery(ctx) || !s.checkAdmin(ctx) {
+			return
 		}
+		h(ctx, param(ctx, "id"))
 	}
-}
-
-// phoneRoute is the handler of /v1/{phone_number_id}/{what} for method, or nil.
-func (s *Server) phoneRoute(method, what string) func(*fasthttp.RequestCtx, *tenant.Business, string) {
-	switch {
-	case what == "messages" && method == "POST":
-		return s.postMessage
-	case what == "campaigns" && method == "POST":
-		return s.postCampaign
-	case what == "webhook" && method == "PUT":
-		return s.putWebhook
-	case what == "webhook" && method == "GET":
-		return s.getWebhook
-	case what == "integrity" && method == "GET":
-		return s.getIntegrity
-	}
-	return nil
 }
 
 // unknownQuery answers 400 (code 100, the parameters named) when the request

@@ -485,7 +485,7 @@ func TestUnknownFieldsAndParametersAreRefused(t *testing.T) {
 		{"query on a message", "POST", "/v1/" + pn + "/messages?x=1", a.Token, msgBody("15550000001", "x"), "", `"x"`},
 		{"webhook field", "PUT", "/v1/" + pn + "/webhook", a.Token, `{"url":"https://example.com/h","secret":"s","extra":1}`, "", `"extra"`},
 		{"admin field", "POST", "/admin/v1/businesses", "admin-token-for-tests", `{"name":"B","phone_numbers":["15550002002"],"tier":"2k","color":"red"}`, "", `"color"`},
-		{"admin query", "GET", "/admin/v1/businesses?page=2", "admin-token-for-tests", "", "", `"page"`},
+		{"admin query", "GET", "/admin/v1/businesses/" + a.ID + "?page=2", "admin-token-for-tests", "", "", `"page"`},
 	}
 	for _, tc := range cases {
 		code, out := e.do(tc.method, tc.path, tc.token, tc.body, tc.ct)
@@ -673,5 +673,33 @@ func TestWebhooksCarryOnlyTheirBusinesssStatuses(t *testing.T) {
 			}
 		}
 		k.mu.Unlock()
+	}
+}
+
+// TestWrongMethodIs405WithAllow: a path the API serves, asked with a method
+// it does not take, answers 405 with Allow and the error object (404 is for
+// paths the API does not serve); no token is needed to learn that.
+func TestWrongMethodIs405WithAllow(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	pn := a.PNs[0]
+	for _, tc := range []struct {
+		method, path, allow string
+	}{
+		{"DELETE", "/v1/" + pn + "/webhook", "GET"},
+		{"GET", "/v1/" + pn + "/messages", "POST"},
+		{"PUT", "/v1/messages/abc", "GET"},
+		{"GET", "/v1/platform/events", "POST"},
+		{"POST", "/admin/v1/businesses/" + a.ID, "PATCH"},
+	} {
+		code, out, h := e.doH(tc.method, tc.path, "", "", "", nil)
+		if code != 405 || !strings.Contains(h.Get("Allow"), tc.allow) || errCode(out) != 100 || !strings.Contains(errMsg(out), tc.allow) {
+			t.Errorf("%s %s: %d Allow %q %v, want 405 allowing %s", tc.method, tc.path, code, h.Get("Allow"), out, tc.allow)
+		}
+	}
+	for _, path := range []string{"/v1/" + pn + "/nothing", "/v2/x", "/admin/v1/nothing", "/v1/" + pn + "/messages/extra"} {
+		if code, out := e.do("GET", path, a.Token, "", ""); code != 404 || errCode(out) == 0 {
+			t.Errorf("GET %s: %d %v, want 404 with the error object", path, code, out)
+		}
 	}
 }

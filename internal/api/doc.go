@@ -9,7 +9,9 @@
 //
 // # Files
 //
-//	api.go        Options, the server, routing, authentication, health, platform events
+//	api.go        Options, the server, the routes (fasthttp/router: 404 for a path it does
+//	              not serve, 405 with Allow for a method a path does not take),
+//	              authentication, health, platform events
 //	messages.go   single sends (Idempotency-Key), GET of a message's status, strict JSON decoding
 //	campaigns.go  campaign uploads (JSON and NDJSON), templates and their bounds, admission batches, GET of a campaign
 //	admin.go      the admin API (businesses, tokens, phone numbers, shares) and webhook configuration
