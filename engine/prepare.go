@@ -351,7 +351,7 @@ func (e *Engine) buildSessions(ctx context.Context, r *run, b *pebble.Batch, sen
 			// The identity_changed event: counted, logged (no number), and
 			// signalled to the integrity limits like other recipient events.
 			e.m.IdentityChange.Inc()
-			e.log.Warn("engine: identity_changed: a recipient device has a new identity key; trusting it", "device", bd.DeviceID)
+			e.log.Info("engine: identity_changed: a recipient device has a new identity key; trusting it", "device", bd.DeviceID) // routine: reinstalls happen
 			e.signal(heraldtype.Signal{Kind: "identity_changed", BusinessPhone: sender, PhoneNumberID: items[0].p.PhoneNumberID, At: r.now})
 		}
 		sessions.set(bd.DeviceID, built.Record)

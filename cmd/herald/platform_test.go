@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"os"
@@ -93,4 +95,29 @@ func writeFile(t *testing.T, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestLogFormats: --log-format text writes key=value lines, json one object
+// per line; anything else is refused naming the setting.
+func TestLogFormats(t *testing.T) {
+	var text, js bytes.Buffer
+	l, err := logger(&text, "info", "text")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Info("hello", "k", "v")
+	if !strings.Contains(text.String(), "msg=hello k=v") {
+		t.Fatalf("text: %q", text.String())
+	}
+	if l, err = logger(&js, "info", "json"); err != nil {
+		t.Fatal(err)
+	}
+	l.Info("hello", "k", "v")
+	var rec map[string]any
+	if err := json.Unmarshal(js.Bytes(), &rec); err != nil || rec["msg"] != "hello" || rec["k"] != "v" {
+		t.Fatalf("json: %q (%v)", js.String(), err)
+	}
+	if _, err := logger(&text, "info", "xml"); err == nil || !strings.Contains(err.Error(), "log-format") {
+		t.Fatalf("xml accepted: %v", err)
+	}
 }

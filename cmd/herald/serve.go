@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,24 +18,33 @@ import (
 	"github.com/heraldhq/herald/internal/platform/sim"
 )
 
-func logger(level string) (*slog.Logger, error) {
+// logger writes structured logs to w at level, as "text" (key=value) or
+// "json" (one object per line).
+func logger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("invalid setting log-level: %v", err)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	o := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, fmt.Errorf("invalid setting log-format: %q is neither text nor json", format)
 }
 
 func serveCmd() *cobra.Command {
 	var cfg node.Config
-	var level, devices, pprofAddr, webhookAllow, adminTokenFile, secretFile, metricsListen string
+	var level, format, devices, pprofAddr, webhookAllow, adminTokenFile, secretFile, metricsListen string
 	var restartDelay time.Duration
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run Herald (embedded Pebble; the built-in platform simulator unless --platform is given)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
-			if cfg.Logger, err = logger(level); err != nil {
+			if cfg.Logger, err = logger(os.Stderr, level, format); err != nil {
 				return err
 			}
 			if cfg.Sim.DevicesMin, cfg.Sim.DevicesMax, err = sim.ParseDevices(devices); err != nil {
@@ -94,6 +104,7 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&webhookAllow, "webhook-allow", "", "address ranges webhooks may reach besides public ones, CIDR[,CIDR] (e.g. 127.0.0.0/8 for a webhook on this machine)")
 	f.BoolVar(&cfg.NoDemoBusiness, "no-demo-business", false, "do not create a demo business in an empty data directory")
 	f.StringVar(&level, "log-level", "warn", "log level: debug, info, warn, error")
+	f.StringVar(&format, "log-format", "text", "log format: text (key=value) or json (one object per line)")
 	sd := simDefaults()
 	f.IntVar(&cfg.Sim.Users, "sim-users", sd.Users, "built-in simulator: number of users")
 	f.StringVar(&cfg.Sim.Prefix, "sim-prefix", sd.Prefix, "built-in simulator: user number prefix")

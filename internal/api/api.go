@@ -237,30 +237,46 @@ func (s *Server) routes() *router.Router {
 		fail(ctx, 405, CodeInvalidParam, "OAuthException", "this path does not take "+string(ctx.Method())+
 			"; it takes "+string(ctx.Response.Header.Peek("Allow")), "")
 	}
-	r.ANY("/healthz", func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("ok") })
-	r.ANY("/readyz", s.readyz)
+	s.route(r, "ANY", "/healthz", func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString("ok") })
+	s.route(r, "ANY", "/readyz", s.readyz)
 	if !s.opts.NoMetrics {
-		r.GET("/metrics", s.metrics)
+		s.route(r, "GET", "/metrics", s.metrics)
 	}
-	r.POST("/v1/platform/events", s.platformEvents)
+	s.route(r, "POST", "/v1/platform/events", s.platformEvents)
 	// Business API: the bearer token names the business.
-	r.GET("/v1/campaigns/{id}", s.business(s.getCampaign, "id"))
-	r.GET("/v1/messages/{id}", s.business(s.getMessage, "id"))
-	r.POST("/v1/{pn}/messages", s.phone(s.postMessage))
-	r.POST("/v1/{pn}/campaigns", s.phone(s.postCampaign))
-	r.PUT("/v1/{pn}/webhook", s.phone(s.putWebhook))
-	r.GET("/v1/{pn}/webhook", s.phone(s.getWebhook))
-	r.GET("/v1/{pn}/integrity", s.phone(s.getIntegrity))
+	s.route(r, "GET", "/v1/campaigns/{id}", s.business(s.getCampaign, "id"))
+	s.route(r, "GET", "/v1/messages/{id}", s.business(s.getMessage, "id"))
+	s.route(r, "POST", "/v1/{pn}/messages", s.phone(s.postMessage))
+	s.route(r, "POST", "/v1/{pn}/campaigns", s.phone(s.postCampaign))
+	s.route(r, "PUT", "/v1/{pn}/webhook", s.phone(s.putWebhook))
+	s.route(r, "GET", "/v1/{pn}/webhook", s.phone(s.getWebhook))
+	s.route(r, "GET", "/v1/{pn}/integrity", s.phone(s.getIntegrity))
 	// Admin API.
-	r.POST("/admin/v1/businesses", s.adminOnly(func(ctx *fasthttp.RequestCtx, _ string) { s.createBusiness(ctx) }))
-	r.GET("/admin/v1/businesses/{id}", s.adminOnly(s.showBusiness))
-	r.PATCH("/admin/v1/businesses/{id}", s.adminOnly(s.patchBusiness))
-	r.POST("/admin/v1/businesses/{id}/tokens", s.adminOnly(s.newToken))
-	r.DELETE("/admin/v1/businesses/{id}/tokens/{token_id}", s.adminOnly(func(ctx *fasthttp.RequestCtx, id string) {
+	s.route(r, "POST", "/admin/v1/businesses", s.adminOnly(func(ctx *fasthttp.RequestCtx, _ string) { s.createBusiness(ctx) }))
+	s.route(r, "GET", "/admin/v1/businesses/{id}", s.adminOnly(s.showBusiness))
+	s.route(r, "PATCH", "/admin/v1/businesses/{id}", s.adminOnly(s.patchBusiness))
+	s.route(r, "POST", "/admin/v1/businesses/{id}/tokens", s.adminOnly(s.newToken))
+	s.route(r, "DELETE", "/admin/v1/businesses/{id}/tokens/{token_id}", s.adminOnly(func(ctx *fasthttp.RequestCtx, id string) {
 		s.revokeToken(ctx, id, param(ctx, "token_id"))
 	}))
-	r.POST("/admin/v1/businesses/{id}/phone_numbers", s.adminOnly(s.addPhoneNumber))
+	s.route(r, "POST", "/admin/v1/businesses/{id}/phone_numbers", s.adminOnly(s.addPhoneNumber))
 	return r
+}
+
+// route registers h for method (ANY: every method) and path, timed in
+// herald_http_request_duration_seconds under the path's pattern.
+func (s *Server) route(r *router.Router, method, path string, h fasthttp.RequestHandler) {
+	hist := s.opts.Metrics.HTTPSeconds
+	timed := func(ctx *fasthttp.RequestCtx) {
+		start := clock.Wall() // a measurement: real time
+		h(ctx)
+		hist.WithLabelValues(path, string(ctx.Method())).Observe(clock.Wall().Sub(start).Seconds())
+	}
+	if method == "ANY" {
+		r.ANY(path, timed)
+	} else {
+		r.Handle(method, path, timed)
+	}
 }
 
 // param is a path parameter of the route.

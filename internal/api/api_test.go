@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -440,8 +441,10 @@ func TestWebhooksAreSignedAndDelivered(t *testing.T) {
 func TestMetricsHaveNoNumbers(t *testing.T) {
 	e := start(t)
 	a := e.business("A", "15550001001", "10k")
-	e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("15557770001", "secret body 123"), "")
+	e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("15557770001", "secret body 123"), "") // not a user: fails
+	e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody("15550000001", "hello"), "")
 	e.waitDrained()
+	testutil.Eventually(t, 30*time.Second, func() bool { return promtest.ToFloat64(e.n.Metrics.Delivered) >= 1 }, "the message to a user was not delivered")
 	resp, err := http.Get(e.base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -449,8 +452,25 @@ func TestMetricsHaveNoNumbers(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	s := string(b)
-	if !strings.Contains(s, "herald_messages_accepted_total 1") || !strings.Contains(s, "herald_queue_depth") {
+	if !strings.Contains(s, "herald_messages_accepted_total 2") || !strings.Contains(s, "herald_queue_depth") {
 		t.Fatalf("metrics missing: %.400s", s)
+	}
+	// The families an operator graphs: build info, request durations by
+	// route pattern (never by value: no phone number id), acceptance to
+	// sent/delivered; counters end in _total.
+	for _, want := range []string{`herald_build_info{go_version="go`, `herald_http_request_duration_seconds_count{method="POST",route="/v1/{pn}/messages"} 2`,
+		"herald_accepted_to_sent_seconds_count 1", "herald_accepted_to_delivered_seconds_count 1", "herald_purges_total", "herald_queue_dead_letters_total"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("metrics lack %s: %s", want, grepLines(s, "accepted_to|messages_sent|messages_delivered"))
+		}
+	}
+	for _, line := range strings.Split(s, "\n") {
+		if strings.HasPrefix(line, "# TYPE herald_") && strings.HasSuffix(line, " counter") && !strings.HasSuffix(strings.Fields(line)[2], "_total") {
+			t.Errorf("a counter not named _total: %s", line)
+		}
+		if strings.Contains(line, a.PNs[0]) {
+			t.Errorf("metrics name a phone number id: %s", line)
+		}
 	}
 	for _, needle := range []string{"15557770001", "5557770001", "secret body", "15550001001"} {
 		if strings.Contains(s, needle) {
@@ -702,4 +722,14 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 			t.Errorf("GET %s: %d %v, want 404 with the error object", path, code, out)
 		}
 	}
+}
+
+func grepLines(s, re string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if regexp.MustCompile(re).MatchString(l) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -302,7 +302,7 @@ func (n *Node) openQueue(notify func(shard int)) (err error) {
 	}
 	n.Metrics.ShardDepth(cfg.Shards, n.Queue.ShardDepth)
 	n.Metrics.GaugeFunc("queue_bytes", "Stored bytes of queued messages.", func() float64 { _, b := n.Queue.Depth(); return float64(b) })
-	n.Metrics.GaugeFunc("queue_dead_letters", "Records moved to dead letters since start.", func() float64 { return float64(n.Queue.DeadLetters()) })
+	n.Metrics.CounterFunc("queue_dead_letters_total", "Records moved to dead letters since start.", func() float64 { return float64(n.Queue.DeadLetters()) })
 	return nil
 }
 
@@ -359,7 +359,7 @@ func (n *Node) newEngine() (*engine.Engine, error) {
 		}
 		return 0
 	})
-	n.Metrics.GaugeFunc("purges_completed", "Purges completed since start.", func() float64 { _, done := eng.Purging(); return float64(done) })
+	n.Metrics.CounterFunc("purges_total", "Purges completed since start.", func() float64 { _, done := eng.Purging(); return float64(done) })
 	return eng, nil
 }
 
@@ -608,7 +608,7 @@ func (n *Node) Start(ctx context.Context) error {
 	if n.Limits != nil {
 		n.every("tiers", time.Minute, func() {
 			for _, c := range n.Limits.EvaluateTiers(n.cfg.Now()) {
-				n.cfg.Logger.Warn("ratelimit: tier change", "change", c)
+				n.cfg.Logger.Info("ratelimit: tier change", "change", c) // routine: the limits working as designed
 			}
 			n.Limits.Close() // persists the signal windows
 		})

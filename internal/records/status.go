@@ -429,7 +429,7 @@ func (s *Statuses) apply(ups []Update) {
 			}
 			touched[rec.CampaignID] = c
 		}
-		s.count(c, u, from, to)
+		s.count(c, u, from, to, queuedAt(rec))
 		rec.Status, rec.Code = u.Status, u.Code
 		rec.History = append(rec.History, StatusHistory{TS: u.At.Unix(), Status: u.Status, Code: u.Code})
 		if len(rec.History) > maxHistory {
@@ -479,10 +479,19 @@ func advances(rec *MessageStatus, u Update, from, to int) bool {
 	return u.Status != heraldtype.StatusFailed || from < heraldtype.Rank(heraldtype.StatusDelivered)
 }
 
+// queuedAt is when rec's message was accepted (unix seconds; 0 unknown).
+func queuedAt(rec *MessageStatus) int64 {
+	if len(rec.History) > 0 && rec.History[0].Status == heraldtype.StatusQueued {
+		return rec.History[0].TS
+	}
+	return 0
+}
+
 // count adds u to the metrics and to its campaign's counters c (nil: none):
 // every rank passed on the way, so counters stay consistent when an event
-// overtakes the engine's own "sent".
-func (s *Statuses) count(c *Counters, u Update, from, to int) {
+// overtakes the engine's own "sent". accepted (unix seconds, 0 unknown) times
+// the first "sent" and "delivered".
+func (s *Statuses) count(c *Counters, u Update, from, to int, accepted int64) {
 	ms := u.At.UnixMilli()
 	if u.Status == heraldtype.StatusFailed {
 		if c != nil {
@@ -500,6 +509,9 @@ func (s *Statuses) count(c *Counters, u Update, from, to int) {
 		switch r {
 		case 1:
 			s.m.Sent.Inc()
+			if accepted > 0 {
+				s.m.AcceptedToSent.Observe(max(0, u.At.Sub(time.Unix(accepted, 0)).Seconds()))
+			}
 			if c != nil {
 				c.Sent++
 				if c.FirstSent == 0 {
@@ -509,6 +521,9 @@ func (s *Statuses) count(c *Counters, u Update, from, to int) {
 			}
 		case 2:
 			s.m.Delivered.Inc()
+			if accepted > 0 {
+				s.m.AcceptedToDelivered.Observe(max(0, u.At.Sub(time.Unix(accepted, 0)).Seconds()))
+			}
 			if c != nil {
 				c.Delivered++
 			}
