@@ -94,11 +94,11 @@ func loopbackOnly(raw string, allowRemote bool) error {
 
 type campaignStatus struct {
 	Accepted int              `json:"accepted"`
-	Counts   map[string]int64 `json:"counts"`
+	Counts   map[string]int64 `json:"counts"` // where each message is now
+	Totals   map[string]int64 `json:"totals"` // how many ever reached each status
 	Failures map[string]int64 `json:"failures"`
 	Rate     float64          `json:"rate_per_second"`
 }
 
-func (s campaignStatus) done() int64 {
-	return s.Counts["sent"] + s.Counts["delivered"] + s.Counts["read"] + s.Counts["failed"]
-}
+// done is how many messages are sent or failed (what is left is queued).
+func (s campaignStatus) done() int64 { return s.Totals["sent"] + s.Totals["failed"] }

@@ -144,7 +144,7 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 		sink.mu.Lock()
 		got := len(sink.at["sent"])
 		sink.mu.Unlock()
-		if got >= int(st.Counts["sent"]+st.Counts["delivered"]+st.Counts["read"]) && n.Sim.PendingEvents() == 0 {
+		if got >= int(st.Totals["sent"]) && n.Sim.PendingEvents() == 0 {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -225,8 +225,7 @@ func followCampaign(ctx context.Context, c *apiClient, id string, accepted int) 
 			return st, false, err
 		}
 		done := st.done()
-		bar.Describe(fmt.Sprintf("sent %d delivered %d failed %d", st.Counts["sent"]+st.Counts["delivered"]+st.Counts["read"],
-			st.Counts["delivered"]+st.Counts["read"], st.Counts["failed"]))
+		bar.Describe(fmt.Sprintf("sent %d delivered %d failed %d", st.Totals["sent"], st.Totals["delivered"], st.Totals["failed"]))
 		bar.Set(int(done))
 		if done >= int64(accepted) {
 			return st, true, nil
@@ -250,7 +249,8 @@ func demoSummary(st campaignStatus, sink *webhookSink, accepted time.Time, stats
 				s, h.ValueAtQuantile(50), h.ValueAtQuantile(90), h.ValueAtQuantile(99), h.Max(), h.TotalCount())
 		}
 	}
-	fmt.Printf("statuses: sent %d, delivered %d, read %d, failed %d\n", st.Counts["sent"], st.Counts["delivered"], st.Counts["read"], st.Counts["failed"])
+	fmt.Printf("totals (how many reached each status): sent %d, delivered %d, read %d, failed %d\n",
+		st.Totals["sent"], st.Totals["delivered"], st.Totals["read"], st.Totals["failed"])
 	var codes []string
 	for c := range st.Failures {
 		codes = append(codes, c)

@@ -162,8 +162,8 @@ func loadCampaigns(o loadOpts) (*loadReport, error) {
 				return nil, err
 			}
 			done += st.done()
-			failed += st.Counts["failed"]
-			sent += st.done() - st.Counts["failed"]
+			failed += st.Totals["failed"]
+			sent += st.Totals["sent"]
 			for k, v := range st.Failures {
 				failures[k] += v
 			}

@@ -304,6 +304,7 @@ func TestNDJSONCampaignLinesIdempotencyAndDelivery(t *testing.T) {
 	if code != 200 || counts["queued"].(float64) != 0 || counts["failed"].(float64) != 0 {
 		t.Fatalf("campaign view: %v", camp)
 	}
+	checkCampaignView(t, camp)
 	// Idempotency: the retry answers the first result and enqueues nothing.
 	body := `{"name":"i","template":{"body":"hi"},"recipients":[{"to":"15550000020"},{"to":"15550000021"}]}`
 	do := func() (int, string) {
@@ -732,4 +733,66 @@ func grepLines(s, re string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// checkCampaignView: counts (where each message is now) add up to accepted;
+// totals (how many ever reached each status) are at least the counts past
+// them, and sent + failed = accepted once nothing is queued; failures is an
+// object, never null; started_at ≤ finished_at.
+func checkCampaignView(t *testing.T, camp map[string]any) {
+	t.Helper()
+	counts, _ := camp["counts"].(map[string]any)
+	totals, _ := camp["totals"].(map[string]any)
+	if counts == nil || totals == nil {
+		t.Fatalf("campaign view without counts or totals: %v", camp)
+	}
+	var sum float64
+	for _, k := range []string{"queued", "sent", "delivered", "read", "failed", "canceled"} {
+		v, ok := counts[k].(float64)
+		if !ok {
+			t.Fatalf("counts lack %s: %v", k, counts)
+		}
+		sum += v
+	}
+	if sum != camp["accepted"].(float64) {
+		t.Fatalf("counts add up to %v, accepted %v: %v", sum, camp["accepted"], counts)
+	}
+	if counts["queued"].(float64) == 0 && totals["sent"].(float64)+totals["failed"].(float64) != camp["accepted"].(float64) {
+		t.Fatalf("totals sent + failed != accepted with nothing queued: %v", totals)
+	}
+	if totals["delivered"].(float64) < counts["delivered"].(float64)+counts["read"].(float64) || totals["read"].(float64) < counts["read"].(float64) {
+		t.Fatalf("totals below the counts past them: %v %v", totals, counts)
+	}
+	if _, ok := camp["failures"].(map[string]any); !ok {
+		t.Fatalf("failures is not an object: %v", camp["failures"])
+	}
+	if f, ok := camp["finished_at"].(string); ok {
+		st, _ := camp["started_at"].(string)
+		if st == "" || st > f {
+			t.Fatalf("started_at %q, finished_at %q", st, f)
+		}
+	}
+}
+
+// TestCampaignViewWhenEveryMessageFails: a campaign whose every recipient is
+// unknown to the platform finishes with failed counts and totals, failures by
+// code, and a started_at no later than its finished_at (nothing was sent).
+func TestCampaignViewWhenEveryMessageFails(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	body := `{"name":"nobody","template":{"body":"hi"},"recipients":[{"to":"15559000001"},{"to":"15559000002"},{"to":"15559000003"}]}`
+	code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, body, "")
+	if code != 200 || out["accepted"] != float64(3) {
+		t.Fatalf("%d %v", code, out)
+	}
+	e.waitDrained()
+	_, camp := e.do("GET", "/v1/campaigns/"+out["campaign_id"].(string), a.Token, "", "")
+	checkCampaignView(t, camp)
+	counts, totals := camp["counts"].(map[string]any), camp["totals"].(map[string]any)
+	if counts["failed"] != float64(3) || totals["failed"] != float64(3) || totals["sent"] != float64(0) || camp["started_at"] == nil {
+		t.Fatalf("campaign view: %v", camp)
+	}
+	if f := camp["failures"].(map[string]any); f["131026"] != float64(3) {
+		t.Fatalf("failures: %v", f)
+	}
 }

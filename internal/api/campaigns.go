@@ -682,23 +682,30 @@ func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id st
 		s.storageError(ctx, err)
 		return
 	}
-	queued := int64(c.Accepted) - cnt.Sent - cnt.Failed
-	if queued < 0 {
-		queued = 0
+	queued := max(0, int64(c.Accepted)-cnt.Sent-cnt.Failed)
+	failures := cnt.Failures
+	if failures == nil {
+		failures = map[string]int64{} // {} , not null
 	}
 	out := map[string]any{
 		"campaign_id": c.ID, "name": c.Name, "phone_number_id": c.PhoneNumberID,
 		"accepted": c.Accepted, "rejected": c.Rejected,
+		// counts: where each accepted message is now (they add up to accepted).
 		"counts": map[string]int64{
 			heraldtype.StatusQueued: queued, heraldtype.StatusSent: cnt.Sent - cnt.Delivered,
 			heraldtype.StatusDelivered: cnt.Delivered - cnt.Read, heraldtype.StatusRead: cnt.Read,
-			heraldtype.StatusFailed: cnt.Failed,
+			heraldtype.StatusFailed: cnt.Failed, "canceled": 0,
 		},
-		"failures":   cnt.Failures,
+		// totals: how many ever reached each status (they only grow).
+		"totals": map[string]int64{
+			heraldtype.StatusSent: cnt.Sent, heraldtype.StatusDelivered: cnt.Delivered, heraldtype.StatusRead: cnt.Read,
+			heraldtype.StatusFailed: cnt.Failed, "canceled": 0,
+		},
+		"failures":   failures,
 		"created_at": time.UnixMilli(c.CreatedMS).UTC().Format(time.RFC3339Nano),
 	}
+	started := cnt.FirstSent
 	if cnt.FirstSent > 0 {
-		out["started_at"] = time.UnixMilli(cnt.FirstSent).UTC().Format(time.RFC3339Nano)
 		if span := cnt.LastDone - cnt.FirstSent; span > 0 {
 			out["rate_per_second"] = float64(cnt.Sent+cnt.Failed) / (float64(span) / 1000)
 		}
@@ -708,7 +715,13 @@ func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id st
 		if done == 0 {
 			done = c.UploadedMS
 		}
+		if started == 0 || started > done {
+			started = min(done, max(started, c.CreatedMS)) // nothing was sent (all failed, or none): it started when the last ended, at the latest
+		}
 		out["finished_at"] = time.UnixMilli(done).UTC().Format(time.RFC3339Nano)
+	}
+	if started > 0 {
+		out["started_at"] = time.UnixMilli(started).UTC().Format(time.RFC3339Nano)
 	}
 	writeJSON(ctx, 200, out)
 }

@@ -348,6 +348,7 @@ func TestIdempotentUploadResumesAfterABreak(t *testing.T) {
 	if code != 200 || camp["accepted"] != float64(3000) || total != 3000 {
 		t.Fatalf("campaign after the resumed upload (a re-admitted line would count twice): %d %v", code, camp)
 	}
+	checkCampaignView(t, camp)
 	code2, hdr2, out2 := post(full)
 	if code2 != 200 || hdr2.Get("Idempotent-Replayed") != "true" || out2["campaign_id"] != cid {
 		t.Fatalf("replay: %d %v %v", code2, hdr2, out2)
