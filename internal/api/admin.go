@@ -17,14 +17,29 @@ func (s *Server) putWebhook(ctx *fasthttp.RequestCtx, b *tenant.Business, pn str
 		return
 	}
 	if err := s.opts.Webhooks.Set(pn, c); err != nil {
-		if errors.Is(err, webhook.ErrInvalid) || errors.Is(err, webhook.ErrForbiddenAddress) {
-			badRequest(ctx, CodeInvalidParam, err.Error(), "")
+		if errors.Is(err, webhook.ErrInvalid) || errors.Is(err, webhook.ErrForbiddenAddress) || errors.Is(err, webhook.ErrVerification) {
+			badRequest(ctx, CodeInvalidParam, strings.TrimPrefix(err.Error(), "webhook: "), "nothing was changed")
 			return
 		}
 		s.storageError(ctx, err)
 		return
 	}
-	writeJSON(ctx, 200, map[string]any{"success": true, "phone_number_id": pn, "url": c.URL})
+	writeJSON(ctx, 200, map[string]any{"success": true, "phone_number_id": pn, "url": c.URL, "verified": c.VerifyToken != ""})
+}
+
+// deleteWebhook removes a phone number's webhook; statuses waiting for it
+// are dropped.
+func (s *Server) deleteWebhook(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
+	ok, err := s.opts.Webhooks.Delete(pn)
+	if err != nil {
+		s.storageError(ctx, err)
+		return
+	}
+	if !ok {
+		fail(ctx, 404, CodeInvalidParam, "OAuthException", "no webhook is set for this phone number", "")
+		return
+	}
+	writeJSON(ctx, 200, map[string]any{"success": true, "phone_number_id": pn})
 }
 
 // getWebhook shows a phone number's webhook (never its secret), its backlog

@@ -250,6 +250,7 @@ func (s *Server) routes() *router.Router {
 	s.route(r, "POST", "/v1/{pn}/campaigns", s.phone(s.postCampaign))
 	s.route(r, "PUT", "/v1/{pn}/webhook", s.phone(s.putWebhook))
 	s.route(r, "GET", "/v1/{pn}/webhook", s.phone(s.getWebhook))
+	s.route(r, "DELETE", "/v1/{pn}/webhook", s.phone(s.deleteWebhook))
 	s.route(r, "GET", "/v1/{pn}/integrity", s.phone(s.getIntegrity))
 	// Admin API.
 	s.route(r, "POST", "/admin/v1/businesses", s.adminOnly(func(ctx *fasthttp.RequestCtx, _ string) { s.createBusiness(ctx) }))

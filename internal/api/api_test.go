@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -161,6 +162,8 @@ func TestTenancyEveryEndpoint(t *testing.T) {
 		{"GET", "/v1/campaigns/" + campID, ""},
 		{"GET", "/v1/messages/" + msgID, ""},
 		{"PUT", "/v1/" + a.PNs[0] + "/webhook", `{"url":"http://127.0.0.1:1/x","secret":"secret123"}`},
+		{"GET", "/v1/" + a.PNs[0] + "/webhook", ""},
+		{"DELETE", "/v1/" + a.PNs[0] + "/webhook", ""},
 		{"GET", "/v1/" + a.PNs[0] + "/integrity", ""},
 	}
 	// Compare what Herald ever accepted, not the queue depth: delivery of the
@@ -707,7 +710,7 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 	for _, tc := range []struct {
 		method, path, allow string
 	}{
-		{"DELETE", "/v1/" + pn + "/webhook", "GET"},
+		{"PATCH", "/v1/" + pn + "/webhook", "DELETE"},
 		{"GET", "/v1/" + pn + "/messages", "POST"},
 		{"PUT", "/v1/messages/abc", "GET"},
 		{"GET", "/v1/platform/events", "POST"},
@@ -794,5 +797,47 @@ func TestCampaignViewWhenEveryMessageFails(t *testing.T) {
 	}
 	if f := camp["failures"].(map[string]any); f["131026"] != float64(3) {
 		t.Fatalf("failures: %v", f)
+	}
+}
+
+// TestWebhookVerifyAndDelete: PUT with a verify_token runs the Cloud API
+// handshake (400, nothing changed, when the endpoint does not echo the
+// challenge); the token is never shown; DELETE removes the webhook.
+func TestWebhookVerifyAndDelete(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	pn := a.PNs[0]
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("hub.verify_token") == "my-verify-token" {
+			w.Write([]byte(r.URL.Query().Get("hub.challenge")))
+			return
+		}
+		http.Error(w, "forbidden", 403)
+	}))
+	defer srv.Close()
+	path := "/v1/" + pn + "/webhook"
+	code, out := e.do("PUT", path, a.Token, fmt.Sprintf(`{"url":%q,"secret":"whsecret123","verify_token":"wrong-token"}`, srv.URL+"/h"), "")
+	if code != 400 || !strings.Contains(errMsg(out), "verification") {
+		t.Fatalf("a failed handshake: %d %v", code, out)
+	}
+	if code, _ := e.do("GET", path, a.Token, "", ""); code != 404 {
+		t.Fatalf("a failed handshake set the webhook: %d", code)
+	}
+	code, out = e.do("PUT", path, a.Token, fmt.Sprintf(`{"url":%q,"secret":"whsecret123","verify_token":"my-verify-token"}`, srv.URL+"/h"), "")
+	if code != 200 || out["verified"] != true {
+		t.Fatalf("handshake: %d %v", code, out)
+	}
+	code, out, _ = e.doH("GET", path, a.Token, "", "", nil)
+	if raw, _ := json.Marshal(out); code != 200 || strings.Contains(string(raw), "my-verify-token") || strings.Contains(string(raw), "whsecret123") {
+		t.Fatalf("GET shows a secret: %d %s", code, raw)
+	}
+	if code, _ := e.do("DELETE", path, a.Token, "", ""); code != 200 {
+		t.Fatalf("delete: %d", code)
+	}
+	if code, _ := e.do("GET", path, a.Token, "", ""); code != 404 {
+		t.Fatalf("after delete: %d", code)
+	}
+	if code, _ := e.do("DELETE", path, a.Token, "", ""); code != 404 {
+		t.Fatalf("delete twice: %d", code)
 	}
 }

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +35,11 @@ import (
 type Config struct {
 	URL    string `json:"url"`
 	Secret string `json:"secret"`
+	// VerifyToken, when given, makes Set run the Cloud API verification
+	// request first (GET url?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…):
+	// the URL is accepted only when the answer's body is the challenge.
+	// Kept sealed with the configuration, never shown.
+	VerifyToken string `json:"verify_token,omitempty"`
 }
 
 // ErrInvalid describes a bad webhook configuration.
@@ -42,8 +49,48 @@ var ErrInvalid = errors.New("webhook: url must be an absolute http(s) URL and se
 func (c Config) Validate() error {
 	u, err := url.Parse(c.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || len(c.URL) > 2048 ||
-		len(c.Secret) < 8 || len(c.Secret) > 256 {
+		len(c.Secret) < 8 || len(c.Secret) > 256 || len(c.VerifyToken) > 256 {
 		return ErrInvalid
+	}
+	return nil
+}
+
+// ErrVerification: the endpoint did not answer the verification request
+// with its challenge.
+var ErrVerification = errors.New("webhook: the URL did not pass the verification request")
+
+// verify makes the Cloud API verification request to c.URL and checks that
+// the answer's body is the challenge (a 2xx, read to MaxReplyBytes).
+func (s *Sender) verify(c Config) error {
+	u, err := url.Parse(c.URL)
+	if err != nil {
+		return ErrInvalid
+	}
+	ch := make([]byte, 16)
+	rand.Read(ch)
+	challenge := hex.EncodeToString(ch)
+	q := u.Query()
+	q.Set("hub.mode", "subscribe")
+	q.Set("hub.verify_token", c.VerifyToken)
+	q.Set("hub.challenge", challenge)
+	u.RawQuery = q.Encode()
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(u.String())
+	req.Header.SetMethod("GET")
+	if err := s.client.DoTimeout(req, resp, s.opts.Timeout); err != nil {
+		if errors.Is(err, ErrForbiddenAddress) {
+			return err
+		}
+		return fmt.Errorf("%w: the request failed (%v)", ErrVerification, err)
+	}
+	if sc := resp.StatusCode(); sc < 200 || sc >= 300 {
+		return fmt.Errorf("%w: it answered HTTP %d", ErrVerification, sc)
+	}
+	if got := strings.TrimSpace(string(resp.Body())); got != challenge {
+		return fmt.Errorf("%w: its answer was not the hub.challenge sent", ErrVerification)
 	}
 	return nil
 }
@@ -288,6 +335,11 @@ func (s *Sender) Set(pn string, c Config) error {
 	if err := s.guard.checkURL(c.URL); err != nil {
 		return err
 	}
+	if c.VerifyToken != "" {
+		if err := s.verify(c); err != nil {
+			return err
+		}
+	}
 	v, _ := gojson.Marshal(c)
 	b := s.opts.DB.NewBatch()
 	b.Set(cfgKey(pn), s.opts.Sealer.Seal(nil, v), nil)
@@ -299,6 +351,34 @@ func (s *Sender) Set(pn string, c Config) error {
 	delete(s.mu.retryAt, pn)
 	s.mu.Unlock()
 	return nil
+}
+
+// Delete removes a phone number's webhook and drops the statuses waiting
+// for it (they would never be delivered). It reports whether there was one.
+func (s *Sender) Delete(pn string) (bool, error) {
+	s.mu.Lock()
+	_, ok := s.mu.configs[pn]
+	s.mu.Unlock()
+	if !ok {
+		return false, nil
+	}
+	lo := outKey(pn, 0)
+	b := s.opts.DB.NewBatch()
+	b.Delete(cfgKey(pn), nil)
+	b.DeleteRange(lo, kv.PrefixEnd(lo[:3+len(pn)]), nil)
+	if err := s.opts.DB.Commit(b, true); err != nil {
+		return true, err
+	}
+	s.mu.Lock()
+	s.dropped("deleted", s.mu.backlog[pn])
+	delete(s.mu.configs, pn)
+	delete(s.mu.backlog, pn)
+	delete(s.mu.retryAt, pn)
+	delete(s.mu.fails, pn)
+	delete(s.mu.lastErr, pn)
+	delete(s.mu.cursor, pn)
+	s.mu.Unlock()
+	return true, nil
 }
 
 // Hook is engine.Options.StatusHook: it queues the changes of phone numbers

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 
@@ -251,5 +254,77 @@ func TestHostileWebhookRepliesCannotHurtHerald(t *testing.T) {
 				t.Fatalf("the heap grew by %d MB reading a hostile answer", grew>>20)
 			}
 		})
+	}
+}
+
+// TestWebhookVerificationHandshake: with a verify_token, Set first makes the
+// Cloud API verification request and accepts the URL only when the answer is
+// the challenge; a wrong answer, an error status or a wrong token leaves the
+// configuration as it was. Without a token no request is made.
+func TestWebhookVerificationHandshake(t *testing.T) {
+	clock := testutil.NewClock(time.Unix(1_800_000_000, 0))
+	s, _, _ := newSender(t, clock, nil)
+	var gets atomic.Int64
+	mode := atomic.Value{}
+	mode.Store("echo")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gets.Add(1)
+		q := r.URL.Query()
+		switch {
+		case q.Get("hub.mode") != "subscribe" || q.Get("hub.verify_token") != "tok-123" || q.Get("keep") != "1":
+			http.Error(w, "no", 403)
+		case mode.Load() == "echo":
+			w.Write([]byte(q.Get("hub.challenge")))
+		case mode.Load() == "other":
+			w.Write([]byte("not-the-challenge"))
+		default:
+			http.Error(w, "down", 500)
+		}
+	}))
+	defer srv.Close()
+	u := srv.URL + "/hook?keep=1"
+	if err := s.Set("pn1", Config{URL: u, Secret: "secret-123", VerifyToken: "tok-123"}); err != nil {
+		t.Fatalf("an endpoint answering the challenge: %v", err)
+	}
+	for _, tc := range []struct{ mode, token string }{{"other", "tok-123"}, {"down", "tok-123"}, {"echo", "wrong"}} {
+		mode.Store(tc.mode)
+		err := s.Set("pn1", Config{URL: srv.URL + "/other?keep=1", Secret: "secret-456", VerifyToken: tc.token})
+		if !errors.Is(err, ErrVerification) {
+			t.Fatalf("%s/%s: %v, want ErrVerification", tc.mode, tc.token, err)
+		}
+		if st, _ := s.State("pn1"); st.URL != u {
+			t.Fatalf("a failed verification changed the URL to %s", st.URL)
+		}
+	}
+	n := gets.Load()
+	if err := s.Set("pn1", Config{URL: u, Secret: "secret-123"}); err != nil || gets.Load() != n {
+		t.Fatalf("without a verify_token: %v, %d requests", err, gets.Load()-n)
+	}
+}
+
+// TestWebhookDeleteDropsItsBacklog: deleting a phone number's webhook drops
+// the statuses waiting for it, on disk too.
+func TestWebhookDeleteDropsItsBacklog(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	clock := testutil.NewClock(t0)
+	s, db, _ := newSender(t, clock, nil)
+	if err := s.Set("pn1", Config{URL: "http://127.0.0.1:1/hook", Secret: "secret-123"}); err != nil {
+		t.Fatal(err)
+	}
+	queue(t, s, db, heraldtype.StatusChange{MessageID: "m1", PhoneNumberID: "pn1", Status: "sent", TS: t0.Unix()},
+		heraldtype.StatusChange{MessageID: "m2", PhoneNumberID: "pn1", Status: "sent", TS: t0.Unix()})
+	if ok, err := s.Delete("pn1"); !ok || err != nil {
+		t.Fatalf("delete: %v %v", ok, err)
+	}
+	if _, ok := s.State("pn1"); ok {
+		t.Fatal("the webhook is still there")
+	}
+	it, _ := db.NewIter(&pebble.IterOptions{LowerBound: []byte("wQ"), UpperBound: []byte("wR")})
+	defer it.Close()
+	if it.First() {
+		t.Fatalf("an outbox entry outlived its webhook: %q", it.Key())
+	}
+	if ok, _ := s.Delete("pn1"); ok {
+		t.Fatal("deleted twice")
 	}
 }
