@@ -38,16 +38,19 @@ func (a *adminClient) call(method, path string, body any) error {
 
 // bizCmd is a subcommand about one business (--business).
 func (a *adminClient) bizCmd(use, short string, run func(cmd *cobra.Command) error) *cobra.Command {
-	c := &cobra.Command{Use: use, Short: short, RunE: func(cmd *cobra.Command, _ []string) error { return run(cmd) }}
+	c := &cobra.Command{Use: use, Short: short, RunE: func(cmd *cobra.Command, _ []string) error { return run(cmd) },
+		Example: "  herald admin " + use + " --business biz_0123456789abcdef"}
 	c.Flags().StringVar(&a.biz, "business", "", "business id")
+	c.MarkFlagRequired("business")
 	return c
 }
 
 func adminCmd() *cobra.Command {
 	a := &adminClient{}
 	cmd := &cobra.Command{
-		Use:   "admin",
-		Short: "Client of the admin API: businesses, phone numbers, tokens, tier, mps, pause",
+		Use:     "admin",
+		Example: "  herald admin create-business --name Acme --phone 15550001111 --tier 10k\n  herald admin set --business biz_0123456789abcdef --max-queued-bytes 1073741824",
+		Short:   "Client of the admin API: businesses, phone numbers, tokens, tier, mps, pause",
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&a.url, "url", "http://"+defaults().Listen, "Herald base URL")
@@ -59,6 +62,7 @@ func adminCmd() *cobra.Command {
 		return a.call("POST", "/admin/v1/businesses/"+a.biz+"/phone_numbers", map[string]string{"phone_number": phone})
 	})
 	addNumber.Flags().StringVar(&phone, "phone", "", "phone number")
+	addNumber.MarkFlagRequired("phone")
 	newToken := a.bizCmd("new-token", "Issue another token (printed once)", func(*cobra.Command) error {
 		return a.call("POST", "/admin/v1/businesses/"+a.biz+"/tokens", nil)
 	})
@@ -66,6 +70,7 @@ func adminCmd() *cobra.Command {
 		return a.call("DELETE", "/admin/v1/businesses/"+a.biz+"/tokens/"+tokenID, nil)
 	})
 	revoke.Flags().StringVar(&tokenID, "token-id", "", "token id")
+	revoke.MarkFlagRequired("token-id")
 	show := a.bizCmd("show", "Show a business", func(*cobra.Command) error {
 		return a.call("GET", "/admin/v1/businesses/"+a.biz, nil)
 	})
@@ -80,6 +85,7 @@ func (a *adminClient) createCmd() *cobra.Command {
 	var mps int
 	var identity bool
 	create := &cobra.Command{Use: "create-business", Short: "Create a business (prints its token once)",
+		Example: "  herald admin create-business --name Acme --phone 15550001111 --tier 10k --mps 80",
 		RunE: func(*cobra.Command, []string) error {
 			return a.call("POST", "/admin/v1/businesses", map[string]any{"name": name, "phone_numbers": phones,
 				"tier": tier, "mps": mps, "identity_check": identity})
@@ -89,6 +95,8 @@ func (a *adminClient) createCmd() *cobra.Command {
 	create.Flags().StringVar(&tier, "tier", "2k", "messaging tier: 250, 2k, 10k, 100k, unlimited")
 	create.Flags().IntVar(&mps, "mps", 80, "messages per second per phone number")
 	create.Flags().BoolVar(&identity, "identity-check", false, "fail messages when a recipient's identity key changes")
+	create.MarkFlagRequired("name")
+	create.MarkFlagRequired("phone")
 	return create
 }
 

@@ -73,8 +73,9 @@ func demoCmd() *cobra.Command {
 	var so sim.Options
 	var keep bool
 	cmd := &cobra.Command{
-		Use:   "demo",
-		Short: "One command, nothing to install: Herald + the platform simulator + a campaign, with a live progress bar and a proof",
+		Use:     "demo",
+		Example: "  herald demo\n  herald demo --recipients 5000",
+		Short:   "One command, nothing to install: Herald + the platform simulator + a campaign, with a live progress bar and a proof",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if so.DevicesMin, so.DevicesMax, err = sim.ParseDevices(devices); err != nil {

@@ -46,8 +46,9 @@ type loadReport struct {
 func loadCmd() *cobra.Command {
 	var o loadOpts
 	cmd := &cobra.Command{
-		Use:   "load",
-		Short: "Load-test a running herald serve: campaigns (NDJSON) or single messages; reports throughput and latency",
+		Use:     "load",
+		Example: "  herald load --token $TOKEN --phone-number-id $PN --recipients 100000",
+		Short:   "Load-test a running herald serve: campaigns (NDJSON) or single messages; reports throughput and latency",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := loopbackOnly(o.url, o.allowRemote); err != nil {
 				return err

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -18,6 +20,7 @@ func main() {
 		Short:         "Herald: bulk business messaging with Signal encryption, durable queueing and integrity limits",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version(),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -35,11 +38,20 @@ func run(ctx context.Context, root *cobra.Command, args []string) int {
 	root.AddCommand(serveCmd(), platformCmd(), demoCmd(), loadCmd(), adminCmd())
 	flagErr := func(_ *cobra.Command, err error) error { return usageError{err} }
 	root.SetFlagErrorFunc(flagErr)
-	for _, c := range root.Commands() {
-		c.Flags().String("config", "", "optional config file: lines \"flag = value\" (flags and HERALD_* variables win)")
-		c.PreRunE = func(cmd *cobra.Command, args []string) error { return applyConfig(cmd) }
+	// Every command that runs (admin's subcommands included) takes --config
+	// and HERALD_* variables.
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
 		c.SetFlagErrorFunc(flagErr)
+		if c.RunE != nil && c.Flags().Lookup("config") == nil {
+			c.Flags().String("config", "", "optional config file: lines \"flag = value\" (flags and HERALD_* variables win)")
+			c.PreRunE = func(cmd *cobra.Command, args []string) error { return applyConfig(cmd) }
+		}
 	}
+	walk(root)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -47,8 +59,25 @@ func run(ctx context.Context, root *cobra.Command, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "herald:", err)
 	var ue usageError
-	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "required flag") {
 		return 2
 	}
 	return 1
+}
+
+// version is the binary's version and VCS revision, from its build
+// information (go install'ed or built in a checkout).
+func version() string {
+	v, rev := "(devel)", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				rev = " " + s.Value[:12]
+			}
+		}
+	}
+	return v + rev + " " + runtime.Version()
 }

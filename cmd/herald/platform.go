@@ -41,8 +41,9 @@ func platformCmd() *cobra.Command {
 	var o sim.Options
 	var devices, cpuProfile string
 	cmd := &cobra.Command{
-		Use:   "platform",
-		Short: "Run the platform simulator (Signal recipients on go.mau.fi/libsignal) as its own process",
+		Use:     "platform",
+		Example: "  herald platform --listen 127.0.0.1:9090 --events-url http://127.0.0.1:8080/v1/platform/events --secret s3cret --users 100000",
+		Short:   "Run the platform simulator (Signal recipients on go.mau.fi/libsignal) as its own process",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if o.DevicesMin, o.DevicesMax, err = sim.ParseDevices(devices); err != nil {

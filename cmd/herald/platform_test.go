@@ -121,3 +121,43 @@ func TestLogFormats(t *testing.T) {
 		t.Fatalf("xml accepted: %v", err)
 	}
 }
+
+// TestCommandLineConventions: --version prints the build; every command that
+// runs has an Example in its help and takes --config; a missing required
+// flag is a usage error (exit 2) naming it; shell completion is there.
+func TestCommandLineConventions(t *testing.T) {
+	root := &cobra.Command{Use: "herald", SilenceUsage: true, SilenceErrors: true, Version: version()}
+	var out bytes.Buffer
+	root.SetOut(&out)
+	if code := run(context.Background(), root, []string{"--version"}); code != 0 || !strings.Contains(out.String(), "herald version") || !strings.Contains(out.String(), "go1.") {
+		t.Fatalf("--version: %d %q", code, out.String())
+	}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		if c.RunE == nil || c.Name() == "completion" || c.Parent() != nil && c.Parent().Name() == "completion" {
+			return
+		}
+		if c.Example == "" {
+			t.Errorf("%q has no Example", c.CommandPath())
+		}
+		if c.Flags().Lookup("config") == nil {
+			t.Errorf("%q takes no --config", c.CommandPath())
+		}
+	}
+	walk(root)
+	if c, _, err := root.Find([]string{"completion", "bash"}); err != nil || c.Name() != "bash" {
+		t.Fatalf("no completion command: %v", err)
+	}
+	stderr := captureStderr(t, func() {
+		root := &cobra.Command{Use: "herald", SilenceUsage: true, SilenceErrors: true}
+		if code := run(context.Background(), root, []string{"admin", "set", "--mps", "5"}); code != 2 {
+			t.Errorf("a missing required flag: exit %d, want 2", code)
+		}
+	})
+	if !strings.Contains(stderr, `"business"`) {
+		t.Fatalf("the missing flag is not named: %q", stderr)
+	}
+}

@@ -40,8 +40,9 @@ func serveCmd() *cobra.Command {
 	var level, format, devices, pprofAddr, webhookAllow, adminTokenFile, secretFile, metricsListen string
 	var restartDelay time.Duration
 	cmd := &cobra.Command{
-		Use:   "serve",
-		Short: "Run Herald (embedded Pebble; the built-in platform simulator unless --platform is given)",
+		Use:     "serve",
+		Example: "  herald serve --data ./herald-data --listen 127.0.0.1:8080\n  herald serve --platform https://platform.example --platform-secret-file /etc/herald/platform-secret --webhook-allow 10.0.0.0/8",
+		Short:   "Run Herald (embedded Pebble; the built-in platform simulator unless --platform is given)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if cfg.Logger, err = logger(os.Stderr, level, format); err != nil {
