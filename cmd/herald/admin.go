@@ -74,7 +74,11 @@ func adminCmd() *cobra.Command {
 	show := a.bizCmd("show", "Show a business", func(*cobra.Command) error {
 		return a.call("GET", "/admin/v1/businesses/"+a.biz, nil)
 	})
-	cmd.AddCommand(a.createCmd(), addNumber, newToken, revoke, a.setCmd(), show)
+	list := &cobra.Command{Use: "list", Short: "List businesses, their phone numbers and token ids (never tokens)",
+		Example: "  herald admin list", RunE: func(*cobra.Command, []string) error {
+			return a.call("GET", "/admin/v1/businesses", nil)
+		}}
+	cmd.AddCommand(a.createCmd(), addNumber, newToken, revoke, a.setCmd(), show, list)
 	return cmd
 }
 

@@ -112,6 +112,16 @@ func (s *Server) businessView(b *tenant.Business) map[string]any {
 		"max_queued_bytes": share, "max_queued_bytes_default": b.MaxQueuedBytes == 0, "queued_bytes": s.opts.Queue.OwnerBytes(b.ID)}
 }
 
+// listBusinesses: GET /admin/v1/businesses → every business as the admin
+// view shows it (token ids, never tokens).
+func (s *Server) listBusinesses(ctx *fasthttp.RequestCtx) {
+	list := []map[string]any{}
+	for _, b := range s.opts.Tenants.List() {
+		list = append(list, s.businessView(b))
+	}
+	writeJSON(ctx, 200, map[string]any{"businesses": list})
+}
+
 // showBusiness: GET /admin/v1/businesses/{id}.
 func (s *Server) showBusiness(ctx *fasthttp.RequestCtx, id string) {
 	b, err := s.opts.Tenants.Get(id)

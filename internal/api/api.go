@@ -254,6 +254,7 @@ func (s *Server) routes() *router.Router {
 	s.route(r, "GET", "/v1/{pn}/integrity", s.phone(s.getIntegrity))
 	// Admin API.
 	s.route(r, "POST", "/admin/v1/businesses", s.adminOnly(func(ctx *fasthttp.RequestCtx, _ string) { s.createBusiness(ctx) }))
+	s.route(r, "GET", "/admin/v1/businesses", s.adminOnly(func(ctx *fasthttp.RequestCtx, _ string) { s.listBusinesses(ctx) }))
 	s.route(r, "GET", "/admin/v1/businesses/{id}", s.adminOnly(s.showBusiness))
 	s.route(r, "PATCH", "/admin/v1/businesses/{id}", s.adminOnly(s.patchBusiness))
 	s.route(r, "POST", "/admin/v1/businesses/{id}/tokens", s.adminOnly(s.newToken))

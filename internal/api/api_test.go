@@ -841,3 +841,29 @@ func TestWebhookVerifyAndDelete(t *testing.T) {
 		t.Fatalf("delete twice: %d", code)
 	}
 }
+
+// TestAdminListsBusinessesWithoutTokens: GET /admin/v1/businesses lists every
+// business with its phone numbers and token ids, never a token; only with the
+// admin token.
+func TestAdminListsBusinessesWithoutTokens(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	b := e.business("B", "15550001002", "2k")
+	code, out := e.do("GET", "/admin/v1/businesses", "admin-token-for-tests", "", "")
+	list, _ := out["businesses"].([]any)
+	if code != 200 || len(list) != 2 {
+		t.Fatalf("%d %v", code, out)
+	}
+	raw, _ := json.Marshal(out)
+	for _, tok := range []string{a.Token, b.Token} {
+		if strings.Contains(string(raw), tok) {
+			t.Fatal("the list shows a token")
+		}
+	}
+	if !strings.Contains(string(raw), a.TokID) || !strings.Contains(string(raw), b.PNs[0]) {
+		t.Fatalf("the list lacks token ids or phone numbers: %s", raw)
+	}
+	if code, _ := e.do("GET", "/admin/v1/businesses", a.Token, "", ""); code != 401 {
+		t.Fatalf("a business token lists businesses: %d", code)
+	}
+}

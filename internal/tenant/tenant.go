@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -224,6 +225,18 @@ func (s *Store) ByPhoneNumberID(pn string) (*Business, error) {
 }
 
 // Count returns the number of businesses.
+// List returns every business, by id.
+func (s *Store) List() []*Business {
+	s.mu.RLock()
+	out := make([]*Business, 0, len(s.byID))
+	for _, b := range s.byID {
+		out = append(out, b)
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Business) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
 func (s *Store) Count() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
