@@ -8,12 +8,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/spf13/cobra"
 )
@@ -32,6 +34,8 @@ type loadReport struct {
 	Requests       int64            `json:"requests"`
 	Accepted       int64            `json:"accepted"`
 	Rejected       int64            `json:"rejected"`
+	CampaignIDs    []string         `json:"campaign_ids,omitempty"`
+	RejectedCodes  map[string]int64 `json:"rejected_by_code,omitempty"` // of the rejections the answers list
 	Errors         map[string]int64 `json:"errors_by_code"`
 	IngestSeconds  float64          `json:"ingest_seconds"`
 	IngestPerSec   float64          `json:"ingest_per_second"`
@@ -47,8 +51,8 @@ func loadCmd() *cobra.Command {
 	var o loadOpts
 	cmd := &cobra.Command{
 		Use:     "load",
-		Example: "  herald load --token $TOKEN --phone-number-id $PN --recipients 100000",
-		Short:   "Load-test a running herald serve: campaigns (NDJSON) or single messages; reports throughput and latency",
+		Example: "  herald load --token $TOKEN --phone-number-id $PN --recipients 5000\n  herald load --token $TOKEN --phone-number-id $PN --mode single --count 2000 --clients 16",
+		Short:   "Load-test a running herald serve: campaigns (NDJSON) or single messages; reports campaign ids, rejections, throughput and latency; exits 1 when nothing was accepted",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := loopbackOnly(o.url, o.allowRemote); err != nil {
 				return err
@@ -70,10 +74,13 @@ func loadCmd() *cobra.Command {
 				return err
 			}
 			if o.jsonOut {
-				return json.NewEncoder(os.Stdout).Encode(rep)
+				if err := json.NewEncoder(os.Stdout).Encode(rep); err != nil {
+					return err
+				}
+			} else {
+				printReport(rep)
 			}
-			printReport(rep)
-			return nil
+			return rep.verdict()
 		},
 	}
 	f := cmd.Flags()
@@ -126,6 +133,9 @@ func loadCampaigns(o loadOpts) (*loadReport, error) {
 				CampaignID    string `json:"campaign_id"`
 				Accepted      int64  `json:"accepted"`
 				RejectedCount int64  `json:"rejected_count"`
+				Rejected      []struct {
+					Code int `json:"code"`
+				} `json:"rejected"`
 			}
 			_, err := c.call("POST", "/v1/"+o.pn+"/campaigns", pr, "application/x-ndjson", &res)
 			pr.Close()
@@ -137,8 +147,15 @@ func loadCampaigns(o loadOpts) (*loadReport, error) {
 				return
 			}
 			ids[k] = res.CampaignID
+			rep.CampaignIDs = append(rep.CampaignIDs, res.CampaignID)
 			rep.Accepted += res.Accepted
 			rep.Rejected += res.RejectedCount
+			for _, r := range res.Rejected {
+				if rep.RejectedCodes == nil {
+					rep.RejectedCodes = map[string]int64{}
+				}
+				rep.RejectedCodes[fmt.Sprint(r.Code)]++
+			}
 		}(k)
 	}
 	wg.Wait()
@@ -235,8 +252,39 @@ func errCode(err error) string {
 	return "transport"
 }
 
+// verdict fails a run in which nothing was accepted or every request failed
+// (exit 1): a load test that measured nothing must not look like a pass.
+func (r *loadReport) verdict() error {
+	var failed int64
+	for _, n := range r.Errors {
+		failed += n
+	}
+	switch {
+	case r.Requests > 0 && failed == r.Requests:
+		return fmt.Errorf("every request failed (%d): see the errors above", failed)
+	case r.Accepted == 0:
+		return errors.New("nothing was accepted: see the rejections above (a business's tier caps the unique recipients it may start per 24 h)")
+	}
+	return nil
+}
+
 func printReport(r *loadReport) {
 	fmt.Printf("mode %s: %d requests, %d accepted, %d rejected in %.2fs → %.0f accepted/s\n", r.Mode, r.Requests, r.Accepted, r.Rejected, r.IngestSeconds, r.IngestPerSec)
+	for _, id := range r.CampaignIDs {
+		fmt.Printf("  campaign %s\n", id)
+	}
+	codes := make([]string, 0, len(r.RejectedCodes))
+	for k := range r.RejectedCodes {
+		codes = append(codes, k)
+	}
+	sort.Strings(codes)
+	for _, k := range codes {
+		what := ""
+		if t := heraldtype.CodeText(mustAtoi(k)); t != "" {
+			what = " (" + t + ")"
+		}
+		fmt.Printf("  rejected with %s%s: %d\n", k, what, r.RejectedCodes[k])
+	}
 	if len(r.LatencyMS) > 0 {
 		fmt.Printf("request latency: p50 %dms p90 %dms p99 %dms p99.9 %dms max %dms\n", r.LatencyMS["p50"], r.LatencyMS["p90"], r.LatencyMS["p99"], r.LatencyMS["p99.9"], r.LatencyMS["max"])
 	}
@@ -275,4 +323,9 @@ func (l *lineWriter) line(s string) {
 func (l *lineWriter) close() {
 	l.w.Write(l.buf)
 	l.w.Close()
+}
+
+func mustAtoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }
