@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"os"
 	"strings"
 	"testing"
 
@@ -63,20 +62,4 @@ func TestLoadReportsCampaignsAndFailsWhenNothingGoes(t *testing.T) {
 	if code, out, errOut = load("--token", "hrld_wrong_token", "--recipients", "10"); code != 1 || !strings.Contains(errOut, "every request failed") {
 		t.Fatalf("every request failed: exit %d\n%s\n%s", code, out, errOut)
 	}
-}
-
-func captureStdout(t *testing.T, f func()) string {
-	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := os.Stdout
-	os.Stdout = w
-	done := make(chan string)
-	go func() { b, _ := io.ReadAll(r); done <- string(b) }()
-	f()
-	os.Stdout = old
-	w.Close()
-	return <-done
 }

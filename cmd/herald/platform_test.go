@@ -56,18 +56,23 @@ func TestServeOnABusyPortExitsOneNamingTheSetting(t *testing.T) {
 	}
 }
 
-func captureStderr(t *testing.T, f func()) string {
+func captureStderr(t *testing.T, f func()) string { return capture(t, &os.Stderr, f) }
+
+func captureStdout(t *testing.T, f func()) string { return capture(t, &os.Stdout, f) }
+
+// capture returns what f writes to *file (os.Stdout or os.Stderr).
+func capture(t *testing.T, file **os.File, f func()) string {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := os.Stderr
-	os.Stderr = w
+	old := *file
+	*file = w
 	done := make(chan string)
 	go func() { b, _ := io.ReadAll(r); done <- string(b) }()
 	f()
-	os.Stderr = old
+	*file = old
 	w.Close()
 	return <-done
 }
