@@ -124,7 +124,11 @@ m("32-queue-share-unchecked", "invariant 12: a business may fill the whole queue
   ["./internal/api/ -run 'TestOneBusinessCannotTakeAnothersQueueShare'"])
 m("33-owner-bytes-not-returned", "invariant 12: acknowledged messages still count against their business's share",
   "queue/complete.go", "	q.addOwned(l.Messages, -1, true)\n", "",
-  ["./queue/ -run 'TestQueueMatchesModel'"])
+  ["./queue/ -run 'TestQueueMatchesModel'", "./engine/ -run 'TestPerRecipientOrderWithManyMessages'"])
+m("34-webhook-verification-skipped", "invariant 12: a webhook URL given with a verify_token is accepted whatever it answers",
+  "internal/webhook/webhook.go", "	if got := strings.TrimSpace(string(resp.Body())); got != challenge {",
+  "	if got := strings.TrimSpace(string(resp.Body())); false && got != challenge {",
+  ["./internal/webhook/ -run 'TestWebhookVerificationHandshake'", "./internal/api/ -run 'TestWebhookVerifyAndDelete'"])
 
 only = sys.argv[1:]
 missing = []
