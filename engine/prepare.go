@@ -176,8 +176,6 @@ func (e *Engine) forget(rcpt signal.Recipient, senders []string) {
 	}
 }
 
-var errUnknownUser = errors.New("engine: recipient unknown to the platform")
-
 // prepareSender makes sure every live message of one sender in r has a
 // ciphertext for every device of the recipient, in b with the sessions it
 // advanced: stored ciphertexts are taken as they are (invariant 2), missing

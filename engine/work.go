@@ -83,7 +83,6 @@ type run struct {
 	outcome1 [1]queue.Outcome
 	up1      [1]records.Update
 	devices  senderDevices // sender → device list prepare settled on (transmit reuses it)
-	failAll  bool
 }
 
 // senderDevices maps a sender to a device list. A run almost always has one
