@@ -129,7 +129,7 @@ func TestResetsExhaustedFailsWithClearCode(t *testing.T) {
 	h.drain(time.Minute)
 	c, _ := h.eng.Statuses().Counters("camp-x")
 	if c.Failed != 5 || c.Failures[fmt.Sprint(heraldtype.CodeResetsExhausted)] != 5 {
-		t.Fatalf("want 5 failed with 131054: %+v", c)
+		t.Fatalf("want 5 failed with 139012: %+v", c)
 	}
 	if st := h.sim.Stats(); st.Injected["reinstall"] != 15 {
 		t.Fatalf("want exactly 1+MaxResets attempts per message, got %d reinstalls", st.Injected["reinstall"])

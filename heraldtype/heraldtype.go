@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -62,35 +63,128 @@ func Rank(status string) int {
 	return -1
 }
 
-// Failure codes Herald reports (Cloud API numbers where one exists; the README
-// lists them all).
+// Failure codes Herald reports in statuses. Where the Cloud API's error table
+// has a code, Herald uses it with the same meaning; conditions it has no code
+// for get one from Herald's own range, 139000–139999, which Meta does not use.
+// The README lists them all.
 const (
-	CodeUndeliverable    = 131026 // unknown_user: the number is not on the platform
-	CodeExpired          = 131052 // the message's TTL passed before it was sent
-	CodeIdentityChanged  = 131053 // identity_check on and the recipient's key changed
-	CodeResetsExhausted  = 131054 // the recipient kept failing to decrypt
-	CodePlatformRejected = 131055 // the platform refused the envelope permanently
-	CodeRestricted       = 131048 // restricted for spam/quality
+	CodeUndeliverable    = 131026 // Cloud API: message undeliverable (the number is not on the platform)
+	CodeRestricted       = 131048 // Cloud API: spam rate limit hit (restricted for spam/quality)
+	CodeExpired          = 139010 // Herald: the message's TTL passed before it was sent
+	CodeIdentityChanged  = 139011 // Herald: identity_check on and the recipient's key changed
+	CodeResetsExhausted  = 139012 // Herald: the recipient kept failing to decrypt
+	CodePlatformRejected = 139013 // Herald: the platform refused the envelope permanently
 )
+
+// Codes of the API's error objects and upload rejections (package api names
+// them by use; several uses share a Cloud API code, told apart by message).
+const (
+	CodeInvalidParam      = 100    // Cloud API: invalid parameter
+	CodeAuth              = 190    // Cloud API: access token invalid or expired
+	CodeThroughput        = 130429 // Cloud API: rate limit hit (throughput)
+	CodeInternal          = 131000 // Cloud API: something went wrong
+	CodeMissingParam      = 131008 // Cloud API: required parameter is missing
+	CodeBadParam          = 131009 // Cloud API: parameter value is not valid
+	CodeUnsupported       = 131051 // Cloud API: unsupported message type
+	CodePairRate          = 131056 // Cloud API: pair rate limit hit
+	CodeTier              = 139001 // Herald: messaging tier limit reached
+	CodeTooManyRecipients = 139002 // Herald: too many recipients in one request
+)
+
+// HeraldCodes is Herald's own range of error codes: the Cloud API has none
+// in it.
+const HeraldCodesMin, HeraldCodesMax = 139000, 139999
+
+type codeInfo struct{ title, details string }
+
+var codes = map[int]codeInfo{
+	CodeInvalidParam:      {"Invalid parameter", "the request is malformed or names a field, value or object Herald does not know"},
+	CodeAuth:              {"Invalid access token", "the token is missing, unknown or revoked"},
+	CodeThroughput:        {"Rate limit hit", "Herald or this business's share of its queue is at capacity; retry after Retry-After"},
+	CodeInternal:          {"Something went wrong", "storage failed or the disk is full; nothing was accepted"},
+	CodeMissingParam:      {"Required parameter is missing", "a template variable has no value for this recipient"},
+	CodeBadParam:          {"Parameter value is not valid", "a phone number, text body or ttl_seconds is out of range"},
+	CodeUnsupported:       {"Unsupported message type", "only text messages are supported"},
+	CodeTier:              {"Messaging tier limit reached", "no more new unique recipients in the moving 24 hours"},
+	CodeTooManyRecipients: {"Too many recipients", "more recipients than one request may carry"},
+	CodeUndeliverable:     {"Message undeliverable", "the recipient's number is not on the platform"},
+	CodeRestricted:        {"Spam rate limit hit", "the business is paused or restricted for spam or low quality"},
+	CodeExpired:           {"Message expired", "the message's ttl_seconds passed before it could be sent"},
+	CodeIdentityChanged:   {"Recipient identity changed", "the recipient's identity key changed and identity_check is on"},
+	CodeResetsExhausted:   {"Recipient cannot decrypt", "the recipient kept failing to decrypt after session resets"},
+	CodePlatformRejected:  {"Platform rejected message", "the platform refused the message permanently"},
+}
+
+// StoredCode reads a failure code from a record: records written before the
+// codes followed the Cloud API's table (session 13 and earlier) hold numbers
+// that mean something else there; they are read as today's codes, so no
+// answer or webhook carries an old one. Such records are gone within 30 days.
+func StoredCode(code int) int {
+	switch code {
+	case 131052:
+		return CodeExpired
+	case 131053:
+		return CodeIdentityChanged
+	case 131054:
+		return CodeResetsExhausted
+	case 131055:
+		return CodePlatformRejected
+	}
+	return code
+}
+
+// Codes lists every code Herald answers or reports, in increasing order.
+func Codes() []int {
+	out := make([]int, 0, len(codes))
+	for c := range codes {
+		out = append(out, c)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// CodeTitle is a failure code's short title ("" for a code Herald does not report).
+func CodeTitle(code int) string { return codes[code].title }
 
 // CodeText explains a failure code.
 func CodeText(code int) string {
-	switch code {
-	case CodeUndeliverable:
-		return "recipient is not on the platform"
-	case CodeExpired:
-		return "message expired before it could be sent"
-	case CodeIdentityChanged:
-		return "recipient's identity key changed and identity_check is on"
-	case CodeResetsExhausted:
-		return "recipient kept failing to decrypt after session resets"
-	case CodePlatformRejected:
-		return "platform rejected the message"
-	case CodeRestricted:
-		return "business restricted for spam or low quality"
+	if c, ok := codes[code]; ok {
+		return c.details
 	}
 	return "unknown"
 }
+
+// StatusError is one entry of a status's errors[], as the Cloud API writes it.
+type StatusError struct {
+	Code      int    `json:"code"`
+	Title     string `json:"title"`
+	Message   string `json:"message"`
+	ErrorData struct {
+		Details string `json:"details"`
+	} `json:"error_data"`
+}
+
+// StatusErrors is the errors[] of a status that failed with code (nil for 0).
+func StatusErrors(code int) []StatusError {
+	if code == 0 {
+		return nil
+	}
+	e := StatusError{Code: code, Title: CodeTitle(code)}
+	if e.Title == "" {
+		e.Title = "Failed"
+	}
+	e.Message = e.Title
+	e.ErrorData.Details = CodeText(code)
+	return []StatusError{e}
+}
+
+// Timestamp writes a status time as the Cloud API does: unix seconds, as a
+// string. Every field named "timestamp" in the API and webhooks uses it.
+func Timestamp(unix int64) string { return strconv.FormatInt(unix, 10) }
+
+// FormatTime writes every other time of the API ("created_at", "since", …):
+// RFC 3339 in UTC with milliseconds.
+func FormatTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }
 
 // Payload is what the queue carries for one message (sealed at rest).
 type Payload struct {

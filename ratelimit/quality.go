@@ -159,7 +159,7 @@ func (l *Limiter) quality(pn string, now time.Time) QualityView {
 			since = now.Unix()
 			ps.Since[name] = since
 		}
-		v.Flags = append(v.Flags, Flag{Name: name, Value: value, Threshold: threshold, Since: time.Unix(since, 0).UTC().Format(time.RFC3339)})
+		v.Flags = append(v.Flags, Flag{Name: name, Value: value, Threshold: threshold, Since: heraldtype.FormatTime(time.Unix(since, 0))})
 	}
 	clear := func(name string) { delete(ps.Since, name) }
 	p := l.pol
@@ -167,7 +167,7 @@ func (l *Limiter) quality(pn string, now time.Time) QualityView {
 		// Refused batches are not sent, so they lower no rating; the view
 		// says why uploads are refused.
 		v.Flags = append(v.Flags, Flag{Name: "sequential_enumeration", Value: r.Share, Threshold: p.SequentialMax,
-			Since: time.Unix(r.First, 0).UTC().Format(time.RFC3339), Refused: r.Count})
+			Since: heraldtype.FormatTime(time.Unix(r.First, 0)), Refused: r.Count})
 	}
 	if t.SeqSamples >= p.MinSample {
 		if seq := t.SeqWeight / float64(t.SeqSamples); seq > p.SequentialMax {

@@ -15,6 +15,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	lru "github.com/hashicorp/golang-lru/v2"
 
+	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/seal"
@@ -23,8 +24,8 @@ import (
 
 // Admission codes (the API's numbers).
 const (
-	CodeTier       = 131064
-	CodeRestricted = 131048
+	CodeTier       = heraldtype.CodeTier
+	CodeRestricted = heraldtype.CodeRestricted
 )
 
 // Policy is the tunable part of the limits. Zero values take the defaults.

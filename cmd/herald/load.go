@@ -280,7 +280,7 @@ func printReport(r *loadReport) {
 	sort.Strings(codes)
 	for _, k := range codes {
 		what := ""
-		if t := heraldtype.CodeText(mustAtoi(k)); t != "" {
+		if t := heraldtype.CodeTitle(mustAtoi(k)); t != "" {
 			what = " (" + t + ")"
 		}
 		fmt.Printf("  rejected with %s%s: %d\n", k, what, r.RejectedCodes[k])

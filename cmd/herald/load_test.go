@@ -50,7 +50,7 @@ func TestLoadReportsCampaignsAndFailsWhenNothingGoes(t *testing.T) {
 	// 300 recipients against the 250 tier: 250 accepted, the rest rejected
 	// with the tier's code, named.
 	code, out, errOut := load("--token", token, "--recipients", "300")
-	if code != 0 || !strings.Contains(out, "campaign cmp_") || !strings.Contains(out, "rejected with 131") {
+	if code != 0 || !strings.Contains(out, "campaign cmp_") || !strings.Contains(out, "rejected with 139001 (Messaging tier limit reached)") {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 	}
 	// The tier is spent: new recipients are not accepted, and that is a

@@ -3,10 +3,10 @@ package api
 import (
 	"errors"
 	"strings"
-	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/internal/webhook"
 )
@@ -148,7 +148,7 @@ func (s *Server) revokeToken(ctx *fasthttp.RequestCtx, id, tokenID string) {
 		s.tenantError(ctx, err)
 		return
 	}
-	writeJSON(ctx, 200, map[string]any{"revoked": tokenID, "at": s.opts.Now().UTC().Format(time.RFC3339)})
+	writeJSON(ctx, 200, map[string]any{"revoked": tokenID, "at": heraldtype.FormatTime(s.opts.Now())})
 }
 
 // createBusiness: POST /admin/v1/businesses; the token is shown once.

@@ -271,14 +271,24 @@ func (s *Server) route(r *router.Router, method, path string, h fasthttp.Request
 	hist := s.opts.Metrics.HTTPSeconds
 	timed := func(ctx *fasthttp.RequestCtx) {
 		start := clock.Wall() // a measurement: real time
+		traceID(ctx)
 		h(ctx)
 		hist.WithLabelValues(path, string(ctx.Method())).Observe(clock.Wall().Sub(start).Seconds())
+		if code := ctx.Response.StatusCode(); code >= 400 && s.opts.Logger.Enabled(ctx, slog.LevelDebug) {
+			s.log(ctx).Debug("api: request refused", "route", path, "method", string(ctx.Method()), "status", code)
+		}
 	}
 	if method == "ANY" {
 		r.ANY(path, timed)
 	} else {
 		r.Handle(method, path, timed)
 	}
+}
+
+// log is the logger for one request: its lines carry the request's trace id,
+// the one its answer (header and error object) gives the client.
+func (s *Server) log(ctx *fasthttp.RequestCtx) *slog.Logger {
+	return s.opts.Logger.With("trace_id", traceID(ctx))
 }
 
 // param is a path parameter of the route.
@@ -546,7 +556,7 @@ func (s *Server) shareOK(b *tenant.Business, adding int64) error {
 func (s *Server) storageError(ctx *fasthttp.RequestCtx, err error) {
 	switch {
 	case kv.NoSpace(err):
-		s.opts.Logger.Debug("api: refusing work: disk full", "err", err)
+		s.log(ctx).Debug("api: refusing work: disk full", "err", err)
 		ctx.Response.Header.Set("Retry-After", "30")
 		fail(ctx, 507, CodeInternal, "internal", "Herald's disk is full; nothing was accepted from this request", "retry after the Retry-After delay")
 	case errors.As(err, new(*shareFull)):
@@ -556,7 +566,7 @@ func (s *Server) storageError(ctx *fasthttp.RequestCtx, err error) {
 		ctx.Response.Header.Set("Retry-After", "1")
 		fail(ctx, 429, CodeThroughput, "OAuthException", "Herald is at capacity; nothing was accepted from this request", "retry after the Retry-After delay")
 	default:
-		s.opts.Logger.Error("api: storage failure", "err", err)
+		s.log(ctx).Error("api: storage failure", "err", err)
 		ctx.Response.Header.Set("Retry-After", "5")
 		fail(ctx, 503, CodeInternal, "internal", "storage unavailable; nothing was accepted from this request", "")
 	}

@@ -458,7 +458,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	body, _ := json.Marshal(res)
 	if idem != "" {
 		if err := s.opts.Uploads.RememberAnswer(b.ID, idem, body, records.IdemExpiry(time.UnixMilli(camp.CreatedMS), a.ttl)); err != nil {
-			s.opts.Logger.Warn("api: could not remember an idempotent answer; a retry will resume instead", "err", err)
+			s.log(ctx).Warn("api: could not remember an idempotent answer; a retry will resume instead", "err", err)
 		}
 	}
 	ctx.SetStatusCode(200)
@@ -683,9 +683,12 @@ func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id st
 		return
 	}
 	queued := max(0, int64(c.Accepted)-cnt.Sent-cnt.Failed)
-	failures := cnt.Failures
-	if failures == nil {
-		failures = map[string]int64{} // {} , not null
+	failures := map[string]int64{} // {} , not null
+	for code, n := range cnt.Failures {
+		if c, err := strconv.Atoi(code); err == nil {
+			code = strconv.Itoa(heraldtype.StoredCode(c)) // counted by an older Herald
+		}
+		failures[code] += n
 	}
 	out := map[string]any{
 		"campaign_id": c.ID, "name": c.Name, "phone_number_id": c.PhoneNumberID,
@@ -702,7 +705,7 @@ func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id st
 			heraldtype.StatusFailed: cnt.Failed, "canceled": 0,
 		},
 		"failures":   failures,
-		"created_at": time.UnixMilli(c.CreatedMS).UTC().Format(time.RFC3339Nano),
+		"created_at": heraldtype.FormatTime(time.UnixMilli(c.CreatedMS)),
 	}
 	started := cnt.FirstSent
 	if cnt.FirstSent > 0 {
@@ -718,10 +721,10 @@ func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id st
 		if started == 0 || started > done {
 			started = min(done, max(started, c.CreatedMS)) // nothing was sent (all failed, or none): it started when the last ended, at the latest
 		}
-		out["finished_at"] = time.UnixMilli(done).UTC().Format(time.RFC3339Nano)
+		out["finished_at"] = heraldtype.FormatTime(time.UnixMilli(done))
 	}
 	if started > 0 {
-		out["started_at"] = time.UnixMilli(started).UTC().Format(time.RFC3339Nano)
+		out["started_at"] = heraldtype.FormatTime(time.UnixMilli(started))
 	}
 	writeJSON(ctx, 200, out)
 }

@@ -273,19 +273,16 @@ func (s *Server) getMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, id str
 		s.storageError(ctx, err)
 		return
 	}
+	// Each entry has the shape of a webhook's status: timestamp in unix
+	// seconds as a string, a failure's errors[] as the Cloud API writes them.
 	type hist struct {
-		Status    string `json:"status"`
-		Timestamp int64  `json:"timestamp"`
-		Code      int    `json:"code,omitempty"`
-		Title     string `json:"title,omitempty"`
+		Status    string                   `json:"status"`
+		Timestamp string                   `json:"timestamp"`
+		Errors    []heraldtype.StatusError `json:"errors,omitempty"`
 	}
 	h := make([]hist, 0, len(st.History))
 	for _, x := range st.History {
-		e := hist{Status: x.Status, Timestamp: x.TS, Code: x.Code}
-		if x.Code != 0 {
-			e.Title = heraldtype.CodeText(x.Code)
-		}
-		h = append(h, e)
+		h = append(h, hist{Status: x.Status, Timestamp: heraldtype.Timestamp(x.TS), Errors: heraldtype.StatusErrors(x.Code)})
 	}
 	writeJSON(ctx, 200, map[string]any{"id": id, "status": st.Status, "phone_number_id": st.PhoneNumberID,
 		"campaign_id": st.CampaignID, "history": h})

@@ -243,8 +243,14 @@ func New(cfg Config) (n *Node, err error) {
 	if n.Tenants, err = tenant.Open(n.db, n.Sealer); err != nil {
 		return nil, err
 	}
+	tenants := n.Tenants
 	if n.Webhooks, err = webhook.New(webhook.Options{DB: n.db, Sealer: n.Sealer, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now,
-		Allow: cfg.WebhookAllow}); err != nil {
+		Allow: cfg.WebhookAllow, DisplayNumber: func(pn string) string {
+			if b, err := tenants.ByPhoneNumberID(pn); err == nil {
+				return b.PhoneNumbers[pn]
+			}
+			return ""
+		}}); err != nil {
 		return nil, err
 	}
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	json "github.com/goccy/go-json"
+	"github.com/heraldhq/herald/heraldtype"
 )
 
 // Status records on disk ('eM' + message id). Written twice per message (queued
@@ -51,6 +52,14 @@ func appendStr(dst []byte, s string) []byte {
 	return append(binary.AppendUvarint(dst, uint64(len(s))), s...)
 }
 
+// upgradeCodes reads the failure codes of an old record as today's.
+func (rec *MessageStatus) upgradeCodes() {
+	rec.Code = heraldtype.StoredCode(rec.Code)
+	for i := range rec.History {
+		rec.History[i].Code = heraldtype.StoredCode(rec.History[i].Code)
+	}
+}
+
 // decodeStatus reads a status record of either form into rec.
 // On an error rec is left empty.
 func decodeStatus(v []byte, rec *MessageStatus) error {
@@ -60,13 +69,14 @@ func decodeStatus(v []byte, rec *MessageStatus) error {
 			*rec = MessageStatus{}
 			return fmt.Errorf("%w: %w", errStatusRec, err)
 		}
+		rec.upgradeCodes()
 		return nil
 	}
 	if len(v) == 0 || (v[0] != statusRecV1 && v[0] != statusRecV2) {
 		return fmt.Errorf("%w: unknown form", errStatusRec)
 	}
 	r := statusReader{b: v[1:]}
-	*rec = MessageStatus{BusinessID: r.str(), PhoneNumberID: r.str(), CampaignID: r.str(), Status: r.str(), Code: r.int()}
+	*rec = MessageStatus{BusinessID: r.str(), PhoneNumberID: r.str(), CampaignID: r.str(), Status: r.str(), Code: heraldtype.StoredCode(r.int())}
 	n := r.uint()
 	if r.err == nil && n > uint64(len(r.b))/3 { // an entry takes at least 3 bytes: a larger count is corrupt (and must not size an allocation)
 		r.err = errStatusRec
@@ -74,7 +84,7 @@ func decodeStatus(v []byte, rec *MessageStatus) error {
 	if r.err == nil && n > 0 {
 		rec.History = make([]StatusHistory, 0, n)
 		for i := uint64(0); i < n && r.err == nil; i++ {
-			rec.History = append(rec.History, StatusHistory{TS: r.varint(), Status: r.str(), Code: r.int()})
+			rec.History = append(rec.History, StatusHistory{TS: r.varint(), Status: r.str(), Code: heraldtype.StoredCode(r.int())})
 		}
 	}
 	if r.err == nil && v[0] == statusRecV2 {

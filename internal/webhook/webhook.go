@@ -131,6 +131,9 @@ type Options struct {
 	// (--webhook-allow); loopback, private, link-local, multicast and
 	// metadata destinations are refused otherwise.
 	Allow []netip.Prefix
+	// DisplayNumber gives a business phone number id's digits (the
+	// payload's metadata.display_phone_number); nil leaves it empty.
+	DisplayNumber func(phoneNumberID string) string
 	// MaxReplyBytes of an endpoint's answer are read at most; default 4 KiB.
 	MaxReplyBytes int
 	// Concurrency: endpoints posted to at once; default 16 (a slow endpoint
@@ -176,11 +179,11 @@ type lastError struct {
 // State is a phone number's webhook as its business may see it (never the
 // secret).
 type State struct {
-	URL           string     `json:"url"`
-	Backlog       int        `json:"backlog"`
-	LastError     string     `json:"last_error,omitempty"`
-	LastErrorAt   *time.Time `json:"last_error_at,omitempty"`
-	NextAttemptAt *time.Time `json:"next_attempt_at,omitempty"`
+	URL           string `json:"url"`
+	Backlog       int    `json:"backlog"`
+	LastError     string `json:"last_error,omitempty"`
+	LastErrorAt   string `json:"last_error_at,omitempty"`   // heraldtype.FormatTime
+	NextAttemptAt string `json:"next_attempt_at,omitempty"` // heraldtype.FormatTime
 }
 
 // entryMark starts an outbox value: the entry's expiry (unix seconds, 8
@@ -311,12 +314,10 @@ func (s *Sender) State(pn string) (State, bool) {
 	}
 	st := State{URL: c.URL, Backlog: s.mu.backlog[pn]}
 	if le, ok := s.mu.lastErr[pn]; ok {
-		at := le.at.UTC()
-		st.LastError, st.LastErrorAt = le.msg, &at
+		st.LastError, st.LastErrorAt = le.msg, heraldtype.FormatTime(le.at)
 	}
 	if r, ok := s.mu.retryAt[pn]; ok && st.Backlog > 0 {
-		r = r.UTC()
-		st.NextAttemptAt = &r
+		st.NextAttemptAt = heraldtype.FormatTime(r)
 	}
 	return st, true
 }
@@ -399,7 +400,7 @@ func (s *Sender) Hook(b *pebble.Batch, changes []heraldtype.StatusChange) {
 			full++
 			continue
 		}
-		e := Entry{ID: c.MessageID, Status: c.Status, Timestamp: strconv.FormatInt(c.TS, 10), RecipientID: c.Recipient,
+		e := Entry{ID: c.MessageID, Status: c.Status, Timestamp: heraldtype.Timestamp(c.TS), RecipientID: c.Recipient,
 			BusinessID: c.BusinessID, Code: c.Code}
 		v, _ := gojson.Marshal(struct {
 			Entry
@@ -630,7 +631,11 @@ func (s *Sender) deliver(pn string, now time.Time) int {
 	s.mu.Lock()
 	cfg := s.mu.configs[pn]
 	s.mu.Unlock()
-	body := Payload(biz, pn, entries)
+	display := ""
+	if s.opts.DisplayNumber != nil {
+		display = s.opts.DisplayNumber(pn)
+	}
+	body := Payload(biz, pn, display, entries)
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -701,33 +706,27 @@ func Sign(secret string, body []byte) string {
 	return "sha256=" + hex.EncodeToString(m.Sum(nil))
 }
 
-// Payload builds the Cloud-API-like webhook body.
-func Payload(businessID, phoneNumberID string, entries []Entry) []byte {
-	type errObj struct {
-		Code  int    `json:"code"`
-		Title string `json:"title"`
-	}
+// Payload builds the Cloud-API-like webhook body; display is the business
+// phone number's digits (metadata.display_phone_number).
+func Payload(businessID, phoneNumberID, display string, entries []Entry) []byte {
 	type status struct {
-		ID          string   `json:"id"`
-		Status      string   `json:"status"`
-		Timestamp   string   `json:"timestamp"`
-		RecipientID string   `json:"recipient_id,omitempty"`
-		Errors      []errObj `json:"errors,omitempty"`
+		ID          string                   `json:"id"`
+		Status      string                   `json:"status"`
+		Timestamp   string                   `json:"timestamp"`
+		RecipientID string                   `json:"recipient_id,omitempty"`
+		Errors      []heraldtype.StatusError `json:"errors,omitempty"`
 	}
 	sts := make([]status, 0, len(entries))
 	for _, e := range entries {
-		st := status{ID: e.ID, Status: e.Status, Timestamp: e.Timestamp, RecipientID: e.RecipientID}
-		if e.Code != 0 {
-			st.Errors = []errObj{{Code: e.Code, Title: heraldtype.CodeText(e.Code)}}
-		}
-		sts = append(sts, st)
+		sts = append(sts, status{ID: e.ID, Status: e.Status, Timestamp: e.Timestamp, RecipientID: e.RecipientID,
+			Errors: heraldtype.StatusErrors(heraldtype.StoredCode(e.Code))})
 	}
 	body, _ := gojson.Marshal(map[string]any{
 		"object": "whatsapp_business_account",
 		"entry": []any{map[string]any{"id": businessID, "changes": []any{map[string]any{
 			"field": "messages",
 			"value": map[string]any{"messaging_product": "whatsapp",
-				"metadata": map[string]any{"phone_number_id": phoneNumberID}, "statuses": sts},
+				"metadata": map[string]any{"display_phone_number": display, "phone_number_id": phoneNumberID}, "statuses": sts},
 		}}}},
 	})
 	return body

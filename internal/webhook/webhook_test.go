@@ -92,7 +92,7 @@ func TestWebhookRefusedIsRetriedUntilTheTTLThenDropped(t *testing.T) {
 		t.Fatalf("%d posts in one second to a refusing endpoint, want 1 (backoff)", posts.Load())
 	}
 	st, _ := s.State("pn1")
-	if st.Backlog != 2 || st.LastError != "endpoint answered HTTP 400" || st.NextAttemptAt == nil {
+	if st.Backlog != 2 || st.LastError != "endpoint answered HTTP 400" || st.NextAttemptAt == "" {
 		t.Fatalf("state after a refusal: %+v", st)
 	}
 	// Attempts go on, spaced, while the statuses live.
