@@ -131,7 +131,7 @@ func (a *adminClient) setCmd() *cobra.Command {
 	})
 	set.Flags().StringVar(&tier, "tier", "", "messaging tier")
 	set.Flags().IntVar(&mps, "mps", 0, "messages per second")
-	set.Flags().Int64Var(&maxQueued, "max-queued-bytes", 0, "the business's share of the queue in bytes (0: the server's default share)")
+	byteSizeVar(set.Flags(), &maxQueued, "max-queued-bytes", 0, false, "the business's share of the queue (0: the server's default share)")
 	set.Flags().BoolVar(&paused, "pause", false, "pause the business")
 	set.Flags().BoolVar(&resumed, "resume", false, "resume the business")
 	return set

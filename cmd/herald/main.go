@@ -48,7 +48,12 @@ func run(ctx context.Context, root *cobra.Command, args []string) int {
 		c.SetFlagErrorFunc(flagErr)
 		if c.RunE != nil && c.Flags().Lookup("config") == nil {
 			c.Flags().String("config", "", "optional config file: lines \"flag = value\" (flags and HERALD_* variables win)")
-			c.PreRunE = func(cmd *cobra.Command, args []string) error { return applyConfig(cmd) }
+			c.PreRunE = func(cmd *cobra.Command, args []string) error {
+				if err := applyConfig(cmd); err != nil {
+					return usageError{err} // a setting from HERALD_* or --config it cannot read
+				}
+				return nil
+			}
 		}
 	}
 	walk(root)
