@@ -96,8 +96,8 @@ func (s *Server) tenantError(ctx *fasthttp.RequestCtx, err error) {
 // queued_bytes what its queued messages hold now.
 func (s *Server) businessView(b *tenant.Business) map[string]any {
 	pns := make([]map[string]string, 0, len(b.PhoneNumbers))
-	for id := range b.PhoneNumbers {
-		pns = append(pns, map[string]string{"phone_number_id": id})
+	for id, digits := range b.PhoneNumbers {
+		pns = append(pns, map[string]string{"phone_number_id": id, "display_phone_number": digits})
 	}
 	tokens := make([]string, 0, len(b.Tokens))
 	for id := range b.Tokens {

@@ -242,6 +242,7 @@ func (s *Server) routes() *router.Router {
 	if !s.opts.NoMetrics {
 		s.route(r, "GET", "/metrics", s.metrics)
 	}
+	s.route(r, "GET", "/openapi.json", s.openapi)
 	s.route(r, "POST", "/v1/platform/events", s.platformEvents)
 	// Business API: the bearer token names the business.
 	s.route(r, "GET", "/v1/campaigns/{id}", s.business(s.getCampaign, "id"))

@@ -91,15 +91,24 @@ func (e *env) doH(method, path, token, body, ct string, headers map[string]strin
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
+	status, hdr, raw := e.exchange(req, []byte(body))
+	var out map[string]any
+	json.Unmarshal(raw, &out)
+	return status, out, hdr
+}
+
+// exchange sends req (its body is body) and checks the exchange against
+// the OpenAPI description.
+func (e *env) exchange(req *http.Request, body []byte) (int, http.Header, []byte) {
+	e.t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	json.Unmarshal(raw, &out)
-	return resp.StatusCode, out, resp.Header
+	checkSpec(e.t, req, body, resp.StatusCode, resp.Header, raw)
+	return resp.StatusCode, resp.Header, raw
 }
 
 func (e *env) business(name, phone, tier string) business {
@@ -313,14 +322,10 @@ func TestNDJSONCampaignLinesIdempotencyAndDelivery(t *testing.T) {
 	do := func() (int, string) {
 		req, _ := http.NewRequest("POST", e.base+"/v1/"+a.PNs[0]+"/campaigns", strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+a.Token)
+		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Idempotency-Key", "upload-42")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		code, _, b := e.exchange(req, []byte(body))
+		return code, string(b)
 	}
 	before := promtest.ToFloat64(e.n.Metrics.Accepted)
 	c1, b1 := do()

@@ -170,3 +170,42 @@ func checkStatusError(t *testing.T, where string, st map[string]any) {
 		t.Fatalf("%s: error %v", where, e)
 	}
 }
+
+// TestAdminTokensAndPhoneNumbers: a new token works beside the old one, a
+// revoked one does not; a phone number added shows in the admin view with
+// its digits, and a number another business holds is refused.
+func TestAdminTokensAndPhoneNumbers(t *testing.T) {
+	e := start(t)
+	a := e.business("A", "15550001001", "10k")
+	e.business("B", "15550001002", "10k")
+	const admin = "admin-token-for-tests"
+	code, tok := e.do("POST", "/admin/v1/businesses/"+a.ID+"/tokens", admin, "", "")
+	if code != 200 || tok["token"] == "" || tok["token_id"] == a.TokID {
+		t.Fatalf("new token: %d %v", code, tok)
+	}
+	if code, _ := e.do("DELETE", "/admin/v1/businesses/"+a.ID+"/tokens/"+a.TokID, admin, "", ""); code != 200 {
+		t.Fatalf("revoke: %d", code)
+	}
+	if code, _ := e.do("GET", "/v1/"+a.PNs[0]+"/integrity", a.Token, "", ""); code != 401 {
+		t.Fatalf("revoked token: %d", code)
+	}
+	if code, _ := e.do("GET", "/v1/"+a.PNs[0]+"/integrity", tok["token"].(string), "", ""); code != 200 {
+		t.Fatalf("new token: %d", code)
+	}
+	code, pn := e.do("POST", "/admin/v1/businesses/"+a.ID+"/phone_numbers", admin, `{"phone_number":"+1 555 000 3003"}`, "")
+	if code != 200 || pn["phone_number_id"] == "" {
+		t.Fatalf("add number: %d %v", code, pn)
+	}
+	if code, out := e.do("POST", "/admin/v1/businesses/"+a.ID+"/phone_numbers", admin, `{"phone_number":"15550001002"}`, ""); code != 400 || errCode(out) != heraldtype.CodeInvalidParam {
+		t.Fatalf("another business's number: %d %v", code, out)
+	}
+	_, view := e.do("GET", "/admin/v1/businesses/"+a.ID, admin, "", "")
+	found := false
+	for _, p := range view["phone_numbers"].([]any) {
+		p := p.(map[string]any)
+		found = found || (p["phone_number_id"] == pn["phone_number_id"] && p["display_phone_number"] == "15550003003")
+	}
+	if !found {
+		t.Fatalf("admin view: %v", view)
+	}
+}

@@ -290,15 +290,10 @@ func TestIdempotentUploadResumesAfterABreak(t *testing.T) {
 		req.Header.Set("Authorization", "Bearer "+a.Token)
 		req.Header.Set("Content-Type", "application/x-ndjson")
 		req.Header.Set("Idempotency-Key", "resume-1")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(resp.Body)
+		status, hdr, raw := e.exchange(req, []byte(body))
 		var out map[string]any
 		json.Unmarshal(raw, &out)
-		return resp.StatusCode, resp.Header, out
+		return status, hdr, out
 	}
 
 	// First attempt: 2,500 lines, then the client stalls.
