@@ -17,6 +17,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/node"
 	"github.com/heraldhq/herald/internal/platform/sim"
@@ -57,11 +58,39 @@ func (w *webhookSink) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	w.mu.Unlock()
 }
 
-func (w *webhookSink) histogram(status string, since time.Time) *hdrhistogram.Histogram {
+// statusTimes records when Herald committed each message's first sent and
+// delivered: the demo's latencies, apart for each status (a webhook POST
+// often carries both of a message's statuses at once).
+type statusTimes struct {
+	mu sync.Mutex
+	at map[string]map[string]time.Time // status → id → first commit
+}
+
+func (s *statusTimes) record(changes []heraldtype.StatusChange) {
+	now := clock.Wall()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range changes {
+		if c.Status != heraldtype.StatusSent && c.Status != heraldtype.StatusDelivered {
+			continue
+		}
+		m := s.at[c.Status]
+		if m == nil {
+			m = map[string]time.Time{}
+			s.at[c.Status] = m
+		}
+		if _, ok := m[c.MessageID]; !ok {
+			m[c.MessageID] = now
+		}
+	}
+}
+
+// histogram of the times in at[status], from since, in milliseconds.
+func histogram(mu *sync.Mutex, at map[string]map[string]time.Time, status string, since time.Time) *hdrhistogram.Histogram {
 	h := hdrhistogram.New(1, 10*60*1000, 3)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, t := range w.at[status] {
+	mu.Lock()
+	defer mu.Unlock()
+	for _, t := range at[status] {
 		h.RecordValue(max(1, t.Sub(since).Milliseconds()))
 	}
 	return h
@@ -109,8 +138,10 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 	if so.Prefix == "" {
 		so.Prefix = "1555"
 	}
+	times := &statusTimes{at: map[string]map[string]time.Time{}}
 	n, err := node.New(node.Config{DataDir: dir, Listen: "127.0.0.1:0", Sim: so, NoDemoBusiness: true, Out: io.Discard,
-		WebhookAllow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}) // the demo's own webhook sink listens on loopback
+		WebhookAllow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, // the demo's own webhook sink listens on loopback
+		OnStatus:     times.record})
 	if err != nil {
 		return err
 	}
@@ -153,7 +184,7 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 	fmt.Printf("\n== Summary ==\n")
 	fmt.Printf("throughput: %d messages in %v = %.0f messages/s end to end (accept → sent to every device)\n",
 		res.Accepted, finished.Sub(accepted).Round(time.Millisecond), float64(res.Accepted)/finished.Sub(accepted).Seconds())
-	return demoSummary(st, sink, accepted, n.Sim.Stats())
+	return demoSummary(st, times, sink, accepted, n.Sim.Stats())
 }
 
 // demoBusiness creates the demo's business and its webhook sink (stop
@@ -242,14 +273,16 @@ func followCampaign(ctx context.Context, c *apiClient, id string, accepted int) 
 
 // demoSummary prints the latencies, statuses and the simulator's proof, and
 // fails when the simulator saw a failure.
-func demoSummary(st campaignStatus, sink *webhookSink, accepted time.Time, stats sim.Stats) error {
-	for _, s := range []string{"sent", "delivered"} {
-		h := sink.histogram(s, accepted)
+func demoSummary(st campaignStatus, times *statusTimes, sink *webhookSink, accepted time.Time, stats sim.Stats) error {
+	line := func(what string, h *hdrhistogram.Histogram, how string) {
 		if h.TotalCount() > 0 {
-			fmt.Printf("campaign accepted → %-9s p50 %6dms  p90 %6dms  p99 %6dms  max %6dms  (%d messages, via signed webhooks)\n",
-				s, h.ValueAtQuantile(50), h.ValueAtQuantile(90), h.ValueAtQuantile(99), h.Max(), h.TotalCount())
+			fmt.Printf("campaign accepted → %-18s p50 %6dms  p90 %6dms  p99 %6dms  max %6dms  (%d messages, %s)\n",
+				what, h.ValueAtQuantile(50), h.ValueAtQuantile(90), h.ValueAtQuantile(99), h.Max(), h.TotalCount(), how)
 		}
 	}
+	line("sent", histogram(&times.mu, times.at, "sent", accepted), "when Herald recorded it")
+	line("delivered", histogram(&times.mu, times.at, "delivered", accepted), "when Herald recorded it")
+	line("delivered, webhook", histogram(&sink.mu, sink.at, "delivered", accepted), "when the signed webhook arrived")
 	fmt.Printf("totals (how many reached each status): sent %d, delivered %d, read %d, failed %d\n",
 		st.Totals["sent"], st.Totals["delivered"], st.Totals["read"], st.Totals["failed"])
 	var codes []string

@@ -104,6 +104,9 @@ type Config struct {
 	// Out receives the human-readable start-up lines; default os.Stdout.
 	Out    io.Writer
 	Logger *slog.Logger
+	// OnStatus, when set, also receives every batch of status transitions
+	// once committed (the demo times them; it must not block).
+	OnStatus func([]heraldtype.StatusChange)
 }
 
 // Node is a running (or ready to run) Herald server.
@@ -346,14 +349,20 @@ func (n *Node) newEngine() (*engine.Engine, error) {
 	}
 	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, Sealer: n.Sealer, Transport: n.client,
 		Directory: n.Tenants, Metrics: n.Metrics, Workers: cfg.Workers, GroupsPerTask: cfg.GroupsPerTask, Logger: cfg.Logger,
-		StatusHook: n.Webhooks.Hook, OnStatus: n.Webhooks.Notify, PurgeInterval: cfg.PurgeInterval, Now: cfg.Now}
-	if n.Limits != nil {
-		eo.Shaper = n.Limits
-		eo.OnSignal = n.Limits.Signal
-		eo.OnStatus = func(cs []heraldtype.StatusChange) {
-			n.Webhooks.Notify(cs)
-			n.Limits.Statuses(cs)
+		StatusHook: n.Webhooks.Hook, PurgeInterval: cfg.PurgeInterval, Now: cfg.Now}
+	limits, observe := n.Limits, cfg.OnStatus
+	eo.OnStatus = func(cs []heraldtype.StatusChange) {
+		n.Webhooks.Notify(cs)
+		if limits != nil {
+			limits.Statuses(cs)
 		}
+		if observe != nil {
+			observe(cs)
+		}
+	}
+	if limits != nil {
+		eo.Shaper = limits
+		eo.OnSignal = limits.Signal
 	}
 	eng, err := engine.New(eo)
 	if err != nil {
