@@ -129,6 +129,12 @@ m("34-webhook-verification-skipped", "invariant 12: a webhook URL given with a v
   "internal/webhook/webhook.go", "	if got := strings.TrimSpace(string(resp.Body())); got != challenge {",
   "	if got := strings.TrimSpace(string(resp.Body())); false && got != challenge {",
   ["./internal/webhook/ -run 'TestWebhookVerificationHandshake'", "./internal/api/ -run 'TestWebhookVerifyAndDelete'"])
+m("35-failure-code-of-old", "invariant 8: a status record an older Herald wrote answers with the old code (a media error in the Cloud API's table)",
+  "heraldtype/heraldtype.go", "	case 131052:\n		return CodeExpired\n", "	case 131052:\n		return 131052\n",
+  ["./heraldtype/ -run 'TestStoredCodesReadAsToday'"])
+m("36-answer-outside-the-description", "invariant 8: the campaign view gains a field its OpenAPI description does not have",
+  "internal/api/campaigns.go", '		"failures":   failures,\n', '		"failures":   failures, "failures_v2": failures,\n',
+  ["./internal/api/ -run 'TestCampaignViewWhenEveryMessageFails'"])
 
 only = sys.argv[1:]
 missing = []
