@@ -106,6 +106,9 @@ type Options struct {
 	IdlePoll time.Duration
 	Now      func() time.Time
 	Logger   *slog.Logger
+	// PeerLocks, when set, is shared with inbound decryption: a task holds
+	// the locks of the pairs it works on (see peerKeys).
+	PeerLocks *signal.PeerLocks
 	// OnStatus receives status transitions after they are committed.
 	OnStatus func([]heraldtype.StatusChange)
 	// StatusHook adds the caller's writes (webhook outbox) to the batch that

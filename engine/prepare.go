@@ -308,9 +308,20 @@ func (e *Engine) buildSessions(ctx context.Context, r *run, b *pebble.Batch, sen
 		devs = devs[:0]
 		for _, d := range bundles.Devices {
 			devs = append(devs, d.DeviceID)
-			if sessions.get(d.DeviceID) == nil {
-				missing = append(missing, d.DeviceID)
+			if sessions.get(d.DeviceID) != nil {
+				continue
 			}
+			// A device that wrote to the business first has a session
+			// already (inbound): messages go in it, no new X3DH.
+			rec, err := e.store.Session(sender, rcpt, d.DeviceID)
+			if err != nil {
+				return devs, false, err
+			}
+			if rec != nil && rec.SessionState() != nil && rec.SessionState().HasSenderChain() {
+				sessions.set(d.DeviceID, rec)
+				continue
+			}
+			missing = append(missing, d.DeviceID)
 		}
 		e.store.PutDevices(b, sender, rcpt, devs)
 	}

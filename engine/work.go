@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -10,6 +11,7 @@ import (
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/records"
+	"github.com/heraldhq/herald/internal/signal"
 	"github.com/heraldhq/herald/queue"
 )
 
@@ -198,6 +200,17 @@ func (r *run) backoff(it *item, retryAfter time.Duration) time.Time {
 // them into shared requests), and their statuses take one round trip. Each
 // group's outcome is its own: a group whose preparation fails retries alone.
 func (e *Engine) workMany(ctx context.Context, gs []*group) {
+	if l := e.opts.PeerLocks; l != nil {
+		keys := peerKeys(gs)
+		for _, k := range keys {
+			l.Lock(k)
+		}
+		defer func() {
+			for _, k := range keys {
+				l.Unlock(k)
+			}
+		}()
+	}
 	runs := make([]*run, len(gs))
 	for i, g := range gs {
 		runs[i] = e.begin(g)
@@ -219,6 +232,27 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 	// a status is never behind the queue.
 	e.statuses.SubmitWait(ups)
 	e.finish(ctx, runs)
+}
+
+// peerKeys names the pairs (sender, recipient) whose sessions gs may touch:
+// an inbound envelope of one of them waits (is answered "retry") until the
+// work on it is committed. No two tasks share a pair (one lease per
+// recipient), so the engine never waits for itself.
+func peerKeys(gs []*group) []string {
+	var keys []string
+	for _, g := range gs {
+		first := len(keys)
+		for _, it := range g.items {
+			if it.bad {
+				continue
+			}
+			k := signal.PeerKey(it.p.From, g.lease.Recipient)
+			if !slices.Contains(keys[first:], k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	return keys
 }
 
 // begin opens a run for g and settles expired, undecodable and shaped messages.

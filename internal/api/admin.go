@@ -172,6 +172,11 @@ func (s *Server) createBusiness(ctx *fasthttp.RequestCtx) {
 			}
 		}
 	}
+	if s.opts.KeysNeeded != nil {
+		for _, digits := range b.PhoneNumbers {
+			s.opts.KeysNeeded(digits) // users can write to it once its prekeys are on the platform
+		}
+	}
 	writeJSON(ctx, 200, map[string]any{"business_id": b.ID, "token": tok, "token_id": tokID, "phone_number_ids": pns})
 }
 
@@ -201,6 +206,11 @@ func (s *Server) addPhoneNumber(ctx *fasthttp.RequestCtx, id string) {
 	if err != nil {
 		s.tenantError(ctx, err)
 		return
+	}
+	if s.opts.KeysNeeded != nil {
+		if digits, err := tenant.NormalizePhone(req.PhoneNumber); err == nil {
+			s.opts.KeysNeeded(digits)
+		}
 	}
 	writeJSON(ctx, 200, map[string]string{"phone_number_id": pn})
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/inbound"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
@@ -50,16 +51,23 @@ type EventHandler interface {
 
 // Options configure a Server. Zero values take the documented defaults.
 type Options struct {
-	DB       *kv.DB            // required
-	Queue    *queue.Queue      // required
-	Events   EventHandler      // required: the platform's events go here (the engine)
-	Statuses *records.Statuses // required: messages' statuses and campaigns' counters
-	Uploads  *records.Uploads  // required: campaign records, idempotent answers, upload progress
-	Tenants  *tenant.Store     // required
-	Webhooks *webhook.Sender   // required
-	Sealer   *seal.Sealer      // required
-	Metrics  *metrics.Metrics
-	Admitter Admitter // nil: no integrity limits
+	DB     *kv.DB       // required
+	Queue  *queue.Queue // required
+	Events EventHandler // required: the platform's events go here (the engine)
+	// Inbound receives users' envelopes (POST /v1/platform/inbound) and
+	// answers GET /v1/messages/{id} for their ids; nil: 404.
+	Inbound *inbound.Receiver
+	// KeysNeeded is told when a business number (digits) needs one-time
+	// prekeys on the platform: it was just created, or a prekeys_low event
+	// named it; nil: ignored.
+	KeysNeeded func(business string)
+	Statuses   *records.Statuses // required: messages' statuses and campaigns' counters
+	Uploads    *records.Uploads  // required: campaign records, idempotent answers, upload progress
+	Tenants    *tenant.Store     // required
+	Webhooks   *webhook.Sender   // required
+	Sealer     *seal.Sealer      // required
+	Metrics    *metrics.Metrics
+	Admitter   Admitter // nil: no integrity limits
 	// PlatformSecret verifies /v1/platform/events. Required.
 	PlatformSecret string
 	// AdminToken guards /admin/v1. Required.
@@ -244,6 +252,7 @@ func (s *Server) routes() *router.Router {
 	}
 	s.route(r, "GET", "/openapi.json", s.openapi)
 	s.route(r, "POST", "/v1/platform/events", s.platformEvents)
+	s.route(r, "POST", "/v1/platform/inbound", s.platformInbound)
 	// Business API: the bearer token names the business.
 	s.route(r, "GET", "/v1/campaigns/{id}", s.business(s.getCampaign, "id"))
 	s.route(r, "GET", "/v1/messages/{id}", s.business(s.getMessage, "id"))
@@ -468,33 +477,44 @@ const (
 	maxEventsPost = 10_000
 )
 
-func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
+// signedBody reads a body the platform signed (X-Platform-Signature) of at
+// most limit bytes; it answers the request itself (401, 413, 400) and
+// reports false when the body cannot be used.
+func (s *Server) signedBody(ctx *fasthttp.RequestCtx, limit int, what string) ([]byte, bool) {
 	// Refused before a byte of the body is read: no signature, or a body
-	// larger than an events post may be (10 concurrent unsigned 32 MiB posts
-	// took 490 MB before).
+	// larger than a post may be (10 concurrent unsigned 32 MiB posts took
+	// 490 MB before).
 	if len(ctx.Request.Header.Peek("X-Platform-Signature")) == 0 {
 		ctx.SetConnectionClose()
 		fail(ctx, 401, CodeBadSignature, "OAuthException", "missing X-Platform-Signature", "")
-		return
+		return nil, false
 	}
-	if cl := ctx.Request.Header.ContentLength(); cl > maxEventsBody {
+	if cl := ctx.Request.Header.ContentLength(); cl > limit {
 		ctx.SetConnectionClose()
-		fail(ctx, 413, CodeTooLarge, "OAuthException", "events body too large", fmt.Sprintf("limit %d bytes", maxEventsBody))
-		return
+		fail(ctx, 413, CodeTooLarge, "OAuthException", what+" body too large", fmt.Sprintf("limit %d bytes", limit))
+		return nil, false
 	}
-	body, err := io.ReadAll(io.LimitReader(s.bodyReader(ctx), maxEventsBody+1))
+	body, err := io.ReadAll(io.LimitReader(s.bodyReader(ctx), int64(limit)+1))
 	if err != nil {
 		ctx.SetConnectionClose()
 		badRequest(ctx, CodeInvalidParam, "could not read the request body", err.Error())
-		return
+		return nil, false
 	}
-	if len(body) > maxEventsBody {
+	if len(body) > limit {
 		ctx.SetConnectionClose()
-		fail(ctx, 413, CodeTooLarge, "OAuthException", "events body too large", fmt.Sprintf("limit %d bytes", maxEventsBody))
-		return
+		fail(ctx, 413, CodeTooLarge, "OAuthException", what+" body too large", fmt.Sprintf("limit %d bytes", limit))
+		return nil, false
 	}
 	if !platform.Verify([]byte(s.opts.PlatformSecret), body, string(ctx.Request.Header.Peek("X-Platform-Signature"))) {
 		fail(ctx, 401, CodeBadSignature, "OAuthException", "missing or wrong X-Platform-Signature", "")
+		return nil, false
+	}
+	return body, true
+}
+
+func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
+	body, ok := s.signedBody(ctx, maxEventsBody, "events")
+	if !ok {
 		return
 	}
 	var evs platform.Events
@@ -506,6 +526,7 @@ func (s *Server) platformEvents(ctx *fasthttp.RequestCtx) {
 		fail(ctx, 413, CodeTooLarge, "OAuthException", fmt.Sprintf("%d events in one post; at most %d", len(evs.Events), maxEventsPost), "")
 		return
 	}
+	evs.Events = s.keyEvents(evs.Events)
 	if err := s.opts.Events.HandleEvents(context.Background(), evs.Events); err != nil {
 		s.storageError(ctx, err)
 		return

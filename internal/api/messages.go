@@ -265,6 +265,10 @@ func admissionText(code int, reason string) string {
 
 func (s *Server) getMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
 	st, err := s.opts.Statuses.Message(id)
+	if errors.Is(err, records.ErrNotFound) && s.opts.Inbound != nil {
+		s.getInbound(ctx, b, id)
+		return
+	}
 	if errors.Is(err, records.ErrNotFound) || (err == nil && st.BusinessID != b.ID) {
 		notFound(ctx)
 		return
@@ -284,6 +288,6 @@ func (s *Server) getMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, id str
 	for _, x := range st.History {
 		h = append(h, hist{Status: x.Status, Timestamp: heraldtype.Timestamp(x.TS), Errors: heraldtype.StatusErrors(x.Code)})
 	}
-	writeJSON(ctx, 200, map[string]any{"id": id, "status": st.Status, "phone_number_id": st.PhoneNumberID,
+	writeJSON(ctx, 200, map[string]any{"id": id, "direction": "outbound", "status": st.Status, "phone_number_id": st.PhoneNumberID,
 		"campaign_id": st.CampaignID, "history": h})
 }

@@ -34,6 +34,10 @@ var Prefixes = []Prefix{
 	{"sH", "signal", "a recipient's sending-chain record (what encryptions change)", "sealed"},
 	{"sK", "signal", "a recipient device's trusted identity key", "public key, HMAC"},
 	{"sV", "signal", "a recipient's device list", "HMAC"},
+	{"sG", "signal", "a business number's signed prekeys (current, previous) and next prekey id", "sealed"},
+	{"sP", "signal", "a business number's unconsumed one-time prekey", "sealed"},
+	{"iM", "inbound", "a message a user sent a business: expiry in clear, then sealed (number, body)", "sealed"},
+	{"iX", "inbound", "the inbound messages' retention index: until, platform id", "clear, no personal data"},
 	{"wH", "webhook", "a phone number's webhook configuration (URL, secret)", "sealed"},
 	{"wQ", "webhook", "the webhook outbox: expiry in clear, then the sealed status (it holds the recipient's number)", "sealed"},
 }

@@ -29,6 +29,7 @@ type Metrics struct {
 	EncryptSeconds prometheus.Histogram
 	TransmitSecs   prometheus.Histogram
 	WebhookPosts   *prometheus.CounterVec // result
+	Inbound        *prometheus.CounterVec // result: accepted, duplicate, bad_message, malformed, unknown_business, busy
 	WebhookDropped *prometheus.CounterVec // reason: expired, backlog_full, unreadable
 	Panics         *prometheus.CounterVec // loop: a background loop recovered from a panic
 	// HTTPSeconds: API request durations by route (its pattern, never a
@@ -89,6 +90,7 @@ func New() *Metrics {
 		EncryptSeconds:      h("encrypt_seconds", "Time to encrypt one recipient group (all devices, all messages)."),
 		TransmitSecs:        h("transmit_seconds", "Time for one transmit wave to come back from the platform."),
 		WebhookPosts:        v("webhook_posts_total", "Webhook deliveries, by result.", "result"),
+		Inbound:             v("inbound_envelopes_total", "Envelopes users sent to businesses, by result.", "result"),
 		Panics:              v("panics_recovered_total", "Panics recovered in background loops (the loop went on), by loop.", "loop"),
 		WebhookDropped:      v("webhook_dropped_total", "Webhook statuses dropped undelivered, by reason (expired: past their message's TTL; backlog_full: the phone number's outbox was at its cap).", "reason"),
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/api"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/inbound"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
@@ -126,9 +127,15 @@ type Node struct {
 	API         *api.Server
 	// Uploads: campaign records, idempotent answers and upload progress.
 	Uploads *records.Uploads
+	// Inbound: what users write to the businesses.
+	Inbound *inbound.Receiver
 	Sim     *sim.Server
 	Metrics *metrics.Metrics
 	client  *platform.Client
+
+	sessions  *signal.Store
+	peerLocks *signal.PeerLocks
+	keys      *keyUploader
 
 	AdminToken string
 	// DemoToken and DemoPhoneNumberID are set when this start created the demo business.
@@ -347,7 +354,8 @@ func (n *Node) newEngine() (*engine.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, Sealer: n.Sealer, Transport: n.client,
+	n.sessions, n.peerLocks = store, signal.NewPeerLocks()
+	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, PeerLocks: n.peerLocks, Sealer: n.Sealer, Transport: n.client,
 		Directory: n.Tenants, Metrics: n.Metrics, Workers: cfg.Workers, GroupsPerTask: cfg.GroupsPerTask, Logger: cfg.Logger,
 		StatusHook: n.Webhooks.Hook, PurgeInterval: cfg.PurgeInterval, Now: cfg.Now}
 	limits, observe := n.Limits, cfg.OnStatus
@@ -409,6 +417,12 @@ func (n *Node) newAPI(secret string) (err error) {
 	if n.Limits != nil {
 		ao.Admitter = n.Limits
 	}
+	if n.Inbound, err = inbound.New(inbound.Options{DB: n.db, Sealer: n.Sealer, Sessions: n.sessions, Locks: n.peerLocks,
+		Tenants: n.Tenants, Webhooks: n.Webhooks, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now}); err != nil {
+		return err
+	}
+	n.keys = newKeyUploader(n)
+	ao.Inbound, ao.KeysNeeded = n.Inbound, n.keys.need
 	n.API, err = api.New(ao)
 	return err
 }
@@ -610,6 +624,12 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.Webhooks.Start()
 	n.probePlatform(ctx)
+	n.keys.start(ctx)
+	n.every("inbound retention", n.cfg.RetentionInterval, func() {
+		if _, err := n.Inbound.Sweep(1000); err != nil {
+			n.cfg.Logger.Error("node: retention sweep of inbound messages failed", "err", err)
+		}
+	})
 	n.every("upload records retention", n.cfg.RetentionInterval, func() {
 		if _, err := n.Uploads.Sweep(n.cfg.Now(), 1000); err != nil {
 			n.cfg.Logger.Error("node: retention sweep of upload records failed", "err", err)
@@ -692,3 +712,7 @@ func (n *Node) Close() error {
 
 // DB exposes the database (tests, admin tooling).
 func (n *Node) DB() *kv.DB { return n.db }
+
+// Sessions is the Signal store the engine and inbound share (tools and
+// tests).
+func (n *Node) Sessions() *signal.Store { return n.sessions }

@@ -193,6 +193,32 @@ func (c *Client) QueryKeys(ctx context.Context, users []string) (*KeysResponse, 
 	return all, nil
 }
 
+// UploadKeys posts a business number's keys (the body of POST
+// /v1/keys/upload) and returns how many unused one-time prekeys the
+// platform now holds for it.
+func (c *Client) UploadKeys(ctx context.Context, upload any) (int, error) {
+	body, err := gojson.Marshal(upload)
+	if err != nil {
+		return 0, err
+	}
+	var r struct {
+		PreKeys int `json:"prekeys"`
+	}
+	if err := c.do(ctx, "/v1/keys/upload", body, &r); err != nil {
+		return 0, err
+	}
+	return r.PreKeys, nil
+}
+
+// Receipts posts read receipts (POST /v1/receipts).
+func (c *Client) Receipts(ctx context.Context, receipts []Receipt) error {
+	body, err := gojson.Marshal(map[string]any{"receipts": receipts})
+	if err != nil {
+		return err
+	}
+	return c.doWith(ctx, "/v1/receipts", body, func([]byte) error { return nil })
+}
+
 // SendNow sends envelopes in one request and returns one result per envelope,
 // in envelope order. A result missing from the answer is reported as a
 // retryable "unavailable" so nothing is silently taken as delivered.

@@ -130,6 +130,14 @@ type Event struct {
 	Reason   string `json:"reason,omitempty"`
 }
 
+// Receipt is a read receipt the business sends a user (POST /v1/receipts).
+type Receipt struct {
+	Type string `json:"type"` // "read"
+	ID   string `json:"id"`   // the platform's id of the user's message
+	From string `json:"from"` // business digits
+	To   string `json:"to"`   // user digits
+}
+
 // Events is the body POSTed to Herald's /v1/platform/events.
 type Events struct {
 	Events []Event `json:"events"`

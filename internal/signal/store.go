@@ -36,6 +36,8 @@ type Store struct {
 
 	idMu sync.Mutex
 	ids  map[string]*Identity
+
+	pkMu sync.Mutex // prekey generation (prekeys.go)
 }
 
 // NewStore makes a store; cacheRecipients bounds the hot-state cache, in

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,6 +105,10 @@ type Entry struct {
 	RecipientID string `json:"recipient_id,omitempty"`
 	BusinessID  string `json:"-"`
 	Code        int    `json:"code,omitempty"`
+	// Inbound is set for a user's message to the business (then Status is
+	// empty, RecipientID is the user's number and Body the text).
+	Inbound bool   `json:"in,omitempty"`
+	Body    string `json:"body,omitempty"`
 }
 
 // Options configure a Sender.
@@ -164,6 +170,10 @@ type Sender struct {
 		// order, so nothing can appear behind it; starting there skips the
 		// tombstones of everything already delivered.
 		cursor map[string][]byte
+		// rewind: the lowest key of an entry committed out of sequence
+		// order (inbound messages, from concurrent batches) since pn's
+		// cursor was last moved; the next move goes no further than it.
+		rewind map[string][]byte
 	}
 	stop    chan struct{}
 	done    chan struct{}
@@ -247,6 +257,7 @@ func New(opts Options) (*Sender, error) {
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	s.mu.configs, s.mu.retryAt, s.mu.fails = map[string]Config{}, map[string]time.Time{}, map[string]int{}
 	s.mu.cursor = map[string][]byte{}
+	s.mu.rewind = map[string][]byte{}
 	s.mu.backlog, s.mu.lastErr, s.mu.busy = map[string]int{}, map[string]lastError{}, map[string]bool{}
 	s.slots = make(chan struct{}, opts.Concurrency)
 	s.seq.Store(uint64(clock.Wall().UnixNano())) // a sequence start, not a time: the wall clock only makes it grow across restarts
@@ -415,6 +426,46 @@ func (s *Sender) Hook(b *pebble.Batch, changes []heraldtype.StatusChange) {
 		s.mu.backlog[c.PhoneNumberID]++
 	}
 	s.dropped("backlog_full", full)
+}
+
+// HookMessage queues a user's message to the business number pn into b (the
+// batch that stores the message), if pn has a webhook: it goes out with the
+// statuses, as a "messages" change. It returns the entry's key (nil when
+// nothing was queued): once b is committed, pass it to Committed.
+func (s *Sender) HookMessage(b *pebble.Batch, businessID, pn, id, from, body string, ts, expires int64) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.mu.configs[pn]; !ok {
+		return nil
+	}
+	if s.mu.backlog[pn] >= s.opts.MaxBacklog {
+		s.dropped("backlog_full", 1)
+		return nil
+	}
+	v, _ := gojson.Marshal(struct {
+		Entry
+		B string `json:"b"`
+	}{Entry{ID: id, Timestamp: heraldtype.Timestamp(ts), RecipientID: from, Inbound: true, Body: body}, businessID})
+	val := binary.BigEndian.AppendUint64([]byte{entryMark}, uint64(expires))
+	k := outKey(pn, s.seq.Add(1))
+	b.Set(k, s.opts.Sealer.Seal(val, v), nil)
+	s.mu.backlog[pn]++
+	return k
+}
+
+// Committed tells the sender that the entry at key (HookMessage) is on
+// disk. Such entries commit in no particular order among themselves and
+// the statuses: one may land behind pn's cursor, which moves back to it.
+func (s *Sender) Committed(pn string, key []byte) {
+	s.mu.Lock()
+	if c := s.mu.cursor[pn]; c != nil && bytes.Compare(key, c) < 0 {
+		s.mu.cursor[pn] = key
+	}
+	if rw := s.mu.rewind[pn]; rw == nil || bytes.Compare(key, rw) < 0 {
+		s.mu.rewind[pn] = key
+	}
+	s.mu.Unlock()
+	s.Notify(nil)
 }
 
 // entryExpiry reads an outbox value's expiry and its sealed part; legacy
@@ -694,7 +745,14 @@ func (s *Sender) remove(pn string, keys [][]byte) {
 		return
 	}
 	s.mu.Lock()
-	s.mu.cursor[pn] = append(append([]byte(nil), keys[len(keys)-1]...), 0) // just past the last removed key
+	next := append(append([]byte(nil), keys[len(keys)-1]...), 0) // just past the last removed key
+	if rw := s.mu.rewind[pn]; rw != nil {
+		if bytes.Compare(rw, next) < 0 {
+			next = rw // an entry committed behind the cursor meanwhile
+		}
+		delete(s.mu.rewind, pn)
+	}
+	s.mu.cursor[pn] = next
 	s.mu.backlog[pn] = max(0, s.mu.backlog[pn]-len(keys))
 	s.mu.Unlock()
 }
@@ -716,18 +774,47 @@ func Payload(businessID, phoneNumberID, display string, entries []Entry) []byte 
 		RecipientID string                   `json:"recipient_id,omitempty"`
 		Errors      []heraldtype.StatusError `json:"errors,omitempty"`
 	}
-	sts := make([]status, 0, len(entries))
+	type text struct {
+		Body string `json:"body"`
+	}
+	type message struct {
+		From      string `json:"from"`
+		ID        string `json:"id"`
+		Timestamp string `json:"timestamp"`
+		Type      string `json:"type"`
+		Text      text   `json:"text"`
+	}
+	type contact struct {
+		WaID string `json:"wa_id"`
+	}
+	var sts []status
+	var msgs []message
+	var contacts []contact
 	for _, e := range entries {
+		if e.Inbound {
+			msgs = append(msgs, message{From: e.RecipientID, ID: e.ID, Timestamp: e.Timestamp, Type: "text", Text: text{e.Body}})
+			if !slices.Contains(contacts, contact{e.RecipientID}) {
+				contacts = append(contacts, contact{e.RecipientID})
+			}
+			continue
+		}
 		sts = append(sts, status{ID: e.ID, Status: e.Status, Timestamp: e.Timestamp, RecipientID: e.RecipientID,
 			Errors: heraldtype.StatusErrors(heraldtype.StoredCode(e.Code))})
 	}
+	metadata := map[string]any{"display_phone_number": display, "phone_number_id": phoneNumberID}
+	// Statuses and messages are separate changes, as the Cloud API sends them.
+	var changes []any
+	if len(sts) > 0 {
+		changes = append(changes, map[string]any{"field": "messages", "value": map[string]any{"messaging_product": "whatsapp",
+			"metadata": metadata, "statuses": sts}})
+	}
+	if len(msgs) > 0 {
+		changes = append(changes, map[string]any{"field": "messages", "value": map[string]any{"messaging_product": "whatsapp",
+			"metadata": metadata, "contacts": contacts, "messages": msgs}})
+	}
 	body, _ := gojson.Marshal(map[string]any{
 		"object": "whatsapp_business_account",
-		"entry": []any{map[string]any{"id": businessID, "changes": []any{map[string]any{
-			"field": "messages",
-			"value": map[string]any{"messaging_product": "whatsapp",
-				"metadata": map[string]any{"display_phone_number": display, "phone_number_id": phoneNumberID}, "statuses": sts},
-		}}}},
+		"entry":  []any{map[string]any{"id": businessID, "changes": changes}},
 	})
 	return body
 }
@@ -758,6 +845,40 @@ func ParsePayload(body []byte) ([]Status, error) {
 	for _, e := range p.Entry {
 		for _, c := range e.Changes {
 			out = append(out, c.Value.Statuses...)
+		}
+	}
+	return out, nil
+}
+
+// Message is a user's message as a webhook receiver reads it.
+type Message struct {
+	From      string `json:"from"`
+	ID        string `json:"id"`
+	Timestamp string `json:"timestamp"`
+	Type      string `json:"type"`
+	Text      struct {
+		Body string `json:"body"`
+	} `json:"text"`
+}
+
+// ParseMessages reads the users' messages out of a webhook body.
+func ParseMessages(body []byte) ([]Message, error) {
+	var p struct {
+		Entry []struct {
+			Changes []struct {
+				Value struct {
+					Messages []Message `json:"messages"`
+				} `json:"value"`
+			} `json:"changes"`
+		} `json:"entry"`
+	}
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, err
+	}
+	var out []Message
+	for _, e := range p.Entry {
+		for _, c := range e.Changes {
+			out = append(out, c.Value.Messages...)
 		}
 	}
 	return out, nil

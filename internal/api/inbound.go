@@ -1,0 +1,82 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/inbound"
+	"github.com/heraldhq/herald/internal/platform"
+	"github.com/heraldhq/herald/internal/tenant"
+)
+
+// maxInboundBody bounds one POST of envelopes (10,000 envelopes of an
+// ordinary text take ~4 MB).
+const maxInboundBody = 8 << 20
+
+// platformInbound: POST /v1/platform/inbound, signed like events. Each
+// envelope gets its answer; "accepted" means its plaintext is durable.
+func (s *Server) platformInbound(ctx *fasthttp.RequestCtx) {
+	body, ok := s.signedBody(ctx, maxInboundBody, "inbound")
+	if !ok {
+		return
+	}
+	if s.opts.Inbound == nil {
+		notFound(ctx)
+		return
+	}
+	var req struct {
+		Envelopes []inbound.Envelope `json:"envelopes"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		badRequest(ctx, CodeInvalidParam, "inbound body is not {\"envelopes\":[...]}", err.Error())
+		return
+	}
+	if len(req.Envelopes) > inbound.MaxEnvelopes {
+		fail(ctx, 413, CodeTooLarge, "OAuthException", fmt.Sprintf("%d envelopes in one post; at most %d", len(req.Envelopes), inbound.MaxEnvelopes), "")
+		return
+	}
+	if err := s.spaceOK(); err != nil {
+		s.storageError(ctx, err)
+		return
+	}
+	writeJSON(ctx, 200, map[string]any{"results": s.opts.Inbound.Receive(req.Envelopes)})
+}
+
+// keyEvents takes the prekeys_low events out of evs (they are for the
+// key uploader, not the engine) and hands them on.
+func (s *Server) keyEvents(evs []platform.Event) []platform.Event {
+	out := evs[:0]
+	for _, e := range evs {
+		if e.Type == "prekeys_low" {
+			if s.opts.KeysNeeded != nil && e.Business != "" {
+				s.opts.KeysNeeded(e.Business)
+			}
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// getInbound answers GET /v1/messages/{id} for a message a user sent to
+// one of b's numbers (its body included, until its TTL); 404 for anything
+// else.
+func (s *Server) getInbound(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
+	m, err := s.opts.Inbound.Get(id)
+	if errors.Is(err, inbound.ErrNotFound) || (err == nil && m.BusinessID != b.ID) {
+		notFound(ctx)
+		return
+	}
+	if err != nil {
+		s.storageError(ctx, err)
+		return
+	}
+	ts := heraldtype.Timestamp(m.TS)
+	writeJSON(ctx, 200, map[string]any{"id": m.ID, "direction": "inbound", "status": "received", "phone_number_id": m.PhoneNumberID,
+		"from": m.From, "timestamp": ts, "type": "text", "text": map[string]string{"body": m.Body},
+		"history": []map[string]string{{"status": "received", "timestamp": ts}}})
+}

@@ -1,0 +1,279 @@
+package api_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/testutil"
+	"github.com/heraldhq/herald/internal/webhook"
+)
+
+// inboxSink is a business's webhook endpoint: it checks signatures and
+// counts every user message it gets, by platform id.
+type inboxSink struct {
+	mu     sync.Mutex
+	got    map[string][]webhook.Message
+	badSig int
+}
+
+func (s *inboxSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r.Header.Get("X-Hub-Signature-256") != webhook.Sign("inbound-secret", body) {
+		s.badSig++
+		w.WriteHeader(401)
+		return
+	}
+	msgs, _ := webhook.ParseMessages(body)
+	for _, m := range msgs {
+		s.got[m.ID] = append(s.got[m.ID], m)
+	}
+}
+
+func (s *inboxSink) count() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.got) }
+
+// confEnvelope is one envelope as GET /conformance/inbound lists it.
+type confEnvelope struct {
+	ID       string `json:"id"`
+	From     string `json:"from"`
+	DeviceID int    `json:"device_id"`
+	Text     string `json:"text"`
+	Status   string `json:"status"`
+}
+
+// startWithConformance starts the conformance platform (users played by
+// JavaScript libsignal, writing to Herald's inbound URL) and a node using
+// it as its platform.
+func startWithConformance(t *testing.T, extra ...string) (*env, string) {
+	t.Helper()
+	script := testutil.ConformanceScript(t)
+	// The node's address must be known to the platform before the node
+	// starts: take a free port and give it to both.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	args := append([]string{"--listen", "127.0.0.1:0", "--secret", "sekret", "--users", "1000",
+		"--inbound-url", "http://" + addr + "/v1/platform/inbound", "--events-url", "http://" + addr + "/v1/platform/events"}, extra...)
+	base, _ := testutil.StartListening(t, 3*time.Minute, script, args...)
+	cfg := testConfig(t.TempDir())
+	cfg.Listen, cfg.PlatformURL, cfg.PlatformSecret = addr, base, "sekret"
+	e := startNode(t, cfg)
+	t.Cleanup(func() { e.n.Close() })
+	return e, base
+}
+
+func confJSON(t *testing.T, method, url string, in, out any) {
+	t.Helper()
+	var body io.Reader
+	if in != nil {
+		b, _ := json.Marshal(in)
+		body = strings.NewReader(string(b))
+	}
+	req, _ := http.NewRequest(method, url, body)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%s %s: %d %s", method, url, resp.StatusCode, raw)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, url, err, raw)
+		}
+	}
+}
+
+// TestInboundFromJavaScriptLibsignalUsers: users played by JavaScript
+// libsignal write to a business: in new sessions (X3DH with the prekeys
+// Herald uploaded), in sessions Herald started by writing first, again
+// after Herald lost a session (bad_message, the device resets), with some
+// envelopes sent twice. Every message reaches the business's webhook once,
+// with its body; GET /v1/messages/{id} answers it for its business only;
+// and Herald's later messages to those users decrypt in the same sessions.
+func TestInboundFromJavaScriptLibsignalUsers(t *testing.T) {
+	e, conf := startWithConformance(t, "--inbound-dup-rate", "0.3")
+	a := e.business("A", "15550001001", "10k")
+	other := e.business("B", "15550001002", "10k")
+	sink := &inboxSink{got: map[string][]webhook.Message{}}
+	hook := httptest.NewServer(sink)
+	defer hook.Close()
+	if code, out := e.do("PUT", "/v1/"+a.PNs[0]+"/webhook", a.Token, fmt.Sprintf(`{"url":%q,"secret":"inbound-secret"}`, hook.URL), ""); code != 200 {
+		t.Fatalf("%d %v", code, out)
+	}
+	// Herald uploads the number's prekeys when the number is created.
+	testutil.Until(t, 30*time.Second, func() bool {
+		var keys map[string]struct {
+			Prekeys int `json:"prekeys"`
+		}
+		confJSON(t, "GET", conf+"/conformance/keys", nil, &keys)
+		return keys["15550001001"].Prekeys >= 50
+	}, func() string { return "no prekeys of 15550001001 reached the platform" })
+
+	// Herald writes first to user 7 (device 1 of 2): it starts the session.
+	user := func(i int) string { return fmt.Sprintf("1777%07d", i) }
+	if code, out := e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody(user(7), "hello from A"), ""); code != 200 {
+		t.Fatalf("%d %v", code, out)
+	}
+	e.waitDrained()
+	var expect []string
+	write := func(from string, device int, texts ...string) {
+		var ids struct {
+			IDs []string `json:"ids"`
+		}
+		confJSON(t, "POST", conf+"/conformance/inbound", map[string]any{"from": from, "device_id": device, "to": "15550001001", "texts": texts}, &ids)
+		expect = append(expect, texts...)
+	}
+	// New sessions: users 1..5 (users of index%3==2 have 3 devices).
+	for i := 1; i <= 5; i++ {
+		write(user(i), 1, fmt.Sprintf("u%d first", i), fmt.Sprintf("u%d second", i), fmt.Sprintf("u%d third é✓", i))
+	}
+	write(user(5), 2, "u5 from device 2")
+	// A reply inside the session Herald started.
+	write(user(7), 1, "u7 replies", "u7 again")
+	waitInbound(t, conf, sink, len(expect))
+
+	// Herald loses its session with user 1 (as after a restore): the
+	// user's next message is answered bad_message, the device starts a new
+	// session and sends it again.
+	forgetSessions(t, e, "15550001001", a.ID, user(1))
+	write(user(1), 1, "u1 after the reset")
+	waitInbound(t, conf, sink, len(expect))
+
+	// Herald writes to users who wrote first: the messages go in their
+	// sessions (no new X3DH: the session keeps the base key the user's
+	// device chose) and decrypt there.
+	base := func(i int) []byte {
+		rec, err := e.n.Sessions().Session("15550001001", e.n.Sealer.Lookup(a.ID+"\x00"+user(i)), 1)
+		if err != nil || rec == nil {
+			t.Fatalf("no session with user %d: %v", i, err)
+		}
+		return append([]byte(nil), rec.SessionState().SenderBaseKey()...)
+	}
+	before2, before3 := base(2), base(3)
+	for _, i := range []int{2, 3, 7} {
+		if code, out := e.do("POST", "/v1/"+a.PNs[0]+"/messages", a.Token, msgBody(user(i), fmt.Sprintf("reply to u%d", i)), ""); code != 200 {
+			t.Fatalf("%d %v", code, out)
+		}
+	}
+	e.waitDrained()
+	if !bytes.Equal(base(2), before2) || !bytes.Equal(base(3), before3) {
+		t.Fatal("Herald started new sessions with users who had written first")
+	}
+
+	var stats struct {
+		Decrypted          int            `json:"decrypted"`
+		Failures           map[string]int `json:"failures"`
+		Mismatches         int            `json:"mismatches"`
+		InboundBadMessage  int            `json:"inbound_bad_message"`
+		InboundFailed      int            `json:"inbound_failed"`
+		InboundDupResent   int            `json:"inbound_dup_resent"`
+		InboundDupRejected int            `json:"inbound_dup_rejected"`
+		PrekeyIDReused     int            `json:"prekey_id_reused"`
+	}
+	confJSON(t, "GET", conf+"/v1/stats", nil, &stats)
+	t.Logf("conformance stats %+v", stats)
+	if len(stats.Failures) != 0 || stats.Mismatches != 0 || stats.InboundFailed != 0 || stats.InboundDupRejected != 0 || stats.PrekeyIDReused != 0 {
+		t.Fatalf("conformance: %+v", stats)
+	}
+	if stats.InboundBadMessage == 0 {
+		t.Fatal("no bad_message: the reset path went untested")
+	}
+	// Herald's messages to users 2, 3, 7 (their devices) and the first one to user 7 decrypted.
+	if stats.Decrypted < 1+3 {
+		t.Fatalf("JavaScript users decrypted %d of Herald's messages", stats.Decrypted)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if sink.badSig != 0 {
+		t.Fatalf("%d webhook posts with a bad signature", sink.badSig)
+	}
+	bodies := map[string]bool{}
+	for id, ms := range sink.got {
+		if len(ms) != 1 {
+			t.Errorf("message %s reached the webhook %d times", id, len(ms))
+		}
+		bodies[ms[0].Text.Body] = true
+		if ms[0].Timestamp == "" || ms[0].From == "" {
+			t.Errorf("message %s: %+v", id, ms[0])
+		}
+	}
+	for _, want := range expect {
+		if !bodies[want] {
+			t.Errorf("%q never reached the webhook", want)
+		}
+	}
+	// GET /v1/messages/{id}: the body for its business, 404 for another.
+	var anyID string
+	for id := range sink.got {
+		anyID = id
+		break
+	}
+	code, msg := e.do("GET", "/v1/messages/"+anyID, a.Token, "", "")
+	if code != 200 || msg["direction"] != "inbound" || msg["text"].(map[string]any)["body"] != sink.got[anyID][0].Text.Body {
+		t.Fatalf("GET inbound message: %d %v", code, msg)
+	}
+	if code, _ := e.do("GET", "/v1/messages/"+anyID, other.Token, "", ""); code != 404 {
+		t.Fatalf("another business reads an inbound message: %d", code)
+	}
+}
+
+// waitInbound waits until the platform has every envelope accepted and the
+// webhook has n messages.
+func waitInbound(t *testing.T, conf string, sink *inboxSink, n int) {
+	t.Helper()
+	testutil.Until(t, 60*time.Second, func() bool {
+		var envs []confEnvelope
+		confJSON(t, "GET", conf+"/conformance/inbound", nil, &envs)
+		for _, e := range envs {
+			if e.Status != "accepted" {
+				return false
+			}
+		}
+		return sink.count() >= n
+	}, func() string {
+		var envs []confEnvelope
+		confJSON(t, "GET", conf+"/conformance/inbound", nil, &envs)
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		var missing []string
+		for _, e := range envs {
+			if len(sink.got[e.ID]) == 0 {
+				missing = append(missing, fmt.Sprintf("%+v", e))
+			}
+		}
+		return fmt.Sprintf("webhook has %d of %d; missing %v", len(sink.got), n, missing)
+	})
+}
+
+// forgetSessions deletes Herald's sessions with a user, as a data directory
+// restored from an old backup would have lost them.
+func forgetSessions(t *testing.T, e *env, biz, businessID, user string) {
+	t.Helper()
+	store := e.n.Sessions()
+	r := e.n.Sealer.Lookup(businessID + "\x00" + user)
+	b := e.n.DB().NewBatch()
+	for d := uint32(1); d <= 3; d++ {
+		store.DeleteSession(b, biz, r, d)
+	}
+	if err := e.n.DB().Commit(b, true); err != nil {
+		t.Fatal(err)
+	}
+	store.Forget(biz, r)
+}

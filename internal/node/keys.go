@@ -1,0 +1,102 @@
+package node
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Prekeys on the platform (DESIGN "Inbound"): a business number gets
+// keysBatch one-time prekeys when it is created and when a prekeys_low
+// event names it; at start, every number whose platform holds fewer than
+// keysLow gets keysBatch more.
+const (
+	keysBatch = 100
+	keysLow   = 20
+	// keysRetry spaces attempts for a number whose upload failed.
+	keysRetry = 10 * time.Second
+)
+
+// keyUploader uploads business numbers' prekeys in the background, one
+// request at a time, retrying what failed.
+type keyUploader struct {
+	n    *Node
+	wake chan struct{}
+
+	mu      sync.Mutex
+	pending map[string]int // digits → prekeys to add (0: learn the count, top up below keysLow)
+}
+
+func newKeyUploader(n *Node) *keyUploader {
+	return &keyUploader{n: n, wake: make(chan struct{}, 1), pending: map[string]int{}}
+}
+
+// need asks for keysBatch more prekeys for business (digits).
+func (k *keyUploader) need(business string) { k.add(business, keysBatch) }
+
+func (k *keyUploader) add(business string, n int) {
+	k.mu.Lock()
+	k.pending[business] = max(k.pending[business], n)
+	k.mu.Unlock()
+	select {
+	case k.wake <- struct{}{}:
+	default:
+	}
+}
+
+// start checks every number once, then serves requests until ctx ends.
+func (k *keyUploader) start(ctx context.Context) {
+	for _, b := range k.n.Tenants.All() {
+		for _, digits := range b.PhoneNumbers {
+			k.add(digits, 0)
+		}
+	}
+	go func() {
+		t := time.NewTicker(keysRetry)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-k.n.stop:
+				return
+			case <-k.wake:
+			case <-t.C:
+			}
+			k.run(ctx)
+		}
+	}()
+}
+
+// run uploads for every pending number; what fails stays pending.
+func (k *keyUploader) run(ctx context.Context) {
+	k.mu.Lock()
+	todo := k.pending
+	k.pending = map[string]int{}
+	k.mu.Unlock()
+	for digits, n := range todo {
+		if err := k.upload(ctx, digits, n); err != nil {
+			k.n.cfg.Logger.Warn("node: could not upload prekeys; will retry", "err", err)
+			k.mu.Lock()
+			k.pending[digits] = max(k.pending[digits], n)
+			k.mu.Unlock()
+		}
+	}
+}
+
+func (k *keyUploader) upload(ctx context.Context, digits string, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	up, err := k.n.sessions.NewPreKeys(digits, n, k.n.cfg.Now())
+	if err != nil {
+		return err
+	}
+	have, err := k.n.client.UploadKeys(ctx, up)
+	if err != nil {
+		return err
+	}
+	if n == 0 && have < keysLow {
+		return k.upload(ctx, digits, keysBatch)
+	}
+	return nil
+}
