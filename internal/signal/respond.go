@@ -196,7 +196,9 @@ func NewPeerLocks() *PeerLocks {
 // PeerKey names a pair: the business number's digits and the recipient.
 func PeerKey(biz string, r Recipient) string { return biz + "\x00" + string(r[:]) }
 
-func (l *PeerLocks) shard(k string) int { return int(maphash.String(l.seed, k) % uint64(len(l.shards))) }
+func (l *PeerLocks) shard(k string) int {
+	return int(maphash.String(l.seed, k) % uint64(len(l.shards)))
+}
 
 // TryLock takes k if nobody holds it.
 func (l *PeerLocks) TryLock(k string) bool {
