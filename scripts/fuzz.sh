@@ -23,6 +23,7 @@ targets=(
   "./internal/api FuzzCampaignJSON"
   "./internal/api FuzzCampaignNDJSON"
   "./internal/api FuzzPlatformEvents"
+  "./internal/api FuzzPlatformInbound"
 )
 # Go's fuzz coordinator can fail a run with a bare "context deadline exceeded"
 # when -fuzztime expires while a worker is busy (golang/go#75804, #51484): no

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"testing"
 
@@ -96,6 +97,45 @@ func FuzzPlatformEvents(f *testing.F) {
 			t.Fatalf("a body signed with the real secret: status %d", st)
 		}
 		if st := post(body, "unknown"); st != 401 {
+			t.Fatalf("a wrongly signed body: status %d, want 401", st)
+		}
+	})
+}
+
+// FuzzPlatformInbound: whatever a signed inbound post holds, Herald answers
+// it (never 401 or 5xx, never a panic) and every envelope gets a result;
+// wrongly signed, it is 401.
+func FuzzPlatformInbound(f *testing.F) {
+	n, _, _ := fuzzNode(f)
+	f.Add([]byte(`{"envelopes":[{"id":"a","from":"15550000001","device_id":1,"to":"15550100000","type":"msg","ciphertext":"MwoAAA=="}]}`))
+	f.Add([]byte(`{"envelopes":[{"id":"b","from":"15550000001","device_id":2,"to":"15550100000","type":"pkmsg","ciphertext":"Mwg="}]}`))
+	f.Add([]byte(`{"envelopes":[{"id":"","type":"x"},{}]}`))
+	post := func(body []byte, secret string) (int, []byte) {
+		var ctx fasthttp.RequestCtx
+		ctx.Request.Header.SetMethod("POST")
+		ctx.Request.SetRequestURI("/v1/platform/inbound")
+		ctx.Request.SetBody(body)
+		ctx.Request.Header.Set("X-Platform-Signature", platform.Sign([]byte(secret), body))
+		n.API.Handle(&ctx)
+		return ctx.Response.StatusCode(), ctx.Response.Body()
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		st, resp := post(body, fuzzSecret)
+		if st == 401 || st >= 500 {
+			t.Fatalf("a body signed with the real secret: status %d", st)
+		}
+		if st == 200 {
+			var in, out struct {
+				Envelopes []json.RawMessage `json:"envelopes"`
+				Results   []json.RawMessage `json:"results"`
+			}
+			json.Unmarshal(body, &in)
+			json.Unmarshal(resp, &out)
+			if len(out.Results) != len(in.Envelopes) {
+				t.Fatalf("%d envelopes, %d results", len(in.Envelopes), len(out.Results))
+			}
+		}
+		if st, _ := post(body, "unknown"); st != 401 {
 			t.Fatalf("a wrongly signed body: status %d, want 401", st)
 		}
 	})

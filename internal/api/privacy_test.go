@@ -18,9 +18,10 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/heraldhq/herald/internal/inbound"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/node"
-	"github.com/heraldhq/herald/internal/records"
+	"github.com/heraldhq/herald/internal/signal"
 	"github.com/heraldhq/herald/internal/testutil"
 )
 
@@ -51,9 +52,15 @@ func TestPrivacyScanAfterCampaign(t *testing.T) {
 	e := start(t, func(c *node.Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.Sim.UnknownShare = 0.2 // some unknown_user failures, so failure paths log too
+		c.PlatformSecret = inboundSecret
 		dataDir = c.DataDir
 	})
 	a := e.business("A", "15550001001", "10k")
+	// A user writes to the business: body and number are sealed at rest too.
+	d, _ := signal.NewDevice(1, 0)
+	if _, out := postInbound(t, e, envelopes(envelope(t, d, "15553141592", "15550001001", "in-private", "PRIVATE-INBOUND-555", bundleOf(t, e, "15550001001"))), ""); results(out)["in-private"] != "accepted" {
+		t.Fatalf("inbound: %v", out)
+	}
 	var sb strings.Builder
 	sb.WriteString(`{"name":"privacy","template":{"body":"PRIVATE-BODY-4242 for {{name}}"}}` + "\n")
 	var numbers []string
@@ -79,7 +86,7 @@ func TestPrivacyScanAfterCampaign(t *testing.T) {
 	resp.Body.Close()
 	e.n.Close()
 
-	needles := append([]string{"PRIVATE-BODY", "PRIVATE-SINGLE", "Zed1", "15550123", "15559876543", "15557654321", "5557654321"}, numbers...)
+	needles := append([]string{"PRIVATE-BODY", "PRIVATE-SINGLE", "PRIVATE-INBOUND", "15553141592", "5553141592", "Zed1", "15550123", "15559876543", "15557654321", "5557654321"}, numbers...)
 	if len(logs.String()) == 0 {
 		t.Fatal("no logs captured: the scan would prove nothing")
 	}
@@ -119,7 +126,11 @@ func prefixCounts(t *testing.T, db *kv.DB) map[string]int {
 // campaign except those named below (counters and keyed HMACs).
 func TestPhoneNumbersLeaveWithTheirMessages(t *testing.T) {
 	clock := testutil.NewClock(time.Now())
-	e := start(t, func(c *node.Config) { c.Now = clock.Now; c.RetentionInterval = time.Hour })
+	e := start(t, func(c *node.Config) {
+		c.Now = clock.Now
+		c.RetentionInterval = time.Hour
+		c.PlatformSecret = inboundSecret
+	})
 	a := e.business("A", "15550001001", "unlimited")
 	pn := a.PNs[0]
 	hook, _ := failingEndpoint(t)
@@ -145,6 +156,13 @@ func TestPhoneNumbersLeaveWithTheirMessages(t *testing.T) {
 	if code, out, _ := e.doIdem("/v1/"+pn+"/messages", a.Token, "msg-key",
 		`{"messaging_product":"whatsapp","to":"15557654321","text":{"body":"x"},"ttl_seconds":60}`); code != 200 {
 		t.Fatalf("single: %d %v", code, out)
+	}
+	// A user writes to the business: the message and its webhook entry
+	// hold the user's number until the inbound TTL.
+	numbers = append(numbers, "15553141592")
+	d, _ := signal.NewDevice(1, 0)
+	if _, out := postInbound(t, e, envelopes(envelope(t, d, "15553141592", "15550001001", "in-ttl", "hello", bundleOf(t, e, "15550001001"))), ""); results(out)["in-ttl"] != "accepted" {
+		t.Fatalf("inbound: %v", out)
 	}
 	e.waitDrained()
 	scan := func() (found []string) {
@@ -181,7 +199,7 @@ func TestPhoneNumbersLeaveWithTheirMessages(t *testing.T) {
 	if found := scan(); len(found) == 0 {
 		t.Fatal("before the TTL no record holds a number: the scan cannot see them")
 	}
-	clock.Advance(60*time.Second + records.StatusGrace + time.Minute)
+	clock.Advance(inbound.TTL + time.Minute) // past every TTL: the messages' (60 s + grace) and the inbound one's
 	for {
 		n, err := e.n.Engine.RetentionOnce(context.Background())
 		if err != nil {
@@ -196,6 +214,9 @@ func TestPhoneNumbersLeaveWithTheirMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := e.n.Webhooks.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.n.Inbound.Sweep(1000); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range scan() {

@@ -409,3 +409,38 @@ func (s *deviceStore) ContainsSignedPreKey(_ context.Context, id uint32) (bool, 
 	return id == s.d.signed.ID(), nil
 }
 func (s *deviceStore) RemoveSignedPreKey(context.Context, uint32) error { return nil }
+
+// ErrNeedBundle: the device has no session with that business yet; call
+// Write again with the business's bundle.
+var ErrNeedBundle = errors.New("signal: no session with the business; a bundle is needed")
+
+// Write encrypts pt from this device to the business number biz (device
+// 1): in the session the device has with it — whoever started it — or, with
+// bundle (the business's, from the platform), in a new one the device
+// starts. It is what a user's device does when it writes to a business.
+func (d *Device) Write(biz string, bundle *platform.DeviceBundle, pt []byte) (Ciphertext, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	addr := protocol.NewSignalAddress(biz, 1).String()
+	rec := d.sessions[addr]
+	if rec == nil || rec.SessionState() == nil || !rec.SessionState().HasSenderChain() {
+		if bundle == nil {
+			return Ciphertext{}, ErrNeedBundle
+		}
+		pb, err := DecodeBundle(biz, *bundle)
+		if err != nil {
+			return Ciphertext{}, err
+		}
+		built, err := BuildSession(&Identity{KeyPair: d.identity, RegistrationID: d.regID}, pb, nil, false)
+		if err != nil {
+			return Ciphertext{}, err
+		}
+		rec = built.Record
+		d.sessions[addr] = rec
+	}
+	cts, err := EncryptBatch(rec, [][]byte{pt})
+	if err != nil {
+		return Ciphertext{}, err
+	}
+	return cts[0], nil
+}
