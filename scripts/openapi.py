@@ -41,6 +41,9 @@ schemas={
  "SendResult": obj({"messaging_product":S(const="whatsapp"),
     "contacts":{"type":"array","items":obj({"input":S(),"wa_id":S(pattern="^[0-9]{8,15}$")},["input","wa_id"])},
     "messages":{"type":"array","items":obj({"id":S()},["id"])}},["messaging_product","contacts","messages"]),
+ "MarkRead": obj({"messaging_product":S(const="whatsapp"),"status":S(const="read"),"message_id":S(minLength=1)},["messaging_product","status","message_id"],
+    desc="Marks a message a user sent the business read; a read receipt goes to the platform."),
+ "MarkReadResult": obj({"success":{"const":True}},["success"]),
  "Recipient": obj({"to":S(),"vars":{"type":"object","additionalProperties":S()}},["to"]),
  "CampaignHeader": obj({"name":S(),"template":obj({"body":S(minLength=1)},["body"]),"ttl_seconds":I(minimum=30,maximum=2592000)},["template"]),
  "Campaign": obj({"name":S(),"template":obj({"body":S(minLength=1)},["body"]),"ttl_seconds":I(minimum=30,maximum=2592000),
@@ -93,8 +96,10 @@ jbody=lambda n:{"required":True,"content":{"application/json":{"schema":ref(n)}}
 common=("400","401","404","405")
 idem={"name":"Idempotency-Key","in":"header","required":False,"schema":S(maxLength=256)}
 paths={
- "/v1/{phone_number_id}/messages":{"parameters":[pn],"post":op("Send one text message",resp("accepted",ref("SendResult"),trace),
-    common+("403","408","409","413","429","503","507"),body=jbody("SendMessage"),params=[idem],opid="sendMessage")},
+ "/v1/{phone_number_id}/messages":{"parameters":[pn],"post":op("Send one text message, or mark a user's message read",
+    resp("accepted (or marked read)",{"oneOf":[ref("SendResult"),ref("MarkReadResult")]},trace),
+    common+("403","408","409","413","429","503","507"),body={"required":True,"content":{"application/json":{"schema":{"oneOf":[ref("SendMessage"),ref("MarkRead")]}}}},
+    params=[idem],opid="sendMessage")},
  "/v1/{phone_number_id}/campaigns":{"parameters":[pn],"post":op("Upload a campaign",resp("the upload's result: every line accepted or rejected",ref("CampaignResult"),trace),
     common+("403","408","409","413","429","503","507"),opid="uploadCampaign",params=[idem],
     desc="JSON, or with Content-Type application/x-ndjson a first line holding the header (name, template, ttl_seconds) and one recipient object per line.",

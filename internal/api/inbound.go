@@ -76,7 +76,45 @@ func (s *Server) getInbound(ctx *fasthttp.RequestCtx, b *tenant.Business, id str
 		return
 	}
 	ts := heraldtype.Timestamp(m.TS)
-	writeJSON(ctx, 200, map[string]any{"id": m.ID, "direction": "inbound", "status": "received", "phone_number_id": m.PhoneNumberID,
+	status := "received"
+	if m.Read {
+		status = "read"
+	}
+	writeJSON(ctx, 200, map[string]any{"id": m.ID, "direction": "inbound", "status": status, "phone_number_id": m.PhoneNumberID,
 		"from": m.From, "timestamp": ts, "type": "text", "text": map[string]string{"body": m.Body},
 		"history": []map[string]string{{"status": "received", "timestamp": ts}}})
+}
+
+// markRead: POST /v1/{pn}/messages {"messaging_product":"whatsapp",
+// "status":"read","message_id":…} marks a user's message to pn read: a read
+// receipt goes to the platform (persisted, retried). Marking it again
+// answers the same and sends nothing more.
+func (s *Server) markRead(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string, req *sendRequest) {
+	switch {
+	case req.MessagingProduct != "whatsapp":
+		badRequest(ctx, CodeInvalidParam, "messaging_product must be \"whatsapp\"", "")
+		return
+	case req.Status != "read":
+		badRequest(ctx, CodeInvalidParam, "status must be \"read\"", "the only status a business sets is read")
+		return
+	case req.MessageID == "":
+		badRequest(ctx, CodeInvalidParam, "message_id is required with status", "")
+		return
+	case req.To != "" || req.Text != nil || req.Type != "" || req.TTLSeconds != nil || req.RecipientType != "":
+		badRequest(ctx, CodeInvalidParam, "a mark-as-read request takes only messaging_product, status and message_id", "")
+		return
+	}
+	if s.opts.Inbound == nil {
+		notFound(ctx)
+		return
+	}
+	err := s.opts.Inbound.MarkRead(b.ID, pn, req.MessageID)
+	switch {
+	case errors.Is(err, inbound.ErrNotFound):
+		notFound(ctx)
+	case err != nil:
+		s.storageError(ctx, err)
+	default:
+		writeJSON(ctx, 200, map[string]bool{"success": true})
+	}
 }

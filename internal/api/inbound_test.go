@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/internal/node"
 	"github.com/heraldhq/herald/internal/testutil"
 	"github.com/heraldhq/herald/internal/webhook"
 )
@@ -276,4 +277,85 @@ func forgetSessions(t *testing.T, e *env, biz, businessID, user string) {
 		t.Fatal(err)
 	}
 	store.Forget(biz, r)
+}
+
+// TestSimulatorUsersReply: with the built-in simulator, users answer what
+// they receive (in the sessions Herald started), some envelopes are sent
+// twice and some arrive corrupted (bad_message, the device starts a new
+// session and sends again). Every reply reaches the business's webhook
+// exactly once; the business marks one read and the platform gets the
+// receipt; wrong mark-read requests are refused.
+func TestSimulatorUsersReply(t *testing.T) {
+	e := start(t, func(c *node.Config) {
+		c.Sim.ReplyShare, c.Sim.InboundDupRate, c.Sim.InboundCorruptRate = 1, 0.2, 0.1
+	})
+	a := e.business("A", "15550001001", "10k")
+	b := e.business("B", "15550001002", "10k")
+	sink := &inboxSink{got: map[string][]webhook.Message{}}
+	hook := httptest.NewServer(sink)
+	defer hook.Close()
+	if code, out := e.do("PUT", "/v1/"+a.PNs[0]+"/webhook", a.Token, fmt.Sprintf(`{"url":%q,"secret":"inbound-secret"}`, hook.URL), ""); code != 200 {
+		t.Fatalf("%d %v", code, out)
+	}
+	var sb strings.Builder
+	sb.WriteString(`{"name":"ask","template":{"body":"how was it, {{name}}?"}}` + "\n")
+	for i := 0; i < 40; i++ {
+		fmt.Fprintf(&sb, `{"to":"1555%07d","vars":{"name":"n%d"}}`+"\n", 1000+i*37, i)
+	}
+	if code, out := e.do("POST", "/v1/"+a.PNs[0]+"/campaigns", a.Token, sb.String(), "application/x-ndjson"); code != 200 || out["accepted"] != float64(40) {
+		t.Fatalf("%d %v", code, out)
+	}
+	e.waitDrained()
+	testutil.Until(t, 60*time.Second, func() bool {
+		return e.n.Sim.InboundPending() == 0 && int64(sink.count()) == e.n.Sim.InboundStats().Accepted && sink.count() > 0
+	}, func() string {
+		return fmt.Sprintf("sim %+v pending %d; webhook has %d", e.n.Sim.InboundStats(), e.n.Sim.InboundPending(), sink.count())
+	})
+	st := e.n.Sim.InboundStats()
+	t.Logf("simulator inbound %+v", st)
+	if st.Failed != 0 || st.Accepted < 40 || st.DupResent == 0 || st.Corrupted == 0 || st.BadMessage < st.Corrupted {
+		t.Fatalf("simulator inbound %+v", st)
+	}
+	sink.mu.Lock()
+	var id string
+	for k, ms := range sink.got {
+		if len(ms) != 1 || !strings.HasPrefix(ms[0].Text.Body, "re: ") {
+			t.Errorf("%s: %+v", k, ms)
+		}
+		id = k
+	}
+	sink.mu.Unlock()
+
+	mark := func(token, pn, body string) (int, map[string]any) {
+		return e.do("POST", "/v1/"+pn+"/messages", token, body, "")
+	}
+	for name, tc := range map[string]struct {
+		token, pn, body string
+		code            int
+	}{
+		"another business":   {b.Token, b.PNs[0], `{"messaging_product":"whatsapp","status":"read","message_id":"` + id + `"}`, 404},
+		"no such message":    {a.Token, a.PNs[0], `{"messaging_product":"whatsapp","status":"read","message_id":"in.nope"}`, 404},
+		"status not read":    {a.Token, a.PNs[0], `{"messaging_product":"whatsapp","status":"delivered","message_id":"` + id + `"}`, 400},
+		"no message_id":      {a.Token, a.PNs[0], `{"messaging_product":"whatsapp","status":"read"}`, 400},
+		"with a text":        {a.Token, a.PNs[0], `{"messaging_product":"whatsapp","status":"read","message_id":"` + id + `","text":{"body":"x"}}`, 400},
+		"unknown field":      {a.Token, a.PNs[0], `{"messaging_product":"whatsapp","status":"read","message_id":"` + id + `","colour":1}`, 400},
+		"messaging_product?": {a.Token, a.PNs[0], `{"status":"read","message_id":"` + id + `"}`, 400},
+	} {
+		if code, out := mark(tc.token, tc.pn, tc.body); code != tc.code {
+			t.Errorf("%s: %d %v", name, code, out)
+		}
+	}
+	if st := e.n.Sim.InboundStats(); st.Receipts != 0 {
+		t.Fatalf("a refused mark-read sent a receipt: %+v", st)
+	}
+	for i := 0; i < 2; i++ { // twice: one receipt
+		if code, out := mark(a.Token, a.PNs[0], `{"messaging_product":"whatsapp","status":"read","message_id":"`+id+`"}`); code != 200 || out["success"] != true {
+			t.Fatalf("mark read: %d %v", code, out)
+		}
+	}
+	testutil.Until(t, 20*time.Second, func() bool { return e.n.Sim.InboundStats().Receipts == 1 },
+		func() string { return fmt.Sprintf("receipts: %+v", e.n.Sim.InboundStats()) })
+	if _, msg := e.do("GET", "/v1/messages/"+id, a.Token, "", ""); msg["status"] != "read" {
+		t.Fatalf("after mark read: %v", msg)
+	}
 }

@@ -35,6 +35,10 @@ type sendRequest struct {
 	Type             string    `json:"type"`
 	Text             *textBody `json:"text"`
 	TTLSeconds       *int64    `json:"ttl_seconds"`
+	// Status "read" with MessageID marks a user's message read (the Cloud
+	// API's mark-as-read): no message is sent.
+	Status    string `json:"status"`
+	MessageID string `json:"message_id"`
 }
 
 // reqError is a validation failure with its code.
@@ -138,6 +142,10 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 	var req sendRequest
 	if e := decodeStrict(raw, &req); e != nil {
 		badRequest(ctx, e.code, e.msg, "")
+		return
+	}
+	if req.Status != "" || req.MessageID != "" {
+		s.markRead(ctx, b, pn, &req)
 		return
 	}
 	reqHash := sha256.Sum256(raw)

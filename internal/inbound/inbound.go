@@ -82,11 +82,18 @@ type Options struct {
 	// Workers decrypt envelopes of different users at once; default
 	// 2 × GOMAXPROCS.
 	Workers int
+	// Platform takes read receipts; nil keeps them queued.
+	Platform ReceiptSender
 }
 
 // Receiver handles inbound envelopes; safe for concurrent use.
 type Receiver struct {
 	opts Options
+
+	readMu    sync.Mutex
+	wake      chan struct{}
+	stop      chan struct{}
+	closeOnce sync.Once
 }
 
 // New makes a Receiver.
@@ -106,7 +113,7 @@ func New(opts Options) (*Receiver, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
-	return &Receiver{opts: opts}, nil
+	return &Receiver{opts: opts, wake: make(chan struct{}, 1), stop: make(chan struct{})}, nil
 }
 
 // Record keys: 'iM' + platform id → expiry (8, clear) | sealed message;
@@ -127,6 +134,7 @@ type Message struct {
 	TS            int64  `json:"ts"`
 	Body          string `json:"body"`
 	Expires       int64  `json:"exp"`
+	Read          bool   `json:"read,omitempty"` // the business marked it read
 }
 
 // ErrNotFound: no inbound message has that id (or it expired).
@@ -272,8 +280,7 @@ func (r *Receiver) receiveGroup(envs []Envelope, idx []int, out []Result) {
 		return
 	}
 	defer r.opts.Locks.Unlock(lock)
-	b := r.opts.DB.NewBatch()
-	defer b.Close()
+	b := r.opts.DB.NewBatch() // Commit closes it
 	now := r.opts.Now()
 	seen := map[string]bool{}
 	var accepted []int

@@ -334,6 +334,7 @@ func (n *Node) openPlatform() (secret string, err error) {
 		so := cfg.Sim
 		so.Secret = secret
 		so.EventsURL = "http://" + n.ln.Addr().String() + "/v1/platform/events"
+		so.InboundURL = "http://" + n.ln.Addr().String() + "/v1/platform/inbound" // its users write to the businesses here
 		if so.Now == nil {
 			so.Now = cfg.Now // one clock: the events' ts agree with the engine's
 		}
@@ -418,7 +419,7 @@ func (n *Node) newAPI(secret string) (err error) {
 		ao.Admitter = n.Limits
 	}
 	if n.Inbound, err = inbound.New(inbound.Options{DB: n.db, Sealer: n.Sealer, Sessions: n.sessions, Locks: n.peerLocks,
-		Tenants: n.Tenants, Webhooks: n.Webhooks, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now}); err != nil {
+		Tenants: n.Tenants, Webhooks: n.Webhooks, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now, Platform: n.client}); err != nil {
 		return err
 	}
 	n.keys = newKeyUploader(n)
@@ -625,6 +626,7 @@ func (n *Node) Start(ctx context.Context) error {
 	n.Webhooks.Start()
 	n.probePlatform(ctx)
 	n.keys.start(ctx)
+	n.Inbound.Start(ctx)
 	n.every("inbound retention", n.cfg.RetentionInterval, func() {
 		if _, err := n.Inbound.Sweep(1000); err != nil {
 			n.cfg.Logger.Error("node: retention sweep of inbound messages failed", "err", err)
@@ -690,6 +692,9 @@ func (n *Node) Close() error {
 		}
 		if n.Webhooks != nil {
 			n.Webhooks.Close()
+		}
+		if n.Inbound != nil {
+			n.Inbound.Close()
 		}
 		if n.Limits != nil {
 			n.Limits.Close()

@@ -126,7 +126,12 @@ func (s *Store) NewPreKeys(biz string, n int, now time.Time) (*KeysUpload, error
 		st = &preKeyState{next: 1} // id 0 means "no prekey" in every libsignal
 	}
 	b := s.db.NewBatch()
-	defer b.Close()
+	committed := false
+	defer func() {
+		if !committed {
+			b.Close() // Commit closes it otherwise
+		}
+	}()
 	if st.current == nil || now.Sub(time.Unix(st.current.created, 0)) >= SignedPreKeyRotation {
 		k, err := newEphemeral()
 		if err != nil {
@@ -157,6 +162,7 @@ func (s *Store) NewPreKeys(biz string, n int, now time.Time) (*KeysUpload, error
 		up.PreKeys = append(up.PreKeys, platform.OneTimePreKey{ID: pid, PublicKey: base64.StdEncoding.EncodeToString(pub[:])})
 	}
 	b.Set(key('G', biz, nil, 0), s.sealer.Seal(nil, st.encode()), nil)
+	committed = true
 	if err := s.db.Commit(b, true); err != nil {
 		return nil, err
 	}

@@ -62,6 +62,15 @@ type Options struct {
 	DecryptFailedRate float64 // per accepted envelope: a decrypt_failed retry receipt follows
 	RetryAfterMS      int64   // retry_after_ms on throttled/unavailable; default 50
 	EventInterval     time.Duration
+	// Users who write (inbound.go): InboundURL is Herald's
+	// /v1/platform/inbound (empty: users never write); ReplyShare of the
+	// messages a device decrypts get a reply from it; InboundDupRate of
+	// accepted envelopes are sent once more; InboundCorruptRate of them
+	// get a bit flipped on the way (Herald answers bad_message).
+	InboundURL         string
+	ReplyShare         float64
+	InboundDupRate     float64
+	InboundCorruptRate float64
 	// Now stamps events (ts); default clock.Wall. Herald's node passes its
 	// own clock, so a test's fake clock and the events agree.
 	Now    func() time.Time
@@ -106,6 +115,9 @@ type Server struct {
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
+
+	inOnce sync.Once
+	in     *inboundState
 }
 
 type userShard struct {
@@ -442,6 +454,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.keysQuery(ctx)
 	case "/v1/messages":
 		s.messages(ctx)
+	case "/v1/keys/upload":
+		s.uploadKeys(ctx)
+	case "/v1/receipts":
+		s.receipts(ctx)
 	default:
 		ctx.SetStatusCode(404)
 	}
@@ -610,6 +626,9 @@ func (s *Server) envelope(e platform.Envelope) platform.Result {
 		d.last[e.From] = e.ID
 	}
 	s.count(func(st *Stats) { st.Decrypted++ })
+	if s.opts.InboundURL != "" && roll(s.opts.ReplyShare) {
+		s.Write(e.To, e.DeviceID, e.From, "re: "+e.ID) // the user answers, in the session the business started
+	}
 	now := s.opts.Now().Unix()
 	evs := []platform.Event{{Type: platform.EventDelivered, ID: e.ID, User: e.To, DeviceID: e.DeviceID, TS: now}}
 	if roll(s.opts.ReadShare) {
