@@ -49,7 +49,7 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []platform.Event) error {
 		case platform.EventRead:
 			ups = append(ups, records.Update{ID: ev.ID, Status: heraldtype.StatusRead, At: at, Recipient: ev.User})
 		case platform.EventReport:
-			e.signal(heraldtype.Signal{Kind: "report", BusinessPhone: ev.Business, Reason: ev.Reason, At: now})
+			e.signal(heraldtype.Signal{Kind: "report", BusinessPhone: ev.Business, Reason: ev.Reason, User: ev.User, At: now})
 		case platform.EventDecryptFailed:
 			if !e.countResend(ev) {
 				e.m.Events.WithLabelValues("ignored_resends_exhausted").Inc()

@@ -43,7 +43,10 @@ type Signal struct {
 	BusinessPhone string
 	PhoneNumberID string
 	Reason        string
-	At            time.Time
+	// User is the user's number, on a report (a block opts the user out of
+	// the business's messages; only its keyed HMAC is kept).
+	User string
+	At   time.Time
 }
 
 // Rank orders statuses so they only move forward.
@@ -70,6 +73,7 @@ func Rank(status string) int {
 const (
 	CodeUndeliverable    = 131026 // Cloud API: message undeliverable (the number is not on the platform)
 	CodeRestricted       = 131048 // Cloud API: spam rate limit hit (restricted for spam/quality)
+	CodeOptedOut         = 131050 // Cloud API: the user stopped messages from this business
 	CodeExpired          = 139010 // Herald: the message's TTL passed before it was sent
 	CodeIdentityChanged  = 139011 // Herald: identity_check on and the recipient's key changed
 	CodeResetsExhausted  = 139012 // Herald: the recipient kept failing to decrypt

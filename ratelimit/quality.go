@@ -1,7 +1,9 @@
 package ratelimit
 
 import (
+	"cmp"
 	"encoding/json"
+	"log/slog"
 	"time"
 
 	"github.com/heraldhq/herald/heraldtype"
@@ -94,6 +96,13 @@ func (l *Limiter) Signal(s heraldtype.Signal) {
 	}
 	if pn == "" {
 		return
+	}
+	if s.Kind == "report" && s.Reason == "block" && s.User != "" {
+		if biz, err := l.opts.Tenants.ByPhoneNumberID(pn); err == nil {
+			if err := l.OptOut(nil, biz.ID, s.User, s.At); err != nil {
+				cmp.Or(l.opts.Logger, slog.Default()).Error("ratelimit: could not record a block as an opt-out", "err", err)
+			}
+		}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

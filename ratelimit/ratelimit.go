@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"sort"
 	"strconv"
@@ -94,12 +95,16 @@ type Options struct {
 	Now     func() time.Time
 	// PairCache bounds pair-rate buckets in memory; default 1,000,000.
 	PairCache int
+	// Logger for what fails in the background (a block not recorded);
+	// default slog.Default.
+	Logger *slog.Logger
 }
 
 // Limiter implements api.Admitter, engine.Shaper and the quality signals.
 type Limiter struct {
 	opts Options
 	pol  Policy
+	opt  optState
 
 	mu      sync.Mutex
 	biz     map[string]*bizState
@@ -261,6 +266,9 @@ func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now 
 		return restrict(fmt.Sprintf("refused as sequential_enumeration: %.0f%% of this batch of %d recipients are runs of consecutive numbers (threshold %.0f%%)",
 			seq*100, len(recipients), l.pol.SequentialMax*100))
 	}
+	if err := l.optedOut(b.ID, recipients, codes); err != nil {
+		return nil, "", err
+	}
 	limit := int64(tenant.Tiers[b.Tier])
 	if limit < 0 {
 		// Unlimited tier: there is no cap to hold exactly, so no per-recipient
@@ -285,6 +293,9 @@ func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now 
 	var firsts int64
 	seenHere := map[[16]byte]bool{}
 	for i, r := range recipients {
+		if codes[i] != 0 {
+			continue // opted out: refused, uses no tier
+		}
 		h := l.opts.Sealer.Lookup(b.ID + ":" + r)
 		if seenHere[h] {
 			continue // same recipient earlier in this call: already decided and admitted

@@ -76,6 +76,8 @@ type patchBusiness struct {
 	Paused *bool   `json:"paused"`
 	// MaxQueuedBytes: this business's share of the queue; 0 = the default.
 	MaxQueuedBytes *int64 `json:"max_queued_bytes"`
+	// StopKeywords: whole-message keywords that opt a user out ([]: the defaults).
+	StopKeywords *[]string `json:"stop_keywords"`
 }
 
 func (s *Server) tenantError(ctx *fasthttp.RequestCtx, err error) {
@@ -109,7 +111,8 @@ func (s *Server) businessView(b *tenant.Business) map[string]any {
 	}
 	return map[string]any{"business_id": b.ID, "name": b.Name, "tier": b.Tier, "mps": b.MPS, "paused": b.Paused,
 		"identity_check": b.IdentityCheck, "phone_numbers": pns, "token_ids": tokens,
-		"max_queued_bytes": share, "max_queued_bytes_default": b.MaxQueuedBytes == 0, "queued_bytes": s.opts.Queue.OwnerBytes(b.ID)}
+		"max_queued_bytes": share, "max_queued_bytes_default": b.MaxQueuedBytes == 0, "queued_bytes": s.opts.Queue.OwnerBytes(b.ID),
+		"stop_keywords": stopKeywords(b)}
 }
 
 // listBusinesses: GET /admin/v1/businesses → every business as the admin
@@ -186,7 +189,8 @@ func (s *Server) patchBusiness(ctx *fasthttp.RequestCtx, id string) {
 	if !s.readJSON(ctx, &req) {
 		return
 	}
-	b, err := s.opts.Tenants.Update(id, tenant.Patch{Tier: req.Tier, MPS: req.MPS, Paused: req.Paused, MaxQueuedBytes: req.MaxQueuedBytes})
+	b, err := s.opts.Tenants.Update(id, tenant.Patch{Tier: req.Tier, MPS: req.MPS, Paused: req.Paused, MaxQueuedBytes: req.MaxQueuedBytes,
+		StopKeywords: req.StopKeywords})
 	if err != nil {
 		s.tenantError(ctx, err)
 		return

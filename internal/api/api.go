@@ -262,6 +262,8 @@ func (s *Server) routes() *router.Router {
 	s.route(r, "GET", "/v1/{pn}/webhook", s.phone(s.getWebhook))
 	s.route(r, "DELETE", "/v1/{pn}/webhook", s.phone(s.deleteWebhook))
 	s.route(r, "GET", "/v1/{pn}/integrity", s.phone(s.getIntegrity))
+	s.route(r, "GET", "/v1/{pn}/optouts", s.phone(s.getOptOuts))
+	s.route(r, "DELETE", "/v1/{pn}/optouts/{wa_id}", s.phone(s.deleteOptOut))
 	// Admin API.
 	s.route(r, "POST", "/admin/v1/businesses", s.adminOnly(func(ctx *fasthttp.RequestCtx, _ string) { s.createBusiness(ctx) }))
 	s.route(r, "GET", "/admin/v1/businesses", s.adminOnly(func(ctx *fasthttp.RequestCtx, _ string) { s.listBusinesses(ctx) }))

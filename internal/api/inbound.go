@@ -11,6 +11,7 @@ import (
 	"github.com/heraldhq/herald/internal/inbound"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/tenant"
+	"github.com/heraldhq/herald/ratelimit"
 )
 
 // maxInboundBody bounds one POST of envelopes (10,000 envelopes of an
@@ -114,6 +115,60 @@ func (s *Server) markRead(ctx *fasthttp.RequestCtx, b *tenant.Business, pn strin
 		notFound(ctx)
 	case err != nil:
 		s.storageError(ctx, err)
+	default:
+		writeJSON(ctx, 200, map[string]bool{"success": true})
+	}
+}
+
+// stopKeywords is the business's stop keyword list in force.
+func stopKeywords(b *tenant.Business) []string {
+	if len(b.StopKeywords) > 0 {
+		return b.StopKeywords
+	}
+	return ratelimit.DefaultStopKeywords
+}
+
+// OptOuts is what the API needs of the limiter for opt-outs.
+type OptOuts interface {
+	OptOuts(biz string, limit int) (int64, []ratelimit.OptOutView, error)
+	OptIn(biz, user string) (bool, error)
+}
+
+// getOptOuts: GET /v1/{pn}/optouts → the business's opt-out count and keyed
+// ids (at most 1,000; never a number).
+func (s *Server) getOptOuts(ctx *fasthttp.RequestCtx, b *tenant.Business, _ string) {
+	oo, ok := s.opts.Admitter.(OptOuts)
+	if !ok {
+		writeJSON(ctx, 200, map[string]any{"count": 0, "optouts": []any{}})
+		return
+	}
+	n, list, err := oo.OptOuts(b.ID, 1000)
+	if err != nil {
+		s.storageError(ctx, err)
+		return
+	}
+	writeJSON(ctx, 200, map[string]any{"count": n, "optouts": list})
+}
+
+// deleteOptOut: DELETE /v1/{pn}/optouts/{wa_id}: the user opted back in
+// through another channel. 404 when the user had not opted out.
+func (s *Server) deleteOptOut(ctx *fasthttp.RequestCtx, b *tenant.Business, _ string) {
+	user, err := tenant.NormalizePhone(param(ctx, "wa_id"))
+	if err != nil {
+		badRequest(ctx, CodeBadPhone, "wa_id: "+err.Error(), "")
+		return
+	}
+	oo, ok := s.opts.Admitter.(OptOuts)
+	if !ok {
+		notFound(ctx)
+		return
+	}
+	had, err := oo.OptIn(b.ID, user)
+	switch {
+	case err != nil:
+		s.storageError(ctx, err)
+	case !had:
+		notFound(ctx)
 	default:
 		writeJSON(ctx, 200, map[string]bool{"success": true})
 	}

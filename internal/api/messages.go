@@ -254,6 +254,8 @@ func admissionStatus(code int) int {
 	switch code {
 	case CodeRestricted:
 		return 403
+	case heraldtype.CodeOptedOut:
+		return 400
 	}
 	return 429
 }
@@ -267,6 +269,8 @@ func admissionText(code int, reason string) string {
 		return "messaging tier limit reached: no more new unique recipients in the moving 24 h window"
 	case CodeRestricted:
 		return "business is paused or restricted for low quality"
+	case heraldtype.CodeOptedOut:
+		return "the user has opted out of this business's messages (a stop keyword or a block)"
 	}
 	return "rejected by integrity limits"
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/heraldhq/herald/internal/signal"
 	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/internal/webhook"
+	"github.com/heraldhq/herald/ratelimit"
 )
 
 // Bounds of what the platform may send in one POST.
@@ -84,6 +85,14 @@ type Options struct {
 	Workers int
 	// Platform takes read receipts; nil keeps them queued.
 	Platform ReceiptSender
+	// OptOuts records a user who sent a stop keyword (the limiter); nil:
+	// stop keywords are forwarded like any message and nothing else.
+	OptOuts OptOuter
+}
+
+// OptOuter records opt-outs (ratelimit.Limiter).
+type OptOuter interface {
+	OptOut(b *pebble.Batch, biz, user string, at time.Time) error
 }
 
 // Receiver handles inbound envelopes; safe for concurrent use.
@@ -305,6 +314,15 @@ func (r *Receiver) receiveGroup(envs []Envelope, idx []int, out []Result) {
 			r.count("bad_message")
 			r.opts.Logger.Debug("inbound: envelope not decrypted; the device will reset its session", "err", err)
 			continue
+		}
+		if r.opts.OptOuts != nil && ratelimit.IsStop(body, biz.StopKeywords) {
+			// The user asked the business to stop: recorded in the same
+			// batch; the message still reaches the business.
+			if err := r.opts.OptOuts.OptOut(b, biz.ID, e.From, now); err != nil {
+				out[i].Status, out[i].Code = platform.StatusError, CodeRetry
+				continue
+			}
+			r.count("stop")
 		}
 		exp := now.Add(TTL).Unix()
 		m := Message{ID: e.ID, BusinessID: biz.ID, PhoneNumberID: pnID, From: e.From, DeviceID: e.DeviceID, TS: now.Unix(), Body: body, Expires: exp}

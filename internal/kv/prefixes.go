@@ -29,6 +29,8 @@ var Prefixes = []Prefix{
 	{"rE", "ratelimit", "the tier window's expiry index", "HMAC"},
 	{"rC", "ratelimit", "a business's unique-recipient count and daily peaks", "counter"},
 	{"rW", "ratelimit", "a phone number's hourly quality counters and flags", "counter"},
+	{"rO", "ratelimit", "an opt-out: business id, keyed HMAC of the user's number → since", "HMAC"},
+	{"iR", "inbound", "read receipts waiting for the platform: expiry in clear, then sealed (names the user)", "sealed"},
 	{"sI", "signal", "a business phone number's identity key pair", "sealed"},
 	{"sS", "signal", "a device's Signal session", "sealed"},
 	{"sH", "signal", "a recipient's sending-chain record (what encryptions change)", "sealed"},

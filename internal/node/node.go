@@ -271,7 +271,7 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	if !cfg.NoLimits {
-		if n.Limits, err = ratelimit.New(ratelimit.Options{DB: n.db, Sealer: n.Sealer, Tenants: n.Tenants, Now: cfg.Now}); err != nil {
+		if n.Limits, err = ratelimit.New(ratelimit.Options{DB: n.db, Sealer: n.Sealer, Tenants: n.Tenants, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
 			return nil, err
 		}
 	}
@@ -419,7 +419,8 @@ func (n *Node) newAPI(secret string) (err error) {
 		ao.Admitter = n.Limits
 	}
 	if n.Inbound, err = inbound.New(inbound.Options{DB: n.db, Sealer: n.Sealer, Sessions: n.sessions, Locks: n.peerLocks,
-		Tenants: n.Tenants, Webhooks: n.Webhooks, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now, Platform: n.client}); err != nil {
+		Tenants: n.Tenants, Webhooks: n.Webhooks, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now, Platform: n.client,
+		OptOuts: optOuter(n.Limits)}); err != nil {
 		return err
 	}
 	n.keys = newKeyUploader(n)
@@ -717,6 +718,14 @@ func (n *Node) Close() error {
 
 // DB exposes the database (tests, admin tooling).
 func (n *Node) DB() *kv.DB { return n.db }
+
+// optOuter is the limiter as inbound's OptOuter (nil without limits).
+func optOuter(l *ratelimit.Limiter) inbound.OptOuter {
+	if l == nil {
+		return nil
+	}
+	return l
+}
 
 // Sessions is the Signal store the engine and inbound share (tools and
 // tests).

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -39,9 +40,12 @@ type Business struct {
 	IdentityCheck bool   `json:"identity_check"`
 	// MaxQueuedBytes is the business's share of the queue (stored record
 	// bytes); 0 means the node's default share.
-	MaxQueuedBytes int64             `json:"max_queued_bytes,omitempty"`
-	PhoneNumbers   map[string]string `json:"phone_numbers"` // phone_number_id → digits
-	Tokens         map[string]string `json:"tokens"`        // token_id → hex(hash)
+	MaxQueuedBytes int64 `json:"max_queued_bytes,omitempty"`
+	// StopKeywords: a user's whole message equal to one of them
+	// (case-insensitively) opts the user out; empty: STOP, UNSUBSCRIBE, ALTO.
+	StopKeywords []string          `json:"stop_keywords,omitempty"`
+	PhoneNumbers map[string]string `json:"phone_numbers"` // phone_number_id → digits
+	Tokens       map[string]string `json:"tokens"`        // token_id → hex(hash)
 }
 
 // Store is safe for concurrent use; it keeps every business in memory (a few
@@ -258,6 +262,9 @@ type Patch struct {
 	// MaxQueuedBytes: 0 returns to the default share; otherwise at least
 	// MinQueuedBytes.
 	MaxQueuedBytes *int64
+	// StopKeywords replaces the business's stop keywords (empty: the
+	// defaults); at most 20, each 1-32 characters.
+	StopKeywords *[]string
 }
 
 // MinQueuedBytes is the smallest share a business can be given: room for a
@@ -294,6 +301,17 @@ func (s *Store) Update(id string, p Patch) (*Business, error) {
 			return nil, fmt.Errorf("%w: max_queued_bytes must be 0 (the default share) or at least %d", ErrInvalid, MinQueuedBytes)
 		}
 		b.MaxQueuedBytes = *q
+	}
+	if kw := p.StopKeywords; kw != nil {
+		if len(*kw) > 20 {
+			return nil, fmt.Errorf("%w: stop_keywords holds at most 20 keywords", ErrInvalid)
+		}
+		for _, k := range *kw {
+			if n := utf8.RuneCountInString(strings.TrimSpace(k)); n < 1 || n > 32 || !utf8.ValidString(k) {
+				return nil, fmt.Errorf("%w: each stop keyword must be 1-32 characters", ErrInvalid)
+			}
+		}
+		b.StopKeywords = slices.Clone(*kw)
 	}
 	return b, s.saveLocked(b)
 }
@@ -350,6 +368,7 @@ func (s *Store) RevokeToken(id, tokenID string) error {
 
 func clone(b *Business) *Business {
 	c := *b
+	c.StopKeywords = slices.Clone(b.StopKeywords)
 	c.PhoneNumbers = map[string]string{}
 	for k, v := range b.PhoneNumbers {
 		c.PhoneNumbers[k] = v
