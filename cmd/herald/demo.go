@@ -31,6 +31,9 @@ type webhookSink struct {
 	mu     sync.Mutex
 	at     map[string]map[string]time.Time // status → id → first arrival
 	bad    int
+	// replies: users' messages (id → arrivals; more than one would be a
+	// duplicate forward).
+	replies map[string][]time.Time
 }
 
 func (w *webhookSink) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
@@ -43,8 +46,12 @@ func (w *webhookSink) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sts, _ := webhook.ParsePayload(body)
+	msgs, _ := webhook.ParseMessages(body)
 	now := clock.Wall()
 	w.mu.Lock()
+	for _, m := range msgs {
+		w.replies[m.ID] = append(w.replies[m.ID], now)
+	}
 	for _, s := range sts {
 		m := w.at[s.Status]
 		if m == nil {
@@ -85,6 +92,27 @@ func (s *statusTimes) record(changes []heraldtype.StatusChange) {
 	}
 }
 
+// replies prints the users' answers that reached the demo's webhook: how
+// many, duplicates, and the time from the user's send to the webhook.
+func replies(sink *webhookSink, n *node.Node) {
+	h := hdrhistogram.New(1, 10*60*1000, 3)
+	dups := 0
+	sink.mu.Lock()
+	for id, at := range sink.replies {
+		if len(at) > 1 {
+			dups++
+		}
+		if sent := n.Sim.SentAt(id); !sent.IsZero() {
+			h.RecordValue(max(1, at[0].Sub(sent).Milliseconds()))
+		}
+	}
+	got := len(sink.replies)
+	sink.mu.Unlock()
+	st := n.Sim.InboundStats()
+	fmt.Printf("replies: users sent %d, %d reached the business's webhook once each (%d twice), p50 %dms p99 %dms from the user's send to the webhook\n",
+		st.Queued, got, dups, h.ValueAtQuantile(50), h.ValueAtQuantile(99))
+}
+
 // histogram of the times in at[status], from since, in milliseconds.
 func histogram(mu *sync.Mutex, at map[string]map[string]time.Time, status string, since time.Time) *hdrhistogram.Histogram {
 	h := hdrhistogram.New(1, 10*60*1000, 3)
@@ -116,6 +144,9 @@ func demoCmd() *cobra.Command {
 			if so.Users < recipients {
 				so.Users = recipients * 2
 			}
+			if !cmd.Flags().Changed("reply-share") {
+				so.ReplyShare = 0.05 // some users answer: the demo shows them reach the business
+			}
 			return runDemo(cmd.Context(), recipients, so, keep)
 		},
 	}
@@ -123,6 +154,7 @@ func demoCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")
 	simFlags(cmd, &so, &devices)
 	cmd.Flags().Lookup("users").DefValue = "2 × recipients"
+	cmd.Flags().Lookup("reply-share").DefValue = "0.05"
 	so.Users = 0
 	return cmd
 }
@@ -184,7 +216,16 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 	fmt.Printf("\n== Summary ==\n")
 	fmt.Printf("throughput: %d messages in %v = %.0f messages/s end to end (accept → sent to every device)\n",
 		res.Accepted, finished.Sub(accepted).Round(time.Millisecond), float64(res.Accepted)/finished.Sub(accepted).Seconds())
-	return demoSummary(st, times, sink, accepted, n.Sim.Stats())
+	// Let the users' answers reach the webhook too.
+	for deadline := clock.Wall().Add(10 * time.Second); clock.Wall().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		sink.mu.Lock()
+		got := int64(len(sink.replies))
+		sink.mu.Unlock()
+		if n.Sim.InboundPending() == 0 && got >= n.Sim.InboundStats().Accepted {
+			break
+		}
+	}
+	return demoSummary(st, times, sink, accepted, n)
 }
 
 // demoBusiness creates the demo's business and its webhook sink (stop
@@ -203,7 +244,7 @@ func demoBusiness(n *node.Node) (c *apiClient, pn string, sink *webhookSink, sto
 	}
 	pn = biz.PhoneNumberIDs[0]
 	c = newAPIClient(n.URL(), biz.Token)
-	sink = &webhookSink{secret: "demo-webhook-secret", at: map[string]map[string]time.Time{}}
+	sink = &webhookSink{secret: "demo-webhook-secret", at: map[string]map[string]time.Time{}, replies: map[string][]time.Time{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, "", nil, nil, err
@@ -273,7 +314,8 @@ func followCampaign(ctx context.Context, c *apiClient, id string, accepted int) 
 
 // demoSummary prints the latencies, statuses and the simulator's proof, and
 // fails when the simulator saw a failure.
-func demoSummary(st campaignStatus, times *statusTimes, sink *webhookSink, accepted time.Time, stats sim.Stats) error {
+func demoSummary(st campaignStatus, times *statusTimes, sink *webhookSink, accepted time.Time, n *node.Node) error {
+	stats := n.Sim.Stats()
 	line := func(what string, h *hdrhistogram.Histogram, how string) {
 		if h.TotalCount() > 0 {
 			fmt.Printf("campaign accepted → %-18s p50 %6dms  p90 %6dms  p99 %6dms  max %6dms  (%d messages, %s)\n",
@@ -283,6 +325,7 @@ func demoSummary(st campaignStatus, times *statusTimes, sink *webhookSink, accep
 	line("sent", histogram(&times.mu, times.at, "sent", accepted), "when Herald recorded it")
 	line("delivered", histogram(&times.mu, times.at, "delivered", accepted), "when Herald recorded it")
 	line("delivered, webhook", histogram(&sink.mu, sink.at, "delivered", accepted), "when the signed webhook arrived")
+	replies(sink, n)
 	fmt.Printf("totals (how many reached each status): sent %d, delivered %d, read %d, failed %d\n",
 		st.Totals["sent"], st.Totals["delivered"], st.Totals["read"], st.Totals["failed"])
 	var codes []string

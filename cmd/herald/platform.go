@@ -35,15 +35,20 @@ func simFlags(cmd *cobra.Command, o *sim.Options, devices *string) {
 	f.Float64Var(&o.Status503Rate, "http503-rate", 0, "fault: per request, answer HTTP 503")
 	f.Float64Var(&o.ReinstallRate, "reinstall-rate", 0, "fault: per envelope, the device reinstalls (new identity, lost sessions)")
 	f.Float64Var(&o.DecryptFailedRate, "decrypt-failed-rate", 0, "fault: per accepted envelope, a decrypt_failed retry receipt")
+	f.Float64Var(&o.ReplyShare, "reply-share", d.ReplyShare, "users who write: share of decrypted messages a device answers (to --inbound-url)")
+	f.Float64Var(&o.StopShare, "stop-share", 0, "users who write: share of those answers that are STOP (an opt-out)")
+	f.Float64Var(&o.InboundDupRate, "inbound-dup-rate", 0, "fault: share of accepted user envelopes sent once more")
+	f.Float64Var(&o.InboundCorruptRate, "inbound-corrupt-rate", 0, "fault: share of user envelopes with a flipped bit (Herald answers bad_message)")
 }
 
 func platformCmd() *cobra.Command {
 	var o sim.Options
 	var devices, cpuProfile string
 	cmd := &cobra.Command{
-		Use:     "platform",
-		Example: "  herald platform --listen 127.0.0.1:9090 --events-url http://127.0.0.1:8080/v1/platform/events --secret s3cret --users 100000",
-		Short:   "Run the platform simulator (Signal recipients on go.mau.fi/libsignal) as its own process",
+		Use: "platform",
+		Example: "  herald platform --listen 127.0.0.1:9090 --events-url http://127.0.0.1:8080/v1/platform/events --secret s3cret --users 100000\n" +
+			"  herald platform --events-url http://127.0.0.1:8080/v1/platform/events --inbound-url http://127.0.0.1:8080/v1/platform/inbound --reply-share 0.1",
+		Short: "Run the platform simulator (Signal recipients on go.mau.fi/libsignal) as its own process",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if o.DevicesMin, o.DevicesMax, err = sim.ParseDevices(devices); err != nil {
@@ -72,6 +77,7 @@ func platformCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.Listen, "listen", "127.0.0.1:9100", "listen address")
 	cmd.Flags().StringVar(&o.EventsURL, "events-url", "", "Herald's /v1/platform/events URL (empty: no events)")
+	cmd.Flags().StringVar(&o.InboundURL, "inbound-url", "", "Herald's /v1/platform/inbound URL, where users who write send (empty: users never write)")
 	cmd.Flags().StringVar(&o.Secret, "secret", "platform-secret", "shared secret (Bearer from Herald; signs events)")
 	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the simulator to this file, from start to exit (profiling; empty: off)")
 	simFlags(cmd, &o, &devices)

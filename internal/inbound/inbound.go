@@ -23,6 +23,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/platform"
@@ -117,7 +118,7 @@ func New(opts Options) (*Receiver, error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.Now == nil {
-		opts.Now = time.Now
+		opts.Now = clock.Wall
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = 2 * runtime.GOMAXPROCS(0)
@@ -207,9 +208,7 @@ func (r *Receiver) Receive(envs []Envelope) []Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for idx := range work {
-				r.receiveGroup(envs, idx, out)
-			}
+			r.work(envs, out, work)
 		}()
 	}
 	for _, p := range order {
@@ -256,11 +255,41 @@ func (r *Receiver) count(result string) {
 	}
 }
 
-// receiveGroup decrypts one user's envelopes to one business number, in
-// order, holding the pair's lock, and commits what they changed in one
-// fsync'd batch before answering "accepted".
-func (r *Receiver) receiveGroup(envs []Envelope, idx []int, out []Result) {
-	first := envs[idx[0]]
+// worker decrypts the groups it takes (one user's envelopes to one
+// business number each, in order), holding each pair's lock, into one
+// batch; it commits that batch (fsync'd) when the groups run out — one
+// fsync for many users — and only then answers their envelopes "accepted"
+// and releases the locks.
+type worker struct {
+	r        *Receiver
+	envs     []Envelope
+	out      []Result
+	b        *pebble.Batch
+	locks    []string
+	forget   []func()
+	accepted []int
+	hooked   []hookedEntry
+	seen     map[string]bool
+	now      time.Time
+}
+
+type hookedEntry struct {
+	pn  string
+	key []byte
+}
+
+func (r *Receiver) work(envs []Envelope, out []Result, groups <-chan []int) {
+	w := &worker{r: r, envs: envs, out: out, b: r.opts.DB.NewBatch(), seen: map[string]bool{}, now: r.opts.Now()}
+	for idx := range groups {
+		w.group(idx)
+	}
+	w.commit()
+}
+
+// group decrypts one user's envelopes into the worker's batch.
+func (w *worker) group(idx []int) {
+	r, out := w.r, w.out
+	first := w.envs[idx[0]]
 	setAll := func(status, code string) {
 		for _, i := range idx {
 			if out[i].Status == "" {
@@ -288,15 +317,11 @@ func (r *Receiver) receiveGroup(envs []Envelope, idx []int, out []Result) {
 		r.count("busy")
 		return
 	}
-	defer r.opts.Locks.Unlock(lock)
-	b := r.opts.DB.NewBatch() // Commit closes it
-	now := r.opts.Now()
-	seen := map[string]bool{}
-	var accepted []int
-	var hooked [][]byte
+	w.locks = append(w.locks, lock)
+	w.forget = append(w.forget, func() { r.opts.Sessions.Forget(first.To, rcpt) })
 	for _, i := range idx {
-		e := &envs[i]
-		if seen[e.ID] {
+		e := &w.envs[i]
+		if w.seen[e.ID] {
 			out[i].Status = platform.StatusAccepted // the same envelope twice in one POST
 			continue
 		}
@@ -308,7 +333,7 @@ func (r *Receiver) receiveGroup(envs []Envelope, idx []int, out []Result) {
 			r.count("duplicate")
 			continue
 		}
-		body, err := r.decrypt(b, e, rcpt, now)
+		body, err := r.decrypt(w.b, e, rcpt, w.now)
 		if err != nil {
 			out[i].Status, out[i].Code = platform.StatusError, CodeBadMessage
 			r.count("bad_message")
@@ -318,42 +343,55 @@ func (r *Receiver) receiveGroup(envs []Envelope, idx []int, out []Result) {
 		if r.opts.OptOuts != nil && ratelimit.IsStop(body, biz.StopKeywords) {
 			// The user asked the business to stop: recorded in the same
 			// batch; the message still reaches the business.
-			if err := r.opts.OptOuts.OptOut(b, biz.ID, e.From, now); err != nil {
+			if err := r.opts.OptOuts.OptOut(w.b, biz.ID, e.From, w.now); err != nil {
 				out[i].Status, out[i].Code = platform.StatusError, CodeRetry
 				continue
 			}
 			r.count("stop")
 		}
-		exp := now.Add(TTL).Unix()
-		m := Message{ID: e.ID, BusinessID: biz.ID, PhoneNumberID: pnID, From: e.From, DeviceID: e.DeviceID, TS: now.Unix(), Body: body, Expires: exp}
-		if e.TS > 0 && e.TS <= now.Unix() {
+		exp := w.now.Add(TTL).Unix()
+		m := Message{ID: e.ID, BusinessID: biz.ID, PhoneNumberID: pnID, From: e.From, DeviceID: e.DeviceID, TS: w.now.Unix(), Body: body, Expires: exp}
+		if e.TS > 0 && e.TS <= w.now.Unix() {
 			m.TS = e.TS
 		}
 		plain, _ := json.Marshal(&m)
-		b.Set(msgKey(e.ID), r.opts.Sealer.Seal(binary.BigEndian.AppendUint64(nil, uint64(exp)), plain), nil)
-		b.Set(expiryKey(exp, e.ID), nil, nil)
+		w.b.Set(msgKey(e.ID), r.opts.Sealer.Seal(binary.BigEndian.AppendUint64(nil, uint64(exp)), plain), nil)
+		w.b.Set(expiryKey(exp, e.ID), nil, nil)
 		if r.opts.Webhooks != nil {
-			if k := r.opts.Webhooks.HookMessage(b, biz.ID, pnID, e.ID, e.From, body, m.TS, exp); k != nil {
-				hooked = append(hooked, k)
+			if k := r.opts.Webhooks.HookMessage(w.b, biz.ID, pnID, e.ID, e.From, body, m.TS, exp); k != nil {
+				w.hooked = append(w.hooked, hookedEntry{pnID, k})
 			}
 		}
-		seen[e.ID] = true
-		accepted = append(accepted, i)
+		w.seen[e.ID] = true
+		w.accepted = append(w.accepted, i)
 	}
-	if err := r.opts.DB.Commit(b, true); err != nil {
-		r.opts.Sessions.Forget(first.To, rcpt) // the cache holds what did not reach the disk
+}
+
+// commit writes the worker's batch, answers what it holds, and releases
+// the pairs' locks.
+func (w *worker) commit() {
+	r := w.r
+	defer func() {
+		for _, l := range w.locks {
+			r.opts.Locks.Unlock(l)
+		}
+	}()
+	if err := r.opts.DB.Commit(w.b, true); err != nil {
+		for _, f := range w.forget {
+			f() // the cache holds what did not reach the disk
+		}
 		r.opts.Logger.Warn("inbound: could not store envelopes; the platform will send them again", "err", err)
-		for _, i := range idx {
-			out[i].Status, out[i].Code = platform.StatusError, CodeRetry
+		for _, i := range w.accepted {
+			w.out[i].Status, w.out[i].Code = platform.StatusError, CodeRetry
 		}
 		return
 	}
-	for _, i := range accepted {
-		out[i].Status = platform.StatusAccepted
+	for _, i := range w.accepted {
+		w.out[i].Status = platform.StatusAccepted
 		r.count("accepted")
 	}
-	for _, k := range hooked {
-		r.opts.Webhooks.Committed(pnID, k)
+	for _, h := range w.hooked {
+		r.opts.Webhooks.Committed(h.pn, h.key)
 	}
 }
 

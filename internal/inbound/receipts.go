@@ -68,12 +68,13 @@ func (r *Receiver) MarkRead(businessID, pn, id string) error {
 	return nil
 }
 
-// Start sends queued receipts until ctx ends or Close.
-func (r *Receiver) Start(ctx context.Context) {
+// RunReceipts sends queued receipts until ctx ends, stop closes or Close;
+// it returns then.
+func (r *Receiver) RunReceipts(ctx context.Context, stop <-chan struct{}) {
 	if r.opts.Platform == nil {
 		return
 	}
-	go func() {
+	func() {
 		backoff := time.Duration(0)
 		t := time.NewTimer(time.Second)
 		defer t.Stop()
@@ -82,6 +83,8 @@ func (r *Receiver) Start(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-r.stop:
+				return
+			case <-stop:
 				return
 			case <-r.wake:
 			case <-t.C:

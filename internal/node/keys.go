@@ -51,7 +51,9 @@ func (k *keyUploader) start(ctx context.Context) {
 			k.add(digits, 0)
 		}
 	}
+	k.n.bg.Add(1)
 	go func() {
+		defer k.n.bg.Done()
 		t := time.NewTicker(keysRetry)
 		defer t.Stop()
 		for {

@@ -627,7 +627,11 @@ func (n *Node) Start(ctx context.Context) error {
 	n.Webhooks.Start()
 	n.probePlatform(ctx)
 	n.keys.start(ctx)
-	n.Inbound.Start(ctx)
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		n.Inbound.RunReceipts(ctx, n.stop)
+	}()
 	n.every("inbound retention", n.cfg.RetentionInterval, func() {
 		if _, err := n.Inbound.Sweep(1000); err != nil {
 			n.cfg.Logger.Error("node: retention sweep of inbound messages failed", "err", err)

@@ -69,6 +69,7 @@ type Options struct {
 	// get a bit flipped on the way (Herald answers bad_message).
 	InboundURL         string
 	ReplyShare         float64
+	StopShare          float64 // of the replies, this share is "STOP"
 	InboundDupRate     float64
 	InboundCorruptRate float64
 	// Now stamps events (ts); default clock.Wall. Herald's node passes its
@@ -627,7 +628,11 @@ func (s *Server) envelope(e platform.Envelope) platform.Result {
 	}
 	s.count(func(st *Stats) { st.Decrypted++ })
 	if s.opts.InboundURL != "" && roll(s.opts.ReplyShare) {
-		s.Write(e.To, e.DeviceID, e.From, "re: "+e.ID) // the user answers, in the session the business started
+		text := "re: " + e.ID
+		if roll(s.opts.StopShare) {
+			text = "STOP"
+		}
+		s.Write(e.To, e.DeviceID, e.From, text) // the user answers, in the session the business started
 	}
 	now := s.opts.Now().Unix()
 	evs := []platform.Event{{Type: platform.EventDelivered, ID: e.ID, User: e.To, DeviceID: e.DeviceID, TS: now}}
