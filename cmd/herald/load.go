@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -17,11 +19,14 @@ import (
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/platform/sim"
 	"github.com/spf13/cobra"
 )
 
 type loadOpts struct {
 	url, token, pn, mode, prefix string
+	platformURL, platformSecret  string
+	to                           string
 	users, recipients, campaigns int
 	clients, count               int
 	duration                     time.Duration
@@ -50,25 +55,35 @@ type loadReport struct {
 func loadCmd() *cobra.Command {
 	var o loadOpts
 	cmd := &cobra.Command{
-		Use:     "load",
-		Example: "  herald load --token $TOKEN --phone-number-id $PN --recipients 5000\n  herald load --token $TOKEN --phone-number-id $PN --mode single --count 2000 --clients 16",
-		Short:   "Load-test a running herald serve: campaigns (NDJSON) or single messages; reports campaign ids, rejections, throughput and latency; exits 1 when nothing was accepted",
+		Use: "load",
+		Example: "  herald load --token $TOKEN --phone-number-id $PN --recipients 5000\n  herald load --token $TOKEN --phone-number-id $PN --mode single --count 2000 --clients 16\n" +
+			"  herald load --mode inbound --platform-url http://127.0.0.1:9100 --platform-secret S --to 15550100000 --count 20000",
+		Short: "Load-test a running herald serve: campaigns (NDJSON) or single messages; reports campaign ids, rejections, throughput and latency; exits 1 when nothing was accepted",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := loopbackOnly(o.url, o.allowRemote); err != nil {
 				return err
 			}
-			if o.token == "" || o.pn == "" {
-				return errors.New("invalid setting token/phone-number-id: both are required")
-			}
 			var rep *loadReport
 			var err error
+			if o.mode == "inbound" {
+				if o.platformURL == "" || o.to == "" {
+					return usageError{errors.New("invalid setting platform-url/to: inbound mode needs both")}
+				}
+				if err := loopbackOnly(o.platformURL, o.allowRemote); err != nil {
+					return err
+				}
+			} else if o.token == "" || o.pn == "" {
+				return errors.New("invalid setting token/phone-number-id: both are required")
+			}
 			switch o.mode {
+			case "inbound":
+				rep, err = loadInbound(o)
 			case "campaign":
 				rep, err = loadCampaigns(o)
 			case "single":
 				rep, err = loadSingle(o)
 			default:
-				return fmt.Errorf("invalid setting mode: %q (campaign or single)", o.mode)
+				return fmt.Errorf("invalid setting mode: %q (campaign, single or inbound)", o.mode)
 			}
 			if err != nil {
 				return err
@@ -87,7 +102,10 @@ func loadCmd() *cobra.Command {
 	f.StringVar(&o.url, "url", "http://"+defaults().Listen, "Herald base URL (loopback unless --allow-remote)")
 	f.StringVar(&o.token, "token", "", "business token")
 	f.StringVar(&o.pn, "phone-number-id", "", "phone_number_id to send from")
-	f.StringVar(&o.mode, "mode", "campaign", "campaign (NDJSON uploads) or single (POST /messages)")
+	f.StringVar(&o.mode, "mode", "campaign", "campaign (NDJSON uploads), single (POST /messages) or inbound (the platform's users write to --to)")
+	f.StringVar(&o.platformURL, "platform-url", "", "inbound mode: the herald platform simulator whose users write (its /sim/write)")
+	f.StringVar(&o.platformSecret, "platform-secret", "platform-secret", "inbound mode: the simulator's --secret")
+	f.StringVar(&o.to, "to", "", "inbound mode: the business number (digits) users write to")
 	f.StringVar(&o.prefix, "prefix", "1555", "recipient number prefix (match the platform's users)")
 	f.IntVar(&o.users, "users", 1_000_000, "recipients are drawn from prefix+[0, users)")
 	f.IntVar(&o.recipients, "recipients", 100_000, "campaign mode: recipients per campaign")
@@ -288,7 +306,10 @@ func printReport(r *loadReport) {
 	if len(r.LatencyMS) > 0 {
 		fmt.Printf("request latency: p50 %dms p90 %dms p99 %dms p99.9 %dms max %dms\n", r.LatencyMS["p50"], r.LatencyMS["p90"], r.LatencyMS["p99"], r.LatencyMS["p99.9"], r.LatencyMS["max"])
 	}
-	if r.DeliverSeconds > 0 {
+	if r.Mode == "inbound" {
+		fmt.Printf("users' messages accepted by Herald (durable, decrypted, queued for the webhook): %d, %d failed, in %.2fs → %.0f messages/s\n",
+			r.Accepted, r.Failed, r.DeliverSeconds, r.DeliverPerSec)
+	} else if r.DeliverSeconds > 0 {
 		fmt.Printf("end to end: %d sent, %d failed in %.2fs → %.0f messages/s\n", r.Sent, r.Failed, r.DeliverSeconds, r.DeliverPerSec)
 	}
 	keys := make([]string, 0, len(r.Errors))
@@ -328,4 +349,94 @@ func (l *lineWriter) close() {
 func mustAtoi(s string) int {
 	n, _ := strconv.Atoi(s)
 	return n
+}
+
+// loadInbound makes --count messages from the simulator's users (each of
+// --users writes count/users) to the business number --to, through the
+// simulator's POST /sim/write, and waits until the simulator saw every one
+// answered; it reports accepted per second end to end (the users' side
+// encrypts in the simulator's one pump: its rate bounds the figure).
+func loadInbound(o loadOpts) (*loadReport, error) {
+	rep := &loadReport{Mode: "inbound", Errors: map[string]int64{}}
+	writers := max(1, min(o.users, o.count))
+	per := max(1, o.count/writers)
+	call := func(method, path string, in, out any) error {
+		var body []byte
+		if in != nil {
+			body, _ = json.Marshal(in)
+		}
+		req, _ := http.NewRequest(method, strings.TrimSuffix(o.platformURL, "/")+path, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+o.platformSecret)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("%s %s: HTTP %d %s", method, path, resp.StatusCode, truncateStr(string(raw), 200))
+		}
+		return json.Unmarshal(raw, out)
+	}
+	type simInbound struct {
+		Stats   sim.InboundStats `json:"stats"`
+		Pending int              `json:"pending"`
+	}
+	var before simInbound
+	if err := call("GET", "/sim/inbound", nil, &before); err != nil {
+		return nil, err
+	}
+	start := clock.Wall()
+	var sent int64
+	for lo := 0; lo < writers; lo += 1000 {
+		var writes []map[string]any
+		for i := lo; i < min(lo+1000, writers); i++ {
+			texts := make([]string, per)
+			for j := range texts {
+				texts[j] = fmt.Sprintf("load message %d from writer %d", j, i)
+			}
+			writes = append(writes, map[string]any{"from": user(o, i), "device_id": 1, "to": o.to, "texts": texts})
+		}
+		var out struct {
+			IDs     []string `json:"ids"`
+			Skipped int      `json:"skipped"`
+		}
+		rep.Requests++
+		if err := call("POST", "/sim/write", map[string]any{"writes": writes}, &out); err != nil {
+			return nil, err
+		}
+		sent += int64(len(out.IDs))
+		rep.Errors["unregistered_writer"] += int64(out.Skipped)
+	}
+	rep.IngestSeconds = clock.Wall().Sub(start).Seconds()
+	var now simInbound
+	for deadline := clock.Wall().Add(o.duration); clock.Wall().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if err := call("GET", "/sim/inbound", nil, &now); err != nil {
+			return nil, err
+		}
+		if now.Pending == 0 {
+			break
+		}
+	}
+	rep.Accepted = now.Stats.Accepted - before.Stats.Accepted
+	rep.Rejected = sent - rep.Accepted
+	rep.Failed = now.Stats.Failed - before.Stats.Failed
+	rep.DeliverSeconds = clock.Wall().Sub(start).Seconds()
+	rep.DeliverPerSec = float64(rep.Accepted) / rep.DeliverSeconds
+	rep.IngestPerSec = rep.DeliverPerSec
+	if b := now.Stats.BadMessage - before.Stats.BadMessage; b > 0 {
+		rep.Errors["bad_message"] = b
+	}
+	if r := now.Stats.Retries - before.Stats.Retries; r > 0 {
+		rep.Errors["retry"] = r
+	}
+	return rep, nil
+}
+
+func truncateStr(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }

@@ -172,6 +172,41 @@ func (s *Server) Write(from string, device uint32, to string, texts ...string) (
 	return ids, nil
 }
 
+// writeHTTP is POST /sim/write (Bearer secret): {"writes":[{"from","device_id",
+// "to","texts":[…]}]} queues those messages as Write does → {"ids":[…]}.
+func (s *Server) writeHTTP(ctx *fasthttp.RequestCtx) {
+	var q struct {
+		Writes []struct {
+			From     string   `json:"from"`
+			DeviceID uint32   `json:"device_id"`
+			To       string   `json:"to"`
+			Texts    []string `json:"texts"`
+		} `json:"writes"`
+	}
+	if err := json.Unmarshal(ctx.PostBody(), &q); err != nil || len(q.Writes) > 10_000 {
+		writeJSON(ctx, 400, map[string]string{"error": "want {\"writes\":[{\"from\",\"device_id\",\"to\",\"texts\"}]}, at most 10,000"})
+		return
+	}
+	ids, skipped := []string{}, 0
+	for _, w := range q.Writes {
+		if len(w.Texts) > 100 {
+			writeJSON(ctx, 400, map[string]string{"error": "at most 100 texts per writer"})
+			return
+		}
+		if !s.Registered(w.From) || w.DeviceID < 1 || int(w.DeviceID) > s.DeviceCount(w.From) {
+			skipped++ // not a registered user's device: it cannot write
+			continue
+		}
+		got, err := s.Write(w.From, w.DeviceID, w.To, w.Texts...)
+		if err != nil {
+			writeJSON(ctx, 400, map[string]string{"error": err.Error()})
+			return
+		}
+		ids = append(ids, got...)
+	}
+	writeJSON(ctx, 200, map[string]any{"ids": ids, "skipped": skipped})
+}
+
 // SentAt is when the user sent the message id (zero if unknown).
 func (s *Server) SentAt(id string) time.Time {
 	in := s.inboundState()

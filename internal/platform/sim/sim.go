@@ -429,6 +429,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		switch path {
 		case "/v1/stats":
 			writeJSON(ctx, 200, s.Stats())
+		case "/sim/inbound":
+			writeJSON(ctx, 200, map[string]any{"stats": s.InboundStats(), "pending": s.InboundPending()})
 		case "/healthz", "/readyz":
 			ctx.SetBodyString("ok")
 		default:
@@ -459,6 +461,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.uploadKeys(ctx)
 	case "/v1/receipts":
 		s.receipts(ctx)
+	case "/sim/write":
+		s.writeHTTP(ctx)
 	default:
 		ctx.SetStatusCode(404)
 	}
