@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,26 +18,12 @@ import (
 	"github.com/heraldhq/herald/internal/testutil"
 )
 
-// syncBuffer is a log sink the node's goroutines and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // TestErrorObjectsAreTheCloudAPIs: every error carries error_data
 // {messaging_product, details} and an fbtrace_id, the same id the answer's
 // X-FB-Trace-ID header carries and the request's log lines name; each
 // request gets its own.
 func TestErrorObjectsAreTheCloudAPIs(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &lockedBuffer{}
 	e := start(t, func(c *node.Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})

@@ -84,13 +84,8 @@ func FuzzPlatformEvents(f *testing.F) {
 	f.Add([]byte(`{"events":[{"type":"delivered","id":"01J0000000000000000000000","user":"15550000001","device_id":1,"ts":1}]}`))
 	f.Add([]byte(`{"events":[{"type":"report","business":"15550100000","user":"15550000001","reason":"block"}]}`))
 	post := func(body []byte, secret string) int {
-		var ctx fasthttp.RequestCtx
-		ctx.Request.Header.SetMethod("POST")
-		ctx.Request.SetRequestURI("/v1/platform/events")
-		ctx.Request.SetBody(body)
-		ctx.Request.Header.Set("X-Platform-Signature", platform.Sign([]byte(secret), body))
-		n.API.Handle(&ctx)
-		return ctx.Response.StatusCode()
+		st, _ := signedPost(n, "/v1/platform/events", body, secret)
+		return st
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		if st := post(body, fuzzSecret); st == 401 || st >= 500 {
@@ -111,13 +106,7 @@ func FuzzPlatformInbound(f *testing.F) {
 	f.Add([]byte(`{"envelopes":[{"id":"b","from":"15550000001","device_id":2,"to":"15550100000","type":"pkmsg","ciphertext":"Mwg="}]}`))
 	f.Add([]byte(`{"envelopes":[{"id":"","type":"x"},{}]}`))
 	post := func(body []byte, secret string) (int, []byte) {
-		var ctx fasthttp.RequestCtx
-		ctx.Request.Header.SetMethod("POST")
-		ctx.Request.SetRequestURI("/v1/platform/inbound")
-		ctx.Request.SetBody(body)
-		ctx.Request.Header.Set("X-Platform-Signature", platform.Sign([]byte(secret), body))
-		n.API.Handle(&ctx)
-		return ctx.Response.StatusCode(), ctx.Response.Body()
+		return signedPost(n, "/v1/platform/inbound", body, secret)
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		st, resp := post(body, fuzzSecret)
@@ -139,4 +128,16 @@ func FuzzPlatformInbound(f *testing.F) {
 			t.Fatalf("a wrongly signed body: status %d, want 401", st)
 		}
 	})
+}
+
+// signedPost hands the node's API a POST of body to path, signed with
+// secret as the platform signs, and returns the answer.
+func signedPost(n *node.Node, path string, body []byte, secret string) (int, []byte) {
+	var ctx fasthttp.RequestCtx
+	ctx.Request.Header.SetMethod("POST")
+	ctx.Request.SetRequestURI(path)
+	ctx.Request.SetBody(body)
+	ctx.Request.Header.Set("X-Platform-Signature", platform.Sign([]byte(secret), body))
+	n.API.Handle(&ctx)
+	return ctx.Response.StatusCode(), ctx.Response.Body()
 }

@@ -370,26 +370,36 @@ type inResult struct {
 // retried).
 func (s *Server) postInbound(envs []map[string]any) map[string]inResult {
 	body, _ := json.Marshal(map[string]any{"envelopes": envs})
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI(s.opts.InboundURL)
-	req.Header.SetMethod("POST")
-	req.Header.SetContentType("application/json")
-	req.Header.Set("X-Platform-Signature", platform.Sign([]byte(s.opts.Secret), body))
-	req.SetBody(body)
 	out := map[string]inResult{}
-	if err := s.evClient.DoTimeout(req, resp, 30*time.Second); err != nil || resp.StatusCode() != 200 {
+	status, answer, err := s.postSigned(s.opts.InboundURL, body, 30*time.Second)
+	if err != nil || status != 200 {
 		return out
 	}
 	var r struct {
 		Results []inResult `json:"results"`
 	}
-	if json.Unmarshal(resp.Body(), &r) == nil {
+	if json.Unmarshal(answer, &r) == nil {
 		for _, x := range r.Results {
 			out[x.ID] = x
 		}
 	}
 	return out
+}
+
+// postSigned POSTs body to url signed with the secret (events, inbound)
+// and returns the status and a copy of the answer.
+func (s *Server) postSigned(url string, body []byte, timeout time.Duration) (int, []byte, error) {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(url)
+	req.Header.SetMethod("POST")
+	req.Header.SetContentType("application/json")
+	req.Header.Set("X-Platform-Signature", platform.Sign([]byte(s.opts.Secret), body))
+	req.SetBodyRaw(body)
+	if err := s.evClient.DoTimeout(req, resp, timeout); err != nil {
+		return 0, nil, err
+	}
+	return resp.StatusCode(), append([]byte(nil), resp.Body()...), nil
 }

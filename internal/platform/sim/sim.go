@@ -711,17 +711,8 @@ func (s *Server) pushOnce() bool {
 		return false
 	}
 	body, _ := json.Marshal(platform.Events{Events: batch})
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI(s.opts.EventsURL)
-	req.Header.SetMethod("POST")
-	req.Header.SetContentType("application/json")
-	req.Header.Set("X-Platform-Signature", platform.Sign([]byte(s.opts.Secret), body))
-	req.SetBodyRaw(body)
-	err := s.evClient.DoTimeout(req, resp, 10*time.Second)
-	if err != nil || resp.StatusCode() >= 300 {
+	status, _, err := s.postSigned(s.opts.EventsURL, body, 10*time.Second)
+	if err != nil || status >= 300 {
 		s.count(func(st *Stats) { st.EventsFailed += int64(n) })
 		return false
 	}
