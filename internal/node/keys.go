@@ -44,18 +44,29 @@ func (k *keyUploader) add(business string, n int) {
 	}
 }
 
-// start checks every number once, then serves requests until ctx ends.
-func (k *keyUploader) start(ctx context.Context) {
+// keysCheck is how often every number is checked again: its platform
+// count topped up below keysLow, its signed prekey rotated once a week old.
+const keysCheck = 6 * time.Hour
+
+// checkAll queues a check of every business number.
+func (k *keyUploader) checkAll() {
 	for _, b := range k.n.Tenants.All() {
 		for _, digits := range b.PhoneNumbers {
 			k.add(digits, 0)
 		}
 	}
+}
+
+// start checks every number once, then serves requests until ctx ends.
+func (k *keyUploader) start(ctx context.Context) {
+	k.checkAll()
 	k.n.bg.Add(1)
 	go func() {
 		defer k.n.bg.Done()
 		t := time.NewTicker(keysRetry)
 		defer t.Stop()
+		check := time.NewTicker(keysCheck)
+		defer check.Stop()
 		for {
 			select {
 			case <-ctx.Done():
@@ -64,6 +75,8 @@ func (k *keyUploader) start(ctx context.Context) {
 				return
 			case <-k.wake:
 			case <-t.C:
+			case <-check.C:
+				k.checkAll()
 			}
 			k.run(ctx)
 		}
