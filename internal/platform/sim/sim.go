@@ -448,7 +448,12 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if s.down.Load() {
-		s.count(func(st *Stats) { st.Injected["down"]++ })
+		s.count(func(st *Stats) {
+			st.Injected["down"]++
+			if path == "/v1/messages" {
+				st.Injected["down_messages"]++ // envelopes Herald tried to hand over
+			}
+		})
 		ctx.SetStatusCode(503)
 		return
 	}
