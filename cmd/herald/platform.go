@@ -36,7 +36,8 @@ func simFlags(cmd *cobra.Command, o *sim.Options, devices *string) {
 	f.Float64Var(&o.ReinstallRate, "reinstall-rate", 0, "fault: per envelope, the device reinstalls (new identity, lost sessions)")
 	f.Float64Var(&o.DecryptFailedRate, "decrypt-failed-rate", 0, "fault: per accepted envelope, a decrypt_failed retry receipt")
 	f.Float64Var(&o.ReplyShare, "reply-share", d.ReplyShare, "users who write: share of decrypted messages a device answers (to --inbound-url)")
-	f.Float64Var(&o.StopShare, "stop-share", 0, "users who write: share of those answers that are STOP (an opt-out)")
+	f.Float64Var(&o.StopShare, "stop-share", 0, "users who write: share of their messages that are STOP (an opt-out)")
+	f.Float64Var(&o.WriteRate, "write-rate", 0, "users who write: messages per second users send unprompted to businesses (to --inbound-url)")
 	f.Float64Var(&o.InboundDupRate, "inbound-dup-rate", 0, "fault: share of accepted user envelopes sent once more")
 	f.Float64Var(&o.InboundCorruptRate, "inbound-corrupt-rate", 0, "fault: share of user envelopes with a flipped bit (Herald answers bad_message)")
 }

@@ -429,3 +429,19 @@ func TestBothDirectionsShareOneSession(t *testing.T) {
 		t.Fatalf("inbound: %+v", in)
 	}
 }
+
+// TestSimulatorUsersWriteUnprompted: with --write-rate the simulator's users
+// write on their own (new sessions with the prekeys Herald uploaded), some
+// of them STOP: Herald accepts them and records the opt-outs.
+func TestSimulatorUsersWriteUnprompted(t *testing.T) {
+	e := start(t, func(c *node.Config) { c.Sim.WriteRate, c.Sim.StopShare = 300, 0.3 })
+	a := e.business("A", "15550001001", "10k")
+	testutil.Until(t, 30*time.Second, func() bool {
+		_, oo := e.do("GET", "/v1/"+a.PNs[0]+"/optouts", a.Token, "", "")
+		n, _ := oo["count"].(float64)
+		return e.n.Sim.InboundStats().Accepted >= 50 && n > 0
+	}, func() string { return fmt.Sprintf("simulator %+v", e.n.Sim.InboundStats()) })
+	if st := e.n.Sim.InboundStats(); st.Failed != 0 || st.BadMessage != 0 {
+		t.Fatalf("simulator %+v", st)
+	}
+}

@@ -403,3 +403,41 @@ func (s *Server) postSigned(url string, body []byte, timeout time.Duration) (int
 	}
 	return resp.StatusCode(), append([]byte(nil), resp.Body()...), nil
 }
+
+// writeLoop has random users write unprompted, WriteRate messages per
+// second in all, to the businesses whose keys were uploaded (some of them
+// STOP, per StopShare).
+func (s *Server) writeLoop() {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	debt := 0.0
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		in := s.inboundState()
+		in.mu.Lock()
+		var bizs []string
+		for b := range in.keys {
+			bizs = append(bizs, b)
+		}
+		in.mu.Unlock()
+		if len(bizs) == 0 {
+			continue
+		}
+		debt += s.opts.WriteRate / 10
+		for ; debt >= 1; debt-- {
+			u := fmt.Sprintf("%s%0*d", s.opts.Prefix, 11-len(s.opts.Prefix), rand.IntN(s.opts.Users))
+			if !s.Registered(u) {
+				continue
+			}
+			text := "hello from a user"
+			if roll(s.opts.StopShare) {
+				text = "STOP"
+			}
+			s.Write(u, 1, bizs[rand.IntN(len(bizs))], text)
+		}
+	}
+}

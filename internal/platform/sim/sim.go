@@ -70,6 +70,7 @@ type Options struct {
 	InboundURL         string
 	ReplyShare         float64
 	StopShare          float64 // of the replies, this share is "STOP"
+	WriteRate          float64 // messages per second users write unprompted, to businesses whose keys they have
 	InboundDupRate     float64
 	InboundCorruptRate float64
 	// Now stamps events (ts); default clock.Wall. Herald's node passes its
@@ -267,6 +268,10 @@ func (s *Server) Start() {
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.srv.Serve(s.ln) }()
 	go func() { defer s.wg.Done(); s.pushLoop() }()
+	if s.opts.InboundURL != "" && s.opts.WriteRate > 0 {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.writeLoop() }()
+	}
 }
 
 // Close stops serving and pushing; safe to call twice.
