@@ -110,7 +110,8 @@ func (a *adminClient) setCmd() *cobra.Command {
 	var mps int
 	var maxQueued int64
 	var paused, resumed bool
-	set := a.bizCmd("set", "Set tier, mps or the share of the queue, pause or resume", func(cmd *cobra.Command) error {
+	var stopKeywords []string
+	set := a.bizCmd("set", "Set tier, mps, the share of the queue or the stop keywords, pause or resume", func(cmd *cobra.Command) error {
 		if paused && resumed {
 			return errors.New("invalid setting pause/resume: choose one")
 		}
@@ -127,6 +128,9 @@ func (a *adminClient) setCmd() *cobra.Command {
 		if paused || resumed {
 			patch["paused"] = paused
 		}
+		if cmd.Flags().Changed("stop-keywords") {
+			patch["stop_keywords"] = stopKeywords
+		}
 		return a.call("PATCH", "/admin/v1/businesses/"+a.biz, patch)
 	})
 	set.Flags().StringVar(&tier, "tier", "", "messaging tier")
@@ -134,5 +138,6 @@ func (a *adminClient) setCmd() *cobra.Command {
 	byteSizeVar(set.Flags(), &maxQueued, "max-queued-bytes", 0, false, "the business's share of the queue (0: the server's default share)")
 	set.Flags().BoolVar(&paused, "pause", false, "pause the business")
 	set.Flags().BoolVar(&resumed, "resume", false, "resume the business")
+	set.Flags().StringSliceVar(&stopKeywords, "stop-keywords", nil, "whole-message keywords that opt a user out, comma-separated (\"\": STOP, UNSUBSCRIBE, ALTO)")
 	return set
 }
