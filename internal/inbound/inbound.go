@@ -21,6 +21,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cockroachdb/pebble/v2"
+	gojson "github.com/goccy/go-json"
 
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/clock"
@@ -408,7 +409,7 @@ func (r *Receiver) decrypt(b *pebble.Batch, e *Envelope, rcpt signal.Recipient, 
 		return "", err
 	}
 	var p platform.Plaintext
-	if err := json.Unmarshal(pt, &p); err != nil {
+	if err := gojson.Unmarshal(pt, &p); err != nil {
 		return "", fmt.Errorf("plaintext is not the contract's JSON: %w", err)
 	}
 	switch {

@@ -36,16 +36,6 @@ func (s *Store) Receive(b *pebble.Batch, biz string, r Recipient, user string, d
 			pt, err = nil, fmt.Errorf("%w: %v", ErrMalformed, x)
 		}
 	}()
-	id, err := s.Identity(biz)
-	if err != nil {
-		return nil, err
-	}
-	s.pkMu.Lock()
-	pks, err := s.loadPreKeyState(biz)
-	s.pkMu.Unlock()
-	if err != nil {
-		return nil, err
-	}
 	// The common case first: a message in the current state's receiving
 	// chain (a msg, or a pkmsg of a session this side already has), on the
 	// cached record, without the library's store round trips (chainStep
@@ -55,6 +45,16 @@ func (s *Store) Receive(b *pebble.Batch, biz string, r Recipient, user string, d
 			s.PutSession(b, biz, r, device, rec)
 			return pt, nil
 		}
+	}
+	id, err := s.Identity(biz)
+	if err != nil {
+		return nil, err
+	}
+	s.pkMu.Lock()
+	pks, err := s.loadPreKeyState(biz)
+	s.pkMu.Unlock()
+	if err != nil {
+		return nil, err
 	}
 	rs := &responderStore{s: s, b: b, biz: biz, r: r, device: device, id: id, pks: pks, now: now}
 	addr := protocol.NewSignalAddress(user, device)
