@@ -50,6 +50,10 @@ type loadReport struct {
 	Sent           int64            `json:"sent"`
 	Failed         int64            `json:"failed"`
 	Failures       map[string]int64 `json:"failures_by_code,omitempty"`
+	// Inbound mode: users' first messages (mostly new sessions) and their
+	// replies, accepted per second, each phase timed on its own.
+	InboundFirstPerSec   float64 `json:"inbound_first_per_second,omitempty"`
+	InboundRepliesPerSec float64 `json:"inbound_replies_per_second,omitempty"`
 }
 
 func loadCmd() *cobra.Command {
@@ -309,6 +313,7 @@ func printReport(r *loadReport) {
 	if r.Mode == "inbound" {
 		fmt.Printf("users' messages accepted by Herald (durable, decrypted, queued for the webhook): %d, %d failed, in %.2fs → %.0f messages/s\n",
 			r.Accepted, r.Failed, r.DeliverSeconds, r.DeliverPerSec)
+		fmt.Printf("  first messages (new sessions) %.0f/s, replies in those sessions %.0f/s\n", r.InboundFirstPerSec, r.InboundRepliesPerSec)
 	} else if r.DeliverSeconds > 0 {
 		fmt.Printf("end to end: %d sent, %d failed in %.2fs → %.0f messages/s\n", r.Sent, r.Failed, r.DeliverSeconds, r.DeliverPerSec)
 	}
@@ -387,44 +392,70 @@ func loadInbound(o loadOpts) (*loadReport, error) {
 	if err := call("GET", "/sim/inbound", nil, &before); err != nil {
 		return nil, err
 	}
-	start := clock.Wall()
-	var sent int64
-	for lo := 0; lo < writers; lo += 1000 {
-		var writes []map[string]any
-		for i := lo; i < min(lo+1000, writers); i++ {
-			texts := make([]string, per)
-			for j := range texts {
-				texts[j] = fmt.Sprintf("load message %d from writer %d", j, i)
+	// phase has every writer send n messages and waits until the simulator
+	// saw all of them answered; it returns how many were accepted and how
+	// long that took.
+	phase := func(n int, tag string) (int64, float64, error) {
+		var was simInbound
+		if err := call("GET", "/sim/inbound", nil, &was); err != nil {
+			return 0, 0, err
+		}
+		start := clock.Wall()
+		for lo := 0; lo < writers; lo += 1000 {
+			var writes []map[string]any
+			for i := lo; i < min(lo+1000, writers); i++ {
+				texts := make([]string, n)
+				for j := range texts {
+					texts[j] = fmt.Sprintf("load %s message %d from writer %d", tag, j, i)
+				}
+				writes = append(writes, map[string]any{"from": user(o, i), "device_id": 1, "to": o.to, "texts": texts})
 			}
-			writes = append(writes, map[string]any{"from": user(o, i), "device_id": 1, "to": o.to, "texts": texts})
+			var out struct {
+				IDs     []string `json:"ids"`
+				Skipped int      `json:"skipped"`
+			}
+			rep.Requests++
+			if err := call("POST", "/sim/write", map[string]any{"writes": writes}, &out); err != nil {
+				return 0, 0, err
+			}
+			rep.Errors["unregistered_writer"] += int64(out.Skipped)
 		}
-		var out struct {
-			IDs     []string `json:"ids"`
-			Skipped int      `json:"skipped"`
+		var now simInbound
+		for deadline := clock.Wall().Add(o.duration); clock.Wall().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if err := call("GET", "/sim/inbound", nil, &now); err != nil {
+				return 0, 0, err
+			}
+			if now.Pending == 0 {
+				break
+			}
 		}
-		rep.Requests++
-		if err := call("POST", "/sim/write", map[string]any{"writes": writes}, &out); err != nil {
-			return nil, err
-		}
-		sent += int64(len(out.IDs))
-		rep.Errors["unregistered_writer"] += int64(out.Skipped)
+		return now.Stats.Accepted - was.Stats.Accepted, clock.Wall().Sub(start).Seconds(), nil
 	}
-	rep.IngestSeconds = clock.Wall().Sub(start).Seconds()
-	var now simInbound
-	for deadline := clock.Wall().Add(o.duration); clock.Wall().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if err := call("GET", "/sim/inbound", nil, &now); err != nil {
+	// First one message per writer (most open a session: a pkmsg, X3DH at
+	// Herald), then the rest (replies in those sessions), timed apart.
+	start := clock.Wall()
+	n1, s1, err := phase(1, "first")
+	if err != nil {
+		return nil, err
+	}
+	rep.InboundFirstPerSec = float64(n1) / s1
+	if per > 1 {
+		n2, s2, err := phase(per-1, "reply")
+		if err != nil {
 			return nil, err
 		}
-		if now.Pending == 0 {
-			break
-		}
+		rep.InboundRepliesPerSec = float64(n2) / s2
+	}
+	var now simInbound
+	if err := call("GET", "/sim/inbound", nil, &now); err != nil {
+		return nil, err
 	}
 	rep.Accepted = now.Stats.Accepted - before.Stats.Accepted
-	rep.Rejected = sent - rep.Accepted
+	rep.Rejected = now.Stats.Queued - before.Stats.Queued - rep.Accepted
 	rep.Failed = now.Stats.Failed - before.Stats.Failed
 	rep.DeliverSeconds = clock.Wall().Sub(start).Seconds()
 	rep.DeliverPerSec = float64(rep.Accepted) / rep.DeliverSeconds
-	rep.IngestPerSec = rep.DeliverPerSec
+	rep.IngestSeconds, rep.IngestPerSec = rep.DeliverSeconds, rep.DeliverPerSec
 	if b := now.Stats.BadMessage - before.Stats.BadMessage; b > 0 {
 		rep.Errors["bad_message"] = b
 	}

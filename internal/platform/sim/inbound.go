@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -256,11 +257,17 @@ func (s *Server) pumpInboundOnce() bool {
 	in := s.inboundState()
 	in.mu.Lock()
 	var batch []*outEnv
-	busy := map[string]bool{}
+	type devKey struct {
+		from, to string
+		device   uint32
+	}
+	busy := map[devKey]bool{}
 	for _, e := range in.queue {
-		key := fmt.Sprint(e.from, "/", e.device, "/", e.to)
-		if busy[key] || len(batch) >= 500 {
-			busy[key] = true
+		if len(batch) >= 2000 {
+			break
+		}
+		key := devKey{e.from, e.to, e.device}
+		if busy[key] {
 			continue
 		}
 		busy[key] = true
@@ -270,14 +277,27 @@ func (s *Server) pumpInboundOnce() bool {
 	if len(batch) == 0 {
 		return false
 	}
+	// One envelope per device in a batch: the devices encrypt at once, on
+	// every core, as a platform's users would on their own phones.
+	var wg sync.WaitGroup
+	procs := runtime.GOMAXPROCS(0)
+	for p := 0; p < procs; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			for j := p; j < len(batch); j += procs {
+				if batch[j].env == nil {
+					s.encryptInbound(batch[j]) // a failure leaves env nil: retried
+				}
+			}
+		}(p)
+	}
+	wg.Wait()
 	envs := make([]map[string]any, 0, len(batch))
 	for _, e := range batch {
-		if e.env == nil {
-			if err := s.encryptInbound(e); err != nil {
-				continue
-			}
+		if e.env != nil {
+			envs = append(envs, e.env)
 		}
-		envs = append(envs, e.env)
 	}
 	res := s.postInbound(envs)
 	in.mu.Lock()
