@@ -53,16 +53,21 @@ func (w *webhookSink) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		w.replies[m.ID] = append(w.replies[m.ID], now)
 	}
 	for _, s := range sts {
-		m := w.at[s.Status]
-		if m == nil {
-			m = map[string]time.Time{}
-			w.at[s.Status] = m
-		}
-		if _, ok := m[s.ID]; !ok {
-			m[s.ID] = now
-		}
+		firstAt(w.at, s.Status, s.ID, now)
 	}
 	w.mu.Unlock()
+}
+
+// firstAt records now as when id first reached status, unless it did before.
+func firstAt(at map[string]map[string]time.Time, status, id string, now time.Time) {
+	m := at[status]
+	if m == nil {
+		m = map[string]time.Time{}
+		at[status] = m
+	}
+	if _, ok := m[id]; !ok {
+		m[id] = now
+	}
 }
 
 // statusTimes records when Herald committed each message's first sent and
@@ -81,14 +86,7 @@ func (s *statusTimes) record(changes []heraldtype.StatusChange) {
 		if c.Status != heraldtype.StatusSent && c.Status != heraldtype.StatusDelivered {
 			continue
 		}
-		m := s.at[c.Status]
-		if m == nil {
-			m = map[string]time.Time{}
-			s.at[c.Status] = m
-		}
-		if _, ok := m[c.MessageID]; !ok {
-			m[c.MessageID] = now
-		}
+		firstAt(s.at, c.Status, c.MessageID, now)
 	}
 }
 

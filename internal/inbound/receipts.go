@@ -25,6 +25,19 @@ const receiptBatch = 500
 
 var receiptSeq atomic.Uint64
 
+// nextReceiptSeq is the next receipt sequence: the clock's nanoseconds, or
+// one past the last when the clock did not move (keys only grow, so the
+// platform gets receipts in the order the business marked them).
+func nextReceiptSeq(now uint64) uint64 {
+	for {
+		last := receiptSeq.Load()
+		next := max(now, last+1)
+		if receiptSeq.CompareAndSwap(last, next) {
+			return next
+		}
+	}
+}
+
 func receiptKey(seq uint64) []byte { return binary.BigEndian.AppendUint64([]byte("iR"), seq) }
 
 // MarkRead marks the user's message id to the business's number pn read and
@@ -52,11 +65,7 @@ func (r *Receiver) MarkRead(businessID, pn, id string) error {
 	plain, _ := json.Marshal(m)
 	b.Set(msgKey(id), r.opts.Sealer.Seal(binary.BigEndian.AppendUint64(nil, uint64(m.Expires)), plain), nil)
 	rc, _ := json.Marshal(platform.Receipt{Type: "read", ID: id, From: biz.PhoneNumbers[pn], To: m.From})
-	seq := uint64(r.opts.Now().UnixNano())
-	if last := receiptSeq.Load(); seq <= last {
-		seq = last + 1
-	}
-	receiptSeq.Store(seq)
+	seq := nextReceiptSeq(uint64(r.opts.Now().UnixNano()))
 	b.Set(receiptKey(seq), r.opts.Sealer.Seal(binary.BigEndian.AppendUint64(nil, uint64(m.Expires)), rc), nil)
 	if err := r.opts.DB.Commit(b, true); err != nil {
 		return err

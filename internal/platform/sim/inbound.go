@@ -53,6 +53,7 @@ type outEnv struct {
 	id       string
 	at       time.Time // when the user sent it
 	attempts int
+	next     time.Time // not sent again before (backoff after retry or no answer)
 	dup      bool // resend once more after it was accepted
 }
 
@@ -262,6 +263,7 @@ func (s *Server) pumpInboundOnce() bool {
 		device   uint32
 	}
 	busy := map[devKey]bool{}
+	now := clock.Wall()
 	for _, e := range in.queue {
 		if len(batch) >= 2000 {
 			break
@@ -270,7 +272,10 @@ func (s *Server) pumpInboundOnce() bool {
 		if busy[key] {
 			continue
 		}
-		busy[key] = true
+		busy[key] = true // a device's later envelopes wait for its earlier ones, backoff included
+		if e.next.After(now) {
+			continue
+		}
 		batch = append(batch, e)
 	}
 	in.mu.Unlock()
@@ -324,7 +329,10 @@ func (s *Server) pumpInboundOnce() bool {
 			in.stats.Failed++
 			done[e] = true
 		default:
+			// retry, or no answer: again later, with backoff, as a platform
+			// does (Herald answers retry while it sends to that user).
 			in.stats.Retries++
+			e.next = clock.Wall().Add(min(5*time.Second, 50*time.Millisecond<<min(e.attempts, 7)))
 		}
 	}
 	for _, e := range in.queue {
