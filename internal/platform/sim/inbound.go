@@ -54,7 +54,7 @@ type outEnv struct {
 	at       time.Time // when the user sent it
 	attempts int
 	next     time.Time // not sent again before (backoff after retry or no answer)
-	dup      bool // resend once more after it was accepted
+	dup      bool      // resend once more after it was accepted
 }
 
 type inboundState struct {
