@@ -53,6 +53,16 @@ func (NoLimit) Shape(string, string, time.Time) time.Time { return time.Time{} }
 // Release implements Shaper.
 func (NoLimit) Release(string, string, time.Time) {}
 
+// Campaigns answers whether a campaign's messages may go (internal/campaigns).
+type Campaigns interface {
+	// State is paused, canceled or running (heraldtype.Campaign*).
+	State(id string) string
+	// Enter holds the states of ids until exit: a pause or cancel of one of
+	// them waits for exit, so nothing is handed to the platform after it
+	// returned. states are in ids' order.
+	Enter(ids []string) (states []string, exit func())
+}
+
 // Directory answers per-business settings the engine needs.
 type Directory interface {
 	IdentityCheck(businessID string) bool
@@ -67,6 +77,7 @@ type Options struct {
 	Transport Transport     // required
 	Shaper    Shaper        // default NoLimit
 	Directory Directory     // default: identity_check off for everyone
+	Campaigns Campaigns     // default: no campaign is ever paused or canceled
 	Metrics   *metrics.Metrics
 	// Workers is the ants pool size (concurrent tasks); default 32. Each
 	// task works on up to GroupsPerTask recipient groups, so up to

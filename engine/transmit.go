@@ -66,6 +66,10 @@ func (e *Engine) transmitMany(ctx context.Context, runs []*run) {
 		if len(round) == 0 {
 			return
 		}
+		// The hand-off: a pause or cancel of a campaign in this round waits
+		// until SendEach returned, and what it stopped is set aside here.
+		var exit func()
+		round, envs, exit = e.gate(round, envs)
 		var res []platform.Result
 		var errs []error
 		if len(envs) > 0 {
@@ -73,10 +77,58 @@ func (e *Engine) transmitMany(ctx context.Context, runs []*run) {
 			res, errs = e.opts.Transport.SendEach(ctx, envs)
 			e.m.TransmitSecs.Observe(time.Since(start).Seconds())
 		}
+		if exit != nil {
+			exit()
+		}
 		for _, s := range round {
 			e.transmitted(s, res, errs)
 		}
 	}
+}
+
+// gate holds the states of the round's campaigns (Campaigns.Enter) and drops
+// from the round, and from envs, the messages of campaigns paused or
+// canceled since the run began: they are parked or canceled instead. exit
+// (nil when no campaign is in the round) ends the hold.
+func (e *Engine) gate(round []sending, envs []platform.Envelope) ([]sending, []platform.Envelope, func()) {
+	if e.opts.Campaigns == nil {
+		return round, envs, nil
+	}
+	var ids []string
+	for _, s := range round {
+		if s.it.p.CampaignID != "" {
+			ids = append(ids, s.it.p.CampaignID)
+		}
+	}
+	if len(ids) == 0 {
+		return round, envs, nil
+	}
+	states, exit := e.opts.Campaigns.Enter(ids)
+	stopped := false
+	for _, st := range states {
+		stopped = stopped || st != heraldtype.CampaignRunning
+	}
+	if !stopped {
+		return round, envs, exit
+	}
+	// Compact in place: kept messages' envelopes move forward, in order.
+	kept, n, j := round[:0], 0, 0
+	for _, s := range round {
+		st := heraldtype.CampaignRunning
+		if s.it.p.CampaignID != "" {
+			st = states[j]
+			j++
+		}
+		if st != heraldtype.CampaignRunning {
+			s.r.stopCampaign(s.it, st)
+			continue
+		}
+		w := copy(envs[n:], envs[s.from:s.to])
+		s.from, s.to = n, n+w
+		n += w
+		kept = append(kept, s)
+	}
+	return kept, envs[:n], exit
 }
 
 // envelopes appends to envs the message's envelopes for the devices that

@@ -11,6 +11,7 @@ import (
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/records"
+	"github.com/heraldhq/herald/internal/schedule"
 	"github.com/heraldhq/herald/internal/signal"
 	"github.com/heraldhq/herald/queue"
 )
@@ -85,6 +86,7 @@ type run struct {
 	outcome1 [1]queue.Outcome
 	up1      [1]records.Update
 	devices  senderDevices // sender → device list prepare settled on (transmit reuses it)
+	parked   []string      // groups (campaigns) this run parked messages under
 }
 
 // senderDevices maps a sender to a device list. A run almost always has one
@@ -148,6 +150,53 @@ func withQueued(u *records.Update, it *item) {
 	if it.msg.FirstLease && it.p.ResetDevice == 0 && !it.bad {
 		u.Fresh, u.Queued = true, records.Queued{BusinessID: it.p.BusinessID, PhoneNumberID: it.p.PhoneNumberID, CampaignID: it.p.CampaignID, TS: it.p.TS, Expires: it.msg.ExpiresAt.Unix()}
 	}
+}
+
+// stopCampaign sets it and every later message of its campaign in the run
+// aside: parked (the campaign is paused) or canceled. Later ones share its
+// fate so that a resume between two checks never lets a later message of
+// the campaign overtake an earlier one.
+func (r *run) stopCampaign(it *item, state string) {
+	cid := it.p.CampaignID
+	after := false
+	for _, o := range r.g.items {
+		if o == it {
+			after = true
+		}
+		if !after || o.done || o.bad || o.p.CampaignID != cid {
+			continue
+		}
+		if state == heraldtype.CampaignCanceled {
+			r.cancel(o)
+		} else {
+			r.park(o)
+		}
+	}
+}
+
+// park sets a paused campaign's message aside in the queue's park range,
+// with its stored ciphertexts (they go as they are after a resume).
+func (r *run) park(it *item) {
+	it.done = true
+	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, Park: it.p.CampaignID})
+	if it.ob != nil && it.obSets > 0 {
+		it.putOutbox(r.extra) // what this run learned (devices that accepted) stays with it
+	}
+	if !slices.Contains(r.parked, it.p.CampaignID) {
+		r.parked = append(r.parked, it.p.CampaignID)
+	}
+	r.e.m.Parked.Inc()
+}
+
+// cancel ends a canceled campaign's message: gone from the queue with its
+// ciphertexts (their session advance stays: the next message to the user
+// takes the next counter, and the user's client skips the gap).
+func (r *run) cancel(it *item) {
+	r.ack(it)
+	r.extra.Delete(keptKey(it.msg.ID), nil)
+	u := records.Update{ID: it.msg.ID, Status: heraldtype.StatusCanceled, At: r.now, Recipient: it.p.To}
+	withQueued(&u, it)
+	r.ups = append(r.ups, u)
 }
 
 func (r *run) retry(it *item, at time.Time, count bool, reason string) {
@@ -232,6 +281,29 @@ func (e *Engine) workMany(ctx context.Context, gs []*group) {
 	// a status is never behind the queue.
 	e.statuses.SubmitWait(ups)
 	e.finish(ctx, runs)
+	e.unparkResumed(ctx, runs)
+}
+
+// unparkResumed unparks, after the runs' parks are committed, the groups
+// they parked under that are no longer paused: a resume (or cancel) that
+// came between this run's check and its commit moved what was parked before
+// it, not what this run parked after.
+func (e *Engine) unparkResumed(ctx context.Context, runs []*run) {
+	var seen []string
+	for _, r := range runs {
+		for _, g := range r.parked {
+			if slices.Contains(seen, g) {
+				continue
+			}
+			seen = append(seen, g)
+			if e.opts.Campaigns.State(g) == heraldtype.CampaignPaused {
+				continue
+			}
+			if _, err := e.q.Unpark(ctx, g); err != nil && ctx.Err() == nil {
+				e.log.Error("engine: could not unpark a resumed campaign's messages; a restart does", "campaign", g, "err", err)
+			}
+		}
+	}
 }
 
 // peerKeys names the pairs (sender, recipient) whose sessions gs may touch:
@@ -268,6 +340,11 @@ func (e *Engine) begin(g *group) *run {
 		case !it.msg.ExpiresAt.After(r.now):
 			r.fail(it, heraldtype.CodeExpired)
 		case it.held:
+		case it.p.CampaignID != "" && e.opts.Campaigns != nil && e.opts.Campaigns.State(it.p.CampaignID) != heraldtype.CampaignRunning:
+			r.stopCampaign(it, e.opts.Campaigns.State(it.p.CampaignID))
+		case it.p.Quiet.Set && schedule.NextFor(it.p.Quiet, it.p.To, r.now).After(r.now):
+			// Inside the recipient's quiet hours: wait, on disk, until they end.
+			r.retry(it, schedule.NextFor(it.p.Quiet, it.p.To, r.now), false, "quiet_hours")
 		default:
 			if at := e.opts.Shaper.Shape(it.p.PhoneNumberID, it.p.To, r.now); at.After(r.now) {
 				// This message and the later ones of its sender wait; the

@@ -11,13 +11,29 @@ import (
 	"time"
 )
 
-// Statuses of a message, in the order they advance. Failed is terminal.
+// Statuses of a message, in the order they advance. Failed and canceled are
+// terminal; canceled is reached only from queued (its campaign was canceled
+// before the message went to the platform).
 const (
 	StatusQueued    = "queued"
 	StatusSent      = "sent"
 	StatusDelivered = "delivered"
 	StatusRead      = "read"
 	StatusFailed    = "failed"
+	StatusCanceled  = "canceled"
+)
+
+// Terminal reports whether a message in status st can change no more
+// (failed, canceled; read is final too but is not an ending by refusal).
+func Terminal(st string) bool { return st == StatusFailed || st == StatusCanceled }
+
+// Campaign states (GET /v1/campaigns/{id}). Canceled and done are final.
+const (
+	CampaignScheduled = "scheduled"
+	CampaignRunning   = "running"
+	CampaignPaused    = "paused"
+	CampaignCanceled  = "canceled"
+	CampaignDone      = "done"
 )
 
 // StatusChange is one status transition, as webhooks report it.
@@ -62,6 +78,8 @@ func Rank(status string) int {
 		return 3
 	case StatusFailed:
 		return 4
+	case StatusCanceled:
+		return 5
 	}
 	return -1
 }
@@ -202,6 +220,17 @@ type Payload struct {
 	// ResetDevice, when non-zero, targets one device whose session must be reset
 	// first (a decrypt_failed retry receipt); only that device gets the message.
 	ResetDevice uint32
+	// Quiet is the campaign's quiet hours in the recipient's local time
+	// (minutes after midnight, start and end); Quiet.Set false: none.
+	Quiet QuietHours
+}
+
+// QuietHours is a daily window, in a recipient's local time, in which
+// nothing is sent: [Start, End) in minutes after midnight; Start > End wraps
+// past midnight. Start == End is never valid (no window would be left).
+type QuietHours struct {
+	Set        bool
+	Start, End uint16
 }
 
 // ErrBadPayload is returned for an undecodable payload.
@@ -219,7 +248,11 @@ func (p *Payload) Encode(dst []byte) []byte {
 		dst = append(dst, s...)
 	}
 	dst = binary.AppendVarint(dst, p.TS)
-	return binary.AppendUvarint(dst, uint64(p.ResetDevice))
+	dst = binary.AppendUvarint(dst, uint64(p.ResetDevice))
+	if p.Quiet.Set { // a trailing field: payloads without it decode as before
+		dst = binary.AppendUvarint(dst, 1+uint64(p.Quiet.Start)*1440+uint64(p.Quiet.End))
+	}
+	return dst
 }
 
 // DecodePayload parses Encode's output.
@@ -259,6 +292,17 @@ func DecodePayload(b []byte) (Payload, error) {
 		return p, ErrBadPayload
 	}
 	p.ResetDevice = uint32(d)
+	if b = b[k:]; len(b) > 0 {
+		q, k := binary.Uvarint(b)
+		if k <= 0 || q == 0 || q > 1440*1440 {
+			return p, ErrBadPayload
+		}
+		q--
+		p.Quiet = QuietHours{Set: true, Start: uint16(q / 1440), End: uint16(q % 1440)}
+		if p.Quiet.Start == p.Quiet.End {
+			return p, ErrBadPayload
+		}
+	}
 	return p, nil
 }
 

@@ -19,6 +19,10 @@ type Outcome struct {
 	RetryAt time.Time
 	// CountAttempt increments the message's attempt count.
 	CountAttempt bool
+	// Park (when not Ack) moves the message out of its recipient's FIFO into
+	// the park range of this group (see park.go), where nothing leases it
+	// until Unpark.
+	Park string
 }
 
 // Complete applies outcomes to a lease's messages, plus the caller's extra
@@ -122,6 +126,7 @@ type completing struct {
 	l                                     *Lease
 	acked, ackedR, ackedBytes, movedDelta int64
 	movedBuckets                          []int
+	parkBuckets                           []int // inP buckets raised ahead of the commit
 	newHint                               int64 // -1: none
 }
 
@@ -171,6 +176,23 @@ func (q *Queue) writeOutcomes(b *pebble.Batch, l *Lease, outcomes []Outcome, now
 			if !m.fresh {
 				c.ackedR++
 			}
+		case o != nil && validGroup(o.Park):
+			sealed := m.Sealed
+			if sealed == nil {
+				sealed = q.sealer.Seal(nil, m.Payload)
+			}
+			buf = q.encodeRecord(buf[:0], m, sealed)
+			pk := parkKey(o.Park, l.Shard, l.Recipient, m.Seq)
+			b.Set(pk, buf, nil)
+			b.Set(parkIndexKey(l.Shard, l.Recipient, m.Seq), []byte(o.Park), nil)
+			deleteRecord(b, key)
+			if !m.fresh {
+				c.ackedR++ // gone from R
+			}
+			bk := inPBucket(l.Recipient)
+			q.inP[bk].Add(1) // before the record exists
+			c.parkBuckets = append(c.parkBuckets, bk)
+			c.movedDelta += int64(len(pk)+len(buf)) - int64(m.size)
 		case o == nil && !m.fresh:
 			if !headSet {
 				headDue, headSeq, headSet = m.Due, m.Seq, true
@@ -230,6 +252,9 @@ func (q *Queue) endCompletion(c completing, committed bool) {
 		for _, bk := range c.movedBuckets {
 			q.inR[bk].Add(-1)
 		}
+		for _, bk := range c.parkBuckets {
+			q.inP[bk].Add(-1)
+		}
 		if l.hasFresh() {
 			// The fresh records are still in F behind the cursor: keep them
 			// held and let reclaim move them to R.
@@ -251,6 +276,7 @@ func (q *Queue) endCompletion(c completing, committed bool) {
 	if c.ackedR > 0 {
 		q.inR[inRBucket(l.Recipient)].Add(-int32(c.ackedR))
 	}
+	q.parked.Add(int64(len(c.parkBuckets)))
 	q.depthMsgs.Add(-c.acked)
 	q.depthBytes.Add(c.movedDelta - c.ackedBytes)
 	q.addOwned(l.Messages, -1, true)

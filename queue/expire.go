@@ -125,6 +125,7 @@ type expireSweep struct {
 	out          []Message
 	removedBytes int64
 	rBuckets     []int
+	pBuckets     []int // inP buckets of parked records removed
 	perShard     map[int]int64
 	// A removed message may have been its recipient's head, waiting on a
 	// retry time that its successor must not inherit: each touched recipient
@@ -211,8 +212,23 @@ func (sw *expireSweep) remove(sh int, r Recipient, seq uint64) error {
 		return err
 	}
 	rec := v
+	var pk []byte // a parked record's index key
 	if ok {
 		sw.rBuckets = append(sw.rBuckets, inRBucket(r))
+	} else if g, parked, err := q.parkedGroupOf(sh, r, seq); err != nil {
+		return err
+	} else if parked {
+		rk = parkKey(g, sh, r, seq)
+		if v, ok, err = q.db.GetCopy(rk); err != nil {
+			return err
+		}
+		pk = parkIndexKey(sh, r, seq)
+		if !ok { // an index entry without its record: drop it
+			sw.b.Delete(pk, nil)
+			return nil
+		}
+		rec = v
+		sw.pBuckets = append(sw.pBuckets, inPBucket(r))
 	} else {
 		rk = freshKey(sh, seq)
 		if v, ok, err = q.db.GetCopy(rk); err != nil || !ok {
@@ -229,6 +245,9 @@ func (sw *expireSweep) remove(sh int, r Recipient, seq uint64) error {
 		q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
 	}
 	deleteRecord(sw.b, rk)
+	if pk != nil {
+		sw.b.Delete(pk, nil)
+	}
 	if !sw.woken[r] {
 		sw.woken[r] = true
 		sw.b.Set(dueKey(sh, sw.now, r, seq), nil, nil)
@@ -245,6 +264,10 @@ func (sw *expireSweep) counted() {
 	for _, bk := range sw.rBuckets {
 		q.inR[bk].Add(-1)
 	}
+	for _, bk := range sw.pBuckets {
+		q.inP[bk].Add(-1)
+	}
+	q.parked.Add(-int64(len(sw.pBuckets)))
 	for sh, n := range sw.perShard {
 		q.shards[sh].lowerTo(sw.now.UnixNano())
 		q.shards[sh].msgs.Add(-n)

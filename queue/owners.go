@@ -117,7 +117,7 @@ func (q *Queue) countOwner(k, v []byte, sign int64) {
 		if _, rec, err = splitFresh(v); err != nil {
 			return
 		}
-	} else if len(k) != 28 {
+	} else if len(k) != 28 && (len(k) < 2 || k[1] != kPark) {
 		return
 	}
 	if m, _, err := q.decodeRecord(rec, false); err == nil {

@@ -127,6 +127,11 @@ type Queue struct {
 	// recipient has nothing in R, so a fresh record can be leased straight from
 	// F without a read. Fixed size: memory does not grow with the queue.
 	inR []atomic.Int32
+	// inP counts parked records per bucket of recipients the same way (never
+	// short): Expire looks a record up in the park index only when its
+	// bucket is non-zero. parked is the number of parked records.
+	inP    []atomic.Int32
+	parked atomic.Int64
 
 	// expMu guards expBounds: for every epoch whose F range holds expiry-index
 	// entries, a lower bound on their expiry times, so Expire reads only the
@@ -286,7 +291,7 @@ func Open(opts Options) (*Queue, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	q := &Queue{opts: opts, db: opts.DB, sealer: opts.Sealer, inR: make([]atomic.Int32, inRBuckets),
+	q := &Queue{opts: opts, db: opts.DB, sealer: opts.Sealer, inR: make([]atomic.Int32, inRBuckets), inP: make([]atomic.Int32, inPBuckets),
 		committing: map[uint64]struct{}{}, expBounds: map[uint32]expBound{},
 		batches: kv.NewBatchPool(opts.DB, 4<<20)} // an upload's batch of 1,000 records is ~300 KB
 	q.owners.m = map[string]*ownerCount{}
@@ -400,7 +405,7 @@ func (q *Queue) settle() error {
 // memory. It also rebuilds the R bucket counts and the expiry bounds.
 func (q *Queue) recount() error {
 	var n, bytesTotal int64
-	for _, kind := range []byte{kRecord, kFresh} {
+	for _, kind := range []byte{kRecord, kFresh, kPark} {
 		lo := []byte{pfx, kind}
 		it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
 		if err != nil {
@@ -422,8 +427,14 @@ func (q *Queue) recount() error {
 				q.shards[int(binary.BigEndian.Uint16(k[2:4]))%len(q.shards)].msgs.Add(1)
 			case kind == kFresh && len(k) == freshKeyLen:
 				q.shards[freshShard(k)%len(q.shards)].msgs.Add(1)
+			case kind == kPark:
+				if sh, r, _, ok := parkTail(k); ok {
+					q.shards[sh%len(q.shards)].msgs.Add(1)
+					q.inP[inPBucket(r)].Add(1)
+					q.parked.Add(1)
+				}
 			}
-			if len(k) == 28 {
+			if kind == kRecord && len(k) == 28 {
 				var r Recipient
 				copy(r[:], k[4:20])
 				q.inR[inRBucket(r)].Add(1)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/campaigns"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/inbound"
 	"github.com/heraldhq/herald/internal/kv"
@@ -42,6 +44,15 @@ type Admitter interface {
 	Admit(b *tenant.Business, phoneNumberID string, recipients []string, now time.Time) (codes []int, reason string, err error)
 	// Integrity is the GET /v1/{phone_number_id}/integrity view.
 	Integrity(b *tenant.Business, phoneNumberID string, now time.Time) any
+}
+
+// Preview judges one dry run's recipients as the Admitter would, writing
+// nothing; Integrity is what the upload would leave: flags (the phone
+// number's, and those the upload would raise) and the new unique recipients
+// the tier would still allow (-1: unlimited).
+type Preview interface {
+	Admit(b *tenant.Business, phoneNumberID string, recipients []string, now time.Time) (codes []int, reason string, err error)
+	Integrity() (flags any, tierRemaining int64)
 }
 
 // EventHandler applies the platform's signed events (the engine does).
@@ -68,6 +79,12 @@ type Options struct {
 	Sealer     *seal.Sealer      // required
 	Metrics    *metrics.Metrics
 	Admitter   Admitter // nil: no integrity limits
+	// Preview starts a dry run's admission checks (the Admitter's, with no
+	// writes); nil: a dry run checks only what the API itself checks.
+	Preview func(b *tenant.Business, phoneNumberID string, now time.Time) (Preview, error)
+	// Campaigns holds paused and canceled campaigns; nil: campaign control
+	// answers 503.
+	Campaigns *campaigns.Control
 	// PlatformSecret verifies /v1/platform/events. Required.
 	PlatformSecret string
 	// AdminToken guards /admin/v1. Required.
@@ -255,9 +272,13 @@ func (s *Server) routes() *router.Router {
 	s.route(r, "POST", "/v1/platform/inbound", s.platformInbound)
 	// Business API: the bearer token names the business.
 	s.route(r, "GET", "/v1/campaigns/{id}", s.business(s.getCampaign, "id"))
+	s.route(r, "POST", "/v1/campaigns/{id}/pause", s.business(s.campaignControl(heraldtype.CampaignPaused), "id"))
+	s.route(r, "POST", "/v1/campaigns/{id}/resume", s.business(s.campaignControl(heraldtype.CampaignRunning), "id"))
+	s.route(r, "POST", "/v1/campaigns/{id}/cancel", s.business(s.campaignControl(heraldtype.CampaignCanceled), "id"))
+	s.route(r, "GET", "/v1/{pn}/campaigns", s.phone(s.listCampaigns, "limit", "after"))
 	s.route(r, "GET", "/v1/messages/{id}", s.business(s.getMessage, "id"))
 	s.route(r, "POST", "/v1/{pn}/messages", s.phone(s.postMessage))
-	s.route(r, "POST", "/v1/{pn}/campaigns", s.phone(s.postCampaign))
+	s.route(r, "POST", "/v1/{pn}/campaigns", s.phone(s.postCampaign, "dry_run"))
 	s.route(r, "PUT", "/v1/{pn}/webhook", s.phone(s.putWebhook))
 	s.route(r, "GET", "/v1/{pn}/webhook", s.phone(s.getWebhook))
 	s.route(r, "DELETE", "/v1/{pn}/webhook", s.phone(s.deleteWebhook))
@@ -311,9 +332,9 @@ func param(ctx *fasthttp.RequestCtx, name string) string {
 
 // business wraps a handler of the business API: no query parameters, a
 // valid token; the handler gets the business and the path parameter named.
-func (s *Server) business(h func(*fasthttp.RequestCtx, *tenant.Business, string), name string) fasthttp.RequestHandler {
+func (s *Server) business(h func(*fasthttp.RequestCtx, *tenant.Business, string), name string, query ...string) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
-		if unknownQuery(ctx) {
+		if unknownQuery(ctx, query...) {
 			return
 		}
 		b, err := s.authenticate(ctx)
@@ -327,8 +348,8 @@ func (s *Server) business(h func(*fasthttp.RequestCtx, *tenant.Business, string)
 
 // phone is business for the routes of one phone number: the business must
 // own it (404 otherwise, never another tenant's data).
-func (s *Server) phone(h func(*fasthttp.RequestCtx, *tenant.Business, string)) fasthttp.RequestHandler {
-	return s.business(func(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) { s.withPhone(ctx, b, pn, h) }, "pn")
+func (s *Server) phone(h func(*fasthttp.RequestCtx, *tenant.Business, string), query ...string) fasthttp.RequestHandler {
+	return s.business(func(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) { s.withPhone(ctx, b, pn, h) }, "pn", query...)
 }
 
 // adminOnly wraps a handler of the admin API: no query parameters, the
@@ -343,19 +364,28 @@ func (s *Server) adminOnly(h func(*fasthttp.RequestCtx, string)) fasthttp.Reques
 }
 
 // unknownQuery answers 400 (code 100, the parameters named) when the request
-// carries query parameters: no route of the business or admin API takes one
-// yet, and a parameter a server ignores (say ?dry_run=true) does what the
-// client did not ask for.
-func unknownQuery(ctx *fasthttp.RequestCtx) bool {
+// carries a query parameter the route does not take (allowed): a parameter a
+// server ignores does what the client did not ask for. A parameter given
+// twice is refused too.
+func unknownQuery(ctx *fasthttp.RequestCtx, allowed ...string) bool {
 	args := ctx.QueryArgs()
 	if args.Len() == 0 {
 		return false
 	}
 	var names []string
+	seen := map[string]bool{}
 	for k := range args.All() {
-		names = append(names, strconv.Quote(string(k)))
+		name := string(k)
+		if slices.Contains(allowed, name) && !seen[name] {
+			seen[name] = true
+			continue
+		}
+		names = append(names, strconv.Quote(name))
 	}
-	badRequest(ctx, CodeInvalidParam, "unknown query parameter "+strings.Join(names, ", "), "")
+	if len(names) == 0 {
+		return false
+	}
+	badRequest(ctx, CodeInvalidParam, "unknown or repeated query parameter "+strings.Join(names, ", "), "")
 	return true
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/records"
+	"github.com/heraldhq/herald/internal/schedule"
 	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/queue"
 )
@@ -30,10 +31,33 @@ type template struct {
 }
 
 type campaignHeader struct {
-	Name       string    `json:"name"`
-	Template   *template `json:"template"`
-	TTLSeconds *int64    `json:"ttl_seconds"`
+	Name       string          `json:"name"`
+	Template   *template       `json:"template"`
+	TTLSeconds *int64          `json:"ttl_seconds"`
+	SendAt     *string         `json:"send_at"`
+	QuietHours *quietHoursJSON `json:"quiet_hours"`
 }
+
+type quietHoursJSON struct {
+	Start string `json:"start"`
+	End   string `json:"end"`
+}
+
+// plan is when a campaign's messages may go: not before sendAt (zero: at
+// once), never inside quiet hours; each expires at expires.
+type plan struct {
+	sendAt  time.Time
+	quiet   heraldtype.QuietHours
+	ttl     time.Duration
+	expires time.Time
+}
+
+// maxSchedule is how far ahead send_at may be; send_at may also lie up to
+// scheduleSlack in the past (clocks differ), meaning at once.
+const (
+	maxSchedule   = 30 * 24 * time.Hour
+	scheduleSlack = time.Minute
+)
 
 type recipient struct {
 	To   string            `json:"to"`
@@ -129,33 +153,79 @@ func fillTemplate(tpl string, vars map[string]string) (string, *reqError) {
 	return sb.String(), nil
 }
 
-func validateHeader(h *campaignHeader) (time.Duration, *reqError) {
+func validateHeader(h *campaignHeader, now time.Time) (plan, *reqError) {
+	var p plan
 	if h.Template == nil || h.Template.Body == "" {
-		return 0, rerr(CodeInvalidParam, "template.body is required")
+		return p, rerr(CodeInvalidParam, "template.body is required")
 	}
 	if utf8.RuneCountInString(h.Template.Body) > 4096 || !utf8.ValidString(h.Template.Body) {
-		return 0, rerr(CodeBadBody, "template.body must be valid UTF-8 of at most 4096 characters")
+		return p, rerr(CodeBadBody, "template.body must be valid UTF-8 of at most 4096 characters")
 	}
 	if len(h.Name) > 200 {
-		return 0, rerr(CodeInvalidParam, "name must be at most 200 characters")
+		return p, rerr(CodeInvalidParam, "name must be at most 200 characters")
 	}
-	return validTTL(h.TTLSeconds)
+	ttl, e := validTTL(h.TTLSeconds)
+	if e != nil {
+		return p, e
+	}
+	p.ttl = ttl
+	base := now
+	if h.SendAt != nil {
+		t, err := time.Parse(time.RFC3339Nano, *h.SendAt)
+		switch {
+		case err != nil:
+			return p, rerr(CodeBadParam, "send_at %q is not an RFC 3339 time (e.g. \"2026-12-24T09:00:00+01:00\")", truncate(*h.SendAt, 64))
+		case t.Before(now.Add(-scheduleSlack)):
+			return p, rerr(CodeBadParam, "send_at %s is in the past (now is %s); leave it out to send at once", heraldtype.FormatTime(t), heraldtype.FormatTime(now))
+		case t.After(now.Add(maxSchedule)):
+			return p, rerr(CodeBadParam, "send_at %s is more than 30 days ahead (at most %s)", heraldtype.FormatTime(t), heraldtype.FormatTime(now.Add(maxSchedule)))
+		case t.After(now):
+			p.sendAt, base = t, t
+		}
+	}
+	if q := h.QuietHours; q != nil {
+		var err error
+		if p.quiet, err = schedule.Quiet(q.Start, q.End); err != nil {
+			return p, rerr(CodeBadParam, "%v", err)
+		}
+	}
+	// The TTL counts from send_at, and nothing lives past 30 days from its
+	// acceptance (invariant 5): the later of the two is cut.
+	p.expires = base.Add(ttl)
+	if limit := now.Add(heraldtype.MaxTTL); p.expires.After(limit) {
+		p.expires = limit
+	}
+	return p, nil
+}
+
+// truncate cuts s to at most n bytes (for echoing input in errors).
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 // admitter streams recipients into the queue in batches (group commit).
 type admitter struct {
-	s      *Server
-	ctx    context.Context
-	b      *tenant.Business
-	pn     string
-	cid    string
-	tpl    string
-	ttl    time.Duration
-	res    *CampaignResult
-	lines  []int
-	tos    []string
-	inputs []string
-	bodies []string
+	s    *Server
+	ctx  context.Context
+	b    *tenant.Business
+	pn   string
+	cid  string
+	tpl  string
+	ttl  time.Duration
+	plan plan
+	res  *CampaignResult
+	camp *records.Campaign // saved once the header is valid (listed, and can be canceled during the upload)
+	// dry: a dry run (?dry_run=true): the same checks through preview,
+	// nothing written.
+	dry     bool
+	preview Preview
+	lines   []int
+	tos     []string
+	inputs  []string
+	bodies  []string
 
 	// Idempotent uploads: every enqueue batch also records how far the upload
 	// got (same Pebble batch), so a retry after a crash or a broken connection
@@ -251,12 +321,80 @@ func (a *admitter) add(line int, raw []byte) error {
 	return nil
 }
 
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// errCanceledUpload: the campaign was canceled while it was being uploaded.
+var errCanceledUpload = errors.New("api: the campaign was canceled during its upload")
+
+// flushDry judges a batch as flush would, through the preview, and counts
+// it: nothing is written.
+func (a *admitter) flushDry() error {
+	if a.token != "" {
+		b, err := a.s.opts.Tenants.Authenticate(a.token)
+		if err != nil {
+			return errRevoked
+		}
+		a.b = b
+	}
+	codes := make([]int, len(a.tos))
+	reason := ""
+	if a.preview != nil {
+		var err error
+		if codes, reason, err = a.preview.Admit(a.b, a.pn, a.tos, a.s.opts.Now()); err != nil {
+			return err
+		}
+	}
+	for i := range a.tos {
+		if codes[i] != 0 {
+			a.reject(a.lines[i], a.inputs[i], rerr(codes[i], "%s", admissionText(codes[i], reason)))
+			continue
+		}
+		a.res.Accepted++
+	}
+	a.lines, a.tos, a.inputs, a.bodies = a.lines[:0], a.tos[:0], a.inputs[:0], a.bodies[:0]
+	return nil
+}
+
+// begin is called once the campaign header is valid: a real upload saves
+// its campaign record now (listed, and open to pause and cancel while the
+// upload runs); the final counts are saved at its end.
+func (a *admitter) begin() error {
+	if a.dry || a.camp == nil {
+		return nil
+	}
+	c := a.camp
+	c.SendAtMS = 0
+	if !a.plan.sendAt.IsZero() {
+		c.SendAtMS = a.plan.sendAt.UnixMilli()
+	}
+	if a.plan.quiet.Set {
+		c.QuietStart, c.QuietEnd = schedule.FormatClock(a.plan.quiet.Start), schedule.FormatClock(a.plan.quiet.End)
+	}
+	c.TTLSeconds = int64(a.plan.ttl / time.Second)
+	c.ExpiresMS = a.plan.expires.UnixMilli()
+	if a.skipTo > 0 {
+		return nil // a resumed upload: saved by its first attempt
+	}
+	return a.s.opts.Uploads.SaveCampaign(c)
+}
+
 func (a *admitter) flush() error {
 	if len(a.tos) == 0 {
 		return nil
 	}
 	if a.failed != nil {
 		return a.failed
+	}
+	if a.dry {
+		return a.flushDry()
+	}
+	if a.s.opts.Campaigns != nil && a.s.opts.Campaigns.State(a.cid) == heraldtype.CampaignCanceled {
+		return errCanceledUpload
 	}
 	if err := a.s.spaceOK(); err != nil {
 		return err
@@ -297,13 +435,18 @@ func (a *admitter) flush() error {
 			continue
 		}
 		id := a.s.nextID(a.pn, now)
-		p := heraldtype.Payload{BusinessID: a.b.ID, PhoneNumberID: a.pn, From: from, To: to, CampaignID: a.cid, Body: a.bodies[i], TS: now.Unix()}
+		p := heraldtype.Payload{BusinessID: a.b.ID, PhoneNumberID: a.pn, From: from, To: to, CampaignID: a.cid, Body: a.bodies[i], TS: now.Unix(), Quiet: a.plan.quiet}
 		buf = p.Encode(buf[:0])
-		msgs = append(msgs, queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(a.b.ID, to), Payload: append([]byte(nil), buf...), ExpiresAt: now.Add(a.ttl), Owner: a.b.ID})
+		due := a.plan.sendAt
+		if a.plan.quiet.Set { // the first moment outside the recipient's quiet hours
+			due = schedule.NextFor(a.plan.quiet, to, maxTime(now, due))
+		}
+		msgs = append(msgs, queue.Message{ID: id, Recipient: heraldtype.QueueRecipient(a.b.ID, to), Payload: append([]byte(nil), buf...),
+			Due: due, ExpiresAt: a.plan.expires, Owner: a.b.ID})
 		if a.statuses == nil {
 			a.statuses = records.NewQueuedRecords(a.b.ID, a.pn, a.cid)
 		}
-		a.statuses.Put(batch, id, now, now.Add(a.ttl))
+		a.statuses.Put(batch, id, now, a.plan.expires)
 	}
 	a.lines, a.tos, a.inputs, a.bodies = a.lines[:0], a.tos[:0], a.inputs[:0], a.bodies[:0]
 	if len(msgs) == 0 {
@@ -357,18 +500,51 @@ func newCampaignID() string {
 	return "cmp_" + hex.EncodeToString(b)
 }
 
+// DryRunResult is the answer to a dry run: the upload's answer, without a
+// campaign, and what it would leave of the phone number's integrity.
+type DryRunResult struct {
+	CampaignResult
+	DryRun    bool         `json:"dry_run"`
+	Integrity DryIntegrity `json:"integrity"`
+}
+
+// DryIntegrity: the flags the phone number has and the upload would raise,
+// and the new unique recipients the tier would still allow after it (-1:
+// the unlimited tier).
+type DryIntegrity struct {
+	Flags         any   `json:"flags"`
+	TierRemaining int64 `json:"tier_remaining"`
+}
+
 func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
+	dry := false
+	if v := ctx.QueryArgs().Peek("dry_run"); v != nil {
+		switch string(v) {
+		case "true", "1":
+			dry = true
+		case "false", "0":
+		default:
+			badRequest(ctx, CodeInvalidParam, fmt.Sprintf("dry_run must be true or false, got %q", truncate(string(v), 32)), "")
+			return
+		}
+	}
 	if b.Paused {
 		fail(ctx, 403, CodeRestricted, "OAuthException", "business is paused", "")
 		return
 	}
-	if err := s.spaceOK(); err != nil {
-		s.storageError(ctx, err)
-		return
+	if !dry {
+		if err := s.spaceOK(); err != nil {
+			s.storageError(ctx, err)
+			return
+		}
 	}
 	idem := string(ctx.Request.Header.Peek("Idempotency-Key"))
 	if len(idem) > 200 {
 		badRequest(ctx, CodeInvalidParam, "Idempotency-Key must be at most 200 characters", "")
+		return
+	}
+	if dry {
+		s.dryRun(ctx, b, pn)
 		return
 	}
 	if idem != "" {
@@ -391,6 +567,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	res := &CampaignResult{CampaignID: newCampaignID(), Rejected: []Rejection{}}
 	a := &admitter{s: s, ctx: context.Background(), b: b, pn: pn, cid: res.CampaignID, res: res, token: bearer(ctx)}
 	camp := records.Campaign{ID: res.CampaignID, BusinessID: b.ID, PhoneNumberID: pn, CreatedMS: now.UnixMilli()}
+	a.camp = &camp
 	if idem != "" {
 		a.idem = idem
 		a.prog = &uploadProgress{CampaignID: res.CampaignID, CreatedMS: camp.CreatedMS}
@@ -431,7 +608,7 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 		return
 	}
 	camp.Accepted, camp.Rejected, camp.UploadedMS = res.Accepted, res.RejectedCount, s.opts.Now().UnixMilli()
-	camp.ExpiresMS = camp.UploadedMS + a.ttl.Milliseconds()
+	camp.ExpiresMS = a.plan.expires.UnixMilli()
 	if res.Accepted > 0 || err == nil {
 		if werr := s.opts.Uploads.SaveCampaign(&camp); werr != nil && err == nil {
 			err = werr
@@ -439,6 +616,12 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	}
 	if errors.Is(err, errUploadRead) {
 		s.uploadError(ctx, err, res)
+		return
+	}
+	if errors.Is(err, errCanceledUpload) {
+		ctx.SetConnectionClose()
+		fail(ctx, 409, CodeConflict, "OAuthException", "the campaign was canceled during its upload; nothing after that was accepted",
+			fmt.Sprintf("campaign %s: the first %d recipients were accepted before the cancel and end canceled", res.CampaignID, res.Accepted))
 		return
 	}
 	if errors.Is(err, errRevoked) {
@@ -464,6 +647,57 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 	ctx.SetStatusCode(200)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(body)
+}
+
+// dryRun reads an upload as postCampaign does and answers what it would
+// have: every line judged (validation, opt-outs, tier, integrity) through
+// the Admitter's preview, nothing written — no message, no campaign, no tier
+// use, no quality signal, no Idempotency-Key record. NDJSON streams in
+// bounded memory as in a real upload.
+func (s *Server) dryRun(ctx *fasthttp.RequestCtx, b *tenant.Business, pn string) {
+	res := &CampaignResult{Rejected: []Rejection{}}
+	a := &admitter{s: s, ctx: context.Background(), b: b, pn: pn, res: res, token: bearer(ctx), dry: true}
+	if s.opts.Preview != nil {
+		var err error
+		if a.preview, err = s.opts.Preview(b, pn, s.opts.Now()); err != nil {
+			s.storageError(ctx, err)
+			return
+		}
+	}
+	var camp records.Campaign
+	var err error
+	var e *reqError
+	if strings.HasPrefix(string(ctx.Request.Header.ContentType()), "application/x-ndjson") {
+		e, err = s.streamNDJSON(ctx, a, &camp)
+	} else {
+		e, err = s.campaignJSON(ctx, a, &camp)
+	}
+	if err == nil && e == nil {
+		err = a.flush()
+	}
+	switch {
+	case errors.Is(err, errResponded):
+		return
+	case e != nil:
+		badRequest(ctx, e.code, e.msg, "a dry run: nothing was written")
+		return
+	case errors.Is(err, errUploadRead):
+		ctx.SetConnectionClose()
+		badRequest(ctx, CodeInvalidParam, "could not read the upload to its end: "+err.Error(), "a dry run: nothing was written")
+		return
+	case errors.Is(err, errRevoked):
+		ctx.SetConnectionClose()
+		fail(ctx, 401, CodeAuth, "OAuthException", "the token was revoked during the dry run", "")
+		return
+	case err != nil:
+		s.storageError(ctx, err)
+		return
+	}
+	out := DryRunResult{CampaignResult: *res, DryRun: true, Integrity: DryIntegrity{Flags: []any{}, TierRemaining: -1}}
+	if a.preview != nil {
+		out.Integrity.Flags, out.Integrity.TierRemaining = a.preview.Integrity()
+	}
+	writeJSON(ctx, 200, out)
 }
 
 // partialDetails says how much of a broken-off upload was accepted.
@@ -522,7 +756,7 @@ func (s *Server) campaignJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *recor
 	if e := decodeStrict(raw, &c); e != nil {
 		return e, nil
 	}
-	ttl, e := validateHeader(&c.campaignHeader)
+	p, e := validateHeader(&c.campaignHeader, s.opts.Now())
 	if e != nil {
 		return e, nil
 	}
@@ -532,7 +766,10 @@ func (s *Server) campaignJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *recor
 	if e := a.checkHeader(&c.campaignHeader); e != nil {
 		return e, nil
 	}
-	a.tpl, a.ttl, camp.Name = c.Template.Body, ttl, c.Name
+	a.tpl, a.ttl, a.plan, camp.Name = c.Template.Body, p.ttl, p, c.Name
+	if err := a.begin(); err != nil {
+		return nil, err
+	}
 	for i, r := range c.Recipients {
 		a.line = i + 1
 		if a.resuming(a.line) {
@@ -593,14 +830,17 @@ func (s *Server) streamNDJSON(ctx *fasthttp.RequestCtx, a *admitter, camp *recor
 		}
 		break
 	}
-	ttl, e := validateHeader(&hdr)
+	p, e := validateHeader(&hdr, s.opts.Now())
 	if e != nil {
 		return rerr(e.code, "line 1 (header): %s", e.msg), nil
 	}
 	if e := a.checkHeader(&hdr); e != nil {
 		return e, nil
 	}
-	a.tpl, a.ttl, camp.Name = hdr.Template.Body, ttl, hdr.Name
+	a.tpl, a.ttl, a.plan, camp.Name = hdr.Template.Body, p.ttl, p, hdr.Name
+	if err := a.begin(); err != nil {
+		return nil, err
+	}
 	count := 0
 	for {
 		b, tooLong, err := readLine()
@@ -665,66 +905,4 @@ func (a *admitter) checkHeader(h *campaignHeader) *reqError {
 		return rerr(CodeInvalidParam, "this Idempotency-Key belongs to an upload with a different campaign header; use a new key")
 	}
 	return nil
-}
-
-func (s *Server) getCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
-	c, err := s.opts.Uploads.Campaign(id)
-	if errors.Is(err, records.ErrNotFound) || (err == nil && c.BusinessID != b.ID) {
-		notFound(ctx)
-		return
-	}
-	if err != nil {
-		s.storageError(ctx, err)
-		return
-	}
-	cnt, err := s.opts.Statuses.Counters(id)
-	if err != nil {
-		s.storageError(ctx, err)
-		return
-	}
-	queued := max(0, int64(c.Accepted)-cnt.Sent-cnt.Failed)
-	failures := map[string]int64{} // {} , not null
-	for code, n := range cnt.Failures {
-		if c, err := strconv.Atoi(code); err == nil {
-			code = strconv.Itoa(heraldtype.StoredCode(c)) // counted by an older Herald
-		}
-		failures[code] += n
-	}
-	out := map[string]any{
-		"campaign_id": c.ID, "name": c.Name, "phone_number_id": c.PhoneNumberID,
-		"accepted": c.Accepted, "rejected": c.Rejected,
-		// counts: where each accepted message is now (they add up to accepted).
-		"counts": map[string]int64{
-			heraldtype.StatusQueued: queued, heraldtype.StatusSent: cnt.Sent - cnt.Delivered,
-			heraldtype.StatusDelivered: cnt.Delivered - cnt.Read, heraldtype.StatusRead: cnt.Read,
-			heraldtype.StatusFailed: cnt.Failed, "canceled": 0,
-		},
-		// totals: how many ever reached each status (they only grow).
-		"totals": map[string]int64{
-			heraldtype.StatusSent: cnt.Sent, heraldtype.StatusDelivered: cnt.Delivered, heraldtype.StatusRead: cnt.Read,
-			heraldtype.StatusFailed: cnt.Failed, "canceled": 0,
-		},
-		"failures":   failures,
-		"created_at": heraldtype.FormatTime(time.UnixMilli(c.CreatedMS)),
-	}
-	started := cnt.FirstSent
-	if cnt.FirstSent > 0 {
-		if span := cnt.LastDone - cnt.FirstSent; span > 0 {
-			out["rate_per_second"] = float64(cnt.Sent+cnt.Failed) / (float64(span) / 1000)
-		}
-	}
-	if queued == 0 && c.UploadedMS > 0 {
-		done := cnt.LastDone
-		if done == 0 {
-			done = c.UploadedMS
-		}
-		if started == 0 || started > done {
-			started = min(done, max(started, c.CreatedMS)) // nothing was sent (all failed, or none): it started when the last ended, at the latest
-		}
-		out["finished_at"] = heraldtype.FormatTime(time.UnixMilli(done))
-	}
-	if started > 0 {
-		out["started_at"] = heraldtype.FormatTime(time.UnixMilli(started))
-	}
-	writeJSON(ctx, 200, out)
 }

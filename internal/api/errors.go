@@ -33,6 +33,7 @@ const (
 	CodeConflict     = heraldtype.CodeInvalidParam // (409) same Idempotency-Key in flight
 	CodeBadSignature = heraldtype.CodeAuth         // platform event signature missing or wrong
 	CodeTooManyRcpts = heraldtype.CodeTooManyRecipients
+	CodeBadParam     = heraldtype.CodeBadParam // a value out of range: send_at, quiet_hours, limit
 )
 
 type errBody struct {

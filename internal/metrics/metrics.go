@@ -21,6 +21,8 @@ type Metrics struct {
 	Delivered      prometheus.Counter
 	Read           prometheus.Counter
 	Failed         *prometheus.CounterVec // code
+	Canceled       prometheus.Counter
+	Parked         prometheus.Counter
 	Retries        *prometheus.CounterVec // reason
 	PlatformErrors *prometheus.CounterVec // code
 	SessionResets  prometheus.Counter
@@ -82,6 +84,8 @@ func New() *Metrics {
 		Delivered:           f("messages_delivered_total", "Messages reported delivered."),
 		Read:                f("messages_read_total", "Messages reported read."),
 		Failed:              v("messages_failed_total", "Messages failed, by code.", "code"),
+		Canceled:            f("messages_canceled_total", "Messages canceled with their campaign before they were sent."),
+		Parked:              f("messages_parked_total", "Messages set aside while their campaign was paused (each counted once per pause)."),
 		Retries:             v("retries_total", "Retransmissions scheduled, by reason.", "reason"),
 		PlatformErrors:      v("platform_errors_total", "Platform errors, by code.", "code"),
 		SessionResets:       f("session_resets_total", "Signal sessions reset after bad_message or decrypt_failed."),

@@ -25,6 +25,7 @@ import (
 	"github.com/heraldhq/herald/heraldtype"
 	"github.com/heraldhq/herald/internal/api"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/campaigns"
 	"github.com/heraldhq/herald/internal/inbound"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
@@ -127,6 +128,8 @@ type Node struct {
 	API         *api.Server
 	// Uploads: campaign records, idempotent answers and upload progress.
 	Uploads *records.Uploads
+	// Campaigns: paused and canceled campaigns (the engine obeys them).
+	Campaigns *campaigns.Control
 	// Inbound: what users write to the businesses.
 	Inbound *inbound.Receiver
 	Sim     *sim.Server
@@ -253,6 +256,9 @@ func New(cfg Config) (n *Node, err error) {
 	if n.Tenants, err = tenant.Open(n.db, n.Sealer); err != nil {
 		return nil, err
 	}
+	if n.Campaigns, err = campaigns.Open(n.db); err != nil {
+		return nil, err
+	}
 	tenants := n.Tenants
 	if n.Webhooks, err = webhook.New(webhook.Options{DB: n.db, Sealer: n.Sealer, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now,
 		Allow: cfg.WebhookAllow, DisplayNumber: func(pn string) string {
@@ -357,7 +363,7 @@ func (n *Node) newEngine() (*engine.Engine, error) {
 	}
 	n.sessions, n.peerLocks = store, signal.NewPeerLocks()
 	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, PeerLocks: n.peerLocks, Sealer: n.Sealer, Transport: n.client,
-		Directory: n.Tenants, Metrics: n.Metrics, Workers: cfg.Workers, GroupsPerTask: cfg.GroupsPerTask, Logger: cfg.Logger,
+		Directory: n.Tenants, Campaigns: n.Campaigns, Metrics: n.Metrics, Workers: cfg.Workers, GroupsPerTask: cfg.GroupsPerTask, Logger: cfg.Logger,
 		StatusHook: n.Webhooks.Hook, PurgeInterval: cfg.PurgeInterval, Now: cfg.Now}
 	limits, observe := n.Limits, cfg.OnStatus
 	eo.OnStatus = func(cs []heraldtype.StatusChange) {
@@ -392,7 +398,7 @@ func (n *Node) newEngine() (*engine.Engine, error) {
 func (n *Node) newAPI(secret string) (err error) {
 	cfg := n.cfg
 	n.Uploads = records.NewUploads(n.db, n.Sealer, cfg.Now)
-	ao := api.Options{DB: n.db, Queue: n.Queue, Events: n.Engine, Statuses: n.Engine.Statuses(), Uploads: n.Uploads, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
+	ao := api.Options{DB: n.db, Queue: n.Queue, Campaigns: n.Campaigns, Events: n.Engine, Statuses: n.Engine.Statuses(), Uploads: n.Uploads, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
 		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, HeaderTimeout: cfg.HeaderTimeout, MaxConnsPerIP: cfg.MaxConnsPerIP,
 		Ready: n.ready, Now: cfg.Now, QueueShare: cfg.QueueShare}
@@ -417,6 +423,14 @@ func (n *Node) newAPI(secret string) (err error) {
 	}
 	if n.Limits != nil {
 		ao.Admitter = n.Limits
+		limits := n.Limits
+		ao.Preview = func(b *tenant.Business, pn string, now time.Time) (api.Preview, error) {
+			d, err := limits.DryRun(b, pn, now)
+			if err != nil {
+				return nil, err
+			}
+			return preview{d}, nil
+		}
 	}
 	if n.Inbound, err = inbound.New(inbound.Options{DB: n.db, Sealer: n.Sealer, Sessions: n.sessions, Locks: n.peerLocks,
 		Tenants: n.Tenants, Webhooks: n.Webhooks, Metrics: n.Metrics, Logger: cfg.Logger, Now: cfg.Now, Platform: n.client,
@@ -621,6 +635,9 @@ func (n *Node) Start(ctx context.Context) error {
 		n.Sim.Start()
 		fmt.Fprintf(n.cfg.Out, "no --platform given: started the built-in platform simulator at %s\n", n.Sim.URL())
 	}
+	if err := n.unparkNotHeld(ctx); err != nil {
+		return err
+	}
 	if err := n.Engine.Start(ctx); err != nil {
 		return err
 	}
@@ -640,6 +657,9 @@ func (n *Node) Start(ctx context.Context) error {
 	n.every("upload records retention", n.cfg.RetentionInterval, func() {
 		if _, err := n.Uploads.Sweep(n.cfg.Now(), 1000); err != nil {
 			n.cfg.Logger.Error("node: retention sweep of upload records failed", "err", err)
+		}
+		if _, err := n.Campaigns.Sweep(n.cfg.Now().Add(-records.StatusGrace)); err != nil {
+			n.cfg.Logger.Error("node: retention sweep of campaign states failed", "err", err)
 		}
 	})
 	go func() { n.serveErr <- n.API.Serve(n.ln) }()
@@ -661,6 +681,25 @@ func (n *Node) Start(ctx context.Context) error {
 			n.DemoToken, n.URL(), n.DemoPhoneNumberID)
 	}
 	fmt.Fprintf(n.cfg.Out, "listening on %s\n", n.URL())
+	return nil
+}
+
+// unparkNotHeld moves back into the queue the parked messages of campaigns
+// that are no longer paused: a resume or cancel whose unpark a crash cut
+// short (the canceled ones are then canceled by the engine as it meets them).
+func (n *Node) unparkNotHeld(ctx context.Context) error {
+	groups, err := n.Queue.ParkedGroups()
+	if err != nil {
+		return err
+	}
+	for _, g := range groups {
+		if n.Campaigns.State(g) == heraldtype.CampaignPaused {
+			continue
+		}
+		if _, err := n.Queue.Unpark(ctx, g); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -734,3 +773,8 @@ func optOuter(l *ratelimit.Limiter) inbound.OptOuter {
 // Sessions is the Signal store the engine and inbound share (tools and
 // tests).
 func (n *Node) Sessions() *signal.Store { return n.sessions }
+
+// preview adapts ratelimit.DryRun to api.Preview.
+type preview struct{ *ratelimit.DryRun }
+
+func (p preview) Integrity() (any, int64) { return p.DryRun.Integrity() }

@@ -48,6 +48,7 @@ type Counters struct {
 	Delivered int64            `json:"delivered"`
 	Read      int64            `json:"read"`
 	Failed    int64            `json:"failed"`
+	Canceled  int64            `json:"canceled,omitempty"`
 	Failures  map[string]int64 `json:"failures,omitempty"`
 	FirstSent int64            `json:"first_sent_ms,omitempty"`
 	LastDone  int64            `json:"last_done_ms,omitempty"`
@@ -473,10 +474,16 @@ func (s *Statuses) record(u Update, recs map[string]*MessageStatus) *MessageStat
 // status never goes back, failed is terminal, and a delivered message cannot
 // fail.
 func advances(rec *MessageStatus, u Update, from, to int) bool {
-	if rec.Status == heraldtype.StatusFailed || to <= from {
+	if heraldtype.Terminal(rec.Status) || to <= from {
 		return false
 	}
-	return u.Status != heraldtype.StatusFailed || from < heraldtype.Rank(heraldtype.StatusDelivered)
+	switch u.Status {
+	case heraldtype.StatusCanceled:
+		return from == 0 // only a message still queued is canceled
+	case heraldtype.StatusFailed:
+		return from < heraldtype.Rank(heraldtype.StatusDelivered)
+	}
+	return true
 }
 
 // queuedAt is when rec's message was accepted (unix seconds; 0 unknown).
@@ -493,6 +500,14 @@ func queuedAt(rec *MessageStatus) int64 {
 // the first "sent" and "delivered".
 func (s *Statuses) count(c *Counters, u Update, from, to int, accepted int64) {
 	ms := u.At.UnixMilli()
+	if u.Status == heraldtype.StatusCanceled {
+		if c != nil {
+			c.Canceled++
+			c.LastDone = ms
+		}
+		s.m.Canceled.Inc()
+		return
+	}
 	if u.Status == heraldtype.StatusFailed {
 		if c != nil {
 			c.Failed++
@@ -540,12 +555,12 @@ func (s *Statuses) count(c *Counters, u Update, from, to int, accepted int64) {
 // "sent" reports both).
 func appendChanges(changes []heraldtype.StatusChange, rec *MessageStatus, u Update, from, to int) []heraldtype.StatusChange {
 	first := to
-	if u.Status != heraldtype.StatusFailed {
+	if !heraldtype.Terminal(u.Status) {
 		first = from + 1
 	}
 	for r := first; r <= to; r++ {
 		st := u.Status
-		if u.Status != heraldtype.StatusFailed {
+		if !heraldtype.Terminal(u.Status) {
 			st = rankNames[r]
 		}
 		changes = append(changes, heraldtype.StatusChange{MessageID: u.ID, BusinessID: rec.BusinessID, PhoneNumberID: rec.PhoneNumberID,

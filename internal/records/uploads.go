@@ -19,6 +19,7 @@ import (
 // answer for expire, never later than IdemTTL (invariant 11).
 //
 //	e C <campaign id>                     → campaign record (sealed JSON; clear JSON before s12)
+//	e L <phone number id> 0 <^created ms(8)> <campaign id> → the list of a number's campaigns, newest first
 //	t K <business> 0 <key>                → campaign answer: sent ms(8) || body (sealed)
 //	t K <business> 0 0x01 msg 0 <key>     → single-send answer: sent ms(8) || SHA-256 of the request || body (sealed)
 //	t P <business> 0 <key>                → upload progress (sealed, the API's JSON)
@@ -40,6 +41,13 @@ type Campaign struct {
 	// ExpiresMS is when the campaign's last message expires (upload + TTL):
 	// the record and its counters are deleted StatusGrace after it.
 	ExpiresMS int64 `json:"expires_ms,omitempty"`
+	// SendAtMS: nothing is sent before (0: at once).
+	SendAtMS int64 `json:"send_at_ms,omitempty"`
+	// Quiet hours in the recipients' local time, "HH:MM" (empty: none).
+	QuietStart string `json:"quiet_start,omitempty"`
+	QuietEnd   string `json:"quiet_end,omitempty"`
+	// TTLSeconds is each message's time to live.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
 }
 
 // Uploads reads and writes the records uploads and single sends leave.
@@ -55,6 +63,13 @@ func NewUploads(db *kv.DB, sealer *seal.Sealer, now func() time.Time) *Uploads {
 }
 
 func campaignKey(id string) []byte { return append([]byte("eC"), id...) }
+
+// listKey files a campaign under its phone number, newest first.
+func listKey(pn string, createdMS int64, id string) []byte {
+	k := append([]byte("eL"+pn), 0)
+	k = binary.BigEndian.AppendUint64(k, ^uint64(createdMS))
+	return append(k, id...)
+}
 
 func idemKey(biz, key string) []byte { return append([]byte("tK"+biz+"\x00"), key...) }
 
@@ -80,12 +95,50 @@ func IdemExpiry(created time.Time, ttl time.Duration) time.Time {
 	return created.Add(ttl)
 }
 
-// SaveCampaign writes c (sealed: the name is the business's words), fsync'd.
+// SaveCampaign writes c (sealed: the name is the business's words) and its
+// place in its phone number's list, fsync'd.
 func (u *Uploads) SaveCampaign(c *Campaign) error {
 	v, _ := json.Marshal(c)
 	b := u.db.NewBatch()
 	b.Set(campaignKey(c.ID), u.sealer.Seal(nil, v), nil)
+	b.Set(listKey(c.PhoneNumberID, c.CreatedMS, c.ID), nil, nil)
 	return u.db.Commit(b, true)
+}
+
+// ListCampaigns returns up to limit campaigns of phone number pn, newest
+// first, starting after the campaign named by after (a cursor ListCampaigns
+// returned; "" for the first page). next is the cursor of the page's last
+// campaign when more may follow.
+func (u *Uploads) ListCampaigns(pn, after string, limit int) (out []*Campaign, next string, err error) {
+	pre := append([]byte("eL"+pn), 0)
+	lo := pre
+	if after != "" {
+		c, err := u.Campaign(after)
+		if err != nil || c.PhoneNumberID != pn {
+			return nil, "", ErrNotFound
+		}
+		lo = append(listKey(pn, c.CreatedMS, c.ID), 0)
+	}
+	it, err := u.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(pre)})
+	if err != nil {
+		return nil, "", err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) < len(pre)+8 {
+			continue
+		}
+		if len(out) == limit {
+			return out, out[len(out)-1].ID, nil
+		}
+		c, err := u.Campaign(string(k[len(pre)+8:]))
+		if err != nil {
+			continue // swept meanwhile
+		}
+		out = append(out, c)
+	}
+	return out, "", it.Error()
 }
 
 // Campaign reads campaign id; ErrNotFound when there is none (or it does
@@ -218,6 +271,7 @@ func (u *Uploads) Sweep(now time.Time, limit int) (int, error) {
 			continue
 		}
 		b.Delete(append([]byte(nil), it.Key()...), nil)
+		b.Delete(listKey(c.PhoneNumberID, c.CreatedMS, c.ID), nil)
 		DeleteCounters(b, c.ID)
 		m++
 	}
