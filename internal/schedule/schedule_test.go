@@ -10,7 +10,7 @@ import (
 func TestZoneFromCountryCode(t *testing.T) {
 	for _, c := range []struct{ digits, want string }{
 		{"4915123456789", "Europe/Berlin"},
-		{"447700900123", "Europe/London"}, // several zones (Jersey, Guernsey…), all at +0: the first by name is fine, they agree
+		{"447700900123", "Europe/London"},  // several zones (Jersey, Guernsey…), all at +0: the first by name is fine, they agree
 		{"34612345678", "Atlantic/Canary"}, // Spain: the Canaries are west of Madrid
 		{"5511912345678", "America/Rio_Branco"},
 		{"99912345678", "UTC"}, // no such country code
@@ -55,9 +55,9 @@ func TestNext(t *testing.T) {
 	q, _ := Quiet("21:00", "08:00")
 	at := func(d, h, m int) time.Time { return time.Date(2026, 3, d, h, m, 0, 0, berlin) }
 	for _, c := range []struct{ now, want time.Time }{
-		{at(10, 12, 0), at(10, 12, 0)},  // day: now
+		{at(10, 12, 0), at(10, 12, 0)},   // day: now
 		{at(10, 20, 59), at(10, 20, 59)}, // a minute before
-		{at(10, 21, 0), at(11, 8, 0)},   // evening: tomorrow 08:00
+		{at(10, 21, 0), at(11, 8, 0)},    // evening: tomorrow 08:00
 		{at(10, 23, 30), at(11, 8, 0)},
 		{at(11, 3, 0), at(11, 8, 0)}, // after midnight: this morning
 		{at(11, 8, 0), at(11, 8, 0)},
