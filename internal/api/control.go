@@ -77,6 +77,15 @@ func (s *Server) campaignView(c *records.Campaign) (map[string]any, error) {
 	if s.opts.Campaigns != nil {
 		control = s.opts.Campaigns.State(c.ID)
 	}
+	canceled := cnt.Canceled
+	if control == heraldtype.CampaignCanceled {
+		// Nothing still queued will be sent (the engine's hand-off obeys the
+		// cancel): it counts as canceled now, while each message's own status
+		// turns canceled as the engine meets it (at once for messages due,
+		// at their due time for scheduled ones).
+		canceled += queued
+		queued = 0
+	}
 	now := s.opts.Now()
 	out := map[string]any{
 		"campaign_id": c.ID, "name": c.Name, "phone_number_id": c.PhoneNumberID,
@@ -86,12 +95,12 @@ func (s *Server) campaignView(c *records.Campaign) (map[string]any, error) {
 		"counts": map[string]int64{
 			heraldtype.StatusQueued: queued, heraldtype.StatusSent: cnt.Sent - cnt.Delivered,
 			heraldtype.StatusDelivered: cnt.Delivered - cnt.Read, heraldtype.StatusRead: cnt.Read,
-			heraldtype.StatusFailed: cnt.Failed, heraldtype.StatusCanceled: cnt.Canceled,
+			heraldtype.StatusFailed: cnt.Failed, heraldtype.StatusCanceled: canceled,
 		},
 		// totals: how many ever reached each status (they only grow).
 		"totals": map[string]int64{
 			heraldtype.StatusSent: cnt.Sent, heraldtype.StatusDelivered: cnt.Delivered, heraldtype.StatusRead: cnt.Read,
-			heraldtype.StatusFailed: cnt.Failed, heraldtype.StatusCanceled: cnt.Canceled,
+			heraldtype.StatusFailed: cnt.Failed, heraldtype.StatusCanceled: canceled,
 		},
 		"failures":   failures,
 		"created_at": heraldtype.FormatTime(time.UnixMilli(c.CreatedMS)),
