@@ -1,13 +1,17 @@
 package engine_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald/engine"
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/campaigns"
 	"github.com/heraldhq/herald/internal/metrics"
 	"github.com/heraldhq/herald/internal/testutil"
 )
@@ -174,4 +178,94 @@ func retryReasons(t *testing.T, m *metrics.Metrics) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// TestCanceledCiphertextsLeaveAGapJavaScriptSkips: a campaign is canceled
+// while its first messages are on the wire and its later messages'
+// ciphertexts are already stored (their sessions advanced). Those
+// ciphertexts are dropped with the cancel and never sent; the next message
+// to each user goes in the advanced session, one or more counters later, and
+// the JavaScript libsignal recipients decrypt it (they skip the gap).
+func TestCanceledCiphertextsLeaveAGapJavaScriptSkips(t *testing.T) {
+	script := testutil.ConformanceScript(t)
+	base, _ := testutil.StartListening(t, 3*time.Minute, script,
+		"--listen", "127.0.0.1:0", "--secret", "sekret", "--users", "1000")
+	const campaign = "cmp_gap"
+	var mu sync.Mutex
+	ours := map[string]bool{}
+	hold := newHolding(func(id string) bool { mu.Lock(); defer mu.Unlock(); return ours[id] }, false)
+	var ctl *campaigns.Control
+	h := newHarness(t, harnessOpts{noSim: true, simURL: base, clientTO: 60 * time.Second, noStart: true,
+		wrap: func(tr engine.Transport) engine.Transport { hold.Transport = tr; return hold },
+		engine: func(o *engine.Options) {
+			var err error
+			if ctl, err = campaigns.Open(o.DB); err != nil {
+				t.Fatal(err)
+			}
+			o.Campaigns = ctl
+		}})
+	var users []string
+	for i := 0; i < 60; i++ {
+		users = append(users, fmt.Sprintf("1777%07d", 500+i))
+	}
+	ids := h.enqueue(users, 3, campaign, time.Hour)
+	mu.Lock()
+	for _, l := range ids {
+		for _, id := range l {
+			ours[id] = true
+		}
+	}
+	mu.Unlock()
+	h.eng.Start(context.Background())
+	select {
+	case <-hold.held:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the campaign never reached the platform")
+	}
+	// Ciphertexts stored beyond the round on the wire: the later messages'.
+	stored := countPrefix(t, h, "eO")
+	done := make(chan error, 1)
+	go func() { done <- ctl.Set(campaign, heraldtype.CampaignCanceled, time.Now(), time.Now().Add(time.Hour)) }()
+	close(hold.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	hold.stopped.Store(true)
+	h.drain(3 * time.Minute)
+	c, _ := h.eng.Statuses().Counters(campaign)
+	if c.Canceled == 0 || stored <= int(c.Sent) {
+		t.Fatalf("nothing canceled with its ciphertext stored (stored %d, counters %+v)", stored, c)
+	}
+	if n := countPrefix(t, h, "eO"); n != 0 {
+		t.Fatalf("%d outbox records left after the cancel", n)
+	}
+	if hold.after.Load() != 0 {
+		t.Fatalf("%d envelopes of the canceled campaign sent after the cancel", hold.after.Load())
+	}
+	after := h.enqueue(users, 1, "after", time.Hour)
+	h.drain(3 * time.Minute)
+	var stats struct {
+		Decrypted int            `json:"decrypted"`
+		Failures  map[string]int `json:"failures"`
+	}
+	getJSON(t, base+"/v1/stats", &stats)
+	if len(stats.Failures) != 0 {
+		t.Fatalf("JavaScript libsignal failed after the gap: %v", stats)
+	}
+	var received map[string][]struct {
+		ID string `json:"id"`
+	}
+	getJSON(t, base+"/conformance/received", &received)
+	last := map[string]bool{}
+	for _, msgs := range received {
+		if len(msgs) > 0 {
+			last[msgs[len(msgs)-1].ID] = true
+		}
+	}
+	for i, u := range users {
+		if i%50 != 49 && !last[after[u][0]] {
+			t.Fatalf("%s: the message after the cancel was not decrypted last on its devices", u)
+		}
+	}
+	checkReceived(t, h, base)
 }
