@@ -35,7 +35,7 @@ type usageError struct{ error }
 
 // run executes the command line and returns the exit code.
 func run(ctx context.Context, root *cobra.Command, args []string) int {
-	root.AddCommand(serveCmd(), platformCmd(), demoCmd(), loadCmd(), adminCmd())
+	root.AddCommand(serveCmd(), platformCmd(), demoCmd(), loadCmd(), adminCmd(), campaignCmd())
 	flagErr := func(_ *cobra.Command, err error) error { return usageError{err} }
 	root.SetFlagErrorFunc(flagErr)
 	// Every command that runs (admin's subcommands included) takes --config
@@ -64,7 +64,7 @@ func run(ctx context.Context, root *cobra.Command, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "herald:", err)
 	var ue usageError
-	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "required flag") {
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "required flag") || strings.HasPrefix(err.Error(), "accepts ") {
 		return 2
 	}
 	return 1

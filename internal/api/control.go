@@ -146,6 +146,7 @@ func (s *Server) campaignView(c *records.Campaign) (map[string]any, error) {
 // to the platform (campaigns.Control.Set waits for hand-offs in progress).
 func (s *Server) campaignControl(to string) func(*fasthttp.RequestCtx, *tenant.Business, string) {
 	verb := map[string]string{heraldtype.CampaignPaused: "pause", heraldtype.CampaignRunning: "resume", heraldtype.CampaignCanceled: "cancel"}[to]
+	done := map[string]string{heraldtype.CampaignPaused: "paused", heraldtype.CampaignRunning: "resumed", heraldtype.CampaignCanceled: "canceled"}[to]
 	return func(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
 		if len(ctx.PostBody()) > 0 && string(ctx.PostBody()) != "{}" {
 			badRequest(ctx, CodeInvalidParam, verb+" takes no body", "")
@@ -165,7 +166,7 @@ func (s *Server) campaignControl(to string) func(*fasthttp.RequestCtx, *tenant.B
 			return
 		}
 		if st := v["state"].(string); st == heraldtype.CampaignCanceled || st == heraldtype.CampaignDone {
-			fail(ctx, 409, CodeConflict, "OAuthException", fmt.Sprintf("campaign %s is %s: it can no longer be %sd", id, st, verb),
+			fail(ctx, 409, CodeConflict, "OAuthException", fmt.Sprintf("campaign %s is %s: it can no longer be %s", id, st, done),
 				"pause, resume and cancel apply to scheduled, running and paused campaigns")
 			return
 		}
@@ -176,7 +177,7 @@ func (s *Server) campaignControl(to string) func(*fasthttp.RequestCtx, *tenant.B
 		}
 		err = s.opts.Campaigns.Set(id, to, now, expires)
 		if errors.Is(err, campaigns.ErrState) { // canceled meanwhile
-			fail(ctx, 409, CodeConflict, "OAuthException", fmt.Sprintf("campaign %s is canceled: it can no longer be %sd", id, verb), "")
+			fail(ctx, 409, CodeConflict, "OAuthException", fmt.Sprintf("campaign %s is canceled: it can no longer be %s", id, done), "")
 			return
 		}
 		if err != nil {
@@ -191,7 +192,7 @@ func (s *Server) campaignControl(to string) func(*fasthttp.RequestCtx, *tenant.B
 				s.log(ctx).Error("api: could not unpark a campaign's messages; the next start does", "campaign", id, "err", err)
 			}
 		}
-		s.log(ctx).Info("api: campaign "+verb+"d", "campaign", id) // routine: a business's decision
+		s.log(ctx).Info("api: campaign "+done, "campaign", id) // routine: a business's decision
 		if v, err = s.campaignView(c); err != nil {
 			s.storageError(ctx, err)
 			return
