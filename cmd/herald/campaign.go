@@ -50,7 +50,9 @@ type campaignView struct {
 func (v *campaignView) final() bool { return v.State == "done" || v.State == "canceled" }
 
 // ended is how many messages reached an end: sent, failed or canceled.
-func (v *campaignView) ended() int64 { return v.Totals["sent"] + v.Totals["failed"] + v.Totals["canceled"] }
+func (v *campaignView) ended() int64 {
+	return v.Totals["sent"] + v.Totals["failed"] + v.Totals["canceled"]
+}
 
 var statusOrder = []string{"queued", "sent", "delivered", "read", "failed", "canceled"}
 
@@ -79,7 +81,7 @@ func campaignCmd() *cobra.Command {
 	var all, asJSON bool
 	list := &cobra.Command{Use: "list", Short: "A phone number's campaigns, newest first", Args: cobra.NoArgs,
 		Example: "  herald campaign list --phone-number-id pn_0123456789abcdef --limit 10",
-		RunE: func(*cobra.Command, []string) error { return c.list(pn, limit, all, asJSON) }}
+		RunE:    func(*cobra.Command, []string) error { return c.list(pn, limit, all, asJSON) }}
 	list.Flags().StringVar(&pn, "phone-number-id", "", "the phone number id")
 	list.Flags().IntVar(&limit, "limit", 25, "campaigns per page (1-100)")
 	list.Flags().BoolVar(&all, "all", false, "every page, not only the first")
