@@ -187,6 +187,7 @@ func TestCrashLoopRealProcesses(t *testing.T) {
 		PNs   []string `json:"phone_number_ids"`
 	}
 	json.Unmarshal(b, &biz)
+	held := h.controlled(biz.Token, biz.PNs[0])
 
 	// Uploads: one after another until the killer is done, each retried with
 	// its key until it answers 200.
@@ -206,7 +207,7 @@ func TestCrashLoopRealProcesses(t *testing.T) {
 			for i := 0; i < per; i++ {
 				// Scattered user indexes: a consecutive run would trip the
 				// enumeration detector; each campaign its own users.
-				u := (n*per + i) * 7919 % 1_000_000
+				u := (n*per + i) * 7919 % 900_000 // 900,000 and up: the paused and canceled campaigns' users
 				fmt.Fprintf(&body, `{"to":"%s%07d","vars":{"name":"u%d"}}`+"\n", prefix, u, u)
 			}
 			key := fmt.Sprintf("crash-upload-%d", n)
@@ -285,13 +286,15 @@ func TestCrashLoopRealProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Everything accepted must arrive.
+	// Everything accepted must arrive; of the paused and the canceled
+	// campaign, only what was sent before the answer.
 	mu.Lock()
 	total := 0
 	for _, n := range campaigns {
 		total += n
 	}
 	mu.Unlock()
+	total += int(held.paused.sent + held.canceled.sent)
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		st := h.stats()
@@ -333,6 +336,105 @@ func TestCrashLoopRealProcesses(t *testing.T) {
 			t.Fatalf("campaign %s: view %+v, upload answered %d", id, view, accepted)
 		}
 	}
+	// The paused campaign is still paused with its messages held, the
+	// canceled one canceled: kills changed neither. Resumed, the paused one
+	// completes.
+	held.check(h, biz.Token, "paused", held.paused)
+	held.check(h, biz.Token, "canceled", held.canceled)
+	if code, b, err := api("POST", "http://"+h.addr+"/v1/campaigns/"+held.paused.id+"/resume", biz.Token, "", nil, nil); err != nil || code != 200 {
+		t.Fatalf("resume after the kills: %d %s %v", code, b, err)
+	}
+	want := int64(total-int(held.paused.sent)+held.paused.accepted) * devices
+	deadline = time.Now().Add(5 * time.Minute)
+	for st := h.stats(); st.Decrypted < want; st = h.stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the resume: %d of %d device deliveries (%+v)", st.Decrypted, want, st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st = h.stats(); st.Decrypted != want || len(st.Failures) != 0 || st.OrderingViolations != 0 {
+		t.Fatalf("after the resume: %+v, want exactly %d decrypted", st, want)
+	}
+	fmt.Printf("crash loop: a paused campaign (%d of %d sent before the pause) and a canceled one (%d of %d) kept their state through the kills; the paused one completed after a resume\n",
+		held.paused.sent, held.paused.accepted, held.canceled.sent, held.canceled.accepted)
 	fmt.Printf("crash loop (real processes): %d kills survived (%v); %d campaigns, %d messages, %d device deliveries, %d duplicates absorbed by the platform's dedupe\n",
 		kills, survived, len(campaigns), total, st.Decrypted, st.Duplicates)
+}
+
+// heldCampaign is a campaign paused or canceled before the kills: how many
+// of its messages the upload accepted and how many were sent before the
+// answer (statuses settled).
+type heldCampaign struct {
+	id       string
+	accepted int
+	sent     int64
+}
+
+type heldCampaigns struct{ paused, canceled heldCampaign }
+
+// controlled uploads two campaigns to users of their own (900,000 and up),
+// pauses one and cancels the other at once, and records what each had sent.
+func (h *harness) controlled(token, pn string) *heldCampaigns {
+	h.t.Helper()
+	out := &heldCampaigns{}
+	for k, c := range []*heldCampaign{&out.paused, &out.canceled} {
+		var body strings.Builder
+		fmt.Fprintf(&body, `{"name":"held-%d","template":{"body":"Held %d for {{name}}"}}`+"\n", k, k)
+		for i := 0; i < 2000; i++ {
+			u := 900_000 + k*50_000 + i*17
+			fmt.Fprintf(&body, `{"to":"%s%07d","vars":{"name":"u%d"}}`+"\n", prefix, u, u)
+		}
+		code, b, err := api("POST", "http://"+h.addr+"/v1/"+pn+"/campaigns", token, "application/x-ndjson", []byte(body.String()), nil)
+		if err != nil || code != 200 {
+			h.t.Fatalf("held campaign upload: %d %s %v", code, b, err)
+		}
+		var res struct {
+			ID       string `json:"campaign_id"`
+			Accepted int    `json:"accepted"`
+		}
+		json.Unmarshal(b, &res)
+		c.id, c.accepted = res.ID, res.Accepted
+		verb := []string{"pause", "cancel"}[k]
+		if code, b, err := api("POST", "http://"+h.addr+"/v1/campaigns/"+c.id+"/"+verb, token, "", nil, nil); err != nil || code != 200 {
+			h.t.Fatalf("%s: %d %s %v", verb, code, b, err)
+		}
+	}
+	time.Sleep(2 * time.Second) // the statuses of what was on the wire at the answer are written
+	for _, c := range []*heldCampaign{&out.paused, &out.canceled} {
+		c.sent = h.view(token, c.id).Totals["sent"]
+	}
+	return out
+}
+
+type campaignView struct {
+	State    string           `json:"state"`
+	Accepted int              `json:"accepted"`
+	Counts   map[string]int64 `json:"counts"`
+	Totals   map[string]int64 `json:"totals"`
+}
+
+func (h *harness) view(token, id string) campaignView {
+	h.t.Helper()
+	code, b, err := api("GET", "http://"+h.addr+"/v1/campaigns/"+id, token, "", nil, nil)
+	if err != nil || code != 200 {
+		h.t.Fatalf("campaign %s: %d %s %v", id, code, b, err)
+	}
+	var v campaignView
+	json.Unmarshal(b, &v)
+	return v
+}
+
+// check: the campaign is still in state, with nothing more sent than at
+// its answer and the rest held (paused) or canceled.
+func (hc *heldCampaigns) check(h *harness, token, state string, c heldCampaign) {
+	h.t.Helper()
+	v := h.view(token, c.id)
+	rest := int64(c.accepted) - c.sent
+	held := v.Counts["queued"]
+	if state == "canceled" {
+		held = v.Counts["canceled"]
+	}
+	if v.State != state || v.Totals["sent"] != c.sent || held != rest-v.Counts["failed"] {
+		h.t.Fatalf("the %s campaign after the kills: %+v (sent %d at the answer of %d)", state, v, c.sent, c.accepted)
+	}
 }
