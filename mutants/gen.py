@@ -133,7 +133,7 @@ m("35-failure-code-of-old", "invariant 8: a status record an older Herald wrote 
   "heraldtype/heraldtype.go", "	case 131052:\n		return CodeExpired\n", "	case 131052:\n		return 131052\n",
   ["./heraldtype/ -run 'TestStoredCodesReadAsToday'"])
 m("36-answer-outside-the-description", "invariant 8: the campaign view gains a field its OpenAPI description does not have",
-  "internal/api/campaigns.go", '		"failures":   failures,\n', '		"failures":   failures, "failures_v2": failures,\n',
+  "internal/api/control.go", '		"failures":   failures,\n', '		"failures":   failures, "failures_v2": failures,\n',
   ["./internal/api/ -run 'TestCampaignViewWhenEveryMessageFails'"])
 m("37-inbound-duplicate-decrypted", "invariant 10: a repeated inbound envelope is decrypted again (and, its key used, refused)",
   "internal/inbound/inbound.go", "		} else if dup {\n", "		} else if false && dup {\n",
@@ -153,6 +153,34 @@ m("41-inbound-stale-session", "invariant 2 with both directions: inbound reads a
   "internal/signal/respond.go", "func (s *Store) current(biz string, r Recipient, device uint32) (*record.Session, error) {\n	return s.Session(biz, r, device)\n}\n",
   "func (s *Store) current(biz string, r Recipient, device uint32) (*record.Session, error) {\n	v, ok, _ := s.db.GetCopy(key('S', biz, &r, device))\n	if !ok {\n		return nil, nil\n	}\n	plain, _ := s.sealer.Open(v)\n	return record.NewSessionFromBytes(plain, Serializer.Session, Serializer.State)\n}\n",
   ["./internal/api/ -run 'TestBothDirectionsShareOneSession'"])
+
+m("42-pause-ignored-at-hand-off", "campaign control: a campaign paused after its messages were leased is still handed to the platform",
+  "engine/transmit.go", "		if st != heraldtype.CampaignRunning {\n			s.r.stopCampaign(s.it, st)", "		if st == heraldtype.CampaignCanceled {\n			s.r.stopCampaign(s.it, st)",
+  ["./engine/ -run 'TestPauseAndCancelRaceTheHandOff'"])
+m("43-state-change-does-not-wait", "campaign control: a pause or cancel answers without waiting for the hand-off in progress",
+  "internal/campaigns/control.go", "	e.hold.Lock()\n	defer e.hold.Unlock()\n", "",
+  ["./engine/ -run 'TestPauseAndCancelRaceTheHandOff'"])
+m("44-held-messages-re-leased", "campaign control: a paused campaign's messages are rescheduled, not parked (a re-leasing loop)",
+  "engine/work.go", "	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, Park: it.p.CampaignID})", "	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, RetryAt: r.now.Add(20 * time.Millisecond)})",
+  ["./engine/ -run 'TestPauseAndCancelRaceTheHandOff'"])
+m("45-parked-messages-never-expire", "invariant 5: a parked message outlives its TTL (Expire does not look in the park range)",
+  "queue/park.go", "	if q.inP[inPBucket(r)].Load() == 0 {\n		return \"\", false, nil", "	if true {\n		return \"\", false, nil",
+  ["./queue/ -run 'TestParkHoldsUntilUnparkAndExpires'"])
+m("46-cancel-unreported", "campaign control: a canceled message leaves the queue without its canceled status",
+  "engine/work.go", "	u := records.Update{ID: it.msg.ID, Status: heraldtype.StatusCanceled, At: r.now, Recipient: it.p.To}\n	withQueued(&u, it)\n	r.ups = append(r.ups, u)\n", "",
+  ["./engine/ -run 'TestPauseAndCancelRaceTheHandOff'"])
+m("47-dry-run-counts-the-tier", "dry run: the preview admits for real (tier use written)",
+  "ratelimit/dryrun.go", "	l := d.l\n	codes := make([]int, len(recipients))\n", "	l := d.l\n	if true {\n		return l.Admit(d.b, d.pn, recipients, now)\n	}\n	codes := make([]int, len(recipients))\n",
+  ["./internal/api/ -run 'TestDryRunChangesNothing'"])
+m("48-quiet-hours-ignored", "campaign control: quiet hours never hold a message",
+  "internal/schedule/schedule.go", "	if !in {\n		return t\n	}", "	if true {\n		return t\n	}",
+  ["./internal/api/ -run 'TestCampaignControlLifecycle'"])
+m("49-send-at-ignored", "campaign control: a scheduled campaign's messages are due at once",
+  "internal/api/campaigns.go", "		due := a.plan.sendAt\n", "		due := time.Time{}\n",
+  ["./internal/api/ -run 'TestCampaignControlLifecycle'"])
+m("50-resume-leaves-messages-parked", "campaign control: a resume does not bring the parked messages back",
+  "internal/api/control.go", "		if to != heraldtype.CampaignPaused {\n", "		if to == heraldtype.CampaignCanceled {\n",
+  ["./internal/api/ -run 'TestCampaignControlLifecycle'"])
 
 only = sys.argv[1:]
 missing = []
