@@ -173,7 +173,7 @@ m("47-dry-run-counts-the-tier", "dry run: the preview admits for real (tier use 
   "ratelimit/dryrun.go", "	l := d.l\n	codes := make([]int, len(recipients))\n", "	l := d.l\n	if true {\n		return l.Admit(d.b, d.pn, recipients, now)\n	}\n	codes := make([]int, len(recipients))\n",
   ["./internal/api/ -run 'TestDryRunChangesNothing'"])
 m("48-quiet-hours-ignored", "campaign control: quiet hours never hold a message",
-  "internal/schedule/schedule.go", "	if !in {\n		return t\n	}", "	if true {\n		return t\n	}",
+  "internal/schedule/schedule.go", "	if !in {\n		return t\n	}", "	if !in || true {\n		return t\n	}",
   ["./internal/api/ -run 'TestCampaignControlLifecycle'"])
 m("49-send-at-ignored", "campaign control: a scheduled campaign's messages are due at once",
   "internal/api/campaigns.go", "		due := a.plan.sendAt\n", "		due := time.Time{}\n",
