@@ -204,6 +204,7 @@ func TestCanceledCiphertextsLeaveAGapJavaScriptSkips(t *testing.T) {
 			}
 			o.Campaigns = ctl
 		}})
+	t.Cleanup(hold.free) // before the harness's own cleanup (LIFO)
 	var users []string
 	for i := 0; i < 60; i++ {
 		users = append(users, fmt.Sprintf("1777%07d", 500+i))
@@ -226,7 +227,7 @@ func TestCanceledCiphertextsLeaveAGapJavaScriptSkips(t *testing.T) {
 	stored := countPrefix(t, h, "eO")
 	done := make(chan error, 1)
 	go func() { done <- ctl.Set(campaign, heraldtype.CampaignCanceled, time.Now(), time.Now().Add(time.Hour)) }()
-	close(hold.release)
+	hold.free()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

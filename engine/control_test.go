@@ -30,6 +30,7 @@ type holdingTransport struct {
 	held    chan struct{} // closed when a call is being held
 	release chan struct{}
 	once    sync.Once
+	freed   sync.Once
 	stopped atomic.Bool
 	after   atomic.Int64 // envelopes of the campaign handed over after stop
 	sent    atomic.Int64 // envelopes of the campaign handed over in all
@@ -40,6 +41,10 @@ func newHolding(ids func(string) bool, keys bool) *holdingTransport {
 	h.armed.Store(true)
 	return h
 }
+
+// free lets the held call go (once; a test that fails early frees it in
+// its cleanup, or the engine's Close would wait for it forever).
+func (h *holdingTransport) free() { h.freed.Do(func() { close(h.release) }) }
 
 func (h *holdingTransport) QueryKeys(ctx context.Context, users []string) (*platform.KeysResponse, error) {
 	if h.keys && h.armed.CompareAndSwap(true, false) {
@@ -111,6 +116,7 @@ func testControlRace(t *testing.T, tc controlCase) {
 			}
 			o.Campaigns, o.Metrics = ctl, m
 		}})
+	t.Cleanup(hold.free) // before the harness's own cleanup (LIFO)
 	n := 120
 	if raceEnabled {
 		n = 40
@@ -147,7 +153,7 @@ func testControlRace(t *testing.T, tc controlCase) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	close(hold.release)
+	hold.free()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
