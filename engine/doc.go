@@ -21,6 +21,13 @@
 //     platform dedupes a retransmission.
 //   - Nothing outlives its TTL: retries are never scheduled past expiry, and the
 //     retention sweeper fails and deletes what is left.
+//   - Campaign control: a campaign paused or canceled (Options.Campaigns) is
+//     set aside before its messages are prepared, and again at the hand-off:
+//     every transmit round holds its campaigns' states (Campaigns.Enter) while
+//     it hands envelopes to the platform, and a pause or cancel waits for that
+//     hold, so nothing goes after its answer. Paused messages are parked in the
+//     queue (once each, ciphertexts kept); canceled ones end "canceled" with
+//     their ciphertexts dropped (the session advance stays).
 //   - Backpressure: a dispatcher leases no more recipients than there are free
 //     worker slots; when the platform is down the breaker turns rounds into
 //     single probes and messages wait on disk.

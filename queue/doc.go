@@ -14,6 +14,8 @@
 //	q S                                  → sequence ceiling (reserved in blocks)
 //
 //	q O <id(4)>                          → owner table: the id records carry → the owner (a business id)
+//	q P <group> 0 shard(2) rcpt(16) seq(8) → a parked record (a paused campaign's), as in R
+//	q p shard(2) rcpt(16) seq(8)           → park index: the group a parked record is under (for Expire)
 //
 // A record's header: version(1) due(8) expires(8) attempt(4), then in version
 // 2 the owner's id (uvarint: the business the message counts against), then
@@ -94,4 +96,15 @@
 //	complete.go  Complete/CompleteMany, Release, Extend
 //	expire.go    Expire: the merge of the epochs' expiry entries
 //	owners.go    the per-owner byte counts
+//	park.go      Outcome.Park, Unpark, ParkedGroups: a paused campaign's messages out of every FIFO
+//
+// # Parking
+//
+// A leased message completed with Outcome.Park leaves its recipient's FIFO
+// for its group's park range, where no Lease looks: a paused campaign costs
+// nothing per dispatch round. Unpark moves a group's records back into R
+// (in sequence order per recipient, with a hint each). Parked records still
+// count in the depth and their owner's bytes, and Expire still deletes them
+// at their TTL (through the park index, consulted only when the recipient's
+// bucket in a fixed-size count table is non-zero).
 package queue
