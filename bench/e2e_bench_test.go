@@ -29,6 +29,7 @@ import (
 	"github.com/heraldhq/herald/bench/baseline"
 	"github.com/heraldhq/herald/engine"
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/campaigns"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/records"
@@ -130,7 +131,13 @@ func newHerald(b *testing.B, simURL string) *heraldDeliverer {
 	}
 	client, _ := platform.NewClient(co)
 	store, _ := signal.NewStore(h.db, sealer, 0)
-	eo := engine.Options{DB: h.db, Queue: h.q, Sessions: store, Sealer: sealer, Transport: client,
+	// Campaign control as in production: every transmit round holds its
+	// campaign's state around the hand-off.
+	ctl, err := campaigns.Open(h.db)
+	if err != nil {
+		b.Fatal(err)
+	}
+	eo := engine.Options{DB: h.db, Queue: h.q, Sessions: store, Sealer: sealer, Transport: client, Campaigns: ctl,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
 	// The real limiter, as in production (HERALD_BENCH_NO_LIMITER=1: off),
 	// with a pair rate that does not bind: the workload sends each recipient
