@@ -194,9 +194,10 @@ func (q *Queue) unparkSome(ctx context.Context, group string, limit int) (int, b
 		}
 		return 0, false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
-	// Durable: a resume's moves must not come back parked after a crash
-	// (the node also unparks every group not held at start).
-	if err := q.db.Commit(b, true); err != nil {
+	// No fsync: a batch is atomic, so a crash leaves each record either
+	// moved or still parked, and the node unparks every group not held at
+	// start.
+	if err := q.db.Commit(b, false); err != nil {
 		for _, bk := range buckets {
 			q.inR[bk].Add(-1)
 		}

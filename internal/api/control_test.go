@@ -4,8 +4,10 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/heraldhq/herald/internal/node"
 	"github.com/heraldhq/herald/internal/schedule"
 	"github.com/heraldhq/herald/internal/testutil"
+	"github.com/heraldhq/herald/internal/webhook"
 )
 
 // campaignBody is a JSON campaign to n simulator users from from*100 on,
@@ -101,6 +104,11 @@ func TestCampaignControlLifecycle(t *testing.T) {
 	}
 	if v := e.campaign(a.Token, c3); count(v, "counts", "canceled") != 20 || count(v, "counts", "queued") != 0 {
 		t.Fatalf("a canceled campaign counts its unsent messages canceled at once: %v", v)
+	}
+	// And each of its messages answers canceled, before the engine met it.
+	m3 := e.messageOf(c3)
+	if code, v := e.do("GET", "/v1/messages/"+m3, a.Token, "", ""); code != 200 || v["status"] != "canceled" {
+		t.Fatalf("a message of the canceled campaign: %d %v", code, v)
 	}
 	e.idle()
 	if st := e.n.Sim.Stats(); st.Decrypted != 0 {
@@ -259,6 +267,25 @@ func TestCampaignScheduleErrors(t *testing.T) {
 	}
 }
 
+// messageOf returns the id of a message of campaign cid (from the status
+// records: a campaign's answer does not list its messages).
+func (e *env) messageOf(cid string) string {
+	e.t.Helper()
+	it, err := e.n.DB().NewIter(&pebble.IterOptions{LowerBound: []byte("eM"), UpperBound: []byte("eN")})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		id := string(it.Key()[2:])
+		if st, err := e.n.Engine.Statuses().Message(id); err == nil && st.CampaignID == cid {
+			return id
+		}
+	}
+	e.t.Fatalf("no message of campaign %s", cid)
+	return ""
+}
+
 // dbDigest hashes every key and value in the node's database.
 func dbDigest(t *testing.T, e *env) [32]byte {
 	t.Helper()
@@ -396,6 +423,26 @@ func TestCancelDuringUpload(t *testing.T) {
 	e := start(t)
 	a := e.business("A", "15550001001", "100k")
 	pn := a.PNs[0]
+	// The webhook gets each canceled message's status, with its recipient.
+	var mu sync.Mutex
+	canceled := map[string]string{}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		sts, _ := webhook.ParsePayload(body)
+		mu.Lock()
+		for _, s := range sts {
+			if s.Status == "canceled" {
+				canceled[s.ID] = s.RecipientID
+			}
+		}
+		mu.Unlock()
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	if code, out := e.do("PUT", "/v1/"+pn+"/webhook", a.Token, fmt.Sprintf(`{"url":"http://%s/hook","secret":"whsecret123"}`, ln.Addr()), ""); code != 200 {
+		t.Fatalf("webhook: %d %v", code, out)
+	}
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest("POST", e.base+"/v1/"+pn+"/campaigns", pr)
 	req.Header.Set("Authorization", "Bearer "+a.Token)
@@ -455,4 +502,17 @@ func TestCancelDuringUpload(t *testing.T) {
 	if st := e.n.Sim.Stats(); st.Envelopes != sentAtCancel {
 		t.Fatalf("%d envelopes accepted by the platform after the cancel's answer", st.Envelopes-sentAtCancel)
 	}
+	testutil.Until(t, 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return int64(len(canceled)) == cnt.Canceled },
+		func() string {
+			mu.Lock()
+			defer mu.Unlock()
+			return fmt.Sprintf("%d canceled statuses at the webhook, %d counted", len(canceled), cnt.Canceled)
+		})
+	mu.Lock()
+	for id, to := range canceled {
+		if !strings.HasPrefix(to, "1555") {
+			t.Fatalf("canceled status of %s without its recipient: %q", id, to)
+		}
+	}
+	mu.Unlock()
 }

@@ -300,6 +300,13 @@ func (s *Server) getMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, id str
 	for _, x := range st.History {
 		h = append(h, hist{Status: x.Status, Timestamp: heraldtype.Timestamp(x.TS), Errors: heraldtype.StatusErrors(x.Code)})
 	}
-	writeJSON(ctx, 200, map[string]any{"id": id, "direction": "outbound", "status": st.Status, "phone_number_id": st.PhoneNumberID,
+	status := st.Status
+	if status == heraldtype.StatusQueued && st.CampaignID != "" && s.opts.Campaigns != nil &&
+		s.opts.Campaigns.State(st.CampaignID) == heraldtype.CampaignCanceled {
+		// Its campaign is canceled: it will never be sent. The history gains
+		// its "canceled" entry when the engine meets the message.
+		status = heraldtype.StatusCanceled
+	}
+	writeJSON(ctx, 200, map[string]any{"id": id, "direction": "outbound", "status": status, "phone_number_id": st.PhoneNumberID,
 		"campaign_id": st.CampaignID, "history": h})
 }

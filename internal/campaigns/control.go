@@ -19,6 +19,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -33,6 +34,9 @@ type Control struct {
 	db *kv.DB
 	mu sync.Mutex
 	m  map[string]*entry
+	// stopped counts the entries whose state is paused or canceled (written
+	// under mu): while it is zero, State answers running without the lock.
+	stopped atomic.Int64
 }
 
 type entry struct {
@@ -64,6 +68,7 @@ func Open(db *kv.DB) (*Control, error) {
 			continue
 		}
 		c.m[string(it.Key()[2:])] = &entry{state: s.State, expires: s.ExpiresMS}
+		c.stopped.Add(1)
 	}
 	return c, it.Error()
 }
@@ -72,7 +77,7 @@ func Open(db *kv.DB) (*Control, error) {
 // or running (anything else: scheduled and done are the API's reading of
 // times and counters).
 func (c *Control) State(id string) string {
-	if id == "" {
+	if id == "" || c.stopped.Load() == 0 {
 		return heraldtype.CampaignRunning
 	}
 	c.mu.Lock()
@@ -192,6 +197,12 @@ func (c *Control) Set(id, state string, now, expires time.Time) error {
 		return err
 	}
 	c.mu.Lock()
+	switch {
+	case state == heraldtype.CampaignRunning && e.state != "":
+		c.stopped.Add(-1)
+	case state != heraldtype.CampaignRunning && e.state == "":
+		c.stopped.Add(1)
+	}
 	if state == heraldtype.CampaignRunning {
 		e.state = ""
 	} else {
@@ -227,6 +238,7 @@ func (c *Control) Sweep(now time.Time) (int, error) {
 	for _, id := range gone {
 		if e := c.m[id]; e != nil && e.users == 0 {
 			delete(c.m, id)
+			c.stopped.Add(-1)
 		}
 	}
 	c.mu.Unlock()
