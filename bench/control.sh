@@ -16,11 +16,11 @@ trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
 go build -o "$work/herald" "$root/cmd/herald"
 port=$((20000 + RANDOM % 20000))
 url=http://127.0.0.1:$port
-"$work/herald" serve --data "$work/data" --listen 127.0.0.1:$port --admin-token admin-bench \
+"$work/herald" serve --data "$work/data" --listen 127.0.0.1:$port --admin-token admin-bench-token-0123 \
   --no-demo-business --log-level error --sim-users 1000000 >"$work/serve.log" 2>&1 &
 pid=$!
-until curl -sf $url/readyz >/dev/null; do sleep 0.2; done
-biz=$(curl -sf -H 'Authorization: Bearer admin-bench' -d '{"name":"Bench","phone_numbers":["15550009999"],"tier":"unlimited","mps":1000}' $url/admin/v1/businesses)
+until curl -sf $url/readyz >/dev/null; do kill -0 $pid 2>/dev/null || { cat "$work/serve.log"; exit 1; }; sleep 0.2; done
+biz=$(curl -sf -H 'Authorization: Bearer admin-bench-token-0123' -d '{"name":"Bench","phone_numbers":["15550009999"],"tier":"unlimited","mps":1000}' $url/admin/v1/businesses)
 tok=$(echo "$biz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 pn=$(echo "$biz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["phone_number_ids"][0])')
 python3 - "$N" >"$work/up.ndjson" <<'EOF'

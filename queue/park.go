@@ -115,57 +115,56 @@ func (q *Queue) Unpark(ctx context.Context, group string) (int, error) {
 		return 0, ErrBadGroup
 	}
 	total := 0
+	from := parkPrefix(group)
 	for {
-		n, more, err := q.unparkSome(ctx, group, 1024)
+		n, next, err := q.unparkSome(group, from, 1024)
 		total += n
-		if err != nil || !more {
+		if err != nil || next == nil {
 			return total, err
 		}
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
+		from = next
 	}
 }
 
-// unparkSome moves up to limit records of one shard of group; more reports
-// whether records may remain.
-func (q *Queue) unparkSome(ctx context.Context, group string, limit int) (int, bool, error) {
+// unparkSome moves up to limit parked records of group, from key from on,
+// all of one shard (the first one found); next is where the following call
+// starts (past this call's deletions: a scan from the group's start would
+// wade through the tombstones of every record moved before it), nil when
+// nothing is left.
+func (q *Queue) unparkSome(group string, from []byte, limit int) (int, []byte, error) {
 	pre := parkPrefix(group)
-	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: pre, UpperBound: kv.PrefixEnd(pre)})
-	if err != nil {
-		return 0, false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
-	}
-	if !it.First() {
-		err := it.Error()
-		it.Close()
-		if err != nil {
-			return 0, false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
-		}
-		return 0, false, nil
-	}
-	sh, _, _, ok := parkTail(it.Key())
-	it.Close()
-	if !ok || sh >= len(q.shards) {
-		return 0, false, fmt.Errorf("%w: malformed park key", kv.ErrStorage)
+	sh, found, err := q.firstParkShard(from, kv.PrefixEnd(pre))
+	if err != nil || !found {
+		return 0, nil, err
 	}
 	s := q.shards[sh]
 	// Expire deletes parked records under every shard's scanMu: moving one
-	// under it would let the record outlive its expiry entry.
+	// under it would let the record outlive its expiry entry. The view is
+	// opened under the lock, so every record it shows is still there.
 	s.scanMu.Lock()
 	defer s.scanMu.Unlock()
-	lo := binary.BigEndian.AppendUint16(bytes.Clone(pre), uint16(sh))
-	it, err = q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: from, UpperBound: kv.PrefixEnd(pre)})
 	if err != nil {
-		return 0, false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+		return 0, nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	defer it.Close()
+	it.First()
+	shardEnd := kv.PrefixEnd(binary.BigEndian.AppendUint16(bytes.Clone(pre), uint16(sh)))
 	b := q.db.NewBatch()
 	now := q.opts.Now()
 	hinted := map[Recipient]bool{}
 	var buckets, pbuckets []int
 	var delta int64
+	var next []byte
 	n := 0
-	for it.First(); it.Valid() && n < limit && ctx.Err() == nil; it.Next() {
+	for ; it.Valid() && bytes.Compare(it.Key(), shardEnd) < 0; it.Next() {
+		if n == limit {
+			next = bytes.Clone(it.Key())
+			break
+		}
 		k := it.Key()
 		_, r, seq, ok := parkTail(k)
 		if !ok {
@@ -192,7 +191,10 @@ func (q *Queue) unparkSome(ctx context.Context, group string, limit int) (int, b
 		for _, bk := range buckets {
 			q.inR[bk].Add(-1)
 		}
-		return 0, false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+		return 0, nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	if next == nil {
+		next = shardEnd // the next shard's records, if any
 	}
 	// No fsync: a batch is atomic, so a crash leaves each record either
 	// moved or still parked, and the node unparks every group not held at
@@ -201,18 +203,40 @@ func (q *Queue) unparkSome(ctx context.Context, group string, limit int) (int, b
 		for _, bk := range buckets {
 			q.inR[bk].Add(-1)
 		}
-		return 0, false, err
+		return 0, nil, err
 	}
 	for _, bk := range pbuckets {
 		q.inP[bk].Add(-1)
 	}
 	q.parked.Add(-int64(n))
 	q.depthBytes.Add(delta)
-	s.lowerTo(now.UnixNano())
-	if q.opts.Notify != nil {
-		q.opts.Notify(sh)
+	if n > 0 {
+		s.lowerTo(now.UnixNano())
+		if q.opts.Notify != nil {
+			q.opts.Notify(sh)
+		}
 	}
-	return n, n > 0, nil
+	return n, next, nil
+}
+
+// firstParkShard returns the shard of the first parked record in [lo, hi).
+func (q *Queue) firstParkShard(lo, hi []byte) (int, bool, error) {
+	it, err := q.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return 0, false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+	}
+	defer it.Close()
+	if !it.First() {
+		if err := it.Error(); err != nil {
+			return 0, false, fmt.Errorf("%w: %w", kv.ErrStorage, err)
+		}
+		return 0, false, nil
+	}
+	sh, _, _, ok := parkTail(it.Key())
+	if !ok || sh >= len(q.shards) {
+		return 0, false, fmt.Errorf("%w: malformed park key", kv.ErrStorage)
+	}
+	return sh, true, nil
 }
 
 // parkedGroupOf returns the group a parked record of (shard, r, seq) is
