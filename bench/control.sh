@@ -43,7 +43,6 @@ curl -sf -XPOST -H "Authorization: Bearer $tok" -H 'Content-Type: application/x-
 t1=$(date +%s.%N)
 echo "dry run: $(python3 -c "import json; d=json.load(open('$work/dry.json')); print('accepted', d['accepted'], 'rejected', d['rejected_count'], 'integrity', d['integrity'])")"
 echo "dry run: $(python3 -c "print('%.1f s, %.0f lines/s' % ($t1-$t0, $N/($t1-$t0)))"); server RSS before ${rss0} kB (peak ${hwm0} kB), peak after $(rss VmHWM) kB"
-echo "dry run wrote: $(du -sk "$work/data/db" | cut -f1) kB data dir (compare: before the dry run it was about the same)"
 # 2. Idle CPU, then the paused upload.
 c0=$(cpu); sleep 60; c1=$(cpu)
 idle=$(python3 -c "print('%.2f' % (($c1-$c0)/$hz/60*100))")
