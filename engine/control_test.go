@@ -122,16 +122,18 @@ func testControlRace(t *testing.T, tc controlCase) {
 		n = 40
 	}
 	users := h.users(2000, n)
-	ids := h.enqueue(users, 3, campaign, time.Hour)
 	total := 0
-	mu.Lock()
-	for _, l := range ids {
-		for _, id := range l {
-			ours[id] = true
-			total++
+	mark := func(ids map[string][]string) { // the campaign's messages, as the transport tells them
+		mu.Lock()
+		defer mu.Unlock()
+		for _, l := range ids {
+			for _, id := range l {
+				ours[id] = true
+				total++
+			}
 		}
 	}
-	mu.Unlock()
+	mark(h.enqueue(users, 3, campaign, time.Hour))
 	h.eng.Start(context.Background())
 	select {
 	case <-hold.held:
@@ -162,14 +164,7 @@ func testControlRace(t *testing.T, tc controlCase) {
 	// More of the campaign arrives after the answer (an upload still
 	// running): the engine sets it aside before preparing it.
 	more := h.enqueue(users[:n/2], 1, campaign, time.Hour)
-	mu.Lock()
-	for _, l := range more {
-		for _, id := range l {
-			ours[id] = true
-			total++
-		}
-	}
-	mu.Unlock()
+	mark(more)
 	if tc.action == heraldtype.CampaignCanceled {
 		if _, err := h.q.Unpark(context.Background(), campaign); err != nil { // as the API does
 			t.Fatal(err)

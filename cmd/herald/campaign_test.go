@@ -20,24 +20,7 @@ import (
 // API's message), and the usage errors (exit 2). The token comes from
 // HERALD_TOKEN, as a user would set it.
 func TestCampaignCLI(t *testing.T) {
-	n, err := node.New(node.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard,
-		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 10_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 1, UnknownShare: -1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	b, tok, err := n.Tenants.NewBusiness("CLI", []string{"15550001001"}, "10k", 1000, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, _ := tenant.SplitToken(tok)
-	var pn string
-	for id := range b.PhoneNumbers {
-		pn = id
-	}
+	n, token, pn := startNode(t, "10k", -1)
 	var sb strings.Builder
 	sb.WriteString(`{"name":"cli","template":{"body":"hi"}}` + "\n")
 	for i := 0; i < 200; i++ {
@@ -97,4 +80,30 @@ func TestCampaignCLI(t *testing.T) {
 	if code, _, e := cli("show", cid); code != 2 || !strings.Contains(e, "HERALD_TOKEN") {
 		t.Fatalf("no token: %d %s", code, e)
 	}
+}
+
+// startNode starts a real node (built-in simulator: 10,000 users of prefix
+// 1555, one device each; unknownShare as sim.Options) with a business of
+// tier, closed when the test ends; it returns the business's token and
+// phone number id.
+func startNode(t *testing.T, tier string, unknownShare float64) (n *node.Node, token, pn string) {
+	t.Helper()
+	n, err := node.New(node.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard,
+		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 10_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 1, UnknownShare: unknownShare}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	b, tok, err := n.Tenants.NewBusiness("Test", []string{"15550001001"}, tier, 1000, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _ = tenant.SplitToken(tok)
+	for id := range b.PhoneNumbers {
+		pn = id
+	}
+	return n, token, pn
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/heraldhq/herald/internal/node"
 	"github.com/heraldhq/herald/internal/platform/sim"
-	"github.com/heraldhq/herald/internal/tenant"
 	"github.com/heraldhq/herald/internal/testutil"
 )
 
@@ -19,24 +18,7 @@ import (
 // herald load prints the campaign ids and the rejection codes it got; a run
 // in which every request fails, or nothing is accepted, exits 1.
 func TestLoadReportsCampaignsAndFailsWhenNothingGoes(t *testing.T) {
-	n, err := node.New(node.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoDemoBusiness: true, Out: io.Discard,
-		AdminToken: "admin-token-for-tests", Sim: sim.Options{Users: 10_000, Prefix: "1555", DevicesMin: 1, DevicesMax: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	b, tok, err := n.Tenants.NewBusiness("Load", []string{"15550001001"}, "250", 1000, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, _ := tenant.SplitToken(tok)
-	var pn string
-	for id := range b.PhoneNumbers {
-		pn = id
-	}
+	n, token, pn := startNode(t, "250", 0)
 	load := func(args ...string) (int, string, string) {
 		var code int
 		var stdout string
