@@ -61,17 +61,35 @@ var zones sync.Map // country calling code (int32) → *time.Location
 // without '+'): the westernmost zone of its country code, UTC when none is
 // known.
 func Zone(digits string) *time.Location {
-	n, err := phonenumbers.Parse("+"+digits, "")
-	if err != nil {
+	cc := countryCode(digits)
+	if cc == 0 {
 		return time.UTC
 	}
-	cc := n.GetCountryCode()
 	if v, ok := zones.Load(cc); ok {
 		return v.(*time.Location)
 	}
 	loc := westernmost(cc)
 	zones.Store(cc, loc)
 	return loc
+}
+
+// countryCode is the number's country calling code (1 to 3 leading digits
+// libphonenumber knows), 0 when none: what phonenumbers.Parse extracts from
+// "+digits", without parsing the rest (a campaign asks once per recipient).
+func countryCode(digits string) int32 {
+	for i := 1; i <= 3 && i <= len(digits); i++ {
+		if digits[0] == '0' {
+			return 0
+		}
+		cc, err := strconv.Atoi(digits[:i])
+		if err != nil {
+			return 0
+		}
+		if len(phonenumbers.GetRegionCodesForCountryCode(cc)) > 0 {
+			return int32(cc)
+		}
+	}
+	return 0
 }
 
 // westernmost picks the zone with the smallest UTC offset (in January, so

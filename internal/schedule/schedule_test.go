@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nyaruka/phonenumbers"
+
 	"github.com/heraldhq/herald/heraldtype"
 )
 
@@ -24,6 +26,16 @@ func TestZoneFromCountryCode(t *testing.T) {
 		}
 		if got != c.want {
 			t.Errorf("Zone(%s) = %s, want %s", c.digits, got, c.want)
+		}
+	}
+	// The country code as libphonenumber's parser reads it.
+	for _, d := range []string{"4915123456789", "15550000001", "447700900123", "8613800138000", "35312345678", "99912345678", "0123", ""} {
+		want := int32(0)
+		if n, err := phonenumbers.Parse("+"+d, ""); err == nil {
+			want = n.GetCountryCode()
+		}
+		if got := countryCode(d); got != want {
+			t.Errorf("countryCode(%q) = %d, phonenumbers.Parse says %d", d, got, want)
 		}
 	}
 	// Several zones: the one with the smallest offset.
