@@ -244,6 +244,7 @@ func TestCampaignScheduleErrors(t *testing.T) {
 		{"send_at too far", fmt.Sprintf(`"send_at":%q,`, t0.Add(31*24*time.Hour).Format(time.RFC3339)), ""},
 		{"send_at not a time", `"send_at":"tomorrow at nine",`, ""},
 		{"send_at a number", `"send_at":1765000000,`, ""},
+		{"quiet hours a string", `"quiet_hours":"21-08",`, ""},
 		{"quiet hours without a window", `"quiet_hours":{"start":"08:00","end":"08:00"},`, ""},
 		{"quiet hours bad time", `"quiet_hours":{"start":"25:00","end":"08:00"},`, ""},
 		{"quiet hours unknown field", `"quiet_hours":{"start":"21:00","end":"08:00","zone":"UTC"},`, ""},
@@ -252,7 +253,7 @@ func TestCampaignScheduleErrors(t *testing.T) {
 		{"unknown query", "", "?preview=1"},
 	} {
 		code, out := e.do("POST", path+c.query, a.Token, campaignBody("x", c.extra, 100, 3), "")
-		if code != 400 || errMsg(out) == "" {
+		if code != 400 || errMsg(out) == "" || strings.Contains(errMsg(out), "campaignHeader") {
 			t.Errorf("%s: %d %v", c.name, code, out)
 		}
 	}

@@ -92,7 +92,9 @@ func decodeStrict(b []byte, v any) *reqError {
 			if te.Field == "" {
 				return rerr(CodeInvalidParam, "the body must be %s, got %s", kindName(te.Type), te.Value)
 			}
-			return rerr(CodeInvalidParam, "field %q must be %s, got %s", te.Field, kindName(te.Type), te.Value)
+			// A campaign's header fields sit in an embedded struct: name them
+			// as the client wrote them.
+			return rerr(CodeInvalidParam, "field %q must be %s, got %s", strings.TrimPrefix(te.Field, "campaignHeader."), kindName(te.Type), te.Value)
 		}
 		if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 			return rerr(CodeInvalidParam, "unknown field %s", name)
