@@ -148,6 +148,7 @@ type Engine struct {
 	keys     *keyBatcher
 
 	startStop sync.Mutex
+	ctx       context.Context // Start's, canceled by Close
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	workers   sync.WaitGroup // groups submitted to the pool and not finished
@@ -271,6 +272,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		return nil
 	}
 	ctx, e.cancel = context.WithCancel(ctx)
+	e.ctx = ctx
 	e.running = true
 	for s := range e.wake {
 		e.wg.Add(1)

@@ -389,3 +389,42 @@ func (e *Engine) finish(ctx context.Context, runs []*run) {
 		runs[i].extra.Close()
 	}
 }
+
+// CancelParked ends, in the background, every parked message of a canceled
+// campaign: each gets the status canceled (reported like any status), its
+// stored ciphertexts and kept copy are deleted, and it leaves the queue —
+// in batches, straight from the park range, without leasing it. Statuses
+// are written before the records go: a crash part way leaves the rest
+// parked, and the node's start hands them here again. A no-op before Start
+// or after Close.
+func (e *Engine) CancelParked(group string) {
+	e.startStop.Lock()
+	defer e.startStop.Unlock()
+	if !e.running || e.closed {
+		return
+	}
+	ctx := e.ctx
+	e.wg.Add(1) // Close waits for it before it closes the status writer
+	go func() {
+		defer e.wg.Done()
+		n, err := e.q.TakeParked(ctx, group, func(msgs []queue.Message, b *pebble.Batch) error {
+			now := e.opts.Now()
+			ups := make([]records.Update, 0, len(msgs))
+			for i := range msgs {
+				m := &msgs[i]
+				b.Delete(outboxKey(m.Seq), nil)
+				b.Delete(keptKey(m.ID), nil)
+				to := ""
+				if p, err := heraldtype.DecodePayload(m.Payload); err == nil {
+					to = p.To
+				}
+				ups = append(ups, records.Update{ID: m.ID, Status: heraldtype.StatusCanceled, At: now, Recipient: to})
+			}
+			e.statuses.SubmitWait(ups)
+			return ctx.Err()
+		})
+		if err != nil && ctx.Err() == nil {
+			e.log.Error("engine: canceling a campaign's parked messages failed; the next start does it", "campaign", group, "done", n, "err", err)
+		}
+	}()
+}

@@ -182,6 +182,10 @@ m("50-resume-leaves-messages-parked", "campaign control: a resume does not bring
   "internal/api/control.go", "		if to != heraldtype.CampaignPaused {\n", "		if to == heraldtype.CampaignCanceled {\n",
   ["./internal/api/ -run 'TestCampaignControlLifecycle'"])
 
+m("51-parked-cancel-unreported", "campaign control: a paused campaign's parked messages are canceled without their statuses",
+  "engine/work.go", "			e.statuses.SubmitWait(ups)\n			return ctx.Err()\n", "			return ctx.Err()\n",
+  ["./internal/api/ -run 'TestCampaignControlLifecycle'"])
+
 only = sys.argv[1:]
 missing = []
 for name, desc, path, old, new, tests, count in M:

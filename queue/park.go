@@ -108,6 +108,24 @@ func (q *Queue) ParkedGroups() ([]string, error) {
 // parked while it runs is found by the next call (the engine calls it again
 // after a park commit that finds its group no longer held).
 func (q *Queue) Unpark(ctx context.Context, group string) (int, error) {
+	return q.eachParked(ctx, group, nil)
+}
+
+// TakeParked removes every parked record of group from the queue, batch by
+// batch: take gets each batch's messages (payloads opened; one that does
+// not open has a nil Payload) and the batch that deletes them, to add its
+// own writes and to report the messages' outcome before that batch commits
+// (statuses before acks: a crash between the two leaves the records parked,
+// to be taken again). A take error stops it with nothing of that batch
+// deleted. It returns how many records it removed.
+func (q *Queue) TakeParked(ctx context.Context, group string, take func(msgs []Message, b *pebble.Batch) error) (int, error) {
+	if take == nil {
+		return 0, errors.New("queue: TakeParked needs take")
+	}
+	return q.eachParked(ctx, group, take)
+}
+
+func (q *Queue) eachParked(ctx context.Context, group string, take func([]Message, *pebble.Batch) error) (int, error) {
 	if q.closed.Load() {
 		return 0, ErrClosed
 	}
@@ -117,7 +135,7 @@ func (q *Queue) Unpark(ctx context.Context, group string) (int, error) {
 	total := 0
 	from := parkPrefix(group)
 	for {
-		n, next, err := q.unparkSome(group, from, 1024)
+		n, next, err := q.parkedBatch(group, from, 1024, take)
 		total += n
 		if err != nil || next == nil {
 			return total, err
@@ -129,12 +147,13 @@ func (q *Queue) Unpark(ctx context.Context, group string) (int, error) {
 	}
 }
 
-// unparkSome moves up to limit parked records of group, from key from on,
-// all of one shard (the first one found); next is where the following call
-// starts (past this call's deletions: a scan from the group's start would
-// wade through the tombstones of every record moved before it), nil when
-// nothing is left.
-func (q *Queue) unparkSome(group string, from []byte, limit int) (int, []byte, error) {
+// parkedBatch handles up to limit parked records of group, from key from
+// on, all of one shard (the first one found): moved back into R with a hint
+// per recipient (take nil), or deleted after take. next is where the
+// following call starts (past this call's deletions: a scan from the
+// group's start would wade through the tombstones of every record handled
+// before it), nil when nothing is left.
+func (q *Queue) parkedBatch(group string, from []byte, limit int, take func([]Message, *pebble.Batch) error) (int, []byte, error) {
 	pre := parkPrefix(group)
 	sh, found, err := q.firstParkShard(from, kv.PrefixEnd(pre))
 	if err != nil || !found {
@@ -159,7 +178,13 @@ func (q *Queue) unparkSome(group string, from []byte, limit int) (int, []byte, e
 	var buckets, pbuckets []int
 	var delta int64
 	var next []byte
+	var taken []Message
 	n := 0
+	undo := func() {
+		for _, bk := range buckets {
+			q.inR[bk].Add(-1)
+		}
+	}
 	for ; it.Valid() && bytes.Compare(it.Key(), shardEnd) < 0; it.Next() {
 		if n == limit {
 			next = bytes.Clone(it.Key())
@@ -171,9 +196,23 @@ func (q *Queue) unparkSome(group string, from []byte, limit int) (int, []byte, e
 			continue
 		}
 		v := it.Value()
-		rk := recordKey(sh, r, seq)
 		b.Delete(k, nil)
 		b.Delete(parkIndexKey(sh, r, seq), nil)
+		pbuckets = append(pbuckets, inPBucket(r))
+		n++
+		if take != nil {
+			m, _, err := q.decodeRecord(v, true)
+			if err != nil {
+				q.opts.Logger.Warn("queue: a parked record did not open; deleting it", "shard", sh, "seq", seq)
+				m.Payload = nil
+			}
+			m.Seq = seq
+			m.size = len(k) + len(v)
+			taken = append(taken, m)
+			delta -= int64(m.size)
+			continue
+		}
+		rk := recordKey(sh, r, seq)
 		b.Set(rk, v, nil)
 		if !hinted[r] {
 			hinted[r] = true
@@ -182,27 +221,27 @@ func (q *Queue) unparkSome(group string, from []byte, limit int) (int, []byte, e
 		bk := inRBucket(r)
 		q.inR[bk].Add(1) // before the record exists: never short
 		buckets = append(buckets, bk)
-		pbuckets = append(pbuckets, inPBucket(r))
 		delta += int64(len(rk)) - int64(len(k))
-		n++
 	}
 	if err := it.Error(); err != nil {
 		b.Close()
-		for _, bk := range buckets {
-			q.inR[bk].Add(-1)
-		}
+		undo()
 		return 0, nil, fmt.Errorf("%w: %w", kv.ErrStorage, err)
 	}
 	if next == nil {
 		next = shardEnd // the next shard's records, if any
 	}
-	// No fsync: a batch is atomic, so a crash leaves each record either
-	// moved or still parked, and the node unparks every group not held at
-	// start.
-	if err := q.db.Commit(b, false); err != nil {
-		for _, bk := range buckets {
-			q.inR[bk].Add(-1)
+	if take != nil && len(taken) > 0 {
+		if err := take(taken, b); err != nil {
+			b.Close()
+			return 0, nil, err
 		}
+	}
+	// No fsync: a batch is atomic, so a crash leaves each record either
+	// moved (or taken) or still parked, and the node unparks every group
+	// not held at start.
+	if err := q.db.Commit(b, false); err != nil {
+		undo()
 		return 0, nil, err
 	}
 	for _, bk := range pbuckets {
@@ -210,7 +249,11 @@ func (q *Queue) unparkSome(group string, from []byte, limit int) (int, []byte, e
 	}
 	q.parked.Add(-int64(n))
 	q.depthBytes.Add(delta)
-	if n > 0 {
+	if take != nil {
+		q.depthMsgs.Add(-int64(len(taken)))
+		s.msgs.Add(-int64(len(taken)))
+		q.addOwned(taken, -1, false) // a record that did not open has recLen 0: not counted at Open either
+	} else if n > 0 {
 		s.lowerTo(now.UnixNano())
 		if q.opts.Notify != nil {
 			q.opts.Notify(sh)

@@ -3,8 +3,11 @@ package queue
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // parkAll completes every message of l: those whose id is in park go to the
@@ -155,5 +158,57 @@ func TestParkHoldsUntilUnparkAndExpires(t *testing.T) {
 	}
 	if _, err := e.q.Unpark(ctx, ""); err != ErrBadGroup {
 		t.Fatalf("empty group: %v", err)
+	}
+}
+
+// TakeParked hands each batch to take before deleting it; an error from
+// take deletes nothing; afterwards the counters are back to zero.
+func TestTakeParked(t *testing.T) {
+	clock := newClock()
+	e := openEnv(t, t.TempDir(), nil, clock, nil)
+	defer e.close()
+	ctx := context.Background()
+	var msgs []Message
+	for i := 0; i < 3000; i++ {
+		m := msg(fmt.Sprintf("t%04d", i), fmt.Sprintf("1555%07d", i*37), clock.Now().Add(time.Hour))
+		m.Owner = "biz"
+		msgs = append(msgs, m)
+	}
+	if err := e.q.Enqueue(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 20 && e.q.Parked() < 3000; round++ {
+		for _, l := range leaseAll(t, e.q, 16) {
+			parkLease(t, e.q, l, "cmp_t", func(string) bool { return true })
+		}
+	}
+	if e.q.Parked() != 3000 {
+		t.Fatalf("parked %d", e.q.Parked())
+	}
+	boom := fmt.Errorf("boom")
+	if _, err := e.q.TakeParked(ctx, "cmp_t", func([]Message, *pebble.Batch) error { return boom }); err != boom {
+		t.Fatalf("take error: %v", err)
+	}
+	if e.q.Parked() != 3000 {
+		t.Fatalf("a failed take deleted: parked %d", e.q.Parked())
+	}
+	seen := map[string]bool{}
+	n, err := e.q.TakeParked(ctx, "cmp_t", func(ms []Message, b *pebble.Batch) error {
+		for _, m := range ms {
+			if !strings.HasPrefix(string(m.Payload), "body of ") || seen[m.ID] {
+				return fmt.Errorf("bad or repeated message %+v", m)
+			}
+			seen[m.ID] = true
+		}
+		return nil
+	})
+	if err != nil || n != 3000 || len(seen) != 3000 {
+		t.Fatalf("took %d (%d seen): %v", n, len(seen), err)
+	}
+	if d, bytes := e.q.Depth(); d != 0 || bytes != 0 || e.q.Parked() != 0 || e.q.OwnerBytes("biz") != 0 {
+		t.Fatalf("after: depth %d/%d parked %d owner %d", d, bytes, e.q.Parked(), e.q.OwnerBytes("biz"))
+	}
+	if countKeys(t, e, []byte{pfx, kPark})+countKeys(t, e, []byte{pfx, kParkIndex}) != 0 {
+		t.Fatal("park keys left")
 	}
 }

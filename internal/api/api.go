@@ -85,6 +85,10 @@ type Options struct {
 	// Campaigns holds paused and canceled campaigns; nil: campaign control
 	// answers 503.
 	Campaigns *campaigns.Control
+	// CancelParked ends a canceled campaign's parked messages in the
+	// background (the engine); nil: they go back into the queue, where the
+	// engine cancels them as it meets them.
+	CancelParked func(campaignID string)
 	// PlatformSecret verifies /v1/platform/events. Required.
 	PlatformSecret string
 	// AdminToken guards /admin/v1. Required.

@@ -184,10 +184,15 @@ func (s *Server) campaignControl(to string) func(*fasthttp.RequestCtx, *tenant.B
 			s.storageError(ctx, err)
 			return
 		}
-		if to != heraldtype.CampaignPaused {
+		switch {
+		case to == heraldtype.CampaignCanceled && s.opts.CancelParked != nil:
+			// Parked messages end canceled straight from the park range,
+			// in the background (the view counts them canceled already).
+			s.opts.CancelParked(id)
+		case to != heraldtype.CampaignPaused:
 			// Parked messages go back into the queue: to be sent (resume) or
-			// canceled by the engine as it meets them (cancel). A failure here
-			// is retried at the next start; the state change stands.
+			// canceled by the engine as it meets them. A failure here is
+			// retried at the next start; the state change stands.
 			if _, err := s.opts.Queue.Unpark(ctx, id); err != nil {
 				s.log(ctx).Error("api: could not unpark a campaign's messages; the next start does", "campaign", id, "err", err)
 			}

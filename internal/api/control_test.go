@@ -96,7 +96,8 @@ func TestCampaignControlLifecycle(t *testing.T) {
 	// Paused before it starts; canceled before it starts.
 	c2 := e.upload(a.Token, pn, campaignBody("paused", at(time.Hour), 200, 20))
 	c3 := e.upload(a.Token, pn, campaignBody("canceled", at(time.Hour), 300, 20))
-	for _, c := range []struct{ id, verb, want string }{{c2, "pause", "paused"}, {c3, "cancel", "canceled"}} {
+	c6 := e.upload(a.Token, pn, campaignBody("paused, then canceled", at(time.Hour), 600, 20))
+	for _, c := range []struct{ id, verb, want string }{{c2, "pause", "paused"}, {c3, "cancel", "canceled"}, {c6, "pause", "paused"}} {
 		code, v := e.do("POST", "/v1/campaigns/"+c.id+"/"+c.verb, a.Token, "", "")
 		if code != 200 || v["state"] != c.want {
 			t.Fatalf("%s: %d %v", c.verb, code, v)
@@ -116,7 +117,7 @@ func TestCampaignControlLifecycle(t *testing.T) {
 	}
 	clock.Advance(time.Hour + time.Second)
 	testutil.Until(t, time.Minute, func() bool {
-		return e.campaign(a.Token, c1)["state"] == "done" && e.n.Queue.Parked() == 20 && count(e.campaign(a.Token, c3), "totals", "canceled") == 20
+		return e.campaign(a.Token, c1)["state"] == "done" && e.n.Queue.Parked() == 40 && count(e.campaign(a.Token, c3), "totals", "canceled") == 20
 	}, func() string {
 		return fmt.Sprintf("c1 %v parked %d c3 %v", e.campaign(a.Token, c1), e.n.Queue.Parked(), e.campaign(a.Token, c3))
 	})
@@ -152,6 +153,21 @@ func TestCampaignControlLifecycle(t *testing.T) {
 	}
 	if code, _ := e.do("POST", "/v1/campaigns/cmp_nope/pause", a.Token, "", ""); code != 404 {
 		t.Errorf("unknown campaign: %d", code)
+	}
+	// Cancel of a paused campaign: its parked messages end canceled, with
+	// their statuses, and leave the queue.
+	if code, v := e.do("POST", "/v1/campaigns/"+c6+"/cancel", a.Token, "", ""); code != 200 || v["state"] != "canceled" || count(v, "counts", "canceled") != 20 {
+		t.Fatalf("cancel of a paused campaign: %d %v", code, v)
+	}
+	testutil.Until(t, time.Minute, func() bool {
+		c, _ := e.n.Engine.Statuses().Counters(c6)
+		return c.Canceled == 20 && e.n.Queue.Parked() == 20
+	}, func() string {
+		c, _ := e.n.Engine.Statuses().Counters(c6)
+		return fmt.Sprintf("counters %+v parked %d", c, e.n.Queue.Parked())
+	})
+	if code, v := e.do("GET", "/v1/messages/"+e.messageOf(c6), a.Token, "", ""); code != 200 || v["status"] != "canceled" || len(v["history"].([]any)) != 2 {
+		t.Fatalf("a canceled parked message: %d %v", code, v)
 	}
 	// Resume: the parked messages go.
 	if code, v := e.do("POST", "/v1/campaigns/"+c2+"/resume", a.Token, "", ""); code != 200 || v["state"] != "running" {
@@ -202,7 +218,7 @@ func TestCampaignControlLifecycle(t *testing.T) {
 	}
 
 	// The list: newest first, in pages, every campaign once.
-	want := []string{c5, c4, c3, c2, c1}
+	want := []string{c5, c4, c6, c3, c2, c1}
 	var got []string
 	path := "/v1/" + pn + "/campaigns?limit=2"
 	for pages := 0; path != "" && pages < 10; pages++ {

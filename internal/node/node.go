@@ -398,7 +398,7 @@ func (n *Node) newEngine() (*engine.Engine, error) {
 func (n *Node) newAPI(secret string) (err error) {
 	cfg := n.cfg
 	n.Uploads = records.NewUploads(n.db, n.Sealer, cfg.Now)
-	ao := api.Options{DB: n.db, Queue: n.Queue, Campaigns: n.Campaigns, Events: n.Engine, Statuses: n.Engine.Statuses(), Uploads: n.Uploads, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
+	ao := api.Options{DB: n.db, Queue: n.Queue, Campaigns: n.Campaigns, CancelParked: n.Engine.CancelParked, Events: n.Engine, Statuses: n.Engine.Statuses(), Uploads: n.Uploads, Tenants: n.Tenants, Webhooks: n.Webhooks, Sealer: n.Sealer,
 		Metrics: n.Metrics, PlatformSecret: secret, AdminToken: n.AdminToken, Logger: cfg.Logger,
 		ReadTimeout: cfg.ReadTimeout, StallTimeout: cfg.StallTimeout, HeaderTimeout: cfg.HeaderTimeout, MaxConnsPerIP: cfg.MaxConnsPerIP,
 		Ready: n.ready, Now: cfg.Now, QueueShare: cfg.QueueShare}
@@ -635,11 +635,15 @@ func (n *Node) Start(ctx context.Context) error {
 		n.Sim.Start()
 		fmt.Fprintf(n.cfg.Out, "no --platform given: started the built-in platform simulator at %s\n", n.Sim.URL())
 	}
-	if err := n.unparkNotHeld(ctx); err != nil {
+	canceled, err := n.unparkNotHeld(ctx)
+	if err != nil {
 		return err
 	}
 	if err := n.Engine.Start(ctx); err != nil {
 		return err
+	}
+	for _, g := range canceled {
+		n.Engine.CancelParked(g)
 	}
 	n.Webhooks.Start()
 	n.probePlatform(ctx)
@@ -685,22 +689,26 @@ func (n *Node) Start(ctx context.Context) error {
 }
 
 // unparkNotHeld moves back into the queue the parked messages of campaigns
-// that are no longer paused: a resume or cancel whose unpark a crash cut
-// short (the canceled ones are then canceled by the engine as it meets them).
-func (n *Node) unparkNotHeld(ctx context.Context) error {
+// that are running again (a resume whose unpark a crash cut short), and
+// returns the canceled campaigns that still have parked messages (a cancel
+// cut short: the engine ends them once it runs).
+func (n *Node) unparkNotHeld(ctx context.Context) (canceled []string, err error) {
 	groups, err := n.Queue.ParkedGroups()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, g := range groups {
-		if n.Campaigns.State(g) == heraldtype.CampaignPaused {
-			continue
-		}
-		if _, err := n.Queue.Unpark(ctx, g); err != nil {
-			return err
+		switch n.Campaigns.State(g) {
+		case heraldtype.CampaignPaused:
+		case heraldtype.CampaignCanceled:
+			canceled = append(canceled, g)
+		default:
+			if _, err := n.Queue.Unpark(ctx, g); err != nil {
+				return nil, err
+			}
 		}
 	}
-	return nil
+	return canceled, nil
 }
 
 // Wait returns when the API server stops or ctx ends.
