@@ -179,7 +179,7 @@ m("49-send-at-ignored", "campaign control: a scheduled campaign's messages are d
   "internal/api/campaigns.go", "		due := a.plan.sendAt\n", "		due := time.Time{}\n",
   ["./internal/api/ -run 'TestCampaignControlLifecycle'"])
 m("50-resume-leaves-messages-parked", "campaign control: a resume does not bring the parked messages back",
-  "internal/api/control.go", "		if to != heraldtype.CampaignPaused {\n", "		if to == heraldtype.CampaignCanceled {\n",
+  "internal/api/control.go", "		case to != heraldtype.CampaignPaused:\n", "		case to == heraldtype.CampaignCanceled:\n",
   ["./internal/api/ -run 'TestCampaignControlLifecycle'"])
 
 m("51-parked-cancel-unreported", "campaign control: a paused campaign's parked messages are canceled without their statuses",
