@@ -34,7 +34,7 @@ type DryRun struct {
 func (l *Limiter) DryRun(b *tenant.Business, pn string, now time.Time) (*DryRun, error) {
 	d := &DryRun{l: l, b: b, pn: pn, limit: int64(tenant.Tiers[b.Tier]), seen: map[[16]byte]bool{},
 		cut: now.Add(-l.pol.Window).UnixNano()}
-	q := l.quality(pn, now)
+	q := l.qualityIfKnown(pn, now)
 	d.flags = q.Flags
 	switch {
 	case b.Paused:

@@ -143,6 +143,21 @@ type QualityView struct {
 	Flags   []Flag
 }
 
+// qualityIfKnown is quality for a phone number with signal state; one with
+// none, in memory or stored, is rated high with no flags and gets none made
+// for it (a dry run leaves nothing behind, not even an empty window).
+func (l *Limiter) qualityIfKnown(pn string, now time.Time) QualityView {
+	l.mu.Lock()
+	_, ok := l.phones[pn]
+	l.mu.Unlock()
+	if !ok {
+		if _, found, err := l.opts.DB.GetCopy(append([]byte("rW"), pn...)); err != nil || !found {
+			return QualityView{Quality: "high", Flags: []Flag{}}
+		}
+	}
+	return l.quality(pn, now)
+}
+
 func (l *Limiter) quality(pn string, now time.Time) QualityView {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 )
@@ -197,10 +198,10 @@ func (c *campaignClient) watch(cmd *cobra.Command, id string, interval time.Dura
 	bar := progressbar.NewOptions64(max(v.Accepted, 1), progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetWidth(30),
 		progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionSetPredictTime(true))
 	ctx := cmd.Context()
-	last, lastAt := v.ended(), time.Now()
+	last, lastAt := v.ended(), clock.Wall() // a measurement: real time
 	rate := 0.0
 	for {
-		if n := time.Now(); n.Sub(lastAt) > 0 {
+		if n := clock.Wall(); n.Sub(lastAt) > 0 {
 			if d := v.ended() - last; d > 0 {
 				rate = float64(d) / n.Sub(lastAt).Seconds()
 			} else if v.State != "running" {
