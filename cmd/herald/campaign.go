@@ -90,6 +90,7 @@ func campaignCmd() *cobra.Command {
 	list.MarkFlagRequired("phone-number-id")
 
 	show := &cobra.Command{Use: "show CAMPAIGN_ID", Short: "A campaign's state and counts (the API's JSON)", Args: cobra.ExactArgs(1),
+		Example: "  herald campaign show cmp_0123456789abcdef0123",
 		RunE: func(_ *cobra.Command, args []string) error {
 			var v map[string]any
 			if err := c.get("/v1/campaigns/"+url.PathEscape(args[0]), &v); err != nil {
@@ -100,11 +101,13 @@ func campaignCmd() *cobra.Command {
 
 	var interval time.Duration
 	watch := &cobra.Command{Use: "watch CAMPAIGN_ID", Short: "A live progress bar, rate and counts by status, until the campaign is done or canceled",
-		Args: cobra.ExactArgs(1), RunE: func(cmd *cobra.Command, args []string) error { return c.watch(cmd, args[0], interval) }}
+		Example: "  herald campaign watch cmp_0123456789abcdef0123 --interval 2s",
+		Args:    cobra.ExactArgs(1), RunE: func(cmd *cobra.Command, args []string) error { return c.watch(cmd, args[0], interval) }}
 	watch.Flags().DurationVar(&interval, "interval", time.Second, "how often to ask")
 
 	control := func(verb, short string) *cobra.Command {
 		return &cobra.Command{Use: verb + " CAMPAIGN_ID", Short: short, Args: cobra.ExactArgs(1),
+			Example: "  herald campaign " + verb + " cmp_0123456789abcdef0123",
 			RunE: func(_ *cobra.Command, args []string) error {
 				a, err := c.api()
 				if err != nil {
