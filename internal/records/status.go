@@ -181,7 +181,9 @@ func (o *overtaken) add(id string, now time.Time) {
 	o.at[id] = now
 	o.fifo = append(o.fifo, overtakenEntry{id, now})
 	if len(o.fifo) > overtakenMax {
-		o.drop(len(o.fifo) - overtakenMax)
+		// A tenth at a time: dropping one entry per add copied the whole
+		// fifo each time (quadratic in a flood).
+		o.drop(len(o.fifo) - overtakenMax*9/10)
 	}
 }
 
@@ -413,7 +415,7 @@ func (s *Statuses) apply(ups []Update) {
 			continue // unknown id (e.g. an event for a message past retention)
 		}
 		from, to := heraldtype.Rank(rec.Status), heraldtype.Rank(u.Status)
-		if !u.Fresh && from == 0 && to >= heraldtype.Rank(heraldtype.StatusDelivered) {
+		if !u.Fresh && from == 0 && to >= heraldtype.Rank(heraldtype.StatusDelivered) && !heraldtype.Terminal(u.Status) {
 			// An event overtook the engine's "sent": if that is a fresh one
 			// still to come, it must read what this writes.
 			s.over.add(u.ID, now)
