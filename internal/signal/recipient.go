@@ -191,6 +191,9 @@ func (d *Device) preKeyStep(addr string, cur *record.State, body []byte) ([]byte
 	if !ok || cur.Version() != version || !bytes.Equal(cur.SenderBaseKey(), base) {
 		return nil, false
 	}
+	if len(ik) != 33 { // ecc.DecodePoint indexes its type byte unchecked
+		return nil, false
+	}
 	idKey, err := ecc.DecodePoint(ik, 0)
 	if err != nil {
 		return nil, false

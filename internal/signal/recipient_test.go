@@ -297,6 +297,9 @@ func innerParses(inner []byte) (ok bool) {
 // the base key with the session's) before it uses a message, so a library
 // refusal over a bad key is not a disagreement.
 func keysDecode(base, ik []byte) bool {
+	if len(base) == 0 || len(ik) == 0 {
+		return false // ecc.DecodePoint indexes the type byte without a check (fuzz found an empty key)
+	}
 	_, e1 := ecc.DecodePoint(base, 0)
 	_, e2 := ecc.DecodePoint(ik, 0)
 	return e1 == nil && e2 == nil
