@@ -178,10 +178,10 @@ func (r *run) stopCampaign(it *item, state string) {
 // with its stored ciphertexts (they go as they are after a resume).
 func (r *run) park(it *item) {
 	it.done = true
+	// Its stored ciphertexts (written by prepare, or by a reset in this
+	// run) stay as they are: it was not sent in this run, so nothing in
+	// them changed since.
 	r.outcomes = append(r.outcomes, queue.Outcome{Seq: it.msg.Seq, Park: it.p.CampaignID})
-	if it.ob != nil && it.obSets > 0 {
-		it.putOutbox(r.extra) // what this run learned (devices that accepted) stays with it
-	}
 	if !slices.Contains(r.parked, it.p.CampaignID) {
 		r.parked = append(r.parked, it.p.CampaignID)
 	}
@@ -333,6 +333,10 @@ func (e *Engine) begin(g *group) *run {
 	r.outcomes, r.ups = r.outcome1[:0], r.up1[:0]
 	// Expired, undecodable and shaped messages first.
 	for _, it := range g.items {
+		quietUntil := r.now // the end of the recipient's quiet hours, if now is inside them
+		if it.p.Quiet.Set {
+			quietUntil = schedule.NextFor(it.p.Quiet, it.p.To, r.now)
+		}
 		switch {
 		case it.bad:
 			e.log.Error("engine: undecodable payload; failing the message", "id", it.msg.ID)
@@ -340,11 +344,11 @@ func (e *Engine) begin(g *group) *run {
 		case !it.msg.ExpiresAt.After(r.now):
 			r.fail(it, heraldtype.CodeExpired)
 		case it.held:
-		case it.p.CampaignID != "" && e.opts.Campaigns != nil && e.opts.Campaigns.State(it.p.CampaignID) != heraldtype.CampaignRunning:
-			r.stopCampaign(it, e.opts.Campaigns.State(it.p.CampaignID))
-		case it.p.Quiet.Set && schedule.NextFor(it.p.Quiet, it.p.To, r.now).After(r.now):
+		case e.campaignState(it) != heraldtype.CampaignRunning:
+			r.stopCampaign(it, e.campaignState(it))
+		case quietUntil.After(r.now):
 			// Inside the recipient's quiet hours: wait, on disk, until they end.
-			r.retry(it, schedule.NextFor(it.p.Quiet, it.p.To, r.now), false, "quiet_hours")
+			r.retry(it, quietUntil, false, "quiet_hours")
 		default:
 			if at := e.opts.Shaper.Shape(it.p.PhoneNumberID, it.p.To, r.now); at.After(r.now) {
 				// This message and the later ones of its sender wait; the
@@ -356,6 +360,15 @@ func (e *Engine) begin(g *group) *run {
 		}
 	}
 	return r
+}
+
+// campaignState is its campaign's state (running when it has none or
+// nothing is paused or canceled: one atomic load).
+func (e *Engine) campaignState(it *item) string {
+	if it.p.CampaignID == "" || e.opts.Campaigns == nil {
+		return heraldtype.CampaignRunning
+	}
+	return e.opts.Campaigns.State(it.p.CampaignID)
 }
 
 // prepareFailed schedules r's live messages for a retry after its ciphertexts

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/heraldhq/herald/internal/kv"
@@ -36,7 +37,7 @@ const (
 var ErrBadGroup = errors.New("queue: a park group is 1-200 bytes without a zero byte")
 
 func validGroup(g string) bool {
-	return g != "" && len(g) <= maxGroup && !bytes.ContainsRune([]byte(g), 0)
+	return g != "" && len(g) <= maxGroup && strings.IndexByte(g, 0) < 0
 }
 
 func parkPrefix(group string) []byte {

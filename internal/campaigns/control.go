@@ -90,19 +90,6 @@ func (c *Control) State(id string) string {
 	return st
 }
 
-// Held lists the campaigns that are paused.
-func (c *Control) Held() map[string]bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := map[string]bool{}
-	for id, e := range c.m {
-		if e.state == heraldtype.CampaignPaused {
-			out[id] = true
-		}
-	}
-	return out
-}
-
 // Enter holds the states of ids (any order, repeats allowed, "" ignored)
 // until exit is called, and returns each one's state (in ids' order). A Set
 // of one of them waits for exit.

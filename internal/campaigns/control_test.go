@@ -49,9 +49,6 @@ func TestStatesAreDurableAndFinal(t *testing.T) {
 	if c.State("a") != heraldtype.CampaignPaused || c.State("b") != heraldtype.CampaignCanceled || c.State("c") != heraldtype.CampaignRunning {
 		t.Fatalf("after reopen: a %s b %s c %s", c.State("a"), c.State("b"), c.State("c"))
 	}
-	if h := c.Held(); len(h) != 1 || !h["a"] {
-		t.Fatalf("held %v", h)
-	}
 	if n, err := c.Sweep(now.Add(2 * time.Hour)); err != nil || n != 2 {
 		t.Fatalf("sweep: %d %v", n, err)
 	}

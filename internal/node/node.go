@@ -324,6 +324,7 @@ func (n *Node) openQueue(notify func(shard int)) (err error) {
 	}
 	n.Metrics.ShardDepth(cfg.Shards, n.Queue.ShardDepth)
 	n.Metrics.GaugeFunc("queue_bytes", "Stored bytes of queued messages.", func() float64 { _, b := n.Queue.Depth(); return float64(b) })
+	n.Metrics.GaugeFunc("queue_parked", "Queued messages set aside by a paused campaign (in the queue's depth too).", func() float64 { return float64(n.Queue.Parked()) })
 	n.Metrics.CounterFunc("queue_dead_letters_total", "Records moved to dead letters since start.", func() float64 { return float64(n.Queue.DeadLetters()) })
 	return nil
 }
