@@ -53,6 +53,17 @@ func (NoLimit) Shape(string, string, time.Time) time.Time { return time.Time{} }
 // Release implements Shaper.
 func (NoLimit) Release(string, string, time.Time) {}
 
+// Partitions says which queue shards this node works (cluster mode: a
+// shard is a partition, worked by the node holding its lease).
+type Partitions interface {
+	// Owns: this node may hand shard's messages to the platform now.
+	Owns(shard int) bool
+	// Stale: the record seq of shard was taken in before this node's current
+	// ownership began; the partition's messages came again from JetStream
+	// since, so this copy goes without a status.
+	Stale(shard int, seq uint64) bool
+}
+
 // Campaigns answers whether a campaign's messages may go (internal/campaigns).
 type Campaigns interface {
 	// State is paused, canceled or running (heraldtype.Campaign*).
@@ -78,6 +89,8 @@ type Options struct {
 	Shaper    Shaper        // default NoLimit
 	Directory Directory     // default: identity_check off for everyone
 	Campaigns Campaigns     // default: no campaign is ever paused or canceled
+	// Partitions, in cluster mode: the shards this node works (nil: all).
+	Partitions Partitions
 	Metrics   *metrics.Metrics
 	// Workers is the ants pool size (concurrent tasks); default 32. Each
 	// task works on up to GroupsPerTask recipient groups, so up to
@@ -365,6 +378,18 @@ func (e *Engine) dispatchLoop(ctx context.Context, shard int) {
 	defer idle.Stop()
 	fails := 0
 	for {
+		if p := e.opts.Partitions; p != nil && !p.Owns(shard) {
+			// Another node works this partition (or none yet): wait for
+			// this one to take it (Notify) or the next poll.
+			idle.Reset(e.opts.IdlePoll)
+			select {
+			case <-ctx.Done():
+				return
+			case <-e.wake[shard]:
+			case <-idle.C:
+			}
+			continue
+		}
 		n, err := e.DispatchOnce(ctx, shard)
 		if ctx.Err() != nil {
 			return

@@ -42,6 +42,9 @@ func (e *Engine) RetentionOnce(ctx context.Context) (int, error) {
 		for _, m := range expired {
 			b.Delete(outboxKey(m.Seq), nil)
 			b.Delete(keptKey(m.ID), nil)
+			if pt := e.opts.Partitions; pt != nil && (!pt.Owns(m.Shard) || pt.Stale(m.Shard, m.Seq)) {
+				continue // its partition's owner reports it (a copy from JetStream)
+			}
 			ups = append(ups, records.Update{ID: m.ID, Status: heraldtype.StatusFailed, Code: heraldtype.CodeExpired, At: now})
 		}
 		if err := e.db.Commit(b, true); err != nil {

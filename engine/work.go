@@ -338,6 +338,11 @@ func (e *Engine) begin(g *group) *run {
 			quietUntil = schedule.NextFor(it.p.Quiet, it.p.To, r.now)
 		}
 		switch {
+		case e.opts.Partitions != nil && e.opts.Partitions.Stale(g.lease.Shard, it.msg.Seq):
+			// Taken in under an earlier ownership of this partition: the
+			// partition's unsettled messages came again from JetStream.
+			r.ack(it)
+			r.extra.Delete(keptKey(it.msg.ID), nil)
 		case it.bad:
 			e.log.Error("engine: undecodable payload; failing the message", "id", it.msg.ID)
 			r.fail(it, heraldtype.CodePlatformRejected)

@@ -240,7 +240,7 @@ func (sw *expireSweep) remove(sh int, r Recipient, seq uint64) error {
 		}
 	}
 	m, _, derr := q.decodeRecord(rec, true)
-	m.Seq = seq
+	m.Seq, m.Shard = seq, sh
 	if derr != nil {
 		q.opts.Logger.Warn("queue: expired record did not open; deleting it", "shard", sh, "seq", seq)
 	}

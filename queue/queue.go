@@ -47,7 +47,9 @@ type Message struct {
 	Owner string
 
 	// Set by the queue.
-	Seq     uint64
+	Seq uint64
+	// Shard: the shard of a message Expire returns.
+	Shard   int
 	Attempt int
 	// FirstLease: this is the first time the message is handed out, in this
 	// process or any before it (a fresh record enqueued after Open, never
@@ -458,6 +460,14 @@ func (q *Queue) RecipientKey(recipient string) Recipient { return q.sealer.Looku
 // ShardOf returns the shard that owns a recipient.
 func (q *Queue) ShardOf(r Recipient) int {
 	return int(binary.BigEndian.Uint32(r[:4]) & uint32(len(q.shards)-1))
+}
+
+// LastSeq is the highest sequence number issued so far: every record
+// enqueued after this call has a higher one.
+func (q *Queue) LastSeq() uint64 {
+	q.seqMu.Lock()
+	defer q.seqMu.Unlock()
+	return q.seq.Load()
 }
 
 // Shards returns the number of shards.

@@ -39,9 +39,11 @@ func serveCmd() *cobra.Command {
 	var cfg node.Config
 	var level, format, devices, pprofAddr, webhookAllow, adminTokenFile, secretFile, metricsListen string
 	var restartDelay time.Duration
+	var cl clusterFlags
 	cmd := &cobra.Command{
 		Use:     "serve",
-		Example: "  herald serve --data ./herald-data --listen 127.0.0.1:8080\n  herald serve --platform https://platform.example --platform-secret-file /etc/herald/platform-secret --webhook-allow 10.0.0.0/8",
+		Example: "  herald serve --data ./herald-data --listen 127.0.0.1:8080\n  herald serve --platform https://platform.example --platform-secret-file /etc/herald/platform-secret --webhook-allow 10.0.0.0/8\n" +
+			"  herald serve --node-id h1 --nats-embed --nats-listen 10.0.0.1:4222 --nats-cluster 10.0.0.1:6222 --nats-routes nats://10.0.0.2:6222,nats://10.0.0.3:6222 --nats-replicas 3 --platform https://platform.example",
 		Short:   "Run Herald (embedded Pebble; the built-in platform simulator unless --platform is given)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -67,6 +69,9 @@ func serveCmd() *cobra.Command {
 			cfg.MetricsListen = metricsListen
 			if cfg.WebhookAllow, err = parseCIDRs(webhookAllow); err != nil {
 				return fmt.Errorf("invalid setting webhook-allow: %v", err)
+			}
+			if cfg.Cluster, err = cl.config(); err != nil {
+				return err
 			}
 			if pprofAddr != "" {
 				if err := servePprof(pprofAddr); err != nil {
@@ -106,6 +111,7 @@ func serveCmd() *cobra.Command {
 	f.BoolVar(&cfg.NoDemoBusiness, "no-demo-business", false, "do not create a demo business in an empty data directory")
 	f.StringVar(&level, "log-level", "warn", "log level: debug, info, warn, error")
 	f.StringVar(&format, "log-format", "text", "log format: text (key=value) or json (one object per line)")
+	cl.add(f)
 	sd := simDefaults()
 	f.IntVar(&cfg.Sim.Users, "sim-users", sd.Users, "built-in simulator: number of users")
 	f.StringVar(&cfg.Sim.Prefix, "sim-prefix", sd.Prefix, "built-in simulator: user number prefix")

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/fasthttp/router"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
@@ -65,6 +66,15 @@ type Options struct {
 	DB     *kv.DB       // required
 	Queue  *queue.Queue // required
 	Events EventHandler // required: the platform's events go here (the engine)
+	// Intake, in cluster mode, takes accepted messages instead of Queue: it
+	// returns once they are durable in JetStream (and has committed the
+	// batch: status records, the idempotent answer, upload progress).
+	Intake Intake
+	// ClusterStatus, in cluster mode, answers message statuses of every
+	// node (tried before the local records).
+	ClusterStatus interface {
+		Message(id string) (*records.MessageStatus, error)
+	}
 	// Inbound receives users' envelopes (POST /v1/platform/inbound) and
 	// answers GET /v1/messages/{id} for their ids; nil: 404.
 	Inbound *inbound.Receiver
@@ -251,6 +261,20 @@ func (s *Server) nextID(pn string, now time.Time) string {
 	}
 	s.idMu.Unlock()
 	return g.New(now)
+}
+
+// Intake takes accepted messages with the batch of records that goes with them.
+type Intake interface {
+	EnqueueWith(ctx context.Context, msgs []queue.Message, batch *pebble.Batch) error
+}
+
+// enqueue hands accepted messages over: to the local queue, or in cluster
+// mode to JetStream.
+func (s *Server) enqueue(ctx context.Context, msgs []queue.Message, batch *pebble.Batch) error {
+	if s.opts.Intake != nil {
+		return s.opts.Intake.EnqueueWith(ctx, msgs, batch)
+	}
+	return s.opts.Queue.EnqueueWith(ctx, msgs, batch)
 }
 
 // Handle routes one request.

@@ -468,7 +468,7 @@ func (a *admitter) flush() error {
 		return err
 	}
 	done := make(chan error, 1)
-	go func() { done <- a.s.opts.Queue.EnqueueWith(a.ctx, msgs, batch) }()
+	go func() { done <- a.s.enqueue(a.ctx, msgs, batch) }()
 	a.inflight, a.inflightN, a.inflightBytes = done, len(msgs), est-a.inflightBytes
 	return nil
 }

@@ -242,7 +242,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 		// a timeout finds it exactly when the message was accepted.
 		s.opts.Uploads.RememberSent(batch, b.ID, idem, reqHash, answer, now, records.IdemExpiry(now, ttl))
 	}
-	if err := s.opts.Queue.EnqueueWith(context.Background(), []queue.Message{msg}, batch); err != nil {
+	if err := s.enqueue(context.Background(), []queue.Message{msg}, batch); err != nil {
 		s.storageError(ctx, err)
 		return
 	}
@@ -278,7 +278,14 @@ func admissionText(code int, reason string) string {
 }
 
 func (s *Server) getMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
-	st, err := s.opts.Statuses.Message(id)
+	var st *records.MessageStatus
+	err := records.ErrNotFound
+	if s.opts.ClusterStatus != nil {
+		st, err = s.opts.ClusterStatus.Message(id)
+	}
+	if errors.Is(err, records.ErrNotFound) {
+		st, err = s.opts.Statuses.Message(id)
+	}
 	if errors.Is(err, records.ErrNotFound) && s.opts.Inbound != nil {
 		s.getInbound(ctx, b, id)
 		return

@@ -26,6 +26,7 @@ import (
 	"github.com/heraldhq/herald/internal/api"
 	"github.com/heraldhq/herald/internal/campaigns"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/cluster"
 	"github.com/heraldhq/herald/internal/inbound"
 	"github.com/heraldhq/herald/internal/kv"
 	"github.com/heraldhq/herald/internal/metrics"
@@ -109,6 +110,9 @@ type Config struct {
 	// OnStatus, when set, also receives every batch of status transitions
 	// once committed (the demo times them; it must not block).
 	OnStatus func([]heraldtype.StatusChange)
+	// Cluster, when set, joins a cluster on NATS JetStream (DESIGN
+	// "Scale-out"); nil: a single node, nothing of NATS started.
+	Cluster *cluster.Config
 }
 
 // Node is a running (or ready to run) Herald server.
@@ -135,6 +139,8 @@ type Node struct {
 	Sim     *sim.Server
 	Metrics *metrics.Metrics
 	client  *platform.Client
+	// cluster is this node's part in a cluster (nil: a single node).
+	cluster *clusterNode
 
 	sessions  *signal.Store
 	peerLocks *signal.PeerLocks
@@ -256,6 +262,11 @@ func New(cfg Config) (n *Node, err error) {
 	if n.Tenants, err = tenant.Open(n.db, n.Sealer); err != nil {
 		return nil, err
 	}
+	if cfg.Cluster != nil {
+		if err := n.joinCluster(); err != nil {
+			return nil, err
+		}
+	}
 	if n.Campaigns, err = campaigns.Open(n.db); err != nil {
 		return nil, err
 	}
@@ -363,11 +374,20 @@ func (n *Node) newEngine() (*engine.Engine, error) {
 		return nil, err
 	}
 	n.sessions, n.peerLocks = store, signal.NewPeerLocks()
+	if n.cluster != nil {
+		store.DeriveIdentities(n.Sealer.MAC)
+	}
 	eo := engine.Options{DB: n.db, Queue: n.Queue, Sessions: store, PeerLocks: n.peerLocks, Sealer: n.Sealer, Transport: n.client,
 		Directory: n.Tenants, Campaigns: n.Campaigns, Metrics: n.Metrics, Workers: cfg.Workers, GroupsPerTask: cfg.GroupsPerTask, Logger: cfg.Logger,
 		StatusHook: n.Webhooks.Hook, PurgeInterval: cfg.PurgeInterval, Now: cfg.Now}
-	limits, observe := n.Limits, cfg.OnStatus
+	limits, observe, cn := n.Limits, cfg.OnStatus, n.cluster
+	if cn != nil {
+		eo.Partitions = cn
+	}
 	eo.OnStatus = func(cs []heraldtype.StatusChange) {
+		if cn != nil {
+			cn.settled(cs)
+		}
 		n.Webhooks.Notify(cs)
 		if limits != nil {
 			limits.Statuses(cs)
@@ -440,6 +460,9 @@ func (n *Node) newAPI(secret string) (err error) {
 	}
 	n.keys = newKeyUploader(n)
 	ao.Inbound, ao.KeysNeeded = n.Inbound, n.keys.need
+	if n.cluster != nil {
+		ao.Intake, ao.ClusterStatus, ao.Events = n.cluster, n.cluster, eventRouter{n.cluster}
+	}
 	n.API, err = api.New(ao)
 	return err
 }
@@ -648,7 +671,15 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.Webhooks.Start()
 	n.probePlatform(ctx)
-	n.keys.start(ctx)
+	if n.cluster != nil {
+		n.cluster.owner.Run(ctx)
+		fmt.Fprintf(n.cfg.Out, "cluster node %s: %d partitions, replicas %d, NATS %s\n", n.cluster.c.NodeID(),
+			n.cluster.c.Partitions(), n.cluster.c.Replicas(), n.cluster.c.NC.ConnectedUrlRedacted())
+	} else {
+		// Prekeys for inbound sessions: a single node's own (cluster mode
+		// does not take inbound yet; see README "Cluster").
+		n.keys.start(ctx)
+	}
 	n.bg.Add(1)
 	go func() {
 		defer n.bg.Done()
@@ -740,6 +771,15 @@ func (n *Node) Close() error {
 		if n.mln != nil {
 			n.mln.Close()
 		}
+		if n.cluster != nil {
+			// Stop taking partitions' work, finish what is in flight (its
+			// statuses ack it), then give the leases back.
+			n.cluster.owner.Close(func() {
+				if n.Engine != nil {
+					n.Engine.Close()
+				}
+			})
+		}
 		if n.Engine != nil {
 			n.Engine.Close()
 		}
@@ -757,6 +797,9 @@ func (n *Node) Close() error {
 		}
 		if n.client != nil {
 			n.client.Close()
+		}
+		if n.cluster != nil {
+			n.cluster.c.Close()
 		}
 		if n.Queue != nil {
 			n.Queue.Close()

@@ -117,3 +117,6 @@ func (pc peerCache) peek(biz string, r Recipient) *peer {
 }
 
 func (pc peerCache) remove(biz string, r Recipient) { pc.c.Remove(peerKey{biz, r}) }
+
+// purge empties the cache.
+func (pc peerCache) purge() { pc.c.Purge() }

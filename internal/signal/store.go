@@ -38,6 +38,55 @@ type Store struct {
 	ids  map[string]*Identity
 
 	pkMu sync.Mutex // prekey generation (prekeys.go)
+
+	// derive, when set, makes a business number's identity from the master
+	// key instead of at random (cluster mode: every node holds the same).
+	derive func(phone string) [32]byte
+}
+
+// DeriveIdentities makes identities that do not exist yet from mac (a keyed
+// MAC of the master key): every node of a cluster derives the same key pair
+// for a number, so a user sees one business identity whichever node works
+// its partition.
+func (s *Store) DeriveIdentities(mac func([]byte) [32]byte) {
+	s.derive = func(phone string) [32]byte { return mac([]byte("herald identity v1\x00" + phone)) }
+}
+
+// ForgetShards deletes every recipient's sessions, device lists and trusted
+// keys whose recipient key match selects (a node taking partitions over:
+// what it kept of them may be stale), and empties the cache. It returns how
+// many records it deleted.
+func (s *Store) ForgetShards(match func(r Recipient) bool) (int, error) {
+	n := 0
+	for _, kind := range []byte{'S', 'H', 'K', 'V'} {
+		lo := []byte{'s', kind}
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
+		if err != nil {
+			return n, err
+		}
+		b := s.db.NewBatch()
+		for it.First(); it.Valid(); it.Next() {
+			k := it.Key()
+			if len(k) < 3 || len(k) < 3+int(k[2])+len(Recipient{}) {
+				continue
+			}
+			var r Recipient
+			copy(r[:], k[3+int(k[2]):])
+			if match(r) {
+				b.Delete(k, nil)
+				n++
+			}
+		}
+		err = it.Close()
+		if err == nil {
+			err = s.db.Commit(b, true)
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	s.peers.purge()
+	return n, nil
 }
 
 // NewStore makes a store; cacheRecipients bounds the hot-state cache, in
@@ -109,8 +158,12 @@ func (s *Store) Identity(phone string) (*Identity, error) {
 		id = &Identity{Phone: phone, KeyPair: identity.NewKeyPair(identity.NewKey(pub), ecc.NewDjbECPrivateKey(priv)),
 			RegistrationID: binary.BigEndian.Uint32(plain[65:])}
 	} else {
-		id, err = NewIdentity(phone)
-		if err != nil {
+		if s.derive != nil {
+			priv := s.derive(phone)
+			kp := ecc.CreateKeyPair(priv[:])
+			id = &Identity{Phone: phone, KeyPair: identity.NewKeyPair(identity.NewKey(kp.PublicKey()), kp.PrivateKey()),
+				RegistrationID: uint32(priv[31])<<6 | uint32(priv[30]&0x3f) | 1}
+		} else if id, err = NewIdentity(phone); err != nil {
 			return nil, err
 		}
 		priv := id.KeyPair.PrivateKey().Serialize()

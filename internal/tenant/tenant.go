@@ -59,6 +59,40 @@ type Store struct {
 	byPN   map[string]*Business // phone_number_id → business
 	byHash map[string]string    // hex(token hash) → business id
 	byNum  map[string]string    // digits → phone_number_id
+
+	// replicate, in cluster mode, stores a changed business's sealed
+	// record cluster-wide before this node commits it (SetReplicator).
+	replicate func(id string, sealed []byte) error
+}
+
+// SetReplicator makes every change go through f first (cluster mode: a
+// replicated KV put); the other nodes apply it with ApplySealed.
+func (s *Store) SetReplicator(f func(id string, sealed []byte) error) {
+	s.mu.Lock()
+	s.replicate = f
+	s.mu.Unlock()
+}
+
+// ApplySealed stores and indexes a business record another node (or this
+// one) replicated.
+func (s *Store) ApplySealed(sealed []byte) error {
+	plain, err := s.sealer.Open(sealed)
+	if err != nil {
+		return fmt.Errorf("tenant: replicated business record unreadable: %w", err)
+	}
+	var b Business
+	if err := json.Unmarshal(plain, &b); err != nil {
+		return fmt.Errorf("tenant: replicated business record corrupt: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	batch := s.db.NewBatch()
+	batch.Set(bizKey(b.ID), sealed, nil)
+	if err := s.db.Commit(batch, true); err != nil {
+		return err
+	}
+	s.indexLocked(&b)
+	return nil
 }
 
 func bizKey(id string) []byte { return append([]byte("tB"), id...) }
@@ -108,8 +142,14 @@ func (s *Store) indexLocked(b *Business) {
 
 func (s *Store) saveLocked(b *Business) error {
 	v, _ := json.Marshal(b)
+	sealed := s.sealer.Seal(nil, v)
+	if s.replicate != nil {
+		if err := s.replicate(b.ID, sealed); err != nil {
+			return err
+		}
+	}
 	batch := s.db.NewBatch()
-	batch.Set(bizKey(b.ID), s.sealer.Seal(nil, v), nil)
+	batch.Set(bizKey(b.ID), sealed, nil)
 	if err := s.db.Commit(batch, true); err != nil {
 		return err
 	}

@@ -1,0 +1,273 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/cluster"
+	"github.com/heraldhq/herald/internal/node"
+	"github.com/heraldhq/herald/internal/platform/sim"
+	"github.com/heraldhq/herald/internal/testutil"
+)
+
+// A three-node cluster in one process: three embedded NATS servers routed
+// to each other on loopback (ephemeral ports, temp dirs), one shared
+// platform simulator, the real queue, limiter and engine on each node.
+
+const (
+	adminToken     = "admin-token-for-cluster-tests"
+	platformSecret = "cluster-platform-secret"
+	masterKey      = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type testCluster struct {
+	t      *testing.T
+	sim    *sim.Server
+	nodes  []*node.Node
+	cfgs   []node.Config
+	closed []bool
+}
+
+// startCluster starts n nodes with the given replicas; node i's API is
+// cfgs[i].Listen. The simulator's events go to node 0.
+func startCluster(t *testing.T, n, replicas int, users int) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t, closed: make([]bool, n)}
+	apis := make([]string, n)
+	routes := make([]string, n)
+	clients := make([]string, n)
+	for i := range apis {
+		apis[i], routes[i], clients[i] = freeAddr(t), freeAddr(t), freeAddr(t)
+	}
+	s, err := sim.New(sim.Options{Secret: platformSecret, EventsURL: "http://" + apis[0] + "/v1/platform/events", Users: users,
+		Prefix: "1555", DevicesMin: 1, DevicesMax: 2, UnknownShare: -1, ReadShare: -1, RecordBodies: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	tc.sim = s
+	t.Cleanup(func() { s.Close() })
+	for i := 0; i < n; i++ {
+		var rs []string
+		for j := range routes {
+			if j != i {
+				rs = append(rs, "nats://"+routes[j])
+			}
+		}
+		tc.cfgs = append(tc.cfgs, node.Config{DataDir: filepath.Join(t.TempDir(), fmt.Sprint("n", i)), Listen: apis[i], NoDemoBusiness: true, Out: io.Discard,
+			AdminToken: adminToken, MasterKeys: masterKey, PlatformURL: s.URL(), PlatformSecret: platformSecret,
+			WebhookAllow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+			Cluster: &cluster.Config{Embed: true, Listen: clients[i], ClusterListen: routes[i], Routes: rs, Replicas: replicas,
+				NodeID: fmt.Sprint("n", i), LeaseTTL: 2 * time.Second}})
+	}
+	tc.nodes = make([]*node.Node, n)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range tc.cfgs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs[i] = tc.start(i)
+		}(i)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for i, nd := range tc.nodes {
+			if nd != nil && !tc.closed[i] {
+				nd.Close()
+			}
+		}
+	})
+	return tc
+}
+
+func (tc *testCluster) start(i int) error {
+	nd, err := node.New(tc.cfgs[i])
+	if err != nil {
+		return err
+	}
+	if err := nd.Start(context.Background()); err != nil {
+		nd.Close()
+		return err
+	}
+	tc.nodes[i] = nd
+	tc.closed[i] = false
+	return nil
+}
+
+func (tc *testCluster) stop(i int) {
+	tc.nodes[i].Close()
+	tc.closed[i] = true
+}
+
+func (tc *testCluster) do(i int, method, path, token, body, ct string) (int, map[string]any) {
+	tc.t.Helper()
+	req, _ := http.NewRequest(method, "http://"+tc.cfgs[i].Listen+path, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if ct == "" {
+		ct = "application/json"
+	}
+	req.Header.Set("Content-Type", ct)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	json.Unmarshal(raw, &out)
+	return resp.StatusCode, out
+}
+
+// business creates a business through node i; it returns its token and
+// phone number id.
+func (tc *testCluster) business(i int, phone, tier string) (token, pn string) {
+	tc.t.Helper()
+	code, out := tc.do(i, "POST", "/admin/v1/businesses", adminToken,
+		fmt.Sprintf(`{"name":"B %s","phone_numbers":[%q],"tier":%q,"mps":1000}`, phone, phone, tier), "")
+	if code != 200 {
+		tc.t.Fatalf("create business: %d %v", code, out)
+	}
+	token = out["token"].(string)
+	return token, out["phone_number_ids"].([]any)[0].(string)
+}
+
+// held counts the partitions held by the running nodes.
+func (tc *testCluster) held() (per []int, total int) {
+	for i, nd := range tc.nodes {
+		n := 0
+		if !tc.closed[i] {
+			n = len(nd.HeldPartitions())
+		}
+		per = append(per, n)
+		total += n
+	}
+	return per, total
+}
+
+// TestClusterNodeClosedMidCampaign: a campaign uploaded on one node, two
+// messages per user, some single messages on another; a third node closes
+// while the campaign is sent. Its partitions move to the other two; every
+// device of every user decrypts each message once, in order; any node
+// answers GET /v1/messages/{id}.
+func TestClusterNodeClosedMidCampaign(t *testing.T) {
+	tc := startCluster(t, 3, 1, 10_000)
+	testutil.Until(t, 30*time.Second, func() bool { _, n := tc.held(); return n == 16 }, func() string {
+		per, _ := tc.held()
+		return fmt.Sprintf("partitions not all held: %v", per)
+	})
+	tok, pn := tc.business(0, "15550200000", "unlimited")
+	// The token works on every node (the business is cluster-wide).
+	testutil.Until(t, 10*time.Second, func() bool {
+		code, _ := tc.do(2, "GET", "/v1/"+pn+"/campaigns", tok, "", "")
+		return code == 200
+	}, func() string { return "node 2 does not know the business" })
+
+	const users = 300
+	var nd bytes.Buffer
+	nd.WriteString(`{"name":"cluster","template":{"body":"hello {{n}}"}}` + "\n")
+	for round := 0; round < 2; round++ {
+		for u := 0; u < users; u++ {
+			fmt.Fprintf(&nd, `{"to":%q,"vars":{"n":"%d"}}`+"\n", tc.sim.UserNumber(u), round)
+		}
+	}
+	code, out := tc.do(1, "POST", "/v1/"+pn+"/campaigns", tok, nd.String(), "application/x-ndjson")
+	if code != 200 || out["accepted"] != float64(2*users) {
+		t.Fatalf("upload on node 1: %d %v", code, out)
+	}
+	var ids []string
+	for u := 0; u < 20; u++ {
+		code, out := tc.do(2, "POST", "/v1/"+pn+"/messages", tok, fmt.Sprintf(`{"messaging_product":"whatsapp","to":%q,"type":"text","text":{"body":"single %d"}}`, tc.sim.UserNumber(users+u), u), "")
+		if code != 200 {
+			t.Fatalf("send on node 2: %d %v", code, out)
+		}
+		ids = append(ids, out["messages"].([]any)[0].(map[string]any)["id"].(string))
+	}
+	// Close node 2 once something was sent.
+	testutil.Until(t, 30*time.Second, func() bool { return tc.sim.Stats().Decrypted > 50 }, func() string { return "nothing decrypted" })
+	tc.stop(2)
+	testutil.Until(t, 30*time.Second, func() bool { per, n := tc.held(); return n == 16 && per[2] == 0 }, func() string {
+		per, _ := tc.held()
+		return fmt.Sprintf("partitions of the closed node did not move: %v", per)
+	})
+	// Every device of every user gets both campaign messages and the
+	// singles, each once.
+	want := func(u int) int {
+		if u < users {
+			return 2
+		}
+		return 1
+	}
+	testutil.Until(t, 60*time.Second, func() bool {
+		for u := 0; u < users+20; u++ {
+			for _, got := range tc.sim.Received(tc.sim.UserNumber(u)) {
+				if len(got) < want(u) {
+					return false
+				}
+			}
+			if len(tc.sim.Received(tc.sim.UserNumber(u))) == 0 {
+				return false
+			}
+		}
+		return true
+	}, func() string { return fmt.Sprintf("not every message arrived: %+v", tc.sim.Stats()) })
+	for u := 0; u < users+20; u++ {
+		for dev, got := range tc.sim.Received(tc.sim.UserNumber(u)) {
+			seen := map[string]bool{}
+			for _, r := range got {
+				if seen[r.ID] {
+					t.Fatalf("user %d device %d decrypted %s twice", u, dev, r.ID)
+				}
+				seen[r.ID] = true
+			}
+			if len(got) != want(u) {
+				t.Fatalf("user %d device %d decrypted %d messages, want %d", u, dev, len(got), want(u))
+			}
+		}
+	}
+	st := tc.sim.Stats()
+	if len(st.Failures) != 0 || st.OrderingViolations != 0 || st.Mismatches != 0 {
+		t.Fatalf("decrypt failures or disorder: %+v", st)
+	}
+	// Any running node answers for a message accepted on the closed one.
+	for _, id := range ids {
+		for i := 0; i < 2; i++ {
+			testutil.Until(t, 20*time.Second, func() bool {
+				code, out := tc.do(i, "GET", "/v1/messages/"+id, tok, "", "")
+				return code == 200 && (out["status"] == "sent" || out["status"] == "delivered" || out["status"] == "read")
+			}, func() string {
+				code, out := tc.do(i, "GET", "/v1/messages/"+id, tok, "", "")
+				return fmt.Sprintf("node %d on %s: %d %v", i, id, code, out)
+			})
+		}
+	}
+	t.Logf("sim: %+v", st)
+}
