@@ -91,7 +91,7 @@ type Options struct {
 	Campaigns Campaigns     // default: no campaign is ever paused or canceled
 	// Partitions, in cluster mode: the shards this node works (nil: all).
 	Partitions Partitions
-	Metrics   *metrics.Metrics
+	Metrics    *metrics.Metrics
 	// Workers is the ants pool size (concurrent tasks); default 32. Each
 	// task works on up to GroupsPerTask recipient groups, so up to
 	// Workers × GroupsPerTask recipients are in flight (4,096 by default).

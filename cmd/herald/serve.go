@@ -41,10 +41,10 @@ func serveCmd() *cobra.Command {
 	var restartDelay time.Duration
 	var cl clusterFlags
 	cmd := &cobra.Command{
-		Use:     "serve",
+		Use: "serve",
 		Example: "  herald serve --data ./herald-data --listen 127.0.0.1:8080\n  herald serve --platform https://platform.example --platform-secret-file /etc/herald/platform-secret --webhook-allow 10.0.0.0/8\n" +
 			"  herald serve --node-id h1 --nats-embed --nats-listen 10.0.0.1:4222 --nats-cluster 10.0.0.1:6222 --nats-routes nats://10.0.0.2:6222,nats://10.0.0.3:6222 --nats-replicas 3 --platform https://platform.example",
-		Short:   "Run Herald (embedded Pebble; the built-in platform simulator unless --platform is given)",
+		Short: "Run Herald (embedded Pebble; the built-in platform simulator unless --platform is given)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if cfg.Logger, err = logger(os.Stderr, level, format); err != nil {
