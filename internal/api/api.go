@@ -75,6 +75,9 @@ type Options struct {
 	ClusterStatus interface {
 		Message(id string) (*records.MessageStatus, error)
 	}
+	// ClusterCampaigns, in cluster mode: a campaign's counts summed over
+	// the nodes, and a control change made on every node.
+	ClusterCampaigns ClusterCampaigns
 	// Inbound receives users' envelopes (POST /v1/platform/inbound) and
 	// answers GET /v1/messages/{id} for their ids; nil: 404.
 	Inbound *inbound.Receiver
@@ -261,6 +264,23 @@ func (s *Server) nextID(pn string, now time.Time) string {
 	}
 	s.idMu.Unlock()
 	return g.New(now)
+}
+
+// ClusterCampaigns is campaign control across a cluster.
+type ClusterCampaigns interface {
+	// Counters sums the campaign's counts of every node.
+	Counters(id string) (*records.Counters, error)
+	// Control makes state the campaign's on every node (after this one
+	// made it its own); it returns once the live nodes applied it.
+	Control(id, state string, now, expires time.Time) error
+}
+
+// counters are a campaign's counts: this node's, or the cluster's.
+func (s *Server) counters(id string) (*records.Counters, error) {
+	if s.opts.ClusterCampaigns != nil {
+		return s.opts.ClusterCampaigns.Counters(id)
+	}
+	return s.opts.Statuses.Counters(id)
 }
 
 // Intake takes accepted messages with the batch of records that goes with them.

@@ -61,7 +61,7 @@ func campaignState(c *records.Campaign, control string, queued int64, now time.T
 
 // campaignView is GET /v1/campaigns/{id}'s answer.
 func (s *Server) campaignView(c *records.Campaign) (map[string]any, error) {
-	cnt, err := s.opts.Statuses.Counters(c.ID)
+	cnt, err := s.counters(c.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -183,6 +183,12 @@ func (s *Server) campaignControl(to string) func(*fasthttp.RequestCtx, *tenant.B
 		if err != nil {
 			s.storageError(ctx, err)
 			return
+		}
+		if s.opts.ClusterCampaigns != nil {
+			if err := s.opts.ClusterCampaigns.Control(id, to, now, expires); err != nil {
+				s.storageError(ctx, err)
+				return
+			}
 		}
 		switch {
 		case to == heraldtype.CampaignCanceled && s.opts.CancelParked != nil:

@@ -183,9 +183,10 @@ func Open(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}
 	cfg.ensureDefaults()
 	c = &Cluster{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID)}
+	opened := c
 	defer func() {
 		if err != nil {
-			c.Close()
+			opened.Close()
 		}
 	}()
 	urls := strings.Join(cfg.URLs, ",")
@@ -208,7 +209,7 @@ func Open(ctx context.Context, cfg Config) (c *Cluster, err error) {
 		if err == nil {
 			return c, nil
 		}
-		c.log.Info("cluster: waiting for JetStream", "err", err)
+		c.log.Warn("cluster: waiting for JetStream", "err", err)
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("cluster: JetStream not ready: %w", err)
@@ -295,7 +296,7 @@ const maxAge = 31 * 24 * time.Hour
 func (c *Cluster) ensure(ctx context.Context) error {
 	r := c.cfg.Replicas
 	var err error
-	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	octx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	c.Work, err = c.JS.CreateOrUpdateStream(octx, jetstream.StreamConfig{
 		Name: WorkStream, Subjects: []string{"herald.work.*"}, Retention: jetstream.WorkQueuePolicy,
@@ -351,3 +352,17 @@ func (c *Cluster) Close() {
 
 // StoreDir returns <dataDir>/nats.
 func StoreDir(dataDir string) string { return filepath.Join(dataDir, "nats") }
+
+// Sever cuts this node off the cluster at once, as a crash or a network
+// partition would: the connection closes and the embedded server stops,
+// nothing is given back. Its leases run out; it stops working them when
+// it cannot renew (Owner.Owns), and live nodes take them. Tests use it to
+// kill a node in process.
+func (c *Cluster) Sever() {
+	if c.NC != nil {
+		c.NC.Close()
+	}
+	if c.srv != nil {
+		c.srv.Shutdown()
+	}
+}

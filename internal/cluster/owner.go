@@ -367,8 +367,21 @@ func (o *Owner) feed(ctx context.Context, l *lease, p int, st jetstream.Stream, 
 			msgs = append(msgs, m)
 		}
 		cancel()
-		if len(msgs) > 0 && ctx.Err() == nil && o.Owns(p) {
+		// Handed over even when the lease is late to renew: a fetched
+		// message dropped here would stay pending on this consumer until
+		// its ack wait. (The engine works them only while Owns; after a
+		// stop, the next owner's new consumer delivers them all again.)
+		if len(msgs) > 0 && ctx.Err() == nil {
 			h(p, msgs)
 		}
 	}
+}
+
+// LiveNodes lists the nodes whose heartbeat is current.
+func (c *Cluster) LiveNodes(ctx context.Context) ([]string, error) {
+	ks, err := c.nodes.Keys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	return ks, err
 }

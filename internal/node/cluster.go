@@ -38,6 +38,7 @@ type clusterNode struct {
 	acks map[string]ackRef // message id → its JetStream delivery, until settled
 
 	intaken, acked atomic.Int64
+	camps          *campaignSync
 }
 
 type ackRef struct {
@@ -267,6 +268,9 @@ func (cn *clusterNode) Events(p int, msgs []jetstream.Msg) {
 // settled acks the JetStream deliveries of messages that left the queue
 // (sent, failed, canceled) and reports every change cluster-wide.
 func (cn *clusterNode) settled(cs []heraldtype.StatusChange) {
+	if cn.camps != nil {
+		cn.camps.touched(cs)
+	}
 	for _, c := range cs {
 		cn.publishStatus(c)
 		switch c.Status {
@@ -360,20 +364,62 @@ type eventRouter struct{ cn *clusterNode }
 
 func (er eventRouter) HandleEvents(ctx context.Context, evs []platform.Event) error {
 	cn := er.cn
-	byPart := map[int][]platform.Event{}
-	for _, ev := range evs {
-		p := 0
-		if pn, ok := cn.n.Tenants.PhoneNumberID(ev.Business); ok {
-			if b, err := cn.n.Tenants.ByPhoneNumberID(pn); err == nil && ev.User != "" {
-				p = cn.partition(heraldtype.QueueRecipient(b.ID, ev.User))
+	parts := make([]int, len(evs))
+	// An event names the user, and the business only on some types: the
+	// others' business comes from the message's status in the cluster
+	// (looked up in parallel, at most 64 at a time).
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for i := range evs {
+		ev := &evs[i]
+		if ev.Business != "" {
+			if pn, ok := cn.n.Tenants.PhoneNumberID(ev.Business); ok {
+				if b, err := cn.n.Tenants.ByPhoneNumberID(pn); err == nil {
+					parts[i] = cn.partition(heraldtype.QueueRecipient(b.ID, ev.User))
+					continue
+				}
 			}
 		}
-		byPart[p] = append(byPart[p], ev)
+		if ev.ID == "" || !validKey(ev.ID) {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			e, err := cn.c.Status.Get(gctx, evs[i].ID)
+			if err != nil {
+				return
+			}
+			var s clusterStatus
+			if json.Unmarshal(e.Value(), &s) == nil && s.B != "" {
+				parts[i] = cn.partition(heraldtype.QueueRecipient(s.B, evs[i].User))
+			}
+		}(i)
 	}
+	wg.Wait()
+	byPart := map[int][]platform.Event{}
+	for i, ev := range evs {
+		byPart[parts[i]] = append(byPart[parts[i]], ev)
+	}
+	futs := make([]jetstream.PubAckFuture, 0, len(byPart))
 	for p, es := range byPart {
 		v, _ := json.Marshal(es)
-		if _, err := cn.c.JS.Publish(ctx, cluster.EventsSubject(p), v); err != nil {
+		f, err := cn.c.JS.PublishAsync(cluster.EventsSubject(p), v)
+		if err != nil {
 			return err
+		}
+		futs = append(futs, f)
+	}
+	for _, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 	return nil

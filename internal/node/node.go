@@ -461,10 +461,15 @@ func (n *Node) newAPI(secret string) (err error) {
 	n.keys = newKeyUploader(n)
 	ao.Inbound, ao.KeysNeeded = n.Inbound, n.keys.need
 	if n.cluster != nil {
-		ao.Intake, ao.ClusterStatus, ao.Events = n.cluster, n.cluster, eventRouter{n.cluster}
+		ao.Intake, ao.ClusterStatus, ao.ClusterCampaigns, ao.Events = n.cluster, n.cluster, n.cluster, eventRouter{n.cluster}
 	}
-	n.API, err = api.New(ao)
-	return err
+	if n.API, err = api.New(ao); err != nil {
+		return err
+	}
+	if n.cluster != nil {
+		return n.cluster.startCampaigns()
+	}
+	return nil
 }
 
 // demoBusiness creates the demo business in an empty data directory (unless

@@ -55,6 +55,25 @@ type Uploads struct {
 	db     *kv.DB
 	sealer *seal.Sealer
 	now    func() time.Time
+	// replicate, in cluster mode, stores a campaign record cluster-wide
+	// before this node commits it.
+	replicate func(id string, sealed []byte) error
+}
+
+// SetReplicator makes every campaign record go through f first (cluster
+// mode); the other nodes store it with ApplyCampaign.
+func (u *Uploads) SetReplicator(f func(id string, sealed []byte) error) { u.replicate = f }
+
+// ApplyCampaign stores a campaign record another node replicated (sealed).
+func (u *Uploads) ApplyCampaign(sealed []byte) error {
+	var c Campaign
+	if err := u.decodeCampaign(sealed, &c); err != nil {
+		return fmt.Errorf("records: replicated campaign unreadable: %w", err)
+	}
+	b := u.db.NewBatch()
+	b.Set(campaignKey(c.ID), sealed, nil)
+	b.Set(listKey(c.PhoneNumberID, c.CreatedMS, c.ID), nil, nil)
+	return u.db.Commit(b, false)
 }
 
 // NewUploads returns the upload records of db; now is the clock.
@@ -99,8 +118,14 @@ func IdemExpiry(created time.Time, ttl time.Duration) time.Time {
 // place in its phone number's list, fsync'd.
 func (u *Uploads) SaveCampaign(c *Campaign) error {
 	v, _ := json.Marshal(c)
+	sealed := u.sealer.Seal(nil, v)
+	if u.replicate != nil {
+		if err := u.replicate(c.ID, sealed); err != nil {
+			return err
+		}
+	}
 	b := u.db.NewBatch()
-	b.Set(campaignKey(c.ID), u.sealer.Seal(nil, v), nil)
+	b.Set(campaignKey(c.ID), sealed, nil)
 	b.Set(listKey(c.PhoneNumberID, c.CreatedMS, c.ID), nil, nil)
 	return u.db.Commit(b, true)
 }

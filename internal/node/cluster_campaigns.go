@@ -1,0 +1,273 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/campaigns"
+	"github.com/heraldhq/herald/internal/records"
+)
+
+// Campaigns across a cluster (KV HERALD_CAMPAIGNS):
+//
+//	r.<id>         the campaign record (sealed), written by the node the upload came to
+//	s.<id>         its control state (paused, canceled, running), written by the node asked
+//	c.<id>.<node>  a node's counts of the campaign's messages it settled
+//
+// A campaign uploaded on A, paused on B and watched on C: B stores the state
+// and asks every live node to apply it (each waits for its hand-offs in
+// progress, as one node does) before it answers; C sums the nodes' counts.
+
+const ctlSubject = "herald.ctl"
+
+type ctlMsg struct {
+	ID        string `json:"id"`
+	State     string `json:"state"`
+	AtMS      int64  `json:"at_ms"`
+	ExpiresMS int64  `json:"expires_ms"`
+}
+
+type campaignSync struct {
+	cn    *clusterNode
+	mu    sync.Mutex
+	dirty map[string]bool
+}
+
+func (cn *clusterNode) startCampaigns() error {
+	n, c := cn.n, cn.c
+	cs := &campaignSync{cn: cn, dirty: map[string]bool{}}
+	cn.camps = cs
+	n.Uploads.SetReplicator(func(id string, sealed []byte) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := c.CampaignsBucket.Put(ctx, "r."+id, sealed)
+		return err
+	})
+	w, err := c.CampaignsBucket.WatchAll(context.Background(), jetstream.IgnoreDeletes())
+	if err != nil {
+		return err
+	}
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		// At start only the states: parked messages are resumed or
+		// canceled by Start's reconcile, once the engine runs.
+		cs.apply(e, true)
+	}
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		defer w.Stop()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-n.stop:
+				cs.publish()
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e != nil {
+					cs.apply(e, false)
+				}
+			case <-tick.C:
+				cs.publish()
+			}
+		}
+	}()
+	sub, err := c.NC.Subscribe(ctlSubject, func(m *nats.Msg) {
+		var cm ctlMsg
+		if json.Unmarshal(m.Data, &cm) != nil || cm.ID == "" {
+			return
+		}
+		cs.control(cm, false)
+		_ = m.Respond([]byte("ok"))
+	})
+	if err != nil {
+		return err
+	}
+	_ = sub
+	return nil
+}
+
+func (cs *campaignSync) apply(e jetstream.KeyValueEntry, starting bool) {
+	n := cs.cn.n
+	k := e.Key()
+	switch {
+	case strings.HasPrefix(k, "r."):
+		if err := n.Uploads.ApplyCampaign(e.Value()); err != nil {
+			n.cfg.Logger.Error("cluster: replicated campaign not applied", "err", err)
+		}
+	case strings.HasPrefix(k, "s."):
+		var cm ctlMsg
+		if json.Unmarshal(e.Value(), &cm) == nil && cm.ID != "" {
+			cs.control(cm, starting)
+		}
+	}
+}
+
+// control applies a campaign state on this node: durable, hand-offs in
+// progress waited for, parked messages resumed or canceled.
+func (cs *campaignSync) control(cm ctlMsg, starting bool) {
+	n := cs.cn.n
+	before := n.Campaigns.State(cm.ID)
+	if before == cm.State {
+		return
+	}
+	err := n.Campaigns.Set(cm.ID, cm.State, time.UnixMilli(cm.AtMS), time.UnixMilli(cm.ExpiresMS))
+	if errors.Is(err, campaigns.ErrState) {
+		return
+	}
+	if err != nil {
+		n.cfg.Logger.Error("cluster: campaign state not applied", "campaign", cm.ID, "err", err)
+		return
+	}
+	if starting {
+		return
+	}
+	switch cm.State {
+	case heraldtype.CampaignCanceled:
+		n.Engine.CancelParked(cm.ID)
+	case heraldtype.CampaignRunning:
+		if _, err := n.Queue.Unpark(context.Background(), cm.ID); err != nil {
+			n.cfg.Logger.Error("cluster: could not unpark a campaign", "campaign", cm.ID, "err", err)
+		}
+	}
+}
+
+// Control stores the state cluster-wide and waits until every other live
+// node applied it (or 10 s: a node that misses the request applies the
+// stored state from its watch).
+func (cn *clusterNode) Control(id, state string, now, expires time.Time) error {
+	c := cn.c
+	v, _ := json.Marshal(ctlMsg{ID: id, State: state, AtMS: now.UnixMilli(), ExpiresMS: expires.UnixMilli()})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.CampaignsBucket.Put(ctx, "s."+id, v); err != nil {
+		return err
+	}
+	live, err := c.LiveNodes(ctx)
+	if err != nil {
+		return err
+	}
+	others := 0
+	for _, l := range live {
+		if l != c.NodeID() {
+			others++
+		}
+	}
+	if others == 0 {
+		return nil
+	}
+	inbox := nats.NewInbox()
+	replies := make(chan struct{}, 64)
+	sub, err := c.NC.Subscribe(inbox, func(*nats.Msg) {
+		select {
+		case replies <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	if err := c.NC.PublishRequest(ctlSubject, inbox, v); err != nil {
+		return err
+	}
+	// Every node answers, this one too (it applied the state already).
+	for got := 0; got < others+1; got++ {
+		select {
+		case <-replies:
+		case <-ctx.Done():
+			cn.n.cfg.Logger.Warn("cluster: not every node confirmed a campaign change in time", "campaign", id, "confirmed", got, "live", len(live))
+			return nil
+		}
+	}
+	return nil
+}
+
+// settledCampaigns marks campaigns whose counts changed here.
+func (cs *campaignSync) touched(chs []heraldtype.StatusChange) {
+	cs.mu.Lock()
+	for _, c := range chs {
+		if c.CampaignID != "" {
+			cs.dirty[c.CampaignID] = true
+		}
+	}
+	cs.mu.Unlock()
+}
+
+// publish stores this node's counts of the campaigns that changed.
+func (cs *campaignSync) publish() {
+	cs.mu.Lock()
+	ids := make([]string, 0, len(cs.dirty))
+	for id := range cs.dirty {
+		ids = append(ids, id)
+	}
+	clear(cs.dirty)
+	cs.mu.Unlock()
+	n, c := cs.cn.n, cs.cn.c
+	for _, id := range ids {
+		cnt, err := n.Engine.Statuses().Counters(id)
+		if err != nil {
+			continue
+		}
+		v, _ := json.Marshal(cnt)
+		if _, err := c.JS.PublishAsync("$KV."+c.CampaignsBucket.Bucket()+".c."+id+"."+c.NodeID(), v); err != nil {
+			cs.mu.Lock()
+			cs.dirty[id] = true // next time
+			cs.mu.Unlock()
+		}
+	}
+}
+
+// Counters sums every node's counts of campaign id.
+func (cn *clusterNode) Counters(id string) (*records.Counters, error) {
+	if !validKey(strings.TrimPrefix(id, "cmp_")) {
+		return &records.Counters{}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	kl, err := cn.c.CampaignsBucket.ListKeysFiltered(ctx, "c."+id+".*")
+	if err != nil {
+		return nil, err
+	}
+	sum := &records.Counters{}
+	for k := range kl.Keys() {
+		e, err := cn.c.CampaignsBucket.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		var x records.Counters
+		if json.Unmarshal(e.Value(), &x) != nil {
+			continue
+		}
+		sum.Sent += x.Sent
+		sum.Delivered += x.Delivered
+		sum.Read += x.Read
+		sum.Failed += x.Failed
+		sum.Canceled += x.Canceled
+		for code, v := range x.Failures {
+			if sum.Failures == nil {
+				sum.Failures = map[string]int64{}
+			}
+			sum.Failures[code] += v
+		}
+		if x.FirstSent > 0 && (sum.FirstSent == 0 || x.FirstSent < sum.FirstSent) {
+			sum.FirstSent = x.FirstSent
+		}
+		sum.LastDone = max(sum.LastDone, x.LastDone)
+	}
+	return sum, nil
+}
