@@ -267,7 +267,9 @@ func TestClusterNodeCutOffMidCampaign(t *testing.T) {
 	cut.Cluster().Sever()
 	testutil.Until(t, 30*time.Second, func() bool {
 		return len(tc.nodes[0].HeldPartitions())+len(tc.nodes[1].HeldPartitions()) == 16
-	}, func() string { return fmt.Sprintf("partitions did not move: %v %v", tc.nodes[0].HeldPartitions(), tc.nodes[1].HeldPartitions()) })
+	}, func() string {
+		return fmt.Sprintf("partitions did not move: %v %v", tc.nodes[0].HeldPartitions(), tc.nodes[1].HeldPartitions())
+	})
 	t.Logf("%d partitions moved %v after the cut (lease TTL 2 s)", before, time.Since(start).Round(100*time.Millisecond))
 	st := tc.checkReceived(users, func(int) int { return 3 })
 	t.Logf("sim: %+v", st)
