@@ -98,6 +98,17 @@ type Options struct {
 	// Logger for what fails in the background (a block not recorded);
 	// default slog.Default.
 	Logger *slog.Logger
+	// Shared, in cluster mode, holds the tiers' unique recipients for every
+	// node: a tier's limit holds exactly across uploads to different nodes.
+	Shared SharedTier
+}
+
+// SharedTier counts a business's unique recipients cluster-wide.
+type SharedTier interface {
+	// Admit decides for each recipient key (distinct, in order) whether it
+	// may be messaged: counted in the window already, or counted now while
+	// the limit has room. Nothing more than limit is ever counted.
+	Admit(bizID string, limit int64, keys [][16]byte, now time.Time, window time.Duration) ([]bool, error)
 }
 
 // Limiter implements api.Admitter, engine.Shaper and the quality signals.
@@ -277,6 +288,9 @@ func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now 
 		l.recordAdmission(pn, now, int64(len(recipients)), 0, seq)
 		return codes, "", nil
 	}
+	if l.opts.Shared != nil {
+		return l.admitShared(b, pn, recipients, codes, limit, now, seq)
+	}
 	s := l.bizState(b.ID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -354,6 +368,47 @@ func (l *Limiter) Admit(b *tenant.Business, pn string, recipients []string, now 
 	reason := ""
 	if admitted < int64(len(codes)) {
 		reason = "messaging tier limit reached: no more new unique recipients in the moving 24 h window"
+	}
+	return codes, reason, nil
+}
+
+// admitShared is Admit's tier check against the cluster's count.
+func (l *Limiter) admitShared(b *tenant.Business, pn string, recipients []string, codes []int, limit int64, now time.Time, seq float64) ([]int, string, error) {
+	var keys [][16]byte
+	idx := map[[16]byte]int{}
+	for i, r := range recipients {
+		if codes[i] != 0 {
+			continue
+		}
+		h := l.opts.Sealer.Lookup(b.ID + ":" + r)
+		if _, ok := idx[h]; !ok {
+			idx[h] = len(keys)
+			keys = append(keys, h)
+		}
+	}
+	ok, err := l.opts.Shared.Admit(b.ID, limit, keys, now, l.pol.Window)
+	if err != nil {
+		return nil, "", err
+	}
+	admitted := int64(0)
+	for i, r := range recipients {
+		if codes[i] != 0 {
+			continue
+		}
+		if !ok[idx[l.opts.Sealer.Lookup(b.ID+":"+r)]] {
+			codes[i] = CodeTier
+			continue
+		}
+		admitted++
+	}
+	l.recordAdmission(pn, now, admitted, 0, seq)
+	reason := ""
+	if admitted < int64(len(codes)) {
+		for _, c := range codes {
+			if c == CodeTier {
+				reason = "messaging tier limit reached: no more new unique recipients in the moving 24 h window"
+			}
+		}
 	}
 	return codes, reason, nil
 }

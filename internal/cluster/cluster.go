@@ -13,7 +13,8 @@
 //	KV HERALD_NODES   node id → heartbeat: who is alive, for balancing only
 //	KV HERALD_STATUS  message id → its status history (any node answers GET)
 //	KV HERALD_TENANTS business id → sealed business record (tokens included)
-//	KV HERALD_CAMPAIGNS campaign id → paused|canceled
+//	KV HERALD_CAMPAIGNS campaign records, control states, each node's counts
+//	KV HERALD_TIER    tiers' unique recipients (node/cluster_tier.go)
 //
 // A partition is a queue shard (a keyed HMAC of the recipient picks it, the
 // same on every node: they share the master key). Ownership is a lease in a
@@ -142,6 +143,9 @@ const (
 	StatusBucket    = "HERALD_STATUS"
 	TenantsBucket   = "HERALD_TENANTS"
 	CampaignsBucket = "HERALD_CAMPAIGNS"
+	TierBucket      = "HERALD_TIER"
+	// TierWindow: what a tier counts (unique recipients in a moving 24 h).
+	TierWindow = 24 * time.Hour
 )
 
 // Cluster is this node's connection to the cluster.
@@ -155,6 +159,7 @@ type Cluster struct {
 	Work, Events                     jetstream.Stream
 	leases, nodes                    jetstream.KeyValue
 	Status, Tenants, CampaignsBucket jetstream.KeyValue
+	Tier                             jetstream.KeyValue
 }
 
 // NodeID is this node's name.
@@ -329,7 +334,10 @@ func (c *Cluster) ensure(ctx context.Context) error {
 	if c.Tenants, err = kv(TenantsBucket, 0, 1); err != nil {
 		return err
 	}
-	c.CampaignsBucket, err = kv(CampaignsBucket, maxAge, 1)
+	if c.CampaignsBucket, err = kv(CampaignsBucket, maxAge, 1); err != nil {
+		return err
+	}
+	c.Tier, err = kv(TierBucket, TierWindow, 1)
 	return err
 }
 

@@ -423,3 +423,59 @@ func TestClusterCampaignAcrossNodes(t *testing.T) {
 		return fmt.Sprintf("node 2's view: %v; per node %v; sim %+v", out, per, tc.sim.Stats())
 	})
 }
+
+// TestClusterTierExactAcrossNodes: three uploads at once, one per node, of
+// 200 new recipients each for a business of tier 250: exactly 250 are
+// accepted in all; then a counted recipient may still be messaged on any
+// node and a new one is refused on every node.
+func TestClusterTierExactAcrossNodes(t *testing.T) {
+	tc := startCluster(t, 3, 1, 10_000)
+	tc.balanced()
+	tok, pn := tc.business(0, "15550200003", "250")
+	testutil.Until(t, 10*time.Second, func() bool {
+		c1, _ := tc.do(1, "GET", "/v1/"+pn+"/campaigns", tok, "", "")
+		c2, _ := tc.do(2, "GET", "/v1/"+pn+"/campaigns", tok, "", "")
+		return c1 == 200 && c2 == 200
+	}, func() string { return "the business is not on every node" })
+	user := func(i int) string { return tc.sim.UserNumber(7 * i) } // not consecutive: no enumeration flag
+	accepted := make([]float64, 3)
+	var wg sync.WaitGroup
+	for n := 0; n < 3; n++ {
+		wg.Add(1)
+		go func(n int) {
+			defer wg.Done()
+			var b strings.Builder
+			b.WriteString(`{"name":"tier","template":{"body":"hi"}}` + "\n")
+			for i := 0; i < 200; i++ {
+				fmt.Fprintf(&b, `{"to":%q}`+"\n", user(n*200+i))
+			}
+			code, out := tc.do(n, "POST", "/v1/"+pn+"/campaigns", tok, b.String(), "application/x-ndjson")
+			if code != 200 {
+				t.Errorf("upload on node %d: %d %v", n, code, out)
+				return
+			}
+			accepted[n] = out["accepted"].(float64)
+		}(n)
+	}
+	wg.Wait()
+	if sum := accepted[0] + accepted[1] + accepted[2]; sum != 250 {
+		t.Fatalf("accepted %v = %v new recipients for a tier of 250", accepted, sum)
+	}
+	// A counted recipient goes on any node; a new one is refused on all.
+	var counted string
+	for n := 0; n < 3 && counted == ""; n++ {
+		if accepted[n] > 0 {
+			counted = user(n * 200)
+		}
+	}
+	for n := 0; n < 3; n++ {
+		code, out := tc.do(n, "POST", "/v1/"+pn+"/messages", tok, fmt.Sprintf(`{"messaging_product":"whatsapp","to":%q,"type":"text","text":{"body":"again"}}`, counted), "")
+		if code != 200 {
+			t.Fatalf("a counted recipient on node %d: %d %v", n, code, out)
+		}
+		code, out = tc.do(n, "POST", "/v1/"+pn+"/messages", tok, fmt.Sprintf(`{"messaging_product":"whatsapp","to":%q,"type":"text","text":{"body":"new"}}`, user(5000+n)), "")
+		if code != 429 {
+			t.Fatalf("a new recipient past the tier on node %d: %d %v", n, code, out)
+		}
+	}
+}

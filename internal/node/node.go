@@ -288,7 +288,11 @@ func New(cfg Config) (n *Node, err error) {
 		return nil, err
 	}
 	if !cfg.NoLimits {
-		if n.Limits, err = ratelimit.New(ratelimit.Options{DB: n.db, Sealer: n.Sealer, Tenants: n.Tenants, Now: cfg.Now, Logger: cfg.Logger}); err != nil {
+		lo := ratelimit.Options{DB: n.db, Sealer: n.Sealer, Tenants: n.Tenants, Now: cfg.Now, Logger: cfg.Logger}
+		if n.cluster != nil {
+			lo.Shared = clusterTier{n.cluster.c.Tier}
+		}
+		if n.Limits, err = ratelimit.New(lo); err != nil {
 			return nil, err
 		}
 	}
