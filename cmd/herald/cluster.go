@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -14,6 +15,7 @@ type clusterFlags struct {
 	nats, listen, clusterListen, routes, nodeID string
 	embed                                       bool
 	replicas                                    int
+	leaseTTL                                    time.Duration
 }
 
 func (c *clusterFlags) add(f *pflag.FlagSet) {
@@ -24,6 +26,7 @@ func (c *clusterFlags) add(f *pflag.FlagSet) {
 	f.StringVar(&c.routes, "nats-routes", "", "with --nats-embed: the other servers' route URLs, URL[,URL]")
 	f.IntVar(&c.replicas, "nats-replicas", 1, "replication of every stream and bucket: 1 or 3")
 	f.StringVar(&c.nodeID, "node-id", "", "this node's name in the cluster (default: the host name)")
+	f.DurationVar(&c.leaseTTL, "nats-lease-ttl", 6*time.Second, "a dead node's partitions move to live nodes this long after its last lease renewal (every node the same)")
 }
 
 // config is the cluster configuration, or nil when no cluster flag asks for one.
@@ -35,7 +38,10 @@ func (c *clusterFlags) config() (*cluster.Config, error) {
 		return nil, nil
 	}
 	cc := &cluster.Config{Embed: c.embed, Listen: c.listen, ClusterListen: c.clusterListen, Replicas: c.replicas, NodeID: c.nodeID,
-		URLs: splitList(c.nats), Routes: splitList(c.routes), Partitions: 1}
+		URLs: splitList(c.nats), Routes: splitList(c.routes), Partitions: 1, LeaseTTL: c.leaseTTL}
+	if c.leaseTTL < time.Second || c.leaseTTL > 5*time.Minute {
+		return nil, fmt.Errorf("invalid setting nats-lease-ttl: must be between 1s and 5m")
+	}
 	if err := cc.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid setting: %v", strings.TrimPrefix(err.Error(), "cluster: "))
 	}

@@ -350,6 +350,7 @@ func EventsSubject(p int) string { return "herald.events." + strconv.Itoa(p) }
 // Close drains the connection and stops the embedded server.
 func (c *Cluster) Close() {
 	if c.NC != nil {
+		_ = c.NC.FlushTimeout(2 * time.Second) // the last acks and statuses
 		c.NC.Close()
 	}
 	if c.srv != nil {

@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,7 @@ type Owner struct {
 
 	mu    sync.Mutex
 	held  map[int]*lease
+	free  map[int]bool // partitions nobody held at the last round
 	moves atomic.Int64 // partitions gained since start
 	stop  context.CancelFunc
 	done  chan struct{}
@@ -98,13 +100,16 @@ func (o *Owner) Run(ctx context.Context) {
 	o.done = make(chan struct{})
 	go func() {
 		defer close(o.done)
-		tick := o.c.cfg.LeaseTTL / 3
+		// Rounds at a fixed period (a slow round does not push the next
+		// renewal back).
+		t := time.NewTicker(o.c.cfg.LeaseTTL / 4)
+		defer t.Stop()
 		for {
 			o.round(ctx)
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(tick):
+			case <-t.C:
 			}
 		}
 	}()
@@ -143,63 +148,98 @@ func (o *Owner) Close(drain func()) {
 	_ = o.c.nodes.Delete(ctx, o.c.cfg.NodeID)
 }
 
-// round: heartbeat, renew what is held, then move toward an even share.
+// round: renew what is held (in parallel), heartbeat, then move toward an
+// even share.
 func (o *Owner) round(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, o.c.cfg.LeaseTTL/3)
-	defer cancel()
 	c := o.c
+	ttl := c.cfg.LeaseTTL
 	start := time.Since(o.base)
-	if _, err := c.nodes.Put(ctx, c.cfg.NodeID, []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))); err != nil && ctx.Err() == nil {
-		c.log.Warn("cluster: heartbeat failed", "err", err)
-	}
-	// Renew.
 	o.mu.Lock()
 	held := make(map[int]uint64, len(o.held))
 	for p, l := range o.held {
 		held[p] = l.rev
 	}
 	o.mu.Unlock()
-	var lost []int
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		lost []int
+	)
 	for p, rev := range held {
-		nrev, err := c.leases.Update(ctx, leaseKey(p), []byte(c.cfg.NodeID), rev)
-		if err != nil {
-			if time.Since(o.base)-time.Duration(o.until[p].Load()) >= 0 || !transient(err) {
-				lost = append(lost, p)
-				c.log.Warn("cluster: partition lease lost", "partition", p, "err", err)
+		wg.Add(1)
+		go func(p int, rev uint64) {
+			defer wg.Done()
+			rctx, cancel := context.WithTimeout(ctx, ttl/3)
+			defer cancel()
+			nrev, err := c.leases.Update(rctx, leaseKey(p), []byte(c.cfg.NodeID), rev)
+			if err != nil {
+				// A slow answer is not a lost lease while this node may
+				// still work the partition; a refusal (another revision) is.
+				if time.Since(o.base) >= time.Duration(o.until[p].Load()) || !transient(err) {
+					mu.Lock()
+					lost = append(lost, p)
+					mu.Unlock()
+					c.log.Warn("cluster: partition lease lost", "partition", p, "err", err)
+				}
+				return
 			}
-			continue
-		}
-		o.mu.Lock()
-		if l := o.held[p]; l != nil {
-			l.rev = nrev
-		}
-		o.mu.Unlock()
-		o.until[p].Store(int64(start + c.cfg.LeaseTTL*2/3))
+			o.mu.Lock()
+			if l := o.held[p]; l != nil {
+				l.rev = nrev
+			}
+			o.mu.Unlock()
+			o.until[p].Store(int64(start + ttl*2/3))
+		}(p, rev)
 	}
+	wg.Wait()
 	if len(lost) > 0 {
 		o.release(ctx, lost, false)
 	}
 	if ctx.Err() != nil {
 		return
 	}
-	// Balance: ceil(partitions / live nodes) each.
-	live, err := c.nodes.Keys(ctx)
-	if err != nil || len(live) == 0 {
-		live = []string{c.cfg.NodeID}
+	bctx, cancel := context.WithTimeout(ctx, ttl/3)
+	defer cancel()
+	if _, err := c.nodes.Put(bctx, c.cfg.NodeID, []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))); err != nil && ctx.Err() == nil {
+		c.log.Warn("cluster: heartbeat failed", "err", err)
 	}
-	P := c.cfg.Partitions
-	target := (P + len(live) - 1) / len(live)
-	if time.Since(o.base) < c.cfg.LeaseTTL/2 {
+	if time.Since(o.base) < ttl/2 {
 		// Just started: the nodes starting with this one have not all
 		// written their heartbeat yet; taking a whole share now would
 		// only move partitions back a round later.
 		return
 	}
+	// Balance: ceil(partitions / live nodes) each; and a partition nobody
+	// held at the previous round too is taken whatever the share (its
+	// owner is gone; the share evens out once its heartbeat is gone too).
+	live, err := c.nodes.Keys(bctx)
+	if err != nil || len(live) == 0 {
+		live = []string{c.cfg.NodeID}
+	}
+	taken := map[int]bool{}
+	keys, err := c.leases.Keys(bctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return
+	}
+	for _, k := range keys {
+		if p, err := strconv.Atoi(strings.TrimPrefix(k, "p.")); err == nil {
+			taken[p] = true
+		}
+	}
+	P := c.cfg.Partitions
+	target := (P + len(live) - 1) / len(live)
 	order := o.preference()
 	o.mu.Lock()
 	n := len(o.held)
 	o.mu.Unlock()
-	if n > target {
+	freeBefore := o.free
+	o.free = map[int]bool{}
+	for p := 0; p < P; p++ {
+		if !taken[p] {
+			o.free[p] = true
+		}
+	}
+	if n > target && len(o.free) == 0 {
 		// Give back the partitions this node prefers least.
 		var give []int
 		for i := len(order) - 1; i >= 0 && n-len(give) > target; i-- {
@@ -215,8 +255,8 @@ func (o *Owner) round(ctx context.Context) {
 	}
 	var gained []int
 	for _, p := range order {
-		if n+len(gained) >= target {
-			break
+		if taken[p] || (n+len(gained) >= target && !freeBefore[p]) {
+			continue
 		}
 		o.mu.Lock()
 		_, ok := o.held[p]
@@ -224,15 +264,16 @@ func (o *Owner) round(ctx context.Context) {
 		if ok {
 			continue
 		}
-		rev, err := c.leases.Create(ctx, leaseKey(p), []byte(c.cfg.NodeID))
+		rev, err := c.leases.Create(bctx, leaseKey(p), []byte(c.cfg.NodeID))
 		if err != nil {
-			continue // held by another node (or the bucket is unreachable)
+			continue // taken by another node just now (or the bucket is unreachable)
 		}
 		o.mu.Lock()
 		o.held[p] = &lease{rev: rev}
 		o.mu.Unlock()
-		o.until[p].Store(int64(start + c.cfg.LeaseTTL*2/3))
+		o.until[p].Store(int64(time.Since(o.base) + ttl*2/3))
 		gained = append(gained, p)
+		delete(o.free, p)
 	}
 	if len(gained) > 0 {
 		o.moves.Add(int64(len(gained)))
@@ -352,28 +393,41 @@ func (o *Owner) feed(ctx context.Context, l *lease, p int, st jetstream.Stream, 
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	for ctx.Err() == nil {
-		fctx, cancel := context.WithTimeout(ctx, time.Second)
-		batch, err := cons.Fetch(1024, jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			if ctx.Err() == nil {
-				time.Sleep(200 * time.Millisecond)
-			}
-			continue
+	// Consume keeps pull requests outstanding and renews them itself; its
+	// callback only queues, and one loop hands batches to the handler.
+	in := make(chan jetstream.Msg, 4096)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case in <- m:
+		case <-ctx.Done():
 		}
+	}, jetstream.PullMaxMessages(1024))
+	if err != nil {
+		o.c.log.Warn("cluster: cannot consume", "consumer", name, "err", err)
+		return
+	}
+	defer cc.Stop()
+	for {
 		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-in:
 			msgs = append(msgs, m)
 		}
-		cancel()
-		// Handed over even when the lease is late to renew: a fetched
-		// message dropped here would stay pending on this consumer until
-		// its ack wait. (The engine works them only while Owns; after a
-		// stop, the next owner's new consumer delivers them all again.)
-		if len(msgs) > 0 && ctx.Err() == nil {
-			h(p, msgs)
+	fill:
+		for len(msgs) < 1024 {
+			select {
+			case m := <-in:
+				msgs = append(msgs, m)
+			default:
+				break fill
+			}
 		}
+		if ctx.Err() != nil {
+			return // the next owner's new consumer delivers them again
+		}
+		h(p, msgs)
 	}
 }
 

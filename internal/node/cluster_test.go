@@ -281,7 +281,9 @@ func TestClusterNodeCutOffMidCampaign(t *testing.T) {
 // device of every user decrypts each message once, in order; any node
 // answers GET /v1/messages/{id}.
 func TestClusterNodeClosedMidCampaign(t *testing.T) {
-	tc := startCluster(t, 3, 1, 10_000)
+	// Replicas 3: with 1, a stream lives on one server, and closing that
+	// node would take the cluster's leases with it.
+	tc := startCluster(t, 3, 3, 10_000)
 	tc.balanced()
 	tok, pn := tc.business(0, "15550200000", "unlimited")
 	// The token works on every node (the business is cluster-wide).
