@@ -127,9 +127,10 @@ func demoCmd() *cobra.Command {
 	var devices string
 	var so sim.Options
 	var keep bool
+	var nodes int
 	cmd := &cobra.Command{
 		Use:     "demo",
-		Example: "  herald demo\n  herald demo --recipients 5000",
+		Example: "  herald demo\n  herald demo --recipients 5000\n  herald demo --nodes 3",
 		Short:   "One command, nothing to install: Herald + the platform simulator + a campaign, with a live progress bar and a proof",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -142,6 +143,12 @@ func demoCmd() *cobra.Command {
 			if so.Users < recipients {
 				so.Users = recipients * 2
 			}
+			if nodes < 1 || nodes > 9 {
+				return fmt.Errorf("invalid setting nodes: must be 1-9")
+			}
+			if nodes > 1 {
+				return runClusterDemo(cmd.Context(), nodes, recipients, so, keep)
+			}
 			if !cmd.Flags().Changed("reply-share") {
 				so.ReplyShare = 0.05 // some users answer: the demo shows them reach the business
 			}
@@ -150,6 +157,7 @@ func demoCmd() *cobra.Command {
 	}
 	cmd.Flags().IntVar(&recipients, "recipients", 20_000, "recipients in the demo campaign")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary data directory")
+	cmd.Flags().IntVar(&nodes, "nodes", 1, "nodes: more than 1 runs a cluster in this process (embedded NATS JetStream on loopback) and kills one mid-campaign")
 	simFlags(cmd, &so, &devices)
 	cmd.Flags().Lookup("users").DefValue = "2 × recipients"
 	cmd.Flags().Lookup("reply-share").DefValue = "0.05"

@@ -239,7 +239,7 @@ func (c *Cluster) startServer() error {
 		// (for replicated streams: the Raft log, flushed per append batch),
 		// so "accepted" survives the loss of the machine, not only of the
 		// process.
-		SyncAlways: true,
+		SyncAlways: os.Getenv("HERALD_NATS_NOSYNC") == "",
 		NoSigs:     true,
 		NoLog:      true,
 		// A node's JetStream may use what the machine has; Herald's own

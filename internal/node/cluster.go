@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -453,10 +454,8 @@ func (n *Node) joinCluster() error {
 		if e == nil {
 			break // the bucket's current values are applied
 		}
-		if e.Operation() == jetstream.KeyValuePut {
-			if err := n.Tenants.ApplySealed(e.Value()); err != nil {
-				return err
-			}
+		if err := n.applyShared(e); err != nil {
+			return err
 		}
 	}
 	n.bg.Add(1)
@@ -471,26 +470,47 @@ func (n *Node) joinCluster() error {
 				if !ok {
 					return
 				}
-				if e != nil && e.Operation() == jetstream.KeyValuePut {
-					if err := n.Tenants.ApplySealed(e.Value()); err != nil {
-						n.cfg.Logger.Error("cluster: replicated business not applied", "err", err)
+				if e != nil {
+					if err := n.applyShared(e); err != nil {
+						n.cfg.Logger.Error("cluster: replicated business or webhook not applied", "err", err)
 					}
 				}
 			}
 		}
 	}()
 	tenants := c.Tenants
-	n.Tenants.SetReplicator(func(id string, sealed []byte) error {
+	put := func(key string, sealed []byte) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_, err := tenants.Put(ctx, id, sealed)
+		_, err := tenants.Put(ctx, key, sealed)
 		return err
+	}
+	n.Tenants.SetReplicator(put)
+	n.Webhooks.SetReplicator(func(pn string, sealed []byte) error { return put("w."+pn, sealed) }, func(pn string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return tenants.Delete(ctx, "w."+pn)
 	})
 	cn := n.cluster
 	n.Metrics.CounterFunc("cluster_partitions_gained_total", "Partitions this node took over since start.", func() float64 { return float64(cn.owner.Gained()) })
 	n.Metrics.GaugeFunc("cluster_partitions_held", "Partitions this node works now.", func() float64 { return float64(len(cn.owner.Held())) })
 	n.Metrics.CounterFunc("cluster_intaken_total", "Messages taken from JetStream into the local queue.", func() float64 { return float64(cn.intaken.Load()) })
 	n.Metrics.CounterFunc("cluster_acked_total", "Messages acked to JetStream once settled.", func() float64 { return float64(cn.acked.Load()) })
+	return nil
+}
+
+// applyShared applies one entry of KV HERALD_TENANTS: a business (key: its
+// id) or a phone number's webhook (w.<phone_number_id>).
+func (n *Node) applyShared(e jetstream.KeyValueEntry) error {
+	if pn, ok := strings.CutPrefix(e.Key(), "w."); ok {
+		if e.Operation() != jetstream.KeyValuePut {
+			return n.Webhooks.ApplyDelete(pn)
+		}
+		return n.Webhooks.ApplyConfig(pn, e.Value())
+	}
+	if e.Operation() == jetstream.KeyValuePut {
+		return n.Tenants.ApplySealed(e.Value())
+	}
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -385,6 +386,37 @@ func TestClusterCampaignAcrossNodes(t *testing.T) {
 		c2, _ := tc.do(2, "GET", "/v1/"+pn+"/campaigns", tok, "", "")
 		return c1 == 200 && c2 == 200
 	}, func() string { return "the business is not on every node" })
+	// A webhook set on node 1: every node that settles a message reports
+	// it there, each status once.
+	var hookMu sync.Mutex
+	hooked := map[string]int{}
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Entry []struct {
+				Changes []struct {
+					Value struct {
+						Statuses []struct{ ID, Status string }
+					}
+				}
+			}
+		}
+		json.NewDecoder(r.Body).Decode(&body)
+		hookMu.Lock()
+		for _, e := range body.Entry {
+			for _, c := range e.Changes {
+				for _, st := range c.Value.Statuses {
+					if st.Status == "sent" {
+						hooked[st.ID]++
+					}
+				}
+			}
+		}
+		hookMu.Unlock()
+	}))
+	defer hook.Close()
+	if code, out := tc.do(1, "PUT", "/v1/"+pn+"/webhook", tok, `{"url":"`+hook.URL+`/hook","secret":"s3cret-webhook"}`, ""); code != 200 {
+		t.Fatalf("webhook on node 1: %d %v", code, out)
+	}
 	const users = 200
 	body := campaignBody(tc.sim, users, 2)
 	sendAt := time.Now().Add(2 * time.Second).UTC().Format(time.RFC3339)
@@ -424,6 +456,15 @@ func TestClusterCampaignAcrossNodes(t *testing.T) {
 		}
 		return fmt.Sprintf("node 2's view: %v; per node %v; sim %+v", out, per, tc.sim.Stats())
 	})
+	testutil.Until(t, 20*time.Second, func() bool { hookMu.Lock(); defer hookMu.Unlock(); return len(hooked) == 2*users },
+		func() string { return fmt.Sprintf("%d messages' sent statuses at the webhook, want %d", len(hooked), 2*users) })
+	hookMu.Lock()
+	for id, n := range hooked {
+		if n != 1 {
+			t.Errorf("message %s: sent reported %d times", id, n)
+		}
+	}
+	hookMu.Unlock()
 }
 
 // TestClusterTierExactAcrossNodes: three uploads at once, one per node, of

@@ -262,11 +262,7 @@ func New(cfg Config) (n *Node, err error) {
 	if n.Tenants, err = tenant.Open(n.db, n.Sealer); err != nil {
 		return nil, err
 	}
-	if cfg.Cluster != nil {
-		if err := n.joinCluster(); err != nil {
-			return nil, err
-		}
-	}
+
 	if n.Campaigns, err = campaigns.Open(n.db); err != nil {
 		return nil, err
 	}
@@ -279,6 +275,11 @@ func New(cfg Config) (n *Node, err error) {
 			return ""
 		}}); err != nil {
 		return nil, err
+	}
+	if cfg.Cluster != nil {
+		if err := n.joinCluster(); err != nil {
+			return nil, err
+		}
 	}
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, &ConfigError{"listen", err.Error()}

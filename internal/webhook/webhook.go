@@ -149,8 +149,11 @@ type Options struct {
 
 // Sender owns webhook configs and their outboxes.
 type Sender struct {
-	opts     Options
-	guard    guard
+	opts  Options
+	guard guard
+	// replPut, replDel: cluster mode's replication of configurations.
+	replPut  func(pn string, sealed []byte) error
+	replDel  func(pn string) error
 	slots    chan struct{}  // deliveries in flight (Concurrency)
 	inflight sync.WaitGroup // the loop's deliveries, waited for by Close
 	client   *fasthttp.Client
@@ -339,6 +342,42 @@ func (s *Sender) dropped(reason string, n int) {
 	}
 }
 
+// SetReplicator makes every webhook change go through put (a sealed
+// configuration) or del first (cluster mode: a replicated KV bucket); the
+// other nodes apply it with ApplyConfig and ApplyDelete.
+func (s *Sender) SetReplicator(put func(pn string, sealed []byte) error, del func(pn string) error) {
+	s.replPut, s.replDel = put, del
+}
+
+// ApplyConfig stores a webhook configuration another node (or this one)
+// replicated.
+func (s *Sender) ApplyConfig(pn string, sealed []byte) error {
+	plain, err := s.opts.Sealer.Open(sealed)
+	if err != nil {
+		return fmt.Errorf("webhook: replicated configuration unreadable: %w", err)
+	}
+	var c Config
+	if err := gojson.Unmarshal(plain, &c); err != nil {
+		return fmt.Errorf("webhook: replicated configuration corrupt: %w", err)
+	}
+	b := s.opts.DB.NewBatch()
+	b.Set(cfgKey(pn), sealed, nil)
+	if err := s.opts.DB.Commit(b, true); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.mu.configs[pn] = c
+	delete(s.mu.retryAt, pn)
+	s.mu.Unlock()
+	return nil
+}
+
+// ApplyDelete removes a webhook another node's Delete replicated.
+func (s *Sender) ApplyDelete(pn string) error {
+	_, err := s.del(pn, false)
+	return err
+}
+
 // Set stores a phone number's webhook.
 func (s *Sender) Set(pn string, c Config) error {
 	if err := c.Validate(); err != nil {
@@ -353,8 +392,14 @@ func (s *Sender) Set(pn string, c Config) error {
 		}
 	}
 	v, _ := gojson.Marshal(c)
+	sealed := s.opts.Sealer.Seal(nil, v)
+	if s.replPut != nil {
+		if err := s.replPut(pn, sealed); err != nil {
+			return err
+		}
+	}
 	b := s.opts.DB.NewBatch()
-	b.Set(cfgKey(pn), s.opts.Sealer.Seal(nil, v), nil)
+	b.Set(cfgKey(pn), sealed, nil)
 	if err := s.opts.DB.Commit(b, true); err != nil {
 		return err
 	}
@@ -367,12 +412,19 @@ func (s *Sender) Set(pn string, c Config) error {
 
 // Delete removes a phone number's webhook and drops the statuses waiting
 // for it (they would never be delivered). It reports whether there was one.
-func (s *Sender) Delete(pn string) (bool, error) {
+func (s *Sender) Delete(pn string) (bool, error) { return s.del(pn, true) }
+
+func (s *Sender) del(pn string, replicate bool) (bool, error) {
 	s.mu.Lock()
 	_, ok := s.mu.configs[pn]
 	s.mu.Unlock()
 	if !ok {
 		return false, nil
+	}
+	if replicate && s.replDel != nil {
+		if err := s.replDel(pn); err != nil {
+			return true, err
+		}
 	}
 	lo := outKey(pn, 0)
 	b := s.opts.DB.NewBatch()
