@@ -155,45 +155,77 @@ func runClusterDemo(ctx context.Context, nodes, recipients int, so sim.Options, 
 		return err
 	}
 	defer stop()
-	// Any node takes any request: upload to node 1, follow on the last.
+	// Any node takes any request: upload to node 1, watch on node 0. The
+	// last node is killed when 40% of the campaign is sent (the upload
+	// may still be going on: sending starts with the first batch).
 	up := newAPIClient(ns[1%nodes].URL(), c.token)
 	start := clock.Wall()
-	res, err := demoCampaign(up, pn, so, recipients)
-	if err != nil {
-		return err
+	type upload struct {
+		res *demoResult
+		err error
 	}
-	accepted := clock.Wall()
-	fmt.Printf("campaign %s uploaded to node1: %d accepted in %v (%.0f recipients/s, durable in JetStream on %d replicas)\n", res.CampaignID, res.Accepted,
-		accepted.Sub(start).Round(time.Millisecond), float64(res.Accepted)/accepted.Sub(start).Seconds(), replicas)
+	upc := make(chan upload, 1)
+	go func() {
+		res, err := demoCampaign(up, pn, so, recipients)
+		upc <- upload{res, err}
+	}()
 	last := nodes - 1
-	var st campaignStatus
-	killed := false
-	var killedAt time.Time
-	prev := make([]int64, nodes)
-	tick := clock.Wall()
+	var (
+		res       *demoResult
+		st        campaignStatus
+		killed    bool
+		killedAt  time.Time
+		accepted  time.Time
+		moved     = make(chan struct{})
+		prev      = make([]int64, nodes)
+		tick      = clock.Wall()
+		watch     = newAPIClient(ns[0].URL(), c.token) // node 0 stays up
+		totalSent = func() (n int64) {
+			for i := range sent {
+				n += sent[i].Load()
+			}
+			return n
+		}
+	)
 	for {
-		watch := newAPIClient(ns[0].URL(), c.token) // node 0 stays up
-		if err := watch.jsonCall("GET", "/v1/campaigns/"+res.CampaignID, nil, &st); err != nil {
-			return err
+		if res == nil {
+			select {
+			case u := <-upc:
+				if u.err != nil {
+					return u.err
+				}
+				res, accepted = u.res, clock.Wall()
+				fmt.Printf("campaign %s uploaded to node1: %d accepted in %v (%.0f recipients/s while sending, durable in JetStream on %d replicas)\n",
+					res.CampaignID, res.Accepted, accepted.Sub(start).Round(time.Millisecond), float64(res.Accepted)/accepted.Sub(start).Seconds(), replicas)
+			default:
+			}
+		}
+		done := totalSent()
+		if res != nil {
+			if err := watch.jsonCall("GET", "/v1/campaigns/"+res.CampaignID, nil, &st); err != nil {
+				return err
+			}
+			done = st.done()
 		}
 		now := clock.Wall()
-		if now.Sub(tick) >= time.Second || st.done() >= int64(res.Accepted) {
+		if now.Sub(tick) >= time.Second {
 			var rates []string
 			for i := range ns {
 				cur := sent[i].Load()
 				rates = append(rates, fmt.Sprintf("node%d %6.0f/s", i, float64(cur-prev[i])/now.Sub(tick).Seconds()))
 				prev[i] = cur
 			}
-			fmt.Printf("  %5.1fs  sent %d of %d   %s   partitions %s\n", now.Sub(accepted).Seconds(), st.done(), res.Accepted,
+			fmt.Printf("  %5.1fs  sent %d of %d   %s   partitions %s\n", now.Sub(start).Seconds(), done, recipients,
 				strings.Join(rates, "  "), strings.Join(held(), "/"))
 			tick = now
 		}
-		if !killed && nodes > 1 && st.done() >= int64(res.Accepted)*4/10 {
+		if !killed && nodes > 1 && done >= int64(recipients)*4/10 {
 			had := ns[last].HeldPartitions()
 			ns[last].Cluster().Sever() // as if the process died: nothing handed back, its leases run out
 			killedAt, killed = clock.Wall(), true
-			fmt.Printf("  killed node%d (it held partitions %v): its leases run out in %v, then the others take them\n", last, had, 6*time.Second)
+			fmt.Printf("  killed node%d (it held partitions %v): its leases run out within %v, then the others take them\n", last, had, 6*time.Second)
 			go func() {
+				defer close(moved)
 				for {
 					total := 0
 					for i := 0; i < last; i++ {
@@ -208,8 +240,27 @@ func runClusterDemo(ctx context.Context, nodes, recipients int, so sim.Options, 
 				}
 			}()
 		}
-		if st.done() >= int64(res.Accepted) {
-			break
+		if res != nil && st.done() >= int64(res.Accepted) {
+			// The counts may run ahead (a resend counts twice): done is
+			// when JetStream holds nothing unsettled.
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			left, err := ns[0].Cluster().Pending(pctx)
+			cancel()
+			if err == nil && left == 0 {
+				break
+			}
+			if os.Getenv("HERALD_DEMO_DEBUG") != "" {
+				for i, n := range ns {
+					d, _ := n.Queue.Depth()
+					fmt.Printf("node%d depth=%d inflight=%d %s\n", i, d, n.Engine.InFlight(), n.ClusterDebug())
+				}
+				c := ns[0].Cluster()
+				for in := range c.Work.ListConsumers(ctx).Info() {
+					if in.NumPending+uint64(in.NumAckPending) > 0 {
+						fmt.Printf("%s pend=%d ackpend=%d redel=%d waiting=%d\n", in.Name, in.NumPending, in.NumAckPending, in.NumRedelivered, in.NumWaiting)
+					}
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -217,6 +268,9 @@ func runClusterDemo(ctx context.Context, nodes, recipients int, so sim.Options, 
 			return nil
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+	if killed {
+		<-moved
 	}
 	finished := clock.Wall()
 	if killed {

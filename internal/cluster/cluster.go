@@ -375,3 +375,13 @@ func (c *Cluster) Sever() {
 		c.srv.Shutdown()
 	}
 }
+
+// Pending is how many accepted messages JetStream still holds: not yet
+// settled (sent, failed or canceled) by the node working their partition.
+func (c *Cluster) Pending(ctx context.Context) (uint64, error) {
+	info, err := c.Work.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.Msgs, nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"hash/fnv"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,6 +27,9 @@ type Handler interface {
 	Work(p int, msgs []jetstream.Msg)
 	// Events: platform events routed to partition p; acked by the handler.
 	Events(p int, msgs []jetstream.Msg)
+	// Holding: how many of partition p's messages the handler holds
+	// unacked (delivered, taken in, not settled).
+	Holding(p int) int
 }
 
 // Owner takes, renews, balances and gives back partition leases.
@@ -47,8 +51,13 @@ type Owner struct {
 
 type lease struct {
 	rev    uint64
+	rev0   uint64 // the revision the lease was created with: names its consumers
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// gen counts the consumers of this ownership (audit recreates one).
+	gen uint64
+	// suspect: the last audit found deliveries this node does not hold.
+	suspect bool
 }
 
 // NewOwner makes the lease keeper; Run starts it.
@@ -98,20 +107,41 @@ func leaseKey(p int) string { return "p." + strconv.Itoa(p) }
 func (o *Owner) Run(ctx context.Context) {
 	ctx, o.stop = context.WithCancel(ctx)
 	o.done = make(chan struct{})
-	go func() {
-		defer close(o.done)
-		// Rounds at a fixed period (a slow round does not push the next
-		// renewal back).
+	var wg sync.WaitGroup
+	// Two loops at a fixed period: renewals (and the heartbeat) never wait
+	// for the balancing, whose hand-offs may wait for work in progress.
+	loop := func(f func(context.Context)) {
+		defer wg.Done()
 		t := time.NewTicker(o.c.cfg.LeaseTTL / 4)
 		defer t.Stop()
 		for {
-			o.round(ctx)
+			f(ctx)
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
 			}
 		}
+	}
+	wg.Add(3)
+	go loop(o.renew)
+	go loop(o.balance)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(auditEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				o.audit(ctx)
+			}
+		}
+	}()
+	go func() {
+		wg.Wait()
+		close(o.done)
 	}()
 }
 
@@ -148,9 +178,8 @@ func (o *Owner) Close(drain func()) {
 	_ = o.c.nodes.Delete(ctx, o.c.cfg.NodeID)
 }
 
-// round: renew what is held (in parallel), heartbeat, then move toward an
-// even share.
-func (o *Owner) round(ctx context.Context) {
+// renew renews what is held (in parallel) and writes the heartbeat.
+func (o *Owner) renew(ctx context.Context) {
 	c := o.c
 	ttl := c.cfg.LeaseTTL
 	start := time.Since(o.base)
@@ -193,16 +222,27 @@ func (o *Owner) round(ctx context.Context) {
 	}
 	wg.Wait()
 	if len(lost) > 0 {
-		o.release(ctx, lost, false)
+		for _, p := range lost {
+			o.until[p].Store(0) // stop handing its messages over now
+		}
+		go o.release(ctx, lost, false)
 	}
 	if ctx.Err() != nil {
 		return
 	}
-	bctx, cancel := context.WithTimeout(ctx, ttl/3)
+	hctx, cancel := context.WithTimeout(ctx, ttl/3)
 	defer cancel()
-	if _, err := c.nodes.Put(bctx, c.cfg.NodeID, []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))); err != nil && ctx.Err() == nil {
+	if _, err := c.nodes.Put(hctx, c.cfg.NodeID, []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))); err != nil && ctx.Err() == nil {
 		c.log.Warn("cluster: heartbeat failed", "err", err)
 	}
+}
+
+// balance moves toward an even share of the partitions.
+func (o *Owner) balance(ctx context.Context) {
+	c := o.c
+	ttl := c.cfg.LeaseTTL
+	bctx, cancel := context.WithTimeout(ctx, ttl/3)
+	defer cancel()
 	if time.Since(o.base) < ttl/2 {
 		// Just started: the nodes starting with this one have not all
 		// written their heartbeat yet; taking a whole share now would
@@ -269,7 +309,7 @@ func (o *Owner) round(ctx context.Context) {
 			continue // taken by another node just now (or the bucket is unreachable)
 		}
 		o.mu.Lock()
-		o.held[p] = &lease{rev: rev}
+		o.held[p] = &lease{rev: rev, rev0: rev}
 		o.mu.Unlock()
 		o.until[p].Store(int64(time.Since(o.base) + ttl*2/3))
 		gained = append(gained, p)
@@ -367,31 +407,97 @@ func (o *Owner) consume(p int) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l.cancel = cancel
+	l.gen++
+	gen := l.gen
 	l.wg.Add(2)
 	o.mu.Unlock()
-	go o.feed(ctx, l, p, o.c.Work, "work-", WorkSubject(p), o.h.Work)
-	go o.feed(ctx, l, p, o.c.Events, "events-", EventsSubject(p), o.h.Events)
+	go o.feed(ctx, l, gen, p, o.c.Work, "work-", WorkSubject(p), o.h.Work)
+	go o.feed(ctx, l, gen, p, o.c.Events, "events-", EventsSubject(p), o.h.Events)
 }
 
-func (o *Owner) feed(ctx context.Context, l *lease, p int, st jetstream.Stream, prefix, subject string, h func(int, []jetstream.Msg)) {
+// audit compares, for every partition held, what its consumer says it
+// delivered and awaits an ack for with what this node holds; twice in a row
+// more (deliveries lost on the way: a pull cut by a leader change or a stop)
+// and the partition's consumers are made again, so that everything unacked
+// comes again (what is held already is recognized and skipped). The
+// consumer's ack wait is the last resort behind this.
+func (o *Owner) audit(ctx context.Context) {
+	o.mu.Lock()
+	type held struct {
+		p int
+		l *lease
+	}
+	var hs []held
+	for p, l := range o.held {
+		hs = append(hs, held{p, l})
+	}
+	o.mu.Unlock()
+	for _, h := range hs {
+		o.mu.Lock()
+		name := "work-" + strconv.Itoa(h.p) + "-" + strconv.FormatUint(h.l.rev0, 10) + "_" + strconv.FormatUint(h.l.gen, 10)
+		o.mu.Unlock()
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		cons, err := o.c.Work.Consumer(actx, name)
+		var info *jetstream.ConsumerInfo
+		if err == nil {
+			info, err = cons.Info(actx)
+		}
+		cancel()
+		if err != nil {
+			continue
+		}
+		lost := info.NumAckPending > o.h.Holding(h.p)
+		o.mu.Lock()
+		again := lost && h.l.suspect && o.held[h.p] == h.l
+		h.l.suspect = lost
+		o.mu.Unlock()
+		if !again {
+			continue
+		}
+		o.c.log.Warn("cluster: deliveries lost on the way; making the partition's consumers again", "partition", h.p,
+			"consumer_ack_pending", info.NumAckPending, "held", o.h.Holding(h.p))
+		h.l.cancel()
+		h.l.wg.Wait()
+		o.mu.Lock()
+		h.l.suspect = false
+		still := o.held[h.p] == h.l
+		o.mu.Unlock()
+		if still {
+			o.consume(h.p)
+		}
+	}
+}
+
+func (o *Owner) feed(ctx context.Context, l *lease, gen uint64, p int, st jetstream.Stream, prefix, subject string, h func(int, []jetstream.Msg)) {
 	defer l.wg.Done()
-	name := prefix + strconv.Itoa(p)
+	// A consumer of this ownership's own (named by the lease revision):
+	// every consumer an earlier owner left of the partition is deleted
+	// first (a work-queue stream refuses two on one subject), so what it
+	// delivered and nobody acked comes again, from the start, to this one.
+	// Reusing an old consumer would keep its deliveries pending until the
+	// ack wait; deleting it also ends the old owner's pulls, should it live.
+	base := prefix + strconv.Itoa(p) + "-"
+	name := base + strconv.FormatUint(l.rev0, 10) + "_" + strconv.FormatUint(gen, 10)
 	var cons jetstream.Consumer
 	for ctx.Err() == nil {
-		_ = st.DeleteConsumer(ctx, name)
-		var err error
-		cons, err = st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: name, FilterSubject: subject,
-			AckPolicy: jetstream.AckExplicitPolicy, AckWait: 24 * time.Hour, MaxAckPending: o.c.cfg.MaxPending,
-			DeliverPolicy: jetstream.DeliverAllPolicy, MaxRequestBatch: 1024})
+		err := o.dropOthers(ctx, st, base, name)
+		if err == nil {
+			cons, err = st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: name, FilterSubject: subject,
+				AckPolicy: jetstream.AckExplicitPolicy, AckWait: ackWait(), MaxAckPending: o.c.cfg.MaxPending,
+				DeliverPolicy: jetstream.DeliverAllPolicy, MaxRequestBatch: 1024})
+		}
 		if err == nil {
 			break
 		}
-		o.c.log.Warn("cluster: cannot create consumer", "consumer", name, "err", err)
+		o.c.log.Warn("cluster: cannot take over the partition's consumer yet", "consumer", name, "err", err)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(500 * time.Millisecond):
 		}
+	}
+	if ctx.Err() != nil {
+		return
 	}
 	// Consume keeps pull requests outstanding and renews them itself; its
 	// callback only queues, and one loop hands batches to the handler.
@@ -438,4 +544,36 @@ func (c *Cluster) LiveNodes(ctx context.Context) ([]string, error) {
 		return nil, nil
 	}
 	return ks, err
+}
+
+// dropOthers deletes the stream's consumers named base* other than keep.
+func (o *Owner) dropOthers(ctx context.Context, st jetstream.Stream, base, keep string) error {
+	names := st.ConsumerNames(ctx)
+	var old []string
+	for n := range names.Name() {
+		if (strings.HasPrefix(n, base) || n == strings.TrimSuffix(base, "-")) && n != keep {
+			old = append(old, n)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return err
+	}
+	for _, n := range old {
+		if err := st.DeleteConsumer(ctx, n); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// auditEvery: how often Owner.audit runs.
+var auditEvery = 15 * time.Second
+
+func ackWait() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("HERALD_ACK_WAIT")); err == nil {
+		return d
+	}
+	// A settled message's ack can be lost (a consumer leader changing):
+	// after this long it comes again, and is sent again or found queued.
+	return 30 * time.Minute
 }

@@ -121,35 +121,67 @@ func decodeWork(b []byte) (m queue.Message, err error) {
 // stored on the stream's replicas, flushed as the server's sync setting
 // says — before batch commits and the API answers.
 func (cn *clusterNode) EnqueueWith(ctx context.Context, msgs []queue.Message, batch *pebble.Batch) error {
-	futs := make([]jetstream.PubAckFuture, 0, len(msgs))
+	out := make([]*nats.Msg, len(msgs))
 	for i := range msgs {
 		m := &msgs[i]
-		p := cn.partition(m.Recipient)
-		msg := &nats.Msg{Subject: cluster.WorkSubject(p), Data: cn.n.Sealer.Seal(nil, encodeWork(m))}
-		f, err := cn.c.JS.PublishMsgAsync(msg, jetstream.WithMsgID(m.ID))
-		if err != nil {
-			batch.Close()
-			return fmt.Errorf("cluster: publish: %w", err)
-		}
-		futs = append(futs, f)
+		out[i] = &nats.Msg{Subject: cluster.WorkSubject(cn.partition(m.Recipient)), Data: cn.n.Sealer.Seal(nil, encodeWork(m)),
+			Header: nats.Header{jetstream.MsgIDHeader: []string{m.ID}}}
 	}
-	wait := time.NewTimer(30 * time.Second)
-	defer wait.Stop()
-	for _, f := range futs {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			batch.Close()
-			return fmt.Errorf("cluster: JetStream did not store a message: %w", err)
-		case <-wait.C:
-			batch.Close()
-			return errors.New("cluster: JetStream did not acknowledge within 30 s")
-		case <-ctx.Done():
-			batch.Close()
-			return ctx.Err()
-		}
+	if err := cn.publishAll(ctx, out); err != nil {
+		batch.Close()
+		return err
 	}
 	return cn.n.db.Commit(batch, true)
+}
+
+// publishAll publishes msgs and waits until JetStream stored every one. A
+// message whose acknowledgement does not come (a stream leader changing) is
+// published again: its Nats-Msg-Id makes the stream keep one copy.
+func (cn *clusterNode) publishAll(ctx context.Context, msgs []*nats.Msg) error {
+	deadline := time.Now().Add(60 * time.Second)
+	pending := msgs
+	var lastErr error
+	for attempt := 0; len(pending) > 0; attempt++ {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster: JetStream did not store %d messages within 60 s: %v", len(pending), lastErr)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		futs := make([]jetstream.PubAckFuture, len(pending))
+		for i, m := range pending {
+			f, err := cn.c.JS.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second))
+			if err != nil {
+				return fmt.Errorf("cluster: publish: %w", err)
+			}
+			futs[i] = f
+		}
+		var again []*nats.Msg
+		wait := time.NewTimer(10 * time.Second)
+		for i, f := range futs {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				lastErr = err
+				again = append(again, pending[i])
+			case <-wait.C:
+				lastErr = errors.New("no acknowledgement within 10 s")
+				again = append(again, pending[i:]...)
+				goto next
+			case <-ctx.Done():
+				wait.Stop()
+				return ctx.Err()
+			}
+		}
+	next:
+		wait.Stop()
+		if len(again) > 0 {
+			cn.n.cfg.Logger.Warn("cluster: publishing again what JetStream did not acknowledge", "messages", len(again), "err", lastErr)
+			time.Sleep(min(time.Duration(attempt+1)*200*time.Millisecond, 2*time.Second))
+		}
+		pending = again
+	}
+	return nil
 }
 
 // Gain: the partitions' records taken in before now are stale (they all
@@ -170,6 +202,20 @@ func (cn *clusterNode) Gain(ps []int) {
 		cn.n.cfg.Logger.Error("cluster: could not drop the sessions of gained partitions", "err", err)
 	}
 	cn.n.cfg.Logger.Info("cluster: took partitions over", "partitions", ps, "session_records_dropped", n)
+}
+
+// Holding counts partition p's deliveries this node took in and has not
+// settled.
+func (cn *clusterNode) Holding(p int) int {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	n := 0
+	for _, a := range cn.acks {
+		if a.p == p {
+			n++
+		}
+	}
+	return n
 }
 
 // Lose: the engine stops handing ps' messages over (Owns); those in flight
@@ -275,7 +321,12 @@ func (cn *clusterNode) settled(cs []heraldtype.StatusChange) {
 	for _, c := range cs {
 		cn.publishStatus(c)
 		switch c.Status {
-		case heraldtype.StatusSent, heraldtype.StatusFailed, heraldtype.StatusCanceled:
+		case heraldtype.StatusSent, heraldtype.StatusFailed, heraldtype.StatusCanceled,
+			// A delivered or read event can come before this node's own
+			// "sent" (the message was handed over by the partition's
+			// previous owner, whose ack was lost): that "sent" then changes
+			// nothing and is never reported, so the event settles it.
+			heraldtype.StatusDelivered, heraldtype.StatusRead:
 		default:
 			continue
 		}
@@ -305,7 +356,7 @@ type clusterStatus struct {
 
 func (cn *clusterNode) publishStatus(c heraldtype.StatusChange) {
 	v, _ := json.Marshal(clusterStatus{S: c.Status, C: c.Code, T: c.TS, B: c.BusinessID, PN: c.PhoneNumberID, M: c.CampaignID, X: c.Expires})
-	if _, err := cn.c.JS.PublishAsync("$KV."+cluster.StatusBucket+"."+c.MessageID, v); err != nil {
+	if _, err := cn.c.JS.PublishAsync("$KV."+cluster.StatusBucket+"."+c.MessageID, v, jetstream.WithStallWait(5*time.Second)); err != nil {
 		cn.n.cfg.Logger.Warn("cluster: status not published", "id", c.MessageID, "err", err)
 	}
 }
@@ -408,7 +459,7 @@ func (er eventRouter) HandleEvents(ctx context.Context, evs []platform.Event) er
 	futs := make([]jetstream.PubAckFuture, 0, len(byPart))
 	for p, es := range byPart {
 		v, _ := json.Marshal(es)
-		f, err := cn.c.JS.PublishAsync(cluster.EventsSubject(p), v)
+		f, err := cn.c.JS.PublishAsync(cluster.EventsSubject(p), v, jetstream.WithStallWait(30*time.Second))
 		if err != nil {
 			return err
 		}
@@ -528,4 +579,19 @@ func (n *Node) HeldPartitions() []int {
 		return nil
 	}
 	return n.cluster.owner.Held()
+}
+
+// ClusterDebug describes the node's deliveries awaiting their ack.
+func (n *Node) ClusterDebug() string {
+	if n.cluster == nil {
+		return ""
+	}
+	cn := n.cluster
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	per := map[int]int{}
+	for _, a := range cn.acks {
+		per[a.p]++
+	}
+	return fmt.Sprintf("acks=%d per partition %v intaken=%d acked=%d", len(cn.acks), per, cn.intaken.Load(), cn.acked.Load())
 }

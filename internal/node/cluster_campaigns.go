@@ -224,7 +224,7 @@ func (cs *campaignSync) publish() {
 			continue
 		}
 		v, _ := json.Marshal(cnt)
-		if _, err := c.JS.PublishAsync("$KV."+c.CampaignsBucket.Bucket()+".c."+id+"."+c.NodeID(), v); err != nil {
+		if _, err := c.JS.PublishAsync("$KV."+c.CampaignsBucket.Bucket()+".c."+id+"."+c.NodeID(), v, jetstream.WithStallWait(5*time.Second)); err != nil {
 			cs.mu.Lock()
 			cs.dirty[id] = true // next time
 			cs.mu.Unlock()

@@ -32,7 +32,7 @@ const (
 	masterKey      = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 )
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -43,7 +43,7 @@ func freeAddr(t *testing.T) string {
 }
 
 type testCluster struct {
-	t      *testing.T
+	t      testing.TB
 	sim    *sim.Server
 	nodes  []*node.Node
 	cfgs   []node.Config
@@ -52,7 +52,7 @@ type testCluster struct {
 
 // startCluster starts n nodes with the given replicas; node i's API is
 // cfgs[i].Listen. The simulator's events go to node 0.
-func startCluster(t *testing.T, n, replicas int, users int) *testCluster {
+func startCluster(t testing.TB, n, replicas int, users int) *testCluster {
 	t.Helper()
 	tc := &testCluster{t: t, closed: make([]bool, n)}
 	apis := make([]string, n)
@@ -274,6 +274,25 @@ func TestClusterNodeCutOffMidCampaign(t *testing.T) {
 	t.Logf("%d partitions moved %v after the cut (lease TTL 2 s)", before, time.Since(start).Round(100*time.Millisecond))
 	st := tc.checkReceived(users, func(int) int { return 3 })
 	t.Logf("sim: %+v", st)
+	tc.settled(0)
+}
+
+// settled waits until JetStream holds nothing unsettled (every message was
+// acked by the node that settled it).
+func (tc *testCluster) settled(i int) {
+	tc.t.Helper()
+	c := tc.nodes[i].Cluster()
+	testutil.Until(tc.t, 30*time.Second, func() bool {
+		n, err := c.Pending(context.Background())
+		return err == nil && n == 0
+	}, func() string {
+		n, err := c.Pending(context.Background())
+		var info []string
+		for ci := range c.Work.ListConsumers(context.Background()).Info() {
+			info = append(info, fmt.Sprintf("%s pend=%d ackpend=%d redel=%d", ci.Name, ci.NumPending, ci.NumAckPending, ci.NumRedelivered))
+		}
+		return fmt.Sprintf("%d messages unsettled in JetStream (%v): %v", n, err, info)
+	})
 }
 
 // TestClusterNodeClosedMidCampaign: a campaign uploaded on one node, two
@@ -457,7 +476,9 @@ func TestClusterCampaignAcrossNodes(t *testing.T) {
 		return fmt.Sprintf("node 2's view: %v; per node %v; sim %+v", out, per, tc.sim.Stats())
 	})
 	testutil.Until(t, 20*time.Second, func() bool { hookMu.Lock(); defer hookMu.Unlock(); return len(hooked) == 2*users },
-		func() string { return fmt.Sprintf("%d messages' sent statuses at the webhook, want %d", len(hooked), 2*users) })
+		func() string {
+			return fmt.Sprintf("%d messages' sent statuses at the webhook, want %d", len(hooked), 2*users)
+		})
 	hookMu.Lock()
 	for id, n := range hooked {
 		if n != 1 {
