@@ -186,6 +186,19 @@ m("51-parked-cancel-unreported", "campaign control: a paused campaign's parked m
   "engine/work.go", "			e.statuses.SubmitWait(ups)\n			return ctx.Err()\n", "			return ctx.Err()\n",
   ["./internal/api/ -run 'TestCampaignControlLifecycle'"])
 
+m("52-cluster-tier-per-node", "cluster: each node counts the tier alone (a business gets the tier on every node)",
+  "internal/node/node.go", "			lo.Shared = clusterTier{n.cluster.c.Tier}\n", "",
+  ["./internal/node/ -run 'TestClusterTierExactAcrossNodes'"])
+m("53-cluster-ack-at-intake", "cluster: a message is acked to JetStream when taken into the local queue, not when settled (a dead node's queue is lost)",
+  "internal/node/cluster.go", "	cn.intaken.Add(int64(len(qm)))\n", "	cn.intaken.Add(int64(len(qm)))\n	for _, jm := range msgs {\n		_ = jm.Ack()\n	}\n",
+  ["./internal/node/ -run 'TestClusterNodeCutOffMidCampaign'"])
+m("55-cluster-webhooks-per-node", "cluster: a webhook is known only to the node it was set on (the others' statuses never reach it)",
+  "internal/node/cluster.go", "return put(\"w.\"+pn, sealed) }", "_ = put; return nil }",
+  ["./internal/node/ -run 'TestClusterCampaignAcrossNodes'"])
+m("56-cluster-pause-per-node", "cluster: a pause holds only on the node asked (the partitions' owners go on sending)",
+  "internal/node/cluster_campaigns.go", "	if _, err := c.CampaignsBucket.Put(ctx, \"s.\"+id, v); err != nil {", "	if true {\n		return nil\n	}\n	if _, err := c.CampaignsBucket.Put(ctx, \"s.\"+id, v); err != nil {",
+  ["./internal/node/ -run 'TestClusterCampaignAcrossNodes'"])
+
 only = sys.argv[1:]
 missing = []
 for name, desc, path, old, new, tests, count in M:

@@ -48,6 +48,7 @@ type testCluster struct {
 	nodes  []*node.Node
 	cfgs   []node.Config
 	closed []bool
+	api0   string // node 0's API address (the simulator's events go there)
 }
 
 // startCluster starts n nodes with the given replicas; node i's API is
@@ -55,9 +56,9 @@ type testCluster struct {
 func startCluster(t testing.TB, n, replicas int, users int) *testCluster {
 	t.Helper()
 	tc := &testCluster{t: t, closed: make([]bool, n)}
-	apis := make([]string, n)
-	routes := make([]string, n)
-	clients := make([]string, n)
+	apis := make([]string, max(n, 1))
+	routes := make([]string, max(n, 1))
+	clients := make([]string, max(n, 1))
 	for i := range apis {
 		apis[i], routes[i], clients[i] = freeAddr(t), freeAddr(t), freeAddr(t)
 	}
@@ -68,6 +69,7 @@ func startCluster(t testing.TB, n, replicas int, users int) *testCluster {
 	}
 	s.Start()
 	tc.sim = s
+	tc.api0 = apis[0]
 	t.Cleanup(func() { s.Close() })
 	for i := 0; i < n; i++ {
 		var rs []string
@@ -106,6 +108,35 @@ func startCluster(t testing.TB, n, replicas int, users int) *testCluster {
 		}
 	})
 	return tc
+}
+
+// startSingle is a single node (no NATS) with the same simulator set-up.
+func startSingle(t testing.TB, users int) *testCluster {
+	tc := startCluster(t, 0, 1, users)
+	api := tc.api0
+	tc.closed = []bool{false}
+	tc.cfgs = []node.Config{{DataDir: filepath.Join(t.TempDir(), "single"), Listen: api, NoDemoBusiness: true, Out: io.Discard,
+		AdminToken: adminToken, MasterKeys: masterKey, PlatformURL: tc.sim.URL(), PlatformSecret: platformSecret}}
+	tc.nodes = []*node.Node{nil}
+	if err := tc.start(0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.nodes[0].Close() })
+	return tc
+}
+
+// pending: accepted messages not settled yet (JetStream's count in a
+// cluster, the queue's depth on a single node).
+func (tc *testCluster) pending() int64 {
+	if c := tc.nodes[0].Cluster(); c != nil {
+		n, err := c.Pending(context.Background())
+		if err != nil {
+			return 1
+		}
+		return int64(n)
+	}
+	d, _ := tc.nodes[0].Queue.Depth()
+	return d
 }
 
 func (tc *testCluster) start(i int) error {
