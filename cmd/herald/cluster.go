@@ -13,7 +13,7 @@ import (
 // clusterFlags are serve's cluster settings (DESIGN "Scale-out").
 type clusterFlags struct {
 	nats, listen, clusterListen, routes, nodeID string
-	embed                                       bool
+	embed, syncAlways                           bool
 	replicas                                    int
 	leaseTTL                                    time.Duration
 }
@@ -26,6 +26,7 @@ func (c *clusterFlags) add(f *pflag.FlagSet) {
 	f.StringVar(&c.routes, "nats-routes", "", "with --nats-embed: the other servers' route URLs, URL[,URL]")
 	f.IntVar(&c.replicas, "nats-replicas", 1, "replication of every stream and bucket: 1 or 3")
 	f.StringVar(&c.nodeID, "node-id", "", "this node's name in the cluster (default: the host name)")
+	f.BoolVar(&c.syncAlways, "nats-sync-always", true, "with --nats-embed: flush every JetStream write to disk before acknowledging it (false: every 2 minutes, much faster with replicas 1)")
 	f.DurationVar(&c.leaseTTL, "nats-lease-ttl", 6*time.Second, "a dead node's partitions move to live nodes this long after its last lease renewal (every node the same)")
 }
 
@@ -38,7 +39,7 @@ func (c *clusterFlags) config() (*cluster.Config, error) {
 		return nil, nil
 	}
 	cc := &cluster.Config{Embed: c.embed, Listen: c.listen, ClusterListen: c.clusterListen, Replicas: c.replicas, NodeID: c.nodeID,
-		URLs: splitList(c.nats), Routes: splitList(c.routes), Partitions: 1, LeaseTTL: c.leaseTTL}
+		URLs: splitList(c.nats), Routes: splitList(c.routes), Partitions: 1, LeaseTTL: c.leaseTTL, NoSyncAlways: !c.syncAlways}
 	if c.leaseTTL < time.Second || c.leaseTTL > 5*time.Minute {
 		return nil, fmt.Errorf("invalid setting nats-lease-ttl: must be between 1s and 5m")
 	}

@@ -67,6 +67,11 @@ type Config struct {
 	// LeaseTTL: a partition whose owner stopped renewing is free this long
 	// after its last renewal; default 6 s.
 	LeaseTTL time.Duration
+	// NoSyncAlways: the embedded server flushes to disk every 2 minutes
+	// (NATS's default) instead of before each acknowledgement
+	// (--nats-sync-always=false). Replicas 1 then loses what a power cut
+	// catches in the page cache; see README "Cluster".
+	NoSyncAlways bool
 	// MaxPending bounds the un-acked messages a partition's owner holds in
 	// its local queue; default 100,000 (the rest wait in JetStream).
 	MaxPending int
@@ -239,7 +244,7 @@ func (c *Cluster) startServer() error {
 		// (for replicated streams: the Raft log, flushed per append batch),
 		// so "accepted" survives the loss of the machine, not only of the
 		// process.
-		SyncAlways: os.Getenv("HERALD_NATS_NOSYNC") == "",
+		SyncAlways: !cfg.NoSyncAlways,
 		NoSigs:     true,
 		NoLog:      true,
 		// A node's JetStream may use what the machine has; Herald's own

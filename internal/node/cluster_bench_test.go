@@ -5,6 +5,8 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+
+	"github.com/heraldhq/herald/internal/cluster"
 	"testing"
 	"time"
 )
@@ -21,7 +23,7 @@ func BenchmarkClusterIngest(b *testing.B) {
 	if n == 0 {
 		n = 20_000
 	}
-	tc := startCluster(b, 3, replicas, 2*n+10)
+	tc := startCluster(b, 3, replicas, 7*n+10)
 	tc.balanced()
 	tc.sim.SetDown(true)
 	tok, pn := tc.business(0, "15550200009", "unlimited")
@@ -62,12 +64,12 @@ func BenchmarkClusterCPU(b *testing.B) {
 	}
 	var tc *testCluster
 	if nodes == 0 {
-		tc = startSingle(b, 2*n+10)
+		tc = startSingle(b, 7*n+10)
 	} else {
-		tc = startCluster(b, nodes, replicas, 2*n+10)
+		tc = startCluster(b, nodes, replicas, 7*n+10, func(c *cluster.Config) { c.NoSyncAlways = os.Getenv("HERALD_BENCH_NOSYNC") != "" })
 		tc.balanced()
 	}
-	tok, pn := tc.business(0, "15550200010", "unlimited")
+	tok, pn := tc.businessMPS(0, "15550200010", "unlimited", 1_000_000)
 	time.Sleep(time.Second)
 	// A warm-up campaign (sessions made), then the measured one to the same users.
 	for round := 0; round < 2; round++ {

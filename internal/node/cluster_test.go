@@ -53,7 +53,7 @@ type testCluster struct {
 
 // startCluster starts n nodes with the given replicas; node i's API is
 // cfgs[i].Listen. The simulator's events go to node 0.
-func startCluster(t testing.TB, n, replicas int, users int) *testCluster {
+func startCluster(t testing.TB, n, replicas int, users int, tweak ...func(*cluster.Config)) *testCluster {
 	t.Helper()
 	tc := &testCluster{t: t, closed: make([]bool, n)}
 	apis := make([]string, max(n, 1))
@@ -81,8 +81,11 @@ func startCluster(t testing.TB, n, replicas int, users int) *testCluster {
 		tc.cfgs = append(tc.cfgs, node.Config{DataDir: filepath.Join(t.TempDir(), fmt.Sprint("n", i)), Listen: apis[i], NoDemoBusiness: true, Out: io.Discard,
 			AdminToken: adminToken, MasterKeys: masterKey, PlatformURL: s.URL(), PlatformSecret: platformSecret,
 			WebhookAllow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-			Cluster: &cluster.Config{Embed: true, Listen: clients[i], ClusterListen: routes[i], Routes: rs, Replicas: replicas,
+			Cluster: &cluster.Config{Embed: true, Listen: clients[i], ClusterListen: clusterListen(n, routes[i]), Routes: rs, Replicas: replicas,
 				NodeID: fmt.Sprint("n", i), LeaseTTL: 2 * time.Second}})
+		for _, f := range tweak {
+			f(tc.cfgs[i].Cluster)
+		}
 	}
 	tc.nodes = make([]*node.Node, n)
 	var wg sync.WaitGroup
@@ -139,6 +142,14 @@ func (tc *testCluster) pending() int64 {
 	return d
 }
 
+// clusterListen: a one-node cluster runs a one-server NATS (no routes).
+func clusterListen(n int, route string) string {
+	if n == 1 {
+		return ""
+	}
+	return route
+}
+
 func (tc *testCluster) start(i int) error {
 	nd, err := node.New(tc.cfgs[i])
 	if err != nil {
@@ -182,9 +193,13 @@ func (tc *testCluster) do(i int, method, path, token, body, ct string) (int, map
 // business creates a business through node i; it returns its token and
 // phone number id.
 func (tc *testCluster) business(i int, phone, tier string) (token, pn string) {
+	return tc.businessMPS(i, phone, tier, 1000)
+}
+
+func (tc *testCluster) businessMPS(i int, phone, tier string, mps int) (token, pn string) {
 	tc.t.Helper()
 	code, out := tc.do(i, "POST", "/admin/v1/businesses", adminToken,
-		fmt.Sprintf(`{"name":"B %s","phone_numbers":[%q],"tier":%q,"mps":1000}`, phone, phone, tier), "")
+		fmt.Sprintf(`{"name":"B %s","phone_numbers":[%q],"tier":%q,"mps":%d}`, phone, phone, tier, mps), "")
 	if code != 200 {
 		tc.t.Fatalf("create business: %d %v", code, out)
 	}
@@ -205,13 +220,17 @@ func (tc *testCluster) held() (per []int, total int) {
 	return per, total
 }
 
+// user is the test's user u: every 7th of the simulator's (a run of
+// consecutive numbers would be refused as enumeration).
+func user(s *sim.Server, u int) string { return s.UserNumber(7 * u) }
+
 // campaignBody is an upload of rounds messages to each of users users.
 func campaignBody(s *sim.Server, users, rounds int) string {
 	var nd bytes.Buffer
 	nd.WriteString(`{"name":"cluster","template":{"body":"hello {{n}}"}}` + "\n")
 	for round := 0; round < rounds; round++ {
 		for u := 0; u < users; u++ {
-			fmt.Fprintf(&nd, `{"to":%q,"vars":{"n":"%d"}}`+"\n", s.UserNumber(u), round)
+			fmt.Fprintf(&nd, `{"to":%q,"vars":{"n":"%d"}}`+"\n", user(s, u), round)
 		}
 	}
 	return nd.String()
@@ -224,7 +243,7 @@ func (tc *testCluster) checkReceived(users int, want func(u int) int) sim.Stats 
 	t.Helper()
 	testutil.Until(t, 90*time.Second, func() bool {
 		for u := 0; u < users; u++ {
-			got := tc.sim.Received(tc.sim.UserNumber(u))
+			got := tc.sim.Received(user(tc.sim, u))
 			if len(got) == 0 {
 				return false
 			}
@@ -237,7 +256,7 @@ func (tc *testCluster) checkReceived(users int, want func(u int) int) sim.Stats 
 		return true
 	}, func() string { return fmt.Sprintf("not every message arrived: %+v", tc.sim.Stats()) })
 	for u := 0; u < users; u++ {
-		for dev, got := range tc.sim.Received(tc.sim.UserNumber(u)) {
+		for dev, got := range tc.sim.Received(user(tc.sim, u)) {
 			seen := map[string]bool{}
 			for _, r := range got {
 				if seen[r.ID] {
