@@ -360,6 +360,11 @@ func (s *Sender) ApplyConfig(pn string, sealed []byte) error {
 	if err := gojson.Unmarshal(plain, &c); err != nil {
 		return fmt.Errorf("webhook: replicated configuration corrupt: %w", err)
 	}
+	return s.store(pn, sealed, c)
+}
+
+// store commits a configuration (sealed) and makes it current.
+func (s *Sender) store(pn string, sealed []byte, c Config) error {
 	b := s.opts.DB.NewBatch()
 	b.Set(cfgKey(pn), sealed, nil)
 	if err := s.opts.DB.Commit(b, true); err != nil {
@@ -398,16 +403,7 @@ func (s *Sender) Set(pn string, c Config) error {
 			return err
 		}
 	}
-	b := s.opts.DB.NewBatch()
-	b.Set(cfgKey(pn), sealed, nil)
-	if err := s.opts.DB.Commit(b, true); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.mu.configs[pn] = c
-	delete(s.mu.retryAt, pn)
-	s.mu.Unlock()
-	return nil
+	return s.store(pn, sealed, c)
 }
 
 // Delete removes a phone number's webhook and drops the statuses waiting
