@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -62,7 +63,7 @@ type lease struct {
 
 // NewOwner makes the lease keeper; Run starts it.
 func (c *Cluster) NewOwner(h Handler) *Owner {
-	return &Owner{c: c, h: h, base: time.Now(), until: make([]atomic.Int64, c.cfg.Partitions), held: map[int]*lease{}}
+	return &Owner{c: c, h: h, base: clock.Wall(), until: make([]atomic.Int64, c.cfg.Partitions), held: map[int]*lease{}}
 }
 
 // Owns reports whether this node may work partition p now.
@@ -232,7 +233,7 @@ func (o *Owner) renew(ctx context.Context) {
 	}
 	hctx, cancel := context.WithTimeout(ctx, ttl/3)
 	defer cancel()
-	if _, err := c.nodes.Put(hctx, c.cfg.NodeID, []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))); err != nil && ctx.Err() == nil {
+	if _, err := c.nodes.Put(hctx, c.cfg.NodeID, []byte(strconv.FormatInt(clock.Wall().UnixMilli(), 10))); err != nil && ctx.Err() == nil {
 		c.log.Warn("cluster: heartbeat failed", "err", err)
 	}
 }

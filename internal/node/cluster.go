@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/heraldhq/herald/heraldtype"
+	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/cluster"
 	"github.com/heraldhq/herald/internal/platform"
 	"github.com/heraldhq/herald/internal/records"
@@ -138,11 +139,11 @@ func (cn *clusterNode) EnqueueWith(ctx context.Context, msgs []queue.Message, ba
 // message whose acknowledgement does not come (a stream leader changing) is
 // published again: its Nats-Msg-Id makes the stream keep one copy.
 func (cn *clusterNode) publishAll(ctx context.Context, msgs []*nats.Msg) error {
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := clock.Wall().Add(60 * time.Second)
 	pending := msgs
 	var lastErr error
 	for attempt := 0; len(pending) > 0; attempt++ {
-		if time.Now().After(deadline) {
+		if clock.Wall().After(deadline) {
 			return fmt.Errorf("cluster: JetStream did not store %d messages within 60 s: %v", len(pending), lastErr)
 		}
 		if err := ctx.Err(); err != nil {
