@@ -26,6 +26,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -160,6 +162,14 @@ type Cluster struct {
 	srv *server.Server
 	NC  *nats.Conn
 	JS  jetstream.JetStream
+	// ctl carries the leases and heartbeats on a connection of their own:
+	// a renewal never queues behind the bulk publishes of a busy node (it
+	// did: leases lost under load, every session then rebuilt).
+	ctl   *nats.Conn
+	ctlJS jetstream.JetStream
+	// instance tells this process's leases from those of an earlier run
+	// under the same node id.
+	instance string
 
 	Work, Events                     jetstream.Stream
 	leases, nodes                    jetstream.KeyValue
@@ -214,6 +224,17 @@ func Open(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if c.JS, err = jetstream.New(c.NC, jetstream.WithPublishAsyncMaxPending(8192)); err != nil {
 		return nil, err
 	}
+	c.ctl, err = nats.Connect(urls, nats.Name("herald-"+cfg.NodeID+"-ctl"), nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: connect to %s: %w", urls, err)
+	}
+	if c.ctlJS, err = jetstream.New(c.ctl); err != nil {
+		return nil, err
+	}
+	var nonce [6]byte
+	_, _ = rand.Read(nonce[:])
+	c.instance = hex.EncodeToString(nonce[:])
 	for {
 		err = c.ensure(ctx)
 		if err == nil {
@@ -327,10 +348,16 @@ func (c *Cluster) ensure(ctx context.Context) error {
 		return c.JS.CreateOrUpdateKeyValue(octx, jetstream.KeyValueConfig{Bucket: name, TTL: ttl, History: history,
 			Storage: jetstream.FileStorage, Replicas: r})
 	}
-	if c.leases, err = kv(LeasesBucket, c.cfg.LeaseTTL, 1); err != nil {
+	if _, err = kv(LeasesBucket, c.cfg.LeaseTTL, 1); err != nil {
 		return err
 	}
-	if c.nodes, err = kv(NodesBucket, c.cfg.LeaseTTL, 1); err != nil {
+	if _, err = kv(NodesBucket, c.cfg.LeaseTTL, 1); err != nil {
+		return err
+	}
+	if c.leases, err = c.ctlJS.KeyValue(octx, LeasesBucket); err != nil {
+		return err
+	}
+	if c.nodes, err = c.ctlJS.KeyValue(octx, NodesBucket); err != nil {
 		return err
 	}
 	if c.Status, err = kv(StatusBucket, maxAge, 8); err != nil {
@@ -358,6 +385,9 @@ func (c *Cluster) Close() {
 		_ = c.NC.FlushTimeout(2 * time.Second) // the last acks and statuses
 		c.NC.Close()
 	}
+	if c.ctl != nil {
+		c.ctl.Close()
+	}
 	if c.srv != nil {
 		c.srv.Shutdown()
 		c.srv.WaitForShutdown()
@@ -375,6 +405,9 @@ func StoreDir(dataDir string) string { return filepath.Join(dataDir, "nats") }
 func (c *Cluster) Sever() {
 	if c.NC != nil {
 		c.NC.Close()
+	}
+	if c.ctl != nil {
+		c.ctl.Close()
 	}
 	if c.srv != nil {
 		c.srv.Shutdown()

@@ -97,10 +97,14 @@ func (c *Cluster) Owners(ctx context.Context) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		out[p] = string(e.Value())
+		out[p], _, _ = strings.Cut(string(e.Value()), "#")
 	}
 	return out, nil
 }
+
+// leaseValue names this node and process: a revision holding it was
+// written by this process (a renewal whose answer was lost, say).
+func (c *Cluster) leaseValue() []byte { return []byte(c.cfg.NodeID + "#" + c.instance) }
 
 func leaseKey(p int) string { return "p." + strconv.Itoa(p) }
 
@@ -201,11 +205,39 @@ func (o *Owner) renew(ctx context.Context) {
 			defer wg.Done()
 			rctx, cancel := context.WithTimeout(ctx, ttl/3)
 			defer cancel()
-			nrev, err := c.leases.Update(rctx, leaseKey(p), []byte(c.cfg.NodeID), rev)
+			nrev, err := c.leases.Update(rctx, leaseKey(p), c.leaseValue(), rev)
+			if err != nil && transient(err) {
+				// No answer in time (a saturated node or server): the lease
+				// is not lost for that — nobody else can write it before it
+				// expires — but past its 2/3 TTL this node stops handing
+				// the partition's messages over (Owns) until a renewal
+				// succeeds. Dropping it here would make the node take it
+				// again a round later and rebuild every session in it.
+				if time.Since(o.base) >= time.Duration(o.until[p].Load()) {
+					c.log.Warn("cluster: lease renewal late; partition paused until it renews", "partition", p, "err", err)
+				}
+				return
+			}
 			if err != nil {
-				// A slow answer is not a lost lease while this node may
-				// still work the partition; a refusal (another revision) is.
-				if time.Since(o.base) >= time.Duration(o.until[p].Load()) || !transient(err) {
+				// Refused (another revision): an earlier renewal of this
+				// process whose answer timed out may have landed after all.
+				// If the lease still holds this process's value, nobody
+				// else held it in between (every write is a CAS on the one
+				// before, and an expired lease is gone): go on from that
+				// revision. Owns is not extended (the write's time is not
+				// known); the next renewal extends it.
+				e, gerr := c.leases.Get(rctx, leaseKey(p))
+				switch {
+				case gerr == nil && string(e.Value()) == string(c.leaseValue()):
+					o.mu.Lock()
+					if l := o.held[p]; l != nil {
+						l.rev = e.Revision()
+					}
+					o.mu.Unlock()
+					c.log.Info("cluster: a late lease renewal had landed; going on from its revision", "partition", p)
+				case gerr != nil && transient(gerr):
+					// not known yet: the next round asks again
+				default:
 					mu.Lock()
 					lost = append(lost, p)
 					mu.Unlock()
@@ -305,14 +337,22 @@ func (o *Owner) balance(ctx context.Context) {
 		if ok {
 			continue
 		}
-		rev, err := c.leases.Create(bctx, leaseKey(p), []byte(c.cfg.NodeID))
+		at := time.Since(o.base)
+		rev, err := c.leases.Create(bctx, leaseKey(p), c.leaseValue())
+		if err != nil && transient(err) {
+			// The create may have landed with its answer lost: then the
+			// lease is this process's (its value says so).
+			if e, gerr := c.leases.Get(bctx, leaseKey(p)); gerr == nil && string(e.Value()) == string(c.leaseValue()) {
+				rev, err = e.Revision(), nil
+			}
+		}
 		if err != nil {
 			continue // taken by another node just now (or the bucket is unreachable)
 		}
 		o.mu.Lock()
 		o.held[p] = &lease{rev: rev, rev0: rev}
 		o.mu.Unlock()
-		o.until[p].Store(int64(time.Since(o.base) + ttl*2/3))
+		o.until[p].Store(int64(at + ttl*2/3))
 		gained = append(gained, p)
 		delete(o.free, p)
 	}

@@ -3,6 +3,7 @@ package node_test
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"syscall"
 
@@ -75,6 +76,15 @@ func BenchmarkClusterCPU(b *testing.B) {
 	for round := 0; round < 2; round++ {
 		body := campaignBody(tc.sim, n, 1)
 		base := tc.sim.Stats().Decrypted
+		if round == 1 && os.Getenv("HERALD_BENCH_CPUPROFILE") != "" {
+			// the measured round only (the warm-up makes every session)
+			f, err := os.Create(os.Getenv("HERALD_BENCH_CPUPROFILE"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 		start, cpu0 := time.Now(), cpuNow()
 		code, out := tc.do(0, "POST", "/v1/"+pn+"/campaigns", tok, body, "application/x-ndjson")
 		if code != 200 {
