@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +38,52 @@ func optKey(biz string, h [16]byte) []byte {
 type optState struct {
 	mu     sync.Mutex
 	counts map[string]int64 // business id → opt-outs; absent: not loaded
+	// cluster mode: every opt-out and opt-in is stored cluster-wide first
+	// (SetOptReplicator); the other nodes apply it (ApplyOptOut, ApplyOptIn).
+	put func(biz string, h [16]byte, since int64) error
+	del func(biz string, h [16]byte) error
+	// apply serializes the check-and-write of ApplyOptOut and optIn (this
+	// node's own changes and the watcher's replays of them meet there).
+	apply sync.Mutex
+}
+
+// SetOptReplicator makes every opt-out (put) and opt-in (del) go through
+// the cluster before this node records it.
+func (l *Limiter) SetOptReplicator(put func(biz string, h [16]byte, since int64) error, del func(biz string, h [16]byte) error) {
+	l.opt.mu.Lock()
+	l.opt.put, l.opt.del = put, del
+	l.opt.mu.Unlock()
+}
+
+func (l *Limiter) optReplicator() (func(string, [16]byte, int64) error, func(string, [16]byte) error) {
+	l.opt.mu.Lock()
+	defer l.opt.mu.Unlock()
+	return l.opt.put, l.opt.del
+}
+
+// ApplyOptOut records an opt-out another node took (keyed id h), unless
+// this node has it already.
+func (l *Limiter) ApplyOptOut(biz string, h [16]byte, since int64) error {
+	l.opt.apply.Lock()
+	defer l.opt.apply.Unlock()
+	k := optKey(biz, h)
+	_, had, err := l.opts.DB.GetCopy(k)
+	if err != nil || had {
+		return err
+	}
+	wb := l.opts.DB.NewBatch()
+	wb.Set(k, binary.BigEndian.AppendUint64(nil, uint64(since)), nil)
+	if err := l.opts.DB.Commit(wb, true); err != nil {
+		return err
+	}
+	l.addOptCount(biz, 1)
+	return nil
+}
+
+// ApplyOptIn deletes an opt-out another node deleted.
+func (l *Limiter) ApplyOptIn(biz string, h [16]byte) error {
+	_, err := l.optIn(biz, h)
+	return err
 }
 
 func (l *Limiter) optCount(biz string) (int64, error) {
@@ -100,6 +147,14 @@ func (l *Limiter) OptOut(b *pebble.Batch, biz, user string, at time.Time) error 
 	if had {
 		return nil
 	}
+	if put, _ := l.optReplicator(); put != nil {
+		// Cluster-wide first, then here at once (not in b: the watcher's
+		// replay of it and this write meet under one lock, and count once).
+		if err := put(biz, h, at.Unix()); err != nil {
+			return fmt.Errorf("ratelimit: opt-out not stored in the cluster: %w", err)
+		}
+		return l.ApplyOptOut(biz, h, at.Unix())
+	}
 	v := binary.BigEndian.AppendUint64(nil, uint64(at.Unix()))
 	if b != nil {
 		b.Set(k, v, nil)
@@ -117,7 +172,28 @@ func (l *Limiter) OptOut(b *pebble.Batch, biz, user string, at time.Time) error 
 // OptIn deletes user's opt-out of the business; it reports whether there
 // was one.
 func (l *Limiter) OptIn(biz, user string) (bool, error) {
-	k := optKey(biz, l.opts.Sealer.Lookup(biz+":"+user))
+	h := l.opts.Sealer.Lookup(biz + ":" + user)
+	if _, del := l.optReplicator(); del != nil {
+		// Cluster-wide first; the watcher's replay of the delete may
+		// remove it here before optIn does, so whether there was one is
+		// asked before.
+		_, had, err := l.opts.DB.GetCopy(optKey(biz, h))
+		if err != nil || !had {
+			return false, err
+		}
+		if err := del(biz, h); err != nil {
+			return false, fmt.Errorf("ratelimit: opt-in not stored in the cluster: %w", err)
+		}
+		_, err = l.optIn(biz, h)
+		return true, err
+	}
+	return l.optIn(biz, h)
+}
+
+func (l *Limiter) optIn(biz string, h [16]byte) (bool, error) {
+	l.opt.apply.Lock()
+	defer l.opt.apply.Unlock()
+	k := optKey(biz, h)
 	_, had, err := l.opts.DB.GetCopy(k)
 	if err != nil || !had {
 		return false, err

@@ -13,7 +13,11 @@ import (
 const hours = 7 * 24
 
 // hourBucket holds one hour of signals for a phone number.
-type hourBucket struct {
+type hourBucket = HourSignals
+
+// HourSignals is one hour of a phone number's signals as one node counted
+// them (exported: in cluster mode every node's windows are shared).
+type HourSignals struct {
 	Hour       int64   `json:"h"`
 	Admitted   int64   `json:"a"`
 	First      int64   `json:"f"`
@@ -159,12 +163,16 @@ func (l *Limiter) qualityIfKnown(pn string, now time.Time) QualityView {
 }
 
 func (l *Limiter) quality(pn string, now time.Time) QualityView {
+	var remote []HourSignals
+	if f := l.remoteSignals(); f != nil {
+		remote = f(pn) // the other nodes' windows (cluster mode)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ps := l.phone(pn)
 	var t hourBucket
 	min := now.Unix()/3600 - hours
-	for _, b := range ps.Buckets {
+	for _, b := range append(ps.Buckets[:], remote...) {
 		if b.Hour <= min {
 			continue
 		}
@@ -235,6 +243,37 @@ func (l *Limiter) quality(pn string, now time.Time) QualityView {
 		}
 	}
 	return v
+}
+
+// SetRemoteSignals adds, to every quality rating, the windows f returns for
+// the phone number: the other nodes' (cluster mode).
+func (l *Limiter) SetRemoteSignals(f func(pn string) []HourSignals) {
+	l.mu.Lock()
+	l.remote = f
+	l.mu.Unlock()
+}
+
+func (l *Limiter) remoteSignals() func(string) []HourSignals {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.remote
+}
+
+// ExportSignals returns this node's own signal hours within the window, per
+// phone number (those with any).
+func (l *Limiter) ExportSignals(now time.Time) map[string][]HourSignals {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	min := now.Unix()/3600 - hours
+	out := map[string][]HourSignals{}
+	for pn, ps := range l.phones {
+		for _, b := range ps.Buckets {
+			if b.Hour > min && b != (HourSignals{Hour: b.Hour}) {
+				out[pn] = append(out[pn], b)
+			}
+		}
+	}
+	return out
 }
 
 // Integrity implements api.Admitter: no message content, no phone numbers.

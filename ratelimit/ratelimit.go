@@ -118,6 +118,7 @@ type Limiter struct {
 	opt  optState
 
 	mu      sync.Mutex
+	remote  func(pn string) []HourSignals // other nodes' signal windows (cluster)
 	biz     map[string]*bizState
 	phones  map[string]*phoneState
 	buckets map[string]*bucket // phone_number_id → throughput bucket
