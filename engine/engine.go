@@ -381,12 +381,8 @@ func (e *Engine) dispatchLoop(ctx context.Context, shard int) {
 		if p := e.opts.Partitions; p != nil && !p.Owns(shard) {
 			// Another node works this partition (or none yet): wait for
 			// this one to take it (Notify) or the next poll.
-			idle.Reset(e.opts.IdlePoll)
-			select {
-			case <-ctx.Done():
+			if !e.idleWait(ctx, idle, shard) {
 				return
-			case <-e.wake[shard]:
-			case <-idle.C:
 			}
 			continue
 		}
@@ -410,14 +406,23 @@ func (e *Engine) dispatchLoop(ctx context.Context, shard int) {
 		if n > 0 {
 			continue
 		}
-		idle.Reset(e.opts.IdlePoll)
-		select {
-		case <-ctx.Done():
+		if !e.idleWait(ctx, idle, shard) {
 			return
-		case <-e.wake[shard]:
-		case <-idle.C:
 		}
 	}
+}
+
+// idleWait waits for the shard's wake-up or the next poll; false once ctx
+// ends.
+func (e *Engine) idleWait(ctx context.Context, idle *time.Timer, shard int) bool {
+	idle.Reset(e.opts.IdlePoll)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-e.wake[shard]:
+	case <-idle.C:
+	}
+	return true
 }
 
 // acquireSlots takes up to max free worker slots, waiting for at least one.

@@ -198,6 +198,21 @@ m("55-cluster-webhooks-per-node", "cluster: a webhook is known only to the node 
 m("56-cluster-pause-per-node", "cluster: a pause holds only on the node asked (the partitions' owners go on sending)",
   "internal/node/cluster_campaigns.go", "	if _, err := c.CampaignsBucket.Put(ctx, \"s.\"+id, v); err != nil {", "	if true {\n		return nil\n	}\n	if _, err := c.CampaignsBucket.Put(ctx, \"s.\"+id, v); err != nil {",
   ["./internal/node/ -run 'TestClusterCampaignAcrossNodes'"])
+m("54-cluster-late-renewal-drops-lease", "cluster: a lease renewal refused because an earlier, timed-out one landed drops the partition (taken again, every session rebuilt)",
+  "internal/cluster/owner.go", "				case gerr == nil && string(e.Value()) == string(c.leaseValue()):", "				case false && gerr == nil && string(e.Value()) == string(c.leaseValue()):",
+  ["./internal/cluster/ -run 'TestLateRenewalIsAdopted'"])
+m("57-cluster-quality-per-node", "cluster: each node rates a phone number on its own signals only",
+  "internal/node/cluster_quality.go", "	n.Limits.SetRemoteSignals(q.of)\n", "",
+  ["./internal/node/ -run 'TestClusterQualityAndOptOutsAcrossNodes'"])
+m("58-cluster-optouts-per-node", "cluster: an opt-out is known only to the node that took it",
+  "internal/node/cluster.go", "	if err := n.watchShared(c.OptOuts, \"opt-out\", n.applyOptOut); err != nil {", "	if err := n.watchShared(c.OptOuts, \"opt-out\", func(jetstream.KeyValueEntry) error { return nil }); err != nil {",
+  ["./internal/node/ -run 'TestClusterQualityAndOptOutsAcrossNodes'"])
+m("59-cluster-inbound-not-routed", "cluster: inbound envelopes are decrypted by the node the platform posted to, not by their user's partition owner",
+  "internal/node/node.go", "		ao.InboundRoute = n.cluster.routeInbound\n", "",
+  ["./internal/node/ -run 'TestClusterInboundAnyNode'"])
+m("60-cluster-prekeys-not-shared", "cluster: prekeys stay on the node that made them",
+  "internal/node/cluster_inbound.go", "		_, err := c.PreKeys.Put(ctx, key, sealed)\n		return err", "		_ = ctx\n		return nil",
+  ["./internal/node/ -run 'TestClusterInboundAnyNode'"])
 
 only = sys.argv[1:]
 missing = []

@@ -81,6 +81,9 @@ type Options struct {
 	// Inbound receives users' envelopes (POST /v1/platform/inbound) and
 	// answers GET /v1/messages/{id} for their ids; nil: 404.
 	Inbound *inbound.Receiver
+	// InboundRoute, in cluster mode, hands each envelope to the node that
+	// works its user's partition (nil: Inbound.Receive here).
+	InboundRoute func([]inbound.Envelope) []inbound.Result
 	// KeysNeeded is told when a business number (digits) needs one-time
 	// prekeys on the platform: it was just created, or a prekeys_low event
 	// named it; nil: ignored.

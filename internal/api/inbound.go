@@ -44,7 +44,11 @@ func (s *Server) platformInbound(ctx *fasthttp.RequestCtx) {
 		s.storageError(ctx, err)
 		return
 	}
-	writeJSON(ctx, 200, map[string]any{"results": s.opts.Inbound.Receive(req.Envelopes)})
+	receive := s.opts.Inbound.Receive
+	if s.opts.InboundRoute != nil {
+		receive = s.opts.InboundRoute
+	}
+	writeJSON(ctx, 200, map[string]any{"results": receive(req.Envelopes)})
 }
 
 // keyEvents takes the prekeys_low events out of evs (they are for the

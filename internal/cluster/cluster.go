@@ -151,6 +151,9 @@ const (
 	TenantsBucket   = "HERALD_TENANTS"
 	CampaignsBucket = "HERALD_CAMPAIGNS"
 	TierBucket      = "HERALD_TIER"
+	OptOutsBucket   = "HERALD_OPTOUTS"
+	QualityBucket   = "HERALD_QUALITY"
+	PreKeysBucket   = "HERALD_PREKEYS"
 	// TierWindow: what a tier counts (unique recipients in a moving 24 h).
 	TierWindow = 24 * time.Hour
 )
@@ -175,6 +178,7 @@ type Cluster struct {
 	leases, nodes                    jetstream.KeyValue
 	Status, Tenants, CampaignsBucket jetstream.KeyValue
 	Tier                             jetstream.KeyValue
+	OptOuts, Quality, PreKeys        jetstream.KeyValue
 }
 
 // NodeID is this node's name.
@@ -367,6 +371,16 @@ func (c *Cluster) ensure(ctx context.Context) error {
 		return err
 	}
 	if c.CampaignsBucket, err = kv(CampaignsBucket, maxAge, 1); err != nil {
+		return err
+	}
+	if c.PreKeys, err = kv(PreKeysBucket, 0, 1); err != nil {
+		return err
+	}
+	if c.OptOuts, err = kv(OptOutsBucket, 0, 1); err != nil {
+		return err
+	}
+	// Quality: each node's signal windows per phone number (7 days of hours).
+	if c.Quality, err = kv(QualityBucket, 8*24*time.Hour, 1); err != nil {
 		return err
 	}
 	c.Tier, err = kv(TierBucket, TierWindow, 1)

@@ -102,6 +102,19 @@ func (c *Cluster) Owners(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
+// Owner is the node holding partition p's lease ("" for none).
+func (c *Cluster) Owner(ctx context.Context, p int) (string, error) {
+	e, err := c.leases.Get(ctx, leaseKey(p))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	node, _, _ := strings.Cut(string(e.Value()), "#")
+	return node, nil
+}
+
 // leaseValue names this node and process: a revision holding it was
 // written by this process (a renewal whose answer was lost, say).
 func (c *Cluster) leaseValue() []byte { return []byte(c.cfg.NodeID + "#" + c.instance) }

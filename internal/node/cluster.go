@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -203,6 +204,9 @@ func (cn *clusterNode) Gain(ps []int) {
 		cn.n.cfg.Logger.Error("cluster: could not drop the sessions of gained partitions", "err", err)
 	}
 	cn.n.cfg.Logger.Info("cluster: took partitions over", "partitions", ps, "session_records_dropped", n)
+	if set[0] && cn.n.keys != nil {
+		cn.n.keys.checkAll() // this node makes the prekeys now
+	}
 }
 
 // Holding counts partition p's deliveries this node took in and has not
@@ -498,38 +502,9 @@ func (n *Node) joinCluster() error {
 	n.cluster = newClusterNode(n, c)
 	// Businesses: every change goes to the KV bucket first; every node
 	// (this one too) applies what the bucket holds, now and as it changes.
-	w, err := c.Tenants.WatchAll(context.Background()) // lives until the node stops (w.Stop)
-	if err != nil {
+	if err := n.watchShared(c.Tenants, "business or webhook", n.applyShared); err != nil {
 		return err
 	}
-	for e := range w.Updates() {
-		if e == nil {
-			break // the bucket's current values are applied
-		}
-		if err := n.applyShared(e); err != nil {
-			return err
-		}
-	}
-	n.bg.Add(1)
-	go func() {
-		defer n.bg.Done()
-		defer w.Stop()
-		for {
-			select {
-			case <-n.stop:
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e != nil {
-					if err := n.applyShared(e); err != nil {
-						n.cfg.Logger.Error("cluster: replicated business or webhook not applied", "err", err)
-					}
-				}
-			}
-		}
-	}()
 	tenants := c.Tenants
 	put := func(key string, sealed []byte) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -549,6 +524,84 @@ func (n *Node) joinCluster() error {
 	n.Metrics.CounterFunc("cluster_intaken_total", "Messages taken from JetStream into the local queue.", func() float64 { return float64(cn.intaken.Load()) })
 	n.Metrics.CounterFunc("cluster_acked_total", "Messages acked to JetStream once settled.", func() float64 { return float64(cn.acked.Load()) })
 	return nil
+}
+
+// shareLimits makes the limiter's opt-outs and quality signals cluster-wide
+// (after joinCluster, once the limiter exists).
+func (n *Node) shareLimits() error {
+	c := n.cluster.c
+	// Opt-outs likewise (keyed ids only: "<business id>.<hex>").
+	if err := n.watchShared(c.OptOuts, "opt-out", n.applyOptOut); err != nil {
+		return err
+	}
+	n.Limits.SetOptReplicator(func(biz string, h [16]byte, since int64) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := c.OptOuts.Put(ctx, biz+"."+hex.EncodeToString(h[:]), binary.BigEndian.AppendUint64(nil, uint64(since)))
+		return err
+	}, func(biz string, h [16]byte) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return c.OptOuts.Delete(ctx, biz+"."+hex.EncodeToString(h[:]))
+	})
+	return n.shareQuality()
+}
+
+// watchShared applies every entry of a bucket now (before the node serves)
+// and every change after, until the node stops.
+func (n *Node) watchShared(kv jetstream.KeyValue, what string, apply func(jetstream.KeyValueEntry) error) error {
+	w, err := kv.WatchAll(context.Background()) // lives until the node stops (w.Stop)
+	if err != nil {
+		return err
+	}
+	for e := range w.Updates() {
+		if e == nil {
+			break // the bucket's current values are applied
+		}
+		if err := apply(e); err != nil {
+			w.Stop()
+			return err
+		}
+	}
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		defer w.Stop()
+		for {
+			select {
+			case <-n.stop:
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e != nil {
+					if err := apply(e); err != nil {
+						n.cfg.Logger.Error("cluster: replicated "+what+" not applied", "err", err)
+					}
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// applyOptOut applies one entry of KV HERALD_OPTOUTS.
+func (n *Node) applyOptOut(e jetstream.KeyValueEntry) error {
+	biz, hx, ok := strings.Cut(e.Key(), ".")
+	var h [16]byte
+	if b, err := hex.DecodeString(hx); !ok || err != nil || len(b) != len(h) {
+		return fmt.Errorf("cluster: opt-out key %q", e.Key())
+	} else {
+		copy(h[:], b)
+	}
+	if e.Operation() != jetstream.KeyValuePut {
+		return n.Limits.ApplyOptIn(biz, h)
+	}
+	if len(e.Value()) != 8 {
+		return fmt.Errorf("cluster: opt-out %q: value of %d bytes", e.Key(), len(e.Value()))
+	}
+	return n.Limits.ApplyOptOut(biz, h, int64(binary.BigEndian.Uint64(e.Value())))
 }
 
 // applyShared applies one entry of KV HERALD_TENANTS: a business (key: its

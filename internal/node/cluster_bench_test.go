@@ -2,15 +2,85 @@ package node_test
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
-
-	"github.com/heraldhq/herald/internal/cluster"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/heraldhq/herald/internal/cluster"
 )
+
+// TestMain doubles as a NATS server process for the benchmarks that keep
+// NATS out of the measured process (HERALD_TEST_NATS_CHILD=listen|dir):
+// it serves until its standard input closes.
+func TestMain(m *testing.M) {
+	spec := os.Getenv("HERALD_TEST_NATS_CHILD")
+	if spec == "" {
+		os.Exit(m.Run())
+	}
+	listen, dir, _ := strings.Cut(spec, "|")
+	host, port, _ := strings.Cut(listen, ":")
+	p, _ := strconv.Atoi(port)
+	s, err := server.NewServer(&server.Options{Host: host, Port: p, JetStream: true, StoreDir: dir, NoSigs: true, NoLog: true,
+		JetStreamMaxMemory: 256 << 20})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	s.Shutdown()
+	s.WaitForShutdown()
+	os.Exit(0)
+}
+
+// natsProcess starts a NATS server (JetStream, no per-write fsync: the
+// same as --nats-sync-always=false) in a child process and returns its
+// URL and its CPU time so far.
+func natsProcess(b *testing.B) (string, func() time.Duration) {
+	addr := freeAddr(b)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "HERALD_TEST_NATS_CHILD="+addr+"|"+b.TempDir())
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(out, buf); err != nil || string(buf) != "ready\n" {
+		b.Fatalf("NATS child: %q %v", buf, err)
+	}
+	b.Cleanup(func() { in.Close(); _ = cmd.Wait() })
+	cpu := func() time.Duration {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+		if err != nil {
+			return 0
+		}
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+2:]))
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		k, _ := strconv.ParseInt(f[12], 10, 64)
+		return time.Duration(u+k) * 10 * time.Millisecond // USER_HZ 100
+	}
+	return "nats://" + addr, cpu
+}
 
 // BenchmarkClusterIngest: one campaign upload to a three-node cluster
 // (HERALD_BENCH_REPLICAS, default 1) with the platform down, so only
@@ -64,9 +134,23 @@ func BenchmarkClusterCPU(b *testing.B) {
 		n = 20_000
 	}
 	var tc *testCluster
-	if nodes == 0 {
+	natsCPU := func() time.Duration { return 0 }
+	switch {
+	case nodes == 0:
 		tc = startSingle(b, 7*n+10)
-	} else {
+	case os.Getenv("HERALD_BENCH_NATS") == "process":
+		// NATS in a process of its own (an existing NATS, --nats): the
+		// measured process is Herald's (and the simulator's) alone.
+		if nodes != 1 || replicas != 1 {
+			b.Fatal("HERALD_BENCH_NATS=process: one node, replicas 1")
+		}
+		var url string
+		url, natsCPU = natsProcess(b)
+		tc = startCluster(b, 1, 1, 7*n+10, func(c *cluster.Config) {
+			c.Embed, c.URLs, c.Listen, c.ClusterListen, c.Routes = false, []string{url}, "", "", nil
+		})
+		tc.balanced()
+	default:
 		tc = startCluster(b, nodes, replicas, 7*n+10, func(c *cluster.Config) { c.NoSyncAlways = os.Getenv("HERALD_BENCH_NOSYNC") != "" })
 		tc.balanced()
 	}
@@ -85,7 +169,7 @@ func BenchmarkClusterCPU(b *testing.B) {
 			_ = pprof.StartCPUProfile(f)
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
-		start, cpu0 := time.Now(), cpuNow()
+		start, cpu0, ncpu0 := time.Now(), cpuNow(), natsCPU()
 		code, out := tc.do(0, "POST", "/v1/"+pn+"/campaigns", tok, body, "application/x-ndjson")
 		if code != 200 {
 			b.Fatalf("%d %v", code, out)
@@ -94,7 +178,11 @@ func BenchmarkClusterCPU(b *testing.B) {
 		for tc.sim.Stats().Decrypted < want || tc.pending() > 0 {
 			time.Sleep(20 * time.Millisecond)
 		}
-		el, cpu := time.Since(start), cpuNow()-cpu0
+		el, cpu, ncpu := time.Since(start), cpuNow()-cpu0, natsCPU()-ncpu0
+		if round == 1 && ncpu > 0 {
+			b.ReportMetric(float64(ncpu.Microseconds())/float64(n), "nats-cpu-µs/msg")
+			fmt.Printf("NATS process: %.1f µs CPU per message\n", float64(ncpu.Microseconds())/float64(n))
+		}
 		if round == 1 {
 			b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-µs/msg")
 			b.ReportMetric(float64(n)/el.Seconds(), "msgs/s")

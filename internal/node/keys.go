@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 	"time"
 )
@@ -25,6 +26,11 @@ type keyUploader struct {
 
 	mu      sync.Mutex
 	pending map[string]int // digits → prekeys to add (0: learn the count, top up below keysLow)
+
+	// cluster: only the owner of partition 0 makes and uploads prekeys
+	// (one maker: ids are never handed out twice); requests go to every
+	// node (keysSubject).
+	cluster *clusterNode
 }
 
 func newKeyUploader(n *Node) *keyUploader {
@@ -32,7 +38,16 @@ func newKeyUploader(n *Node) *keyUploader {
 }
 
 // need asks for keysBatch more prekeys for business (digits).
-func (k *keyUploader) need(business string) { k.add(business, keysBatch) }
+func (k *keyUploader) need(business string) {
+	if k.cluster != nil {
+		v, _ := json.Marshal(map[string]any{"d": business, "n": keysBatch})
+		if err := k.cluster.c.NC.Publish(keysSubject, v); err != nil {
+			k.n.cfg.Logger.Warn("cluster: prekey request not sent; the next check makes up for it", "err", err)
+		}
+		return
+	}
+	k.add(business, keysBatch)
+}
 
 func (k *keyUploader) add(business string, n int) {
 	k.mu.Lock()
@@ -89,6 +104,9 @@ func (k *keyUploader) run(ctx context.Context) {
 	todo := k.pending
 	k.pending = map[string]int{}
 	k.mu.Unlock()
+	if k.cluster != nil && !k.cluster.owner.Owns(0) {
+		return // another node makes the prekeys (it checks all when it takes partition 0)
+	}
 	for digits, n := range todo {
 		if err := k.upload(ctx, digits, n); err != nil {
 			k.n.cfg.Logger.Warn("node: could not upload prekeys; will retry", "err", err)

@@ -296,6 +296,11 @@ func New(cfg Config) (n *Node, err error) {
 		if n.Limits, err = ratelimit.New(lo); err != nil {
 			return nil, err
 		}
+		if n.cluster != nil {
+			if err := n.shareLimits(); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if eng, err = n.newEngine(); err != nil {
 		return nil, err
@@ -467,6 +472,10 @@ func (n *Node) newAPI(secret string) (err error) {
 	ao.Inbound, ao.KeysNeeded = n.Inbound, n.keys.need
 	if n.cluster != nil {
 		ao.Intake, ao.ClusterStatus, ao.ClusterCampaigns, ao.Events = n.cluster, n.cluster, n.cluster, eventRouter{n.cluster}
+		ao.InboundRoute = n.cluster.routeInbound
+		if err := n.shareInbound(); err != nil {
+			return err
+		}
 	}
 	if n.API, err = api.New(ao); err != nil {
 		return err
@@ -685,11 +694,10 @@ func (n *Node) Start(ctx context.Context) error {
 		n.cluster.owner.Run(ctx)
 		fmt.Fprintf(n.cfg.Out, "cluster node %s: %d partitions, replicas %d, NATS %s\n", n.cluster.c.NodeID(),
 			n.cluster.c.Partitions(), n.cluster.c.Replicas(), n.cluster.c.NC.ConnectedUrlRedacted())
-	} else {
-		// Prekeys for inbound sessions: a single node's own (cluster mode
-		// does not take inbound yet; see README "Cluster").
-		n.keys.start(ctx)
 	}
+	// Prekeys for inbound sessions (in a cluster, the owner of partition 0
+	// makes them).
+	n.keys.start(ctx)
 	n.bg.Add(1)
 	go func() {
 		defer n.bg.Done()
@@ -715,6 +723,13 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	if n.Limits != nil {
 		n.every("tiers", time.Minute, func() {
+			if n.cluster != nil && !n.cluster.owner.Owns(0) {
+				// One node moves tiers (all rate on the same, shared
+				// signals; each moving one would move a business down
+				// once per node): the one that works partition 0.
+				n.Limits.Close()
+				return
+			}
 			for _, c := range n.Limits.EvaluateTiers(n.cfg.Now()) {
 				n.cfg.Logger.Info("ratelimit: tier change", "change", c) // routine: the limits working as designed
 			}

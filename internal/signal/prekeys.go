@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -126,6 +128,11 @@ func (s *Store) NewPreKeys(biz string, n int, now time.Time) (*KeysUpload, error
 		st = &preKeyState{next: 1} // id 0 means "no prekey" in every libsignal
 	}
 	b := s.db.NewBatch()
+	type kv struct {
+		key    string
+		sealed []byte
+	}
+	var shared []kv // in cluster mode, what every node must hold too
 	committed := false
 	defer func() {
 		if !committed {
@@ -158,15 +165,91 @@ func (s *Store) NewPreKeys(biz string, n int, now time.Time) (*KeysUpload, error
 		pid := st.next
 		st.next++
 		pub := serialize33(k.pair.PublicKey())
-		b.Set(binary.BigEndian.AppendUint32(key('P', biz, nil, 0), pid), s.sealer.Seal(nil, append(k.dh[:], pub[:]...)), nil)
+		sealed := s.sealer.Seal(nil, append(k.dh[:], pub[:]...))
+		b.Set(binary.BigEndian.AppendUint32(key('P', biz, nil, 0), pid), sealed, nil)
+		shared = append(shared, kv{fmt.Sprintf("p.%s.%d", biz, pid), sealed})
 		up.PreKeys = append(up.PreKeys, platform.OneTimePreKey{ID: pid, PublicKey: base64.StdEncoding.EncodeToString(pub[:])})
 	}
-	b.Set(key('G', biz, nil, 0), s.sealer.Seal(nil, st.encode()), nil)
+	sealedG := s.sealer.Seal(nil, st.encode())
+	b.Set(key('G', biz, nil, 0), sealedG, nil)
 	committed = true
 	if err := s.db.Commit(b, true); err != nil {
 		return nil, err
 	}
+	if put, _ := s.preKeyReplicator(); put != nil {
+		// Every node must hold the private halves before the platform
+		// hands the public ones out: the user's partition may be another
+		// node's. The state (next id) last, once its prekeys are there.
+		for _, x := range append(shared, kv{"g." + biz, sealedG}) {
+			if err := put(x.key, x.sealed); err != nil {
+				return nil, fmt.Errorf("signal: prekeys not stored in the cluster: %w", err)
+			}
+		}
+	}
 	return up, nil
+}
+
+// SetPreKeyReplicator makes the prekeys this node makes go to every node
+// (put, before they are uploaded) and the one-time prekeys a session
+// consumed leave every node (del).
+func (s *Store) SetPreKeyReplicator(put func(key string, sealed []byte) error, del func(key string)) {
+	s.pkRepMu.Lock()
+	s.pkPut, s.pkDel = put, del
+	s.pkRepMu.Unlock()
+}
+
+func (s *Store) preKeyReplicator() (func(string, []byte) error, func(string)) {
+	s.pkRepMu.Lock()
+	defer s.pkRepMu.Unlock()
+	return s.pkPut, s.pkDel
+}
+
+// ApplyPreKey stores (or, when sealed is nil, deletes) a prekey record
+// another node made or consumed: key "g.<biz>" (the state) or
+// "p.<biz>.<id>" (a one-time prekey).
+func (s *Store) ApplyPreKey(k string, sealed []byte) error {
+	var dbKey []byte
+	switch {
+	case strings.HasPrefix(k, "g."):
+		dbKey = key('G', k[2:], nil, 0)
+	case strings.HasPrefix(k, "p."):
+		biz, idS, ok := strings.Cut(k[2:], ".")
+		id, err := strconv.ParseUint(idS, 10, 32)
+		if !ok || err != nil || biz == "" {
+			return fmt.Errorf("signal: prekey key %q", k)
+		}
+		dbKey = binary.BigEndian.AppendUint32(key('P', biz, nil, 0), uint32(id))
+	default:
+		return fmt.Errorf("signal: prekey key %q", k)
+	}
+	if sealed != nil {
+		if _, err := s.sealer.Open(sealed); err != nil {
+			return fmt.Errorf("signal: replicated prekey %q does not open: %w", k, err)
+		}
+	}
+	s.pkMu.Lock()
+	defer s.pkMu.Unlock()
+	if sealed != nil && strings.HasPrefix(k, "g.") {
+		// Never back: an older state's echo arriving after a newer one
+		// was made here would hand its ids out again.
+		plain, _ := s.sealer.Open(sealed)
+		in, err := decodePreKeyState(plain)
+		if err != nil {
+			return err
+		}
+		if have, err := s.loadPreKeyState(k[2:]); err != nil {
+			return err
+		} else if have != nil && (have.next > in.next || (have.current != nil && (in.current == nil || have.current.id > in.current.id))) {
+			return nil
+		}
+	}
+	b := s.db.NewBatch()
+	if sealed == nil {
+		b.Delete(dbKey, nil)
+	} else {
+		b.Set(dbKey, sealed, nil)
+	}
+	return s.db.Commit(b, true)
 }
 
 // preKey reads one of biz's one-time prekeys (nil when it was consumed or
@@ -192,6 +275,9 @@ func (s *Store) preKey(biz string, id uint32) (*record.PreKey, error) {
 // deletePreKey removes a consumed one-time prekey in b.
 func (s *Store) deletePreKey(b *pebble.Batch, biz string, id uint32) {
 	b.Delete(binary.BigEndian.AppendUint32(key('P', biz, nil, 0), id), nil)
+	if _, del := s.preKeyReplicator(); del != nil {
+		del(fmt.Sprintf("p.%s.%d", biz, id))
+	}
 }
 
 // PreKeyCount is how many one-time prekeys of biz are unconsumed here (the

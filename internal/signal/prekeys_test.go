@@ -2,6 +2,7 @@ package signal
 
 import (
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -98,5 +99,78 @@ func TestPreKeysNeverReusedRotatedAndConsumed(t *testing.T) {
 	d5, _ := NewDevice(1, 0)
 	if err := receive(d5, "15550000005", "m5", bundleFrom(up3, 0), t0.Add(2*SignedPreKeyRotation+time.Hour)); err != nil {
 		t.Fatalf("the current signed prekey: %v", err)
+	}
+}
+
+// TestPreKeysReplicated: in cluster mode the prekeys one node makes reach
+// another (ApplyPreKey) before NewPreKeys returns, a consumed one is
+// deleted everywhere, an older state never replaces a newer one (its ids
+// would be handed out again), and a record that is not one is refused.
+func TestPreKeysReplicated(t *testing.T) {
+	a, dba := newStore(t, t.TempDir())
+	defer dba.Close()
+	b, dbb := newStore(t, t.TempDir())
+	defer dbb.Close()
+	const biz = "15550001002"
+	var order []string
+	var deleted []string
+	a.SetPreKeyReplicator(func(k string, sealed []byte) error {
+		order = append(order, k)
+		return b.ApplyPreKey(k, sealed)
+	}, func(k string) { deleted = append(deleted, k); _ = b.ApplyPreKey(k, nil) })
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	up, err := a.NewPreKeys(biz, 3, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := b.PreKeyCount(biz); n != 3 {
+		t.Fatalf("the other node holds %d prekeys, want 3", n)
+	}
+	if order[len(order)-1] != "g."+biz {
+		t.Fatalf("the state went before its prekeys: %v", order)
+	}
+	// b goes on from a's state: no id again.
+	up2, err := b.NewPreKeys(biz, 2, t0.Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up2.PreKeys[0].ID <= up.PreKeys[2].ID || up2.SignedPreKey != up.SignedPreKey {
+		t.Fatalf("the other node reuses ids or rotates: %v after %v", up2.PreKeys, up.PreKeys)
+	}
+	// An echo of a's older state does not take b back.
+	old := order[len(order)-1]
+	sealedOld, _, _ := dba.GetCopy(key('G', biz, nil, 0))
+	if err := b.ApplyPreKey(old, sealedOld); err != nil {
+		t.Fatal(err)
+	}
+	up3, err := b.NewPreKeys(biz, 1, t0.Add(2*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up3.PreKeys[0].ID <= up2.PreKeys[1].ID {
+		t.Fatalf("an older state replaced a newer one: id %d after %d", up3.PreKeys[0].ID, up2.PreKeys[1].ID)
+	}
+	// A consumed prekey leaves the other node too.
+	wb := dba.NewBatch()
+	a.deletePreKey(wb, biz, up.PreKeys[0].ID)
+	if err := dba.Commit(wb, true); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := b.preKey(biz, up.PreKeys[0].ID); k != nil || len(deleted) != 1 {
+		t.Fatalf("a consumed prekey is still on the other node (%v)", deleted)
+	}
+	// Not a prekey record: refused, nothing written.
+	for _, bad := range []struct {
+		k string
+		v []byte
+	}{{"x.1", []byte("v")}, {"p." + biz + ".notanumber", nil}, {"p." + biz, nil}, {"g." + biz, []byte("not sealed")}, {"p." + biz + ".7", []byte("not sealed")}} {
+		if err := b.ApplyPreKey(bad.k, bad.v); err == nil {
+			t.Errorf("ApplyPreKey(%q) accepted", bad.k)
+		}
+	}
+	// A replica that cannot be stored: NewPreKeys fails (nothing uploaded).
+	a.SetPreKeyReplicator(func(string, []byte) error { return errors.New("NATS down") }, nil)
+	if _, err := a.NewPreKeys(biz, 1, t0.Add(3*time.Minute)); err == nil {
+		t.Fatal("prekeys handed out that the other nodes may not hold")
 	}
 }

@@ -38,6 +38,10 @@ type Store struct {
 	ids  map[string]*Identity
 
 	pkMu sync.Mutex // prekey generation (prekeys.go)
+	// cluster mode: prekeys shared with every node (SetPreKeyReplicator)
+	pkRepMu sync.Mutex
+	pkPut   func(key string, sealed []byte) error
+	pkDel   func(key string)
 
 	// derive, when set, makes a business number's identity from the master
 	// key instead of at random (cluster mode: every node holds the same).
