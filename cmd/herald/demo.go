@@ -90,9 +90,21 @@ func (s *statusTimes) record(changes []heraldtype.StatusChange) {
 	}
 }
 
+// awaitReplies lets the users' answers reach the webhook too (10 s at most).
+func awaitReplies(sink *webhookSink, sm *sim.Server) {
+	for deadline := clock.Wall().Add(10 * time.Second); clock.Wall().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		sink.mu.Lock()
+		got := int64(len(sink.replies))
+		sink.mu.Unlock()
+		if sm.InboundPending() == 0 && got >= sm.InboundStats().Accepted {
+			return
+		}
+	}
+}
+
 // replies prints the users' answers that reached the demo's webhook: how
 // many, duplicates, and the time from the user's send to the webhook.
-func replies(sink *webhookSink, n *node.Node) {
+func replies(sink *webhookSink, sm *sim.Server) {
 	h := hdrhistogram.New(1, 10*60*1000, 3)
 	dups := 0
 	sink.mu.Lock()
@@ -100,13 +112,13 @@ func replies(sink *webhookSink, n *node.Node) {
 		if len(at) > 1 {
 			dups++
 		}
-		if sent := n.Sim.SentAt(id); !sent.IsZero() {
+		if sent := sm.SentAt(id); !sent.IsZero() {
 			h.RecordValue(max(1, at[0].Sub(sent).Milliseconds()))
 		}
 	}
 	got := len(sink.replies)
 	sink.mu.Unlock()
-	st := n.Sim.InboundStats()
+	st := sm.InboundStats()
 	fmt.Printf("replies: users sent %d, %d reached the business's webhook once each (%d twice), p50 %dms p99 %dms from the user's send to the webhook\n",
 		st.Queued, got, dups, h.ValueAtQuantile(50), h.ValueAtQuantile(99))
 }
@@ -146,11 +158,11 @@ func demoCmd() *cobra.Command {
 			if nodes < 1 || nodes > 9 {
 				return fmt.Errorf("invalid setting nodes: must be 1-9")
 			}
-			if nodes > 1 {
-				return runClusterDemo(cmd.Context(), nodes, recipients, so, keep)
-			}
 			if !cmd.Flags().Changed("reply-share") {
 				so.ReplyShare = 0.05 // some users answer: the demo shows them reach the business
+			}
+			if nodes > 1 {
+				return runClusterDemo(cmd.Context(), nodes, recipients, so, keep)
 			}
 			return runDemo(cmd.Context(), recipients, so, keep)
 		},
@@ -222,15 +234,7 @@ func runDemo(ctx context.Context, recipients int, so sim.Options, keep bool) err
 	fmt.Printf("\n== Summary ==\n")
 	fmt.Printf("throughput: %d messages in %v = %.0f messages/s end to end (accept → sent to every device)\n",
 		res.Accepted, finished.Sub(accepted).Round(time.Millisecond), float64(res.Accepted)/finished.Sub(accepted).Seconds())
-	// Let the users' answers reach the webhook too.
-	for deadline := clock.Wall().Add(10 * time.Second); clock.Wall().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		sink.mu.Lock()
-		got := int64(len(sink.replies))
-		sink.mu.Unlock()
-		if n.Sim.InboundPending() == 0 && got >= n.Sim.InboundStats().Accepted {
-			break
-		}
-	}
+	awaitReplies(sink, n.Sim)
 	return demoSummary(st, times, sink, accepted, n)
 }
 
@@ -331,7 +335,7 @@ func demoSummary(st campaignStatus, times *statusTimes, sink *webhookSink, accep
 	line("sent", histogram(&times.mu, times.at, "sent", accepted), "when Herald recorded it")
 	line("delivered", histogram(&times.mu, times.at, "delivered", accepted), "when Herald recorded it")
 	line("delivered, webhook", histogram(&sink.mu, sink.at, "delivered", accepted), "when the signed webhook arrived")
-	replies(sink, n)
+	replies(sink, n.Sim)
 	fmt.Printf("totals (how many reached each status): sent %d, delivered %d, read %d, failed %d\n",
 		st.Totals["sent"], st.Totals["delivered"], st.Totals["read"], st.Totals["failed"])
 	var codes []string

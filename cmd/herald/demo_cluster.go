@@ -56,7 +56,9 @@ func runClusterDemo(ctx context.Context, nodes, recipients int, so sim.Options, 
 	}
 	secret := "demo-cluster-platform-secret"
 	so.Secret, so.EventsURL = secret, "http://"+apis[0]+"/v1/platform/events"
-	so.ReplyShare, so.WriteRate = 0, 0 // users' messages to the business stay with single-node mode for now (README "Cluster")
+	// Users' answers go to node 1 (node 0 takes the platform's events, the
+	// last node is killed); each is decrypted by its partition's owner.
+	so.InboundURL = "http://" + apis[1%nodes] + "/v1/platform/inbound"
 	s, err := sim.New(so)
 	if err != nil {
 		return err
@@ -290,6 +292,8 @@ func runClusterDemo(ctx context.Context, nodes, recipients int, so sim.Options, 
 	hooks := len(sink.at["sent"])
 	sink.mu.Unlock()
 	fmt.Printf("webhooks: %d \"sent\" statuses reached the business's endpoint\n", hooks)
+	awaitReplies(sink, s)
+	replies(sink, s)
 	fmt.Printf("simulator proof: %d envelopes, %d decrypted by the simulator's libsignal recipients, %d duplicates deduped (resends of what the killed node had handed over), %d decrypt failures, %d ordering violations, %d plaintext mismatches\n",
 		stats.Envelopes, stats.Decrypted, stats.Duplicates, len(stats.Failures), stats.OrderingViolations, stats.Mismatches)
 	if len(stats.Failures) != 0 || stats.OrderingViolations != 0 || stats.Mismatches != 0 {

@@ -278,7 +278,8 @@ func (o *Owner) renew(ctx context.Context) {
 	}
 	hctx, cancel := context.WithTimeout(ctx, ttl/3)
 	defer cancel()
-	if _, err := c.nodes.Put(hctx, c.cfg.NodeID, []byte(strconv.FormatInt(clock.Wall().UnixMilli(), 10))); err != nil && ctx.Err() == nil {
+	if _, err := c.nodes.Put(hctx, c.cfg.NodeID, []byte(strconv.FormatInt(clock.Wall().UnixMilli(), 10))); err != nil && ctx.Err() == nil &&
+		!errors.Is(err, nats.ErrConnectionClosed) { // closed: this node is leaving (or cut off); nothing to retell each round
 		c.log.Warn("cluster: heartbeat failed", "err", err)
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/heraldhq/herald/ratelimit"
@@ -104,6 +106,9 @@ func (q *qualitySync) publish() {
 			continue
 		}
 		if _, err := q.kv.Put(ctx, pn+"."+q.self, v); err != nil {
+			if errors.Is(err, nats.ErrConnectionClosed) {
+				return // this node is leaving the cluster (or was cut off)
+			}
 			q.n.cfg.Logger.Warn("cluster: quality signals not published", "phone_number_id", pn, "err", err)
 			continue
 		}
