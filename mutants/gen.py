@@ -213,6 +213,12 @@ m("59-cluster-inbound-not-routed", "cluster: inbound envelopes are decrypted by 
 m("60-cluster-prekeys-not-shared", "cluster: prekeys stay on the node that made them",
   "internal/node/cluster_inbound.go", "		_, err := c.PreKeys.Put(ctx, key, sealed)\n		return err", "		_ = ctx\n		return nil",
   ["./internal/node/ -run 'TestClusterInboundAnyNode'"])
+m("61-cluster-idempotency-per-node", "cluster: idempotent answers and upload progress stay on the node that took the request (a retry on another node is accepted again)",
+  "internal/node/cluster_campaigns.go", "	n.Uploads.SetShared(sharedRecords{c.Idem})\n", "",
+  ["./internal/node/ -run 'TestClusterIdempotencyAcrossNodes'"])
+m("62-cluster-idempotency-hold-per-node", "cluster: an Idempotency-Key is held only on the node working it (a quick retry elsewhere runs beside it)",
+  "internal/node/node.go", "		ao.SharedHold = n.cluster.sharedHold\n", "",
+  ["./internal/node/ -run 'TestClusterIdempotencyAcrossNodes'"])
 
 only = sys.argv[1:]
 missing = []

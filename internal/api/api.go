@@ -84,6 +84,9 @@ type Options struct {
 	// InboundRoute, in cluster mode, hands each envelope to the node that
 	// works its user's partition (nil: Inbound.Receive here).
 	InboundRoute func([]inbound.Envelope) []inbound.Result
+	// SharedHold, in cluster mode, holds an Idempotency-Key cluster-wide
+	// while a request with it is worked (held false: another node has it).
+	SharedHold func(key string) (release func(), held bool, err error)
 	// KeysNeeded is told when a business number (digits) needs one-time
 	// prekeys on the platform: it was just created, or a prekeys_low event
 	// named it; nil: ignored.
@@ -294,10 +297,23 @@ type Intake interface {
 // enqueue hands accepted messages over: to the local queue, or in cluster
 // mode to JetStream.
 func (s *Server) enqueue(ctx context.Context, msgs []queue.Message, batch *pebble.Batch) error {
+	var err error
 	if s.opts.Intake != nil {
-		return s.opts.Intake.EnqueueWith(ctx, msgs, batch)
+		err = s.opts.Intake.EnqueueWith(ctx, msgs, batch)
+	} else {
+		err = s.opts.Queue.EnqueueWith(ctx, msgs, batch)
 	}
-	return s.opts.Queue.EnqueueWith(ctx, msgs, batch)
+	if err != nil {
+		s.opts.Uploads.Discard(batch)
+		return err
+	}
+	// The batch's idempotency records, cluster-wide once it is durable (a
+	// failure here loses no message: a retry on another node than this
+	// one may then be accepted again).
+	if err := s.opts.Uploads.Committed(batch); err != nil {
+		s.opts.Logger.Warn("api: idempotency record not shared with the cluster", "err", err)
+	}
+	return nil
 }
 
 // Handle routes one request.

@@ -258,13 +258,31 @@ type uploadProgress struct {
 // request with it meanwhile is answered 409 (ok false). release frees it.
 func (s *Server) holdIdem(ctx *fasthttp.RequestCtx, k, busy string) (release func(), ok bool) {
 	s.idemMu.Lock()
-	defer s.idemMu.Unlock()
 	if s.idemActive[k] {
+		s.idemMu.Unlock()
 		fail(ctx, 409, CodeConflict, "OAuthException", busy, "")
 		return nil, false
 	}
 	s.idemActive[k] = true
-	return func() { s.idemMu.Lock(); delete(s.idemActive, k); s.idemMu.Unlock() }, true
+	s.idemMu.Unlock()
+	local := func() { s.idemMu.Lock(); delete(s.idemActive, k); s.idemMu.Unlock() }
+	if s.opts.SharedHold == nil {
+		return local, true
+	}
+	// In a cluster, the retry may reach another node while this one still
+	// works: the hold is the cluster's.
+	shared, held, err := s.opts.SharedHold(k)
+	if err != nil {
+		local()
+		s.storageError(ctx, err)
+		return nil, false
+	}
+	if !held {
+		local()
+		fail(ctx, 409, CodeConflict, "OAuthException", busy+" (on another node)", "")
+		return nil, false
+	}
+	return func() { shared(); local() }, true
 }
 
 // resuming reports whether line was handled by an earlier attempt of this
@@ -548,7 +566,12 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 		return
 	}
 	if idem != "" {
-		if prev, ok := s.opts.Uploads.Answer(b.ID, idem); ok {
+		prev, ok, err := s.opts.Uploads.Answer(b.ID, idem)
+		if err != nil {
+			s.storageError(ctx, err)
+			return
+		}
+		if ok {
 			ctx.Response.Header.Set("Idempotent-Replayed", "true")
 			ctx.SetStatusCode(200)
 			ctx.SetContentType("application/json")

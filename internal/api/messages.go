@@ -159,7 +159,11 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 			return
 		}
 		defer release()
-		prev, found, same := s.opts.Uploads.SentAnswer(b.ID, idem, reqHash)
+		prev, found, same, err := s.opts.Uploads.SentAnswer(b.ID, idem, reqHash)
+		if err != nil {
+			s.storageError(ctx, err)
+			return
+		}
 		if found && !same {
 			fail(ctx, 409, CodeConflict, "OAuthException", "this Idempotency-Key was used for a different message", "send the same body again, or use a new key")
 			return

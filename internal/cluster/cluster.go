@@ -154,8 +154,12 @@ const (
 	OptOutsBucket   = "HERALD_OPTOUTS"
 	QualityBucket   = "HERALD_QUALITY"
 	PreKeysBucket   = "HERALD_PREKEYS"
+	IdemBucket      = "HERALD_IDEMPOTENCY"
+	HoldsBucket     = "HERALD_HOLDS"
 	// TierWindow: what a tier counts (unique recipients in a moving 24 h).
 	TierWindow = 24 * time.Hour
+	// HoldTTL: how long a dead node's hold on an Idempotency-Key outlives it.
+	HoldTTL = time.Minute
 )
 
 // Cluster is this node's connection to the cluster.
@@ -178,7 +182,8 @@ type Cluster struct {
 	leases, nodes                    jetstream.KeyValue
 	Status, Tenants, CampaignsBucket jetstream.KeyValue
 	Tier                             jetstream.KeyValue
-	OptOuts, Quality, PreKeys        jetstream.KeyValue
+	OptOuts, Quality, PreKeys, Idem  jetstream.KeyValue
+	Holds                            jetstream.KeyValue
 }
 
 // NodeID is this node's name.
@@ -371,6 +376,16 @@ func (c *Cluster) ensure(ctx context.Context) error {
 		return err
 	}
 	if c.CampaignsBucket, err = kv(CampaignsBucket, maxAge, 1); err != nil {
+		return err
+	}
+	// Idempotent answers and upload progress: the records say when they
+	// are forgotten (at most 24 h); the bucket keeps them a little longer.
+	if c.Idem, err = kv(IdemBucket, 25*time.Hour, 1); err != nil {
+		return err
+	}
+	// Requests in progress, per Idempotency-Key: refreshed while held, gone
+	// HoldTTL after a node died holding one.
+	if c.Holds, err = kv(HoldsBucket, HoldTTL, 1); err != nil {
 		return err
 	}
 	if c.PreKeys, err = kv(PreKeysBucket, 0, 1); err != nil {

@@ -231,6 +231,9 @@ func (o *Owner) renew(ctx context.Context) {
 				}
 				return
 			}
+			if err != nil && ctx.Err() != nil {
+				return // stopping
+			}
 			if err != nil {
 				// Refused (another revision): an earlier renewal of this
 				// process whose answer timed out may have landed after all.

@@ -2,11 +2,16 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/heraldhq/herald/internal/cluster"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -45,6 +50,7 @@ func (cn *clusterNode) startCampaigns() error {
 	n, c := cn.n, cn.c
 	cs := &campaignSync{cn: cn, dirty: map[string]bool{}}
 	cn.camps = cs
+	n.Uploads.SetShared(sharedRecords{c.Idem})
 	n.Uploads.SetReplicator(func(id string, sealed []byte) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -92,7 +98,7 @@ func (cn *clusterNode) startCampaigns() error {
 			return
 		}
 		cs.control(cm, false)
-		_ = m.Respond([]byte("ok"))
+		_ = m.Respond([]byte(c.NodeID())) // who applied it
 	})
 	if err != nil {
 		return err
@@ -157,24 +163,30 @@ func (cn *clusterNode) Control(id, state string, now, expires time.Time) error {
 	if _, err := c.CampaignsBucket.Put(ctx, "s."+id, v); err != nil {
 		return err
 	}
+	// Wait for the live nodes and for every node holding a partition (one
+	// whose heartbeat is late still sends: it must have applied it too).
 	live, err := c.LiveNodes(ctx)
 	if err != nil {
 		return err
 	}
-	others := 0
-	for _, l := range live {
-		if l != c.NodeID() {
-			others++
+	owners, err := c.Owners(ctx)
+	if err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	for _, l := range append(live, owners...) {
+		if l != "" && l != c.NodeID() {
+			want[l] = true
 		}
 	}
-	if others == 0 {
+	if len(want) == 0 {
 		return nil
 	}
 	inbox := nats.NewInbox()
-	replies := make(chan struct{}, 64)
-	sub, err := c.NC.Subscribe(inbox, func(*nats.Msg) {
+	replies := make(chan string, 64)
+	sub, err := c.NC.Subscribe(inbox, func(m *nats.Msg) {
 		select {
-		case replies <- struct{}{}:
+		case replies <- string(m.Data):
 		default:
 		}
 	})
@@ -185,12 +197,12 @@ func (cn *clusterNode) Control(id, state string, now, expires time.Time) error {
 	if err := c.NC.PublishRequest(ctlSubject, inbox, v); err != nil {
 		return err
 	}
-	// Every node answers, this one too (it applied the state already).
-	for got := 0; got < others+1; got++ {
+	for len(want) > 0 {
 		select {
-		case <-replies:
+		case node := <-replies:
+			delete(want, node)
 		case <-ctx.Done():
-			cn.n.cfg.Logger.Warn("cluster: not every node confirmed a campaign change in time", "campaign", id, "confirmed", got, "live", len(live))
+			cn.n.cfg.Logger.Warn("cluster: not every node confirmed a campaign change in time", "campaign", id, "missing", fmt.Sprint(want))
 			return nil
 		}
 	}
@@ -270,4 +282,70 @@ func (cn *clusterNode) Counters(id string) (*records.Counters, error) {
 		sum.LastDone = max(sum.LastDone, x.LastDone)
 	}
 	return sum, nil
+}
+
+// sharedRecords is records.SharedRecords on a KV bucket.
+type sharedRecords struct{ kv jetstream.KeyValue }
+
+func (s sharedRecords) Get(key string) ([]byte, bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return e.Value(), true, nil
+}
+
+func (s sharedRecords) Put(key string, v []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := s.kv.Put(ctx, key, v)
+	return err
+}
+
+// sharedHold holds key in KV HERALD_HOLDS (Create: one holder), refreshed
+// while held; release deletes it.
+func (cn *clusterNode) sharedHold(key string) (release func(), held bool, err error) {
+	kv := cn.c.Holds
+	sum := sha256.Sum256([]byte(key))
+	k := "h." + hex.EncodeToString(sum[:])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rev, err := kv.Create(ctx, k, []byte(cn.c.NodeID()))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("cluster: Idempotency-Key hold: %w", err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(cluster.HoldTTL / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				uctx, cancel := context.WithTimeout(context.Background(), cluster.HoldTTL/4)
+				if r, err := kv.Update(uctx, k, []byte(cn.c.NodeID()), rev); err == nil {
+					rev = r
+				}
+				cancel()
+			}
+		}
+	}()
+	return func() {
+		close(stop)
+		<-done
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = kv.Delete(dctx, k, jetstream.LastRevision(rev))
+	}, true, nil
 }

@@ -470,7 +470,10 @@ func TestClusterCampaignAcrossNodes(t *testing.T) {
 	}
 	const users = 200
 	body := campaignBody(tc.sim, users, 2)
-	sendAt := time.Now().Add(2 * time.Second).UTC().Format(time.RFC3339)
+	// send_at leaves the upload and the pause time on a loaded machine
+	// (under -race beside other packages, 2 s was not always enough).
+	sendAtT := time.Now().Add(6 * time.Second)
+	sendAt := sendAtT.UTC().Format(time.RFC3339)
 	body = strings.Replace(body, `{"name":"cluster",`, `{"name":"cluster","send_at":"`+sendAt+`",`, 1)
 	code, out := tc.do(0, "POST", "/v1/"+pn+"/campaigns", tok, body, "application/x-ndjson")
 	if code != 200 || out["accepted"] != float64(2*users) {
@@ -485,7 +488,10 @@ func TestClusterCampaignAcrossNodes(t *testing.T) {
 	if code != 200 || out["state"] != "paused" {
 		t.Fatalf("node 2's view: %d %v", code, out)
 	}
-	time.Sleep(4 * time.Second) // past send_at: the paused campaign must not move
+	if st := tc.sim.Stats(); st.Envelopes != 0 || time.Now().After(sendAtT) {
+		t.Fatalf("the upload and the pause took past send_at (%v late) or something went: %+v", time.Since(sendAtT), st)
+	}
+	time.Sleep(time.Until(sendAtT) + 2*time.Second) // past send_at: the paused campaign must not move
 	if st := tc.sim.Stats(); st.Envelopes != 0 {
 		t.Fatalf("a paused campaign's messages went: %+v", st)
 	}
@@ -769,4 +775,88 @@ func TestClusterInboundAnyNode(t *testing.T) {
 		t.Fatalf("upload: %d %v", code, out)
 	}
 	tc.checkReceived(users, func(int) int { return 1 })
+}
+
+// post sends an Idempotency-Key request to node i and returns the answer
+// and its headers.
+func (tc *testCluster) post(i int, path, tok, key, body, ct string) (int, http.Header, map[string]any) {
+	tc.t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+tc.cfgs[i].Listen+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", ct)
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, resp.Header, out
+}
+
+// TestClusterIdempotencyAcrossNodes: a retry with the same Idempotency-Key
+// may reach another node (a load balancer): a single send's answer and a
+// campaign's are replayed there, a different message under a used key is
+// refused there, and an upload cut off on node 0 resumes on node 1 after
+// its last durable line — every user gets the campaign's message once.
+func TestClusterIdempotencyAcrossNodes(t *testing.T) {
+	tc := startCluster(t, 3, 1, 25_000)
+	tc.balanced()
+	tok, pn := tc.business(0, "15550200007", "unlimited")
+	tc.knows(tok, pn)
+	msg := func(u int, text string) string {
+		return fmt.Sprintf(`{"messaging_product":"whatsapp","to":%q,"type":"text","text":{"body":%q}}`, user(tc.sim, u), text)
+	}
+	code, _, first := tc.post(0, "/v1/"+pn+"/messages", tok, "send-1", msg(1, "once"), "application/json")
+	if code != 200 {
+		t.Fatalf("send: %d %v", code, first)
+	}
+	for i := 1; i < 3; i++ {
+		code, hdr, again := tc.post(i, "/v1/"+pn+"/messages", tok, "send-1", msg(1, "once"), "application/json")
+		if code != 200 || hdr.Get("Idempotent-Replayed") != "true" || fmt.Sprint(again) != fmt.Sprint(first) {
+			t.Fatalf("retry on node %d: %d %v %v, first %v", i, code, hdr, again, first)
+		}
+	}
+	if code, _, out := tc.post(2, "/v1/"+pn+"/messages", tok, "send-1", msg(1, "another"), "application/json"); code != 409 {
+		t.Fatalf("another message under a used key on node 2: %d %v", code, out)
+	}
+	// A campaign upload cut off on node 0 (the client goes away after
+	// 2,500 of its 3,000 lines), resumed with the same key on node 1.
+	const users = 3000
+	full := campaignBody(tc.sim, users, 1)
+	lines := strings.SplitAfter(full, "\n")
+	part := strings.Join(lines[:2501], "")
+	c, err := net.Dial("tcp", tc.cfgs[0].Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "POST /v1/%s/campaigns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/x-ndjson\r\nIdempotency-Key: upload-1\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n",
+		pn, tok, len(part), part)
+	// Wait until node 0 has durably taken the first batch, then cut.
+	testutil.Until(t, 30*time.Second, func() bool {
+		n, err := tc.nodes[0].Cluster().Pending(context.Background())
+		return err == nil && n > 0 || tc.sim.Stats().Decrypted > 0
+	}, func() string { return "nothing of the first attempt was accepted" })
+	c.Close()
+	var code2 int
+	var hdr http.Header
+	var out map[string]any
+	testutil.Until(t, 30*time.Second, func() bool {
+		code2, hdr, out = tc.post(1, "/v1/"+pn+"/campaigns", tok, "upload-1", full, "application/x-ndjson")
+		return code2 != 409 // node 0 may still be finishing the broken attempt
+	}, func() string { return "the key stays busy" })
+	if code2 != 200 || hdr.Get("Idempotent-Resumed-After-Line") == "" || out["accepted"] != float64(users) {
+		t.Fatalf("resumed on node 1: %d %v %v", code2, hdr, out)
+	}
+	code, hdr, again := tc.post(2, "/v1/"+pn+"/campaigns", tok, "upload-1", full, "application/x-ndjson")
+	if code != 200 || hdr.Get("Idempotent-Replayed") != "true" || again["campaign_id"] != out["campaign_id"] {
+		t.Fatalf("replay on node 2: %d %v %v", code, hdr, again)
+	}
+	tc.checkReceived(users, func(u int) int {
+		if u == 1 {
+			return 2 // and the single send
+		}
+		return 1
+	})
 }

@@ -473,6 +473,7 @@ func (n *Node) newAPI(secret string) (err error) {
 	if n.cluster != nil {
 		ao.Intake, ao.ClusterStatus, ao.ClusterCampaigns, ao.Events = n.cluster, n.cluster, n.cluster, eventRouter{n.cluster}
 		ao.InboundRoute = n.cluster.routeInbound
+		ao.SharedHold = n.cluster.sharedHold
 		if err := n.shareInbound(); err != nil {
 			return err
 		}

@@ -1,8 +1,11 @@
 package records
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -58,6 +61,96 @@ type Uploads struct {
 	// replicate, in cluster mode, stores a campaign record cluster-wide
 	// before this node commits it.
 	replicate func(id string, sealed []byte) error
+
+	// shared, in cluster mode, holds idempotent answers and upload
+	// progress for every node (a retry may reach another node).
+	shared  SharedRecords
+	pmu     sync.Mutex
+	pending map[*pebble.Batch][]sharedPut // written once the batch is durable (Committed)
+}
+
+// SharedRecords is a cluster-wide store of sealed records (a KV bucket
+// whose entries live at least IdemTTL).
+type SharedRecords interface {
+	Get(key string) ([]byte, bool, error)
+	Put(key string, v []byte) error
+}
+
+type sharedPut struct {
+	key string
+	v   []byte
+}
+
+// SetShared makes idempotent answers and upload progress cluster-wide:
+// written there too (once durable here), and looked up there when this
+// node has none.
+func (u *Uploads) SetShared(s SharedRecords) {
+	u.pmu.Lock()
+	u.shared, u.pending = s, map[*pebble.Batch][]sharedPut{}
+	u.pmu.Unlock()
+}
+
+// sharedKey names a record in the shared store: kind, then a digest of the
+// business and the client's key (any characters, up to 200).
+func sharedKey(kind, biz, key string) string {
+	h := sha256.Sum256([]byte(biz + "\x00" + key))
+	return kind + "." + hex.EncodeToString(h[:])
+}
+
+// sharedValue: forget-at (unix ms) | the sealed record.
+func sharedValue(sealed []byte, forgetAt time.Time) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(forgetAt.UnixMilli())), sealed...)
+}
+
+// getShared returns a shared record's sealed value if it is there and not
+// past its time; an error when the cluster cannot say (the request must not
+// be taken as new then: it may have been accepted elsewhere).
+func (u *Uploads) getShared(kind, biz, key string) ([]byte, bool, error) {
+	u.pmu.Lock()
+	sh := u.shared
+	u.pmu.Unlock()
+	if sh == nil {
+		return nil, false, nil
+	}
+	v, ok, err := sh.Get(sharedKey(kind, biz, key))
+	if err != nil {
+		return nil, false, fmt.Errorf("records: idempotency records of the cluster unreachable: %w", err)
+	}
+	if !ok || len(v) < 8 || u.now().UnixMilli() >= int64(binary.BigEndian.Uint64(v)) {
+		return nil, false, nil
+	}
+	return v[8:], true, nil
+}
+
+// later records a shared write to make once b is durable.
+func (u *Uploads) later(b *pebble.Batch, kind, biz, key string, sealed []byte, forgetAt time.Time) {
+	u.pmu.Lock()
+	defer u.pmu.Unlock()
+	if u.shared != nil {
+		u.pending[b] = append(u.pending[b], sharedPut{sharedKey(kind, biz, key), sharedValue(sealed, forgetAt)})
+	}
+}
+
+// Committed writes b's shared records, now that b (its messages accepted)
+// is durable; Discard forgets them (b was not).
+func (u *Uploads) Committed(b *pebble.Batch) error {
+	u.pmu.Lock()
+	puts, sh := u.pending[b], u.shared
+	delete(u.pending, b)
+	u.pmu.Unlock()
+	for _, p := range puts {
+		if err := sh.Put(p.key, p.v); err != nil {
+			return fmt.Errorf("records: idempotency record not stored in the cluster: %w", err)
+		}
+	}
+	return nil
+}
+
+// Discard drops b's shared records (b was not committed).
+func (u *Uploads) Discard(b *pebble.Batch) {
+	u.pmu.Lock()
+	delete(u.pending, b)
+	u.pmu.Unlock()
 }
 
 // SetReplicator makes every campaign record go through f first (cluster
@@ -194,19 +287,22 @@ func (u *Uploads) decodeCampaign(v []byte, c *Campaign) error {
 
 // Answer returns the remembered answer to business biz's upload with
 // Idempotency-Key key, if it is younger than IdemTTL.
-func (u *Uploads) Answer(biz, key string) ([]byte, bool) {
+func (u *Uploads) Answer(biz, key string) ([]byte, bool, error) {
 	raw, ok, err := u.db.GetCopy(idemKey(biz, key))
+	if err == nil && !ok {
+		raw, ok, err = u.getShared("a", biz, key)
+	}
 	if err != nil || !ok {
-		return nil, false
+		return nil, false, err
 	}
 	v, err := u.sealer.Open(raw)
 	if err != nil || len(v) < 8 {
-		return nil, false
+		return nil, false, nil
 	}
 	if u.now().Sub(time.UnixMilli(int64(binary.BigEndian.Uint64(v)))) > IdemTTL {
-		return nil, false
+		return nil, false, nil
 	}
-	return v[8:], true
+	return v[8:], true, nil
 }
 
 // RememberAnswer stores an upload's final answer (sealed), to be deleted at
@@ -215,27 +311,35 @@ func (u *Uploads) RememberAnswer(biz, key string, body []byte, forgetAt time.Tim
 	v := binary.BigEndian.AppendUint64(nil, uint64(u.now().UnixMilli()))
 	b := u.db.NewBatch()
 	k := idemKey(biz, key)
-	b.Set(k, u.sealer.Seal(nil, append(v, body...)), nil)
+	sealed := u.sealer.Seal(nil, append(v, body...))
+	b.Set(k, sealed, nil)
 	b.Set(forgetKey(forgetAt, k), nil, nil)
 	b.Delete(progressKey(biz, key), nil)
-	return u.db.Commit(b, true)
+	if err := u.db.Commit(b, true); err != nil {
+		return err
+	}
+	u.later(b, "a", biz, key, sealed, forgetAt)
+	return u.Committed(b)
 }
 
 // SentAnswer returns the remembered answer to a single send with this key
 // (within IdemTTL), and whether the request (its SHA-256) was the same.
-func (u *Uploads) SentAnswer(biz, key string, reqHash [32]byte) (answer []byte, found, same bool) {
+func (u *Uploads) SentAnswer(biz, key string, reqHash [32]byte) (answer []byte, found, same bool, err error) {
 	raw, ok, err := u.db.GetCopy(sentIdemKey(biz, key))
+	if err == nil && !ok {
+		raw, ok, err = u.getShared("s", biz, key)
+	}
 	if err != nil || !ok {
-		return nil, false, false
+		return nil, false, false, err
 	}
 	v, err := u.sealer.Open(raw) // the answer holds the recipient's number
 	if err != nil || len(v) < 8+32 {
-		return nil, false, false
+		return nil, false, false, nil
 	}
 	if u.now().Sub(time.UnixMilli(int64(binary.BigEndian.Uint64(v)))) > IdemTTL {
-		return nil, false, false
+		return nil, false, false, nil
 	}
-	return v[40:], true, [32]byte(v[8:40]) == reqHash
+	return v[40:], true, [32]byte(v[8:40]) == reqHash, nil
 }
 
 // RememberSent adds a single send's answer to b, the batch that enqueues its
@@ -245,14 +349,19 @@ func (u *Uploads) RememberSent(b *pebble.Batch, biz, key string, reqHash [32]byt
 	v := binary.BigEndian.AppendUint64(make([]byte, 0, 40+len(answer)), uint64(now.UnixMilli()))
 	v = append(append(v, reqHash[:]...), answer...)
 	k := sentIdemKey(biz, key)
-	b.Set(k, u.sealer.Seal(nil, v), nil)
+	sealed := u.sealer.Seal(nil, v)
+	b.Set(k, sealed, nil)
 	b.Set(forgetKey(forgetAt, k), nil, nil)
+	u.later(b, "s", biz, key, sealed, forgetAt)
 }
 
 // Progress returns the progress record (the caller's JSON) of business biz's
 // upload with key that broke off, or nil.
 func (u *Uploads) Progress(biz, key string) ([]byte, error) {
 	raw, ok, err := u.db.GetCopy(progressKey(biz, key))
+	if err == nil && !ok {
+		raw, ok, err = u.getShared("p", biz, key)
+	}
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -268,8 +377,10 @@ func (u *Uploads) Progress(biz, key string) ([]byte, error) {
 // forgetAt: it lists rejected numbers.
 func (u *Uploads) PutProgress(b *pebble.Batch, biz, key string, v []byte, forgetAt time.Time) {
 	k := progressKey(biz, key)
-	b.Set(k, u.sealer.Seal(nil, v), nil)
+	sealed := u.sealer.Seal(nil, v)
+	b.Set(k, sealed, nil)
 	b.Set(forgetKey(forgetAt, k), nil, nil)
+	u.later(b, "p", biz, key, sealed, forgetAt)
 }
 
 // Sweep deletes, at now, the answers and progress records whose time has
