@@ -191,3 +191,49 @@ func BenchmarkClusterCPU(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkClusterInbound: users write to one business through the load
+// balancer (posts spread over the nodes): HERALD_BENCH_N users send one
+// message each (new sessions), then one more each (on those sessions).
+// HERALD_BENCH_NODES 0 is a single node (no NATS) behind the same balancer.
+// Reported: envelopes accepted (durable at the partition's owner) per second.
+func BenchmarkClusterInbound(b *testing.B) {
+	nodes, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_NODES"))
+	n, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_N"))
+	if n == 0 {
+		n = 2000
+	}
+	var tc *testCluster
+	if nodes == 0 {
+		tc = startSingle(b, 7*n+10)
+	} else {
+		tc = startCluster(b, nodes, 1, 7*n+10, func(c *cluster.Config) { c.NoSyncAlways = true })
+		tc.balanced()
+	}
+	const biz = "15550200011"
+	tok, pn := tc.businessMPS(0, biz, "unlimited", 1_000_000)
+	tc.knows(tok, pn)
+	for tc.sim.InboundStats().KeyUploads == 0 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.ResetTimer()
+	for round, what := range []string{"new sessions", "on sessions"} {
+		base := tc.sim.InboundStats().Accepted
+		start, cpu0 := time.Now(), cpuNow()
+		for u := 0; u < n; u++ {
+			if _, err := tc.sim.Write(user(tc.sim, u), 1, biz, fmt.Sprintf("m%d-%d", round, u)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for tc.sim.InboundStats().Accepted < base+int64(n) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		el, cpu := time.Since(start), cpuNow()-cpu0
+		st := tc.sim.InboundStats()
+		fmt.Printf("nodes %d, %s: %d envelopes accepted in %v = %.0f/s, %.0f µs CPU each (process: nodes, NATS, users' encryption); bad_message %d, retries %d\n",
+			nodes, what, n, el.Round(time.Millisecond), float64(n)/el.Seconds(), float64(cpu.Microseconds())/float64(n), st.BadMessage, st.Retries)
+		if st.BadMessage != 0 || st.Failed != 0 {
+			b.Fatalf("envelopes refused: %+v", st)
+		}
+	}
+}
