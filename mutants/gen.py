@@ -219,6 +219,9 @@ m("61-cluster-idempotency-per-node", "cluster: idempotent answers and upload pro
 m("62-cluster-idempotency-hold-per-node", "cluster: an Idempotency-Key is held only on the node working it (a quick retry elsewhere runs beside it)",
   "internal/node/node.go", "		ao.SharedHold = n.cluster.sharedHold\n", "",
   ["./internal/node/ -run 'TestClusterIdempotencyAcrossNodes'"])
+m("63-cluster-taken-back-trusts-any-claim", "cluster: a partition taken back keeps its sessions whoever worked it meanwhile (stale sessions reused)",
+  "internal/cluster/owner.go", "	case last != \"\" && string(e.Value()) == last:", "	case true || last != \"\" && string(e.Value()) == last:",
+  ["./internal/cluster/ -run 'TestTakenBackWithoutAnotherWorker'"])
 
 only = sys.argv[1:]
 missing = []

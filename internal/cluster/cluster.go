@@ -156,6 +156,7 @@ const (
 	PreKeysBucket   = "HERALD_PREKEYS"
 	IdemBucket      = "HERALD_IDEMPOTENCY"
 	HoldsBucket     = "HERALD_HOLDS"
+	WorkersBucket   = "HERALD_WORKERS"
 	// TierWindow: what a tier counts (unique recipients in a moving 24 h).
 	TierWindow = 24 * time.Hour
 	// HoldTTL: how long a dead node's hold on an Idempotency-Key outlives it.
@@ -179,7 +180,7 @@ type Cluster struct {
 	instance string
 
 	Work, Events                     jetstream.Stream
-	leases, nodes                    jetstream.KeyValue
+	leases, nodes, workers           jetstream.KeyValue
 	Status, Tenants, CampaignsBucket jetstream.KeyValue
 	Tier                             jetstream.KeyValue
 	OptOuts, Quality, PreKeys, Idem  jetstream.KeyValue
@@ -361,6 +362,14 @@ func (c *Cluster) ensure(ctx context.Context) error {
 		return err
 	}
 	if _, err = kv(NodesBucket, c.cfg.LeaseTTL, 1); err != nil {
+		return err
+	}
+	// Who last worked each partition (no TTL): a node that takes back a
+	// partition nobody else worked since keeps its sessions.
+	if _, err = kv(WorkersBucket, 0, 1); err != nil {
+		return err
+	}
+	if c.workers, err = c.ctlJS.KeyValue(octx, WorkersBucket); err != nil {
 		return err
 	}
 	if c.leases, err = c.ctlJS.KeyValue(octx, LeasesBucket); err != nil {

@@ -42,12 +42,15 @@ type Owner struct {
 	// work p: two thirds of the lease after the renewal that began before it.
 	until []atomic.Int64
 
-	mu    sync.Mutex
-	held  map[int]*lease
-	free  map[int]bool // partitions nobody held at the last round
-	moves atomic.Int64 // partitions gained since start
-	stop  context.CancelFunc
-	done  chan struct{}
+	mu   sync.Mutex
+	held map[int]*lease
+	free map[int]bool // partitions nobody held at the last round
+	// claimed[p]: this process's last successful claim of p (claim).
+	claimed map[int]string
+	claims  uint64
+	moves   atomic.Int64 // partitions gained since start
+	stop    context.CancelFunc
+	done    chan struct{}
 }
 
 type lease struct {
@@ -63,7 +66,7 @@ type lease struct {
 
 // NewOwner makes the lease keeper; Run starts it.
 func (c *Cluster) NewOwner(h Handler) *Owner {
-	return &Owner{c: c, h: h, base: clock.Wall(), until: make([]atomic.Int64, c.cfg.Partitions), held: map[int]*lease{}}
+	return &Owner{c: c, h: h, base: clock.Wall(), until: make([]atomic.Int64, c.cfg.Partitions), held: map[int]*lease{}, claimed: map[int]string{}}
 }
 
 // Owns reports whether this node may work partition p now.
@@ -343,7 +346,7 @@ func (o *Owner) balance(ctx context.Context) {
 		o.release(ctx, give, true)
 		return
 	}
-	var gained []int
+	var gained, resumed []int
 	for _, p := range order {
 		if taken[p] || (n+len(gained) >= target && !freeBefore[p]) {
 			continue
@@ -366,12 +369,32 @@ func (o *Owner) balance(ctx context.Context) {
 		if err != nil {
 			continue // taken by another node just now (or the bucket is unreachable)
 		}
+		again, err := o.claim(bctx, p)
+		if err != nil {
+			// Not recorded as its worker: not worked (another node that
+			// takes it later must know this one may have).
+			c.log.Warn("cluster: partition taken but not claimed; given back", "partition", p, "err", err)
+			_ = c.leases.Delete(bctx, leaseKey(p), jetstream.LastRevision(rev))
+			continue
+		}
 		o.mu.Lock()
 		o.held[p] = &lease{rev: rev, rev0: rev}
 		o.mu.Unlock()
 		o.until[p].Store(int64(at + ttl*2/3))
-		gained = append(gained, p)
+		if again {
+			resumed = append(resumed, p)
+		} else {
+			gained = append(gained, p)
+		}
 		delete(o.free, p)
+	}
+	if len(resumed) > 0 {
+		// Its lease ran out (a saturated node) and nobody worked it since:
+		// this node's sessions and local copies are still the current ones.
+		c.log.Warn("cluster: partitions taken back that no other node worked meanwhile", "partitions", resumed)
+		for _, p := range resumed {
+			o.consume(p)
+		}
 	}
 	if len(gained) > 0 {
 		o.moves.Add(int64(len(gained)))
@@ -381,6 +404,39 @@ func (o *Owner) balance(ctx context.Context) {
 			o.consume(p)
 		}
 	}
+}
+
+// claim records this node as the worker of partition p (KV HERALD_WORKERS,
+// by compare-and-set, a value of its own for each claim) and reports
+// whether the record still held this process's last successful claim: then
+// no other node worked p since this one last did. A claim whose answer was
+// lost is never taken for this node's: a later one finds a value it does
+// not know and starts over.
+func (o *Owner) claim(ctx context.Context, p int) (again bool, err error) {
+	kv := o.c.workers
+	o.mu.Lock()
+	last := o.claimed[p]
+	o.claims++
+	me := string(o.c.leaseValue()) + "#" + strconv.FormatUint(o.claims, 10)
+	o.mu.Unlock()
+	e, err := kv.Get(ctx, leaseKey(p))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		_, err = kv.Create(ctx, leaseKey(p), []byte(me))
+	case err != nil:
+		return false, err
+	case last != "" && string(e.Value()) == last:
+		return true, nil
+	default:
+		_, err = kv.Update(ctx, leaseKey(p), []byte(me), e.Revision())
+	}
+	if err != nil {
+		return false, err
+	}
+	o.mu.Lock()
+	o.claimed[p] = me
+	o.mu.Unlock()
+	return false, nil
 }
 
 func transient(err error) bool {

@@ -134,3 +134,48 @@ func TestRefusedRenewalOfAnotherValueLoses(t *testing.T) {
 		t.Fatalf("owners %q", owners)
 	}
 }
+
+// A partition whose lease ran out (a saturated node) and that no other
+// node claimed meanwhile is taken back without Gain: the node's sessions
+// and local copies are still current. One another node claimed is a Gain
+// (sessions dropped, local copies stale).
+func TestTakenBackWithoutAnotherWorker(t *testing.T) {
+	c, o, r := openOne(t)
+	ctx := context.Background()
+	expire := func(p int) {
+		o.release(ctx, []int{p}, false)
+		if err := c.leases.Delete(ctx, leaseKey(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expire(0)
+	o.balance(ctx)
+	if g, _ := r.counts(); g != 1 || !o.Owns(0) {
+		t.Fatalf("taken back as a gain (%d gains) or not at all (%v)", g, o.Owns(0))
+	}
+	// Another node worked it meanwhile.
+	expire(0)
+	if _, err := c.workers.Put(ctx, leaseKey(0), []byte("b#other#1")); err != nil {
+		t.Fatal(err)
+	}
+	o.balance(ctx)
+	if g, _ := r.counts(); g != 2 || !o.Owns(0) {
+		t.Fatalf("another node's partition taken without a gain: %d gains, owns %v", g, o.Owns(0))
+	}
+	r.mu.Lock()
+	last := r.gain[len(r.gain)-1]
+	r.mu.Unlock()
+	if len(last) != 1 || last[0] != 0 {
+		t.Fatalf("gained %v", last)
+	}
+	// A claim this process wrote but never saw answered (another value of
+	// its own) is not taken for its last one.
+	expire(0)
+	if _, err := c.workers.Put(ctx, leaseKey(0), append(c.leaseValue(), "#999"...)); err != nil {
+		t.Fatal(err)
+	}
+	o.balance(ctx)
+	if g, _ := r.counts(); g != 3 {
+		t.Fatalf("an unknown claim taken for this process's: %d gains", g)
+	}
+}
