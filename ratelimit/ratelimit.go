@@ -427,6 +427,11 @@ func flagNames(fs []Flag) string {
 
 // UniqueRecipients returns the business's count in the current window.
 func (l *Limiter) UniqueRecipients(bizID string, now time.Time) (int64, error) {
+	if c, ok := l.opts.Shared.(interface {
+		Count(bizID string, now time.Time, window time.Duration) (int64, error)
+	}); ok {
+		return c.Count(bizID, now, l.pol.Window) // the cluster's count
+	}
 	s := l.bizState(bizID)
 	s.mu.Lock()
 	defer s.mu.Unlock()

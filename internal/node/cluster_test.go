@@ -559,6 +559,12 @@ func TestClusterTierExactAcrossNodes(t *testing.T) {
 	if sum := accepted[0] + accepted[1] + accepted[2]; sum != 250 {
 		t.Fatalf("accepted %v = %v new recipients for a tier of 250", accepted, sum)
 	}
+	// Every node's integrity view counts the cluster's recipients.
+	for n := 0; n < 3; n++ {
+		if code, out := tc.do(n, "GET", "/v1/"+pn+"/integrity", tok, "", ""); code != 200 || out["unique_recipients_24h"] != float64(250) {
+			t.Fatalf("node %d's integrity view: %d %v", n, code, out)
+		}
+	}
 	// A counted recipient goes on any node; a new one is refused on all.
 	var counted string
 	for n := 0; n < 3 && counted == ""; n++ {

@@ -97,6 +97,30 @@ func (t clusterTier) Admit(biz string, limit int64, keys [][16]byte, now time.Ti
 	return ok, nil
 }
 
+// Count is the business's unique recipients in the window, cluster-wide.
+func (t clusterTier) Count(biz string, now time.Time, window time.Duration) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, err := t.kv.Get(ctx, "n."+biz)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	c := tierCount{}
+	if err := json.Unmarshal(e.Value(), &c); err != nil {
+		return 0, err
+	}
+	cut, live := now.Add(-window).Unix()/60, int64(0)
+	for m, n := range c {
+		if m > cut {
+			live += n
+		}
+	}
+	return live, nil
+}
+
 // reserve adds up to want (negative: gives back) to the business's count,
 // never past limit (negative: no check); it returns what it added.
 func (t clusterTier) reserve(ctx context.Context, biz string, limit, want int64, now time.Time, window time.Duration) (int64, error) {
