@@ -222,6 +222,9 @@ m("62-cluster-idempotency-hold-per-node", "cluster: an Idempotency-Key is held o
 m("63-cluster-taken-back-trusts-any-claim", "cluster: a partition taken back keeps its sessions whoever worked it meanwhile (stale sessions reused)",
   "internal/cluster/owner.go", "	case last != \"\" && string(e.Value()) == last:", "	case true || last != \"\" && string(e.Value()) == last:",
   ["./internal/cluster/ -run 'TestTakenBackWithoutAnotherWorker'"])
+m("64-cluster-inbound-lookup-local", "cluster: a user's message is found (and marked read) only on the node that decrypted it",
+  "internal/node/node.go", "		ao.InboundElsewhere = inboundElsewhere{n.cluster}\n", "",
+  ["./internal/node/ -run 'TestClusterInboundAnyNode'"])
 
 only = sys.argv[1:]
 missing = []

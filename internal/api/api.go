@@ -84,6 +84,9 @@ type Options struct {
 	// InboundRoute, in cluster mode, hands each envelope to the node that
 	// works its user's partition (nil: Inbound.Receive here).
 	InboundRoute func([]inbound.Envelope) []inbound.Result
+	// InboundElsewhere, in cluster mode, finds an inbound message this node
+	// does not hold on the node that does (GET, mark read).
+	InboundElsewhere InboundRemote
 	// SharedHold, in cluster mode, holds an Idempotency-Key cluster-wide
 	// while a request with it is worked (held false: another node has it).
 	SharedHold func(key string) (release func(), held bool, err error)

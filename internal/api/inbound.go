@@ -67,11 +67,20 @@ func (s *Server) keyEvents(evs []platform.Event) []platform.Event {
 	return out
 }
 
+// InboundRemote reaches the inbound messages other nodes hold (cluster).
+type InboundRemote interface {
+	Get(businessID, id string) (*inbound.Message, error)
+	MarkRead(businessID, pn, id string) error
+}
+
 // getInbound answers GET /v1/messages/{id} for a message a user sent to
 // one of b's numbers (its body included, until its TTL); 404 for anything
 // else.
 func (s *Server) getInbound(ctx *fasthttp.RequestCtx, b *tenant.Business, id string) {
 	m, err := s.opts.Inbound.Get(id)
+	if errors.Is(err, inbound.ErrNotFound) && s.opts.InboundElsewhere != nil {
+		m, err = s.opts.InboundElsewhere.Get(b.ID, id)
+	}
 	if errors.Is(err, inbound.ErrNotFound) || (err == nil && m.BusinessID != b.ID) {
 		notFound(ctx)
 		return
@@ -114,6 +123,9 @@ func (s *Server) markRead(ctx *fasthttp.RequestCtx, b *tenant.Business, pn strin
 		return
 	}
 	err := s.opts.Inbound.MarkRead(b.ID, pn, req.MessageID)
+	if errors.Is(err, inbound.ErrNotFound) && s.opts.InboundElsewhere != nil {
+		err = s.opts.InboundElsewhere.MarkRead(b.ID, pn, req.MessageID)
+	}
 	switch {
 	case errors.Is(err, inbound.ErrNotFound):
 		notFound(ctx)

@@ -39,6 +39,7 @@ type clusterNode struct {
 
 	mu   sync.Mutex
 	acks map[string]ackRef // message id → its JetStream delivery, until settled
+	held []int             // per partition: entries of acks (Holding, without a walk)
 
 	intaken, acked atomic.Int64
 	camps          *campaignSync
@@ -50,7 +51,7 @@ type ackRef struct {
 }
 
 func newClusterNode(n *Node, c *cluster.Cluster) *clusterNode {
-	cn := &clusterNode{n: n, c: c, stale: make([]atomic.Uint64, c.Partitions()), acks: map[string]ackRef{}}
+	cn := &clusterNode{n: n, c: c, stale: make([]atomic.Uint64, c.Partitions()), acks: map[string]ackRef{}, held: make([]int, c.Partitions())}
 	cn.owner = c.NewOwner(cn)
 	return cn
 }
@@ -214,13 +215,27 @@ func (cn *clusterNode) Gain(ps []int) {
 func (cn *clusterNode) Holding(p int) int {
 	cn.mu.Lock()
 	defer cn.mu.Unlock()
-	n := 0
-	for _, a := range cn.acks {
-		if a.p == p {
-			n++
-		}
+	return cn.held[p]
+}
+
+// setAck records id's delivery (cn.mu held); dup: it was recorded already.
+func (cn *clusterNode) setAck(id string, a ackRef) (dup bool) {
+	_, dup = cn.acks[id]
+	if !dup {
+		cn.held[a.p]++
 	}
-	return n
+	cn.acks[id] = a
+	return dup
+}
+
+// dropAck forgets id's delivery (cn.mu held).
+func (cn *clusterNode) dropAck(id string) (ackRef, bool) {
+	a, ok := cn.acks[id]
+	if ok {
+		delete(cn.acks, id)
+		cn.held[a.p]--
+	}
+	return a, ok
 }
 
 // Lose: the engine stops handing ps' messages over (Owns); those in flight
@@ -236,7 +251,7 @@ func (cn *clusterNode) forget(ps []int) {
 	cn.mu.Lock()
 	for id, a := range cn.acks {
 		if set[a.p] {
-			delete(cn.acks, id)
+			cn.dropAck(id)
 		}
 	}
 	cn.mu.Unlock()
@@ -265,8 +280,7 @@ func (cn *clusterNode) Work(p int, msgs []jetstream.Msg) {
 			continue
 		}
 		cn.mu.Lock()
-		_, dup := cn.acks[m.ID]
-		cn.acks[m.ID] = ackRef{p, jm.Reply()}
+		dup := cn.setAck(m.ID, ackRef{p, jm.Reply()})
 		cn.mu.Unlock()
 		if dup { // delivered again (ack wait passed): it is in the local queue
 			continue
@@ -284,7 +298,7 @@ func (cn *clusterNode) Work(p int, msgs []jetstream.Msg) {
 		cn.n.cfg.Logger.Warn("cluster: could not take messages in; JetStream delivers them again", "partition", p, "err", err)
 		cn.mu.Lock()
 		for _, id := range ids {
-			delete(cn.acks, id)
+			cn.dropAck(id)
 		}
 		cn.mu.Unlock()
 		for _, jm := range msgs {
@@ -336,8 +350,7 @@ func (cn *clusterNode) settled(cs []heraldtype.StatusChange) {
 			continue
 		}
 		cn.mu.Lock()
-		a, ok := cn.acks[c.MessageID]
-		delete(cn.acks, c.MessageID)
+		a, ok := cn.dropAck(c.MessageID)
 		cn.mu.Unlock()
 		if ok && a.reply != "" {
 			if err := cn.c.NC.Publish(a.reply, []byte("+ACK")); err == nil {

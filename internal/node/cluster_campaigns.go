@@ -163,15 +163,29 @@ func (cn *clusterNode) Control(id, state string, now, expires time.Time) error {
 	if _, err := c.CampaignsBucket.Put(ctx, "s."+id, v); err != nil {
 		return err
 	}
-	// Wait for the live nodes and for every node holding a partition (one
-	// whose heartbeat is late still sends: it must have applied it too).
-	live, err := c.LiveNodes(ctx)
+	missing, err := cn.gather(ctx, ctlSubject, v, func(data []byte) (string, bool) { return string(data), false })
 	if err != nil {
 		return err
 	}
+	if len(missing) > 0 {
+		cn.n.cfg.Logger.Warn("cluster: not every node confirmed a campaign change in time", "campaign", id, "missing", fmt.Sprint(missing))
+	}
+	return nil
+}
+
+// gather publishes a request to every node and reads the answers until
+// each other live node and each lease holder (one whose heartbeat is late
+// still works: it must answer too) answered, done says so, or ctx ends. Each
+// answer names its node (node); it returns the nodes that did not answer.
+func (cn *clusterNode) gather(ctx context.Context, subject string, v []byte, answer func([]byte) (node string, done bool)) ([]string, error) {
+	c := cn.c
+	live, err := c.LiveNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
 	owners, err := c.Owners(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	want := map[string]bool{}
 	for _, l := range append(live, owners...) {
@@ -180,33 +194,40 @@ func (cn *clusterNode) Control(id, state string, now, expires time.Time) error {
 		}
 	}
 	if len(want) == 0 {
-		return nil
+		return nil, nil
 	}
 	inbox := nats.NewInbox()
-	replies := make(chan string, 64)
+	replies := make(chan []byte, 64)
 	sub, err := c.NC.Subscribe(inbox, func(m *nats.Msg) {
 		select {
-		case replies <- string(m.Data):
+		case replies <- m.Data:
 		default:
 		}
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer sub.Unsubscribe()
-	if err := c.NC.PublishRequest(ctlSubject, inbox, v); err != nil {
-		return err
+	if err := c.NC.PublishRequest(subject, inbox, v); err != nil {
+		return nil, err
 	}
 	for len(want) > 0 {
 		select {
-		case node := <-replies:
+		case data := <-replies:
+			node, done := answer(data)
 			delete(want, node)
+			if done {
+				return nil, nil
+			}
 		case <-ctx.Done():
-			cn.n.cfg.Logger.Warn("cluster: not every node confirmed a campaign change in time", "campaign", id, "missing", fmt.Sprint(want))
-			return nil
+			var missing []string
+			for n := range want {
+				missing = append(missing, n)
+			}
+			return missing, nil
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // settledCampaigns marks campaigns whose counts changed here.

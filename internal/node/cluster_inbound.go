@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"time"
 
@@ -78,6 +79,9 @@ func (n *Node) shareInbound() error {
 	}); err != nil {
 		return err
 	}
+	if err := n.serveInboundOps(); err != nil {
+		return err
+	}
 	sem := make(chan struct{}, 64)
 	_, err := c.NC.Subscribe(inboundSubject(c.NodeID()), func(m *nats.Msg) {
 		sem <- struct{}{}
@@ -97,6 +101,99 @@ func (n *Node) shareInbound() error {
 			_ = m.Respond(v)
 		}()
 	})
+	return err
+}
+
+// inboundOp asks the node holding an inbound message for it, or to mark it
+// read (the node that decrypted it keeps it, with its receipts' outbox).
+type inboundOp struct {
+	Op string `json:"op"` // "get" | "read"
+	ID string `json:"id"`
+	B  string `json:"b"`
+	PN string `json:"pn,omitempty"`
+}
+
+type inboundOpAnswer struct {
+	Node  string           `json:"node"`
+	Found bool             `json:"found"`
+	M     *inbound.Message `json:"m,omitempty"`
+	Err   string           `json:"err,omitempty"`
+}
+
+// serveInboundOps answers other nodes' inboundOp requests.
+func (n *Node) serveInboundOps() error {
+	c := n.cluster.c
+	_, err := c.NC.Subscribe(inboundOpSubject, func(m *nats.Msg) {
+		var op inboundOp
+		if json.Unmarshal(m.Data, &op) != nil {
+			return
+		}
+		go func() {
+			a := inboundOpAnswer{Node: c.NodeID()}
+			switch op.Op {
+			case "get":
+				if msg, err := n.Inbound.Get(op.ID); err == nil && msg.BusinessID == op.B {
+					a.Found, a.M = true, msg
+				} else if err != nil && !errors.Is(err, inbound.ErrNotFound) {
+					a.Found, a.Err = true, err.Error()
+				}
+			case "read":
+				err := n.Inbound.MarkRead(op.B, op.PN, op.ID)
+				if !errors.Is(err, inbound.ErrNotFound) {
+					a.Found = true
+					if err != nil {
+						a.Err = err.Error()
+					}
+				}
+			}
+			v, _ := json.Marshal(a)
+			_ = m.Respond(v)
+		}()
+	})
+	return err
+}
+
+const inboundOpSubject = "herald.inbound.op"
+
+// inboundElsewhere is api.InboundRemote over the other nodes.
+type inboundElsewhere struct{ cn *clusterNode }
+
+func (ie inboundElsewhere) ask(op inboundOp) (inboundOpAnswer, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	v, _ := json.Marshal(op)
+	var found inboundOpAnswer
+	if _, err := ie.cn.gather(ctx, inboundOpSubject, v, func(data []byte) (string, bool) {
+		var a inboundOpAnswer
+		if json.Unmarshal(data, &a) != nil {
+			return "", false
+		}
+		if a.Found {
+			found = a
+		}
+		return a.Node, a.Found
+	}); err != nil {
+		return found, err
+	}
+	if !found.Found {
+		return found, inbound.ErrNotFound
+	}
+	if found.Err != "" {
+		return found, errors.New(found.Err)
+	}
+	return found, nil
+}
+
+func (ie inboundElsewhere) Get(businessID, id string) (*inbound.Message, error) {
+	a, err := ie.ask(inboundOp{Op: "get", ID: id, B: businessID})
+	if err != nil {
+		return nil, err
+	}
+	return a.M, nil
+}
+
+func (ie inboundElsewhere) MarkRead(businessID, pn, id string) error {
+	_, err := ie.ask(inboundOp{Op: "read", ID: id, B: businessID, PN: pn})
 	return err
 }
 

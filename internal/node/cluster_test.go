@@ -775,6 +775,32 @@ func TestClusterInboundAnyNode(t *testing.T) {
 	if st := tc.sim.InboundStats(); st.BadMessage != 0 || st.Failed != 0 {
 		t.Fatalf("envelopes refused: %+v", st)
 	}
+	// Any node answers for a user's message and marks it read, wherever it
+	// was decrypted; the read receipt goes out once.
+	for _, id := range ids[:10] {
+		for i := range tc.nodes {
+			code, out := tc.do(i, "GET", "/v1/messages/"+id, tok, "", "")
+			if code != 200 || out["direction"] != "inbound" || out["text"] == nil {
+				t.Fatalf("inbound %s on node %d: %d %v", id, i, code, out)
+			}
+		}
+		read := fmt.Sprintf(`{"messaging_product":"whatsapp","status":"read","message_id":%q}`, id)
+		for i := range tc.nodes {
+			if code, out := tc.do(i, "POST", "/v1/"+pn+"/messages", tok, read, ""); code != 200 {
+				t.Fatalf("mark %s read on node %d: %d %v", id, i, code, out)
+			}
+		}
+		if code, out := tc.do(2, "GET", "/v1/messages/"+id, tok, "", ""); code != 200 || out["status"] != "read" {
+			t.Fatalf("inbound %s after the read: %d %v", id, code, out)
+		}
+	}
+	for i := range tc.nodes {
+		if code, _ := tc.do(i, "GET", "/v1/messages/in.nosuch", tok, "", ""); code != 404 {
+			t.Fatalf("an unknown id on node %d: %d", i, code)
+		}
+	}
+	testutil.Until(t, 20*time.Second, func() bool { return tc.sim.InboundStats().Receipts == 10 },
+		func() string { return fmt.Sprintf("read receipts: %+v", tc.sim.InboundStats()) })
 	// Replies on the same sessions.
 	code, out := tc.do(0, "POST", "/v1/"+pn+"/campaigns", tok, campaignBody(tc.sim, users, 1), "application/x-ndjson")
 	if code != 200 || out["accepted"] != float64(users) {

@@ -474,6 +474,7 @@ func (n *Node) newAPI(secret string) (err error) {
 		ao.Intake, ao.ClusterStatus, ao.ClusterCampaigns, ao.Events = n.cluster, n.cluster, n.cluster, eventRouter{n.cluster}
 		ao.InboundRoute = n.cluster.routeInbound
 		ao.SharedHold = n.cluster.sharedHold
+		ao.InboundElsewhere = inboundElsewhere{n.cluster}
 		if err := n.shareInbound(); err != nil {
 			return err
 		}
