@@ -88,13 +88,25 @@ func (l *Limiter) ApplyOptIn(biz string, h [16]byte) error {
 
 func (l *Limiter) optCount(biz string) (int64, error) {
 	l.opt.mu.Lock()
-	defer l.opt.mu.Unlock()
 	if l.opt.counts == nil {
 		l.opt.counts = map[string]int64{}
 	}
 	if n, ok := l.opt.counts[biz]; ok {
+		l.opt.mu.Unlock()
 		return n, nil
 	}
+	l.opt.mu.Unlock()
+	// Counted under the apply lock: an opt-out or opt-in applied between
+	// the scan and the count's store would be counted twice (or not at
+	// all) — in a cluster, the watcher applies them while uploads ask.
+	l.opt.apply.Lock()
+	defer l.opt.apply.Unlock()
+	l.opt.mu.Lock()
+	if n, ok := l.opt.counts[biz]; ok {
+		l.opt.mu.Unlock()
+		return n, nil
+	}
+	l.opt.mu.Unlock()
 	lo := optKey(biz, [16]byte{})[:3+len(biz)]
 	it, err := l.opts.DB.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: kv.PrefixEnd(lo)})
 	if err != nil {
@@ -107,7 +119,9 @@ func (l *Limiter) optCount(biz string) (int64, error) {
 	if err := it.Close(); err != nil {
 		return 0, err
 	}
+	l.opt.mu.Lock()
 	l.opt.counts[biz] = n
+	l.opt.mu.Unlock()
 	return n, nil
 }
 
@@ -154,6 +168,12 @@ func (l *Limiter) OptOut(b *pebble.Batch, biz, user string, at time.Time) error 
 			return fmt.Errorf("ratelimit: opt-out not stored in the cluster: %w", err)
 		}
 		return l.ApplyOptOut(biz, h, at.Unix())
+	}
+	// The count loaded first, then raised before b commits: a count read
+	// between the two can only be high (harmless), never 0 with an
+	// opt-out stored (admission would skip the lookups).
+	if _, err := l.optCount(biz); err != nil {
+		return err
 	}
 	v := binary.BigEndian.AppendUint64(nil, uint64(at.Unix()))
 	if b != nil {
