@@ -67,6 +67,16 @@ func openOne(t *testing.T) (*Cluster, *Owner, *recorder) {
 	return c, o, r
 }
 
+// heldRev is the lease revision o holds for p (0: none).
+func heldRev(o *Owner, p int) uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if l := o.held[p]; l != nil {
+		return l.rev
+	}
+	return 0
+}
+
 // A renewal whose answer was lost may have landed: the lease then holds a
 // newer revision with this process's value, and the owner goes on from it
 // instead of dropping the partition (which made it take the partition
@@ -74,28 +84,21 @@ func openOne(t *testing.T) (*Cluster, *Owner, *recorder) {
 func TestLateRenewalIsAdopted(t *testing.T) {
 	c, o, r := openOne(t)
 	ctx := context.Background()
-	o.mu.Lock()
-	rev := o.held[0].rev
-	o.mu.Unlock()
+	rev := heldRev(o, 0)
 	// The renewal that "timed out" but landed.
 	nrev, err := c.leases.Update(ctx, leaseKey(0), c.leaseValue(), rev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	o.renew(ctx) // refused on partition 0 (held revision is old): adopts nrev
-	o.mu.Lock()
-	got := o.held[0]
-	o.mu.Unlock()
-	if got == nil || got.rev != nrev {
-		t.Fatalf("lease not adopted: %+v, want revision %d", got, nrev)
+	if got := heldRev(o, 0); got != nrev {
+		t.Fatalf("lease not adopted: revision %d, want %d", got, nrev)
 	}
 	o.renew(ctx) // and renews from it
 	if _, l := r.counts(); l != 0 || !o.Owns(0) {
 		t.Fatalf("partition dropped: loses %d, owns %v", l, o.Owns(0))
 	}
-	o.mu.Lock()
-	after := o.held[0].rev
-	o.mu.Unlock()
+	after := heldRev(o, 0)
 	if after <= nrev {
 		t.Fatalf("not renewed after the adoption: revision %d", after)
 	}
@@ -106,9 +109,7 @@ func TestLateRenewalIsAdopted(t *testing.T) {
 func TestRefusedRenewalOfAnotherValueLoses(t *testing.T) {
 	c, o, r := openOne(t)
 	ctx := context.Background()
-	o.mu.Lock()
-	rev := o.held[0].rev
-	o.mu.Unlock()
+	rev := heldRev(o, 0)
 	if _, err := c.leases.Update(ctx, leaseKey(0), []byte("a#another-run"), rev); err != nil {
 		t.Fatal(err)
 	}

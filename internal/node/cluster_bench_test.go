@@ -86,14 +86,7 @@ func natsProcess(b *testing.B) (string, func() time.Duration) {
 // (HERALD_BENCH_REPLICAS, default 1) with the platform down, so only
 // ingest is measured: accepted means stored in JetStream on the replicas.
 func BenchmarkClusterIngest(b *testing.B) {
-	replicas, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_REPLICAS"))
-	if replicas == 0 {
-		replicas = 1
-	}
-	n, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_N"))
-	if n == 0 {
-		n = 20_000
-	}
+	replicas, n := benchEnv("HERALD_BENCH_REPLICAS", 1), benchEnv("HERALD_BENCH_N", 20_000)
 	tc := startCluster(b, 3, replicas, 7*n+10)
 	tc.balanced()
 	tc.sim.SetDown(true)
@@ -113,6 +106,14 @@ func BenchmarkClusterIngest(b *testing.B) {
 	}
 }
 
+// benchEnv is the integer setting name, or def when unset (or 0).
+func benchEnv(name string, def int) int {
+	if v, _ := strconv.Atoi(os.Getenv(name)); v != 0 {
+		return v
+	}
+	return def
+}
+
 func cpuNow() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
@@ -124,15 +125,7 @@ func cpuNow() time.Duration {
 // too), for a single node and for clusters on this machine:
 // HERALD_BENCH_NODES (0: single node, no NATS), HERALD_BENCH_REPLICAS.
 func BenchmarkClusterCPU(b *testing.B) {
-	nodes, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_NODES"))
-	replicas, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_REPLICAS"))
-	if replicas == 0 {
-		replicas = 1
-	}
-	n, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_N"))
-	if n == 0 {
-		n = 20_000
-	}
+	nodes, replicas, n := benchEnv("HERALD_BENCH_NODES", 0), benchEnv("HERALD_BENCH_REPLICAS", 1), benchEnv("HERALD_BENCH_N", 20_000)
 	var tc *testCluster
 	natsCPU := func() time.Duration { return 0 }
 	switch {
@@ -198,11 +191,7 @@ func BenchmarkClusterCPU(b *testing.B) {
 // HERALD_BENCH_NODES 0 is a single node (no NATS) behind the same balancer.
 // Reported: envelopes accepted (durable at the partition's owner) per second.
 func BenchmarkClusterInbound(b *testing.B) {
-	nodes, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_NODES"))
-	n, _ := strconv.Atoi(os.Getenv("HERALD_BENCH_N"))
-	if n == 0 {
-		n = 2000
-	}
+	nodes, n := benchEnv("HERALD_BENCH_NODES", 0), benchEnv("HERALD_BENCH_N", 2000)
 	var tc *testCluster
 	if nodes == 0 {
 		tc = startSingle(b, 7*n+10)

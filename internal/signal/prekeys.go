@@ -222,8 +222,10 @@ func (s *Store) ApplyPreKey(k string, sealed []byte) error {
 	default:
 		return fmt.Errorf("signal: prekey key %q", k)
 	}
+	var plain []byte
 	if sealed != nil {
-		if _, err := s.sealer.Open(sealed); err != nil {
+		var err error
+		if plain, err = s.sealer.Open(sealed); err != nil {
 			return fmt.Errorf("signal: replicated prekey %q does not open: %w", k, err)
 		}
 	}
@@ -232,7 +234,6 @@ func (s *Store) ApplyPreKey(k string, sealed []byte) error {
 	if sealed != nil && strings.HasPrefix(k, "g.") {
 		// Never back: an older state's echo arriving after a newer one
 		// was made here would hand its ids out again.
-		plain, _ := s.sealer.Open(sealed)
 		in, err := decodePreKeyState(plain)
 		if err != nil {
 			return err
