@@ -143,9 +143,11 @@ func msgBody(to, text string) string {
 
 func (e *env) depth() int64 { n, _ := e.n.Queue.Depth(); return n }
 
-func (e *env) waitDrained() {
-	// Minutes: loaded CI machines, race detector.
-	testutil.Until(e.t, 2*time.Minute, func() bool { return e.depth() == 0 && e.n.Engine.InFlight() == 0 },
+func (e *env) waitDrained() { e.waitDrainedWithin(2 * time.Minute) }
+
+// waitDrainedWithin waits (minutes: loaded CI machines, race detector).
+func (e *env) waitDrainedWithin(d time.Duration) {
+	testutil.Until(e.t, d, func() bool { return e.depth() == 0 && e.n.Engine.InFlight() == 0 },
 		func() string { return fmt.Sprintf("queue not drained: %d left", e.depth()) })
 	e.n.Engine.Flush()
 }
