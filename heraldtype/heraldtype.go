@@ -335,13 +335,45 @@ func (g *IDGen) New(now time.Time) string {
 		g.lo = binary.BigEndian.Uint64(r[2:]) >> 1
 		g.lastMS = ms
 	}
+	hi, lo := g.hi, g.lo
+	g.mu.Unlock()
+	return encodeID(ms, hi, lo)
+}
+
+// encodeID: 128 bits → 26 base32 characters; sortable because the alphabet
+// is ordered.
+func encodeID(ms uint64, hi uint16, lo uint64) string {
 	var raw [16]byte
 	raw[0], raw[1], raw[2], raw[3], raw[4], raw[5] = byte(ms>>40), byte(ms>>32), byte(ms>>24), byte(ms>>16), byte(ms>>8), byte(ms)
-	binary.BigEndian.PutUint16(raw[6:8], g.hi)
-	binary.BigEndian.PutUint64(raw[8:16], g.lo)
-	g.mu.Unlock()
-	// 128 bits → 26 base32 characters; sortable because the alphabet is ordered.
+	binary.BigEndian.PutUint16(raw[6:8], hi)
+	binary.BigEndian.PutUint64(raw[8:16], lo)
 	return crockford.EncodeToString(raw[:])[:26]
+}
+
+// IDSeed is the random part of an idempotent upload's message ids.
+type IDSeed [10]byte
+
+// NewIDSeed draws a seed with room to count up (its top bit clear).
+func NewIDSeed() IDSeed {
+	var s IDSeed
+	rand.Read(s[:])
+	s[0] &= 0x7f
+	return s
+}
+
+// IDFor is the id of line n of an idempotent upload that began at ms with
+// seed: the same for every attempt of the upload (a retry that publishes a
+// line again publishes it under the same id, which the stream's dedupe and
+// the platform's (id, device) dedupe absorb), increasing with n, in IDGen's
+// format. Distinct from IDGen's ids but with chance 2^-80 per pair.
+func IDFor(ms int64, seed IDSeed, n uint64) string {
+	hi := binary.BigEndian.Uint16(seed[:2])
+	lo := binary.BigEndian.Uint64(seed[2:])
+	lo2 := lo + n
+	if lo2 < lo {
+		hi++
+	}
+	return encodeID(uint64(ms), hi, lo2)
 }
 
 // QueueRecipient is what the queue orders and leases messages by: one

@@ -46,6 +46,34 @@ func TestIDsIncreaseAndAreURLSafe(t *testing.T) {
 	}
 }
 
+func TestIDForIsStableAndIncreases(t *testing.T) {
+	ms := time.Now().UnixMilli()
+	seed := NewIDSeed()
+	prev := ""
+	for n := uint64(1); n <= 5000; n++ {
+		id := IDFor(ms, seed, n)
+		if len(id) != 26 || id <= prev {
+			t.Fatalf("line %d: %q after %q", n, id, prev)
+		}
+		if again := IDFor(ms, seed, n); again != id {
+			t.Fatalf("line %d: %q, then %q", n, id, again)
+		}
+		prev = id
+	}
+	// A carry out of the low 64 bits moves into the high 16.
+	s := IDSeed{0x00, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	if a, b := IDFor(ms, s, 0), IDFor(ms, s, 1); b <= a {
+		t.Fatalf("carry: %s then %s", a, b)
+	}
+	if IDFor(ms, NewIDSeed(), 1) == IDFor(ms, seed, 1) {
+		t.Fatal("two seeds made the same id")
+	}
+	var g IDGen
+	if g.New(time.UnixMilli(ms))[:9] != IDFor(ms, seed, 1)[:9] { // 45 of the 48 bits of ms
+		t.Fatal("the time part differs from IDGen's")
+	}
+}
+
 func FuzzDecodePayload(f *testing.F) {
 	p := Payload{From: "1", To: "2", Body: "x"}
 	f.Add(p.Encode(nil))

@@ -230,10 +230,14 @@ type admitter struct {
 	// Idempotent uploads: every enqueue batch also records how far the upload
 	// got (same Pebble batch), so a retry after a crash or a broken connection
 	// resumes after the last durable line instead of enqueueing it twice.
-	prog   *uploadProgress // nil: no Idempotency-Key
-	idem   string          // the Idempotency-Key
-	line   int             // the last line read (every line up to it is admitted, rejected or pending)
-	skipTo int             // lines up to this one were admitted by an earlier attempt
+	prog   *uploadProgress   // nil: no Idempotency-Key
+	idem   string            // the Idempotency-Key
+	line   int               // the last line read (every line up to it is admitted, rejected or pending)
+	skipTo int               // lines up to this one were admitted by an earlier attempt
+	seed   heraldtype.IDSeed // with prog: the message ids' seed
+	// intended: the cluster holds this upload's progress with its seed
+	// (stored before the first batch is published).
+	intended bool
 
 	statuses *records.QueuedRecords // the "queued" status record of each message
 	token    string                 // the upload's token, checked again at each batch
@@ -252,6 +256,9 @@ type uploadProgress struct {
 	Header     string         `json:"header"` // hex SHA-256 of the campaign header
 	Lines      int            `json:"lines"`  // every line up to this one is admitted or rejected
 	Result     CampaignResult `json:"result"` // the answer so far
+	// IDSeed (hex) makes the upload's message ids (heraldtype.IDFor): a
+	// line published again by a retry keeps its id.
+	IDSeed string `json:"id_seed,omitempty"`
 }
 
 // holdIdem marks an Idempotency-Key as in use by this request; a second
@@ -452,7 +459,12 @@ func (a *admitter) flush() error {
 			a.reject(a.lines[i], a.inputs[i], rerr(codes[i], "%s", admissionText(codes[i], reason)))
 			continue
 		}
-		id := a.s.nextID(a.pn, now)
+		var id string
+		if a.prog != nil {
+			id = heraldtype.IDFor(a.prog.CreatedMS, a.seed, uint64(a.lines[i]))
+		} else {
+			id = a.s.nextID(a.pn, now)
+		}
 		p := heraldtype.Payload{BusinessID: a.b.ID, PhoneNumberID: a.pn, From: from, To: to, CampaignID: a.cid, Body: a.bodies[i], TS: now.Unix(), Quiet: a.plan.quiet}
 		buf = p.Encode(buf[:0])
 		due := a.plan.sendAt
@@ -472,12 +484,24 @@ func (a *admitter) flush() error {
 		return nil
 	}
 	if a.prog != nil {
+		forgetAt := records.IdemExpiry(time.UnixMilli(a.prog.CreatedMS), a.ttl)
+		if !a.intended {
+			// The progress as it stands before this batch, with the seed:
+			// a node killed after JetStream stored the batch but before its
+			// progress reached the cluster leaves the retry these ids.
+			iv, _ := json.Marshal(a.prog)
+			if err := a.s.opts.Uploads.Intend("p", a.b.ID, a.idem, iv, forgetAt); err != nil {
+				batch.Close()
+				return err
+			}
+			a.intended = true
+		}
 		a.prog.Lines = a.line
 		a.prog.Result = *a.res
 		a.prog.Result.Accepted += a.inflightN + len(msgs)
 		v, _ := json.Marshal(a.prog)
 		// The progress lists rejected numbers: gone with the answer's TTL.
-		a.s.opts.Uploads.PutProgress(batch, a.b.ID, a.idem, v, records.IdemExpiry(time.UnixMilli(a.prog.CreatedMS), a.ttl))
+		a.s.opts.Uploads.PutProgress(batch, a.b.ID, a.idem, v, forgetAt)
 	}
 	// Batches commit in order, one at a time, each overlapping the parsing of
 	// the next (sealing and the group-committed fsync run on the other core).
@@ -608,6 +632,12 @@ func (s *Server) postCampaign(ctx *fasthttp.RequestCtx, b *tenant.Business, pn s
 			}
 			a.cid, camp.ID, camp.CreatedMS = prev.CampaignID, prev.CampaignID, prev.CreatedMS
 			ctx.Response.Header.Set("Idempotent-Resumed-After-Line", strconv.Itoa(prev.Lines))
+		}
+		if sd, err := hex.DecodeString(a.prog.IDSeed); err == nil && len(sd) == len(a.seed) {
+			a.seed, a.intended = heraldtype.IDSeed(sd), true // stored with it before its first batch
+		} else { // a new upload (or one that broke off before seeds)
+			a.seed = heraldtype.NewIDSeed()
+			a.prog.IDSeed = hex.EncodeToString(a.seed[:])
 		}
 	}
 	var err error

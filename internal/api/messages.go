@@ -151,6 +151,7 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 		return
 	}
 	reqHash := sha256.Sum256(raw)
+	var intentID string // the id an earlier attempt published this send under
 	if idem != "" {
 		// Held first, then looked up: a retry that raced the first attempt
 		// either waits out its answer (409) or finds it remembered.
@@ -174,6 +175,20 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 			ctx.SetContentType("application/json")
 			ctx.SetBody(prev)
 			return
+		}
+		// No answer, but in a cluster an attempt may have been cut off
+		// after JetStream stored its message: it left the id.
+		v, found, err := s.opts.Uploads.SendIntent(b.ID, idem)
+		if err != nil {
+			s.storageError(ctx, err)
+			return
+		}
+		if found {
+			if len(v) <= 32 || [32]byte(v[:32]) != reqHash {
+				fail(ctx, 409, CodeConflict, "OAuthException", "this Idempotency-Key was used for a different message", "send the same body again, or use a new key")
+				return
+			}
+			intentID = string(v[32:])
 		}
 	}
 	if req.MessagingProduct != "whatsapp" {
@@ -231,7 +246,16 @@ func (s *Server) postMessage(ctx *fasthttp.RequestCtx, b *tenant.Business, pn st
 			return
 		}
 	}
-	id := s.nextID(pn, now)
+	id := intentID
+	if id == "" {
+		id = s.nextID(pn, now)
+		if idem != "" {
+			if err := s.opts.Uploads.Intend("i", b.ID, idem, append(reqHash[:], id...), records.IdemExpiry(now, ttl)); err != nil {
+				s.storageError(ctx, err)
+				return
+			}
+		}
+	}
 	p := heraldtype.Payload{BusinessID: b.ID, PhoneNumberID: pn, From: b.PhoneNumbers[pn], To: to, Body: req.Text.Body, TS: now.Unix()}
 	batch := s.opts.DB.NewBatch()
 	records.NewStatusRecord(batch, id, b.ID, pn, "", now, now.Add(ttl))

@@ -43,6 +43,11 @@ type clusterNode struct {
 
 	intaken, acked atomic.Int64
 	camps          *campaignSync
+
+	// cutAfterPublish (tests): the next intake stops once JetStream stored
+	// its messages, as a node killed there would — no local commit, no
+	// shared idempotency record, an error to the client.
+	cutAfterPublish atomic.Bool
 }
 
 type ackRef struct {
@@ -133,6 +138,10 @@ func (cn *clusterNode) EnqueueWith(ctx context.Context, msgs []queue.Message, ba
 	if err := cn.publishAll(ctx, out); err != nil {
 		batch.Close()
 		return err
+	}
+	if cn.cutAfterPublish.CompareAndSwap(true, false) {
+		batch.Close()
+		return errors.New("cluster: cut after publishing (test)")
 	}
 	return cn.n.db.Commit(batch, true)
 }

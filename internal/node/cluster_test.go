@@ -832,6 +832,64 @@ func (tc *testCluster) post(i int, path, tok, key, body, ct string) (int, http.H
 // campaign's are replayed there, a different message under a used key is
 // refused there, and an upload cut off on node 0 resumes on node 1 after
 // its last durable line — every user gets the campaign's message once.
+// A node cut off after JetStream stored a request's messages but before
+// the request's idempotency records reached the cluster (a SIGKILL there):
+// the client's retry on another node publishes the same message ids, which
+// the stream keeps once — every user gets each message once.
+func TestClusterRetryAfterCutBetweenAckAndRecord(t *testing.T) {
+	tc := startCluster(t, 3, 1, 25_000)
+	tc.balanced()
+	tok, pn := tc.business(0, "15550200008", "unlimited")
+	tc.knows(tok, pn)
+	seq0 := tc.workSeq()
+	send := fmt.Sprintf(`{"messaging_product":"whatsapp","to":%q,"type":"text","text":{"body":"cut"}}`, user(tc.sim, 1))
+	node.CutAfterPublish(tc.nodes[0])
+	if code, _, out := tc.post(0, "/v1/"+pn+"/messages", tok, "send-cut", send, "application/json"); code < 500 {
+		t.Fatalf("cut send: %d %v", code, out)
+	}
+	code, _, out := tc.post(1, "/v1/"+pn+"/messages", tok, "send-cut", send, "application/json")
+	if code != 200 {
+		t.Fatalf("retried send on node 1: %d %v", code, out)
+	}
+	other := fmt.Sprintf(`{"messaging_product":"whatsapp","to":%q,"type":"text","text":{"body":"other"}}`, user(tc.sim, 1))
+	if code, _, out := tc.post(2, "/v1/"+pn+"/messages", tok, "send-cut", other, "application/json"); code != 409 {
+		t.Fatalf("another message under the cut key: %d %v", code, out)
+	}
+	// An upload of 3,000 lines: its first batch (2,048) is stored in
+	// JetStream, then node 0 is cut; the retry on node 1 resumes the same
+	// campaign and publishes that batch again under the same ids.
+	const users = 3000
+	full := campaignBody(tc.sim, users, 1)
+	node.CutAfterPublish(tc.nodes[0])
+	code, _, first := tc.post(0, "/v1/"+pn+"/campaigns", tok, "upload-cut", full, "application/x-ndjson")
+	if code < 500 || first["accepted"] != nil && first["accepted"] != float64(0) {
+		t.Fatalf("cut upload: %d %v", code, first)
+	}
+	code, hdr, out := tc.post(1, "/v1/"+pn+"/campaigns", tok, "upload-cut", full, "application/x-ndjson")
+	if code != 200 || hdr.Get("Idempotent-Resumed-After-Line") != "0" || out["accepted"] != float64(users) {
+		t.Fatalf("retried upload on node 1: %d %v %v", code, hdr, out)
+	}
+	tc.checkReceived(users, func(u int) int {
+		if u == 1 {
+			return 2 // and the single send
+		}
+		return 1
+	})
+	if n := tc.workSeq() - seq0; n != users+1 {
+		t.Fatalf("the work stream stored %d messages, want %d (one per line and the send)", n, users+1)
+	}
+}
+
+// workSeq is the work stream's last sequence: how many messages it stored.
+func (tc *testCluster) workSeq() uint64 {
+	tc.t.Helper()
+	info, err := tc.nodes[0].Cluster().Work.Info(context.Background())
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
 func TestClusterIdempotencyAcrossNodes(t *testing.T) {
 	tc := startCluster(t, 3, 1, 25_000)
 	tc.balanced()

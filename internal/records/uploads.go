@@ -146,6 +146,39 @@ func (u *Uploads) Committed(b *pebble.Batch) error {
 	return nil
 }
 
+// Intend stores an idempotent request's intent in the cluster's shared
+// records now, before the messages it names are published: kind "p", an
+// upload's progress with the seed of its message ids; kind "i", a single
+// send's message id. A node killed between JetStream's acknowledgement and
+// Committed leaves it for the retry (on any node), which publishes the same
+// ids again. A single node has no such window and stores nothing.
+func (u *Uploads) Intend(kind, biz, key string, v []byte, forgetAt time.Time) error {
+	u.pmu.Lock()
+	sh := u.shared
+	u.pmu.Unlock()
+	if sh == nil {
+		return nil
+	}
+	if err := sh.Put(sharedKey(kind, biz, key), sharedValue(u.sealer.Seal(nil, v), forgetAt)); err != nil {
+		return fmt.Errorf("records: idempotency intent not stored in the cluster: %w", err)
+	}
+	return nil
+}
+
+// SendIntent returns the intent a single send with this key left (Intend
+// "i"), if the cluster has one; an error when the cluster cannot say.
+func (u *Uploads) SendIntent(biz, key string) ([]byte, bool, error) {
+	raw, ok, err := u.getShared("i", biz, key)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	v, err := u.sealer.Open(raw)
+	if err != nil {
+		return nil, false, fmt.Errorf("records: send intent record does not open: %w", err)
+	}
+	return v, true, nil
+}
+
 // Discard drops b's shared records (b was not committed).
 func (u *Uploads) Discard(b *pebble.Batch) {
 	u.pmu.Lock()

@@ -87,8 +87,35 @@ func TestIdempotencyRecordsShared(t *testing.T) {
 	if _, ok, err := b.Answer("biz_1", "camp"); ok || err != nil {
 		t.Fatalf("an answer past its time: %v %v", ok, err)
 	}
+	// Intents are shared at once (no batch), for their time; a single
+	// node's Uploads stores none.
+	if err := a.Intend("i", "biz_1", "k2", []byte("hash+id"), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, err := b.SendIntent("biz_1", "k2"); !ok || err != nil || string(v) != "hash+id" {
+		t.Fatalf("the other node's intent: %q %v %v", v, ok, err)
+	}
+	if err := a.Intend("p", "biz_1", "up2", []byte(`{"lines":0}`), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := b.Progress("biz_1", "up2"); string(v) != `{"lines":0}` || err != nil {
+		t.Fatalf("the other node's upload intent: %q %v", v, err)
+	}
+	single := NewUploads(openStatusDB(t), sl, clock)
+	if err := single.Intend("i", "biz_1", "k3", []byte("x"), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := single.SendIntent("biz_1", "k3"); ok || err != nil {
+		t.Fatalf("a single node's intent: %v %v", ok, err)
+	}
 	// The store unreachable: an error, not "no answer"; a write fails.
 	sh.down = true
+	if err := a.Intend("i", "biz_1", "k4", []byte("x"), now.Add(time.Hour)); err == nil {
+		t.Fatal("an intent not shared reported as stored")
+	}
+	if _, _, err := b.SendIntent("biz_1", "k2"); err == nil {
+		t.Fatal("an unreachable store read as no intent")
+	}
 	if _, _, err := b.Answer("biz_1", "other"); err == nil {
 		t.Fatal("an unreachable store read as no answer")
 	}

@@ -1,0 +1,5 @@
+package node
+
+// CutAfterPublish makes n's next intake stop once JetStream stored its
+// messages, as a node killed there would (see clusterNode.cutAfterPublish).
+func CutAfterPublish(n *Node) { n.cluster.cutAfterPublish.Store(true) }
