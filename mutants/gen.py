@@ -232,6 +232,9 @@ m("65-cluster-retry-new-ids", "cluster: a resumed upload draws new message ids (
 m("66-cluster-send-intent-ignored", "cluster: a single send's retry ignores the id its cut attempt published (delivered twice)",
   "internal/api/messages.go", "			intentID = string(v[32:])", "			_ = v",
   ["./internal/api/ -run 'TestIdempotencyIntents'", "./internal/node/ -run 'TestClusterRetryAfterCutBetweenAckAndRecord'"])
+m("67-cluster-tier-peaks-per-node", "cluster: tier upgrades judged on the deciding node's own peaks (which a cluster never fills: no upgrade)",
+  "ratelimit/quality.go", "	if sp, ok := l.opts.Shared.(SharedPeaks); ok {", "	if sp, ok := l.opts.Shared.(SharedPeaks); false && ok {",
+  ["./ratelimit/ -run 'TestTierUpgradeOnTheSharedPeak'", "./internal/node/ -run 'TestClusterTierExactAcrossNodes'"])
 
 only = sys.argv[1:]
 missing = []

@@ -309,16 +309,14 @@ func (l *Limiter) EvaluateTiers(now time.Time) []string {
 				idx = i
 			}
 		}
-		s := l.bizState(b.ID)
-		s.mu.Lock()
-		l.loadLocked(b.ID, s)
-		var peak int64
-		for d, p := range s.peaks {
-			if d >= now.Unix()/86400-7 && p > peak {
+		peak := int64(-1) // unknown: no upgrade (a move down needs no peak)
+		if idx < len(tierOrder)-1 {
+			if p, err := l.peak(b.ID, now); err != nil {
+				cmp.Or(l.opts.Logger, slog.Default()).Warn("ratelimit: no tier upgrade evaluated: the peak is unknown", "business", b.ID, "err", err)
+			} else {
 				peak = p
 			}
 		}
-		s.mu.Unlock()
 		switch {
 		case worst == "low" && idx == 0 && !b.Paused:
 			paused := true
@@ -328,13 +326,41 @@ func (l *Limiter) EvaluateTiers(now time.Time) []string {
 			t := tierOrder[idx-1]
 			l.opts.Tenants.Update(b.ID, tenant.Patch{Tier: &t})
 			changes = append(changes, b.ID+": tier down to "+t)
-		case worst != "low" && idx < len(tierOrder)-1 && float64(peak) >= l.pol.UpgradeShare*float64(tenant.Tiers[b.Tier]):
+		case worst != "low" && peak >= 0 && idx < len(tierOrder)-1 && float64(peak) >= l.pol.UpgradeShare*float64(tenant.Tiers[b.Tier]):
 			t := tierOrder[idx+1]
 			l.opts.Tenants.Update(b.ID, tenant.Patch{Tier: &t})
 			changes = append(changes, b.ID+": tier up to "+t)
 		}
 	}
 	return changes
+}
+
+// SharedPeaks is what a SharedTier that keeps the cluster's daily peaks
+// offers: the highest count of the last 7 days, after sampling the
+// current one into them.
+type SharedPeaks interface {
+	Peak(bizID string, now time.Time, window time.Duration) (int64, error)
+}
+
+// peak is the business's highest unique-recipient count of the last 7
+// days: the cluster's when the tier is shared, else this node's.
+func (l *Limiter) peak(bizID string, now time.Time) (int64, error) {
+	if sp, ok := l.opts.Shared.(SharedPeaks); ok {
+		return sp.Peak(bizID, now, l.pol.Window)
+	}
+	s := l.bizState(bizID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := l.loadLocked(bizID, s); err != nil {
+		return 0, err
+	}
+	var peak int64
+	for d, p := range s.peaks {
+		if d >= now.Unix()/86400-7 && p > peak {
+			peak = p
+		}
+	}
+	return peak, nil
 }
 
 func (l *Limiter) persistSignals() error {

@@ -437,3 +437,45 @@ func TestTokenShortByFloatErrorIsAWholeToken(t *testing.T) {
 		t.Fatalf("%d tokens granted at +3 s, want 1 (0.333 + 2 × 0.333)", granted)
 	}
 }
+
+// peakStore stands in for the cluster's tier store (its tests run the real
+// one, internal/node TestClusterTierExactAcrossNodes): it admits everyone
+// and knows the peak, or fails to.
+type peakStore struct {
+	peak int64
+	err  error
+}
+
+func (p *peakStore) Admit(biz string, limit int64, keys [][16]byte, now time.Time, w time.Duration) ([]bool, error) {
+	ok := make([]bool, len(keys))
+	for i := range ok {
+		ok[i] = true
+	}
+	return ok, nil
+}
+
+func (p *peakStore) Peak(string, time.Time, time.Duration) (int64, error) { return p.peak, p.err }
+
+// TestTierUpgradeOnTheSharedPeak: with a shared tier, upgrades follow the
+// cluster's peak, not this node's; a peak the cluster cannot tell moves
+// nothing up.
+func TestTierUpgradeOnTheSharedPeak(t *testing.T) {
+	f := newFixture(t, t.TempDir(), "250")
+	defer f.close()
+	f.l.Close()
+	s, _ := seal.New(seal.TestKey(1))
+	ps := &peakStore{peak: 200, err: fmt.Errorf("cluster unreachable")}
+	l, err := New(Options{DB: f.db, Sealer: s, Tenants: f.ten, Now: func() time.Time { return f.now }, Shared: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.l = l
+	if ch := l.EvaluateTiers(f.now); len(ch) != 0 {
+		t.Fatalf("moved on an unknown peak: %v", ch)
+	}
+	ps.err = nil
+	ch := l.EvaluateTiers(f.now)
+	if b, _ := f.ten.Get(f.b.ID); len(ch) != 1 || b.Tier != "2k" {
+		t.Fatalf("the cluster's peak of 200 of 250 (this node counted none): %v, tier %s", ch, b.Tier)
+	}
+}

@@ -582,6 +582,27 @@ func TestClusterTierExactAcrossNodes(t *testing.T) {
 			t.Fatalf("a new recipient past the tier on node %d: %d %v", n, code, out)
 		}
 	}
+	// Tier movement: the whole tier used (the cluster's count, whichever
+	// nodes counted it) moves the business up, once, on the one node that
+	// moves tiers; then every node admits past 250.
+	var changes []string
+	for n := 0; n < 3; n++ {
+		changes = append(changes, node.MoveTiers(tc.nodes[n])...)
+	}
+	if len(changes) != 1 || !strings.HasSuffix(changes[0], "tier up to 2k") {
+		t.Fatalf("tier movement after 250 of 250 used across nodes: %v", changes)
+	}
+	for n := 0; n < 3; n++ {
+		testutil.Until(t, 10*time.Second, func() bool {
+			code, _ := tc.do(n, "POST", "/v1/"+pn+"/messages", tok, fmt.Sprintf(`{"messaging_product":"whatsapp","to":%q,"type":"text","text":{"body":"up"}}`, user(6000+n)), "")
+			return code == 200
+		}, func() string { return fmt.Sprintf("node %d still refuses new recipients after the tier moved up", n) })
+	}
+	for n := 0; n < 3; n++ {
+		if ch := node.MoveTiers(tc.nodes[n]); len(ch) != 0 {
+			t.Fatalf("moved again on node %d: %v", n, ch)
+		}
+	}
 }
 
 // knows waits until every running node knows the business (its token).

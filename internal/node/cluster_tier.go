@@ -17,6 +17,7 @@ import (
 //
 //	u.<business>.<recipient key>  the recipient counted in the window (created once)
 //	n.<business>                  the count by minute it was counted in
+//	p.<business>                  the count's daily peaks (tier upgrades; Peak)
 //
 // A slot is reserved in n.<business> with compare-and-set before the
 // recipient's key is created, so concurrent uploads to different nodes
@@ -119,6 +120,67 @@ func (t clusterTier) Count(biz string, now time.Time, window time.Duration) (int
 		}
 	}
 	return live, nil
+}
+
+// Peak samples the business's cluster-wide count into its daily peaks and
+// returns the highest of the last 7 days (tier upgrades). The peaks live in
+// p.<business> (unix day → count, 8 days kept), so whichever node moves
+// tiers — partition 0's owner, which changes — sees the same history. The
+// record is rewritten when a peak rises and at least every 6 hours (the
+// bucket forgets a key a window after its last write).
+func (t clusterTier) Peak(biz string, now time.Time, window time.Duration) (int64, error) {
+	live, err := t.Count(biz, now, window)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	key, day := "p."+biz, now.Unix()/86400
+	for {
+		var rev uint64
+		peaks := map[int64]int64{}
+		e, err := t.kv.Get(ctx, key)
+		switch {
+		case err == nil:
+			rev = e.Revision()
+			if json.Unmarshal(e.Value(), &peaks) != nil {
+				peaks = map[int64]int64{}
+			}
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		default:
+			return 0, err
+		}
+		write := rev == 0 || now.Sub(e.Created()) > 6*time.Hour
+		for d := range peaks {
+			if d < day-7 {
+				delete(peaks, d)
+				write = true
+			}
+		}
+		if live > peaks[day] {
+			peaks[day], write = live, true
+		}
+		var peak int64
+		for _, p := range peaks {
+			peak = max(peak, p)
+		}
+		if !write {
+			return peak, nil
+		}
+		v, _ := json.Marshal(peaks)
+		if rev == 0 {
+			_, err = t.kv.Create(ctx, key, v)
+		} else {
+			_, err = t.kv.Update(ctx, key, v, rev)
+		}
+		if err == nil {
+			return peak, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+			return 0, err
+		}
+		// Another evaluator wrote meanwhile (ownership moving): read again.
+	}
 }
 
 // reserve adds up to want (negative: gives back) to the business's count,

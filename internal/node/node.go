@@ -725,16 +725,7 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	if n.Limits != nil {
 		n.every("tiers", time.Minute, func() {
-			if n.cluster != nil && !n.cluster.owner.Owns(0) {
-				// One node moves tiers (all rate on the same, shared
-				// signals; each moving one would move a business down
-				// once per node): the one that works partition 0.
-				n.Limits.Close()
-				return
-			}
-			for _, c := range n.Limits.EvaluateTiers(n.cfg.Now()) {
-				n.cfg.Logger.Info("ratelimit: tier change", "change", c) // routine: the limits working as designed
-			}
+			n.moveTiers()
 			n.Limits.Close() // persists the signal windows
 		})
 	}
@@ -857,3 +848,18 @@ func (n *Node) Sessions() *signal.Store { return n.sessions }
 type preview struct{ *ratelimit.DryRun }
 
 func (p preview) Integrity() (any, int64) { return p.DryRun.Integrity() }
+
+// moveTiers applies tier movement (EvaluateTiers) and returns what changed.
+// In a cluster one node does it (all rate on the same, shared signals and
+// peaks; each moving tiers would move a business down once per node): the
+// one that works partition 0.
+func (n *Node) moveTiers() []string {
+	if n.cluster != nil && !n.cluster.owner.Owns(0) {
+		return nil
+	}
+	changes := n.Limits.EvaluateTiers(n.cfg.Now())
+	for _, c := range changes {
+		n.cfg.Logger.Info("ratelimit: tier change", "change", c) // routine: the limits working as designed
+	}
+	return changes
+}
