@@ -123,11 +123,16 @@ func runClusterDemo(ctx context.Context, nodes, recipients int, so sim.Options, 
 	}
 	closed := make([]bool, nodes)
 	defer func() {
+		// All at once: closed one after another, the last ones lose their
+		// JetStream quorum and spend their close on warnings and timeouts.
+		var cw sync.WaitGroup
 		for i, n := range ns {
 			if !closed[i] {
-				n.Close()
+				cw.Add(1)
+				go func() { defer cw.Done(); n.Close() }()
 			}
 		}
+		cw.Wait()
 	}()
 	held := func() []string {
 		out := make([]string, nodes)
@@ -189,6 +194,7 @@ func runClusterDemo(ctx context.Context, nodes, recipients int, so sim.Options, 
 			return n
 		}
 	)
+	var lastPending time.Time
 	for {
 		if res == nil {
 			select {
@@ -242,14 +248,19 @@ func runClusterDemo(ctx context.Context, nodes, recipients int, so sim.Options, 
 				}
 			}()
 		}
-		if res != nil && st.done() >= int64(res.Accepted) {
-			// The counts may run ahead (a resend counts twice): done is
-			// when JetStream holds nothing unsettled.
+		if res != nil && (st.done() >= int64(res.Accepted) || clock.Wall().Sub(lastPending) >= time.Second) {
+			// Done is when JetStream holds nothing unsettled (the counts
+			// may run ahead: a resend counts twice; they are not what
+			// ends the wait).
+			lastPending = clock.Wall()
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			left, err := ns[0].Cluster().Pending(pctx)
 			cancel()
 			if err == nil && left == 0 {
 				break
+			}
+			if clock.Wall().Sub(accepted) > 5*time.Minute {
+				return fmt.Errorf("%d messages still unsettled in JetStream 5 minutes after the upload (%v); counts %v", left, err, st.Totals)
 			}
 			if os.Getenv("HERALD_DEMO_DEBUG") != "" {
 				for i, n := range ns {
@@ -291,6 +302,10 @@ func runClusterDemo(ctx context.Context, nodes, recipients int, so sim.Options, 
 	sink.mu.Lock()
 	hooks := len(sink.at["sent"])
 	sink.mu.Unlock()
+	if err := watch.jsonCall("GET", "/v1/campaigns/"+res.CampaignID, nil, &st); err == nil {
+		fmt.Printf("campaign totals (GET /v1/campaigns/{id}): sent %d, failed %d of %d accepted (a resend of what the killed node had handed over counts again)\n",
+			st.Totals["sent"], st.Totals["failed"], res.Accepted)
+	}
 	fmt.Printf("webhooks: %d \"sent\" statuses reached the business's endpoint\n", hooks)
 	awaitReplies(sink, s)
 	replies(sink, s)

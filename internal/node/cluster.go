@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,6 +44,7 @@ type clusterNode struct {
 
 	intaken, acked atomic.Int64
 	camps          *campaignSync
+	ackq           chan ackBatch // settled deliveries, acked once their campaigns' counts are stored
 
 	// cutAfterPublish (tests): the next intake stops once JetStream stored
 	// its messages, as a node killed there would — no local commit, no
@@ -56,7 +58,8 @@ type ackRef struct {
 }
 
 func newClusterNode(n *Node, c *cluster.Cluster) *clusterNode {
-	cn := &clusterNode{n: n, c: c, stale: make([]atomic.Uint64, c.Partitions()), acks: map[string]ackRef{}, held: make([]int, c.Partitions())}
+	cn := &clusterNode{n: n, c: c, stale: make([]atomic.Uint64, c.Partitions()), acks: map[string]ackRef{}, held: make([]int, c.Partitions()),
+		ackq: make(chan ackBatch, 256)}
 	cn.owner = c.NewOwner(cn)
 	return cn
 }
@@ -346,6 +349,7 @@ func (cn *clusterNode) settled(cs []heraldtype.StatusChange) {
 	if cn.camps != nil {
 		cn.camps.touched(cs)
 	}
+	var b ackBatch
 	for _, c := range cs {
 		cn.publishStatus(c)
 		switch c.Status {
@@ -362,9 +366,76 @@ func (cn *clusterNode) settled(cs []heraldtype.StatusChange) {
 		a, ok := cn.dropAck(c.MessageID)
 		cn.mu.Unlock()
 		if ok && a.reply != "" {
-			if err := cn.c.NC.Publish(a.reply, []byte("+ACK")); err == nil {
-				cn.acked.Add(1)
+			b.replies = append(b.replies, a.reply)
+			if c.CampaignID != "" {
+				b.camps = append(b.camps, c.CampaignID)
 			}
+		}
+	}
+	if len(b.replies) == 0 {
+		return
+	}
+	select {
+	case cn.ackq <- b:
+	case <-cn.n.stop: // the acker may be gone
+		cn.ackAfterCounts(b)
+	}
+}
+
+// ackBatch: deliveries to ack (their reply subjects) and the campaigns of
+// their messages.
+type ackBatch struct {
+	replies []string
+	camps   []string
+}
+
+// startAcker acks settled deliveries in the background, each batch after
+// this node's counts of its campaigns are stored (ackAfterCounts).
+func (cn *clusterNode) startAcker() {
+	n := cn.n
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		for {
+			select {
+			case <-n.stop:
+				for {
+					select {
+					case b := <-cn.ackq:
+						cn.ackAfterCounts(b)
+					default:
+						return
+					}
+				}
+			case b := <-cn.ackq:
+			more:
+				for len(b.replies) < 8192 {
+					select {
+					case o := <-cn.ackq:
+						b.replies, b.camps = append(b.replies, o.replies...), append(b.camps, o.camps...)
+					default:
+						break more
+					}
+				}
+				cn.ackAfterCounts(b)
+			}
+		}
+	}()
+}
+
+// ackAfterCounts stores this node's counts of b's campaigns, then acks b's
+// deliveries: a message acked here is in this node's stored counts, so a
+// node that dies after acking has lost no count (before, its counts went
+// out every 500 ms and the last ones died with it: a campaign then never
+// added up and never showed done).
+func (cn *clusterNode) ackAfterCounts(b ackBatch) {
+	if cn.camps != nil && len(b.camps) > 0 {
+		slices.Sort(b.camps)
+		cn.camps.flush(slices.Compact(b.camps))
+	}
+	for _, r := range b.replies {
+		if err := cn.c.NC.Publish(r, []byte("+ACK")); err == nil {
+			cn.acked.Add(1)
 		}
 	}
 }

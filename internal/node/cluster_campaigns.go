@@ -44,12 +44,15 @@ type campaignSync struct {
 	cn    *clusterNode
 	mu    sync.Mutex
 	dirty map[string]bool
+	// pubMu orders the count writes: a count read later is stored later.
+	pubMu sync.Mutex
 }
 
 func (cn *clusterNode) startCampaigns() error {
 	n, c := cn.n, cn.c
 	cs := &campaignSync{cn: cn, dirty: map[string]bool{}}
 	cn.camps = cs
+	cn.startAcker()
 	n.Uploads.SetShared(sharedRecords{c.Idem})
 	n.Uploads.SetReplicator(func(id string, sealed []byte) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -250,18 +253,64 @@ func (cs *campaignSync) publish() {
 	}
 	clear(cs.dirty)
 	cs.mu.Unlock()
-	n, c := cs.cn.n, cs.cn.c
+	cs.pubMu.Lock()
+	defer cs.pubMu.Unlock()
 	for _, id := range ids {
-		cnt, err := n.Engine.Statuses().Counters(id)
-		if err != nil {
-			continue
-		}
-		v, _ := json.Marshal(cnt)
-		if _, err := c.JS.PublishAsync("$KV."+c.CampaignsBucket.Bucket()+".c."+id+"."+c.NodeID(), v, jetstream.WithStallWait(5*time.Second)); err != nil {
+		if _, err := cs.put(id); err != nil {
 			cs.mu.Lock()
 			cs.dirty[id] = true // next time
 			cs.mu.Unlock()
 		}
+	}
+}
+
+// put publishes this node's counts of campaign id (cs.pubMu held).
+func (cs *campaignSync) put(id string) (jetstream.PubAckFuture, error) {
+	n, c := cs.cn.n, cs.cn.c
+	cnt, err := n.Engine.Statuses().Counters(id)
+	if err != nil {
+		return nil, err
+	}
+	v, _ := json.Marshal(cnt)
+	return c.JS.PublishAsync("$KV."+c.CampaignsBucket.Bucket()+".c."+id+"."+c.NodeID(), v, jetstream.WithStallWait(5*time.Second))
+}
+
+// flush stores this node's counts of campaigns ids now and waits until
+// JetStream has them (at most 5 s; a failure is logged and the periodic
+// publish tries again).
+func (cs *campaignSync) flush(ids []string) {
+	cs.pubMu.Lock()
+	defer cs.pubMu.Unlock()
+	futs := make([]jetstream.PubAckFuture, 0, len(ids))
+	var failed error
+	for _, id := range ids {
+		f, err := cs.put(id)
+		if err != nil {
+			failed = err
+			continue
+		}
+		futs = append(futs, f)
+	}
+	timeout := time.NewTimer(5 * time.Second)
+	defer timeout.Stop()
+wait:
+	for _, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			failed = err
+		case <-timeout.C:
+			failed = errors.New("no acknowledgement within 5 s")
+			break wait
+		}
+	}
+	if failed != nil {
+		cs.mu.Lock()
+		for _, id := range ids {
+			cs.dirty[id] = true
+		}
+		cs.mu.Unlock()
+		cs.cn.n.cfg.Logger.Warn("cluster: campaign counts not stored before their messages' acks", "campaigns", len(ids), "err", failed)
 	}
 }
 

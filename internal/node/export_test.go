@@ -6,3 +6,11 @@ func CutAfterPublish(n *Node) { n.cluster.cutAfterPublish.Store(true) }
 
 // MoveTiers runs n's periodic tier movement now.
 func MoveTiers(n *Node) []string { return n.moveTiers() }
+
+// Unsettled counts the deliveries n took in from JetStream and has not
+// settled (acked) yet.
+func Unsettled(n *Node) int {
+	n.cluster.mu.Lock()
+	defer n.cluster.mu.Unlock()
+	return len(n.cluster.acks)
+}
