@@ -33,6 +33,10 @@ import (
 
 const ctlSubject = "herald.ctl"
 
+// countsEvery: how often a node stores the counts of campaigns that changed
+// (besides before every ack; tests lengthen it).
+var countsEvery = 500 * time.Millisecond
+
 type ctlMsg struct {
 	ID        string `json:"id"`
 	State     string `json:"state"`
@@ -76,7 +80,7 @@ func (cn *clusterNode) startCampaigns() error {
 	go func() {
 		defer n.bg.Done()
 		defer w.Stop()
-		tick := time.NewTicker(500 * time.Millisecond)
+		tick := time.NewTicker(countsEvery)
 		defer tick.Stop()
 		for {
 			select {

@@ -382,6 +382,32 @@ func TestClusterNodeCutOffMidCampaign(t *testing.T) {
 	t.Logf("campaign totals after the cut: %v (of %d)", totals, 3*users)
 }
 
+// TestClusterCountsStoredBeforeAcks: a node acks a settled message only
+// after its counts of the message's campaign are stored, so the moment
+// JetStream holds nothing unsettled the campaign adds up. (The periodic
+// store of changed counts is put off for this test: only the one before
+// the acks can make the totals.)
+func TestClusterCountsStoredBeforeAcks(t *testing.T) {
+	old := node.SetCountsEvery(time.Hour)
+	t.Cleanup(func() { node.SetCountsEvery(old) })
+	tc := startCluster(t, 3, 1, 10_000)
+	tc.balanced()
+	tok, pn := tc.business(0, "15550200009", "unlimited")
+	tc.knows(tok, pn)
+	const users = 400
+	code, out := tc.do(0, "POST", "/v1/"+pn+"/campaigns", tok, campaignBody(tc.sim, users, 2), "application/x-ndjson")
+	if code != 200 || out["accepted"] != float64(2*users) {
+		t.Fatalf("upload: %d %v", code, out)
+	}
+	tc.checkReceived(users, func(int) int { return 2 })
+	tc.settled(1)
+	code, camp := tc.do(2, "GET", "/v1/campaigns/"+out["campaign_id"].(string), tok, "", "")
+	totals, _ := camp["totals"].(map[string]any)
+	if sent, _ := totals["sent"].(float64); code != 200 || sent != 2*users {
+		t.Fatalf("the campaign's totals once everything is acked: %d %v (want sent %d)", code, camp, 2*users)
+	}
+}
+
 // settled waits until JetStream holds nothing unsettled (every message was
 // acked by the node that settled it).
 func (tc *testCluster) settled(i int) {
@@ -979,6 +1005,11 @@ func TestClusterIdempotencyAcrossNodes(t *testing.T) {
 		n, err := tc.nodes[0].Cluster().Pending(context.Background())
 		return err == nil && n > 0 || tc.sim.Stats().Decrypted > 0
 	}, func() string { return "nothing of the first attempt was accepted" })
+	// While node 0 works the key, a retry on another node waits its turn
+	// (409): the hold is the cluster's.
+	if code, _, out := tc.post(1, "/v1/"+pn+"/campaigns", tok, "upload-1", full, "application/x-ndjson"); code != 409 {
+		t.Fatalf("a retry on node 1 while node 0 works the key: %d %v", code, out)
+	}
 	c.Close()
 	var code2 int
 	var hdr http.Header

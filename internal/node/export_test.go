@@ -1,5 +1,7 @@
 package node
 
+import "time"
+
 // CutAfterPublish makes n's next intake stop once JetStream stored its
 // messages, as a node killed there would (see clusterNode.cutAfterPublish).
 func CutAfterPublish(n *Node) { n.cluster.cutAfterPublish.Store(true) }
@@ -13,4 +15,12 @@ func Unsettled(n *Node) int {
 	n.cluster.mu.Lock()
 	defer n.cluster.mu.Unlock()
 	return len(n.cluster.acks)
+}
+
+// SetCountsEvery sets how often nodes started after it store changed
+// campaign counts besides before acks; it returns the old value.
+func SetCountsEvery(d time.Duration) time.Duration {
+	old := countsEvery
+	countsEvery = d
+	return old
 }
